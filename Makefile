@@ -1,0 +1,33 @@
+# Everything installs into .venv with pip (pip honours this machine's find-links for the CPU torch
+# wheel; uv would silently fetch a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test unit integration bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: NT3 in smoke mode (synthetic data in the real NT3 format, served through the real
+# download path), local Ray, MLflow in ./mlflow.db.
+demo: $(STAMP)
+	$(BIN)/candle-ray train experiments/nt3.py --smoke
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

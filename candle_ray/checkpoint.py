@@ -1,0 +1,130 @@
+"""Checkpoints: atomic, checksummed, self-describing (model name + config + weights).
+
+Layout of a run's `checkpoints/` folder (after CANDLE's ckpt_utils):
+  epoch-0007.pt   torch.save of the state dict below, written to a temporary name and renamed
+  last.json       {"file", "sha256", "epoch", ...}: replaced atomically after the .pt file is in place
+  best.json       the same for the best epoch by the experiment's metric
+Epoch files that neither pointer names are deleted. Loading verifies the sha256 and uses
+`torch.load(weights_only=True)`, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from candle_ray.errors import CheckpointError
+
+FORMAT = 1
+KINDS = ("last", "best")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
+    """Write `state` as epoch-NNNN.pt and point each of `kinds` (last, best) at it."""
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    epoch = int(state["epoch"])
+    path = directory / f"epoch-{epoch:04d}.pt"
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    torch.save({**state, "format": FORMAT}, tmp)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    pointer = {"file": path.name, "sha256": digest, "epoch": epoch, "model": state.get("model"),
+               "metric": state.get("best", {}).get("metric"), "value": state.get("best", {}).get("value")}
+    for kind in kinds:
+        _write_json_atomic(directory / f"{kind}.json", pointer)
+    _prune(directory)
+    return path
+
+
+def _prune(directory: Path) -> None:
+    keep = set()
+    for kind in KINDS:
+        pointer = directory / f"{kind}.json"
+        if pointer.exists():
+            keep.add(json.loads(pointer.read_text())["file"])
+    for path in directory.glob("epoch-*.pt"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def pointer(directory: str | Path, kind: str = "last") -> dict | None:
+    path = Path(directory) / f"{kind}.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint pointer {path} is unreadable ({exc}); delete {path.parent} to start over") from None
+
+
+def resolve(path: str | Path, kind: str = "best") -> Path:
+    """A checkpoint file from a run dir, a checkpoints dir, or a .pt file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for directory in (path / "checkpoints", path):
+        p = pointer(directory, kind)
+        if p:
+            return directory / p["file"]
+    raise CheckpointError(f"no {kind} checkpoint under {path}; pass a run directory, its checkpoints/ folder or a .pt file")
+
+
+def load(path: str | Path, kind: str = "last", *, map_location="cpu", missing_ok=False) -> dict | None:
+    """Load and verify a checkpoint; `path` is a checkpoints dir (uses `kind`'s pointer) or a .pt file."""
+    import torch
+
+    path = Path(path)
+    expected = None
+    if path.is_dir() or not path.exists():
+        p = pointer(path, kind)
+        if p is None:
+            if missing_ok:
+                return None
+            raise CheckpointError(f"no {kind} checkpoint in {path}; train first or pass another folder")
+        path, expected = path / p["file"], p["sha256"]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} is missing; delete {path.parent} to start over")
+    if expected is None:  # a bare .pt file: find the pointer that names it
+        for kind_ in KINDS:
+            p = pointer(path.parent, kind_)
+            if p and p["file"] == path.name:
+                expected = p["sha256"]
+    if expected is not None and _sha256(path) != expected:
+        raise CheckpointError(f"checkpoint {path} fails its sha256 check (corrupt or changed); "
+                              f"delete it or resume from another run")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is corrupt") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise CheckpointError(f"{path} is not a candle-ray checkpoint (format {FORMAT})")
+    return state
+
+
+def rebuild(path: str | Path, kind: str = "best", *, map_location="cpu"):
+    """The model stored in a checkpoint, weights loaded, in eval mode — no experiment file needed."""
+    from candle_ray import models
+
+    state = load(resolve(path, kind), map_location=map_location)
+    model = models.build(state["model"], {**state["config"], **state["model_shape"]})
+    model.load_state_dict(state["weights"])
+    return model.eval(), state

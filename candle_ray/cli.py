@@ -1,0 +1,297 @@
+"""The `candle-ray` command. Parses, calls the library, echoes; errors become exit codes 1 (failed work)
+and 2 (bad usage). Heavy modules (torch, ray, mlflow, pyarrow) are imported inside commands only,
+so `candle-ray --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from candle_ray.errors import CandleRayError
+
+DEFAULT_CACHE = "~/.cache/candle-ray"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CandleRayError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="candle-ray")
+def main():
+    """CANDLE cancer deep-learning experiments on Ray, tracked in MLflow."""
+
+
+def _cache(cache_dir: str | None):
+    from candle_ray.data.cache import Cache
+
+    return Cache(Path(cache_dir or DEFAULT_CACHE).expanduser())
+
+
+def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.echo):
+    """Download (checksum-verified) and convert the experiment's data into the cache; verify the entry."""
+    from candle_ray.data.synthetic import synthesize
+
+    dataset = experiment.dataset
+    if smoke:
+        s = experiment.smoke
+        dataset = synthesize(dataset, cache.root / "synthetic" / dataset.name, rows=s.rows, features=s.features, seed=s.seed)
+        log(f"smoke mode: SYNTHETIC data in the {experiment.name} file format ({s.rows[0]} train / {s.rows[1]} val rows, "
+            f"{s.features} features), not the real dataset")
+    hint = f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''} --force"
+    entry = cache.prepare(dataset, force=force, rebuild_hint=hint, log=log)
+    cache.verify(entry)
+    return entry
+
+
+def _load(path):
+    from candle_ray.experiment import load_experiment
+
+    return load_experiment(path)
+
+
+cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=None, metavar="DIR",
+                            help=f"Shared data cache [env CANDLE_RAY_CACHE; default {DEFAULT_CACHE}].")
+
+
+@main.command()
+@click.argument("experiment_file", metavar="EXPERIMENT")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a default, e.g. --set epochs=3 (repeatable).")
+@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt to import as overrides.")
+@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
+@click.option("--workers", type=int, default=1, show_default=True, help="DDP workers (1 = fast path, no Ray Train start-up).")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
+@click.option("--cpus-per-worker", type=float, default=None, help="Default: the cluster's CPUs shared between workers.")
+@click.option("--max-failures", type=int, default=1, show_default=True, help="Worker failures to resume from before giving up.")
+@click.option("--feed", type=click.Choice(["auto", "memory", "stream"]), default="auto", show_default=True,
+              help="memory: memory-mapped Arrow; stream: record batches, for data larger than memory.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS]; default: start a local one.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@cache_option
+@click.option("--output-dir", envvar="CANDLE_RAY_OUTPUT", default="candle-ray-runs", show_default=True,
+              help="Where run folders (checkpoints, training.log) go [env CANDLE_RAY_OUTPUT].")
+@click.option("--run-name", default=None, help="Default: <experiment>-<UTC time>-<random>.")
+@click.option("--inject-fault", type=int, default=None, hidden=True, help="Kill rank 0 once at this epoch (tests).")
+def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_per_worker, max_failures, feed, address,
+          tracking_uri, cache_dir, output_dir, run_name, inject_fault):
+    """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
+    t_cli = time.monotonic()
+    experiment = _load(experiment_file)
+    config = experiment.resolve_config(config_file=config_file, sets=list(sets), smoke=smoke,
+                                       warn=lambda m: click.echo(m, err=True))
+    from candle_ray import tracking
+
+    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
+
+    from candle_ray import runtime, train as trainer
+
+    plan = trainer.plan_resources(runtime.connect(address), workers, use_gpu=False if force_cpu else None,
+                                  cpus_per_worker=cpus_per_worker)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_name = run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir = (Path(output_dir) / experiment.name / run_name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = {
+        "config": config, "model": experiment.model, "task": entry.manifest["task"],
+        "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
+        "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
+        "precision": config.get("precision", "auto"), "feed": feed,
+        "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
+    }
+    (run_dir / "config.json").write_text(json.dumps(job, indent=1, sort_keys=True))
+
+    tracker = tracking.RunTracker(uri, experiment.name)
+    run_id = tracker.start(run_name, {**config, "model": experiment.model, "dataset": entry.name, "workers": plan.workers,
+                                      "use_gpu": plan.use_gpu, "smoke": smoke}, {
+        "candle_ray.experiment_file": experiment.path,
+        "mlflow.source.name": experiment.path,
+        "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
+        "candle_ray.dataset": entry.name,
+        "candle_ray.dataset_fingerprint": entry.fingerprint,
+        "candle_ray.synthetic_data": str(entry.synthetic).lower(),
+        "candle_ray.run_dir": run_dir,
+    })
+    device = "GPU" if plan.use_gpu else "CPU"
+    click.echo(f"training {experiment.name} ({experiment.model}) on {plan.workers} {device} worker(s) x "
+               f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
+               f"{entry.num_features} features; MLflow run {run_id}")
+    progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
+    status = "FAILED"
+    try:
+        trainer.run(job, plan, on_epoch=progress, max_failures=max_failures, storage_path=str(run_dir / "ray"),
+                    run_name=run_name, log=lambda m: click.echo(m, err=True))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _finish(tracker, run_dir, status)
+    best = progress.best(experiment.metric, experiment.mode)
+    click.echo(f"done in {time.monotonic() - t_cli:.1f}s (start-up {progress.startup_s:.1f}s, "
+               f"compute {progress.compute_s:.1f}s); best {experiment.metric} {best[experiment.metric]:.4f} at epoch {best['epoch']}")
+    click.echo(f"checkpoints: {run_dir / 'checkpoints'}")
+    click.echo(f"MLflow run {run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+
+
+class _Progress:
+    """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
+
+    def __init__(self, csv_path: Path, tracker, epochs: int, t_cli: float):
+        self.csv_path, self.tracker, self.epochs, self.t_cli = csv_path, tracker, epochs, t_cli
+        self.history: dict[int, dict] = {}
+        self.startup_s = self.compute_s = 0.0
+
+    def __call__(self, metrics: dict) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch in self.history:  # a resumed worker replays epochs this driver already has
+            return
+        if not self.history:
+            self.startup_s = time.monotonic() - self.t_cli - metrics["epoch_time_s"]
+        self.history[epoch] = metrics
+        self.compute_s += metrics["epoch_time_s"]
+        self.tracker.log_epoch(metrics)
+        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr") if k in metrics]
+        text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
+        note = " (resumed from checkpoint)" if metrics.get("replayed") else ""
+        click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
+        if "stop_reason" in metrics:
+            click.echo(f"stopped: {metrics['stop_reason']}")
+        columns = ["epoch", *fields, "epoch_time_s"]
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(columns)
+            writer.writerow([metrics.get(c, "") for c in columns])
+
+    def best(self, metric: str, mode: str) -> dict:
+        rows = [m for m in self.history.values() if metric in m]
+        if not rows:
+            raise CandleRayError(f"training reported no {metric!r}; check the experiment's metric")
+        return (min if mode == "min" else max)(rows, key=lambda m: m[metric])
+
+
+def _finish(tracker, run_dir: Path, status: str) -> None:
+    """Artifacts (best checkpoint, per-epoch log, resolved config), then end the MLflow run once."""
+    from candle_ray import checkpoint
+
+    try:
+        ckpt_dir = run_dir / "checkpoints"
+        best = checkpoint.pointer(ckpt_dir, "best")
+        if best:
+            tracker.log_artifact(ckpt_dir / best["file"], "checkpoints")
+            tracker.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        for name in ("training.log", "config.json"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name)
+    finally:
+        tracker.finish(status)
+
+
+@main.group()
+def data():
+    """Prepare, list and verify the shared Arrow data cache."""
+
+
+@data.command("prepare")
+@click.argument("experiment_file", metavar="EXPERIMENT")
+@click.option("--smoke", is_flag=True, help="Prepare the synthetic smoke dataset instead.")
+@click.option("--force", is_flag=True, help="Rebuild the entry even if it exists.")
+@cache_option
+def data_prepare(experiment_file, smoke, force, cache_dir):
+    """Download and convert EXPERIMENT's dataset into the cache (idempotent)."""
+    entry = _prepare(_load(experiment_file), smoke=smoke, cache=_cache(cache_dir), force=force)
+    click.echo(f"ready: {entry.path} ({entry.rows['train']} train / {entry.rows['val']} val rows, "
+               f"{entry.num_features} features)")
+
+
+@data.command("ls")
+@cache_option
+def data_ls(cache_dir):
+    """List the cache's entries."""
+    cache = _cache(cache_dir)
+    entries = cache.entries()
+    if not entries:
+        click.echo(f"no entries in {cache.root}")
+        return
+    click.echo(f"{'dataset':<28} {'fingerprint':<17} {'train':>7} {'val':>6} {'features':>9} {'MiB':>8}  created")
+    for e in entries:
+        size = sum(s["bytes"] for s in e.manifest["splits"].values()) / 2**20
+        name = e.name + (" (synthetic)" if e.synthetic else "")
+        click.echo(f"{name:<28} {e.fingerprint:<17} {e.rows['train']:>7} {e.rows['val']:>6} "
+                   f"{e.num_features:>9} {size:>8.1f}  {e.manifest['created']}")
+
+
+@data.command("verify")
+@click.argument("experiment_file", metavar="[EXPERIMENT]", required=False)
+@click.option("--smoke", is_flag=True, help="Verify the smoke dataset of EXPERIMENT.")
+@cache_option
+def data_verify(experiment_file, smoke, cache_dir):
+    """Check every cache entry (or EXPERIMENT's) against its manifest checksums."""
+    from candle_ray.errors import CacheError
+
+    cache = _cache(cache_dir)
+    if experiment_file:
+        experiment = _load(experiment_file)
+        dataset = experiment.dataset
+        if smoke:
+            from candle_ray.data.synthetic import synthesize
+
+            s = experiment.smoke
+            dataset = synthesize(dataset, cache.root / "synthetic" / dataset.name, rows=s.rows, features=s.features, seed=s.seed)
+        entry = cache.lookup(dataset)
+        if entry is None:
+            raise CacheError(f"no cache entry for {dataset.name}; create it with: "
+                             f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''}")
+        entries = [entry]
+    else:
+        entries = cache.entries()
+    for entry in entries:
+        cache.verify(entry)
+        click.echo(f"ok  {entry.name} {entry.fingerprint}")
+    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} verified")
+
+
+@main.command("models")
+def models_cmd():
+    """List the registered models with their parameter counts at the defaults."""
+    from candle_ray import models
+
+    click.echo(f"{'model':<8} {'parameters':>13} {'reference':>13}  description")
+    for name in models.NAMES:
+        info = models.info(name)
+        count = models.count_parameters(name)
+        ref = f"{info.reference_params:,}" if info.reference_params else "-"
+        click.echo(f"{name:<8} {count:>13,} {ref:>13}  {info.description}")
+
+
+@main.command("ui")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address; 0.0.0.0 exposes it to the network.")
+@click.option("--port", default=5000, show_default=True)
+def ui(tracking_uri, host, port):
+    """Start the MLflow UI on this directory's runs."""
+    from candle_ray import tracking
+
+    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", "1"]
+    click.echo(f"MLflow UI on http://{host}:{port} ({uri})")
+    os.execve(sys.executable, cmd, env)

@@ -1,0 +1,132 @@
+"""Declarative dataset specifications, as written in experiment files.
+
+Pure data: no I/O, no heavy imports. The cache (`candle_ray.data.cache`) turns a spec into Arrow files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from candle_ray.errors import UsageError
+
+FORMATS = ("candle_noheader", "table")
+SCALINGS = ("maxabs", "minmax", "std", "log", "none")
+SCALING_FITS = ("train+val", "train")
+TASKS = ("classification", "regression")
+URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to fetch: an http(s)/ftp/file URL or a local path, with an optional checksum.
+
+    Without a checksum the sha256 of the first download is recorded in the cache manifest and
+    checked on every later `candle-ray data verify` (trust on first use).
+    """
+
+    url: str
+    md5: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.url, str) or not self.url:
+            raise UsageError(f"Source url must be a non-empty string, got {self.url!r}")
+        for algo, size in (("md5", 32), ("sha256", 64)):
+            value = getattr(self, algo)
+            if value is not None and (len(value) != size or any(c not in "0123456789abcdefABCDEF" for c in value)):
+                raise UsageError(f"Source {algo} for {self.url} must be {size} hex digits, got {value!r}")
+
+    @property
+    def basename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    def resolved(self, base_dir: Path | None) -> "Source":
+        """Turn a relative local path into an absolute file:// URL (relative to the experiment file)."""
+        if self.url.startswith(URL_SCHEMES) or "://" in self.url:
+            return self
+        path = Path(self.url).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return replace(self, url=path.resolve().as_uri())
+
+
+def _as_source(value) -> Source | None:
+    if value is None or isinstance(value, Source):
+        return value
+    if isinstance(value, (str, Path)):
+        return Source(str(value))
+    raise UsageError(f"expected a Source or a URL/path string, got {type(value).__name__}: {value!r}")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled feature matrix with a train split and a validation split.
+
+    format:
+      - "candle_noheader": CANDLE's NT3/TC1 CSV: no header, column 0 the integer label, the rest features.
+      - "table": a CSV, TSV or Parquet file with a header, a label column and feature columns.
+    val: a second file (CANDLE passes the test file as validation data), or None to hold out the
+      last `val_fraction` of the (seeded-shuffled) train rows.
+    scaling: CANDLE's vocabulary (maxabs, minmax, std, log, none); `scaling_fit` "train+val" is
+      CANDLE's transductive rule (fit on train and test concatenated), "train" the inductive one.
+    """
+
+    name: str
+    train: Source
+    val: Source | None = None
+    format: str = "candle_noheader"
+    label: str | int = 0
+    drop: tuple[str, ...] = ()
+    task: str = "classification"
+    classes: int | None = None
+    scaling: str = "maxabs"
+    scaling_fit: str = "train+val"
+    feature_subsample: int = 0
+    val_fraction: float = 0.1
+    seed: int = 2017
+    synthetic: bool = field(default=False, compare=True)
+
+    def __post_init__(self):
+        object.__setattr__(self, "train", _as_source(self.train))
+        object.__setattr__(self, "val", _as_source(self.val))
+        object.__setattr__(self, "drop", tuple(self.drop))
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise UsageError(f"dataset name must be letters, digits, '-', '_' or '.', got {self.name!r}")
+        checks = (("format", FORMATS), ("scaling", SCALINGS), ("scaling_fit", SCALING_FITS), ("task", TASKS))
+        for key, allowed in checks:
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"dataset {key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.classes is not None and (not isinstance(self.classes, int) or self.classes < 2):
+            raise UsageError(f"dataset classes must be an integer >= 2, got {self.classes!r}")
+        if self.val is None and not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"dataset val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.feature_subsample < 0:
+            raise UsageError(f"dataset feature_subsample must be >= 0, got {self.feature_subsample!r}")
+
+    def resolved(self, base_dir: Path | None) -> "Dataset":
+        """Local relative paths made absolute file:// URLs, relative to `base_dir`."""
+        return replace(
+            self,
+            train=self.train.resolved(base_dir),
+            val=self.val.resolved(base_dir) if self.val else None,
+        )
+
+    def sources(self) -> dict[str, Source]:
+        return {"train": self.train, **({"val": self.val} if self.val else {})}
+
+
+def TableDataset(path, label: str, *, name: str | None = None, val=None, **options) -> Dataset:
+    """A user's own matrix: a CSV, TSV or Parquet file with a header and a label column.
+
+    `TableDataset("expression.csv", label="cancer_type", scaling="std")` is a whole dataset spec.
+    """
+    source = _as_source(path)
+    if name is None:
+        stem = source.basename
+        for suffix in (".gz", ".csv", ".tsv", ".txt", ".parquet"):
+            stem = stem.removesuffix(suffix)
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "table"
+    options.setdefault("scaling", "std")
+    options.setdefault("scaling_fit", "train")
+    return Dataset(name=name, train=source, val=val, format="table", label=label, **options)

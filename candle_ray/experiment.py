@@ -1,0 +1,286 @@
+"""Experiment files: `load_experiment(path)`, `--set key=value` overrides, CANDLE config-file import.
+
+An experiment file is plain Python that defines one `experiment = Experiment(...)`. Workers never see
+the module: they receive the plain config dict that `Experiment.resolve_config` returns.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import difflib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from candle_ray.data.spec import Dataset
+from candle_ray.errors import UsageError
+
+# CANDLE spells some keys two ways across benchmarks and Supervisor HPO files.
+CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs"}
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
+ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
+               "gelu", "leaky_relu", "softmax")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
+KEY_RULES: dict[str, dict[str, Any]] = {
+    "epochs": {"min": 1},
+    "batch_size": {"min": 1},
+    "learning_rate": {"min_exclusive": 0.0},
+    "momentum": {"min": 0.0},
+    "dropout": {"min": 0.0, "max_exclusive": 1.0},
+    "optimizer": {"choices": OPTIMIZERS},
+    "activation": {"choices": ACTIVATIONS},
+    "timeout": {"min": -1},
+    "reduce_lr_factor": {"min_exclusive": 0.0, "max_exclusive": 1.0},
+    "reduce_lr_patience": {"min": 0},
+    "early_stop_patience": {"min": 0},
+    "precision": {"choices": PRECISIONS},
+}
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """What `--smoke` changes: synthetic data of the dataset's exact format, narrower, plus overrides."""
+
+    rows: tuple[int, int] = (192, 48)
+    features: int = 1000
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class Experiment:
+    name: str
+    dataset: Dataset
+    model: str
+    defaults: dict[str, Any]
+    search_space: dict[str, Any] = field(default_factory=dict)
+    metric: str = "val_loss"
+    mode: str = "min"
+    smoke: Smoke = field(default_factory=Smoke)
+    description: str = ""
+    path: Path | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, Dataset):
+            raise UsageError(f"experiment {self.name!r}: dataset must be a candle_ray Dataset, got {type(self.dataset).__name__}")
+        if self.mode not in ("min", "max"):
+            raise UsageError(f"experiment {self.name!r}: mode must be 'min' or 'max', got {self.mode!r}")
+        if not isinstance(self.defaults, dict) or not self.defaults:
+            raise UsageError(f"experiment {self.name!r}: defaults must be a non-empty dict of CANDLE keywords")
+        unknown_space = sorted(set(self.search_space) - set(self.defaults))
+        if unknown_space:
+            raise UsageError(f"experiment {self.name!r}: search_space keys {unknown_space} are not in defaults; add them to defaults")
+        for key, value in self.defaults.items():
+            _check_rules(key, value)
+
+    def resolve_config(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
+                       warn=print) -> dict[str, Any]:
+        """Defaults < smoke overrides < CANDLE config file < --set, type-checked against the defaults."""
+        config = dict(self.defaults)
+        if smoke:
+            config.update(coerce_overrides(self.defaults, dict(self.smoke.overrides), source="smoke overrides"))
+        if config_file is not None:
+            values, ignored = read_candle_config(config_file, self.defaults)
+            if ignored:
+                warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: {', '.join(ignored)}")
+            config.update(values)
+        config.update(parse_sets(self.defaults, sets))
+        return config
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
+
+
+def _check_rules(key: str, value):
+    rule = KEY_RULES.get(key)
+    if not rule or value is None:
+        return
+    if "choices" in rule and value not in rule["choices"]:
+        raise UsageError(f"{key}={value!r} is not one of {', '.join(rule['choices'])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in rule and value < rule["min"]:
+            raise UsageError(f"{key}={value!r} must be >= {rule['min']}")
+        if "min_exclusive" in rule and value <= rule["min_exclusive"]:
+            raise UsageError(f"{key}={value!r} must be > {rule['min_exclusive']}")
+        if "max_exclusive" in rule and value >= rule["max_exclusive"]:
+            raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
+
+
+_TRUE = {"true", "t", "yes", "y", "1", "on"}
+_FALSE = {"false", "f", "no", "n", "0", "off"}
+
+
+def coerce(key: str, default, value):
+    """Convert `value` (a string from the command line, or a Python value) to the type of `default`."""
+    text = value if isinstance(value, str) else None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            result = value
+        elif text is not None and text.strip().lower() in _TRUE | _FALSE:
+            result = text.strip().lower() in _TRUE
+        else:
+            raise UsageError(f"{key}={value!r} is not a boolean; use true or false")
+    elif isinstance(default, int):
+        parsed = _literal(text) if text is not None else value
+        if isinstance(parsed, bool) or not (isinstance(parsed, int) or (isinstance(parsed, float) and parsed.is_integer())):
+            raise UsageError(f"{key}={value!r} is not an integer; {key} expects an integer like {default}")
+        result = int(parsed)
+    elif isinstance(default, float):
+        parsed = _literal(text) if text is not None else value
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+            raise UsageError(f"{key}={value!r} is not a number; {key} expects a number like {default}")
+        result = float(parsed)
+    elif isinstance(default, (list, tuple)):
+        result = _as_list(key, default, value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise UsageError(f"{key}={value!r} is not a string; {key} expects a string like {default!r}")
+        result = value
+    else:  # None or another type: take the Python literal as written
+        result = _literal(text) if text is not None else value
+    _check_rules(key, result)
+    return result
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _as_list(key: str, default, value) -> list:
+    """Lists as Python literals ("[128, 20, 1]") or CANDLE/Supervisor strings ("128 20 1", "128,20,1")."""
+    if isinstance(value, str):
+        parsed = _literal(value)
+        if isinstance(parsed, (list, tuple)):
+            items = list(parsed)
+        elif isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            items = [parsed]
+        else:
+            items = [_literal(tok) for tok in value.replace(",", " ").split()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise UsageError(f"{key}={value!r} is not a list; write it like {' '.join(map(str, default))!r}")
+    element = next((d for d in default), None)
+    if isinstance(element, (int, float)) and not isinstance(element, bool):
+        bad = [i for i in items if isinstance(i, bool) or not isinstance(i, (int, float))]
+        if bad or not items:
+            raise UsageError(f"{key}={value!r} must be a list of numbers like {' '.join(map(str, default))!r}")
+        if isinstance(element, int) and all(float(i).is_integer() for i in items):
+            items = [int(i) for i in items]
+    return items
+
+
+def suggest(key: str, known) -> str:
+    if key in CANDLE_ALIASES and CANDLE_ALIASES[key] in known:
+        return f"; did you mean {CANDLE_ALIASES[key]}?"
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def coerce_overrides(defaults: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    result = {}
+    for key, value in overrides.items():
+        key = CANDLE_ALIASES.get(key, key) if key not in defaults else key
+        if key not in defaults:
+            raise UsageError(f"unknown key {key!r} in {source}{suggest(key, defaults)}")
+        result[key] = coerce(key, defaults[key], value)
+    return result
+
+
+def parse_sets(defaults: Mapping[str, Any], sets) -> dict[str, Any]:
+    """`--set key=value` items → typed overrides, with close-match suggestions for unknown keys."""
+    result = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {item!r} is not key=value; write e.g. --set epochs=3")
+        if key not in defaults:
+            raise UsageError(f"unknown key {key!r} in --set {item}{suggest(key, defaults)}")
+        result[key] = coerce(key, defaults[key], value)
+    return result
+
+
+def read_candle_config(path: str | Path, defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Read a CANDLE `*_default_model.txt` (INI, Python-literal values, sections flattened, first wins).
+
+    Returns the typed values for keys the experiment knows (aliases such as drop → dropout applied)
+    and the sorted list of keys it ignored. Values are parsed with ast.literal_eval, never eval.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}; pass the path of a CANDLE *_default_model.txt")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
+    parser.optionxform = str  # keep the keys' case
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(f"config file {path} is not a CANDLE INI file: {first}") from None
+    raw: dict[str, str] = {}
+    for section in parser.sections():
+        for key, value in parser.items(section):
+            raw.setdefault(key, value)
+    values, ignored = {}, []
+    for key, text in raw.items():
+        name = key if key in defaults else CANDLE_ALIASES.get(key, key)
+        if name not in defaults:
+            ignored.append(key)
+            continue
+        value = _literal(text)
+        try:
+            values[name] = coerce(name, defaults[name], value)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+    return values, sorted(ignored)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Import an experiment file and return its `experiment` object, with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"experiment file not found: {path}; pass the path of a .py file such as experiments/nt3.py")
+    if path.is_dir() or path.suffix != ".py":
+        raise UsageError(f"experiment file must be a .py file, got {path}")
+    module_name = f"candle_ray_experiment_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    except SyntaxError as exc:
+        raise UsageError(f"experiment file {path} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # the user's code: report it on one line
+        line = _user_line(exc, path)
+        raise UsageError(f"experiment file {path} failed to import{line}: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.modules.pop(module_name, None)
+    experiment = getattr(module, "experiment", None)
+    if experiment is None:
+        raise UsageError(f"{path} defines no `experiment`; add `experiment = Experiment(...)` (see experiments/nt3.py)")
+    if not isinstance(experiment, Experiment):
+        raise UsageError(f"{path}: `experiment` is a {type(experiment).__name__}, not a candle_ray.Experiment")
+    experiment.path = path.resolve()
+    experiment.dataset = experiment.dataset.resolved(experiment.path.parent)
+    return experiment
+
+
+def _user_line(exc: BaseException, path: Path) -> str:
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" at line {line}" if line else ""

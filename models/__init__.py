@@ -1,0 +1,49 @@
+"""The model registry. Each `models/<name>.py` holds DEFAULTS, DESCRIPTION, REFERENCE_PARAMS and
+`build(config) -> nn.Module`; `input_dim` and `classes` (outputs) come from the data at training time.
+
+Installed as `candle_ray.models`, so no generic top-level `models` package lands in site-packages.
+Importing this module is cheap; a model's module (and torch) is imported on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+
+NAMES = ("nt3", "mlp")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    defaults: dict
+    reference_params: int | None
+
+
+def _module(name: str):
+    if name not in NAMES:
+        close = difflib.get_close_matches(name, NAMES, n=2)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"registered models: {', '.join(NAMES)}"
+        raise KeyError(f"unknown model {name!r}; {hint}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def info(name: str) -> ModelInfo:
+    m = _module(name)
+    return ModelInfo(name, m.DESCRIPTION, dict(m.DEFAULTS), m.REFERENCE_PARAMS)
+
+
+def build(name: str, config: dict):
+    """Build model `name` from a config holding its keys (missing keys take the model's defaults)."""
+    return _module(name).build(config)
+
+
+def count_parameters(name: str, config: dict | None = None) -> int:
+    """Parameter count without allocating memory (built on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build(name, {**info(name).defaults, **(config or {})})
+    return sum(p.numel() for p in model.parameters())
