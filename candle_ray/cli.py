@@ -86,9 +86,11 @@ cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=No
 @click.option("--output-dir", envvar="CANDLE_RAY_OUTPUT", default="candle-ray-runs", show_default=True,
               help="Where run folders (checkpoints, training.log) go [env CANDLE_RAY_OUTPUT].")
 @click.option("--run-name", default=None, help="Default: <experiment>-<UTC time>-<random>.")
+@click.option("--launcher", type=click.Choice(["auto", "task", "ray-train"]), default="auto", hidden=True,
+              help="auto: one worker runs as a Ray task, several on Ray Train; ray-train forces Ray Train.")
 @click.option("--inject-fault", type=int, default=None, hidden=True, help="Kill rank 0 once at this epoch (tests).")
 def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_per_worker, max_failures, feed, address,
-          tracking_uri, cache_dir, output_dir, run_name, inject_fault):
+          tracking_uri, cache_dir, output_dir, run_name, launcher, inject_fault):
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
     t_cli = time.monotonic()
     experiment = _load(experiment_file)
@@ -135,7 +137,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     status = "FAILED"
     try:
         trainer.run(job, plan, on_epoch=progress, max_failures=max_failures, storage_path=str(run_dir / "ray"),
-                    run_name=run_name, log=lambda m: click.echo(m, err=True))
+                    run_name=run_name, launcher=launcher, log=lambda m: click.echo(m, err=True))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -102,11 +102,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
+LAUNCHERS = ("auto", "task", "ray-train")
+
+
 def run(job: dict, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
-        log=print) -> None:
-    """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included)."""
+        launcher: str = "auto", log=print) -> None:
+    """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included).
+
+    launcher "auto" runs one worker as a Ray task and several on Ray Train; "ray-train" forces Ray Train
+    (to check that both give the same numbers); "task" needs workers == 1.
+    """
     job = {**job, "threads": plan.threads, "use_gpu": plan.use_gpu}
-    if plan.workers == 1:
+    if launcher == "task" and plan.workers != 1:
+        raise UsageError(f"the task launcher runs one worker, not {plan.workers}; use --launcher auto")
+    if launcher != "ray-train" and plan.workers == 1:
         _run_single(job, plan, on_epoch=on_epoch, max_failures=max_failures, log=log)
     else:
         _run_ddp(job, plan, on_epoch=on_epoch, max_failures=max_failures, storage_path=storage_path,

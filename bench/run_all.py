@@ -1,0 +1,10 @@
+"""Run every benchmark in one go; each prints its ratios on one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("p1_loop_throughput.py", "p3_data_load.py", "startup.py"):
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

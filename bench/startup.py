@@ -1,0 +1,44 @@
+"""Start-up: `candle-ray train experiments/nt3.py --smoke` with one worker, as a user runs it.
+
+Reports the wall time, the compute (sum of epoch times) and the overhead over compute, for a fresh
+process (Ray started by the command) with the cache already prepared (the second of two runs).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [str(Path(sys.executable).parent / "candle-ray")]
+
+
+def run_once(tmp: Path):
+    env = {**os.environ, "CANDLE_RAY_CACHE": str(tmp / "cache"), "CANDLE_RAY_OUTPUT": str(tmp / "runs"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "RAY_AUTH_MODE": "disabled",
+           "RAY_TMPDIR": str(tmp / "ray")}
+    t0 = time.perf_counter()
+    out = subprocess.run([*CLI, "train", str(ROOT / "experiments" / "nt3.py"), "--smoke"], env=env, cwd=tmp,
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(out.stdout + out.stderr)
+    m = re.search(r"done in ([\d.]+)s \(start-up ([\d.]+)s, compute ([\d.]+)s\)", out.stdout)
+    return wall, float(m.group(1)), float(m.group(2)), float(m.group(3))
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="crb-", dir="/tmp") as tmp:
+        tmp = Path(tmp)
+        run_once(tmp)  # first run prepares the cache
+        wall, inside, startup, compute = run_once(tmp)
+    print(f"start-up: `candle-ray train experiments/nt3.py --smoke` (1 worker) wall {wall:.1f}s, "
+          f"in-command {inside:.1f}s, to first epoch {startup:.1f}s, compute {compute:.2f}s, "
+          f"overhead over compute {wall - compute:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The command line without a cluster: help, models, and every bad input → one line, exit 1 or 2."""
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from candle_ray.cli import main
+from tests.conftest import ROOT, free_port
+
+NT3 = str(ROOT / "experiments" / "nt3.py")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_help_is_fast_and_imports_no_heavy_module():
+    code = "import sys; from candle_ray.cli import main; print(sorted(m for m in ('torch', 'ray', 'mlflow', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "candle-ray"), "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - t0 < 5  # generous: the point is no torch/ray import (checked above)
+
+
+def test_models_lists_reference_counts():
+    r = invoke("models")
+    assert r.exit_code == 0 and "154,922,918" in r.output and "mlp" in r.output
+
+
+def write_experiment(tmp_path, train, val=None, **dataset):
+    opts = "".join(f", {k}={v!r}" for k, v in dataset.items())
+    val_arg = f", val=Source({val!r})" if val else ""
+    path = tmp_path / "exp.py"
+    path.write_text(textwrap.dedent(f"""
+        from candle_ray import Dataset, Experiment, Source
+        experiment = Experiment(
+            name="bad", model="nt3",
+            dataset=Dataset(name="bad", train=Source({train!r}){val_arg}{opts}),
+            defaults={{"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "optimizer": "sgd"}})
+    """))
+    return path
+
+
+def write_csv(path: Path, rows):
+    path.write_text("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
+    return path
+
+
+def good_rows(n=8, d=40, classes=2):
+    rng = np.random.default_rng(0)
+    return [[i % classes, *np.round(rng.random(d), 4)] for i in range(n)]
+
+
+def test_missing_experiment_file(workdir):
+    one_line_error(invoke("train", workdir / "nope.py"), 2, "experiment file not found")
+
+
+def test_file_without_experiment(workdir):
+    (workdir / "x.py").write_text("a = 1\n")
+    one_line_error(invoke("train", workdir / "x.py"), 2, "defines no `experiment`")
+
+
+def test_unknown_set_key(workdir):
+    one_line_error(invoke("train", NT3, "--set", "epoch=3"), 2, "unknown key 'epoch'", "did you mean epochs")
+
+
+def test_wrong_type(workdir):
+    one_line_error(invoke("train", NT3, "--set", "batch_size=big"), 2, "batch_size='big' is not an integer")
+
+
+def test_click_usage_error_exits_2(workdir):
+    assert invoke("train", NT3, "--workers", "many").exit_code == 2
+
+
+def test_unreachable_url(workdir):
+    exp = write_experiment(workdir, f"http://127.0.0.1:{free_port()}/nt_train2.csv", classes=2)
+    one_line_error(invoke("train", exp), 1, "127.0.0.1")
+    assert not list((workdir / "cache").rglob("*.part*"))
+
+
+def test_checksum_mismatch(workdir):
+    csv = write_csv(workdir / "train.csv", good_rows())
+    exp = workdir / "exp.py"
+    exp.write_text(textwrap.dedent(f"""
+        from candle_ray import Dataset, Experiment, Source
+        experiment = Experiment(name="bad", model="nt3",
+            dataset=Dataset(name="bad", train=Source({csv.as_uri()!r}, md5="0" * 32), classes=2),
+            defaults={{"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "optimizer": "sgd"}})
+    """))
+    one_line_error(invoke("train", exp), 1, "checksum")
+    assert not (workdir / "cache" / "datasets").exists() or not list((workdir / "cache" / "datasets").iterdir())
+
+
+def test_nan_in_data(workdir):
+    rows = good_rows()
+    rows[3][5] = "nan"
+    exp = write_experiment(workdir, write_csv(workdir / "t.csv", rows).as_uri(), classes=2)
+    one_line_error(invoke("train", exp), 1)
+    assert "nan" in invoke("train", exp).output.lower()
+
+
+def test_inf_in_data(workdir):
+    rows = good_rows()
+    rows[2][7] = "inf"
+    exp = write_experiment(workdir, write_csv(workdir / "t.csv", rows).as_uri(), classes=2)
+    r = invoke("train", exp)
+    one_line_error(r, 1)
+    assert "inf" in r.output.lower() or "finite" in r.output.lower()
+
+
+def test_labels_out_of_range(workdir):
+    rows = good_rows()
+    rows[4][0] = 5
+    exp = write_experiment(workdir, write_csv(workdir / "t.csv", rows).as_uri(), classes=2)
+    r = invoke("train", exp)
+    one_line_error(r, 1, "5")
+    assert "label" in r.output.lower()
+
+
+def test_feature_counts_differ(workdir):
+    train = write_csv(workdir / "train.csv", good_rows(d=40))
+    val = write_csv(workdir / "val.csv", good_rows(d=39))
+    r = invoke("train", write_experiment(workdir, train.as_uri(), val.as_uri(), classes=2))
+    one_line_error(r, 1, "40", "39")
+
+
+def test_corrupt_cache_file_is_reported_with_rebuild_command(workdir):
+    r = invoke("data", "prepare", NT3, "--smoke")
+    assert r.exit_code == 0, r.output
+    arrow = next((workdir / "cache" / "datasets").rglob("train.arrow"))
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrow.write_bytes(bytes(data))
+    r = invoke("data", "verify")
+    one_line_error(r, 1, "corrupt", "candle-ray data prepare", "--force")
+    r = invoke("train", NT3, "--smoke")  # training refuses it too, before starting Ray
+    one_line_error(r, 1, "corrupt")
+    assert invoke("data", "prepare", NT3, "--smoke", "--force").exit_code == 0
+    assert invoke("data", "verify").exit_code == 0
+
+
+def test_data_ls_and_idempotent_prepare(workdir):
+    assert "no entries" in invoke("data", "ls").output
+    first = invoke("data", "prepare", NT3, "--smoke")
+    second = invoke("data", "prepare", NT3, "--smoke")
+    assert first.exit_code == second.exit_code == 0
+    assert len(list((workdir / "cache" / "datasets").iterdir())) == 1
+    listing = invoke("data", "ls").output
+    assert "nt3-smoke" in listing and "(synthetic)" in listing
+
+
+def test_verify_experiment_without_entry(workdir):
+    one_line_error(invoke("data", "verify", NT3), 1, "candle-ray data prepare")
+
+
+def test_file_store_tracking_uri_refused(workdir):
+    one_line_error(invoke("train", NT3, "--smoke", "--tracking-uri", "./mlruns"), 2, "file store")

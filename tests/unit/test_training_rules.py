@@ -1,0 +1,83 @@
+"""Pure pieces of training: Keras' ReduceLROnPlateau, optimizers, resource planning, MLflow params."""
+
+import pytest
+import torch
+
+from candle_ray.errors import UsageError
+from candle_ray.experiment import OPTIMIZERS
+from candle_ray.loop import ReduceLROnPlateau, make_optimizer
+from candle_ray.tracking import check_uri, flatten_params
+from candle_ray.train import plan_resources
+
+
+def _opt(lr=1.0):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_plateau_reduces_after_patience_bad_epochs_like_keras():
+    opt = _opt()
+    plateau = ReduceLROnPlateau(opt, factor=0.1, patience=3, min_delta=1e-4)
+    lrs = []
+    for value in [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]:
+        plateau.step(value)
+        lrs.append(opt.param_groups[0]["lr"])
+    # epoch 1 sets best; epochs 2-4 are bad: Keras reduces at the 3rd bad epoch (wait >= patience)
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_plateau_min_delta_is_absolute():
+    opt = _opt()
+    plateau = ReduceLROnPlateau(opt, factor=0.5, patience=1, min_delta=0.1)
+    plateau.step(1.0)
+    plateau.step(0.95)  # better, but by less than min_delta: a bad epoch
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_plateau_state_round_trip():
+    a = ReduceLROnPlateau(_opt(), patience=5)
+    for v in (3.0, 2.0, 2.5):
+        a.step(v)
+    b = ReduceLROnPlateau(_opt(), patience=5)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == {"best": 2.0, "wait": 1, "cooldown_counter": 0}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_candle_optimizer_builds(name):
+    opt = make_optimizer(name, [torch.nn.Parameter(torch.ones(2))], 0.01)
+    assert opt.param_groups[0]["lr"] == 0.01
+
+
+def test_plan_shares_cpus():
+    plan = plan_resources({"CPU": 2.0}, 1)
+    assert (plan.cpus_per_worker, plan.threads, plan.use_gpu) == (2.0, 2, False)
+    plan = plan_resources({"CPU": 2.0}, 2)
+    assert (plan.cpus_per_worker, plan.threads) == (1.0, 1)
+    plan = plan_resources({"CPU": 2.0}, 3)
+    assert plan.cpus_per_worker == pytest.approx(2 / 3) and plan.threads == 1
+
+
+def test_plan_gpus():
+    plan = plan_resources({"CPU": 16.0, "GPU": 4.0}, 2)
+    assert plan.use_gpu and plan.gpus_per_worker == 1 and plan.cpus_per_worker == 8
+    assert not plan_resources({"CPU": 16.0, "GPU": 4.0}, 2, use_gpu=False).use_gpu
+    with pytest.raises(UsageError, match="has 1 GPU"):
+        plan_resources({"CPU": 8.0, "GPU": 1.0}, 2)
+
+
+def test_plan_rejects_what_cannot_fit():
+    with pytest.raises(UsageError, match="do not fit"):
+        plan_resources({"CPU": 2.0}, 2, cpus_per_worker=1.5)
+    with pytest.raises(UsageError, match="--workers must be >= 1"):
+        plan_resources({"CPU": 2.0}, 0)
+
+
+def test_flat_params():
+    assert flatten_params({"conv": [128, 20, 1], "lr": 0.1, "opt": {"name": "sgd"}}) == {
+        "conv": "128 20 1", "lr": "0.1", "opt.name": "sgd"}
+
+
+def test_file_store_uri_refused():
+    with pytest.raises(UsageError, match="file store"):
+        check_uri("./mlruns")
+    assert check_uri("sqlite:///x.db") == "sqlite:///x.db"
