@@ -86,6 +86,7 @@ def main():
         for r in range(args.rounds):
             plain += plain_loop(x, y, shape, args.threads, 4)
             loop += worker_loop(entry, shape, args.threads, 4, tmp / f"run{r}")
+        print("plain", [round(v) for v in plain], "loop", [round(v) for v in loop])
         p, w = statistics.median(plain), statistics.median(loop)
         share = feed_share(entry, args.threads, len(y) / w)
     print(f"P1 loop throughput: plain PyTorch {p:,.0f} samples/s, candle-ray worker loop {w:,.0f} samples/s, "

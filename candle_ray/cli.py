@@ -170,7 +170,7 @@ class _Progress:
         self.tracker.log_epoch(metrics)
         fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr") if k in metrics]
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
-        note = " (resumed from checkpoint)" if metrics.get("replayed") else ""
+        note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
         if "stop_reason" in metrics:
             click.echo(f"stopped: {metrics['stop_reason']}")

@@ -39,6 +39,7 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "reduce_lr_factor": {"min_exclusive": 0.0, "max_exclusive": 1.0},
     "reduce_lr_patience": {"min": 0},
     "early_stop_patience": {"min": 0},
+    "ckpt_save_interval": {"min": 0},
     "precision": {"choices": PRECISIONS},
 }
 

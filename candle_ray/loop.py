@@ -247,7 +247,8 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
             metrics["stop_reason"] = "non-finite loss"
 
-        plateau.step(val_loss)
+        if config.get("reduce_lr", True):
+            plateau.step(val_loss)
         value = metrics.get(metric)
         improved = value is not None and (best["value"] is None or
                                           (value < best["value"] if mode == "min" else value > best["value"]))
@@ -262,8 +263,13 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             metrics["stop_reason"] = f"timeout: {elapsed:.0f}s >= {timeout:.0f}s"
         history.append(metrics)
 
-        if world.rank == 0:
-            kinds = ("last", "best") if improved else ("last",)
+        # CANDLE's ckpt_save_interval (0 = only the final epoch) and ckpt_save_best; NT3 at full size
+        # writes 1.2 GB per checkpoint, which a fast GPU epoch should not pay every time.
+        interval = int(config.get("ckpt_save_interval", 1))
+        last_epoch = epoch == epochs or "stop_reason" in metrics
+        kinds = [k for k, due in (("last", last_epoch or (interval > 0 and epoch % interval == 0)),
+                                  ("best", improved and config.get("ckpt_save_best", True))) if due]
+        if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
                 "model": job["model"], "config": config, "model_shape": job["model_shape"],
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),

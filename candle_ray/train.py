@@ -73,10 +73,19 @@ def _single_worker(job: dict):
 
 
 def _ddp_worker(job: dict):
+    import logging
+
     import ray.train
     import ray.train.torch
 
     from candle_ray.loop import World, train_epochs
+
+    try:  # Ray Train 2.60 logs every report at INFO on a logger named by file path, past LoggingConfig
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
     ctx = ray.train.get_context()
     world = World(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank(),

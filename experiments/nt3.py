@@ -41,6 +41,8 @@ experiment = Experiment(
         "reduce_lr_patience": 10,
         "early_stop": False,
         "early_stop_patience": 10,
+        "ckpt_save_interval": 1,
+        "ckpt_save_best": True,
         "precision": "auto",
     },
     search_space={
