@@ -31,7 +31,7 @@ def _check_shard(batch_size: int, rank: int, world_size: int) -> None:
         raise UsageError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}")
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray) -> torch.Tensor:
     """Zero-copy tensor over a numpy array, read-only (memory-mapped) ones included.
 
     torch warns that writing to such a tensor is undefined; the feeds only ever read from it
@@ -56,8 +56,8 @@ class BatchFeed:
             raise UsageError(f"x has {len(x)} rows but y has {len(y)}; they must have the same length")
         if len(x) == 0:
             raise UsageError("cannot feed an empty split (0 rows)")
-        self.x = _as_tensor(np.asarray(x, dtype=np.float32))
-        self.y = _as_tensor(np.asarray(y))
+        self.x = as_tensor(np.asarray(x, dtype=np.float32))
+        self.y = as_tensor(np.asarray(y))
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.num_samples = math.ceil(len(x) / world_size)
@@ -77,9 +77,14 @@ class BatchFeed:
             order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
         return order[self.rank : total : self.world_size]
 
+    def to(self, device: torch.device) -> "BatchFeed":
+        """Hold the split on `device` (a GPU): batches are then gathered there, with no copy per step."""
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Contiguous (x float32 [b, d], y [b]) batches; the last one may be smaller."""
-        order = self.indices(epoch)
+        order = self.indices(epoch).to(self.x.device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield torch.index_select(self.x, 0, index), torch.index_select(self.y, 0, index)

@@ -81,3 +81,12 @@ def test_file_store_uri_refused():
     with pytest.raises(UsageError, match="file store"):
         check_uri("./mlruns")
     assert check_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_mixed_precision_only_on_cuda():
+    from candle_ray.loop import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("fp16", torch.device("cuda")) is torch.float16
