@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -103,39 +104,53 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 
     from candle_ray import runtime, train as trainer
 
-    plan = trainer.plan_resources(runtime.connect(address), workers, use_gpu=False if force_cpu else None,
-                                  cpus_per_worker=cpus_per_worker)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     run_dir = (Path(output_dir) / experiment.name / run_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = {
-        "config": config, "model": experiment.model, "task": entry.manifest["task"],
-        "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
-        "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
-        "precision": config.get("precision", "auto"), "feed": feed,
-        "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
-    }
-    (run_dir / "config.json").write_text(json.dumps(job, indent=1, sort_keys=True))
 
-    tracker = tracking.RunTracker(uri, experiment.name)
-    run_id = tracker.start(run_name, {**config, "model": experiment.model, "dataset": entry.name, "workers": plan.workers,
-                                      "use_gpu": plan.use_gpu, "smoke": smoke}, {
-        "candle_ray.experiment_file": experiment.path,
-        "mlflow.source.name": experiment.path,
-        "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
-        "candle_ray.dataset": entry.name,
-        "candle_ray.dataset_fingerprint": entry.fingerprint,
-        "candle_ray.synthetic_data": str(entry.synthetic).lower(),
-        "candle_ray.run_dir": run_dir,
-    })
-    device = "GPU" if plan.use_gpu else "CPU"
-    click.echo(f"training {experiment.name} ({experiment.model}) on {plan.workers} {device} worker(s) x "
-               f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
-               f"{entry.num_features} features; MLflow run {run_id}")
-    progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
+    def start_run():
+        tracker = tracking.RunTracker(uri, experiment.name)
+        tracker.start(run_name, {**config, "model": experiment.model, "dataset": entry.name, "smoke": smoke}, {
+            "candle_ray.experiment_file": experiment.path,
+            "mlflow.source.name": experiment.path,
+            "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
+            "candle_ray.dataset": entry.name,
+            "candle_ray.dataset_fingerprint": entry.fingerprint,
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(),
+            "candle_ray.run_dir": run_dir,
+        })
+        return tracker
+
+    # MLflow's import and store set-up (~1.8 s) overlap ray.init (~3 s); ray.init stays in the main
+    # thread, where it installs its signal handlers.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(start_run)
+        try:
+            cluster = runtime.connect(address)
+        except BaseException:
+            if pending.exception() is None:
+                pending.result().finish("FAILED")
+            raise
+        tracker = pending.result()
     status = "FAILED"
     try:
+        plan = trainer.plan_resources(cluster, workers, use_gpu=False if force_cpu else None,
+                                      cpus_per_worker=cpus_per_worker)
+        tracker.log_params({"workers": plan.workers, "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
+        job = {
+            "config": config, "model": experiment.model, "task": entry.manifest["task"],
+            "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
+            "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
+            "precision": config.get("precision", "auto"), "feed": feed,
+            "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
+        }
+        (run_dir / "config.json").write_text(json.dumps(job, indent=1, sort_keys=True))
+        device = "GPU" if plan.use_gpu else "CPU"
+        click.echo(f"training {experiment.name} ({experiment.model}) on {plan.workers} {device} worker(s) x "
+                   f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
+                   f"{entry.num_features} features; MLflow run {tracker.run_id}")
+        progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
         trainer.run(job, plan, on_epoch=progress, max_failures=max_failures, storage_path=str(run_dir / "ray"),
                     run_name=run_name, launcher=launcher, log=lambda m: click.echo(m, err=True))
         status = "FINISHED"
@@ -148,7 +163,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     click.echo(f"done in {time.monotonic() - t_cli:.1f}s (start-up {progress.startup_s:.1f}s, "
                f"compute {progress.compute_s:.1f}s); best {experiment.metric} {best[experiment.metric]:.4f} at epoch {best['epoch']}")
     click.echo(f"checkpoints: {run_dir / 'checkpoints'}")
-    click.echo(f"MLflow run {run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+    click.echo(f"MLflow run {tracker.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 
 
 class _Progress:

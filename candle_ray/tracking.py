@@ -65,8 +65,6 @@ class RunTracker:
         self.run_id: str | None = None
 
     def start(self, run_name: str, params: dict, tags: dict) -> str:
-        from mlflow.entities import Param
-
         try:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
@@ -76,10 +74,15 @@ class RunTracker:
             raise CandleRayError(f"MLflow at {self.uri} is not usable ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:200]}); check --tracking-uri") from None
         self.run_id = run.info.run_id
+        self.log_params(params)
+        return self.run_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
         items = [Param(k, v[:6000]) for k, v in flatten_params(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
-        return self.run_id
 
     def log_epoch(self, metrics: dict) -> None:
         from mlflow.entities import Metric
