@@ -8,6 +8,7 @@ shows every run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -58,6 +59,10 @@ class RunTracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str):
         from mlflow.tracking import MlflowClient
+
+        # A new SQLite store announces its schema set-up at INFO: not news for the user.
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = check_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.uri)
