@@ -55,14 +55,11 @@ def plan_resources(cluster: dict, workers: int, *, use_gpu: bool | None = None, 
     return Plan(workers, cpus_per_worker, 1 if use_gpu else 0, max(1, int(cpus_per_worker)))
 
 
-def _device(plan_gpu: bool):
+def _device(use_gpu: bool):
     import torch
 
-    if plan_gpu:
-        ids = ray.get_gpu_ids()
-        # Ray sets CUDA_VISIBLE_DEVICES to this worker's GPU, which torch then sees as device 0.
-        return torch.device("cuda", 0) if ids else torch.device("cuda")
-    return torch.device("cpu")
+    # Ray sets CUDA_VISIBLE_DEVICES to the task's one GPU, which torch then sees as device 0.
+    return torch.device("cuda", 0) if use_gpu else torch.device("cpu")
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
