@@ -166,6 +166,55 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     click.echo(f"MLflow run {tracker.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 
 
+@main.command()
+@click.argument("experiment_file", metavar="EXPERIMENT")
+@click.option("--num-samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Trials to sample (with --search grid: repeats of the grid).")
+@click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna"]), default="random", show_default=True)
+@click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
+              show_default=True, help="Early stopping (asha, hyperband, median) or population-based training (pbt).")
+@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
+              help="DDP workers per trial (1 = the loop runs in the trial itself).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many trials as the cluster fits.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per trial.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searcher and scheduler.")
+@click.option("--metric", default=None, help="Default: the experiment's metric.")
+@click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a default for every trial (repeatable).")
+@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
+@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
+@click.option("--name", default=None, help="Sweep name (default <experiment>-<UTC time>); the folder under --storage.")
+@click.option("--resume", is_flag=True, help="Continue the sweep --name: finished trials stay, unfinished ones resume.")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Sweep folders [env CANDLE_RAY_STORAGE]; a shared path on clusters.")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@cache_option
+@click.pass_context
+def tune(ctx, experiment_file, num_samples, searcher, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
+         max_failures, seed, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
+         tracking_uri, cache_dir):
+    """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
+    from candle_ray import sweep, tracking
+    from candle_ray.errors import UsageError
+
+    if resume and not name:
+        raise UsageError("--resume needs the sweep's --name (its folder under --storage)")
+    experiment = _load(experiment_file)
+    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    code = sweep.run(
+        experiment=experiment, prepare=lambda: _prepare(experiment, smoke=smoke, cache=_cache(cache_dir)),
+        echo=click.echo, storage=Path(storage), name=name, resume=resume, searcher=searcher, scheduler=scheduler,
+        num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
+        max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
+        sets=list(sets), config_file=config_file, smoke=smoke, space=None, address=address, tracking_uri=uri,
+        force_cpu=force_cpu)
+    ctx.exit(code)
+
+
 class _Progress:
     """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
 

@@ -52,6 +52,8 @@ class Smoke:
     features: int = 1000
     overrides: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # Search-space keys a smoke sweep leaves out (e.g. NT3's conv layouts, sized for 60,483 features).
+    fixed: tuple[str, ...] = ()
 
 
 @dataclass

@@ -207,6 +207,10 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     if state is not None:  # resume after a worker failure: weights, optimizer, schedules and RNG
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
+        if state["config"].get("learning_rate") != config["learning_rate"]:
+            # PBT cloned another trial's weights with a perturbed learning rate: this trial's rate wins.
+            for group in optimizer.param_groups:
+                group["lr"] = float(config["learning_rate"])
         plateau.load_state_dict(state["plateau"])
         torch.set_rng_state(state["rng"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]

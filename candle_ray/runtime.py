@@ -22,6 +22,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         os.environ.setdefault(key, value)
     import ray
 
+    # Tune's result analysis looks for the per-trial result files we switch off; it warns per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)

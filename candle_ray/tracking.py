@@ -54,38 +54,65 @@ def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    # A new SQLite store announces its schema set-up at INFO: not news for the user.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _unusable(uri: str, exc: Exception) -> CandleRayError:
+    return CandleRayError(f"MLflow at {uri} is not usable ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check --tracking-uri")
+
+
 class RunTracker:
-    """One MLflow run, created on start and ended exactly once."""
+    """One MLflow run: created (or reopened by id) and ended once. Pickles as (uri, experiment, run id),
+    so Ray Tune can keep it in its experiment state and a resumed sweep finds the same run."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
-        from mlflow.tracking import MlflowClient
-
-        # A new SQLite store announces its schema set-up at INFO: not news for the user.
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None):
         self.uri = check_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment_name
-        self.run_id: str | None = None
+        self.run_id = run_id
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _client(self.uri)
+        return self._client
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None}
+
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
 
     def start(self, run_name: str, params: dict, tags: dict) -> str:
         try:
-            exp = self.client.get_experiment_by_name(self.experiment_name)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
-            run = self.client.create_run(exp_id, run_name=run_name,
-                                         tags={"candle_ray.version": __version__, **{k: str(v) for k, v in tags.items() if v is not None}})
+            run = self.client.create_run(self.experiment_id(), run_name=run_name, tags={
+                "candle_ray.version": __version__, **{k: str(v) for k, v in tags.items() if v is not None}})
         except Exception as exc:
-            raise CandleRayError(f"MLflow at {self.uri} is not usable ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}); check --tracking-uri") from None
+            raise _unusable(self.uri, exc) from None
         self.run_id = run.info.run_id
         self.log_params(params)
         return self.run_id
 
+    def reopen(self) -> None:
+        """Mark a run of an interrupted sweep RUNNING again: it is being continued, not replaced."""
+        try:
+            self.client.update_run(self.run_id, status="RUNNING")
+        except Exception as exc:
+            raise _unusable(self.uri, exc) from None
+
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v[:6000]) for k, v in flatten_params(params).items()]
+        have = self.client.get_run(self.run_id).data.params if self.run_id else {}
+        items = [Param(k, v[:6000]) for k, v in flatten_params(params).items() if k not in have]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
@@ -96,6 +123,9 @@ class RunTracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(self.run_id, metrics=items)
+
+    def logged_steps(self, metric: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 
     def set_tags(self, tags: dict) -> None:
         for key, value in tags.items():
@@ -110,3 +140,41 @@ class RunTracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
+
+
+class SweepTracker:
+    """A sweep's parent run and one child run per trial. Children carry the trial id as a tag, so a
+    resumed sweep reuses them: one parent, exactly one child per trial, no duplicate."""
+
+    TRIAL_TAG = "candle_ray.trial_id"
+
+    def __init__(self, parent: RunTracker):
+        self.parent = parent
+        self.children: dict[str, RunTracker] = {}
+
+    def child(self, trial_id: str, run_name: str, params: dict, tags: dict) -> RunTracker:
+        if trial_id in self.children:
+            return self.children[trial_id]
+        p = self.parent
+        found = p.client.search_runs(
+            [p.experiment_id()],
+            filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")
+        child = RunTracker(p.uri, p.experiment_name, found[0].info.run_id if found else None)
+        if found:
+            child.reopen()
+        else:
+            child.start(run_name, params, {**tags, "mlflow.parentRunId": p.run_id, self.TRIAL_TAG: trial_id})
+        self.children[trial_id] = child
+        return child
+
+    def stale_children(self) -> list[RunTracker]:
+        """Children still RUNNING (their trial was cut off by an interrupted driver)."""
+        p = self.parent
+        runs = p.client.search_runs([p.experiment_id()],
+                                    filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and attributes.status = 'RUNNING'")
+        return [RunTracker(p.uri, p.experiment_name, r.info.run_id) for r in runs]
+
+    def count_children(self) -> int:
+        p = self.parent
+        return len(p.client.search_runs([p.experiment_id()], filter_string=f"tags.mlflow.parentRunId = '{p.run_id}'",
+                                        max_results=50000))

@@ -55,7 +55,7 @@ def plan_resources(cluster: dict, workers: int, *, use_gpu: bool | None = None, 
     return Plan(workers, cpus_per_worker, 1 if use_gpu else 0, max(1, int(cpus_per_worker)))
 
 
-def _device(use_gpu: bool):
+def device_for(use_gpu: bool):
     import torch
 
     # Ray sets CUDA_VISIBLE_DEVICES to the task's one GPU, which torch then sees as device 0.
@@ -66,10 +66,10 @@ def _device(use_gpu: bool):
 def _single_worker(job: dict):
     from candle_ray.loop import World, train_epochs
 
-    yield from train_epochs(job, World(device=_device(job["use_gpu"])))
+    yield from train_epochs(job, World(device=device_for(job["use_gpu"])))
 
 
-def _ddp_worker(job: dict):
+def ddp_worker(job: dict):
     import logging
 
     import ray.train
@@ -88,6 +88,8 @@ def _ddp_worker(job: dict):
     world = World(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
                   device=ray.train.torch.get_device())
     for metrics in train_epochs(job, world):
+        if metrics.get("replayed") and not job.get("report_replayed", True):
+            continue  # every rank replays the same epochs, so the report barrier stays aligned
         ray.train.report(metrics)  # a barrier: every rank reports every epoch
 
 
@@ -167,7 +169,7 @@ def _run_ddp(job, plan, *, on_epoch, max_failures, storage_path, run_name):
     progress = Queue()
     resources = {"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
-        _ddp_worker,
+        ddp_worker,
         train_loop_config=job,
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,

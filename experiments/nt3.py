@@ -57,5 +57,6 @@ experiment = Experiment(
     mode="min",
     # Smoke: synthetic data in the exact NT3 file format, 1,000 features, and a small conv stack.
     smoke=Smoke(rows=(192, 48), features=1000,
-                overrides={"epochs": 3, "conv": [16, 20, 1, 16, 10, 1], "dense": [32, 8], "learning_rate": 0.01}),
+                overrides={"epochs": 3, "conv": [16, 20, 1, 16, 10, 1], "dense": [32, 8], "learning_rate": 0.01},
+                fixed=("conv",)),
 )

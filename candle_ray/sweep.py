@@ -1,0 +1,208 @@
+"""A sweep from start to end: settings, data, MLflow parent run, Tune, the count line and results.
+
+`sweep.json` in the sweep folder records what `--resume` needs: the experiment file, the settings,
+the fixed overrides and the MLflow parent run, so a resumed sweep continues the same runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from candle_ray.errors import UsageError
+
+SWEEP_FILE = "sweep.json"
+
+
+def known_metrics(task: str) -> tuple[str, ...]:
+    return ("loss", "val_loss", "accuracy", "val_accuracy") if task == "classification" else ("loss", "val_loss")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_record(storage: Path, name: str, experiment_path: Path) -> dict:
+    path = storage / name / SWEEP_FILE
+    if not path.exists():
+        existing = sorted(p.parent.name for p in storage.glob(f"*/{SWEEP_FILE}")) if storage.exists() else []
+        listing = f"sweeps in {storage}: {', '.join(existing)}" if existing else f"there are no sweeps in {storage}"
+        raise UsageError(f"no sweep named {name!r} to resume; {listing}")
+    record = json.loads(path.read_text())
+    if Path(record["experiment_file"]) != experiment_path:
+        raise UsageError(f"sweep {name!r} was started with {record['experiment_file']}, not {experiment_path}; "
+                         f"resume it with the same experiment file or start a new sweep")
+    return record
+
+
+def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: bool, searcher: str, scheduler: str,
+        num_samples: int, workers_per_trial: int, cpus_per_worker: float, max_concurrent: int | None, seed: int,
+        metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
+        space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool) -> int:
+    """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial."""
+    t0 = time.monotonic()
+    storage = storage.resolve()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if resume:
+        record = read_record(storage, name, experiment.path)
+        sets, config_file, smoke = record["sets"], record["config_file"], record["smoke"]
+        echo(f"resuming sweep {name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
+             f"{record['sweep']['num_samples']} samples)")
+    name = name or f"{experiment.name}-{stamp}"
+    config = experiment.resolve_config(config_file=config_file, sets=sets, smoke=smoke, warn=echo)
+    space = dict(space if space is not None else experiment.search_space)
+    if smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
+        space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
+    if not space:
+        raise UsageError(f"experiment {experiment.name!r} has an empty search space; add search_space keys "
+                         f"or pass --space FILE")
+    unknown = sorted(set(space) - set(config))
+    if unknown:
+        raise UsageError(f"search-space keys {unknown} are not in the experiment's config; "
+                         f"known keys: {', '.join(sorted(config))}")
+    for key in sets:  # a key both fixed by --set and searched would be silently overridden by the search
+        if key.partition("=")[0] in space:
+            raise UsageError(f"--set {key} fixes a key the search varies; drop it from --set or from the space")
+    metric, mode = metric or experiment.metric, mode or experiment.mode
+    entry = prepare()
+    if metric not in known_metrics(entry.manifest["task"]):
+        raise UsageError(f"metric {metric!r} is not reported by training; use one of "
+                         f"{', '.join(known_metrics(entry.manifest['task']))}")
+
+    from candle_ray import runtime, tracking, tune
+
+    cluster = runtime.connect(address)
+    use_gpu = bool(cluster.get("GPU")) and not force_cpu
+    if resume:
+        sweep = tune.Sweep(**record["sweep"])
+    else:
+        if (storage / name / SWEEP_FILE).exists():
+            raise UsageError(f"a sweep named {name!r} already exists in {storage}; resume it with --resume {name} "
+                             f"or pick another --name")
+        concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent)
+        sweep = tune.Sweep(name=name, searcher=searcher, scheduler=scheduler, num_samples=num_samples,
+                           workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
+                           gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
+                           mode=mode, max_failures=max_failures, max_epochs=int(config["epochs"]))
+    sweep_dir = storage / sweep.name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    parent = tracking.RunTracker(tracking_uri, experiment.name, record["parent_run_id"] if resume else None)
+    tags = {"candle_ray.experiment_file": experiment.path, "mlflow.source.name": experiment.path,
+            "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
+            "candle_ray.dataset": entry.name, "candle_ray.dataset_fingerprint": entry.fingerprint,
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": sweep_dir}
+    if resume:
+        parent.reopen()
+    else:
+        parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **config,
+                                  "model": experiment.model, "dataset": entry.name},
+                     {**tags, "candle_ray.sweep": sweep.name})
+        _write_json_atomic(sweep_dir / SWEEP_FILE, {
+            "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
+            "sweep": asdict(sweep), "sets": list(sets), "config_file": str(config_file) if config_file else None,
+            "smoke": smoke, "created": stamp})
+
+    base_job = {
+        "config": config, "model": experiment.model, "task": entry.manifest["task"],
+        "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
+        "entry": str(entry.path), "sweep_dir": str(sweep_dir), "metric": sweep.metric, "mode": sweep.mode,
+        "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
+        "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
+        "threads": max(1, int(sweep.cpus_per_worker)),
+    }
+    sweep_tracker = tracking.SweepTracker(parent)
+    progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
+    callbacks = [tune.MLflowSweepCallback(sweep_tracker, {**config, "model": experiment.model}, sweep.max_epochs,
+                                          {**tags, "candle_ray.sweep": sweep.name}), progress]
+    device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
+        f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
+    echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
+         f"{', '.join(space)}; {device} per trial, up to {sweep.max_concurrent} at once; "
+         f"MLflow parent run {parent.run_id}")
+    status = "FAILED"
+    try:
+        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, storage=storage,
+                                 callbacks=callbacks, resume=resume)
+        results = tuner.fit()
+        summary = summarize(results, sweep, progress)
+        _write_results(sweep_dir, summary, parent, sweep)
+        status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            for child in sweep_tracker.stale_children():
+                child.finish("KILLED")
+        parent.finish(status)
+    wall = time.monotonic() - t0
+    counts = summary["counts"]
+    echo(f"{summary['total']} trials: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
+         f"{counts.get('stopped early', 0)} stopped early"
+         + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
+         + f"; {wall:.1f}s wall, {summary['compute_s']:.1f}s of epochs")
+    if summary["best"]:
+        best = summary["best"]
+        echo(f"best {sweep.metric} {best['value']:.4g} (trial {best['trial_id']}, epoch {best['epoch']}): "
+             f"{json.dumps(best['config'], default=str)}")
+    if summary["interrupted"]:
+        echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume {sweep.name}"
+             + (f" --storage {storage}" if storage != Path("candle-ray-sweeps").resolve() else ""))
+        return 1
+    return 0 if summary["succeeded"] else 1
+
+
+def summarize(results, sweep, progress) -> dict:
+    """Counts, the best trial and one row per trial, from Tune's trials as the driver saw them."""
+    from candle_ray.tune import _status
+
+    trials = progress.trials or []
+    rows, counts = [], {}
+    for trial in trials:
+        status = _status(trial, sweep.max_epochs)
+        counts[status] = counts.get(status, 0) + 1
+        last = trial.last_result or {}
+        rows.append({"trial_id": trial.trial_id, "status": status, "epochs": last.get("epoch", 0),
+                     sweep.metric: last.get(sweep.metric), **{f"config.{k}": v for k, v in trial.config.items()}})
+    best = None
+    candidates = [t for t in trials if t.status != "ERROR" and t.last_result
+                  and isinstance(t.last_result.get(sweep.metric), float) and math.isfinite(t.last_result[sweep.metric])]
+    if candidates:
+        pick = (min if sweep.mode == "min" else max)(candidates, key=lambda t: t.last_result[sweep.metric])
+        best = {"trial_id": pick.trial_id, "value": pick.last_result[sweep.metric],
+                "epoch": pick.last_result.get("epoch"), "config": pick.config}
+    unfinished = sum(counts.get(s, 0) for s in ("running", "pending", "paused"))
+    succeeded = counts.get("completed", 0) + counts.get("stopped early", 0)
+    return {"rows": rows, "counts": counts, "best": best, "total": len(trials), "unfinished": unfinished,
+            "interrupted": unfinished > 0, "succeeded": succeeded > 0,
+            "compute_s": sum(progress.epoch_seconds.values())}
+
+
+def _write_results(sweep_dir: Path, summary: dict, parent, sweep) -> None:
+    """results.csv and best_config.json in the sweep folder and on the parent run."""
+    rows = summary["rows"]
+    columns = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("config."), k))
+    path = sweep_dir / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    parent.log_artifact(path)
+    if summary["best"]:
+        _write_json_atomic(sweep_dir / "best_config.json", summary["best"])
+        parent.log_artifact(sweep_dir / "best_config.json")
+        parent.log_epoch({"epoch": 0, f"best_{sweep.metric}": summary["best"]["value"]})
+    counts = summary["counts"]
+    parent.set_tags({"candle_ray.trials_completed": counts.get("completed", 0),
+                     "candle_ray.trials_failed": counts.get("failed", 0),
+                     "candle_ray.trials_stopped_early": counts.get("stopped early", 0)})
+

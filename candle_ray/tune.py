@@ -1,0 +1,377 @@
+"""`candle-ray tune`: Ray Tune searches whose trials run candle-ray's training loop.
+
+A one-worker trial *is* the worker: the loop runs inside Tune's function trainable (actors reused
+between trials), so a trial costs what its epochs cost. A multi-worker trial drives a TorchTrainer.
+Per epoch a trial reports its metrics and, with a Tune checkpoint, its candle-ray checkpoint files, so
+schedulers can stop it, PBT can clone its weights into another trial, and a resumed sweep continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
+# Checkpoint retention (num_to_keep) forces an experiment-state snapshot when trials checkpoint often;
+# that is the price of bounded files per trial, so Tune's warning about it is noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray  # noqa: E402
+import ray.tune  # noqa: E402
+from ray.tune import Callback  # noqa: E402
+
+from candle_ray import checkpoint  # noqa: E402
+from candle_ray.errors import TrainingError, UsageError  # noqa: E402
+
+SEARCHERS = ("random", "grid", "optuna")
+SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+# What PBT may change in a running trial: hyperparameters that do not change the model's shape.
+PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "batch_size")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's settings: what `--resume` must find unchanged."""
+
+    name: str
+    searcher: str
+    scheduler: str
+    num_samples: int
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: int
+    max_concurrent: int
+    seed: int
+    metric: str
+    mode: str
+    max_failures: int
+    max_epochs: int
+
+
+# ---------------------------------------------------------------- spaces, searchers, schedulers
+
+
+def grid_space(space: dict) -> dict:
+    """Grid search over every categorical key; a continuous key cannot be gridded."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    grid = {}
+    for key, value in space.items():
+        if isinstance(value, Categorical):
+            grid[key] = ray.tune.grid_search(list(value.categories))
+        elif isinstance(value, dict) and "grid_search" in value:
+            grid[key] = value
+        elif isinstance(value, Domain):
+            raise UsageError(f"grid search needs discrete values, but {key!r} is continuous ({type(value).__name__}); "
+                             f"use --search random or optuna, or give {key} a tune.choice([...])")
+        else:
+            grid[key] = value
+    return grid
+
+
+def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int):
+    """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
+    optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones."""
+    if name == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=seed), max_concurrent=max_concurrent)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int):
+    from ray.tune import schedulers
+
+    common = {"metric": metric, "mode": mode, "time_attr": "epoch"}
+    if name == "fifo":
+        return schedulers.FIFOScheduler()
+    if name == "asha":
+        return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=1, reduction_factor=3, **common)
+    if name == "hyperband":
+        return schedulers.HyperBandScheduler(max_t=max_epochs, reduction_factor=3, **common)
+    if name == "median":
+        return schedulers.MedianStoppingRule(grace_period=1, min_samples_required=2, **common)
+    mutations = {k: v for k, v in space.items() if k in PBT_MUTABLE}
+    if not mutations:
+        raise UsageError(f"PBT needs at least one of {', '.join(PBT_MUTABLE)} in the search space to perturb; "
+                         f"the space has {', '.join(space)}")
+    interval = max(1, max_epochs // 4)
+    import random
+
+    random.seed(seed)  # PBT's explore draws from the random module
+    return schedulers.PopulationBasedTraining(perturbation_interval=interval, hyperparam_mutations=mutations,
+                                              quantile_fraction=0.25, resample_probability=0.25, **common)
+
+
+def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None) -> int:
+    """How many trials fit at once; more would only queue drivers that wait for workers."""
+    fits = math.floor(float(cluster.get("CPU", 0)) / (workers * cpus_per_worker) + 1e-9)
+    if gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0)) // (workers * gpus_per_worker))
+    if fits < 1:
+        raise UsageError(f"one trial needs {workers} x {cpus_per_worker:g} CPU{' + 1 GPU' if gpus_per_worker else ''} "
+                         f"but the cluster has {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU; "
+                         f"lower --workers-per-trial or --cpus-per-worker")
+    return min(fits, requested) if requested else fits
+
+
+# ---------------------------------------------------------------------------- the trial
+
+
+def _tune_checkpoint(ckpt_dir: Path):
+    """The run's current last/best checkpoint as a Tune checkpoint (hard links: no copy here)."""
+    staging = Path(tempfile.mkdtemp(prefix="candle-ray-ckpt-"))
+    for kind in checkpoint.KINDS:
+        pointer = ckpt_dir / f"{kind}.json"
+        if pointer.exists():
+            shutil.copy2(pointer, staging / pointer.name)
+            name = checkpoint.pointer(ckpt_dir, kind)["file"]
+            if not (staging / name).exists():
+                try:
+                    os.link(ckpt_dir / name, staging / name)
+                except OSError:  # another filesystem
+                    shutil.copy2(ckpt_dir / name, staging / name)
+    return staging, ray.tune.Checkpoint.from_directory(str(staging))
+
+
+def _report_epochs(job: dict, epochs) -> None:
+    """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last`."""
+    ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    for metrics in epochs:
+        if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
+            continue
+        result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        last = checkpoint.pointer(ckpt_dir, "last")
+        if last and last["epoch"] == metrics["epoch"]:
+            staging, ckpt = _tune_checkpoint(ckpt_dir)
+            try:
+                ray.tune.report(result, checkpoint=ckpt)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            ray.tune.report(result)
+        if metrics.get("stop_reason") == "non-finite loss":
+            raise TrainingError(f"trial hit a non-finite loss at epoch {metrics['epoch']} "
+                                f"(loss {metrics['loss']}, val_loss {metrics['val_loss']}); lower the learning rate")
+
+
+def run_trial(config: dict, base_job: dict) -> None:
+    """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
+    (with this trial's hyperparameters), a fresh trial starts from scratch."""
+    # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_dir = Path(base_job["sweep_dir"]) / "trials" / trial_id
+    ckpt_dir = run_dir / "checkpoints"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    restored = ray.tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as src:
+            shutil.copytree(src, ckpt_dir)
+    job = {**base_job, "config": {**base_job["config"], **config}, "run_dir": str(run_dir)}
+    if base_job["workers"] == 1:
+        from candle_ray.loop import World, train_epochs
+        from candle_ray.train import device_for
+
+        _report_epochs(job, train_epochs(job, World(device=device_for(job["use_gpu"]))))
+    else:
+        _run_ddp_trial(job, trial_id)
+
+
+def _run_ddp_trial(job: dict, trial_id: str) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from candle_ray.train import ddp_worker
+
+    use_gpu = job["use_gpu"]
+    trainer = TorchTrainer(
+        ddp_worker,
+        train_loop_config={**job, "report_replayed": False},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job["workers"], use_gpu=use_gpu,
+            resources_per_worker={"CPU": job["cpus_per_worker"], **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}", storage_path=str(Path(job["sweep_dir"]) / "train"),
+            failure_config=ray.train.FailureConfig(max_failures=1),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+    )
+    trainer.fit()
+
+
+# ------------------------------------------------------------------------- callbacks (driver)
+
+
+def _ended(trial, max_epochs: int) -> str:
+    """How a trial that ended without error ended: all its epochs, or stopped before (scheduler,
+    early stopping, timeout)."""
+    epochs = int(trial.config.get("epochs", max_epochs))
+    return "completed" if (trial.last_result or {}).get("epoch", 0) >= epochs else "stopped early"
+
+
+def _status(trial, max_epochs: int) -> str:
+    if trial.status == "ERROR":
+        return "failed"
+    if trial.status == "TERMINATED":
+        return _ended(trial, max_epochs)
+    return {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(trial.status, trial.status.lower())
+
+
+class MLflowSweepCallback(Callback):
+    """One MLflow child run per trial under the sweep's parent: params, per-epoch metrics (step = epoch),
+    the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end."""
+
+    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict):
+        self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
+        self.logged: dict[str, set[int]] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "logged": {}}  # recomputed from MLflow after a resume
+
+    def _child(self, trial):
+        child = self.sweep.child(trial.trial_id, f"{trial.trial_id}", {**self.fixed, **trial.config},
+                                 {**self.trial_tags, "candle_ray.run_dir": Path(self.trial_tags["candle_ray.sweep_dir"])
+                                  / "trials" / trial.trial_id})
+        if trial.trial_id not in self.logged:
+            self.logged[trial.trial_id] = child.logged_steps("val_loss")
+        return child
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        child, epoch = self._child(trial), int(result.get("epoch", 0))
+        if epoch and epoch not in self.logged[trial.trial_id]:
+            child.log_epoch(result)
+            self.logged[trial.trial_id].add(epoch)
+
+    def _end(self, trial, status: str, tags: dict) -> None:
+        child = self._child(trial)
+        ckpt_dir = Path(self.trial_tags["candle_ray.sweep_dir"]) / "trials" / trial.trial_id / "checkpoints"
+        best = checkpoint.pointer(ckpt_dir, "best") if ckpt_dir.exists() else None
+        if best and (ckpt_dir / best["file"]).exists():
+            child.log_artifact(ckpt_dir / best["file"], "checkpoints")
+            child.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        child.set_tags(tags)
+        child.finish(status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED", {"candle_ray.trial_status": _ended(trial, self.max_epochs)})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        message = (getattr(trial, "error_msg", None) or "").strip().splitlines()
+        self._end(trial, "FAILED", {"candle_ray.trial_status": "failed",
+                                    "candle_ray.error": (message[-1] if message else "trial failed")[:5000]})
+
+
+class ProgressCallback(Callback):
+    """The live view: a status line with counts and the best result so far, and a line per finished trial."""
+
+    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0):
+        self.metric, self.mode, self.max_epochs, self.echo, self.every_s = metric, mode, max_epochs, echo, every_s
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+        self.trials = None  # Tune's trials as last seen: the sweep's summary reads them
+        self.epoch_seconds: dict[tuple[str, int], float] = {}  # (trial, epoch) -> seconds: the sweep's compute
+
+    def __getstate__(self):
+        return {**self.__dict__, "echo": print, "trials": None, "epoch_seconds": {}}
+
+    def best(self, trials):
+        scored = [(t.last_result.get(self.metric), t) for t in trials if t.last_result and self.metric in t.last_result]
+        best_value = [(v, t) for v, t in scored if v is not None and math.isfinite(v)]
+        if not best_value:
+            return None
+        return (min if self.mode == "min" else max)(best_value, key=lambda vt: vt[0])
+
+    def table(self, trials) -> str:
+        counts: dict[str, int] = {}
+        for t in trials:
+            s = _status(t, self.max_epochs)
+            counts[s] = counts.get(s, 0) + 1
+        order = ("running", "pending", "completed", "stopped early", "failed", "paused")
+        parts = [f"{name} {counts.get(name, 0)}" for name in order if counts.get(name) or name in order[:5]]
+        best = self.best(trials)
+        best_text = f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('epoch')})" \
+            if best else f"best {self.metric} -"
+        return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {best_text}"
+
+    def on_step_end(self, iteration, trials, **info):
+        self.trials = trials
+        if time.monotonic() - self.last_line >= self.every_s:
+            self.last_line = time.monotonic()
+            self.echo(self.table(trials))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(result.get("epoch_time_s", 0.0))
+
+    def _row(self, trial, what: str):
+        last = trial.last_result or {}
+        shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in trial.config.items()}
+        value = last.get(self.metric)
+        value_text = f"{value:.4g}" if isinstance(value, float) else "-"
+        self.echo(f"  trial {trial.trial_id} {what}: {self.metric} {value_text} at epoch {last.get('epoch', 0)}  {shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._row(trial, _ended(trial, self.max_epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        self.trials = trials
+        self.echo(self.table(trials))
+
+
+# ---------------------------------------------------------------------------------- the sweep
+
+
+def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, callbacks: list, resume: bool):
+    """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
+    per_trial = {"cpu": sweep.cpus_per_worker, "gpu": sweep.gpus_per_worker} if sweep.workers_per_trial == 1 \
+        else {"cpu": 0, "memory": 1}  # a DDP trial only drives its Train workers
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), per_trial)
+    sweep_dir = storage / sweep.name
+    if resume:
+        return ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+    param_space = grid_space(space) if sweep.searcher == "grid" else dict(space)
+    return ray.tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray.tune.TuneConfig(
+            num_samples=sweep.num_samples,
+            # Each search algorithm limits concurrency itself (Tune ignores max_concurrent_trials for them).
+            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent),
+            scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
+                                     space=space, seed=sweep.seed),
+            reuse_actors=sweep.workers_per_trial == 1 and sweep.scheduler != "pbt",
+            trial_name_creator=lambda t: t.trial_id,
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=sweep.name,
+            storage_path=str(storage),
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # bounded files per trial
+        ),
+    )
+
+
+def can_restore(storage: Path, name: str) -> bool:
+    return ray.tune.Tuner.can_restore(str(storage / name))
