@@ -47,7 +47,7 @@ def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
     torch.save({**state, "format": FORMAT}, tmp)
     digest = _sha256(tmp)
     os.replace(tmp, path)
-    pointer = {"file": path.name, "sha256": digest, "epoch": epoch, "model": state.get("model"),
+    pointer = {"file": path.name, "sha256": digest, "epoch": epoch, "model": state.get("model"), "origin": state.get("origin"),
                "metric": state.get("best", {}).get("metric"), "value": state.get("best", {}).get("value")}
     for kind in kinds:
         _write_json_atomic(directory / f"{kind}.json", pointer)

@@ -168,8 +168,8 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 
 @main.command()
 @click.argument("experiment_file", metavar="EXPERIMENT")
-@click.option("--num-samples", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Trials to sample (with --search grid: repeats of the grid).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None,
+              help="Trials to sample [default 8]; with --search grid, repeats of the whole grid [default 1].")
 @click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna"]), default="random", show_default=True)
 @click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
               show_default=True, help="Early stopping (asha, hyperband, median) or population-based training (pbt).")
@@ -205,6 +205,7 @@ def tune(ctx, experiment_file, num_samples, searcher, scheduler, workers_per_tri
         raise UsageError("--resume needs the sweep's --name (its folder under --storage)")
     experiment = _load(experiment_file)
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    num_samples = num_samples or (1 if searcher == "grid" else 8)
     code = sweep.run(
         experiment=experiment, prepare=lambda: _prepare(experiment, smoke=smoke, cache=_cache(cache_dir)),
         echo=click.echo, storage=Path(storage), name=name, resume=resume, searcher=searcher, scheduler=scheduler,

@@ -284,6 +284,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "plateau": plateau.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
                 "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
+                "origin": job["run_dir"],  # which run wrote it: PBT hands checkpoints between trials
             }, kinds=kinds)
         yield {**metrics, "best_epoch": best["epoch"]}
         if "stop_reason" in metrics:

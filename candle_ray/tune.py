@@ -8,6 +8,7 @@ schedulers can stop it, PBT can clone its weights into another trial, and a resu
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -178,6 +179,12 @@ def run_trial(config: dict, base_job: dict) -> None:
     if restored is not None:
         with restored.as_directory() as src:
             shutil.copytree(src, ckpt_dir)
+        last = checkpoint.pointer(ckpt_dir, "last") or {}
+        origin = Path(last.get("origin") or run_dir).name
+        # A record of where this trial's weights came from: itself (a resume) or another trial (PBT).
+        with open(run_dir / "restores.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
+                                "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
     job = {**base_job, "config": {**base_job["config"], **config}, "run_dir": str(run_dir)}
     if base_job["workers"] == 1:
         from candle_ray.loop import World, train_epochs
@@ -230,6 +237,16 @@ def _status(trial, max_epochs: int) -> str:
     return {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(trial.status, trial.status.lower())
 
 
+def _error_line(trial) -> str:
+    """The last line of the trial's error (its exception type and message)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "trial failed")[:5000]
+
+
 class MLflowSweepCallback(Callback):
     """One MLflow child run per trial under the sweep's parent: params, per-epoch metrics (step = epoch),
     the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end."""
@@ -272,9 +289,7 @@ class MLflowSweepCallback(Callback):
         self._end(trial, "FINISHED", {"candle_ray.trial_status": _ended(trial, self.max_epochs)})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        message = (getattr(trial, "error_msg", None) or "").strip().splitlines()
-        self._end(trial, "FAILED", {"candle_ray.trial_status": "failed",
-                                    "candle_ray.error": (message[-1] if message else "trial failed")[:5000]})
+        self._end(trial, "FAILED", {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)})
 
 
 class ProgressCallback(Callback):
@@ -346,8 +361,12 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), per_trial)
     sweep_dir = storage / sweep.name
     if resume:
-        return ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                      resume_errored=False, restart_errored=False)
+        tuner = ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        # Restore brings back the callbacks pickled at the start; this driver's own (live output,
+        # MLflow client) take their place. Ray 2.60 exposes the run config only on the internal tuner.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     param_space = grid_space(space) if sweep.searcher == "grid" else dict(space)
     return ray.tune.Tuner(
         trainable,
@@ -368,7 +387,9 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
             verbose=0,
             callbacks=callbacks,
             failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=2),  # bounded files per trial
+            # Two checkpoints per trial bound its files; PBT keeps them all (at most one per epoch),
+            # since a donor that moves on must not delete the checkpoint a recipient is about to clone.
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=None if sweep.scheduler == "pbt" else 2),
         ),
     )
 

@@ -1,0 +1,144 @@
+"""Sweeps on the real local Ray cluster: ASHA with a real `mlflow server`, PBT weight transfer,
+a failing trial among good ones, and a resume after the driver is killed with SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from candle_ray.cli import main
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+TINY = ROOT / "tests" / "support" / "tiny_nt3.py"
+
+
+def tune(*args):
+    return CliRunner().invoke(main, ["tune", *map(str, args)], catch_exceptions=False)
+
+
+def rest(server, path, body=None):
+    url = f"{server}/api/2.0/mlflow/{path}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_server):
+    r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "asha", "--name", "asha4",
+             "--tracking-uri", mlflow_server)
+    assert r.exit_code == 0, r.output
+    assert "4 trials:" in r.output and "best val_loss" in r.output
+    exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=tiny_nt3")["experiment"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    tags = lambda run: {t["key"]: t["value"] for t in run["data"].get("tags", [])}  # noqa: E731
+    parents = [run for run in runs if tags(run).get("candle_ray.sweep") == "asha4" and "mlflow.parentRunId" not in tags(run)]
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    children = [run for run in runs if tags(run).get("mlflow.parentRunId") == parents[0]["info"]["run_id"]]
+    assert len(children) == 4
+    assert len({tags(c)["candle_ray.trial_id"] for c in children}) == 4
+    for child in children:
+        assert child["info"]["status"] == "FINISHED"
+        params = {p["key"]: p["value"] for p in child["data"]["params"]}
+        assert "learning_rate" in params and params["model"] == "nt3"
+        history = rest(mlflow_server, f"metrics/get-history?run_id={child['info']['run_id']}&metric_key=val_loss")["metrics"]
+        steps = [m["step"] for m in history]
+        assert steps and sorted(steps) == list(range(1, len(steps) + 1))  # each epoch once
+    statuses = [tags(c)["candle_ray.trial_status"] for c in children]
+    assert "stopped early" in statuses  # ASHA cut some trials
+    files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}")["files"]}
+    assert {"results.csv", "best_config.json"} <= files
+
+
+def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
+    r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "pbt", "--set", "epochs=8", "--name", "pbt")
+    assert r.exit_code == 0, r.output
+    restores = [json.loads(line) | {"trial": path.parent.name}
+                for path in (workdir / "candle-ray-sweeps" / "pbt" / "trials").glob("*/restores.jsonl")
+                for line in path.read_text().splitlines()]
+    cloned = [r for r in restores if r["from_trial"] != r["trial"]]
+    assert cloned, restores  # a trial continued from another trial's checkpoint
+    # ...with its own (perturbed) hyperparameters, not the donor's
+    assert all(r["config"]["learning_rate"] > 0 for r in cloned)
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(ray_cluster, workdir, tmp_path):
+    exp = tmp_path / "nan_lr.py"
+    exp.write_text(textwrap.dedent(f"""
+        import importlib.util
+        from dataclasses import replace
+        from ray import tune
+        spec = importlib.util.spec_from_file_location("tiny", {str(TINY)!r})
+        tiny = importlib.util.module_from_spec(spec); spec.loader.exec_module(tiny)
+        experiment = replace(tiny.experiment, name="nan_lr",
+                             search_space={{"learning_rate": tune.choice([0.01, 1e12])}})
+    """))
+    r = tune(exp, "--smoke", "--search", "grid", "--scheduler", "fifo", "--max-failures", 0, "--name", "nan")
+    assert r.exit_code == 0, r.output  # one trial succeeded
+    assert "1 completed, 1 failed" in r.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nan_lr").experiment_id])
+    failed = [run for run in runs if run.info.status == "FAILED"]
+    assert len(failed) == 1 and "non-finite loss" in failed[0].data.tags["candle_ray.error"]
+    assert float(failed[0].data.params["learning_rate"]) == 1e12
+
+
+def test_resume_after_driver_sigkill(ray_cluster, workdir):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    args = ["tune", str(TINY), "--smoke", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "fifo",
+            "--set", "epochs=25", "--set", "batch_size=4", "--name", "killed"]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([str(Path(sys.executable).parent / "candle-ray"), *args], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    deadline, killed_mid_trial = time.monotonic() + 240, False
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        try:
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("tiny_nt3")
+            runs = client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''") if exp else []
+        except Exception:
+            continue
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        running = [r for r in runs if r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "loss")) >= 3]
+        if finished and running:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver, with no chance to clean up
+            killed_mid_trial = True
+            break
+    driver.wait(timeout=30)
+    assert killed_mid_trial, driver.stdout.read().decode()[-3000:]
+    before = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "loss"))
+              for r in MlflowClient(uri).search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
+
+    r = CliRunner().invoke(main, args + ["--resume"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "3 trials: 3 completed" in r.output
+    client = MlflowClient(uri)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)  # none left RUNNING
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+        assert sorted(steps) == list(range(1, 26)), steps  # every epoch exactly once
+        if child.info.run_id in before:  # finished before the kill: not rerun
+            assert len(steps) == before[child.info.run_id] == 25
+    restores = [json.loads(line) for p in (workdir / "candle-ray-sweeps" / "killed" / "trials").glob("*/restores.jsonl")
+                for line in p.read_text().splitlines()]
+    assert any(r["epoch"] and r["epoch"] >= 1 for r in restores)  # the cut trial continued from its checkpoint
