@@ -170,7 +170,10 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None,
               help="Trials to sample [default 8]; with --search grid, repeats of the whole grid [default 1].")
-@click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna"]), default="random", show_default=True)
+@click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna"]), default=None,
+              help="Searcher [default random; grid for a grid settings.json].")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
+              help="A CANDLE Supervisor space (GA JSON, random or grid settings.json) instead of the experiment's.")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
               show_default=True, help="Early stopping (asha, hyperband, median) or population-based training (pbt).")
 @click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
@@ -194,7 +197,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
 @cache_option
 @click.pass_context
-def tune(ctx, experiment_file, num_samples, searcher, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
+def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
          max_failures, seed, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
          tracking_uri, cache_dir):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
@@ -205,13 +208,22 @@ def tune(ctx, experiment_file, num_samples, searcher, scheduler, workers_per_tri
         raise UsageError("--resume needs the sweep's --name (its folder under --storage)")
     experiment = _load(experiment_file)
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    space = None
+    if space_file:
+        from candle_ray.space import read_space_file
+
+        found = read_space_file(space_file, experiment.defaults)
+        if found.searcher == "grid" and searcher not in (None, "grid"):
+            raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
+        space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
+    searcher = searcher or "random"
     num_samples = num_samples or (1 if searcher == "grid" else 8)
     code = sweep.run(
         experiment=experiment, prepare=lambda: _prepare(experiment, smoke=smoke, cache=_cache(cache_dir)),
         echo=click.echo, storage=Path(storage), name=name, resume=resume, searcher=searcher, scheduler=scheduler,
         num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
-        sets=list(sets), config_file=config_file, smoke=smoke, space=None, address=address, tracking_uri=uri,
+        sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
         force_cpu=force_cpu)
     ctx.exit(code)
 

@@ -58,19 +58,16 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
              f"{record['sweep']['num_samples']} samples)")
     name = name or f"{experiment.name}-{stamp}"
     config = experiment.resolve_config(config_file=config_file, sets=sets, smoke=smoke, warn=echo)
-    space = dict(space if space is not None else experiment.search_space)
-    if smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
-        space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
-    if not space:
-        raise UsageError(f"experiment {experiment.name!r} has an empty search space; add search_space keys "
-                         f"or pass --space FILE")
-    unknown = sorted(set(space) - set(config))
-    if unknown:
-        raise UsageError(f"search-space keys {unknown} are not in the experiment's config; "
-                         f"known keys: {', '.join(sorted(config))}")
-    for key in sets:  # a key both fixed by --set and searched would be silently overridden by the search
-        if key.partition("=")[0] in space:
-            raise UsageError(f"--set {key} fixes a key the search varies; drop it from --set or from the space")
+    if resume:  # Tune restores the sweep's own space; only its keys are needed here
+        space = dict.fromkeys(record["space_keys"])
+    else:
+        space = dict(space if space is not None else experiment.search_space)
+        if smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
+            space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
+        check_space(space, config, sets, experiment.name)
+        from candle_ray import tune
+
+        tune.validate(searcher, scheduler, space)
     metric, mode = metric or experiment.metric, mode or experiment.mode
     entry = prepare()
     if metric not in known_metrics(entry.manifest["task"]):
@@ -91,7 +88,8 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
         sweep = tune.Sweep(name=name, searcher=searcher, scheduler=scheduler, num_samples=num_samples,
                            workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
-                           mode=mode, max_failures=max_failures, max_epochs=int(config["epochs"]))
+                           mode=mode, max_failures=max_failures,
+                           max_epochs=tune.max_epochs(space, int(config["epochs"])))
     sweep_dir = storage / sweep.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
@@ -108,7 +106,8 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
                      {**tags, "candle_ray.sweep": sweep.name})
         _write_json_atomic(sweep_dir / SWEEP_FILE, {
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
-            "sweep": asdict(sweep), "sets": list(sets), "config_file": str(config_file) if config_file else None,
+            "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
+            "config_file": str(config_file) if config_file else None,
             "smoke": smoke, "created": stamp})
 
     base_job = {
@@ -159,6 +158,19 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
              + (f" --storage {storage}" if storage != Path("candle-ray-sweeps").resolve() else ""))
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:
+    if not space:
+        raise UsageError(f"experiment {experiment_name!r} has an empty search space; add search_space keys "
+                         f"or pass --space FILE")
+    unknown = sorted(set(space) - set(config))
+    if unknown:
+        raise UsageError(f"search-space keys {unknown} are not in the experiment's config; "
+                         f"known keys: {', '.join(sorted(config))}")
+    for item in sets:  # a key both fixed by --set and searched would be silently overridden by the search
+        if item.partition("=")[0] in space:
+            raise UsageError(f"--set {item} fixes a key the search varies; drop it from --set or from the space")
 
 
 def summarize(results, sweep, progress) -> dict:

@@ -90,6 +90,22 @@ def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: 
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
+def pbt_mutations(space: dict) -> dict:
+    mutations = {k: v for k, v in space.items() if k in PBT_MUTABLE}
+    if not mutations:
+        raise UsageError(f"PBT needs at least one of {', '.join(PBT_MUTABLE)} in the search space to perturb; "
+                         f"the space has {', '.join(space)}")
+    return mutations
+
+
+def validate(searcher: str, scheduler: str, space: dict) -> None:
+    """Refuse, before anything starts, a space that the searcher or scheduler cannot use."""
+    if searcher == "grid":
+        grid_space(space)
+    if scheduler == "pbt":
+        pbt_mutations(space)
+
+
 def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int):
     from ray.tune import schedulers
 
@@ -102,16 +118,29 @@ def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space:
         return schedulers.HyperBandScheduler(max_t=max_epochs, reduction_factor=3, **common)
     if name == "median":
         return schedulers.MedianStoppingRule(grace_period=1, min_samples_required=2, **common)
-    mutations = {k: v for k, v in space.items() if k in PBT_MUTABLE}
-    if not mutations:
-        raise UsageError(f"PBT needs at least one of {', '.join(PBT_MUTABLE)} in the search space to perturb; "
-                         f"the space has {', '.join(space)}")
+    mutations = pbt_mutations(space)
     interval = max(1, max_epochs // 4)
     import random
 
     random.seed(seed)  # PBT's explore draws from the random module
     return schedulers.PopulationBasedTraining(perturbation_interval=interval, hyperparam_mutations=mutations,
                                               quantile_fraction=0.25, resample_probability=0.25, **common)
+
+
+def max_epochs(space: dict, default: int) -> int:
+    """The most epochs a trial can run: the schedulers' time horizon (epochs may be searched too)."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    domain = space.get("epochs")
+    if isinstance(domain, Categorical):
+        return int(max(domain.categories))
+    if isinstance(domain, Integer):
+        return int(domain.upper) - 1  # randint's upper bound is exclusive
+    if isinstance(domain, Float):
+        return int(domain.upper)
+    if isinstance(domain, dict) and "grid_search" in domain:
+        return int(max(domain["grid_search"]))
+    return default
 
 
 def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None) -> int:

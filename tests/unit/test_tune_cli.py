@@ -1,0 +1,87 @@
+"""`candle-ray tune` refuses bad input before starting anything: one line, exit 2."""
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from candle_ray.cli import main
+from tests.conftest import ROOT
+
+NT3 = ROOT / "experiments" / "nt3.py"
+TINY = ROOT / "tests" / "support" / "tiny_nt3.py"
+
+
+def tune(*args):
+    return CliRunner().invoke(main, ["tune", *map(str, args)])
+
+
+def error_line(result):
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [("--search", "bayes"), ("--scheduler", "pb2"), ("--num-samples", "0"),
+                                  ("--workers-per-trial", "0")])
+def test_click_rejects(workdir, args):
+    r = tune(NT3, *args)
+    assert r.exit_code == 2 and ("Invalid value" in r.output or "is not" in r.output), r.output
+
+
+def test_empty_space(workdir, tmp_path):
+    exp = tmp_path / "empty.py"
+    exp.write_text(textwrap.dedent(f"""
+        import importlib.util
+        from dataclasses import replace
+        spec = importlib.util.spec_from_file_location("nt3", {str(NT3)!r})
+        nt3 = importlib.util.module_from_spec(spec); spec.loader.exec_module(nt3)
+        experiment = replace(nt3.experiment, search_space={{}})
+    """))
+    r = tune(exp, "--smoke")
+    assert r.exit_code == 2 and "empty search space" in error_line(r)
+
+
+def test_space_key_not_in_config(workdir, tmp_path):
+    space = tmp_path / "ga.json"
+    space.write_text(json.dumps([{"name": "clipnorm", "type": "float", "lower": 1e-4, "upper": 10.0}]))
+    r = tune(NT3, "--smoke", "--space", space)
+    assert r.exit_code == 2 and "'clipnorm' is not in the experiment's config" in error_line(r)
+
+
+def test_metric_not_reported(workdir):
+    r = tune(TINY, "--smoke", "--metric", "val_auc")
+    assert r.exit_code == 2 and "'val_auc' is not reported" in error_line(r)
+
+
+def test_grid_over_continuous_key(workdir):
+    r = tune(TINY, "--smoke", "--search", "grid")
+    assert r.exit_code == 2 and "grid search needs discrete values" in error_line(r)
+
+
+def test_pbt_without_mutable_key(workdir, tmp_path):
+    space = tmp_path / "grid.json"
+    space.write_text(json.dumps([{"name": "activation", "type": "categorical", "values": ["relu", "tanh"]}]))
+    r = tune(TINY, "--smoke", "--space", space, "--scheduler", "pbt")
+    assert r.exit_code == 2 and "PBT needs" in error_line(r)
+
+
+def test_set_of_a_searched_key(workdir):
+    r = tune(TINY, "--smoke", "--set", "learning_rate=0.1")
+    assert r.exit_code == 2 and "fixes a key the search varies" in error_line(r)
+
+
+def test_resume_of_missing_sweep(workdir):
+    r = tune(TINY, "--resume", "--name", "nope")
+    assert r.exit_code == 2 and "no sweep named 'nope'" in error_line(r)
+    r = tune(TINY, "--resume")
+    assert r.exit_code == 2 and "needs the sweep's --name" in error_line(r)
+
+
+def test_resume_with_another_experiment(workdir):
+    sweep = workdir / "candle-ray-sweeps" / "s1"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"experiment_file": str(NT3)}))
+    r = tune(TINY, "--resume", "--name", "s1")
+    assert r.exit_code == 2 and "was started with" in error_line(r)
