@@ -120,8 +120,9 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
     }
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
-    callbacks = [tune.MLflowSweepCallback(sweep_tracker, {**config, "model": experiment.model}, sweep.max_epochs,
-                                          {**tags, "candle_ray.sweep": sweep.name}), progress]
+    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**config, "model": experiment.model}, sweep.max_epochs,
+                                               {**tags, "candle_ray.sweep": sweep.name})
+    callbacks = [mlflow_callback, progress]
     device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
@@ -131,7 +132,12 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
     try:
         tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, storage=storage,
                                  callbacks=callbacks, resume=resume)
+        t_fit = time.monotonic()
         results = tuner.fit()
+        fit_s = time.monotonic() - t_fit
+        failure = mlflow_callback.close()
+        if failure:
+            echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in {sweep_dir}")
         summary = summarize(results, sweep, progress)
         _write_results(sweep_dir, summary, parent, sweep)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
@@ -139,6 +145,7 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
         status = "KILLED"
         raise
     finally:
+        mlflow_callback.close()
         if status != "FINISHED":
             for child in sweep_tracker.stale_children():
                 child.finish("KILLED")
@@ -148,7 +155,7 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
     echo(f"{summary['total']} trials: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
-         + f"; {wall:.1f}s wall, {summary['compute_s']:.1f}s of epochs")
+         + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
     if summary["best"]:
         best = summary["best"]
         echo(f"best {sweep.metric} {best['value']:.4g} (trial {best['trial_id']}, epoch {best['epoch']}): "

@@ -76,6 +76,7 @@ class RunTracker:
         self.uri = check_uri(tracking_uri)
         self.experiment_name = experiment_name
         self.run_id = run_id
+        self.reopened = False  # set when a resumed sweep continues this run
         self._client = None
 
     @property
@@ -107,6 +108,7 @@ class RunTracker:
             self.client.update_run(self.run_id, status="RUNNING")
         except Exception as exc:
             raise _unusable(self.uri, exc) from None
+        self.reopened = True
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param

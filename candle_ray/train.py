@@ -88,8 +88,6 @@ def ddp_worker(job: dict):
     world = World(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
                   device=ray.train.torch.get_device())
     for metrics in train_epochs(job, world):
-        if metrics.get("replayed") and not job.get("report_replayed", True):
-            continue  # every rank replays the same epochs, so the report barrier stays aligned
         ray.train.report(metrics)  # a barrier: every rank reports every epoch
 
 

@@ -221,31 +221,70 @@ def run_trial(config: dict, base_job: dict) -> None:
 
         _report_epochs(job, train_epochs(job, World(device=device_for(job["use_gpu"]))))
     else:
-        _run_ddp_trial(job, trial_id)
+        _run_ddp_trial(job)
 
 
-def _run_ddp_trial(job: dict, trial_id: str) -> None:
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+@ray.remote
+class _Peer:
+    """Rank 1..N-1 of a DDP trial: runs the same loop, takes part in the all-reduces, reports nothing."""
 
-    from candle_ray.train import ddp_worker
+    def run(self, job: dict, rank: int, world_size: int, master: str) -> None:
+        from candle_ray.loop import World, train_epochs
+        from candle_ray.train import device_for
 
-    use_gpu = job["use_gpu"]
-    trainer = TorchTrainer(
-        ddp_worker,
-        train_loop_config={**job, "report_replayed": False},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job["workers"], use_gpu=use_gpu,
-            resources_per_worker={"CPU": job["cpus_per_worker"], **({"GPU": 1} if use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=str(Path(job["sweep_dir"]) / "train"),
-            failure_config=ray.train.FailureConfig(max_failures=1),
-            callbacks=[TuneReportCallback()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-    )
-    trainer.fit()
+        _join_process_group(job, rank, world_size, master)
+        try:
+            for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job["use_gpu"]))):
+                pass
+        finally:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _join_process_group(job: dict, rank: int, world_size: int, master: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    # A peer that dies makes the others fail within this timeout instead of hanging the trial.
+    dist.init_process_group("nccl" if job["use_gpu"] else "gloo", init_method=f"tcp://{master}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=job.get("ddp_timeout_s", 300)))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _run_ddp_trial(job: dict) -> None:
+    """A DDP trial without Ray Train's ~15 s of per-fit start-up: this trial actor is rank 0 (it
+    reports to Tune) and N-1 peer actors, placed in the trial's own placement group, join it over
+    torch.distributed (gloo on CPUs, NCCL on GPUs)."""
+    import torch.distributed as dist
+
+    from candle_ray.loop import World, train_epochs
+    from candle_ray.train import device_for
+
+    world_size = job["workers"]
+    master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+    peers = [_Peer.options(num_cpus=job["cpus_per_worker"], num_gpus=int(job["use_gpu"])).remote()
+             for _ in range(world_size - 1)]
+    runs = [peer.run.remote(job, rank, world_size, master) for rank, peer in enumerate(peers, start=1)]
+    try:
+        _join_process_group(job, 0, world_size, master)
+        try:
+            _report_epochs(job, train_epochs(job, World(rank=0, world_size=world_size,
+                                                        device=device_for(job["use_gpu"]))))
+        finally:
+            dist.destroy_process_group()
+        ray.get(runs)
+    finally:
+        for peer in peers:
+            ray.kill(peer)
 
 
 # ------------------------------------------------------------------------- callbacks (driver)
@@ -278,35 +317,66 @@ def _error_line(trial) -> str:
 
 class MLflowSweepCallback(Callback):
     """One MLflow child run per trial under the sweep's parent: params, per-epoch metrics (step = epoch),
-    the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end."""
+    the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end.
+
+    MLflow calls run in order on one background thread: Tune's event loop, which every trial's
+    results pass through, never waits for the tracking store. `close()` drains it.
+    """
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
-        self.logged: dict[str, set[int]] = {}
+        self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
+        self.failure: str | None = None
+        self._queue = self._thread = None
 
     def __getstate__(self):
-        return {**self.__dict__, "logged": {}}  # recomputed from MLflow after a resume
+        return {**self.__dict__, "logged": {}, "_queue": None, "_thread": None}
 
-    def _child(self, trial):
-        child = self.sweep.child(trial.trial_id, f"{trial.trial_id}", {**self.fixed, **trial.config},
-                                 {**self.trial_tags, "candle_ray.run_dir": Path(self.trial_tags["candle_ray.sweep_dir"])
-                                  / "trials" / trial.trial_id})
-        if trial.trial_id not in self.logged:
-            self.logged[trial.trial_id] = child.logged_steps("val_loss")
+    def _submit(self, fn, *args) -> None:
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="candle-ray-mlflow", daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception as exc:  # tracking trouble must not stop the search; reported by close()
+                self.failure = self.failure or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    def close(self) -> str | None:
+        """Wait for every queued MLflow call; return the first failure, if any."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        return self.failure
+
+    def _trial_dir(self, trial_id: str) -> Path:
+        return Path(self.trial_tags["candle_ray.sweep_dir"]) / "trials" / trial_id
+
+    def _child(self, trial_id: str, config: dict):
+        child = self.sweep.child(trial_id, trial_id, {**self.fixed, **config},
+                                 {**self.trial_tags, "candle_ray.run_dir": self._trial_dir(trial_id)})
+        if trial_id not in self.logged:  # a resumed sweep: the epochs this child already has
+            self.logged[trial_id] = child.logged_steps("val_loss") if child.reopened else set()
         return child
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._child(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        child, epoch = self._child(trial), int(result.get("epoch", 0))
-        if epoch and epoch not in self.logged[trial.trial_id]:
+    def _log(self, trial_id: str, config: dict, result: dict) -> None:
+        child, epoch = self._child(trial_id, config), int(result.get("epoch", 0))
+        if epoch and epoch not in self.logged[trial_id]:
             child.log_epoch(result)
-            self.logged[trial.trial_id].add(epoch)
+            self.logged[trial_id].add(epoch)
 
-    def _end(self, trial, status: str, tags: dict) -> None:
-        child = self._child(trial)
-        ckpt_dir = Path(self.trial_tags["candle_ray.sweep_dir"]) / "trials" / trial.trial_id / "checkpoints"
+    def _end(self, trial_id: str, config: dict, status: str, tags: dict) -> None:
+        child = self._child(trial_id, config)
+        ckpt_dir = self._trial_dir(trial_id) / "checkpoints"
         best = checkpoint.pointer(ckpt_dir, "best") if ckpt_dir.exists() else None
         if best and (ckpt_dir / best["file"]).exists():
             child.log_artifact(ckpt_dir / best["file"], "checkpoints")
@@ -314,11 +384,19 @@ class MLflowSweepCallback(Callback):
         child.set_tags(tags)
         child.finish(status)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._submit(self._child, trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._submit(self._log, trial.trial_id, dict(trial.config), dict(result))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "FINISHED", {"candle_ray.trial_status": _ended(trial, self.max_epochs)})
+        self._submit(self._end, trial.trial_id, dict(trial.config), "FINISHED",
+                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED", {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)})
+        self._submit(self._end, trial.trial_id, dict(trial.config), "FAILED",
+                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)})
 
 
 class ProgressCallback(Callback):
@@ -385,9 +463,10 @@ class ProgressCallback(Callback):
 
 def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, callbacks: list, resume: bool):
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
-    per_trial = {"cpu": sweep.cpus_per_worker, "gpu": sweep.gpus_per_worker} if sweep.workers_per_trial == 1 \
-        else {"cpu": 0, "memory": 1}  # a DDP trial only drives its Train workers
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), per_trial)
+    # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
+    bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
+    resources = ray.tune.PlacementGroupFactory([bundle] * sweep.workers_per_trial)
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     sweep_dir = storage / sweep.name
     if resume:
         tuner = ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
@@ -406,7 +485,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed),
-            reuse_actors=sweep.workers_per_trial == 1 and sweep.scheduler != "pbt",
+            reuse_actors=sweep.scheduler != "pbt",
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),
