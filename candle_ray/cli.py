@@ -228,6 +228,18 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
     ctx.exit(code)
 
 
+@main.command()
+@click.argument("sweep_name", metavar="SWEEP")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Where the sweep's folder is [env CANDLE_RAY_STORAGE].")
+def report(sweep_name, storage):
+    """Draw SWEEP's learning curves, parameter importance, parallel coordinates and best trial
+    (PNGs + report.html in the sweep folder, attached to its MLflow parent run)."""
+    from candle_ray import sweep
+
+    sweep.report_command(Path(storage), sweep_name, click.echo)
+
+
 class _Progress:
     """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
 

@@ -140,6 +140,11 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
             echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in {sweep_dir}")
         summary = summarize(results, sweep, progress)
         _write_results(sweep_dir, summary, parent, sweep)
+        try:
+            files = make_report(parent, sweep_dir, sweep.name, sweep.metric, sweep.mode, list(space))
+            echo(f"report: {files[-1]}")
+        except Exception as exc:  # pictures are a bonus: never fail a finished search over them
+            echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -165,6 +170,32 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
              + (f" --storage {storage}" if storage != Path("candle-ray-sweeps").resolve() else ""))
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def make_report(parent, sweep_dir: Path, name: str, metric: str, mode: str, space_keys: list[str]) -> list[Path]:
+    """Draw the sweep's pictures from its MLflow runs into sweep_dir/report and attach them to the parent."""
+    from candle_ray import report, tracking
+
+    files = report.write_report(tracking.sweep_trials(parent), sweep=name, metric=metric, mode=mode,
+                                space_keys=space_keys, out=sweep_dir / "report")
+    for path in files:
+        parent.log_artifact(path, "report")
+    return files
+
+
+def report_command(storage: Path, name: str, echo) -> list[Path]:
+    """`candle-ray report SWEEP`: redraw a sweep's pictures (for a finished or a running sweep)."""
+    from candle_ray import tracking
+
+    path = storage.resolve() / name / SWEEP_FILE
+    if not path.exists():
+        raise UsageError(f"no sweep named {name!r} in {storage.resolve()}; pass --storage where it ran")
+    record = json.loads(path.read_text())
+    parent = tracking.RunTracker(record["tracking_uri"], "", record["parent_run_id"])
+    sweep = record["sweep"]
+    files = make_report(parent, path.parent, name, sweep["metric"], sweep["mode"], record["space_keys"])
+    echo(f"report: {files[-1]} ({len(files) - 1} pictures), attached to MLflow run {parent.run_id}")
+    return files
 
 
 def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:

@@ -89,6 +89,8 @@ class RunTracker:
         return {**self.__dict__, "_client": None}
 
     def experiment_id(self) -> str:
+        if self.run_id is not None:  # an existing run knows its experiment
+            return self.client.get_run(self.run_id).info.experiment_id
         exp = self.client.get_experiment_by_name(self.experiment_name)
         return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
 
@@ -180,3 +182,20 @@ class SweepTracker:
         p = self.parent
         return len(p.client.search_runs([p.experiment_id()], filter_string=f"tags.mlflow.parentRunId = '{p.run_id}'",
                                         max_results=50000))
+
+
+def sweep_trials(parent: RunTracker, metrics=("loss", "val_loss", "accuracy", "val_accuracy")) -> list[dict]:
+    """Every child run of a sweep as plain data: trial id, status, params and per-epoch histories."""
+    client, trials = parent.client, []
+    runs = client.search_runs([parent.experiment_id()], f"tags.mlflow.parentRunId = '{parent.run_id}'",
+                              max_results=50000)
+    for run in runs:
+        history = {}
+        for key in metrics:
+            points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            if points:
+                history[key] = points
+        trials.append({"trial_id": run.data.tags.get(SweepTracker.TRIAL_TAG, run.info.run_id),
+                       "status": run.data.tags.get("candle_ray.trial_status", run.info.status.lower()),
+                       "params": dict(run.data.params), "history": history})
+    return sorted(trials, key=lambda t: t["trial_id"])

@@ -57,7 +57,10 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     statuses = [tags(c)["candle_ray.trial_status"] for c in children]
     assert "stopped early" in statuses  # ASHA cut some trials
     files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}")["files"]}
-    assert {"results.csv", "best_config.json"} <= files
+    assert {"results.csv", "best_config.json", "report"} <= files
+    pictures = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}"
+                                                       f"&path=report")["files"]}
+    assert {"report/learning_curves.png", "report/parallel_coordinates.png", "report/report.html"} <= pictures
 
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):

@@ -1,0 +1,249 @@
+"""`candle-ray report SWEEP`: pictures of a sweep, as PNGs plus one HTML page.
+
+- learning curves of every trial (the early-stopped ones end in an x, failed ones in red);
+- parameter importance (permutation importance of a random forest fitted from config to result);
+- parallel coordinates of the configuration against the metric;
+- the best trial's curves.
+Data come from the sweep's MLflow runs; the files are attached to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"completed": "#1f77b4", "stopped early": "#9a9a9a", "failed": "#d62728"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _numeric(values: list[str]):
+    try:
+        return [float(v) for v in values], True
+    except ValueError:
+        return values, False
+
+
+def _final(trial: dict, metric: str) -> float | None:
+    points = trial["history"].get(metric)
+    return points[-1][1] if points else None
+
+
+def _best(trials: list[dict], metric: str, mode: str) -> dict | None:
+    scored = [t for t in trials if t["status"] != "failed" and _final(t, metric) is not None
+              and math.isfinite(_final(t, metric))]
+    if not scored:
+        return None
+    values = [min(v for _, v in t["history"][metric]) if mode == "min" else max(v for _, v in t["history"][metric])
+              for t in scored]
+    return scored[int(np.argmin(values) if mode == "min" else np.argmax(values))]
+
+
+def learning_curves(trials, metric, mode, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    best = _best(trials, metric, mode)
+    for t in trials:
+        points = t["history"].get(metric)
+        if not points:
+            continue
+        steps, values = zip(*points)
+        style = {"color": COLORS.get(t["status"], "#1f77b4"), "alpha": 0.55, "linewidth": 1.2}
+        ax.plot(steps, values, **style)
+        if t["status"] in ("stopped early", "failed"):
+            ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
+    if best:
+        steps, values = zip(*best["history"][metric])
+        ax.plot(steps, values, color="#ff7f0e", linewidth=2.8, label=f"best: trial {best['trial_id']}")
+    for status, color in COLORS.items():
+        ax.plot([], [], color=color, label=status + (" (x = where it was stopped)" if status == "stopped early" else ""))
+    finite = [v for t in trials for _, v in t["history"].get(metric, []) if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 50:
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel=metric, title=f"Learning curves of {len(trials)} trials ({metric})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _design(trials, keys):
+    """Config matrix for the importance model: numbers as they are (log10 where they span decades),
+    categories one-hot; returns the matrix and, per column, the key it came from."""
+    columns, owners = [], []
+    for key in keys:
+        values, numeric = _numeric([t["params"].get(key, "") for t in trials])
+        if numeric:
+            arr = np.array(values, dtype=float)
+            if arr.min() > 0 and arr.max() / arr.min() >= 100:
+                arr = np.log10(arr)
+            columns.append(arr)
+            owners.append(key)
+        else:
+            for level in sorted(set(values)):
+                columns.append(np.array([v == level for v in values], dtype=float))
+                owners.append(key)
+    return np.column_stack(columns), owners
+
+
+def importance(trials, keys, metric) -> dict[str, float]:
+    """Permutation importance (drop in R^2 when a parameter is shuffled) of a random forest that
+    predicts each trial's best `metric` from its configuration."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.inspection import permutation_importance
+
+    scored = [t for t in trials if t["history"].get(metric) and all(math.isfinite(v) for _, v in t["history"][metric])]
+    if len(scored) < 4 or not keys:
+        return {}
+    X, owners = _design(scored, keys)
+    y = np.array([min(v for _, v in t["history"][metric]) for t in scored])
+    forest = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=2).fit(X, y)
+    result = permutation_importance(forest, X, y, n_repeats=20, random_state=0)
+    scores: dict[str, float] = {}
+    for owner, value in zip(owners, result.importances_mean):
+        scores[owner] = scores.get(owner, 0.0) + max(0.0, float(value))
+    return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+
+
+def importance_plot(scores: dict[str, float], metric: str, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * max(len(scores), 2) + 1.5))
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names], color="#2ca02c")
+    ax.set(xlabel=f"importance (loss of R² predicting best {metric} when shuffled)", title="Parameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parallel_coordinates(trials, keys, metric, mode, path: Path) -> None:
+    plt = _plt()
+    scored = [t for t in trials if t["history"].get(metric)]
+    values = np.array([min(v for _, v in t["history"][metric]) if mode == "min"
+                       else max(v for _, v in t["history"][metric]) for t in scored])
+    axes_data, tick_labels = [], []
+    for key in keys:
+        raw, numeric = _numeric([t["params"].get(key, "") for t in scored])
+        if numeric:
+            arr = np.array(raw, dtype=float)
+            log = arr.min() > 0 and arr.max() / max(arr.min(), 1e-300) >= 100
+            shown = np.log10(arr) if log else arr
+            lo, hi = shown.min(), shown.max()
+            axes_data.append((shown - lo) / (hi - lo) if hi > lo else np.full_like(shown, 0.5))
+            fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.3g}")
+            tick_labels.append([(0.0, fmt(lo)), (1.0, fmt(hi))])
+        else:
+            levels = sorted(set(raw))
+            pos = {lv: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, lv in enumerate(levels)}
+            axes_data.append(np.array([pos[v] for v in raw]))
+            tick_labels.append([(p, lv[:14]) for lv, p in pos.items()])
+    finite = np.isfinite(values)
+    lo, hi = (values[finite].min(), values[finite].max()) if finite.any() else (0, 1)
+    norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    axes_data.append(np.where(finite, norm, 1.0))
+    tick_labels.append([(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")])
+    # Colour by rank, not value: a few excellent trials would otherwise wash all the others out.
+    # goodness: 0 for the best trial, 1 for the worst.
+    goodness = np.argsort(np.argsort(values if mode == "min" else -values)) / max(len(values) - 1, 1)
+    fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(axes_data)), 5.5))
+    cmap = plt.get_cmap("viridis")  # dark purple (0) = best
+    xs = np.arange(len(axes_data))
+    for i in np.argsort(-goodness):  # best drawn last, on top
+        ax.plot(xs, [col[i] for col in axes_data], color=cmap(goodness[i]) if finite[i] else "#d62728",
+                alpha=0.8, linewidth=2.2 - goodness[i])
+    for x, ticks in zip(xs, tick_labels):
+        ax.axvline(x, color="black", linewidth=0.8)
+        for y, text in ticks:
+            ax.text(x + 0.03, y, text, fontsize=8, va="center")
+    ax.set_xticks(xs, [*keys, f"best {metric}"])
+    ax.set_yticks([])
+    ax.set_title("Parallel coordinates: configuration against result (dark = better rank)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def best_curves(best: dict, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, pair in zip(axes, (("loss", "val_loss"), ("accuracy", "val_accuracy"))):
+        for key, style in zip(pair, ("-", "--")):
+            if key in best["history"]:
+                steps, values = zip(*best["history"][key])
+                ax.plot(steps, values, style, marker="o", markersize=3, label=key)
+        ax.set(xlabel="epoch", title=f"best trial {best['trial_id']}: {pair[0]}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, space_keys: list[str], out: Path) -> list[Path]:
+    """Write the PNGs and report.html into `out`; return the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    curves = out / "learning_curves.png"
+    learning_curves(trials, metric, mode, curves)
+    files.append(curves)
+    keys = [k for k in space_keys if any(k in t["params"] for t in trials)]
+    scores = importance(trials, keys, metric)
+    if scores:
+        importance_plot(scores, metric, out / "parameter_importance.png")
+        files.append(out / "parameter_importance.png")
+    if keys and any(t["history"].get(metric) for t in trials):
+        parallel_coordinates(trials, keys, metric, mode, out / "parallel_coordinates.png")
+        files.append(out / "parallel_coordinates.png")
+    best = _best(trials, metric, mode)
+    if best:
+        best_curves(best, out / "best_trial.png")
+        files.append(out / "best_trial.png")
+    files.append(_html(trials, sweep=sweep, metric=metric, mode=mode, keys=keys, best=best, scores=scores,
+                       images=[f.name for f in files], out=out))
+    return files
+
+
+def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path) -> Path:
+    counts = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    ranked = sorted((t for t in trials if t["history"].get(metric)),
+                    key=lambda t: (min if mode == "min" else max)(v for _, v in t["history"][metric]),
+                    reverse=mode == "max")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            t["trial_id"], t["status"], len(t["history"][metric]),
+            f"{(min if mode == 'min' else max)(v for _, v in t['history'][metric]):.4g}",
+            *(t["params"].get(k, "") for k in keys))) + "</tr>"
+        for t in ranked[:20])
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", f"best {metric}", *keys))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    best_text = (f"best {metric} {html.escape(str(round(min(v for _, v in best['history'][metric]), 6)))} "
+                 f"(trial {html.escape(best['trial_id'])})") if best else "no successful trial"
+    importance_text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "too few trials to estimate"
+    figures = "".join(f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>' for name in images)
+    page = out / "report.html"
+    page.write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>candle-ray sweep {html.escape(sweep)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} img{{max-width:100%;border:1px solid #ddd}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head>
+<body><h1>Sweep {html.escape(sweep)}</h1>
+<p>{len(trials)} trials: {html.escape(summary)}; {best_text}.</p>
+<p>Parameter importance: {html.escape(importance_text)}.</p>
+{figures}
+<h2>Top trials</h2><table><tr>{header}</tr>{rows}</table>
+</body></html>
+""")
+    return page

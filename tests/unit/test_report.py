@@ -1,0 +1,49 @@
+"""Sweep pictures from plain trial data (no MLflow, no Ray)."""
+
+import numpy as np
+
+from candle_ray.report import importance, write_report
+
+
+def fake_trials(n=16):
+    rng = np.random.default_rng(0)
+    trials = []
+    for i in range(n):
+        lr = float(10 ** rng.uniform(-4, -1))
+        dropout = float(rng.uniform(0, 0.5))
+        optimizer = ["sgd", "adam"][i % 2]
+        final = 0.1 + (np.log10(lr) + 4) * 0.3  # lr decides the result; dropout and optimizer do not
+        epochs = 9 if final < 0.7 else 3  # like ASHA: the worst are stopped early
+        history = {"val_loss": [(e, final + 1.0 / e) for e in range(1, epochs + 1)],
+                   "loss": [(e, final + 1.2 / e) for e in range(1, epochs + 1)],
+                   "accuracy": [(e, 1 - final / e) for e in range(1, epochs + 1)]}
+        status = "completed" if epochs == 9 else "stopped early"
+        trials.append({"trial_id": f"t{i:02d}", "status": status, "history": history,
+                       "params": {"learning_rate": str(lr), "dropout": str(dropout), "optimizer": optimizer,
+                                  "epochs": "9"}})
+    trials.append({"trial_id": "tfail", "status": "failed", "params": {"learning_rate": "1e12", "dropout": "0.1",
+                   "optimizer": "sgd"}, "history": {"val_loss": [(1, float("nan"))]}})
+    return trials
+
+
+def test_importance_finds_the_parameter_that_matters():
+    scores = importance(fake_trials(), ["learning_rate", "dropout", "optimizer"], "val_loss")
+    assert list(scores)[0] == "learning_rate"
+
+
+def test_write_report(tmp_path):
+    files = write_report(fake_trials(), sweep="s", metric="val_loss", mode="min",
+                         space_keys=["learning_rate", "dropout", "optimizer"], out=tmp_path)
+    names = {f.name for f in files}
+    assert names == {"learning_curves.png", "parameter_importance.png", "parallel_coordinates.png",
+                     "best_trial.png", "report.html"}
+    for f in files:
+        assert f.stat().st_size > 1000
+    page = (tmp_path / "report.html").read_text()
+    assert "learning_curves.png" in page and "best val_loss" in page and "1 failed" in page
+
+
+def test_report_with_too_few_trials(tmp_path):
+    files = write_report(fake_trials(2)[:2], sweep="s", metric="val_loss", mode="min",
+                         space_keys=["learning_rate"], out=tmp_path)
+    assert "parameter_importance.png" not in {f.name for f in files}  # not estimated from 2 trials
