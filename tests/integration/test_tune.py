@@ -64,15 +64,17 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
 
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
-    r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "pbt", "--set", "epochs=8", "--name", "pbt")
+    # NT3's smoke space (batch size, optimizer, dropout, learning rate) spreads the scores; 4 trials run
+    # at once (0.5 CPU each) so that PBT always has a population to rank.
+    r = tune(ROOT / "experiments" / "nt3.py", "--smoke", "--num-samples", 4, "--scheduler", "pbt",
+             "--set", "epochs=8", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt")
     assert r.exit_code == 0, r.output
     restores = [json.loads(line) | {"trial": path.parent.name}
                 for path in (workdir / "candle-ray-sweeps" / "pbt" / "trials").glob("*/restores.jsonl")
                 for line in path.read_text().splitlines()]
     cloned = [r for r in restores if r["from_trial"] != r["trial"]]
-    assert cloned, restores  # a trial continued from another trial's checkpoint
-    # ...with its own (perturbed) hyperparameters, not the donor's
-    assert all(r["config"]["learning_rate"] > 0 for r in cloned)
+    assert cloned, restores  # a trial continued from another trial's checkpoint...
+    assert all(r["epoch"] >= 1 for r in cloned)  # ...holding weights trained for some epochs
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(ray_cluster, workdir, tmp_path):
