@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration bench clean
+.PHONY: install browser demo test unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium and its driver for the MLflow UI test (Debian packages; needs root, as in CI).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium + chromium-driver (apt)"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: no chromium/chromedriver and no root to install them: the MLflow UI test will be skipped"; \
+	  fi; \
+	fi
+
 # The main job: NT3 in smoke mode (synthetic data in the real NT3 format, served through the real
 # download path), local Ray, MLflow in ./mlflow.db.
 demo: $(STAMP)
 	$(BIN)/candle-ray train experiments/nt3.py --smoke
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 unit: $(STAMP)
