@@ -10,7 +10,10 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,12 +136,14 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
         tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, storage=storage,
                                  callbacks=callbacks, resume=resume)
         t_fit = time.monotonic()
-        results = tuner.fit()
+        with _interrupt_watch() as tune_was_interrupted:
+            results = tuner.fit()
+            interrupted = tune_was_interrupted()
         fit_s = time.monotonic() - t_fit
         failure = mlflow_callback.close()
         if failure:
             echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in {sweep_dir}")
-        summary = summarize(results, sweep, progress)
+        summary = summarize(results, sweep, progress, interrupted)
         _write_results(sweep_dir, summary, parent, sweep)
         try:
             files = make_report(parent, sweep_dir, sweep.name, sweep.metric, sweep.mode, list(space))
@@ -211,7 +216,22 @@ def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:
             raise UsageError(f"--set {item} fixes a key the search varies; drop it from --set or from the space")
 
 
-def summarize(results, sweep, progress) -> dict:
+@contextmanager
+def _interrupt_watch():
+    """Tells whether Ctrl-C stopped `tuner.fit()`: Tune catches the first SIGINT itself, ends the run
+    gracefully (the stopped trial then looks merely "terminated") and puts back the handler it found."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == "1":
+        yield lambda: False
+        return
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield lambda: signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def summarize(results, sweep, progress, interrupted: bool = False) -> dict:
     """Counts, the best trial and one row per trial, from Tune's trials as the driver saw them."""
     from candle_ray.tune import _status
 
@@ -233,7 +253,7 @@ def summarize(results, sweep, progress) -> dict:
     unfinished = sum(counts.get(s, 0) for s in ("running", "pending", "paused"))
     succeeded = counts.get("completed", 0) + counts.get("stopped early", 0)
     return {"rows": rows, "counts": counts, "best": best, "total": len(trials), "unfinished": unfinished,
-            "interrupted": unfinished > 0, "succeeded": succeeded > 0,
+            "interrupted": interrupted or unfinished > 0, "succeeded": succeeded > 0,
             "compute_s": sum(progress.epoch_seconds.values())}
 
 

@@ -469,6 +469,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     sweep_dir = storage / sweep.name
     if resume:
+        _repair_checkpoint_references(sweep_dir)
         tuner = ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         # Restore brings back the callbacks pickled at the start; this driver's own (live output,
@@ -500,6 +501,28 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=None if sweep.scheduler == "pbt" else 2),
         ),
     )
+
+
+def _repair_checkpoint_references(sweep_dir: Path) -> list[Path]:
+    """Checkpoint retention can delete a trial's checkpoint after the last experiment snapshot named it
+    and before the next one (a driver killed in between). Tune would then refuse to restore that trial;
+    instead, the trial's newest checkpoint takes the named place, and the trial resumes from there."""
+    import re
+
+    repaired = []
+    for state in sweep_dir.glob("experiment_state-*.json"):
+        for entry in json.loads(state.read_text()).get("trial_data", []):
+            text = json.dumps(entry)
+            trial = re.search(r'trial_id\W+([\w-]+)', text)
+            trial_dir = sweep_dir / trial.group(1) if trial else None
+            if trial_dir is None or not trial_dir.is_dir():
+                continue
+            for name in set(re.findall(r"checkpoint_\d{6}", text)):
+                newest = sorted(trial_dir.glob("checkpoint_*"))
+                if not (trial_dir / name).exists() and newest:
+                    shutil.copytree(newest[-1], trial_dir / name)
+                    repaired.append(trial_dir / name)
+    return repaired
 
 
 def can_restore(storage: Path, name: str) -> bool:

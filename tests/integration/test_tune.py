@@ -100,7 +100,8 @@ def test_failing_trial_is_recorded_and_search_goes_on(ray_cluster, workdir, tmp_
     assert float(failed[0].data.params["learning_rate"]) == 1e12
 
 
-def test_resume_after_driver_sigkill(ray_cluster, workdir):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_resume_after_driver_is_stopped(ray_cluster, workdir, sig):
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -122,11 +123,15 @@ def test_resume_after_driver_sigkill(ray_cluster, workdir):
         finished = [r for r in runs if r.info.status == "FINISHED"]
         running = [r for r in runs if r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "loss")) >= 3]
         if finished and running:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver, with no chance to clean up
+            # kill -9: the driver gets no chance to clean up; Ctrl-C: the terminal signals the group
+            os.killpg(driver.pid, sig)
             killed_mid_trial = True
             break
-    driver.wait(timeout=30)
-    assert killed_mid_trial, driver.stdout.read().decode()[-3000:]
+    output = driver.communicate(timeout=120)[0].decode()
+    assert killed_mid_trial, output[-3000:]
+    if sig == signal.SIGINT:  # a graceful stop says how to go on, and leaves nothing RUNNING
+        assert driver.returncode == 1 and "--resume killed" in output, output[-3000:]
+        assert not MlflowClient(uri).search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     before = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "loss"))
               for r in MlflowClient(uri).search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
 
