@@ -399,6 +399,14 @@ class MLflowSweepCallback(Callback):
                      {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)})
 
 
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 class ProgressCallback(Callback):
     """The live view: a status line with counts and the best result so far, and a line per finished trial."""
 
@@ -431,21 +439,36 @@ class ProgressCallback(Callback):
             if best else f"best {self.metric} -"
         return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {best_text}"
 
+    def running_rows(self, trials, limit: int = 8) -> list[str]:
+        """One line per running trial: its epoch, its latest metric and its configuration."""
+        running = [t for t in trials if t.status == "RUNNING"]
+        rows = []
+        for t in running[:limit]:
+            last = t.last_result or {}
+            value = last.get(self.metric)
+            config = "  ".join(f"{k}={_short(v)}" for k, v in t.config.items())
+            rows.append(f"    {t.trial_id}  epoch {last.get('epoch', 0):>3}/{t.config.get('epochs', self.max_epochs)}  "
+                        f"{self.metric} {value:.4g}  {config}" if isinstance(value, float) else
+                        f"    {t.trial_id}  starting  {config}")
+        if len(running) > limit:
+            rows.append(f"    ... and {len(running) - limit} more running")
+        return rows
+
     def on_step_end(self, iteration, trials, **info):
         self.trials = trials
         if time.monotonic() - self.last_line >= self.every_s:
             self.last_line = time.monotonic()
-            self.echo(self.table(trials))
+            self.echo("\n".join([self.table(trials), *self.running_rows(trials)]))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(result.get("epoch_time_s", 0.0))
 
     def _row(self, trial, what: str):
         last = trial.last_result or {}
-        shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in trial.config.items()}
         value = last.get(self.metric)
         value_text = f"{value:.4g}" if isinstance(value, float) else "-"
-        self.echo(f"  trial {trial.trial_id} {what}: {self.metric} {value_text} at epoch {last.get('epoch', 0)}  {shown}")
+        config = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        self.echo(f"  trial {trial.trial_id} {what}: {self.metric} {value_text} at epoch {last.get('epoch', 0)}  {config}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._row(trial, _ended(trial, self.max_epochs))
