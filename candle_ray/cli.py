@@ -190,7 +190,8 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.option("--name", default=None, help="Sweep name (default <experiment>-<UTC time>); the folder under --storage.")
 @click.option("--resume", is_flag=True, help="Continue the sweep --name: finished trials stay, unfinished ones resume.")
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
-              help="Sweep folders [env CANDLE_RAY_STORAGE]; a shared path on clusters.")
+              help="Sweep folders [env CANDLE_RAY_STORAGE]: a local or shared path, or s3://bucket/prefix "
+                   "(endpoint from AWS_ENDPOINT_URL for S3-compatible servers).")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
@@ -219,8 +220,8 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
     searcher = searcher or "random"
     num_samples = num_samples or (1 if searcher == "grid" else 8)
     code = sweep.run(
-        experiment=experiment, prepare=lambda: _prepare(experiment, smoke=smoke, cache=_cache(cache_dir)),
-        echo=click.echo, storage=Path(storage), name=name, resume=resume, searcher=searcher, scheduler=scheduler,
+        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
+        echo=click.echo, storage=storage, name=name, resume=resume, searcher=searcher, scheduler=scheduler,
         num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
         sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
@@ -237,7 +238,7 @@ def report(sweep_name, storage):
     (PNGs + report.html in the sweep folder, attached to its MLflow parent run)."""
     from candle_ray import sweep
 
-    sweep.report_command(Path(storage), sweep_name, click.echo)
+    sweep.report_command(storage, sweep_name, click.echo)
 
 
 class _Progress:

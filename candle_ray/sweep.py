@@ -33,30 +33,37 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_record(storage: Path, name: str, experiment_path: Path) -> dict:
-    path = storage / name / SWEEP_FILE
-    if not path.exists():
-        existing = sorted(p.parent.name for p in storage.glob(f"*/{SWEEP_FILE}")) if storage.exists() else []
-        listing = f"sweeps in {storage}: {', '.join(existing)}" if existing else f"there are no sweeps in {storage}"
+def read_record(store, name: str, experiment_path: Path) -> dict:
+    path = store.path(name, SWEEP_FILE)
+    if not store.exists(path):
+        existing = [d for d in store.subdirs(store.root) if store.exists(store.path(d, SWEEP_FILE))]
+        listing = f"sweeps in {store.uri}: {', '.join(existing)}" if existing else f"there are no sweeps in {store.uri}"
         raise UsageError(f"no sweep named {name!r} to resume; {listing}")
-    record = json.loads(path.read_text())
+    record = json.loads(store.read_text(path))
     if Path(record["experiment_file"]) != experiment_path:
         raise UsageError(f"sweep {name!r} was started with {record['experiment_file']}, not {experiment_path}; "
                          f"resume it with the same experiment file or start a new sweep")
     return record
 
 
-def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: bool, searcher: str, scheduler: str,
+def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bool, searcher: str, scheduler: str,
         num_samples: int, workers_per_trial: int, cpus_per_worker: float, max_concurrent: int | None, seed: int,
         metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
         space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool) -> int:
-    """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial."""
+    """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
+
+    `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
+    """
+    from candle_ray.storage import Storage
+
     t0 = time.monotonic()
-    storage = storage.resolve()
+    store = Storage.parse(storage)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     if resume:
-        record = read_record(storage, name, experiment.path)
+        record = read_record(store, name, experiment.path)
+        # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
         sets, config_file, smoke = record["sets"], record["config_file"], record["smoke"]
+        tracking_uri = record["tracking_uri"]
         echo(f"resuming sweep {name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
     name = name or f"{experiment.name}-{stamp}"
@@ -72,7 +79,7 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
 
         tune.validate(searcher, scheduler, space)
     metric, mode = metric or experiment.metric, mode or experiment.mode
-    entry = prepare()
+    entry = prepare(smoke)
     if metric not in known_metrics(entry.manifest["task"]):
         raise UsageError(f"metric {metric!r} is not reported by training; use one of "
                          f"{', '.join(known_metrics(entry.manifest['task']))}")
@@ -84,8 +91,8 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
     if resume:
         sweep = tune.Sweep(**record["sweep"])
     else:
-        if (storage / name / SWEEP_FILE).exists():
-            raise UsageError(f"a sweep named {name!r} already exists in {storage}; resume it with --resume {name} "
+        if store.exists(store.path(name, SWEEP_FILE)):
+            raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
                              f"or pick another --name")
         concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent)
         sweep = tune.Sweep(name=name, searcher=searcher, scheduler=scheduler, num_samples=num_samples,
@@ -93,30 +100,30 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
                            gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
                            mode=mode, max_failures=max_failures,
                            max_epochs=tune.max_epochs(space, int(config["epochs"])))
-    sweep_dir = storage / sweep.name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
+    work_dir.mkdir(parents=True, exist_ok=True)
 
     parent = tracking.RunTracker(tracking_uri, experiment.name, record["parent_run_id"] if resume else None)
     tags = {"candle_ray.experiment_file": experiment.path, "mlflow.source.name": experiment.path,
             "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
             "candle_ray.dataset": entry.name, "candle_ray.dataset_fingerprint": entry.fingerprint,
-            "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": sweep_dir}
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": store.display(sweep.name)}
     if resume:
         parent.reopen()
     else:
         parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **config,
                                   "model": experiment.model, "dataset": entry.name},
                      {**tags, "candle_ray.sweep": sweep.name})
-        _write_json_atomic(sweep_dir / SWEEP_FILE, {
+        store.write_text(store.path(sweep.name, SWEEP_FILE), json.dumps({
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
             "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
             "config_file": str(config_file) if config_file else None,
-            "smoke": smoke, "created": stamp})
+            "smoke": smoke, "created": stamp}, indent=1, sort_keys=True))
 
     base_job = {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
         "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
-        "entry": str(entry.path), "sweep_dir": str(sweep_dir), "metric": sweep.metric, "mode": sweep.mode,
+        "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
         "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
         "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
         "threads": max(1, int(sweep.cpus_per_worker)),
@@ -124,7 +131,7 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
     mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**config, "model": experiment.model}, sweep.max_epochs,
-                                               {**tags, "candle_ray.sweep": sweep.name})
+                                               {**tags, "candle_ray.sweep": sweep.name}, work_dir)
     callbacks = [mlflow_callback, progress]
     device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
@@ -133,20 +140,21 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
          f"MLflow parent run {parent.run_id}")
     status = "FAILED"
     try:
-        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, storage=storage,
+        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, store=store,
                                  callbacks=callbacks, resume=resume)
         t_fit = time.monotonic()
         with _interrupt_watch() as tune_was_interrupted:
-            results = tuner.fit()
+            tuner.fit()
             interrupted = tune_was_interrupted()
         fit_s = time.monotonic() - t_fit
         failure = mlflow_callback.close()
         if failure:
-            echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in {sweep_dir}")
-        summary = summarize(results, sweep, progress, interrupted)
-        _write_results(sweep_dir, summary, parent, sweep)
+            echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
+                 f"{store.display(sweep.name)}")
+        summary = summarize(sweep, progress, interrupted)
+        _write_results(work_dir, store, summary, parent, sweep)
         try:
-            files = make_report(parent, sweep_dir, sweep.name, sweep.metric, sweep.mode, list(space))
+            files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(space))
             echo(f"report: {files[-1]}")
         except Exception as exc:  # pictures are a bonus: never fail a finished search over them
             echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
@@ -171,34 +179,37 @@ def run(*, experiment, prepare, echo, storage: Path, name: str | None, resume: b
         echo(f"best {sweep.metric} {best['value']:.4g} (trial {best['trial_id']}, epoch {best['epoch']}): "
              f"{json.dumps(best['config'], default=str)}")
     if summary["interrupted"]:
-        echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume {sweep.name}"
-             + (f" --storage {storage}" if storage != Path("candle-ray-sweeps").resolve() else ""))
+        echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}"
+             + (f" --storage {store.uri}" if store.uri != str(Path("candle-ray-sweeps").resolve()) else ""))
         return 1
     return 0 if summary["succeeded"] else 1
 
 
-def make_report(parent, sweep_dir: Path, name: str, metric: str, mode: str, space_keys: list[str]) -> list[Path]:
-    """Draw the sweep's pictures from its MLflow runs into sweep_dir/report and attach them to the parent."""
+def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str]) -> list[Path]:
+    """Draw the sweep's pictures from its MLflow runs, keep them with the sweep and on its parent run."""
     from candle_ray import report, tracking
 
     files = report.write_report(tracking.sweep_trials(parent), sweep=name, metric=metric, mode=mode,
-                                space_keys=space_keys, out=sweep_dir / "report")
+                                space_keys=space_keys, out=work_dir / "report")
     for path in files:
         parent.log_artifact(path, "report")
+        store.upload(path, store.path(name, "report", path.name))
     return files
 
 
-def report_command(storage: Path, name: str, echo) -> list[Path]:
+def report_command(storage: str, name: str, echo) -> list[Path]:
     """`candle-ray report SWEEP`: redraw a sweep's pictures (for a finished or a running sweep)."""
     from candle_ray import tracking
+    from candle_ray.storage import Storage
 
-    path = storage.resolve() / name / SWEEP_FILE
-    if not path.exists():
-        raise UsageError(f"no sweep named {name!r} in {storage.resolve()}; pass --storage where it ran")
-    record = json.loads(path.read_text())
+    store = Storage.parse(storage)
+    if not store.exists(store.path(name, SWEEP_FILE)):
+        raise UsageError(f"no sweep named {name!r} in {store.uri}; pass --storage where it ran")
+    record = json.loads(store.read_text(store.path(name, SWEEP_FILE)))
     parent = tracking.RunTracker(record["tracking_uri"], "", record["parent_run_id"])
     sweep = record["sweep"]
-    files = make_report(parent, path.parent, name, sweep["metric"], sweep["mode"], record["space_keys"])
+    work_dir = store.work_dir(name)
+    files = make_report(parent, work_dir, store, name, sweep["metric"], sweep["mode"], record["space_keys"])
     echo(f"report: {files[-1]} ({len(files) - 1} pictures), attached to MLflow run {parent.run_id}")
     return files
 
@@ -231,7 +242,7 @@ def _interrupt_watch():
         signal.signal(signal.SIGINT, before)
 
 
-def summarize(results, sweep, progress, interrupted: bool = False) -> dict:
+def summarize(sweep, progress, interrupted: bool = False) -> dict:
     """Counts, the best trial and one row per trial, from Tune's trials as the driver saw them."""
     from candle_ray.tune import _status
 
@@ -257,22 +268,24 @@ def summarize(results, sweep, progress, interrupted: bool = False) -> dict:
             "compute_s": sum(progress.epoch_seconds.values())}
 
 
-def _write_results(sweep_dir: Path, summary: dict, parent, sweep) -> None:
-    """results.csv and best_config.json in the sweep folder and on the parent run."""
+def _write_results(work_dir: Path, store, summary: dict, parent, sweep) -> None:
+    """results.csv and best_config.json with the sweep and on the parent run."""
     rows = summary["rows"]
     columns = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("config."), k))
-    path = sweep_dir / "results.csv"
+    path = work_dir / "results.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    parent.log_artifact(path)
+    files = [path]
     if summary["best"]:
-        _write_json_atomic(sweep_dir / "best_config.json", summary["best"])
-        parent.log_artifact(sweep_dir / "best_config.json")
+        _write_json_atomic(work_dir / "best_config.json", summary["best"])
+        files.append(work_dir / "best_config.json")
         parent.log_epoch({"epoch": 0, f"best_{sweep.metric}": summary["best"]["value"]})
+    for file in files:
+        parent.log_artifact(file)
+        store.upload(file, store.path(sweep.name, file.name))
     counts = summary["counts"]
     parent.set_tags({"candle_ray.trials_completed": counts.get("completed", 0),
                      "candle_ray.trials_failed": counts.get("failed", 0),
                      "candle_ray.trials_stopped_early": counts.get("stopped early", 0)})
-

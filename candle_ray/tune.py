@@ -201,7 +201,7 @@ def run_trial(config: dict, base_job: dict) -> None:
     # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()
-    run_dir = Path(base_job["sweep_dir"]) / "trials" / trial_id
+    run_dir = Path(base_job["work_dir"]) / "trials" / trial_id
     ckpt_dir = run_dir / "checkpoints"
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     restored = ray.tune.get_checkpoint()
@@ -228,10 +228,18 @@ def run_trial(config: dict, base_job: dict) -> None:
 class _Peer:
     """Rank 1..N-1 of a DDP trial: runs the same loop, takes part in the all-reduces, reports nothing."""
 
-    def run(self, job: dict, rank: int, world_size: int, master: str) -> None:
+    def run(self, job: dict, rank: int, world_size: int, master: str, checkpoint_files: dict) -> None:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
+        # Rank 0's restored checkpoint, in a folder of this rank's own (it may be on another node).
+        job = {**job, "run_dir": str(Path(job["run_dir"]) / f"rank-{rank}")}
+        ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if checkpoint_files:
+            ckpt_dir.mkdir(parents=True)
+            for name, data in checkpoint_files.items():
+                (ckpt_dir / name).write_bytes(data)
         _join_process_group(job, rank, world_size, master)
         try:
             for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job["use_gpu"]))):
@@ -273,7 +281,9 @@ def _run_ddp_trial(job: dict) -> None:
     master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     peers = [_Peer.options(num_cpus=job["cpus_per_worker"], num_gpus=int(job["use_gpu"])).remote()
              for _ in range(world_size - 1)]
-    runs = [peer.run.remote(job, rank, world_size, master) for rank, peer in enumerate(peers, start=1)]
+    ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    files = ray.put({p.name: p.read_bytes() for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else {})
+    runs = [peer.run.remote(job, rank, world_size, master, files) for rank, peer in enumerate(peers, start=1)]
     try:
         _join_process_group(job, 0, world_size, master)
         try:
@@ -323,8 +333,9 @@ class MLflowSweepCallback(Callback):
     results pass through, never waits for the tracking store. `close()` drains it.
     """
 
-    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict):
+    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
+        self.work_dir = work_dir
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
         self._queue = self._thread = None
@@ -359,7 +370,7 @@ class MLflowSweepCallback(Callback):
         return self.failure
 
     def _trial_dir(self, trial_id: str) -> Path:
-        return Path(self.trial_tags["candle_ray.sweep_dir"]) / "trials" / trial_id
+        return Path(self.work_dir) / "trials" / trial_id
 
     def _child(self, trial_id: str, config: dict):
         child = self.sweep.child(trial_id, trial_id, {**self.fixed, **config},
@@ -374,13 +385,17 @@ class MLflowSweepCallback(Callback):
             child.log_epoch(result)
             self.logged[trial_id].add(epoch)
 
-    def _end(self, trial_id: str, config: dict, status: str, tags: dict) -> None:
+    def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint) -> None:
         child = self._child(trial_id, config)
-        ckpt_dir = self._trial_dir(trial_id) / "checkpoints"
-        best = checkpoint.pointer(ckpt_dir, "best") if ckpt_dir.exists() else None
-        if best and (ckpt_dir / best["file"]).exists():
-            child.log_artifact(ckpt_dir / best["file"], "checkpoints")
-            child.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        if tune_checkpoint is not None:
+            # The trial's last Tune checkpoint holds its best one too; it is in the sweep's storage
+            # (a shared folder or a bucket), so this works wherever the trial ran.
+            with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
+                ckpt_dir = Path(tune_checkpoint.to_directory(tmp))
+                best = checkpoint.pointer(ckpt_dir, "best")
+                if best and (ckpt_dir / best["file"]).exists():
+                    child.log_artifact(ckpt_dir / best["file"], "checkpoints")
+                    child.log_artifact(ckpt_dir / "best.json", "checkpoints")
         child.set_tags(tags)
         child.finish(status)
 
@@ -392,11 +407,11 @@ class MLflowSweepCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit(self._end, trial.trial_id, dict(trial.config), "FINISHED",
-                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)})
+                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._submit(self._end, trial.trial_id, dict(trial.config), "FAILED",
-                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)})
+                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint)
 
 
 def _short(value) -> str:
@@ -484,17 +499,20 @@ class ProgressCallback(Callback):
 # ---------------------------------------------------------------------------------- the sweep
 
 
-def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, callbacks: list, resume: bool):
+def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: list, resume: bool):
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
     bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
     resources = ray.tune.PlacementGroupFactory([bundle] * sweep.workers_per_trial)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
-    sweep_dir = storage / sweep.name
+    # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
+    # included) is pickled to every trial.
+    filesystem = store.fs if store.remote else None
     if resume:
-        _repair_checkpoint_references(sweep_dir)
-        tuner = ray.tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+        _repair_checkpoint_references(store, sweep.name)
+        tuner = ray.tune.Tuner.restore(store.path(sweep.name) if store.remote else store.display(sweep.name),
+                                       trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=filesystem)
         # Restore brings back the callbacks pickled at the start; this driver's own (live output,
         # MLflow client) take their place. Ray 2.60 exposes the run config only on the internal tuner.
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -515,7 +533,8 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
         ),
         run_config=ray.tune.RunConfig(
             name=sweep.name,
-            storage_path=str(storage),
+            storage_path=store.root if store.remote else store.uri,
+            storage_filesystem=filesystem,
             verbose=0,
             callbacks=callbacks,
             failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
@@ -526,27 +545,29 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, storage: Path, cal
     )
 
 
-def _repair_checkpoint_references(sweep_dir: Path) -> list[Path]:
+def _repair_checkpoint_references(store, name: str) -> list[str]:
     """Checkpoint retention can delete a trial's checkpoint after the last experiment snapshot named it
     and before the next one (a driver killed in between). Tune would then refuse to restore that trial;
     instead, the trial's newest checkpoint takes the named place, and the trial resumes from there."""
     import re
 
+    import pyarrow.fs as pafs
+
+    sweep_path = store.path(name)
+    states = [i.path for i in store.fs.get_file_info(pafs.FileSelector(sweep_path, allow_not_found=True))
+              if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")]
     repaired = []
-    for state in sweep_dir.glob("experiment_state-*.json"):
-        for entry in json.loads(state.read_text()).get("trial_data", []):
+    for state in states:
+        for entry in json.loads(store.read_text(state)).get("trial_data", []):
             text = json.dumps(entry)
             trial = re.search(r'trial_id\W+([\w-]+)', text)
-            trial_dir = sweep_dir / trial.group(1) if trial else None
-            if trial_dir is None or not trial_dir.is_dir():
+            if not trial or trial.group(1) not in store.subdirs(sweep_path):
                 continue
-            for name in set(re.findall(r"checkpoint_\d{6}", text)):
-                newest = sorted(trial_dir.glob("checkpoint_*"))
-                if not (trial_dir / name).exists() and newest:
-                    shutil.copytree(newest[-1], trial_dir / name)
-                    repaired.append(trial_dir / name)
+            trial_path = store.path(name, trial.group(1))
+            present = [d for d in store.subdirs(trial_path) if d.startswith("checkpoint_")]
+            for missing in sorted(set(re.findall(r"checkpoint_\d{6}", text)) - set(present)):
+                if present:
+                    pafs.copy_files(f"{trial_path}/{present[-1]}", f"{trial_path}/{missing}",
+                                    source_filesystem=store.fs, destination_filesystem=store.fs)
+                    repaired.append(f"{trial_path}/{missing}")
     return repaired
-
-
-def can_restore(storage: Path, name: str) -> bool:
-    return ray.tune.Tuner.can_restore(str(storage / name))

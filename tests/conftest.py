@@ -26,6 +26,12 @@ for key, value in {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_TMPDIR": _RAY_TMP,
     "MLFLOW_TRACKING_URI": f"sqlite:///{_RAY_TMP}/default-mlflow.db",
+    # Fake credentials for the local S3 server (moto) that the storage tests start; Ray's workers
+    # inherit them. No metadata-service lookups: there is no cloud here.
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ[key] = value
 os.environ.pop("RAY_ADDRESS", None)

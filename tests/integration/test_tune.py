@@ -130,7 +130,7 @@ def test_resume_after_driver_is_stopped(ray_cluster, workdir, sig):
     output = driver.communicate(timeout=120)[0].decode()
     assert killed_mid_trial, output[-3000:]
     if sig == signal.SIGINT:  # a graceful stop says how to go on, and leaves nothing RUNNING
-        assert driver.returncode == 1 and "--resume killed" in output, output[-3000:]
+        assert driver.returncode == 1 and "--resume --name killed" in output, output[-3000:]
         assert not MlflowClient(uri).search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     before = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "loss"))
               for r in MlflowClient(uri).search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
