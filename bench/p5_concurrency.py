@@ -29,7 +29,7 @@ def main():
         space = Path(tmp) / "space.json"
         space.write_text(json.dumps([{"name": "learning_rate", "type": "float", "lower": 0.001, "upper": 0.02},
                                      {"name": "dropout", "type": "float", "lower": 0.0, "upper": 0.5}]))
-        args = [str(NT3), "--smoke", "--space", str(space), "--scheduler", "fifo", "--num-samples", "10",
+        args = [str(NT3), "--smoke", "--space", str(space), "--scheduler", "fifo", "--num-samples", "16",
                 "--set", "epochs=4", "--set", "conv=64 20 1 64 10 1", "--cpus-per-worker", "1", "--seed", "3", *EXTRA]
         serial = run_sweep(Path(tmp), *args, "--max-concurrent", "1", "--name", "serial")
         both = run_sweep(Path(tmp), *args, "--max-concurrent", "2", "--name", "both")
