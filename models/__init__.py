@@ -11,7 +11,7 @@ import difflib
 import importlib
 from dataclasses import dataclass
 
-NAMES = ("nt3", "mlp")
+NAMES = ("nt3", "mlp", "tc1", "p1b1", "p1b2", "p1b3", "uno", "combo", "attn", "p3b1")
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,15 @@ def build(name: str, config: dict):
 
 
 def count_parameters(name: str, config: dict | None = None) -> int:
-    """Parameter count without allocating memory (built on the meta device)."""
+    """Parameter count as Keras reports it (without allocating memory: built on the meta device).
+
+    Keras counts BatchNorm's moving mean and variance as (non-trainable) weights; PyTorch keeps them
+    as buffers, so they are added here to compare with the Keras references.
+    """
     import torch
 
     with torch.device("meta"):
         model = build(name, {**info(name).defaults, **(config or {})})
-    return sum(p.numel() for p in model.parameters())
+    moving = sum(m.running_mean.numel() + m.running_var.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
+    return sum(p.numel() for p in model.parameters()) + moving

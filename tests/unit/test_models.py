@@ -8,7 +8,21 @@ from candle_ray import models
 SMALL = {  # narrow inputs so the forward pass is fast; architecture otherwise at defaults
     "nt3": {"input_dim": 300, "conv": [8, 20, 1, 8, 10, 1]},
     "mlp": {"input_dim": 50},
+    "tc1": {"input_dim": 300, "conv": [8, 20, 1, 8, 10, 1]},
+    "p1b1": {"input_dim": 50, "classes": 50, "dense": [32, 16]},
+    "p1b2": {"input_dim": 50, "dense": [32, 16, 8]},
+    "p1b3": {"input_dim": 50, "dense": [32, 16, 8, 4]},
+    "uno": {"input_dim": 2 + 10 + 2 * (12 + 8), "cell_feature_dims": [10], "drug_feature_dims": [12, 8],
+            "dense": [16, 16, 16], "dense_feature_layers": [16, 16, 16]},
+    "combo": {"input_dim": 10 + 2 * 12, "cell_feature_dims": [10], "drug_feature_dims": [12],
+              "dense": [16, 16, 16], "dense_feature_layers": [16, 16, 16]},
+    "attn": {"input_dim": 50, "dense": [32, 16, 16, 8, 8, 4, 4, 4]},
+    "p3b1": {"input_dim": 50, "shared_nnet_spec": [32, 16], "ind_nnet_spec": [16, 8]},
 }
+
+
+def _flat(out):
+    return torch.cat(out, dim=1) if isinstance(out, (tuple, list)) else out
 
 
 @pytest.mark.parametrize("name", models.NAMES)
@@ -22,10 +36,14 @@ def test_contract(name):
     model = models.build(name, config).eval()
     x = torch.rand(3, config["input_dim"])
     out = model(x)
-    assert out.shape == (3, config["classes"]) and torch.isfinite(out).all()
+    classes = config["classes"]
+    if isinstance(classes, (list, tuple)):  # multi-task (p3b1): one logits tensor per task
+        assert [tuple(o.shape) for o in out] == [(3, c) for c in classes]
+        out, classes = _flat(out), sum(classes)
+    assert out.shape == (3, classes) and torch.isfinite(out).all()
     torch.manual_seed(0)
     again = models.build(name, config).eval()
-    assert torch.equal(again(x), out)  # same seed, same weights, same output
+    assert torch.equal(_flat(again(x)), out)  # same seed, same weights, same output
     out.sum().backward()  # trainable end to end
     assert all(p.grad is not None for p in model.parameters())
 
@@ -51,6 +69,12 @@ def test_nt3_conv_stack_ends_at_nonpositive_triple():
 def test_nt3_too_deep_for_input():
     with pytest.raises(ValueError, match="longer than its input"):
         models.build("nt3", {"input_dim": 15})
+
+
+def test_uno_auc_variant_count():
+    from candle_ray.models import uno
+
+    assert models.count_parameters("uno", uno.AUC_CONFIG) == uno.AUC_REFERENCE_PARAMS == 16_224_001
 
 
 def test_unknown_model():

@@ -1,0 +1,89 @@
+"""TC1: CANDLE's 18-type tumour classifier on RNA-seq (Pilot1 benchmark 5) in pure PyTorch.
+
+Keras reference (same builder as NT3): Conv1D(128, 20) → ReLU → MaxPool(1) → Conv1D(128, 10) → ReLU →
+MaxPool(10) → Flatten → Dense 200 → ReLU → Dropout → Dense 20 → ReLU → Dropout → Dense 36 (softmax),
+154,923,632 parameters for 60,483 input features.
+
+Keras-vs-PyTorch choices:
+* 36 output units for 18 tumour types: CANDLE one-hot encodes the labels to `classes=36`, so the Keras
+  net has 18 never-used outputs. DEFAULTS keep 36 so the count matches the reference; when trained here
+  `classes` comes from the data (18), which drops the dead units (20*18+18 = 378 fewer parameters).
+* No softmax: the model returns logits and the loss (CrossEntropyLoss) applies it.
+* glorot_uniform kernels and zero biases, as Keras (PyTorch's default init differs).
+* Conv1d is channels-first, so the flatten order differs from Keras' channels-last (matters only when
+  porting weights); the flatten width (6,045 x 128 = 773,760) is the same.
+* `conv` is read as (filters, kernel, stride) triples; a triple with a value <= 0 ends the stack;
+  `pool[i]` is the max-pool size after conv layer i. If the first triple is already <= 0, the Dense
+  layers act position-wise on the (features, 1) input and the flatten comes just before the output layer
+  ("dense-first"), as in tc1_baseline_keras2.py; the output layer then has features x dense[-1] inputs.
+"""
+
+import torch
+from torch import nn
+
+from ._layers import activation, keras_init_
+
+REFERENCE_PARAMS = 154_923_632
+DEFAULTS = {
+    "input_dim": 60483,
+    "classes": 36,
+    "conv": [128, 20, 1, 128, 10, 1],
+    "pool": [1, 10],
+    "dense": [200, 20],
+    "dropout": 0.1,
+    "activation": "relu",
+}
+DESCRIPTION = "TC1 18-type tumour classifier: NT3-style 1-D convolutions + dense head, 36 outputs (CANDLE Pilot1)"
+
+
+def _conv_triples(conv):
+    triples = []
+    for i in range(0, len(conv) - len(conv) % 3, 3):
+        filters, kernel, stride = conv[i:i + 3]
+        if filters <= 0 or kernel <= 0 or stride <= 0:
+            break
+        triples.append((int(filters), int(kernel), int(stride)))
+    return triples
+
+
+class TC1(nn.Module):
+    def __init__(self, input_dim, classes, conv, pool, dense, dropout, activation_name):
+        super().__init__()
+        features, channels, length = [], 1, int(input_dim)
+        pool = [pool] if isinstance(pool, (int, float)) else list(pool or [])
+        for i, (filters, kernel, stride) in enumerate(_conv_triples(conv)):
+            if length < kernel:
+                raise ValueError(f"conv layer {i + 1} (kernel {kernel}) is longer than its input ({length}); "
+                                 f"shorten `conv` or use more features")
+            features += [nn.Conv1d(channels, filters, kernel, stride=stride), activation(activation_name)]
+            channels, length = filters, (length - kernel) // stride + 1
+            size = int(pool[i]) if i < len(pool) else 0
+            if size > 1:
+                features.append(nn.MaxPool1d(size))
+                length = (length - size) // size + 1
+        self.dense_first = not features
+        self.features = nn.Sequential(*features)
+        # dense-first: Linear acts on the last axis of (batch, features, 1), i.e. per input position.
+        head, width = ([] if self.dense_first else [nn.Flatten()]), (1 if self.dense_first else channels * length)
+        for units in dense:
+            if units and units > 0:
+                head += [nn.Linear(width, int(units)), activation(activation_name)]
+                if dropout:
+                    head.append(nn.Dropout(dropout))
+                width = int(units)
+        if self.dense_first:
+            head.append(nn.Flatten())
+            width *= int(input_dim)
+        head.append(nn.Linear(width, int(classes)))
+        self.head = nn.Sequential(*head)
+        keras_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense_first:
+            return self.head(x.unsqueeze(-1))  # (batch, features, 1)
+        return self.head(self.features(x.unsqueeze(1)))  # (batch, 1 channel, features)
+
+
+def build(config: dict) -> nn.Module:
+    c = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
+    return TC1(c["input_dim"], c["classes"], c["conv"], c["pool"], c["dense"], c["dropout"], c["activation"])
