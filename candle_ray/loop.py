@@ -218,6 +218,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         for past in history:
             yield {**past, "replayed": True}
     ddp_model = world.wrap(model)
+    regularized = hasattr(model, "regularization_loss")
 
     t_start = time.monotonic() - elapsed_before
     timeout = float(config.get("timeout", -1))
@@ -233,6 +234,8 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             with amp:
                 out = ddp_model(xb)
                 loss = loss_fn(out.float(), yb)
+                if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
+                    loss = loss + model.regularization_loss()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -35,20 +35,27 @@ def conv_triples(conv):
     return triples
 
 
+def conv_stack(input_dim, conv, pool, activation_name):
+    """CANDLE's Conv1D stack (shared by NT3 and TC1): layers, output channels and output length."""
+    layers, channels, length = [], 1, int(input_dim)
+    pool = [pool] if isinstance(pool, (int, float)) else list(pool or [])
+    for i, (filters, kernel, stride) in enumerate(conv_triples(conv)):
+        if length < kernel:
+            raise ValueError(f"conv layer {i + 1} (kernel {kernel}) is longer than its input ({length}); "
+                             f"shorten `conv` or use more features")
+        layers += [nn.Conv1d(channels, filters, kernel, stride=stride), activation(activation_name)]
+        channels, length = filters, (length - kernel) // stride + 1
+        size = int(pool[i]) if i < len(pool) else 0
+        if size > 1:
+            layers.append(nn.MaxPool1d(size))
+            length = (length - size) // size + 1
+    return layers, channels, length
+
+
 class NT3(nn.Module):
     def __init__(self, input_dim, classes, conv, pool, dense, dropout, activation_name):
         super().__init__()
-        layers, channels, length = [], 1, int(input_dim)
-        for i, (filters, kernel, stride) in enumerate(conv_triples(conv)):
-            if length < kernel:
-                raise ValueError(f"conv layer {i + 1} (kernel {kernel}) is longer than its input ({length}); "
-                                 f"shorten `conv` or use more features")
-            layers += [nn.Conv1d(channels, filters, kernel, stride=stride), activation(activation_name)]
-            channels, length = filters, (length - kernel) // stride + 1
-            size = int(pool[i]) if i < len(pool) else 0
-            if size > 1:
-                layers.append(nn.MaxPool1d(size))
-                length = (length - size) // size + 1
+        layers, channels, length = conv_stack(input_dim, conv, pool, activation_name)
         self.features = nn.Sequential(*layers)
         head, width = [nn.Flatten()], channels * length
         for units in dense:

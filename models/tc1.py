@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ._layers import activation, keras_init_
+from .nt3 import conv_stack
 
 REFERENCE_PARAMS = 154_923_632
 DEFAULTS = {
@@ -36,31 +37,10 @@ DEFAULTS = {
 DESCRIPTION = "TC1 18-type tumour classifier: NT3-style 1-D convolutions + dense head, 36 outputs (CANDLE Pilot1)"
 
 
-def _conv_triples(conv):
-    triples = []
-    for i in range(0, len(conv) - len(conv) % 3, 3):
-        filters, kernel, stride = conv[i:i + 3]
-        if filters <= 0 or kernel <= 0 or stride <= 0:
-            break
-        triples.append((int(filters), int(kernel), int(stride)))
-    return triples
-
-
 class TC1(nn.Module):
     def __init__(self, input_dim, classes, conv, pool, dense, dropout, activation_name):
         super().__init__()
-        features, channels, length = [], 1, int(input_dim)
-        pool = [pool] if isinstance(pool, (int, float)) else list(pool or [])
-        for i, (filters, kernel, stride) in enumerate(_conv_triples(conv)):
-            if length < kernel:
-                raise ValueError(f"conv layer {i + 1} (kernel {kernel}) is longer than its input ({length}); "
-                                 f"shorten `conv` or use more features")
-            features += [nn.Conv1d(channels, filters, kernel, stride=stride), activation(activation_name)]
-            channels, length = filters, (length - kernel) // stride + 1
-            size = int(pool[i]) if i < len(pool) else 0
-            if size > 1:
-                features.append(nn.MaxPool1d(size))
-                length = (length - size) // size + 1
+        features, channels, length = conv_stack(input_dim, conv, pool, activation_name)
         self.dense_first = not features
         self.features = nn.Sequential(*features)
         # dense-first: Linear acts on the last axis of (batch, features, 1), i.e. per input position.

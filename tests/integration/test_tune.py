@@ -112,8 +112,11 @@ def test_resume_after_driver_is_stopped(ray_cluster, workdir, sig):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     deadline, killed_mid_trial = time.monotonic() + 240, False
+    sweep_file = workdir / "candle-ray-sweeps" / "killed" / "sweep.json"
     while time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.5)
+        if not sweep_file.exists():  # the driver has not set up its MLflow store yet: don't race it
+            continue
         try:
             client = MlflowClient(uri)
             exp = client.get_experiment_by_name("tiny_nt3")
