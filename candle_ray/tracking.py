@@ -60,7 +60,17 @@ def _client(uri: str):
     # A new SQLite store announces its schema set-up at INFO: not news for the user.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    # Two processes creating the same new SQLite store race through its schema migrations
+    # ("table ... already exists"): the store is opened, and set up, under a file lock.
+    import fcntl
+
+    with open(uri[len("sqlite:///"):] + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def _unusable(uri: str, exc: Exception) -> CandleRayError:
