@@ -102,7 +102,15 @@ class RunTracker:
         if self.run_id is not None:  # an existing run knows its experiment
             return self.client.get_run(self.run_id).info.experiment_id
         exp = self.client.get_experiment_by_name(self.experiment_name)
-        return exp.experiment_id if exp else self.client.create_experiment(self.experiment_name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment_name)
+        except Exception:  # another process created it in between
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, run_name: str, params: dict, tags: dict) -> str:
         try:
