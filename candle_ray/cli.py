@@ -103,6 +103,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
 
     from candle_ray import runtime, train as trainer
+    from candle_ray.experiment import model_shape
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -111,7 +112,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 
     def start_run():
         tracker = tracking.RunTracker(uri, experiment.name)
-        tracker.start(run_name, {**config, "model": experiment.model, "dataset": entry.name, "smoke": smoke}, {
+        tracker.start(run_name, {**config, "model_name": experiment.model, "dataset": entry.name, "smoke": smoke}, {
             "candle_ray.experiment_file": experiment.path,
             "mlflow.source.name": experiment.path,
             "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
@@ -140,7 +141,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         tracker.log_params({"workers": plan.workers, "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = {
             "config": config, "model": experiment.model, "task": entry.manifest["task"],
-            "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
+            "model_shape": model_shape(entry),
             "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
             "precision": config.get("precision", "auto"), "feed": feed,
             "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
@@ -258,7 +259,7 @@ class _Progress:
         self.history[epoch] = metrics
         self.compute_s += metrics["epoch_time_s"]
         self.tracker.log_epoch(metrics)
-        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr") if k in metrics]
+        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_corr", "lr") if k in metrics]
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
         note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")

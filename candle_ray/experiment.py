@@ -287,3 +287,11 @@ def _user_line(exc: BaseException, path: Path) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     return f" at line {line}" if line else ""
+
+
+def model_shape(entry) -> dict:
+    """What a model is built for, from a cache entry: its input width and its number of outputs
+    (the classes of a classifier, 1 for a regressor, the input width for an autoencoder)."""
+    task = entry.manifest["task"]
+    outputs = {"autoencoder": entry.num_features, "regression": 1}.get(task, entry.num_classes)
+    return {"input_dim": entry.num_features, "classes": outputs}

@@ -136,10 +136,23 @@ def _maybe_inject_fault(job: dict, world: World, epoch: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception
 
 
-def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, classification: bool, batch: int, amp):
-    """Validation over this rank's rows (every world_size-th row, no padding); sums all-reduced."""
+def _objective(model, out, target, loss_fn, reconstruct: bool):
+    """The training loss; a VAE adds its KL term as CANDLE does (mean KL / features)."""
+    loss = loss_fn(out.float(), target)
+    kl = getattr(model, "kl", None) if reconstruct else None
+    if kl is not None:
+        loss = loss + kl.float().mean() / target.shape[1]
+    return loss
+
+
+def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, task: str, batch: int, amp):
+    """Validation over this rank's rows (every world_size-th row, no padding); sums all-reduced.
+
+    totals: loss sum, correct, count, and for reconstruction the sums that give Pearson's r over all
+    values (CANDLE's `corr`): sum a, sum b, sum ab, sum a², sum b², number of values.
+    """
     device = world.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    totals = torch.zeros(9, dtype=torch.float64, device=device)
     rows = np.arange(world.rank, len(y), world.world_size)
     xt, yt = as_tensor(x), as_tensor(y)
     model.eval()
@@ -147,16 +160,26 @@ def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, classi
         for start in range(0, len(rows), batch):
             idx = torch.from_numpy(rows[start:start + batch])
             xb = xt.index_select(0, idx).to(device, non_blocking=True)
-            yb = yt.index_select(0, idx).to(device, non_blocking=True)
+            target = xb if task == "autoencoder" else yt.index_select(0, idx).to(device, non_blocking=True)
             with amp:
                 out = model(xb)
             out = out.float()
-            totals[0] += loss_fn(out, yb).double() * len(idx)
-            if classification:
-                totals[1] += (out.argmax(1) == yb).sum()
+            totals[0] += loss_fn(out, target).double() * len(idx)
+            if task == "classification":
+                totals[1] += (out.argmax(1) == target).sum()
+            elif task == "autoencoder":
+                a, b = target.double().flatten(), out.double().flatten()
+                totals[3:9] += torch.stack([a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(),
+                                            torch.tensor(float(a.numel()), dtype=torch.float64, device=device)])
             totals[2] += len(idx)
     world.all_reduce_sum(totals)
     return totals
+
+
+def _pearson(t) -> float:
+    sa, sb, sab, saa, sbb, n = (v.item() for v in t[3:9])
+    cov, va, vb = sab / n - sa * sb / n**2, saa / n - (sa / n) ** 2, sbb / n - (sb / n) ** 2
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
 
 
 def train_epochs(job: dict, world: World) -> Iterator[dict]:
@@ -173,7 +196,8 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     seed_everything(seed)
 
     entry = job["entry"]
-    classification = job["task"] == "classification"
+    task = job["task"]
+    classification, reconstruct = task == "classification", task == "autoencoder"
     batch_size = int(config["batch_size"])
     # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
     per_worker = max(1, math.ceil(batch_size / world.world_size))
@@ -233,7 +257,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             yb = yb.to(device, non_blocking=True)
             with amp:
                 out = ddp_model(xb)
-                loss = loss_fn(out.float(), yb)
+                loss = _objective(model, out, xb if reconstruct else yb, loss_fn, reconstruct)
                 if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
                     loss = loss + model.regularization_loss()
             optimizer.zero_grad(set_to_none=True)
@@ -247,13 +271,15 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             totals[2] += len(yb)
         world.all_reduce_sum(totals)
         train_s = time.perf_counter() - t0
-        val = _evaluate(ddp_model, x_val, y_val, world, loss_fn, classification, max(per_worker, 256), amp)
+        val = _evaluate(ddp_model, x_val, y_val, world, loss_fn, task, max(per_worker, 256), amp)
         loss_v, val_loss = (totals[0] / totals[2]).item(), (val[0] / val[2]).item()
         metrics = {"epoch": epoch, "loss": loss_v, "val_loss": val_loss,
                    "lr": optimizer.param_groups[0]["lr"]}
         if classification:
             metrics["accuracy"] = (totals[1] / totals[2]).item()
             metrics["val_accuracy"] = (val[1] / val[2]).item()
+        elif reconstruct:
+            metrics["val_corr"] = _pearson(val)
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = totals[2].item() / train_s if train_s > 0 else 0.0
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):

@@ -24,7 +24,8 @@ SWEEP_FILE = "sweep.json"
 
 
 def known_metrics(task: str) -> tuple[str, ...]:
-    return ("loss", "val_loss", "accuracy", "val_accuracy") if task == "classification" else ("loss", "val_loss")
+    extra = {"classification": ("accuracy", "val_accuracy"), "autoencoder": ("val_corr",)}.get(task, ())
+    return ("loss", "val_loss", *extra)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -85,6 +86,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
                          f"{', '.join(known_metrics(entry.manifest['task']))}")
 
     from candle_ray import runtime, tracking, tune
+    from candle_ray.experiment import model_shape
 
     cluster = runtime.connect(address)
     use_gpu = bool(cluster.get("GPU")) and not force_cpu
@@ -112,7 +114,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         parent.reopen()
     else:
         parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **config,
-                                  "model": experiment.model, "dataset": entry.name},
+                                  "model_name": experiment.model, "dataset": entry.name},
                      {**tags, "candle_ray.sweep": sweep.name})
         store.write_text(store.path(sweep.name, SWEEP_FILE), json.dumps({
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
@@ -122,7 +124,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
 
     base_job = {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
-        "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes or 1},
+        "model_shape": model_shape(entry),
         "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
         "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
         "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
@@ -130,7 +132,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     }
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
-    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**config, "model": experiment.model}, sweep.max_epochs,
+    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**config, "model_name": experiment.model}, sweep.max_epochs,
                                                {**tags, "candle_ray.sweep": sweep.name}, work_dir)
     callbacks = [mlflow_callback, progress]
     device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from candle_ray.data.sources import file_digests, local_path, redact
-from candle_ray.data.spec import Dataset
+from candle_ray.data.spec import Dataset, has_class_labels
 from candle_ray.errors import CacheError, DataError, UsageError
 
 FORMAT_VERSION = 1
@@ -114,7 +114,7 @@ def fingerprint(ds: Dataset) -> str:
 
 # --------------------------------------------------------------------------- Arrow files
 def _schema(num_features: int, task: str) -> pa.Schema:
-    y_type = pa.int64() if task == "classification" else pa.float32()
+    y_type = pa.int64() if has_class_labels(task) else pa.float32()
     return pa.schema([pa.field("x", pa.list_(pa.float32(), num_features)), pa.field("y", y_type)])
 
 
@@ -213,7 +213,7 @@ def open_split(entry_path, split: str) -> tuple[np.ndarray, np.ndarray]:
     batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     # `.values` ignores the list array's own offset: apply it here (0 for files this module writes).
     xs = [_view(b.column(0).values, np.float32, first=b.column(0).offset * d, count=b.num_rows * d) for b in batches]
-    ys = [_view(b.column(1), np.int64 if manifest["task"] == "classification" else np.float32) for b in batches]
+    ys = [_view(b.column(1), np.int64 if has_class_labels(manifest["task"]) else np.float32) for b in batches]
     if len(batches) == 1:
         X, y = xs[0], ys[0]
     else:  # not written by this module; still readable, at the price of one copy
@@ -409,7 +409,7 @@ class Cache:
         X, y, names = {}, {}, None
         for split, got in fetched.items():
             if ds.format == "candle_noheader":
-                label_dtype = np.int64 if ds.task == "classification" else np.float32
+                label_dtype = np.int64 if has_class_labels(ds.task) else np.float32
                 X[split], y[split] = readers.read_candle_noheader(got.path, ds.feature_subsample, label_dtype=label_dtype)
                 split_names = None
             else:

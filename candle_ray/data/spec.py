@@ -13,7 +13,13 @@ from candle_ray.errors import UsageError
 FORMATS = ("candle_noheader", "table")
 SCALINGS = ("maxabs", "minmax", "std", "log", "none")
 SCALING_FITS = ("train+val", "train")
-TASKS = ("classification", "regression")
+# "autoencoder": the model reconstructs its input (P1B1); the labels (e.g. cancer types) are kept as
+# classes for conditional models and plots.
+TASKS = ("classification", "regression", "autoencoder")
+
+
+def has_class_labels(task: str) -> bool:
+    return task != "regression"
 URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from candle_ray.data.sources import file_digests
-from candle_ray.data.spec import Dataset, Source
+from candle_ray.data.spec import Dataset, Source, has_class_labels
 from candle_ray.errors import UsageError
 
 GENERATOR_VERSION = 2  # bump when the generated values change: cached smoke files are rebuilt
@@ -69,7 +69,7 @@ def _sample(n: int, d: int, classes: int, task: str, seed: int, split_index: int
     z = rng.standard_normal((n, d), dtype=np.float32)
     z *= 0.5
     z += mu
-    if task == "classification":
+    if has_class_labels(task):
         y = rng.permutation(np.arange(n) % classes).astype(np.int64)
         z[:, signal] += codes[y]
     else:
@@ -104,7 +104,7 @@ def _table(ds: Dataset, X: np.ndarray, y: np.ndarray, drop: tuple, label_name: s
         prefix = "sample" if i == 0 else name
         columns.append((name, pa.array([f"{prefix}_{offset + r:05d}" for r in range(n)])))
     columns += [(f"gene_{j + 1:05d}", pa.array(X[:, j])) for j in range(d)]
-    labels = pa.array([f"tumor_type_{int(v)}" for v in y]) if ds.task == "classification" else pa.array(y.astype(np.float32))
+    labels = pa.array([f"tumor_type_{int(v)}" for v in y]) if has_class_labels(ds.task) else pa.array(y.astype(np.float32))
     position = ds.label if isinstance(ds.label, int) else len(drop)
     columns.insert(min(position, len(columns)), (label_name, labels))
     return pa.table(dict(columns))

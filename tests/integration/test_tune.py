@@ -50,7 +50,7 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     for child in children:
         assert child["info"]["status"] == "FINISHED"
         params = {p["key"]: p["value"] for p in child["data"]["params"]}
-        assert "learning_rate" in params and params["model"] == "nt3"
+        assert "learning_rate" in params and params["model_name"] == "nt3"
         history = rest(mlflow_server, f"metrics/get-history?run_id={child['info']['run_id']}&metric_key=val_loss")["metrics"]
         steps = [m["step"] for m in history]
         assert steps and sorted(steps) == list(range(1, len(steps) + 1))  # each epoch once

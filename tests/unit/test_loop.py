@@ -76,3 +76,19 @@ def test_checkpoints_best_and_last(entry, tmp_path):
     best = min(out, key=lambda m: m["val_loss"])
     assert checkpoint.pointer(tmp_path / "checkpoints", "best")["epoch"] == best["epoch"]
     assert checkpoint.pointer(tmp_path / "checkpoints", "last")["epoch"] == 4
+
+
+def test_autoencoder_reports_reconstruction_correlation(tmp_path):
+    """P1B1-style: the target is the input; val_corr is Pearson's r of inputs and reconstructions."""
+    exp = load_experiment(ROOT / "experiments" / "p1b1.py")
+    ds = synthesize(exp.dataset, tmp_path / "files", rows=(60, 20), features=80, seed=2)
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    from candle_ray.experiment import model_shape
+
+    assert model_shape(entry) == {"input_dim": 80, "classes": 80}
+    job = {"config": {**exp.defaults, "epochs": 3, "dense": [32, 8], "learning_rate": 0.01, "batch_size": 20},
+           "model": "p1b1", "task": "autoencoder", "model_shape": model_shape(entry), "entry": str(entry.path),
+           "run_dir": str(tmp_path / "run"), "metric": "val_loss", "mode": "min", "threads": 1}
+    out = list(train_epochs(job, World()))
+    assert len(out) == 3 and all(-1 <= m["val_corr"] <= 1 for m in out) and "accuracy" not in out[0]
+    assert out[-1]["val_loss"] < out[0]["val_loss"]
