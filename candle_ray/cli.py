@@ -259,7 +259,7 @@ class _Progress:
         self.history[epoch] = metrics
         self.compute_s += metrics["epoch_time_s"]
         self.tracker.log_epoch(metrics)
-        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_corr", "lr") if k in metrics]
+        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_corr", "val_r2", "val_mae", "lr") if k in metrics]
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
         note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")

@@ -136,9 +136,14 @@ def _maybe_inject_fault(job: dict, world: World, epoch: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception
 
 
+def _aligned(out, target):
+    """A regressor's [B, 1] output against its [B] targets (MSELoss would broadcast them to [B, B])."""
+    return out.squeeze(-1) if out.dim() == target.dim() + 1 and out.shape[-1] == 1 else out
+
+
 def _objective(model, out, target, loss_fn, reconstruct: bool):
     """The training loss; a VAE adds its KL term as CANDLE does (mean KL / features)."""
-    loss = loss_fn(out.float(), target)
+    loss = loss_fn(_aligned(out.float(), target), target)
     kl = getattr(model, "kl", None) if reconstruct else None
     if kl is not None:
         loss = loss + kl.float().mean() / target.shape[1]
@@ -148,11 +153,12 @@ def _objective(model, out, target, loss_fn, reconstruct: bool):
 def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, task: str, batch: int, amp):
     """Validation over this rank's rows (every world_size-th row, no padding); sums all-reduced.
 
-    totals: loss sum, correct, count, and for reconstruction the sums that give Pearson's r over all
-    values (CANDLE's `corr`): sum a, sum b, sum ab, sum a², sum b², number of values.
+    totals: loss sum, correct, count; for regression and reconstruction the sums that give Pearson's r
+    (CANDLE's `corr`) and R² over all values: sum a, sum b, sum ab, sum a², sum b², number of values,
+    and the sum of absolute errors (MAE).
     """
     device = world.device
-    totals = torch.zeros(9, dtype=torch.float64, device=device)
+    totals = torch.zeros(10, dtype=torch.float64, device=device)
     rows = np.arange(world.rank, len(y), world.world_size)
     xt, yt = as_tensor(x), as_tensor(y)
     model.eval()
@@ -163,23 +169,27 @@ def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, task: 
             target = xb if task == "autoencoder" else yt.index_select(0, idx).to(device, non_blocking=True)
             with amp:
                 out = model(xb)
-            out = out.float()
+            out = _aligned(out.float(), target)
             totals[0] += loss_fn(out, target).double() * len(idx)
             if task == "classification":
                 totals[1] += (out.argmax(1) == target).sum()
-            elif task == "autoencoder":
+            else:  # regression (targets of shape [B] against outputs [B, 1]) or reconstruction
                 a, b = target.double().flatten(), out.double().flatten()
-                totals[3:9] += torch.stack([a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(),
-                                            torch.tensor(float(a.numel()), dtype=torch.float64, device=device)])
+                totals[3:10] += torch.stack([a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(),
+                                             torch.tensor(float(a.numel()), dtype=torch.float64, device=device),
+                                             (a - b).abs().sum()])
             totals[2] += len(idx)
     world.all_reduce_sum(totals)
     return totals
 
 
-def _pearson(t) -> float:
-    sa, sb, sab, saa, sbb, n = (v.item() for v in t[3:9])
+def _fit_metrics(t) -> dict:
+    """corr (Pearson's r), r2 (1 - SS_res / SS_tot, as CANDLE's r2) and mae from _evaluate's sums."""
+    sa, sb, sab, saa, sbb, n, abs_err = (v.item() for v in t[3:10])
     cov, va, vb = sab / n - sa * sb / n**2, saa / n - (sa / n) ** 2, sbb / n - (sb / n) ** 2
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
+    ss_res = saa - 2 * sab + sbb  # sum (a - b)^2
+    return {"val_corr": cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0,
+            "val_r2": 1 - ss_res / (va * n) if va > 0 else 0.0, "val_mae": abs_err / n}
 
 
 def train_epochs(job: dict, world: World) -> Iterator[dict]:
@@ -279,7 +289,9 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             metrics["accuracy"] = (totals[1] / totals[2]).item()
             metrics["val_accuracy"] = (val[1] / val[2]).item()
         elif reconstruct:
-            metrics["val_corr"] = _pearson(val)
+            metrics["val_corr"] = _fit_metrics(val)["val_corr"]
+        else:
+            metrics.update(_fit_metrics(val))
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = totals[2].item() / train_s if train_s > 0 else 0.0
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):

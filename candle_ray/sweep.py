@@ -24,7 +24,8 @@ SWEEP_FILE = "sweep.json"
 
 
 def known_metrics(task: str) -> tuple[str, ...]:
-    extra = {"classification": ("accuracy", "val_accuracy"), "autoencoder": ("val_corr",)}.get(task, ())
+    extra = {"classification": ("accuracy", "val_accuracy"), "autoencoder": ("val_corr",),
+             "regression": ("val_corr", "val_r2", "val_mae")}[task]
     return ("loss", "val_loss", *extra)
 
 

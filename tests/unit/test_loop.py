@@ -92,3 +92,22 @@ def test_autoencoder_reports_reconstruction_correlation(tmp_path):
     out = list(train_epochs(job, World()))
     assert len(out) == 3 and all(-1 <= m["val_corr"] <= 1 for m in out) and "accuracy" not in out[0]
     assert out[-1]["val_loss"] < out[0]["val_loss"]
+
+
+def test_regression_reports_r2_mae_corr(tmp_path):
+    from candle_ray import TableDataset
+    from candle_ray.experiment import model_shape
+
+    ds = TableDataset((tmp_path / "growth.csv").as_uri(), label="growth", drop=("sample_id",), task="regression")
+    ds = synthesize(ds, tmp_path / "files", rows=(120, 2), features=40, seed=4)  # val: 10 % of train
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    assert model_shape(entry) == {"input_dim": 40, "classes": 1}
+    job = {"config": {"epochs": 6, "batch_size": 16, "learning_rate": 0.01, "optimizer": "adam", "dense": [32],
+                      "dropout": 0.0, "activation": "relu", "rng_seed": 1},
+           "model": "mlp", "task": "regression", "model_shape": model_shape(entry), "entry": str(entry.path),
+           "run_dir": str(tmp_path / "run"), "metric": "val_loss", "mode": "min", "threads": 1}
+    out = list(train_epochs(job, World()))
+    last = out[-1]
+    assert {"val_r2", "val_mae", "val_corr"} <= set(last) and "accuracy" not in last
+    assert last["val_loss"] < out[0]["val_loss"] and last["val_r2"] > out[0]["val_r2"]
+    assert last["val_mae"] > 0 and -1 <= last["val_corr"] <= 1
