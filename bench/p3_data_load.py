@@ -56,7 +56,6 @@ def main():
         t_pandas = timed(load_pandas, args.repeat)
         t_cache = timed(load_cache, args.repeat)
         t_open = timed(lambda: open_split(entry.path, "train"), args.repeat)
-    size = csv_path.stat().st_size if csv_path.exists() else 0
     print(f"P3 data load: pandas.read_csv {t_pandas:.3f}s, cache open+read all values {t_cache:.4f}s "
           f"(open only {t_open * 1000:.2f} ms): {t_pandas / t_cache:,.0f}x faster (target >= 50x) "
           f"[{args.rows} x {args.features}; generate+prepare {prep:.1f}s]")

@@ -1,6 +1,9 @@
 """Small shared pieces for the benchmark models: Keras-compatible activations and initialisation."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,3 +35,57 @@ def keras_init_(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+_VARIANCE = {"glorot_uniform": (1.0, "avg", "uniform"), "glorot_normal": (1.0, "avg", "normal"),
+             "lecun_uniform": (1.0, "in", "uniform"), "lecun_normal": (1.0, "in", "normal"),
+             "he_uniform": (2.0, "in", "uniform"), "he_normal": (2.0, "in", "normal")}
+
+
+def init_kernel_(weight: torch.Tensor, name: str) -> None:
+    """CANDLE's `initialization` names with Keras semantics (VarianceScaling, RandomNormal(0.05), ...)."""
+    if name == "normal":
+        nn.init.normal_(weight, 0.0, 0.05)
+    elif name == "uniform":
+        nn.init.uniform_(weight, -0.05, 0.05)
+    elif name in ("constant", "zeros"):
+        nn.init.zeros_(weight)
+    elif name in _VARIANCE:
+        scale, mode, dist = _VARIANCE[name]
+        receptive = math.prod(weight.shape[2:])
+        fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+        n = {"in": fan_in, "avg": (fan_in + fan_out) / 2}[mode]
+        if dist == "uniform":
+            limit = math.sqrt(3.0 * scale / n)
+            nn.init.uniform_(weight, -limit, limit)
+        else:  # truncated at 2 sigma; 0.8796... restores the requested standard deviation
+            std = math.sqrt(scale / n) / 0.87962566103423978
+            nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+    else:
+        raise ValueError(f"unknown initialization {name!r}; use normal, uniform, constant, {', '.join(_VARIANCE)}")
+
+
+class PermanentDropout(nn.Dropout):
+    """CANDLE's PermanentDropout: dropout in training *and* inference (Monte-Carlo dropout)."""
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=True)
+
+
+def dense_stack(width, sizes, act, dropout, permanent, residual):
+    """Dense layers, each followed by [dropout] and [residual add]; returns (modules, out width)."""
+    layers = nn.ModuleList()
+    for units in sizes:
+        if units and units > 0:
+            drop = (PermanentDropout if permanent else nn.Dropout)(dropout) if dropout > 0 else nn.Identity()
+            block = nn.Sequential(nn.Linear(width, int(units)), activation(act), drop)
+            block.residual = residual and width == int(units)
+            layers.append(block)
+            width = int(units)
+    return layers, width
+
+
+def run_stack(layers, h):
+    for block in layers:
+        h = block(h) + h if block.residual else block(h)
+    return h

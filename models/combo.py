@@ -20,9 +20,8 @@ Keras-vs-PyTorch choices:
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ._layers import activation, keras_init_
+from ._layers import dense_stack, keras_init_, run_stack
 
 REFERENCE_PARAMS = 13_742_001
 DEFAULTS = {
@@ -40,32 +39,6 @@ DEFAULTS = {
     "drug_feature_dims": [3809],  # dragon7 descriptors
 }
 DESCRIPTION = "Combo drug-pair regressor (NCI-ALMANAC): shared per-feature encoders + dense head (CANDLE Pilot1)"
-
-
-class PermanentDropout(nn.Dropout):
-    """CANDLE's PermanentDropout: dropout in training *and* inference (Monte-Carlo dropout)."""
-
-    def forward(self, x):
-        return F.dropout(x, self.p, training=True)
-
-
-def _stack(width, sizes, act, dropout, permanent, residual):
-    """Dense layers, each followed by [dropout] and [residual add]; returns (modules, out width)."""
-    layers = nn.ModuleList()
-    for units in sizes:
-        if units and units > 0:
-            drop = (PermanentDropout if permanent else nn.Dropout)(dropout) if dropout > 0 else nn.Identity()
-            block = nn.Sequential(nn.Linear(width, int(units)), activation(act), drop)
-            block.residual = residual and width == int(units)
-            layers.append(block)
-            width = int(units)
-    return layers, width
-
-
-def _run(layers, h):
-    for block in layers:
-        h = block(h) + h if block.residual else block(h)
-    return h
 
 
 class Combo(nn.Module):
@@ -86,16 +59,16 @@ class Combo(nn.Module):
         drop, perm = c["dropout"], c["permanent_dropout"]
         self.encoders, encoded = nn.ModuleDict(), {}
         for key, width in types + drug_types:
-            self.encoders[key], encoded[key] = _stack(width, c["dense_feature_layers"], "relu", drop, perm, False)
+            self.encoders[key], encoded[key] = dense_stack(width, c["dense_feature_layers"], "relu", drop, perm, False)
         merged = sum(encoded[key] for key, _ in self.segments)
-        self.head, width = _stack(merged, c["dense"], c["activation"], drop, perm, c["residual"])
+        self.head, width = dense_stack(merged, c["dense"], c["activation"], drop, perm, c["residual"])
         self.out = nn.Linear(width, int(c["classes"]))
         keras_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, [w for _, w in self.segments], dim=1)
-        encoded = [_run(self.encoders[key], part) for part, (key, _) in zip(parts, self.segments)]
-        return self.out(_run(self.head, torch.cat(encoded, dim=1)))
+        encoded = [run_stack(self.encoders[key], part) for part, (key, _) in zip(parts, self.segments)]
+        return self.out(run_stack(self.head, torch.cat(encoded, dim=1)))
 
 
 def build(config: dict) -> nn.Module:

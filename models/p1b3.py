@@ -19,12 +19,10 @@ Keras-vs-PyTorch choices:
   layers (entries <= 0 are skipped, so dense=[0] gives the reference conv model: Flatten → Dense 1).
 """
 
-import math
-
 import torch
 from torch import nn
 
-from ._layers import activation
+from ._layers import activation, init_kernel_
 
 REFERENCE_PARAMS = 30_088_701
 DEFAULTS = {
@@ -41,33 +39,6 @@ DEFAULTS = {
 DESCRIPTION = "P1B3 drug-response (growth) regressor: dense stack on dose + cell + drug features (CANDLE Pilot1)"
 
 # Keras VarianceScaling (scale, fan mode, distribution) for CANDLE's `initialization` names.
-_VARIANCE = {"glorot_uniform": (1.0, "avg", "uniform"), "glorot_normal": (1.0, "avg", "normal"),
-             "lecun_uniform": (1.0, "in", "uniform"), "lecun_normal": (1.0, "in", "normal"),
-             "he_uniform": (2.0, "in", "uniform"), "he_normal": (2.0, "in", "normal")}
-
-
-def init_kernel_(weight: torch.Tensor, name: str) -> None:
-    if name == "normal":
-        nn.init.normal_(weight, 0.0, 0.05)
-    elif name == "uniform":
-        nn.init.uniform_(weight, -0.05, 0.05)
-    elif name in ("constant", "zeros"):
-        nn.init.zeros_(weight)
-    elif name in _VARIANCE:
-        scale, mode, dist = _VARIANCE[name]
-        receptive = math.prod(weight.shape[2:])
-        fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
-        n = {"in": fan_in, "avg": (fan_in + fan_out) / 2}[mode]
-        if dist == "uniform":
-            limit = math.sqrt(3.0 * scale / n)
-            nn.init.uniform_(weight, -limit, limit)
-        else:  # truncated at 2 sigma; 0.8796... restores the requested standard deviation
-            std = math.sqrt(scale / n) / 0.87962566103423978
-            nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
-    else:
-        raise ValueError(f"unknown initialization {name!r}; use normal, uniform, constant, {', '.join(_VARIANCE)}")
-
-
 class P1B3(nn.Module):
     def __init__(self, c):
         super().__init__()

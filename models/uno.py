@@ -29,13 +29,10 @@ Keras-vs-PyTorch choices:
 * Encoders use ReLU whatever `activation` is and have no residual adds, as in Keras.
 """
 
-import math
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ._layers import activation
+from ._layers import dense_stack, init_kernel_, run_stack
 
 REFERENCE_PARAMS = 21_275_001
 DEFAULTS = {
@@ -65,57 +62,6 @@ AUC_CONFIG = {"agg_dose": "AUC", "single": True, "drug_features": ["descriptors"
               "dense": [1000] * 5, "dropout": 0.1, "input_dim": 942 + 5270}
 AUC_REFERENCE_PARAMS = 16_224_001
 
-_VARIANCE = {"glorot_uniform": (1.0, "avg", "uniform"), "glorot_normal": (1.0, "avg", "normal"),
-             "lecun_uniform": (1.0, "in", "uniform"), "lecun_normal": (1.0, "in", "normal"),
-             "he_uniform": (2.0, "in", "uniform"), "he_normal": (2.0, "in", "normal")}
-
-
-def init_kernel_(weight: torch.Tensor, name: str) -> None:
-    """CANDLE's `initialization` names with Keras semantics (VarianceScaling, RandomNormal(0.05), ...)."""
-    if name == "normal":
-        nn.init.normal_(weight, 0.0, 0.05)
-    elif name == "uniform":
-        nn.init.uniform_(weight, -0.05, 0.05)
-    elif name in _VARIANCE:
-        scale, mode, dist = _VARIANCE[name]
-        fan_in, fan_out = weight.shape[1], weight.shape[0]
-        n = fan_in if mode == "in" else (fan_in + fan_out) / 2
-        if dist == "uniform":
-            limit = math.sqrt(3.0 * scale / n)
-            nn.init.uniform_(weight, -limit, limit)
-        else:  # truncated at 2 sigma; 0.8796... restores the requested standard deviation
-            std = math.sqrt(scale / n) / 0.87962566103423978
-            nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
-    else:
-        raise ValueError(f"unknown initialization {name!r}; use normal, uniform, {', '.join(_VARIANCE)}")
-
-
-class PermanentDropout(nn.Dropout):
-    """CANDLE's PermanentDropout: dropout in training *and* inference (Monte-Carlo dropout)."""
-
-    def forward(self, x):
-        return F.dropout(x, self.p, training=True)
-
-
-def _stack(width, sizes, act, dropout, permanent, residual):
-    """Dense layers, each followed by [dropout] and [residual add]; returns (modules, out width)."""
-    layers = nn.ModuleList()
-    for units in sizes:
-        if units and units > 0:
-            drop = (PermanentDropout if permanent else nn.Dropout)(dropout) if dropout > 0 else nn.Identity()
-            block = nn.Sequential(nn.Linear(width, int(units)), activation(act), drop)
-            block.residual = residual and width == int(units)
-            layers.append(block)
-            width = int(units)
-    return layers, width
-
-
-def _run(layers, h):
-    for block in layers:
-        h = block(h) + h if block.residual else block(h)
-    return h
-
-
 class Uno(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -144,10 +90,10 @@ class Uno(nn.Module):
         for key, width in types:
             sizes = c["dense_cell_feature_layers"] if key.startswith("cell.") else c["dense_drug_feature_layers"]
             # ModuleDict keys can't contain ".", hence the "/" spelling
-            self.encoders[key.replace(".", "/")], widths[key] = _stack(
+            self.encoders[key.replace(".", "/")], widths[key] = dense_stack(
                 width, sizes or c["dense_feature_layers"], "relu", drop, perm, False)
         merged = sum(widths[key] if key else w for _, w, key in self.segments)
-        self.head, width = _stack(merged, c["dense"], c["activation"], drop, perm, c["residual"])
+        self.head, width = dense_stack(merged, c["dense"], c["activation"], drop, perm, c["residual"])
         self.out = nn.Linear(width, int(c["classes"]))
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -156,9 +102,9 @@ class Uno(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = torch.split(x, [w for _, w, _ in self.segments], dim=1)
-        encoded = [_run(self.encoders[key.replace(".", "/")], part) if key else part
+        encoded = [run_stack(self.encoders[key.replace(".", "/")], part) if key else part
                    for part, (_, _, key) in zip(parts, self.segments)]
-        return self.out(_run(self.head, torch.cat(encoded, dim=1)))
+        return self.out(run_stack(self.head, torch.cat(encoded, dim=1)))
 
 
 def build(config: dict) -> nn.Module:

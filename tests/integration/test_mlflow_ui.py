@@ -5,7 +5,6 @@ import json
 import shutil
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -2,7 +2,6 @@
 here: Tune's state and checkpoints, sweep.json, results and report go to the bucket; resume and
 report read them back."""
 
-import json
 import subprocess
 import sys
 import time
