@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks, as one short script for a session that has an NVIDIA device (see the device tool):
-# the CUDA paths of the tests (1-GPU mixed precision, 2-GPU NCCL DDP when two GPUs exist) and NT3 at
-# full size (60,483 features) in seconds per epoch, bf16 vs fp32, batch 5 (CANDLE's V100: 11 s) and 20.
-set -euo pipefail
+# The GPU checks, as one short script for a session that has an NVIDIA device (see the device tool).
+# The device machine runs its own image's python3 (torch, pyarrow, numpy; no Ray, no MLflow, and no
+# registry), so the project is installed there from this checkout alone: no dependencies fetched.
+#  - NT3 at full size (60,483 features), seconds per epoch, bf16 vs fp32, batch 5 (CANDLE's V100: 11 s) and 20;
+#  - the GPU-marked tests, where Ray and MLflow are importable there (carry them as wheels otherwise).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-make install >/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-export RAY_AUTH_MODE=disabled
-.venv/bin/python -m pytest -q -m gpu tests 2>&1 | tail -5
-.venv/bin/python bench/gpu_nt3.py --epochs 4
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
+python3 bench/gpu_nt3.py --epochs 4
+if python3 -c "import ray, mlflow" 2>/dev/null; then
+  RAY_AUTH_MODE=disabled python3 -m pytest -q -m gpu tests 2>&1 | tail -5
+else
+  echo "ray/mlflow not on this machine: GPU tests skipped (carry them as wheels to run them)"
+fi

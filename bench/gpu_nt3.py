@@ -2,7 +2,8 @@
 
 CANDLE reports 11 s/epoch on a V100 at batch 5 (nt3_perf_bench_model.txt: 1,120 training rows);
 the target for one H200 is at least ten times faster (<= 1.1 s/epoch). Data: synthetic, in the exact
-NT3 format and size. Runs fp32 (TF32) and mixed precision side by side.
+NT3 format and size. Runs fp32 (TF32) and mixed precision side by side. Needs only torch, numpy and
+pyarrow (no Ray, no MLflow), so it runs on a GPU machine's own Python.
 """
 
 import argparse
@@ -14,11 +15,16 @@ from pathlib import Path
 import torch
 
 from candle_ray.data.cache import Cache
+from candle_ray.data.spec import Dataset, Source
 from candle_ray.data.synthetic import synthesize
-from candle_ray.experiment import load_experiment
 from candle_ray.loop import World, train_epochs
 
-ROOT = Path(__file__).resolve().parents[1]
+# experiments/nt3.py's dataset and defaults, without the experiment file (which imports Ray Tune).
+NT3_DATA = Dataset(name="nt3", train=Source("nt_train2.csv"), val=Source("nt_test2.csv"), format="candle_noheader",
+                   classes=2, scaling="maxabs", scaling_fit="train+val")
+NT3_DEFAULTS = {"learning_rate": 0.001, "optimizer": "sgd", "momentum": 0.0, "dropout": 0.1, "activation": "relu",
+                "conv": [128, 20, 1, 128, 10, 1], "pool": [1, 10], "dense": [200, 20], "rng_seed": 7102,
+                "reduce_lr": True, "reduce_lr_factor": 0.1, "reduce_lr_patience": 10}
 
 
 def main():
@@ -33,14 +39,13 @@ def main():
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        nt3 = load_experiment(ROOT / "experiments" / "nt3.py")
         t0 = time.perf_counter()
-        ds = synthesize(nt3.dataset, tmp / "files", rows=(1120, 280), features=args.features, seed=0)
+        ds = synthesize(NT3_DATA, tmp / "files", rows=(1120, 280), features=args.features, seed=0)
         entry = Cache(tmp / "cache").prepare(ds, log=lambda *_: None)
         print(f"data: 1120 train / 280 val x {entry.num_features} features, prepared in {time.perf_counter() - t0:.1f}s")
         for batch in args.batch_size:
             for precision in args.precision:
-                config = {**nt3.defaults, "epochs": args.epochs, "batch_size": batch, "timeout": -1,
+                config = {**NT3_DEFAULTS, "epochs": args.epochs, "batch_size": batch, "timeout": -1,
                           "ckpt_save_interval": 0, "ckpt_save_best": False}
                 job = {"config": config, "model": "nt3", "task": "classification",
                        "model_shape": {"input_dim": entry.num_features, "classes": 2}, "entry": str(entry.path),
