@@ -29,6 +29,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class _HashingWriter:
+    """A file wrapper that hashes what torch.save writes: the checksum costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -44,8 +58,10 @@ def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
     epoch = int(state["epoch"])
     path = directory / f"epoch-{epoch:04d}.pt"
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    torch.save({**state, "format": FORMAT}, tmp)
-    digest = _sha256(tmp)
+    with open(tmp, "wb") as f:
+        writer = _HashingWriter(f)
+        torch.save({**state, "format": FORMAT}, writer)
+    digest = writer.sha256.hexdigest()
     os.replace(tmp, path)
     pointer = {"file": path.name, "sha256": digest, "epoch": epoch, "model": state.get("model"), "origin": state.get("origin"),
                "metric": state.get("best", {}).get("metric"), "value": state.get("best", {}).get("value")}
