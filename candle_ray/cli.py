@@ -154,6 +154,11 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
         trainer.run(job, plan, on_epoch=progress, max_failures=max_failures, storage_path=str(run_dir / "ray"),
                     run_name=run_name, launcher=launcher, log=lambda m: click.echo(m, err=True))
+        if progress.stop_reason == "non-finite loss":
+            from candle_ray.errors import TrainingError
+
+            raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
+                                f"lower learning_rate (now {config['learning_rate']}) or check the data")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -249,6 +254,7 @@ class _Progress:
         self.csv_path, self.tracker, self.epochs, self.t_cli = csv_path, tracker, epochs, t_cli
         self.history: dict[int, dict] = {}
         self.startup_s = self.compute_s = 0.0
+        self.stop_reason: str | None = None
 
     def __call__(self, metrics: dict) -> None:
         epoch = int(metrics["epoch"])
@@ -264,6 +270,7 @@ class _Progress:
         note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
         if "stop_reason" in metrics:
+            self.stop_reason = metrics["stop_reason"]
             click.echo(f"stopped: {metrics['stop_reason']}")
         columns = ["epoch", *fields, "epoch_time_s"]
         new = not self.csv_path.exists()

@@ -147,3 +147,14 @@ def test_every_experiment_runs_in_smoke_mode(ray_cluster, workdir, experiment):
     r = _train([ROOT / "experiments" / experiment, "--smoke", "--set", "epochs=1"])
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC" in r.output
+
+
+def test_diverging_run_fails_with_exit_1(ray_cluster, workdir):
+    r = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "nt3.py"), "--smoke", "--set", "learning_rate=1e12"])
+    assert r.exit_code == 1, r.output
+    assert "training diverged" in r.output and "lower learning_rate" in r.output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("nt3").experiment_id])
+    assert [run.info.status for run in runs] == ["FAILED"]
