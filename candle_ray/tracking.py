@@ -1,8 +1,8 @@
 """MLflow tracking: the only module that imports mlflow.
 
-One MLflow run per `candle-ray train`: flat params, per-epoch metrics (step = epoch), tags, artifacts.
-The default tracking URI is a SQLite file in the working directory, so `mlflow ui` started there
-shows every run.
+One MLflow run per `candle-ray train`, and per sweep one parent run with one child run per trial:
+flat params, per-epoch metrics (step = epoch), tags, artifacts. The default tracking URI is a SQLite
+file in the working directory, so `mlflow ui` started there shows every run.
 """
 
 from __future__ import annotations
