@@ -108,9 +108,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-LAUNCHERS = ("auto", "task", "ray-train")
-
-
 def run(job: dict, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
         launcher: str = "auto", log=print) -> None:
     """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included).

@@ -31,8 +31,6 @@ from ray.tune import Callback  # noqa: E402
 from candle_ray import checkpoint  # noqa: E402
 from candle_ray.errors import TrainingError, UsageError  # noqa: E402
 
-SEARCHERS = ("random", "grid", "optuna")
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 # What PBT may change in a running trial: hyperparameters that do not change the model's shape.
 PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "batch_size")
 

@@ -89,3 +89,11 @@ def run_stack(layers, h):
     for block in layers:
         h = block(h) + h if block.residual else block(h)
     return h
+
+
+def check_feature_dims(c: dict) -> None:
+    """Uno/Combo configs name their feature types and their widths in two aligned lists."""
+    if len(c["cell_features"]) != len(c["cell_feature_dims"]) or \
+            len(c["drug_features"]) != len(c["drug_feature_dims"]):
+        raise ValueError("cell_feature_dims / drug_feature_dims need one width per "
+                         "cell_features / drug_features entry")

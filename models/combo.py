@@ -21,7 +21,7 @@ Keras-vs-PyTorch choices:
 import torch
 from torch import nn
 
-from ._layers import dense_stack, keras_init_, run_stack
+from ._layers import check_feature_dims, dense_stack, keras_init_, run_stack
 
 REFERENCE_PARAMS = 13_742_001
 DEFAULTS = {
@@ -44,10 +44,7 @@ DESCRIPTION = "Combo drug-pair regressor (NCI-ALMANAC): shared per-feature encod
 class Combo(nn.Module):
     def __init__(self, c):
         super().__init__()
-        if len(c["cell_features"]) != len(c["cell_feature_dims"]) or \
-                len(c["drug_features"]) != len(c["drug_feature_dims"]):
-            raise ValueError("cell_feature_dims / drug_feature_dims need one width per "
-                             "cell_features / drug_features entry")
+        check_feature_dims(c)
         types = [(f"cell/{f}", int(w)) for f, w in zip(c["cell_features"], c["cell_feature_dims"])]
         drug_types = [(f"drug/{f}", int(w)) for f, w in zip(c["drug_features"], c["drug_feature_dims"])]
         # (encoder key, width) per input block, in CANDLE's order; drug encoders serve drug1 and drug2

@@ -22,18 +22,12 @@ import torch
 from torch import nn
 
 from ._layers import activation, keras_init_
+from .nt3 import DEFAULTS as NT3_DEFAULTS
 from .nt3 import conv_stack
 
 REFERENCE_PARAMS = 154_923_632
-DEFAULTS = {
-    "input_dim": 60483,
-    "classes": 36,
-    "conv": [128, 20, 1, 128, 10, 1],
-    "pool": [1, 10],
-    "dense": [200, 20],
-    "dropout": 0.1,
-    "activation": "relu",
-}
+# NT3's layers and defaults, with CANDLE's 36 output units.
+DEFAULTS = {**NT3_DEFAULTS, "classes": 36}
 DESCRIPTION = "TC1 18-type tumour classifier: NT3-style 1-D convolutions + dense head, 36 outputs (CANDLE Pilot1)"
 
 

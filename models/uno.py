@@ -32,7 +32,7 @@ Keras-vs-PyTorch choices:
 import torch
 from torch import nn
 
-from ._layers import dense_stack, init_kernel_, run_stack
+from ._layers import check_feature_dims, dense_stack, init_kernel_, run_stack
 
 REFERENCE_PARAMS = 21_275_001
 DEFAULTS = {
@@ -62,13 +62,11 @@ AUC_CONFIG = {"agg_dose": "AUC", "single": True, "drug_features": ["descriptors"
               "dense": [1000] * 5, "dropout": 0.1, "input_dim": 942 + 5270}
 AUC_REFERENCE_PARAMS = 16_224_001
 
+
 class Uno(nn.Module):
     def __init__(self, c):
         super().__init__()
-        if len(c["cell_features"]) != len(c["cell_feature_dims"]) or \
-                len(c["drug_features"]) != len(c["drug_feature_dims"]):
-            raise ValueError("cell_feature_dims / drug_feature_dims need one width per "
-                             "cell_features / drug_features entry")
+        check_feature_dims(c)
         drugs = ["drug1"] if c["single"] else ["drug1", "drug2"]
         doses = [] if c["agg_dose"] else [d.replace("drug", "dose") for d in drugs]
         # (input name, width, encoder key or None) in CANDLE's input_features order
