@@ -1,7 +1,7 @@
 """P5: trials per hour with 2 concurrent 1-CPU trials vs one at a time (target >= 1.8x).
 
 The same sweep twice (same seed, so the same configurations), --max-concurrent 1 then 2, each trial
-with one CPU and one thread: NT3 smoke data, a 64-filter conv stack, batch 20, 4 epochs, searching
+with one CPU and one thread: NT3 smoke data, a 64-filter conv stack, batch 20, 8 epochs, searching
 learning rate and dropout (so every trial does the same work). Two rates are printed: over the whole
 time in Tune, and in steady state (first to last epoch, leaving out the one-off start of the trial
 actors, which a long sweep pays once).
@@ -29,8 +29,8 @@ def main():
         space = Path(tmp) / "space.json"
         space.write_text(json.dumps([{"name": "learning_rate", "type": "float", "lower": 0.001, "upper": 0.02},
                                      {"name": "dropout", "type": "float", "lower": 0.0, "upper": 0.5}]))
-        args = [str(NT3), "--smoke", "--space", str(space), "--scheduler", "fifo", "--num-samples", "16",
-                "--set", "epochs=4", "--set", "conv=64 20 1 64 10 1", "--cpus-per-worker", "1", "--seed", "3", *EXTRA]
+        args = [str(NT3), "--smoke", "--space", str(space), "--scheduler", "fifo", "--num-samples", "20",
+                "--set", "epochs=8", "--set", "conv=64 20 1 64 10 1", "--cpus-per-worker", "1", "--seed", "3", *EXTRA]
         serial = run_sweep(Path(tmp), *args, "--max-concurrent", "1", "--name", "serial")
         both = run_sweep(Path(tmp), *args, "--max-concurrent", "2", "--name", "both")
     rate = lambda r: r["trials"] / r["fit_s"] * 3600  # noqa: E731

@@ -187,6 +187,9 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many trials as the cluster fits.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per trial.")
+@click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS", help="Least time between the checkpoints a trial hands to Tune (what a resume "
+                                      "restarts from); 0 = every epoch. PBT always hands one over every epoch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searcher and scheduler.")
 @click.option("--metric", default=None, help="Default: the experiment's metric.")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
@@ -205,7 +208,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @cache_option
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
-         max_failures, seed, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
+         max_failures, checkpoint_every_s, seed, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
          tracking_uri, cache_dir):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     from candle_ray import sweep, tracking
@@ -231,7 +234,7 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
         num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
         sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
-        force_cpu=force_cpu)
+        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s)
     ctx.exit(code)
 
 
@@ -332,7 +335,8 @@ def data_ls(cache_dir):
         return
     click.echo(f"{'dataset':<28} {'fingerprint':<17} {'train':>7} {'val':>6} {'features':>9} {'MiB':>8}  created")
     for e in entries:
-        size = sum(s["bytes"] for s in e.manifest["splits"].values()) / 2**20
+        files = [*e.manifest["splits"].values(), *e.manifest.get("tables", {}).values()]  # joined: + feature tables
+        size = sum(f["bytes"] for f in files) / 2**20
         name = e.name + (" (synthetic)" if e.synthetic else "")
         click.echo(f"{name:<28} {e.fingerprint:<17} {e.rows['train']:>7} {e.rows['val']:>6} "
                    f"{e.num_features:>9} {size:>8.1f}  {e.manifest['created']}")

@@ -51,7 +51,8 @@ def read_record(store, name: str, experiment_path: Path) -> dict:
 def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bool, searcher: str, scheduler: str,
         num_samples: int, workers_per_trial: int, cpus_per_worker: float, max_concurrent: int | None, seed: int,
         metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
-        space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool) -> int:
+        space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool,
+        checkpoint_every_s: float = 30.0) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
 
     `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
@@ -102,7 +103,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
                            workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
                            mode=mode, max_failures=max_failures,
-                           max_epochs=tune.max_epochs(space, int(config["epochs"])))
+                           max_epochs=tune.max_epochs(space, int(config["epochs"])),
+                           checkpoint_every_s=0.0 if scheduler == "pbt" else checkpoint_every_s)
     work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -129,7 +131,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
         "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
         "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
-        "threads": max(1, int(sweep.cpus_per_worker)),
+        "threads": max(1, int(sweep.cpus_per_worker)), "tune_checkpoint_s": sweep.checkpoint_every_s,
     }
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)

@@ -52,6 +52,8 @@ class Sweep:
     mode: str
     max_failures: int
     max_epochs: int
+    # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
+    checkpoint_every_s: float = 30.0
 
 
 # ---------------------------------------------------------------- spaces, searchers, schedulers
@@ -173,14 +175,25 @@ def _tune_checkpoint(ckpt_dir: Path):
 
 
 def _report_epochs(job: dict, epochs) -> None:
-    """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last`."""
+    """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last` and the
+    previous hand-over is `tune_checkpoint_s` old (and always at the trial's final epoch).
+
+    Each checkpoint Tune receives is copied into the sweep storage and makes the driver snapshot the
+    experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
+    trials need. A kill then re-runs at most `tune_checkpoint_s` of a trial.
+    """
     ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    every_s, handed_at = float(job.get("tune_checkpoint_s", 0.0)), None
+    final_epoch = int(job["config"]["epochs"])
     for metrics in epochs:
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
         result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         last = checkpoint.pointer(ckpt_dir, "last")
-        if last and last["epoch"] == metrics["epoch"]:
+        due = (handed_at is None or time.monotonic() - handed_at >= every_s
+               or metrics["epoch"] >= final_epoch or "stop_reason" in metrics)
+        if due and last and last["epoch"] == metrics["epoch"]:
+            handed_at = time.monotonic()
             staging, ckpt = _tune_checkpoint(ckpt_dir)
             try:
                 ray.tune.report(result, checkpoint=ckpt)
