@@ -6,7 +6,7 @@ files and `candle-ray --help` stay fast.
 
 __version__ = "0.1.0"
 
-from candle_ray.data.spec import Dataset, Source, TableDataset  # noqa: E402
+from candle_ray.data.spec import Dataset, ReaderDataset, Source, TableDataset  # noqa: E402
 from candle_ray.experiment import Experiment, Smoke  # noqa: E402
 
-__all__ = ["Dataset", "Experiment", "Smoke", "Source", "TableDataset", "__version__"]
+__all__ = ["Dataset", "Experiment", "ReaderDataset", "Smoke", "Source", "TableDataset", "__version__"]

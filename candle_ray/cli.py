@@ -45,14 +45,16 @@ def _cache(cache_dir: str | None):
 
 def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.echo):
     """Download (checksum-verified) and convert the experiment's data into the cache; verify the entry."""
+    from candle_ray.data.spec import ReaderDataset
     from candle_ray.data.synthetic import synthesize
 
     dataset = experiment.dataset
     if smoke:
         s = experiment.smoke
         dataset = synthesize(dataset, cache.root / "synthetic" / dataset.name, rows=s.rows, features=s.features, seed=s.seed)
-        log(f"smoke mode: SYNTHETIC data in the {experiment.name} file format ({s.rows[0]} train / {s.rows[1]} val rows, "
-            f"{s.features} features), not the real dataset")
+        size = (f"~{sum(s.rows)} response rows, feature tables <= {s.features} wide" if isinstance(dataset, ReaderDataset)
+                else f"{s.rows[0]} train / {s.rows[1]} val rows, {s.features} features")
+        log(f"smoke mode: SYNTHETIC data in the {experiment.name} file format ({size}), not the real dataset")
     hint = f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''} --force"
     entry = cache.prepare(dataset, force=force, rebuild_hint=hint, log=log)
     cache.verify(entry)
@@ -103,6 +105,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
 
     from candle_ray import runtime, train as trainer
+    from candle_ray.data.features import describe
     from candle_ray.experiment import model_shape
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -141,12 +144,12 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         tracker.log_params({"workers": plan.workers, "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = {
             "config": config, "model": experiment.model, "task": entry.manifest["task"],
-            "model_shape": model_shape(entry),
+            "model_shape": model_shape(entry), "data": describe(entry),
             "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
             "precision": config.get("precision", "auto"), "feed": feed,
             "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
         }
-        (run_dir / "config.json").write_text(json.dumps(job, indent=1, sort_keys=True))
+        (run_dir / "config.json").write_text(json.dumps({k: v for k, v in job.items() if k != "data"}, indent=1, sort_keys=True))
         device = "GPU" if plan.use_gpu else "CPU"
         click.echo(f"training {experiment.name} ({experiment.model}) on {plan.workers} {device} worker(s) x "
                    f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
@@ -191,6 +194,8 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               metavar="SECONDS", help="Least time between the checkpoints a trial hands to Tune (what a resume "
                                       "restarts from); 0 = every epoch. PBT always hands one over every epoch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searcher and scheduler.")
+@click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
 @click.option("--metric", default=None, help="Default: the experiment's metric.")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a default for every trial (repeatable).")
@@ -208,7 +213,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @cache_option
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
-         max_failures, checkpoint_every_s, seed, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
+         max_failures, checkpoint_every_s, seed, cv_folds, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
          tracking_uri, cache_dir):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     from candle_ray import sweep, tracking
@@ -234,7 +239,114 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
         num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
         sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
-        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s)
+        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s,
+        cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None)
+    ctx.exit(code)
+
+
+@main.command()
+@click.argument("experiment_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--members", type=click.IntRange(min=1), default=None,
+              help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
+@click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many configurations --from-sweep takes.")
+@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many members as fit.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per member.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a value for every member (repeatable).")
+@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
+@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
+@click.option("--name", default=None, help="Ensemble name (default <experiment>-ensemble-<UTC time>).")
+@click.option("--resume", is_flag=True, help="Continue the ensemble --name.")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Folders of sweeps and ensembles [env CANDLE_RAY_STORAGE].")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@cache_option
+@click.pass_context
+def ensemble(ctx, experiment_file, members, from_sweep, top, workers_per_trial, cpus_per_worker, max_concurrent,
+             max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
+    """Train an ensemble of EXPERIMENT (seed replicas, or a sweep's best configurations) and measure its
+    uncertainty on the validation split: one MLflow parent run, one child run per member."""
+    from candle_ray import ensemble as ensembles
+    from candle_ray import sweep, tracking
+    from candle_ray.errors import UsageError
+
+    if resume and not name:
+        raise UsageError("--resume needs the ensemble's --name")
+    experiment = _load(experiment_file)
+    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    base_seed = int(experiment.defaults.get("rng_seed", 0))
+    chosen = None
+    if resume:
+        pass  # Tune restores the members; sweep.json keeps the rest
+    elif from_sweep:
+        chosen, record = ensembles.members_from_sweep(storage, from_sweep, top, members or 1, base_seed, experiment.path)
+        # The configurations were trained with the sweep's fixed overrides and data.
+        sets, config_file, smoke = sets or record["sets"], config_file or record["config_file"], smoke or record["smoke"]
+    else:
+        chosen = ensembles.seed_members(members or 5, base_seed)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    code = sweep.run(
+        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
+        echo=click.echo, storage=storage, name=name or f"{experiment.name}-ensemble-{stamp}", resume=resume,
+        searcher="members", scheduler="fifo", num_samples=len(chosen or []), workers_per_trial=workers_per_trial,
+        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
+        max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
+        address=address, tracking_uri=uri, force_cpu=force_cpu, members=chosen, kind="ensemble")
+    ctx.exit(code)
+
+
+@main.command()
+@click.argument("experiment_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="K: each fold validates once.")
+@click.option("--stratify", is_flag=True, help="Keep each class's share in every fold (classifiers).")
+@click.option("--group-by", default=None, metavar="COLUMN",
+              help="Keep each value of COLUMN in one fold: leave-drugs-out (drug1_id), leave-cells-out (cell_id).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many folds as fit.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per fold.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a value for every fold (repeatable).")
+@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
+@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
+@click.option("--name", default=None, help="Name (default <experiment>-cv-<UTC time>).")
+@click.option("--resume", is_flag=True, help="Continue the cross-validation --name.")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Folders of sweeps, ensembles and cross-validations [env CANDLE_RAY_STORAGE].")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@cache_option
+@click.pass_context
+def cv(ctx, experiment_file, folds, stratify, group_by, seed, workers_per_trial, cpus_per_worker, max_concurrent,
+       max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
+    """K-fold cross-validation of EXPERIMENT over its train+val rows: one MLflow parent run with the
+    folds' mean and spread, one child run per fold."""
+    from candle_ray import sweep, tracking
+    from candle_ray.errors import UsageError
+
+    if resume and not name:
+        raise UsageError("--resume needs the cross-validation's --name")
+    if stratify and group_by:
+        raise UsageError("--stratify and --group-by cannot be combined; grouping decides the folds alone")
+    experiment = _load(experiment_file)
+    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    code = sweep.run(
+        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
+        echo=click.echo, storage=storage, name=name or f"{experiment.name}-cv-{stamp}", resume=resume,
+        searcher="members", scheduler="fifo", num_samples=folds, workers_per_trial=workers_per_trial,
+        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
+        max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
+        address=address, tracking_uri=uri, force_cpu=force_cpu, kind="cv",
+        members=None if resume else [{"cv_fold": k} for k in range(folds)],
+        cv={"folds": folds, "stratify": stratify, "group_by": group_by, "seed": seed})
     ctx.exit(code)
 
 
@@ -248,6 +360,9 @@ def report(sweep_name, storage):
     from candle_ray import sweep
 
     sweep.report_command(storage, sweep_name, click.echo)
+
+
+_BOOKKEEPING = ("epoch", "epoch_time_s", "samples_per_s", "best_epoch", "replayed")
 
 
 class _Progress:
@@ -268,7 +383,9 @@ class _Progress:
         self.history[epoch] = metrics
         self.compute_s += metrics["epoch_time_s"]
         self.tracker.log_epoch(metrics)
-        fields = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_corr", "val_r2", "val_mae", "lr") if k in metrics]
+        # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
+        fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
+                  and not isinstance(v, bool)]
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
         note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
@@ -305,6 +422,80 @@ def _finish(tracker, run_dir: Path, status: str) -> None:
                 tracker.log_artifact(run_dir / name)
     finally:
         tracker.finish(status)
+
+
+def _checkpoints(model: str, tracking_uri: str | None, scratch: Path) -> list[Path]:
+    """MODEL as checkpoint folders/files: a path, or an MLflow run id (a run, an ensemble or a sweep)."""
+    import re
+
+    from candle_ray.errors import UsageError
+
+    if Path(model).exists():
+        return [Path(model)]
+    if re.fullmatch(r"[0-9a-f]{32}", model):
+        from candle_ray import tracking
+
+        uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
+        return tracking.run_checkpoints(uri, model, scratch)
+    raise UsageError(f"MODEL {model!r} is neither an existing checkpoint path nor an MLflow run id (32 hex digits); "
+                     f"pass a run folder, a checkpoint file or a run id from `mlflow ui`")
+
+
+def _write_table(frame, out: Path) -> None:
+    """TSV (default), CSV or Parquet by suffix, written to a temporary name and renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        if out.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, sep="," if out.suffix.lower() == ".csv" else "\t", index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
+              help="Rows to predict: CSV, TSV or Parquet with the training features (by name, or CANDLE's header-less layout).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.tsv (.csv, .parquet also).")
+@click.option("--mc-dropout", "mc_passes", type=click.IntRange(min=2), default=None, metavar="N",
+              help="N stochastic passes with dropout on (Monte-Carlo dropout).")
+@click.option("--conformal", "calibration_file", type=click.Path(dir_okay=False), default=None,
+              help="Held-out labelled rows (same format as --data): split-conformal intervals or prediction sets.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
+              help="Miscoverage: intervals and sets aim at 1 - alpha coverage.")
+@click.option("--set-score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
+              help="Conformal score for classifiers' prediction sets.")
+@click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="Where MODEL's run id was logged.")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
+def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, tracking_uri, force_cpu):
+    """Predict with MODEL (a checkpoint, an MLflow run id, or an ensemble's run id), with uncertainty."""
+    import tempfile
+
+    import torch
+
+    from candle_ray import predict as predicting
+    from candle_ray.data.features import read_for_prediction
+
+    device = "cuda" if torch.cuda.is_available() and not force_cpu else "cpu"
+    with tempfile.TemporaryDirectory(prefix="candle-ray-predict-") as scratch:
+        members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, Path(scratch))]
+    info = members[0].data
+    X, _, ids = read_for_prediction(data_file, info)
+    run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
+                                          device=device)
+    calibrator = None
+    if calibration_file:
+        X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
+        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score)
+    frame = predicting.table(run(X), info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
+    _write_table(frame, Path(out))
+    how = f"{len(members)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")
+    cal = f"; conformal {1 - alpha:.0%} from {len(y_cal)} calibration rows" if calibration_file else ""
+    click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
 
 
 @main.group()

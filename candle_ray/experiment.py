@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from candle_ray.data.spec import Dataset
+from candle_ray.data.spec import Dataset, ReaderDataset
 from candle_ray.errors import UsageError
 
 # CANDLE spells some keys two ways across benchmarks and Supervisor HPO files.
@@ -41,6 +41,20 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "early_stop_patience": {"min": 0},
     "ckpt_save_interval": {"min": 0},
     "precision": {"choices": PRECISIONS},
+    # Objectives (candle_ray.objectives): loss, class weights, ReduceLROnPlateau's monitor, abstention.
+    "loss": {"choices": ("categorical_crossentropy", "sparse_categorical_crossentropy", "crossentropy", "mse",
+                         "mean_squared_error", "mae", "mean_absolute_error", "het", "qtl")},
+    "class_weight": {"choices": ("none", "balanced")},
+    "reduce_lr_cooldown": {"min": 0},
+    "reduce_lr_min_lr": {"min": 0.0},
+    "reduce_lr_min_delta": {"min": 0.0},
+    "alpha0": {"min_exclusive": 0.0},
+    "init_abs_epoch": {"min": 0},
+    "alpha_scale_factor": {"min_exclusive": 0.0, "max": 1.0},
+    "min_abs_acc": {"min": 0.0, "max": 1.0},
+    "max_abs_frac": {"min": 0.0, "max": 1.0},
+    "acc_gain": {"min": 0.0},
+    "abs_gain": {"min": 0.0},
 }
 
 
@@ -59,7 +73,7 @@ class Smoke:
 @dataclass
 class Experiment:
     name: str
-    dataset: Dataset
+    dataset: Dataset | ReaderDataset
     model: str
     defaults: dict[str, Any]
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -70,8 +84,8 @@ class Experiment:
     path: Path | None = None
 
     def __post_init__(self):
-        if not isinstance(self.dataset, Dataset):
-            raise UsageError(f"experiment {self.name!r}: dataset must be a candle_ray Dataset, got {type(self.dataset).__name__}")
+        if not isinstance(self.dataset, (Dataset, ReaderDataset)):
+            raise UsageError(f"experiment {self.name!r}: dataset must be a candle_ray Dataset or ReaderDataset, got {type(self.dataset).__name__}")
         if self.mode not in ("min", "max"):
             raise UsageError(f"experiment {self.name!r}: mode must be 'min' or 'max', got {self.mode!r}")
         if not isinstance(self.defaults, dict) or not self.defaults:
@@ -113,6 +127,8 @@ def _check_rules(key: str, value):
             raise UsageError(f"{key}={value!r} must be >= {rule['min']}")
         if "min_exclusive" in rule and value <= rule["min_exclusive"]:
             raise UsageError(f"{key}={value!r} must be > {rule['min_exclusive']}")
+        if "max" in rule and value > rule["max"]:
+            raise UsageError(f"{key}={value!r} must be <= {rule['max']}")
         if "max_exclusive" in rule and value >= rule["max_exclusive"]:
             raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
 
@@ -294,4 +310,21 @@ def model_shape(entry) -> dict:
     (the classes of a classifier, 1 for a regressor, the input width for an autoencoder)."""
     task = entry.manifest["task"]
     outputs = {"autoencoder": entry.num_features, "regression": 1}.get(task, entry.num_classes)
-    return {"input_dim": entry.num_features, "classes": outputs}
+    shape = {"input_dim": entry.num_features, "classes": outputs}
+    if entry.manifest.get("kind") == "joined":
+        shape.update(_feature_groups(entry.manifest["slots"]))
+    return shape
+
+
+def _feature_groups(slots: list[dict]) -> dict:
+    """For joined data, the per-feature-type widths that models with shared encoders (Uno, Combo) split
+    their flat input by: slots named "cell.<f>" give cell_features / cell_feature_dims, slots "drug.<f>"
+    or "drug1.<f>" give drug_features / drug_feature_dims (drug2.<f> repeats drug1's types). Models
+    ignore keys they do not have."""
+    groups: dict = {}
+    for prefix, kind in (("cell.", "cell"), ("drug.", "drug"), ("drug1.", "drug")):
+        for slot in slots:
+            if slot["table"] is not None and slot["name"].startswith(prefix):
+                groups.setdefault(f"{kind}_features", []).append(slot["name"][len(prefix):])
+                groups.setdefault(f"{kind}_feature_dims", []).append(int(slot["width"]))
+    return groups

@@ -6,7 +6,8 @@ both, so one worker gives the same numbers either way under the same seed.
 
 `job` is a plain dict built by the driver (candle_ray.train.make_job):
   config       the experiment's CANDLE keywords (epochs, batch_size, learning_rate, optimizer, ...)
-  model        registry name; model_shape {"input_dim", "classes"} from the cache manifest
+  model        registry name; model_shape {"input_dim", "classes"} from the cache manifest (the loop
+               widens `classes` for a het/qtl/abstention head: candle_ray.objectives.head_shape)
   entry        absolute path of the prepared cache entry
   run_dir      absolute path; checkpoints go to run_dir/checkpoints
   metric, mode the experiment's objective (for the best checkpoint and early stopping)
@@ -30,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from candle_ray import checkpoint, models
-from candle_ray.data.cache import open_split
-from candle_ray.data.feed import BatchFeed, as_tensor, make_feed
+from candle_ray import checkpoint, models, objectives
+from candle_ray.data import folds
+from candle_ray.data.feed import make_feed, split_labels
+from candle_ray.errors import UsageError
 
 
 @dataclass
@@ -136,60 +138,45 @@ def _maybe_inject_fault(job: dict, world: World, epoch: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception
 
 
-def _aligned(out, target):
-    """A regressor's [B, 1] output against its [B] targets (MSELoss would broadcast them to [B, B])."""
-    return out.squeeze(-1) if out.dim() == target.dim() + 1 and out.shape[-1] == 1 else out
-
-
-def _objective(model, out, target, loss_fn, reconstruct: bool):
+def _objective(model, out, target, objective, reconstruct: bool):
     """The training loss; a VAE adds its KL term as CANDLE does (mean KL / features)."""
-    loss = loss_fn(_aligned(out.float(), target), target)
+    loss = objective.loss(out, target)
     kl = getattr(model, "kl", None) if reconstruct else None
     if kl is not None:
         loss = loss + kl.float().mean() / target.shape[1]
     return loss
 
 
-def _evaluate(model, x: np.ndarray, y: np.ndarray, world: World, loss_fn, task: str, batch: int, amp):
-    """Validation over this rank's rows (every world_size-th row, no padding); sums all-reduced.
-
-    totals: loss sum, correct, count; for regression and reconstruction the sums that give Pearson's r
-    (CANDLE's `corr`) and R² over all values: sum a, sum b, sum ab, sum a², sum b², number of values,
-    and the sum of absolute errors (MAE).
-    """
+def _evaluate(model, feed, world: World, objective, task: str, amp):
+    """Validation over this rank's rows (`feed`: unshuffled, unpadded, every world_size-th row); the
+    objective's sums (candle_ray.objectives: loss, accuracy, AUROC histograms, regression sums, ...)
+    all-reduced."""
     device = world.device
-    totals = torch.zeros(10, dtype=torch.float64, device=device)
-    rows = np.arange(world.rank, len(y), world.world_size)
-    xt, yt = as_tensor(x), as_tensor(y)
+    totals = torch.zeros(objective.eval_width, dtype=torch.float64, device=device)
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(rows), batch):
-            idx = torch.from_numpy(rows[start:start + batch])
-            xb = xt.index_select(0, idx).to(device, non_blocking=True)
-            target = xb if task == "autoencoder" else yt.index_select(0, idx).to(device, non_blocking=True)
+        for xb, yb in feed.epoch(0):
+            xb = xb.to(device, non_blocking=True)
+            target = xb if task == "autoencoder" else yb.to(device, non_blocking=True)
             with amp:
                 out = model(xb)
-            out = _aligned(out.float(), target)
-            totals[0] += loss_fn(out, target).double() * len(idx)
-            if task == "classification":
-                totals[1] += (out.argmax(1) == target).sum()
-            else:  # regression (targets of shape [B] against outputs [B, 1]) or reconstruction
-                a, b = target.double().flatten(), out.double().flatten()
-                totals[3:10] += torch.stack([a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(),
-                                             torch.tensor(float(a.numel()), dtype=torch.float64, device=device),
-                                             (a - b).abs().sum()])
-            totals[2] += len(idx)
+            totals += objective.eval_sums(out, target)
     world.all_reduce_sum(totals)
     return totals
 
 
-def _fit_metrics(t) -> dict:
-    """corr (Pearson's r), r2 (1 - SS_res / SS_tot, as CANDLE's r2) and mae from _evaluate's sums."""
-    sa, sb, sab, saa, sbb, n, abs_err = (v.item() for v in t[3:10])
-    cov, va, vb = sab / n - sa * sb / n**2, saa / n - (sa / n) ** 2, sbb / n - (sb / n) ** 2
-    ss_res = saa - 2 * sab + sbb  # sum (a - b)^2
-    return {"val_corr": cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0,
-            "val_r2": 1 - ss_res / (va * n) if va > 0 else 0.0, "val_mae": abs_err / n}
+def _monitored(config: dict, job: dict, objective) -> tuple[str, str]:
+    """The metric and mode ReduceLROnPlateau follows: `reduce_lr_metric` (CANDLE's monitor; default
+    val_loss, as in most benchmarks; ATTN's is val_auroc), with the experiment's mode when it is the
+    experiment's metric and the metric's natural direction otherwise. Both it and the experiment's
+    metric must be ones the objective reports."""
+    name = config.get("reduce_lr_metric") or "val_loss"
+    reported = objective.metric_names()
+    for key, value in (("reduce_lr_metric", name), ("metric", job["metric"])):
+        if value not in reported:
+            raise UsageError(f"{key}={value!r} is not reported by training with this loss and dataset; "
+                             f"use one of {', '.join(reported)}")
+    return name, job["mode"] if name == job["metric"] else objectives.direction(name)
 
 
 def train_epochs(job: dict, world: World) -> Iterator[dict]:
@@ -207,27 +194,46 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
 
     entry = job["entry"]
     task = job["task"]
-    classification, reconstruct = task == "classification", task == "autoencoder"
+    reconstruct = task == "autoencoder"
     batch_size = int(config["batch_size"])
     # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
     per_worker = max(1, math.ceil(batch_size / world.world_size))
-    feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, rank=world.rank,
-                     world_size=world.world_size, mode=job.get("feed", "auto"))
-    if device.type == "cuda" and isinstance(feed, BatchFeed):
-        # An NT3 split is ~270 MB: keep it on the GPU and skip a pageable host-to-device copy per step.
-        free, _ = torch.cuda.mem_get_info(device)
-        if feed.x.numel() * feed.x.element_size() < free / 4:
-            feed.to(device)
-    x_val, y_val = open_split(entry, "val")
+    cv = job.get("cv")  # cross-validation: {"assignment": fold of each train+val row, "fold": k}
+    if cv:
+        feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, rank=world.rank,
+                               world_size=world.world_size)
+        val_feed = folds.fold_feed(entry, cv, "val", max(per_worker, 256), shuffle=False, rank=world.rank,
+                                   world_size=world.world_size, pad=False)
+    else:
+        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, rank=world.rank,
+                         world_size=world.world_size, mode=job.get("feed", "auto"))
+        # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
+        val_feed = make_feed(entry, "val", max(per_worker, 256), shuffle=False, rank=world.rank,
+                             world_size=world.world_size, mode="memory", pad=False)
+    if device.type == "cuda":
+        # An NT3 split is ~270 MB: keep in-memory feeds (a joined feed: its feature tables and row columns) on
+        # the GPU and skip a pageable host-to-device copy per step; joined batches are then gathered there.
+        for placed in (feed, val_feed):
+            free, _ = torch.cuda.mem_get_info(device)
+            if hasattr(placed, "nbytes") and placed.nbytes < free / 4:
+                placed.to(device)
 
-    model = models.build(job["model"], {**config, **job["model_shape"]}).to(device)
+    # The loss, its metrics and the output width it needs (het x2, qtl x3, abstention +1 unit).
+    objective = objectives.make(config, task, job["model_shape"], device=device,
+                                train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
+                                else split_labels(entry, "train"))
+    shape = objectives.head_shape(config, task, job["model_shape"])
+    model = models.build(job["model"], {**config, **shape}).to(device)
+    objective.init_head(model)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
                                float(config.get("momentum", 0.0)))
     mode = job["mode"]
-    plateau = ReduceLROnPlateau(optimizer, mode="min", factor=float(config.get("reduce_lr_factor", 0.1)),
+    plateau_metric, plateau_mode = _monitored(config, job, objective)
+    plateau = ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=float(config.get("reduce_lr_factor", 0.1)),
                                 patience=int(config.get("reduce_lr_patience", 10)),
-                                min_delta=float(config.get("reduce_lr_min_delta", 1e-4)))
-    loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
+                                min_delta=float(config.get("reduce_lr_min_delta", 1e-4)),
+                                cooldown=int(config.get("reduce_lr_cooldown", 0)),
+                                min_lr=float(config.get("reduce_lr_min_lr", 0.0)))
     amp_dtype = autocast_dtype(job.get("precision", "auto"), device)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -246,6 +252,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             for group in optimizer.param_groups:
                 group["lr"] = float(config["learning_rate"])
         plateau.load_state_dict(state["plateau"])
+        objective.load_state_dict(state.get("objective", {}))  # abstention's adapted alpha
         torch.set_rng_state(state["rng"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
         elapsed_before, bad_epochs = state["elapsed_s"], state["bad_epochs"]
@@ -261,13 +268,13 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         _maybe_inject_fault(job, world, epoch)
         t0 = time.perf_counter()
         ddp_model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        totals = torch.zeros(objective.train_width, dtype=torch.float64, device=device)
         for xb, yb in feed.epoch(epoch):
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             with amp:
                 out = ddp_model(xb)
-                loss = _objective(model, out, xb if reconstruct else yb, loss_fn, reconstruct)
+                loss = _objective(model, out, xb if reconstruct else yb, objective, reconstruct)
                 if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
                     loss = loss + model.regularization_loss()
             optimizer.zero_grad(set_to_none=True)
@@ -275,32 +282,23 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             scaler.step(optimizer)
             scaler.update()
             # Accumulate on the device: no host sync per step.
-            totals[0] += loss.detach().double() * len(yb)
-            if classification:
-                totals[1] += (out.detach().argmax(1) == yb).sum()
-            totals[2] += len(yb)
+            with torch.no_grad():
+                totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())
         world.all_reduce_sum(totals)
         train_s = time.perf_counter() - t0
-        val = _evaluate(ddp_model, x_val, y_val, world, loss_fn, task, max(per_worker, 256), amp)
-        loss_v, val_loss = (totals[0] / totals[2]).item(), (val[0] / val[2]).item()
-        metrics = {"epoch": epoch, "loss": loss_v, "val_loss": val_loss,
+        val = _evaluate(ddp_model, val_feed, world, objective, task, amp)
+        metrics = {"epoch": epoch, **objective.train_metrics(totals), **objective.eval_metrics(val),
                    "lr": optimizer.param_groups[0]["lr"]}
-        if classification:
-            metrics["accuracy"] = (totals[1] / totals[2]).item()
-            metrics["val_accuracy"] = (val[1] / val[2]).item()
-        elif reconstruct:
-            metrics["val_corr"] = _fit_metrics(val)["val_corr"]
-        else:
-            metrics.update(_fit_metrics(val))
         metrics["epoch_time_s"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = totals[2].item() / train_s if train_s > 0 else 0.0
+        metrics["samples_per_s"] = totals[1].item() / train_s if train_s > 0 else 0.0
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
             metrics["stop_reason"] = "non-finite loss"
 
-        if config.get("reduce_lr", True):
-            plateau.step(val_loss)
+        if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
+            plateau.step(metrics[plateau_metric])
+        objective.end_epoch(epoch, metrics)
         value = metrics.get(metric)
-        improved = value is not None and (best["value"] is None or
+        improved = value is not None and math.isfinite(value) and (best["value"] is None or
                                           (value < best["value"] if mode == "min" else value > best["value"]))
         if improved:
             best, bad_epochs = {"metric": metric, "value": value, "epoch": epoch}, 0
@@ -321,11 +319,13 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
                                   ("best", improved and config.get("ckpt_save_best", True))) if due]
         if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
-                "model": job["model"], "config": config, "model_shape": job["model_shape"],
+                "model": job["model"], "config": config, "model_shape": shape,  # as built (with its UQ head)
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "plateau": plateau.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                "plateau": plateau.state_dict(), "objective": objective.state_dict(),
+                "rng": torch.get_rng_state(), "epoch": epoch,
                 "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
                 "origin": job["run_dir"],  # which run wrote it: PBT hands checkpoints between trials
+                "data": job.get("data"),  # features, scaler, classes: prediction needs no cache or experiment
             }, kinds=kinds)
         yield {**metrics, "best_epoch": best["epoch"]}
         if "stop_reason" in metrics:

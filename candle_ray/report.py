@@ -178,14 +178,18 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path) -> None:
 def best_curves(best: dict, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, pair in zip(axes, (("loss", "val_loss"), ("accuracy", "val_accuracy"))):
+    # The second panel: what the task reports (accuracy; R² and r for regressors; AUROC for ATTN).
+    second = next((pair for pair in (("accuracy", "val_accuracy"), ("val_r2", "val_corr"), ("val_auroc", "val_aupr"))
+                   if any(key in best["history"] for key in pair)), ("accuracy", "val_accuracy"))
+    for ax, pair in zip(axes, (("loss", "val_loss"), second)):
         for key, style in zip(pair, ("-", "--")):
             if key in best["history"]:
                 steps, values = zip(*best["history"][key])
                 ax.plot(steps, values, style, marker="o", markersize=3, label=key)
         ax.set(xlabel="epoch", title=f"best trial {best['trial_id']}: {pair[0]}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

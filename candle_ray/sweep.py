@@ -23,10 +23,12 @@ from candle_ray.errors import UsageError
 SWEEP_FILE = "sweep.json"
 
 
-def known_metrics(task: str) -> tuple[str, ...]:
-    extra = {"classification": ("accuracy", "val_accuracy"), "autoencoder": ("val_corr",),
-             "regression": ("val_corr", "val_r2", "val_mae")}[task]
-    return ("loss", "val_loss", *extra)
+def known_metrics(config: dict, entry) -> tuple[str, ...]:
+    """What training reports for this config and dataset (the objective decides: AUROC, per-task...)."""
+    from candle_ray import objectives
+    from candle_ray.experiment import model_shape
+
+    return objectives.metric_names(config, entry.manifest["task"], model_shape(entry))
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -52,10 +54,15 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         num_samples: int, workers_per_trial: int, cpus_per_worker: float, max_concurrent: int | None, seed: int,
         metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
         space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool,
-        checkpoint_every_s: float = 30.0) -> int:
+        checkpoint_every_s: float = 30.0, members: list[dict] | None = None, kind: str = "sweep",
+        cv: dict | None = None) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
 
     `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
+    kind "ensemble": the trials are exactly `members` (config overrides), and their best checkpoints are
+    pooled and evaluated at the end (`ensemble.evaluate`), on the parent run.
+    kind "cv": the members are folds {"cv_fold": k}; `cv` (folds, stratify, group_by, seed) makes the
+    fold assignment over the train+val rows, and the folds' mean and spread go on the parent run.
     """
     from candle_ray.storage import Storage
 
@@ -66,6 +73,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         record = read_record(store, name, experiment.path)
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
         sets, config_file, smoke = record["sets"], record["config_file"], record["smoke"]
+        kind, cv = record.get("kind", "sweep"), record.get("cv")
         tracking_uri = record["tracking_uri"]
         echo(f"resuming sweep {name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
@@ -73,6 +81,11 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     config = experiment.resolve_config(config_file=config_file, sets=sets, smoke=smoke, warn=echo)
     if resume:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
+    elif members is not None:
+        from candle_ray import ensemble
+
+        space, searcher, scheduler, num_samples = ensemble.members_space(members), "members", "fifo", len(members)
+        check_space(space, {**config, "cv_fold": None} if kind == "cv" else config, sets, experiment.name)
     else:
         space = dict(space if space is not None else experiment.search_space)
         if smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
@@ -83,11 +96,16 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         tune.validate(searcher, scheduler, space)
     metric, mode = metric or experiment.metric, mode or experiment.mode
     entry = prepare(smoke)
-    if metric not in known_metrics(entry.manifest["task"]):
-        raise UsageError(f"metric {metric!r} is not reported by training; use one of "
-                         f"{', '.join(known_metrics(entry.manifest['task']))}")
+    if cv and kind == "sweep" and workers_per_trial > 1:
+        raise UsageError(f"--cv trains the folds inside each trial, one worker each; drop --workers-per-trial "
+                         f"{workers_per_trial} (or cross-validate one configuration with `candle-ray cv`)")
+    cv_assignment = fold_assignment(entry, cv) if cv else None  # before Ray starts: a bad --group-by fails fast
+    reported = known_metrics(config, entry)
+    if metric not in reported:
+        raise UsageError(f"metric {metric!r} is not reported by training; use one of {', '.join(reported)}")
 
     from candle_ray import runtime, tracking, tune
+    from candle_ray.data.features import describe
     from candle_ray.experiment import model_shape
 
     cluster = runtime.connect(address)
@@ -112,7 +130,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     tags = {"candle_ray.experiment_file": experiment.path, "mlflow.source.name": experiment.path,
             "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
             "candle_ray.dataset": entry.name, "candle_ray.dataset_fingerprint": entry.fingerprint,
-            "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": store.display(sweep.name)}
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": store.display(sweep.name),
+            "candle_ray.kind": kind}
     if resume:
         parent.reopen()
     else:
@@ -123,15 +142,16 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
             "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
             "config_file": str(config_file) if config_file else None,
-            "smoke": smoke, "created": stamp}, indent=1, sort_keys=True))
+            "smoke": smoke, "created": stamp, "kind": kind, "cv": cv}, indent=1, sort_keys=True))
 
     base_job = {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
-        "model_shape": model_shape(entry),
+        "model_shape": model_shape(entry), "data": describe(entry),
         "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
         "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
         "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
         "threads": max(1, int(sweep.cpus_per_worker)), "tune_checkpoint_s": sweep.checkpoint_every_s,
+        "cv_assignment": cv_assignment, "cv_folds": int(cv["folds"]) if cv and kind != "cv" else None,
     }
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
@@ -146,7 +166,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     status = "FAILED"
     try:
         tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, store=store,
-                                 callbacks=callbacks, resume=resume)
+                                 callbacks=callbacks, resume=resume, points=members)
         t_fit = time.monotonic()
         with _interrupt_watch() as tune_was_interrupted:
             tuner.fit()
@@ -163,6 +183,10 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
             echo(f"report: {files[-1]}")
         except Exception as exc:  # pictures are a bonus: never fail a finished search over them
             echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
+        if kind == "ensemble" and summary["succeeded"]:
+            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo)
+        if kind == "cv" and summary["succeeded"]:
+            _aggregate_folds(parent, progress.trials or [], sweep.metric, echo)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -190,11 +214,61 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     return 0 if summary["succeeded"] else 1
 
 
+def fold_assignment(entry, cv: dict):
+    """The fold of each train+val row (int8), the same on every resume: seeded, from the cached data."""
+    from candle_ray.data import folds
+
+    labels = folds.pooled_labels(entry)
+    stratify = cv.get("stratify")
+    if stratify == "auto":  # `tune --cv`: classifiers keep their class mix in every fold
+        stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not cv.get("group_by")
+    return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),
+                        labels=labels if stratify else None,
+                        groups=folds.pooled_groups(entry, cv["group_by"]) if cv.get("group_by") else None)
+
+
+def _aggregate_folds(parent, trials, metric: str, echo) -> None:
+    """Mean and standard deviation over folds of every final metric, on the parent run."""
+    import numpy as np
+
+    finals = [t.last_result for t in trials if t.status == "TERMINATED" and t.last_result]
+    keys = sorted({k for r in finals for k, v in r.items() if k.startswith(("val_", "loss", "accuracy"))
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    summary = {}
+    for key in keys:
+        values = np.array([r[key] for r in finals if key in r], dtype=float)
+        summary[f"cv_mean_{key}"], summary[f"cv_std_{key}"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
+    if f"cv_mean_{metric}" in summary:
+        echo(f"cross-validation over {len(finals)} folds: {metric} {summary[f'cv_mean_{metric}']:.4g} "
+             f"± {summary[f'cv_std_{metric}']:.2g} (mean ± sd)")
+
+
+def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo) -> None:
+    """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) on the
+    validation split; metrics and plots go on the parent run and into the sweep folder."""
+    import tempfile
+
+    from candle_ray import ensemble, tracking
+
+    with tempfile.TemporaryDirectory(prefix="candle-ray-members-") as scratch:
+        folders = tracking.run_checkpoints(parent.uri, parent.run_id, Path(scratch))
+        metrics, files = ensemble.evaluate(folders, entry, work_dir / "uq")
+    parent.log_epoch({"epoch": 0, **metrics})
+    for path in files:
+        parent.log_artifact(path, "uq")
+        store.upload(path, store.path(name, "uq", path.name))
+    shown = {k: v for k, v in metrics.items() if k not in ("ensemble_members", "ensemble_val_rows")}
+    echo(f"ensemble of {int(metrics['ensemble_members'])} on {int(metrics['ensemble_val_rows'])} validation rows: "
+         + ", ".join(f"{k.replace('ensemble_val_', '')} {v:.4g}" for k, v in shown.items()))
+
+
 def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str]) -> list[Path]:
     """Draw the sweep's pictures from its MLflow runs, keep them with the sweep and on its parent run."""
     from candle_ray import report, tracking
 
-    files = report.write_report(tracking.sweep_trials(parent), sweep=name, metric=metric, mode=mode,
+    metrics = tuple(dict.fromkeys((*tracking.REPORTED_METRICS, metric)))  # the sweep's metric, whatever it is
+    files = report.write_report(tracking.sweep_trials(parent, metrics), sweep=name, metric=metric, mode=mode,
                                 space_keys=space_keys, out=work_dir / "report")
     for path in files:
         parent.log_artifact(path, "report")

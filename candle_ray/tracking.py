@@ -202,7 +202,10 @@ class SweepTracker:
                                         max_results=50000))
 
 
-def sweep_trials(parent: RunTracker, metrics=("loss", "val_loss", "accuracy", "val_accuracy")) -> list[dict]:
+REPORTED_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_r2", "val_corr", "val_auroc", "val_aupr")
+
+
+def sweep_trials(parent: RunTracker, metrics=REPORTED_METRICS) -> list[dict]:
     """Every child run of a sweep as plain data: trial id, status, params and per-epoch histories."""
     client, trials = parent.client, []
     runs = client.search_runs([parent.experiment_id()], f"tags.mlflow.parentRunId = '{parent.run_id}'",
@@ -217,3 +220,30 @@ def sweep_trials(parent: RunTracker, metrics=("loss", "val_loss", "accuracy", "v
                        "status": run.data.tags.get("candle_ray.trial_status", run.info.status.lower()),
                        "params": dict(run.data.params), "history": history})
     return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
+    """Local folders holding the best checkpoint of run `run_id`, or of each of its finished children
+    (the members of an ensemble, the trials of a sweep), downloaded from the run's artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UsageError(f"no MLflow run {run_id!r} in {uri}; pass a checkpoint path or a run id from `mlflow ui` "
+                         f"(and --tracking-uri where it was logged)") from None
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                  max_results=50000)
+    runs = [c for c in children if c.info.status == "FINISHED"] if children else [run]
+    folders = []
+    for source in sorted(runs, key=lambda r: r.data.tags.get(SweepTracker.TRIAL_TAG, r.info.run_id)):
+        names = [a.path for a in client.list_artifacts(source.info.run_id, "checkpoints")]
+        if not any(n.endswith("best.json") for n in names):
+            continue
+        folders.append(Path(client.download_artifacts(source.info.run_id, "checkpoints", str(dest / source.info.run_id))))
+    if not folders:
+        what = f"{len(children)} child runs" if children else "run"
+        raise UsageError(f"MLflow {what} of {run_id} hold no best checkpoint; train to the end first")
+    return folders

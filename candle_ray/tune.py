@@ -77,9 +77,10 @@ def grid_space(space: dict) -> dict:
     return grid
 
 
-def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int):
+def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
-    optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones."""
+    optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones;
+    members: exactly the given configurations (an ensemble's members), as points to evaluate."""
     if name == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
@@ -87,7 +88,8 @@ def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: 
         return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=seed), max_concurrent=max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent,
+                                 points_to_evaluate=points if name == "members" else None)
 
 
 def pbt_mutations(space: dict) -> dict:
@@ -158,19 +160,31 @@ def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_wo
 # ---------------------------------------------------------------------------- the trial
 
 
-def _tune_checkpoint(ckpt_dir: Path):
-    """The run's current last/best checkpoint as a Tune checkpoint (hard links: no copy here)."""
+def _checkpoint_dirs(job: dict) -> dict[str, Path]:
+    """Where the trial's loops write checkpoints, by their folder in a Tune checkpoint: the run's own
+    ("" = the checkpoint's root), or one per fold for `tune --cv` ("fold-k")."""
+    run_dir = Path(job["run_dir"])
+    if job.get("cv_folds"):
+        return {f"fold-{k}": run_dir / f"fold-{k}" / "checkpoints" for k in range(int(job["cv_folds"]))}
+    return {"": run_dir / "checkpoints"}
+
+
+def _tune_checkpoint(ckpt_dirs: dict[str, Path]):
+    """The loops' current last/best checkpoints as one Tune checkpoint (hard links: no copy here)."""
     staging = Path(tempfile.mkdtemp(prefix="candle-ray-ckpt-"))
-    for kind in checkpoint.KINDS:
-        pointer = ckpt_dir / f"{kind}.json"
-        if pointer.exists():
-            shutil.copy2(pointer, staging / pointer.name)
-            name = checkpoint.pointer(ckpt_dir, kind)["file"]
-            if not (staging / name).exists():
-                try:
-                    os.link(ckpt_dir / name, staging / name)
-                except OSError:  # another filesystem
-                    shutil.copy2(ckpt_dir / name, staging / name)
+    for folder, ckpt_dir in ckpt_dirs.items():
+        target = staging / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for kind in checkpoint.KINDS:
+            pointer = ckpt_dir / f"{kind}.json"
+            if pointer.exists():
+                shutil.copy2(pointer, target / pointer.name)
+                name = checkpoint.pointer(ckpt_dir, kind)["file"]
+                if not (target / name).exists():
+                    try:
+                        os.link(ckpt_dir / name, target / name)
+                    except OSError:  # another filesystem
+                        shutil.copy2(ckpt_dir / name, target / name)
     return staging, ray.tune.Checkpoint.from_directory(str(staging))
 
 
@@ -182,19 +196,19 @@ def _report_epochs(job: dict, epochs) -> None:
     experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
     trials need. A kill then re-runs at most `tune_checkpoint_s` of a trial.
     """
-    ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    ckpt_dirs = _checkpoint_dirs(job)
     every_s, handed_at = float(job.get("tune_checkpoint_s", 0.0)), None
     final_epoch = int(job["config"]["epochs"])
     for metrics in epochs:
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
         result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        last = checkpoint.pointer(ckpt_dir, "last")
+        written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())
         due = (handed_at is None or time.monotonic() - handed_at >= every_s
                or metrics["epoch"] >= final_epoch or "stop_reason" in metrics)
-        if due and last and last["epoch"] == metrics["epoch"]:
+        if due and written:
             handed_at = time.monotonic()
-            staging, ckpt = _tune_checkpoint(ckpt_dir)
+            staging, ckpt = _tune_checkpoint(ckpt_dirs)
             try:
                 ray.tune.report(result, checkpoint=ckpt)
             finally:
@@ -206,6 +220,34 @@ def _report_epochs(job: dict, epochs) -> None:
                                 f"(loss {metrics['loss']}, val_loss {metrics['val_loss']}); lower the learning rate")
 
 
+def _mean_over_folds(job: dict, device):
+    """`tune --cv K`: K fold models trained in lockstep; each epoch reports every metric's mean over the
+    folds (what the scheduler and searcher see) and each fold's own `fold<k>_<metric>`.
+
+    The folds share the process, so their random streams interleave: a trial is reproducible, but a
+    fold's numbers differ from the same fold trained alone. The trial ends when any fold stops (early
+    stop, timeout): the mean needs every fold at every epoch.
+    """
+    from candle_ray.loop import World, train_epochs
+
+    folds = int(job["cv_folds"])
+    runs = [train_epochs({**job, "run_dir": str(Path(job["run_dir"]) / f"fold-{k}"),
+                          "cv": {"assignment": job["cv_assignment"], "fold": k}}, World(device=device))
+            for k in range(folds)]
+    for per_fold in zip(*runs):
+        merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold)}
+        for key, value in per_fold[0].items():
+            if key not in merged and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = [m[key] for m in per_fold if key in m]
+                merged[key] = sum(values) / len(values)
+                if key.startswith("val_") or key == "loss":
+                    merged.update({f"fold{k}_{key}": m[key] for k, m in enumerate(per_fold) if key in m})
+        reasons = [f"fold {k}: {m['stop_reason']}" for k, m in enumerate(per_fold) if "stop_reason" in m]
+        if reasons:
+            merged["stop_reason"] = "; ".join(reasons)
+        yield merged
+
+
 def run_trial(config: dict, base_job: dict) -> None:
     """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
     (with this trial's hyperparameters), a fresh trial starts from scratch."""
@@ -213,24 +255,31 @@ def run_trial(config: dict, base_job: dict) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = Path(base_job["work_dir"]) / "trials" / trial_id
-    ckpt_dir = run_dir / "checkpoints"
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    job = {**base_job, "config": {**base_job["config"], **config}, "run_dir": str(run_dir)}
+    if "cv_fold" in config:  # `candle-ray cv`: this trial is one fold of the driver's fold assignment
+        job["cv"] = {"assignment": base_job["cv_assignment"], "fold": int(config["cv_fold"])}
+    ckpt_dirs = _checkpoint_dirs(job)
+    for ckpt_dir in ckpt_dirs.values():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as src:
-            shutil.copytree(src, ckpt_dir)
-        last = checkpoint.pointer(ckpt_dir, "last") or {}
-        origin = Path(last.get("origin") or run_dir).name
+            for folder, ckpt_dir in ckpt_dirs.items():
+                shutil.copytree(Path(src) / folder, ckpt_dir)
+        last = checkpoint.pointer(next(iter(ckpt_dirs.values())), "last") or {}
+        origin = Path(last.get("origin") or run_dir)
+        origin = (origin.parent if job.get("cv_folds") else origin).name  # .../trials/<id>[/fold-k]
         # A record of where this trial's weights came from: itself (a resume) or another trial (PBT).
         with open(run_dir / "restores.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
                                 "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
-    job = {**base_job, "config": {**base_job["config"], **config}, "run_dir": str(run_dir)}
     if base_job["workers"] == 1:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
-        _report_epochs(job, train_epochs(job, World(device=device_for(job["use_gpu"]))))
+        device = device_for(job["use_gpu"])
+        _report_epochs(job, _mean_over_folds(job, device) if job.get("cv_folds") else
+                       train_epochs(job, World(device=device)))
     else:
         _run_ddp_trial(job)
 
@@ -402,11 +451,14 @@ class MLflowSweepCallback(Callback):
             # The trial's last Tune checkpoint holds its best one too; it is in the sweep's storage
             # (a shared folder or a bucket), so this works wherever the trial ran.
             with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
-                ckpt_dir = Path(tune_checkpoint.to_directory(tmp))
-                best = checkpoint.pointer(ckpt_dir, "best")
-                if best and (ckpt_dir / best["file"]).exists():
-                    child.log_artifact(ckpt_dir / best["file"], "checkpoints")
-                    child.log_artifact(ckpt_dir / "best.json", "checkpoints")
+                root = Path(tune_checkpoint.to_directory(tmp))
+                folds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-"))
+                for ckpt_dir in folds or [root]:  # `tune --cv`: each fold's best under checkpoints/fold-k
+                    best = checkpoint.pointer(ckpt_dir, "best")
+                    if best and (ckpt_dir / best["file"]).exists():
+                        into = "checkpoints" if ckpt_dir == root else f"checkpoints/{ckpt_dir.name}"
+                        child.log_artifact(ckpt_dir / best["file"], into)
+                        child.log_artifact(ckpt_dir / "best.json", into)
         child.set_tags(tags)
         child.finish(status)
 
@@ -510,7 +562,8 @@ class ProgressCallback(Callback):
 # ---------------------------------------------------------------------------------- the sweep
 
 
-def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: list, resume: bool):
+def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: list, resume: bool,
+                points: list[dict] | None = None):
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
     bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
@@ -535,7 +588,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
         tune_config=ray.tune.TuneConfig(
             num_samples=sweep.num_samples,
             # Each search algorithm limits concurrency itself (Tune ignores max_concurrent_trials for them).
-            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent),
+            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent, points),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed),
             reuse_actors=sweep.scheduler != "pbt",

@@ -1,5 +1,9 @@
 """The dataset cache: a prepared dataset as two Arrow IPC files plus a manifest.
 
+(Joined datasets, `ReaderDataset` specs such as P1B3, Uno, Combo, are stored as feature tables plus row
+tables: manifest kind "joined", written and read by candle_ray.data.joined_cache; this module keeps
+the fingerprint, lock, atomic rename and verify dispatch for both kinds.)
+
 Layout under the root:
   downloads/<name>/<file>                  fetched remote sources (+ <file>.sha256 sidecars)
   datasets/<name>-<fingerprint>/           one entry: train.arrow, val.arrow, scaler.json, manifest.json
@@ -31,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from candle_ray.data.sources import file_digests, local_path, redact
-from candle_ray.data.spec import Dataset, has_class_labels
+from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels
 from candle_ray.errors import CacheError, DataError, UsageError
 
 FORMAT_VERSION = 1
@@ -76,6 +80,11 @@ class Entry:
     def synthetic(self) -> bool:
         return bool(self.manifest.get("synthetic"))
 
+    @property
+    def kind(self) -> str:
+        """"matrix" (one x matrix per split) or "joined" (feature tables + row tables, see joined_cache)."""
+        return self.manifest.get("kind", "matrix")
+
 
 def _source_key(source) -> dict:
     """What identifies a source's content without the network: its declared checksum, else the local
@@ -90,8 +99,23 @@ def _source_key(source) -> dict:
     return {"url": redact(source.url)}
 
 
-def fingerprint(ds: Dataset) -> str:
+def fingerprint(ds: Dataset | ReaderDataset) -> str:
     """16 hex digits identifying the prepared content of `ds` (the format version, preprocessing, sources)."""
+    if isinstance(ds, ReaderDataset):
+        from candle_ray.data import registry
+
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "kind": "joined",
+            "reader": ds.reader,
+            "reader_version": registry.version(ds.reader),
+            # Defaults filled in: writing an option at its default value names the same entry.
+            "options": registry.options(ds.reader, ds.options),
+            "seed": ds.seed,
+            "sources": {role: _source_key(src) for role, src in ds.sources.items()},
+        }
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
     from_fraction = ds.val is None
     doc = {
         "format_version": FORMAT_VERSION,
@@ -167,6 +191,9 @@ def _open_checked(entry_path: Path, split: str):
     """The quick checks of the hot path (no hashing): manifest, size, schema, rows. Returns (manifest, reader)."""
     manifest = read_manifest(entry_path)
     hint = manifest.get("rebuild")
+    if manifest.get("kind", "matrix") != "matrix":
+        raise CacheError(f"cache entry {entry_path} is a {manifest['kind']} dataset (feature tables + row tables), not one "
+                         f"matrix per split; read it with candle_ray.data.feed.make_feed")
     info = manifest.get("splits", {}).get(split)
     if info is None:
         have = ", ".join(manifest.get("splits", {})) or "none"
@@ -231,6 +258,10 @@ def split_file(entry_path, split: str) -> Path:
 def verify(entry: Entry) -> None:
     """Full check of an entry: file hashes and sizes, Arrow schema and rows, scaler, downloads still present."""
     path, manifest = Path(entry.path), read_manifest(entry.path)
+    if manifest.get("kind") == "joined":
+        from candle_ray.data import joined_cache
+
+        return joined_cache.verify(path, manifest)
     hint = manifest.get("rebuild")
     for split, info in manifest["splits"].items():
         _open_checked(path, split)  # size, schema, rows
@@ -338,10 +369,10 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
 
-    def entry_path(self, ds: Dataset) -> Path:
+    def entry_path(self, ds: Dataset | ReaderDataset) -> Path:
         return self.datasets / f"{ds.name}-{fingerprint(ds)}"
 
-    def lookup(self, ds: Dataset) -> Entry | None:
+    def lookup(self, ds: Dataset | ReaderDataset) -> Entry | None:
         """The prepared entry of `ds`, or None (no hashing of the entry's files)."""
         path = self.entry_path(ds)
         if not (path / _MANIFEST).is_file():
@@ -361,7 +392,7 @@ class Cache:
     def verify(self, entry: Entry) -> None:
         verify(entry)
 
-    def prepare(self, ds: Dataset, *, force: bool = False, rebuild_hint: str = "", log: Callable[[str], None] = print) -> Entry:
+    def prepare(self, ds: Dataset | ReaderDataset, *, force: bool = False, rebuild_hint: str = "", log: Callable[[str], None] = print) -> Entry:
         """Fetch, read, validate, split, scale and write `ds` into the cache, once.
 
         Idempotent: an existing entry is returned untouched unless `force`. Concurrent callers for the
@@ -384,7 +415,12 @@ class Cache:
             tmp = self.datasets / f".tmp-{key}-{os.getpid()}"
             tmp.mkdir()
             try:
-                manifest = self._build(ds, fp, tmp, rebuild_hint, log)
+                if isinstance(ds, ReaderDataset):
+                    from candle_ray.data import joined_cache
+
+                    manifest = joined_cache.build(self, ds, fp, tmp, rebuild_hint, log)
+                else:
+                    manifest = self._build(ds, fp, tmp, rebuild_hint, log)
                 old = self.datasets / f".old-{key}-{os.getpid()}"
                 replaced = final.exists()
                 if replaced:

@@ -42,15 +42,40 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def _shard_size(n: int, rank: int, world_size: int, pad: bool) -> int:
+    return math.ceil(n / world_size) if pad else len(range(rank, n, world_size))
+
+
+def shard_indices(n: int, epoch: int, *, shuffle: bool, seed: int, rank: int, world_size: int, pad: bool) -> torch.Tensor:
+    """Rank `rank`'s row indices for `epoch`, as DistributedSampler gives them.
+
+    A seeded permutation per epoch (or 0..n-1); with `pad` it is padded (repeating its start) to a
+    multiple of world_size so that every rank gets ceil(n / world_size) rows (DDP training needs equal
+    batch counts); rank r takes every world_size-th index from r. Without `pad` (validation) the rows
+    are split exactly, each counted once.
+    """
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    else:
+        order = torch.arange(n)
+    if not pad:
+        return order[rank::world_size]
+    total = math.ceil(n / world_size) * world_size
+    if total > n:  # pad by repeating from the start, as many times as needed
+        order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
+    return order[rank:total:world_size]
+
+
 class BatchFeed:
     """In-memory batches: a seeded permutation per epoch, sharded like DistributedSampler.
 
     The permutation is padded (repeating its start) to a multiple of world_size and rank r takes
     every world_size-th index from r, so all ranks see `num_samples` samples in `len(self)` batches.
+    `pad=False` (validation) gives each rank exactly its every-world_size-th rows instead.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pad: bool = True):
         _check_shard(batch_size, rank, world_size)
         if len(x) != len(y):
             raise UsageError(f"x has {len(x)} rows but y has {len(y)}; they must have the same length")
@@ -59,23 +84,21 @@ class BatchFeed:
         self.x = as_tensor(np.asarray(x, dtype=np.float32))
         self.y = as_tensor(np.asarray(y))
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.num_samples = math.ceil(len(x) / world_size)
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.num_samples = _shard_size(len(x), rank, world_size, pad)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes that `.to(device)` would place on the device."""
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch`, in the order they are served."""
-        n = len(self.x)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        else:
-            order = torch.arange(n)
-        total = self.num_samples * self.world_size
-        if total > n:  # pad by repeating from the start, as many times as needed
-            order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
-        return order[self.rank : total : self.world_size]
+        return shard_indices(len(self.x), epoch, shuffle=self.shuffle, seed=self.seed, rank=self.rank,
+                             world_size=self.world_size, pad=self.pad)
 
     def to(self, device: torch.device) -> "BatchFeed":
         """Hold the split on `device` (a GPU): batches are then gathered there, with no copy per step."""
@@ -222,19 +245,114 @@ def available_memory() -> int:
         return 0
 
 
+class JoinedFeed:
+    """Batches of a joined cache entry: row tables of indices into shared feature tables.
+
+    Every batch gathers its rows' slots in order, x = concat(table[index] or value column), so the
+    feature values exist once (memory-mapped from the cache, shared by every process on the node) and
+    only one batch is ever materialised: memory does not grow with the number of rows beyond the
+    index columns. Sharding and epochs are BatchFeed's (`shard_indices`): every rank gets the same
+    number of batches unless `pad=False`. y is [B] (one label column) or int64 [B, T] (several).
+    """
+
+    def __init__(self, tables: dict[str, np.ndarray], columns: dict[str, np.ndarray], slots: list[dict],
+                 label_columns: list[str], batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pad: bool = True):
+        _check_shard(batch_size, rank, world_size)
+        self.tables = {name: as_tensor(values) for name, values in tables.items()}
+        self.columns = {name: as_tensor(values) for name, values in columns.items()}
+        self.slots = [(s["table"], s["key"]) for s in slots]
+        self.label_columns = list(label_columns)
+        self.rows = len(self.columns[self.label_columns[0]])
+        if self.rows == 0:
+            raise UsageError("cannot feed an empty split (0 rows)")
+        self.num_features = sum(1 if table is None else self.tables[table].shape[1] for table, _ in self.slots)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.num_samples = _shard_size(self.rows, rank, world_size, pad)
+
+    @classmethod
+    def open(cls, entry_path, split: str, batch_size: int, **shard) -> "JoinedFeed":
+        from candle_ray.data import joined_cache
+
+        manifest = joined_cache.manifest_of(entry_path)
+        tables = joined_cache.open_tables(entry_path)
+        columns = joined_cache.open_rows(entry_path, split)
+        return cls(tables, columns, manifest["slots"], manifest["label_columns"], batch_size, **shard)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes that `.to(device)` would place on the device (feature tables and row columns)."""
+        return sum(t.numel() * t.element_size() for t in [*self.tables.values(), *self.columns.values()])
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        return shard_indices(self.rows, epoch, shuffle=self.shuffle, seed=self.seed, rank=self.rank,
+                             world_size=self.world_size, pad=self.pad)
+
+    def to(self, device: torch.device) -> "JoinedFeed":
+        """Hold the feature tables and row columns on `device`: batches are then gathered there."""
+        self.tables = {k: v.to(device) for k, v in self.tables.items()}
+        self.columns = {k: v.to(device) for k, v in self.columns.items()}
+        return self
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float32 [B, num_features], y) of the rows `index` (int64)."""
+        parts = []
+        for table, key in self.slots:
+            column = self.columns[key].index_select(0, index)
+            if table is None:
+                parts.append(column.to(torch.float32).unsqueeze(1))
+            else:
+                parts.append(self.tables[table].index_select(0, column.long()))
+        x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        labels = [self.columns[c].index_select(0, index) for c in self.label_columns]
+        return x, (labels[0] if len(labels) == 1 else torch.stack(labels, 1))
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = next(iter(self.columns.values())).device
+        order = self.indices(epoch).to(device)
+        for start in range(0, len(order), self.batch_size):
+            yield self.batch(order[start : start + self.batch_size])
+
+
 def make_feed(entry_path, split: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-              world_size: int = 1, mode: str = "auto"):
+              world_size: int = 1, mode: str = "auto", pad: bool = True):
     """A feed over one split of a cache entry. `auto` streams when the split file is larger than half
-    of the available memory, and maps it in memory otherwise."""
-    from candle_ray.data.cache import open_split, split_file
+    of the available memory, and maps it in memory otherwise. A joined entry always gets a
+    `JoinedFeed` (memory-mapped tables, gathered per batch; `mode` does not apply). `pad=False` (not
+    for streaming) serves each rank exactly every world_size-th row: validation."""
+    from candle_ray.data.cache import open_split, read_manifest, split_file
 
     if mode not in ("auto", "memory", "stream"):
         raise UsageError(f"feed mode {mode!r} is not one of auto, memory, stream")
+    if read_manifest(entry_path).get("kind") == "joined":
+        return JoinedFeed.open(entry_path, split, batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                               world_size=world_size, pad=pad)
     path = split_file(entry_path, split)  # quick integrity checks, CacheError with the rebuild command
     if mode == "auto":
         free = available_memory()
-        mode = "stream" if free and path.stat().st_size > free / 2 else "memory"
+        mode = "stream" if free and pad and path.stat().st_size > free / 2 else "memory"
     if mode == "stream":
+        if not pad:
+            raise UsageError("a streamed feed always pads its shards; use mode='memory' for an unpadded (validation) feed")
         return StreamFeed(path, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     x, y = open_split(entry_path, split)
-    return BatchFeed(x, y, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    return BatchFeed(x, y, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, pad=pad)
+
+
+def split_labels(entry_path, split: str) -> np.ndarray:
+    """The labels of one split (memory-mapped): y [n] of a matrix entry, or of a joined entry's label
+    column(s), [n] or [n, T] for several (e.g. class weights computed from the train split)."""
+    from candle_ray.data.cache import open_split, read_manifest
+
+    manifest = read_manifest(entry_path)
+    if manifest.get("kind") != "joined":
+        return open_split(entry_path, split)[1]
+    from candle_ray.data import joined_cache
+
+    columns = joined_cache.open_rows(entry_path, split)
+    labels = [columns[c] for c in manifest["label_columns"]]
+    return labels[0] if len(labels) == 1 else np.stack(labels, axis=1)

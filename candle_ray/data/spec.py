@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 from candle_ray.errors import UsageError
 
@@ -120,6 +121,66 @@ class Dataset:
 
     def sources(self) -> dict[str, Source]:
         return {"train": self.train, **({"val": self.val} if self.val else {})}
+
+
+@dataclass(frozen=True)
+class ReaderDataset:
+    """A benchmark dataset of several files, turned into joined tables by a named reader (P1B3, Uno, ...).
+
+    `ReaderDataset("p1b3", reader="p1b3", sources={"dose_response": Source(...), ...}, options={...})`.
+
+    reader: "p1b3" reads with module `candle_ray.data.p1b3`; a dotted name ("mylab.readers.screen")
+      imports that module instead, so users can bring their own reader. The module defines:
+
+        read(paths: dict[str, Path], options: dict, seed: int) -> candle_ray.data.joined.JoinedTables
+            `paths` maps each source role to its fetched local file; `options` are the reader's
+            OPTIONS defaults updated with this spec's options.
+        synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int) -> dict[str, Path]
+            writes deterministic synthetic files in the real formats into `out_dir` (for --smoke):
+            about `rows` response rows, feature tables at most `features` wide, a signal a small
+            network learns in a few epochs; returns the written file per source role (every role
+            of the real dataset). The caller renames them to the real files' names.
+        OPTIONS: dict (optional)  every option with its CANDLE default; unknown option names are
+            then usage errors, and options equal to their default do not change the fingerprint.
+        VERSION: int (optional)   bump when the reader's output changes: cached entries are rebuilt.
+
+    sources: role -> Source (or URL/path string); the roles are the reader's (e.g. "dose_response").
+    seed: the reader's random seed (CANDLE's rng_seed: subsampling, splits).
+    """
+
+    name: str
+    reader: str
+    sources: Mapping[str, Source]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 2017
+    synthetic: bool = False
+
+    def __post_init__(self):
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise UsageError(f"dataset name must be letters, digits, '-', '_' or '.', got {self.name!r}")
+        if not isinstance(self.reader, str) or not all(part.isidentifier() for part in self.reader.split(".")):
+            raise UsageError(f"dataset {self.name!r}: reader must be a module name such as 'p1b3' or 'mylab.reader', got {self.reader!r}")
+        if not isinstance(self.sources, Mapping) or not self.sources:
+            raise UsageError(f"dataset {self.name!r}: sources must be a non-empty dict of role -> Source")
+        for role in self.sources:
+            if not isinstance(role, str) or not role.isidentifier():
+                raise UsageError(f"dataset {self.name!r}: source role {role!r} must be an identifier such as 'dose_response'")
+        object.__setattr__(self, "sources", {role: _as_source(src) for role, src in self.sources.items()})
+        if not isinstance(self.options, Mapping):
+            raise UsageError(f"dataset {self.name!r}: options must be a dict, got {type(self.options).__name__}")
+        object.__setattr__(self, "options", dict(self.options))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"dataset {self.name!r}: seed must be an integer, got {self.seed!r}")
+        names = [src.basename for src in self.sources.values()]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise UsageError(f"dataset {self.name!r}: several sources share the file name {clash[0]!r}; each role needs its own file")
+
+    __hash__ = None  # options and sources are dicts
+
+    def resolved(self, base_dir: Path | None) -> "ReaderDataset":
+        """Local relative paths made absolute file:// URLs, relative to `base_dir`."""
+        return replace(self, sources={role: src.resolved(base_dir) for role, src in self.sources.items()})
 
 
 def TableDataset(path, label: str, *, name: str | None = None, val=None, **options) -> Dataset:

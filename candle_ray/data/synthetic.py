@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from candle_ray.data.sources import file_digests
-from candle_ray.data.spec import Dataset, Source, has_class_labels
+from candle_ray.data.spec import Dataset, ReaderDataset, Source, has_class_labels
 from candle_ray.errors import UsageError
 
 GENERATOR_VERSION = 2  # bump when the generated values change: cached smoke files are rebuilt
@@ -110,13 +111,16 @@ def _table(ds: Dataset, X: np.ndarray, y: np.ndarray, drop: tuple, label_name: s
     return pa.table(dict(columns))
 
 
-def synthesize(ds: Dataset, out_dir, *, rows=(192, 48), features: int = 1000, seed: int = 0) -> Dataset:
+def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features: int = 1000,
+               seed: int = 0) -> Dataset | ReaderDataset:
     """Write deterministic synthetic files in the format of `ds` and return a dataset spec reading them.
 
     Files go to `<out_dir>/<name>-smoke/` under the real files' names; they are not rewritten when
     already there with the same parameters. Without a val file in `ds` only a train file (rows[0]
     rows) is written and the split comes from `val_fraction` as usual.
     """
+    if isinstance(ds, ReaderDataset):
+        return _synthesize_reader(ds, out_dir, rows=rows, features=features, seed=seed)
     if len(rows) != 2 or min(rows) < 2 or features < 1:
         raise UsageError(f"synthesize needs rows=(train, val) of at least 2 each and features >= 1, got rows={rows!r}, features={features!r}")
     classes = ds.classes or 2
@@ -161,6 +165,53 @@ def synthesize(ds: Dataset, out_dir, *, rows=(192, 48), features: int = 1000, se
         os.replace(tmp, stamp)  # written last: its presence means the files are complete
     sources = {split: Source((out / name).absolute().as_uri(), sha256=digests[split]) for split, name in names.items()}
     return replace(ds, name=f"{ds.name}-smoke", train=sources["train"], val=sources.get("val"), drop=tuple(drop), synthetic=True)
+
+
+def _synthesize_reader(ds: ReaderDataset, out_dir, *, rows, features: int, seed: int) -> ReaderDataset:
+    """The reader's synthetic files under the real files' names, written once per parameter set.
+
+    The generator writes into a fresh temporary folder; the files are then renamed into
+    `<out_dir>/<name>-smoke/` and a stamp (written last) records their sizes and digests, so an
+    interrupted run never leaves a half-written set that a later run would trust.
+    """
+    from candle_ray.data import registry
+
+    total = int(sum(rows)) if isinstance(rows, (tuple, list)) else int(rows)
+    if total < 4 or features < 1:
+        raise UsageError(f"synthesize needs at least 4 rows and features >= 1, got rows={rows!r}, features={features!r}")
+    out = Path(out_dir) / f"{ds.name}-smoke"
+    names = {role: _safe_name(src.url, f"{role}.txt") for role, src in ds.sources.items()}
+    params = {"generator": GENERATOR_VERSION, "reader": ds.reader, "reader_version": registry.version(ds.reader),
+              "options": registry.options(ds.reader, ds.options), "seed": seed, "rows": total,
+              "features": features, "files": names}
+    stamp = out / _STAMP.format(f"{ds.reader}-reader")
+    recorded = _read_stamp(stamp)
+    if recorded.get("params") == json.loads(json.dumps(params)) and all(
+        (out / name).is_file() and (out / name).stat().st_size == recorded["bytes"][role] for role, name in names.items()
+    ):
+        digests = recorded["sha256"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        work = out / f".tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            written = registry.synthesize(ds.reader, work, ds.options, seed, total, features)
+            missing = sorted(set(names) - set(written))
+            if missing:
+                raise UsageError(f"the {ds.reader} synthesizer wrote no file for source role(s) {', '.join(missing)}; "
+                                 f"it wrote roles {', '.join(sorted(written))}")
+            digests, sizes = {}, {}
+            for role, name in names.items():
+                os.replace(written[role], out / name)
+                digests[role], _, sizes[role] = file_digests(out / name)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        tmp = stamp.with_name(f"{stamp.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"params": params, "sha256": digests, "bytes": sizes}, indent=1))
+        os.replace(tmp, stamp)  # written last: its presence means the files are complete
+    sources = {role: Source((out / name).absolute().as_uri(), sha256=digests[role]) for role, name in names.items()}
+    return replace(ds, name=f"{ds.name}-smoke", sources=sources, synthetic=True)
 
 
 def _read_stamp(path: Path) -> dict:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from candle_ray.data.spec import ReaderDataset
 from candle_ray.errors import UsageError
 from candle_ray.experiment import coerce, load_experiment, parse_sets, read_candle_config
 
@@ -30,7 +31,9 @@ def test_every_shipped_experiment_loads():
     for path in sorted((ROOT / "experiments").glob("*.py")):
         exp = load_experiment(path)
         assert exp.path == path.resolve()
-        assert exp.dataset.train.url.startswith(("http", "ftp", "file://"))
+        ds = exp.dataset  # a ReaderDataset (P1B3, Uno, ...) maps source roles to files
+        sources = ds.sources.values() if isinstance(ds, ReaderDataset) else ds.sources().values()
+        assert all(s.url.startswith(("http", "ftp", "file://")) for s in sources)
 
 
 def test_own_matrix_example_is_at_most_15_lines():

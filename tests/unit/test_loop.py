@@ -1,5 +1,7 @@
 """The training loop without Ray: determinism, exact resume, CANDLE's callbacks (early stop, timeout)."""
 
+import math
+
 import pytest
 
 from candle_ray.data.cache import Cache
@@ -111,3 +113,107 @@ def test_regression_reports_r2_mae_corr(tmp_path):
     assert {"val_r2", "val_mae", "val_corr"} <= set(last) and "accuracy" not in last
     assert last["val_loss"] < out[0]["val_loss"] and last["val_r2"] > out[0]["val_r2"]
     assert last["val_mae"] > 0 and -1 <= last["val_corr"] <= 1
+
+
+# ---------------------------------------------------------------- objectives in the loop (candle_ray.objectives)
+
+def test_binary_classifier_reports_auroc_with_balanced_weights(entry, tmp_path):
+    """ATTN-style: balanced class weights, val_auroc as the experiment's metric and plateau monitor."""
+    from candle_ray import checkpoint
+
+    j = job(entry, tmp_path, epochs=2, class_weight="balanced", reduce_lr_metric="val_auroc")
+    j.update(metric="val_auroc", mode="max")
+    out = list(train_epochs(j, World()))
+    assert len(out) == 2
+    for m in out:
+        assert 0 <= m["val_auroc"] <= 1 and 0 <= m["val_aupr"] <= 1 and 0 <= m["val_accuracy"] <= 1
+    best = max(out, key=lambda m: m["val_auroc"])
+    assert checkpoint.pointer(tmp_path / "checkpoints", "best")["epoch"] == best["epoch"]
+
+
+def test_plateau_follows_the_monitored_metric_and_its_direction(entry):
+    from candle_ray.errors import UsageError
+    from candle_ray.loop import _monitored
+    from candle_ray.objectives import CrossEntropy, Regression
+
+    binary = CrossEntropy(2)
+    assert _monitored({}, {"metric": "val_loss", "mode": "min"}, binary) == ("val_loss", "min")  # NT3: unchanged
+    assert _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_loss", "mode": "min"}, binary) == ("val_auroc", "max")
+    assert _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_auroc", "mode": "min"}, binary) == ("val_auroc", "min")
+    with pytest.raises(UsageError, match="reduce_lr_metric='val_auroc' is not reported"):
+        _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_loss", "mode": "min"}, Regression())
+    with pytest.raises(UsageError, match="metric='val_r2' is not reported"):
+        list(train_epochs({**job(entry, "/nonexistent"), "metric": "val_r2"}, World()))
+
+
+def test_abstention_trains_and_resume_keeps_alpha(entry, tmp_path):
+    """α adapts after every epoch from epoch init_abs_epoch + 2; a resumed run continues with the saved α."""
+    from candle_ray import checkpoint
+    from candle_ray.objectives import adapt_alpha
+
+    args = dict(abstention=True, init_abs_epoch=0, min_abs_acc=0.999, alpha0=0.5)
+    whole = list(train_epochs(job(entry, tmp_path / "whole", **args), World()))
+    alphas = [m["abstention_alpha"] for m in whole]
+    settings = {"init_abs_epoch": 0, "min_abs_acc": 0.999}
+    expected = [0.5]  # α of epoch e is the one adapted from epoch e - 1's validation metrics
+    for m in whole[:-1]:
+        expected.append(adapt_alpha(expected[-1], m["epoch"], m["val_abstention_accuracy"],
+                                    m["val_abstention_fraction"], settings))
+    assert alphas == pytest.approx(expected) and alphas[1] == 0.5  # Keras' epoch 0 is never adapted
+    for m in whole:
+        assert 0 <= m["val_abstention_fraction"] <= 1 and 0 <= m["val_abstention_accuracy"] <= 1
+        assert math.isfinite(m["loss"]) and math.isfinite(m["val_loss"])
+    list(train_epochs(job(entry, tmp_path / "split", epochs=2, **args), World()))
+    resumed = list(train_epochs(job(entry, tmp_path / "split", **args), World()))
+    assert [m["abstention_alpha"] for m in resumed] == alphas
+    assert numbers(resumed) == numbers(whole)
+    model, state = checkpoint.rebuild(tmp_path / "whole", "last")
+    last = whole[-1]
+    assert state["model_shape"]["classes"] == 3
+    assert state["objective"]["alpha"] == pytest.approx(adapt_alpha(alphas[-1], last["epoch"], last["val_abstention_accuracy"],
+                                                                      last["val_abstention_fraction"], settings))
+    assert model.head[-1].out_features == 3  # two classes + the abstention unit
+
+
+@pytest.mark.parametrize("loss, extra, width", [("het", "val_mean_sigma", 2), ("qtl", "val_coverage_80", 3)])
+def test_uq_regression_heads(tmp_path, loss, extra, width):
+    from candle_ray import TableDataset, checkpoint
+    from candle_ray.experiment import model_shape
+
+    ds = TableDataset((tmp_path / "growth.csv").as_uri(), label="growth", drop=("sample_id",), task="regression")
+    ds = synthesize(ds, tmp_path / "files", rows=(120, 2), features=40, seed=4)
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    job = {"config": {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "optimizer": "adam", "dense": [32],
+                      "dropout": 0.0, "activation": "relu", "rng_seed": 1, "loss": loss},
+           "model": "mlp", "task": "regression", "model_shape": model_shape(entry), "entry": str(entry.path),
+           "run_dir": str(tmp_path / "run"), "metric": "val_loss", "mode": "min", "threads": 1}
+    out = list(train_epochs(job, World()))
+    assert len(out) == 2
+    for m in out:
+        assert all(math.isfinite(m[k]) for k in ("loss", "val_loss", "val_r2", "val_mae", "val_corr", extra))
+    model, state = checkpoint.rebuild(tmp_path / "run", "last")
+    assert state["model_shape"]["classes"] == width and model.net[-1].out_features == width
+
+
+def test_multitask_p3b1_reports_per_task_accuracy(tmp_path):
+    """P3B1 on a joined entry whose labels are [rows, 3] with -1 off-task: masked mixed batches."""
+    from candle_ray.data import p3b1
+    from candle_ray.data.spec import ReaderDataset
+    from candle_ray.experiment import model_shape
+
+    archive = tmp_path / "P3B1_data.tar.gz"
+    p3b1.write_synthetic(archive, train_rows=(30, 20, 24), test_rows=(9, 6, 8), classes=(3, 2, 4), features=40)
+    ds = ReaderDataset("p3b1-tiny", reader="p3b1", sources={"archive": archive.as_uri()})
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    assert model_shape(entry)["classes"] == [3, 2, 4]
+    job = {"config": {"epochs": 2, "batch_size": 10, "learning_rate": 0.05, "optimizer": "sgd", "shared_nnet_spec": [32],
+                      "ind_nnet_spec": [16], "dropout": 0.0, "activation": "relu", "rng_seed": 1,
+                      "class_weight": "balanced"},
+           "model": "p3b1", "task": "classification", "model_shape": model_shape(entry), "entry": str(entry.path),
+           "run_dir": str(tmp_path / "run"), "metric": "val_accuracy", "mode": "max", "threads": 1}
+    out = list(train_epochs(job, World()))
+    assert len(out) == 2
+    for m in out:
+        per_task = [m[f"{p}accuracy_{t}"] for t in range(3) for p in ("", "val_")]
+        assert all(0 <= a <= 1 for a in per_task) and math.isfinite(m["loss"]) and math.isfinite(m["val_loss"])
+        assert m["val_accuracy"] == pytest.approx(sum(m[f"val_accuracy_{t}"] for t in range(3)) / 3)

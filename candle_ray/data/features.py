@@ -1,0 +1,154 @@
+"""What a model's input columns are, and reading new rows in that order for prediction.
+
+`describe(entry)` is stored in every checkpoint: the feature names (or count, for CANDLE's header-less
+files), the scaler fitted at preparation and the class names. `read_for_prediction` then turns a
+user's CSV / TSV / Parquet file into the exact matrix the model saw in training: the same columns in
+the same order, the same scaling, without the experiment file or the cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from candle_ray.errors import DataError, UsageError
+
+_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
+
+
+def describe(entry) -> dict:
+    """The facts about a prepared dataset that prediction needs (JSON-able, small but for the scaler)."""
+    manifest = entry.manifest
+    pre = manifest.get("preprocessing", {})
+    scaler_file = Path(entry.path) / pre["scaler_file"] if pre.get("scaler_file") else None
+    return {
+        "dataset": manifest["name"], "fingerprint": manifest["fingerprint"], "task": manifest["task"],
+        "kind": manifest.get("kind", "matrix"), "num_features": manifest["num_features"],
+        "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
+        "num_classes": manifest.get("num_classes"), "label": pre.get("label"), "format": pre.get("format"),
+        "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
+    }
+
+
+def _delimiter(path: Path):
+    suffix = path.suffix.lower()
+    if suffix not in _FORMATS:
+        raise UsageError(f"cannot tell the format of {path} from its suffix {suffix!r}; use .csv, .tsv, .txt or .parquet")
+    return _FORMATS[suffix]
+
+
+def _read_frame(path: Path, header: bool):
+    import pandas as pd
+
+    delimiter = _delimiter(path)
+    try:
+        if delimiter is None:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=delimiter, header=0 if header else None, low_memory=False)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read {path}: {first}; check that it is a readable {path.suffix} file") from None
+
+
+def _has_header(path: Path, names: list[str] | None) -> bool:
+    """A header-less CANDLE file starts with numbers; a table's first line names its columns."""
+    delimiter = _delimiter(path)
+    if delimiter is None:
+        return True
+    with open(path, newline="") as f:
+        first = next(csv.reader(f, delimiter=delimiter), [])
+    if names and set(first) & set(names):
+        return True
+    try:
+        [float(v) for v in first[:20] if v != ""]
+        return False
+    except ValueError:
+        return True
+
+
+def _labels(values, info: dict) -> np.ndarray:
+    """Labels as the model's class indices (classification) or floats (regression)."""
+    if info["task"] != "classification":
+        return np.asarray(values, dtype=np.float64)
+    names = info.get("class_names")
+    if names:
+        index = {str(n): i for i, n in enumerate(names)}
+        keys = [str(v) for v in values]
+        unknown = sorted({k for k in keys if k not in index})
+        if unknown:
+            raise DataError(f"labels {unknown[:5]} were not classes in training ({', '.join(map(str, names[:10]))}); "
+                            f"fix the label column or drop those rows")
+        return np.array([index[k] for k in keys], dtype=np.int64)
+    y = np.asarray(values)
+    if not np.issubdtype(y.dtype, np.number) or np.any(y != np.round(y)):
+        raise DataError(f"labels must be class indices 0..{info['num_classes'] - 1} for this model, got {y[:3].tolist()}")
+    return y.astype(np.int64)
+
+
+def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+    """(X scaled like the training data, labels or None, row ids or None) from a CSV / TSV / Parquet file.
+
+    A file with a header must contain every training feature by name (in any order; extra columns
+    are ignored, the label column is read when present). A header-less file (CANDLE's NT3/TC1 format)
+    must have exactly the training width, or one more column: the label first.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
+    if info.get("kind") == "joined":
+        raise UsageError(f"dataset {info['dataset']} joins cell and drug tables; predict from a flat file needs a "
+                         f"single-matrix dataset (use `candle-ray ensemble`/`cv`, which evaluate on the cached splits)")
+    names, width = info.get("feature_names"), int(info["num_features"])
+    label = info.get("label") if isinstance(info.get("label"), str) else None
+    header = _has_header(path, names)
+    frame = _read_frame(path, header)
+    ids, y = None, None
+    if header:
+        columns = [str(c) for c in frame.columns]
+        frame.columns = columns
+        if names is None:  # trained on a header-less file: take the numeric columns but the label
+            names = [c for c in columns if c != label]
+            if len(names) != width:
+                raise DataError(f"{path} has {len(names)} feature columns but the model takes {width}; "
+                                f"pass the features in training order")
+        missing = [n for n in names if n not in set(columns)]
+        if missing:
+            raise DataError(f"{path} lacks {len(missing)} of the model's {width} features, e.g. {missing[:3]}; "
+                            f"it needs the training columns by name (any order)")
+        if label and label in columns:
+            y = frame[label].to_numpy()
+        others = [c for c in columns if c not in set(names) and c != label]
+        if others and not pd.api.types.is_numeric_dtype(frame[others[0]]):
+            ids = frame[others[0]].astype(str).tolist()  # the first non-feature text column names the rows
+        X = frame[names]
+    else:
+        if frame.shape[1] == width + 1:
+            y, X = frame.iloc[:, 0].to_numpy(), frame.iloc[:, 1:]
+        elif frame.shape[1] == width:
+            X = frame
+        else:
+            raise DataError(f"{path} has {frame.shape[1]} columns but the model takes {width} features "
+                            f"(or {width + 1} with the label first); pass data in the training format")
+    try:
+        X = X.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError):
+        bad = next((c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])), "?")
+        raise DataError(f"feature column {bad!r} of {path} is not numeric; features must be numbers") from None
+    if len(X) == 0:
+        raise DataError(f"{path} has no rows to predict")
+    if not np.isfinite(X).all():
+        row, col = map(int, np.argwhere(~np.isfinite(X))[0])
+        raise DataError(f"{path} has a missing or non-finite value at row {row + 1}, feature {col + 1}; "
+                        f"fill or drop it before predicting")
+    if need_labels and y is None:
+        raise DataError(f"{path} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")
+    if info.get("scaler"):
+        from candle_ray.data.transforms import apply_scaler
+
+        X = apply_scaler(info["scaler"], X)
+    return X, (_labels(y, info) if y is not None else None), ids

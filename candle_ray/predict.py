@@ -1,0 +1,279 @@
+"""Predictions with uncertainty from checkpoints: one model, MC dropout, or an ensemble of members.
+
+Pure torch + numpy (no Ray, no MLflow: the CLI turns MLflow run ids into checkpoint files first).
+Raw outputs become predictions according to the head a model was trained with (its checkpoint's
+config): softmax probabilities for classifiers (the abstain unit split off when `abstention` is
+set), (mean, σ²) for heteroscedastic heads (`loss: het`, CANDLE's interleaved [μ, log σ²]),
+(q50, q10, q90) for quantile heads (`loss: qtl`), the output itself for plain regressors.
+
+Uncertainty: members (an ensemble) and stochastic passes (MC dropout) are pooled into one sample of
+predictions per row; `uq.ensemble_moments` splits the spread into aleatoric (het heads) and
+epistemic (between members and passes) parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from candle_ray import checkpoint, uq
+from candle_ray.errors import UsageError
+
+
+@dataclass
+class Member:
+    model: nn.Module
+    state: dict
+    source: str
+
+    @property
+    def config(self) -> dict:
+        return self.state["config"]
+
+    @property
+    def data(self) -> dict:
+        return self.state.get("data") or {}
+
+    @property
+    def head(self) -> str:
+        """classification | abstention | regression | het | qtl | multitask."""
+        task = self.data.get("task")
+        if isinstance(self.data.get("num_classes"), list):
+            return "multitask"
+        if task == "classification":
+            return "abstention" if self.config.get("abstention") else "classification"
+        loss = str(self.config.get("loss", "mse")).lower()
+        return loss if loss in ("het", "qtl") else "regression"
+
+
+def load_member(path, kind: str = "best") -> Member:
+    """A checkpoint rebuilt as an eval-mode model, with the description of the data it was trained on."""
+    model, state = checkpoint.rebuild(path, kind)
+    if not state.get("data"):
+        raise UsageError(f"checkpoint {path} does not describe its training data (written by an older candle-ray); "
+                         f"retrain it to predict from files")
+    return Member(model=model, state=state, source=str(checkpoint.resolve(path, kind)))
+
+
+def check_compatible(members: list[Member]) -> None:
+    """Members of one ensemble must read the same features and predict the same thing."""
+    first = members[0]
+    for other in members[1:]:
+        for key in ("fingerprint", "num_features", "task"):
+            if other.data.get(key) != first.data.get(key):
+                raise UsageError(f"ensemble members disagree on {key}: {first.source} has {first.data.get(key)!r}, "
+                                 f"{other.source} has {other.data.get(key)!r}; combine models trained on the same data")
+        if other.head != first.head:
+            raise UsageError(f"ensemble members have different heads ({first.head} vs {other.head}); "
+                             f"combine models trained with the same loss")
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def enable_mc_dropout(model: nn.Module, name: str) -> None:
+    """Dropout on at inference (BatchNorm stays in eval mode); UsageError for a model without dropout."""
+    layers = dropout_modules(model)
+    if not layers:
+        raise UsageError(f"--mc-dropout needs a model trained with dropout > 0, but {name} has no active dropout "
+                         f"layer (dropout={model_dropout(model)}); retrain with --set dropout=0.1 or leave out --mc-dropout")
+    for layer in layers:
+        layer.train()
+
+
+def model_dropout(model: nn.Module) -> float:
+    return max((m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)), default=0.0)
+
+
+def raw_outputs(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], *, passes: int = 1,
+                device: torch.device | str = "cpu", seed: int = 0) -> np.ndarray | list[np.ndarray]:
+    """Outputs of `passes` forward passes over every batch: [passes, rows, outputs] (a list per task for
+    multi-task models). Dropout randomness is seeded, so a prediction can be reproduced."""
+    device = torch.device(device)
+    model = model.to(device)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    per_pass = []
+    try:
+        with torch.no_grad():
+            for _ in range(passes):
+                chunks = []
+                for xb in batches():
+                    out = model(xb.to(device))
+                    chunks.append([o.float().cpu() for o in out] if isinstance(out, (tuple, list)) else out.float().cpu())
+                if isinstance(chunks[0], list):
+                    per_pass.append([torch.cat([c[t] for c in chunks]).numpy() for t in range(len(chunks[0]))])
+                else:
+                    per_pass.append(torch.cat(chunks).numpy())
+    finally:
+        torch.set_rng_state(generator_state)
+    if isinstance(per_pass[0], list):
+        return [np.stack([p[t] for p in per_pass]) for t in range(len(per_pass[0]))]
+    return np.stack(per_pass)
+
+
+def array_batches(X: np.ndarray, batch: int = 1024) -> Callable[[], Iterable[torch.Tensor]]:
+    def batches():
+        for start in range(0, len(X), batch):
+            yield torch.from_numpy(np.ascontiguousarray(X[start:start + batch], dtype=np.float32))
+    return batches
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Prediction:
+    """Pooled predictions of one or more members for `rows` rows.
+
+    classification: probs [rows, classes] (mean over members and passes), prob_std (their spread),
+    abstain [rows] (probability of the abstain unit) or None.
+    regression: mean [rows], aleatoric and epistemic variances [rows]; q_low/q_high for quantile heads.
+    samples: every member's (and pass's) point prediction [samples, rows] or probs [samples, rows, classes].
+    """
+
+    head: str
+    samples: np.ndarray
+    probs: np.ndarray | None = None
+    prob_std: np.ndarray | None = None
+    abstain: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    aleatoric: np.ndarray | None = None
+    epistemic: np.ndarray | None = None
+    q_low: np.ndarray | None = None
+    q_high: np.ndarray | None = None
+
+    @property
+    def sigma(self) -> np.ndarray | None:
+        if self.mean is None:
+            return None
+        if self.q_low is not None:  # CANDLE's σ from the inter-decile range, plus the members' spread
+            return np.sqrt(uq.quantile_sigma(self.q_low, self.q_high).clip(min=0) ** 2 + self.epistemic)
+        return np.sqrt(self.aleatoric + self.epistemic)
+
+
+def pool(head: str, outputs: list[np.ndarray]) -> Prediction:
+    """Combine members' raw outputs (each [passes, rows, outputs]) into one Prediction."""
+    raw = np.concatenate(outputs, axis=0)  # [members x passes, rows, outputs]
+    if head in ("classification", "abstention"):
+        probs = _softmax(raw)
+        abstain = None
+        if head == "abstention":  # the last unit abstains; renormalise the class probabilities
+            abstain = probs[..., -1].mean(axis=0)
+            probs = probs[..., :-1] / probs[..., :-1].sum(axis=-1, keepdims=True).clip(min=1e-12)
+        return Prediction(head=head, samples=probs, probs=probs.mean(axis=0), prob_std=probs.std(axis=0),
+                          abstain=abstain)
+    if raw.shape[-1] not in (1, 2, 3):
+        raise UsageError(f"a {head} model with {raw.shape[-1]} outputs per row cannot be pooled; one target is supported")
+    if head == "het":
+        mu, var = uq.split_heteroscedastic(raw)
+        mu, var = mu[..., 0], var[..., 0]
+        moments = uq.ensemble_moments(mu, var)
+        return Prediction(head=head, samples=mu, mean=moments.mean, aleatoric=moments.aleatoric,
+                          epistemic=moments.epistemic)
+    if head == "qtl":
+        q50, lo, hi = (q[..., 0] for q in uq.split_quantiles(raw))
+        moments = uq.ensemble_moments(q50)
+        return Prediction(head=head, samples=q50, mean=moments.mean, aleatoric=moments.aleatoric,
+                          epistemic=moments.epistemic, q_low=lo.mean(axis=0), q_high=hi.mean(axis=0))
+    point = raw[..., 0]
+    moments = uq.ensemble_moments(point)
+    return Prediction(head=head, samples=point, mean=moments.mean, aleatoric=moments.aleatoric,
+                      epistemic=moments.epistemic)
+
+
+def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]], *, mc_passes: int = 0,
+            device="cpu", seed: int = 0) -> Prediction:
+    """Every member over the same rows (with `mc_passes` dropout passes each), pooled."""
+    if not members:
+        raise UsageError("no model to predict with")
+    check_compatible(members)
+    head = members[0].head
+    if head == "multitask":
+        raise UsageError("predicting from a multi-task model (P3B1) is not supported yet; evaluate it with "
+                         "`candle-ray train`, whose per-task accuracies are in MLflow")
+    outputs = []
+    for i, member in enumerate(members):
+        if mc_passes:
+            enable_mc_dropout(member.model, member.source)
+        outputs.append(raw_outputs(member.model, batches, passes=max(1, mc_passes), device=device, seed=seed + i))
+    return pool(head, outputs)
+
+
+def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac"):
+    """A split-conformal calibrator fitted on predictions of held-out labelled rows.
+
+    Quantile heads get CQR; a model with a spread (het heads, several members, MC dropout) gets
+    σ-normalised residuals, so intervals widen where the model is unsure; else absolute residuals.
+    Classifiers get prediction sets (LAC by default, APS on request).
+    """
+    from candle_ray import conformal
+
+    if pred.probs is not None:
+        return conformal.ConformalClassifier(alpha, score=set_score).fit(pred.probs, y)
+    if pred.q_low is not None:
+        return conformal.ConformalQuantileRegressor(alpha).fit(y, pred.q_low, pred.q_high)
+    sigma = pred.sigma
+    if sigma is not None and np.all(sigma > 0):
+        return conformal.SplitConformalRegressor(alpha, score="normalized").fit(y, pred.mean, sigma)
+    return conformal.SplitConformalRegressor(alpha, score="absolute").fit(y, pred.mean)
+
+
+def interval(pred: Prediction, calibrator) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal (lower, upper) bounds of a regression Prediction, from the calibrator `calibrate` chose."""
+    if pred.q_low is not None:
+        return calibrator.predict(pred.q_low, pred.q_high)
+    if getattr(calibrator, "score", "") == "normalized":
+        return calibrator.predict(pred.mean, pred.sigma)
+    return calibrator.predict(pred.mean)
+
+
+def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, ids=None, member_columns=False):
+    """The output table: predictions, spreads, interval bounds or prediction sets, optional per-member columns."""
+    import pandas as pd
+
+    columns: dict[str, np.ndarray | list] = {}
+    if ids is not None:
+        columns["id"] = ids
+    if pred.probs is not None:
+        names = [str(n) for n in (info.get("class_names") or range(pred.probs.shape[1]))]
+        top = pred.probs.argmax(axis=1)
+        columns["prediction"] = [names[i] for i in top]
+        columns["probability"] = pred.probs[np.arange(len(top)), top]
+        columns["probability_std"] = pred.prob_std[np.arange(len(top)), top]
+        for i, name in enumerate(names):
+            columns[f"p_{name}"] = pred.probs[:, i]
+        if pred.abstain is not None:
+            columns["p_abstain"] = pred.abstain
+        if calibrator is not None:
+            sets = calibrator.predict(pred.probs)
+            columns["prediction_set"] = ["|".join(n for n, inside in zip(names, row) if inside) for row in sets]
+            columns["set_size"] = sets.sum(axis=1)
+        if member_columns:
+            for m in range(pred.samples.shape[0]):
+                columns[f"member_{m}"] = [names[i] for i in pred.samples[m].argmax(axis=1)]
+    else:
+        columns["prediction"] = pred.mean
+        sigma = pred.sigma
+        if sigma is not None and np.any(sigma > 0):
+            columns["std"] = sigma
+            if pred.aleatoric is not None and np.any(pred.aleatoric > 0) and np.any(pred.epistemic > 0):
+                columns["aleatoric_std"], columns["epistemic_std"] = np.sqrt(pred.aleatoric), np.sqrt(pred.epistemic)
+        if calibrator is not None:
+            columns["lower"], columns["upper"] = interval(pred, calibrator)
+        elif pred.q_low is not None:
+            columns["lower"], columns["upper"] = pred.q_low, pred.q_high
+        elif sigma is not None and np.any(sigma > 0):
+            columns["lower"], columns["upper"] = uq.gaussian_interval(pred.mean, sigma, alpha)
+        if member_columns:
+            for m in range(pred.samples.shape[0]):
+                columns[f"member_{m}"] = pred.samples[m]
+    return pd.DataFrame(columns)

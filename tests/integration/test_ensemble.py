@@ -1,0 +1,121 @@
+"""Ensembles on the real local Ray cluster: seed replicas and a sweep's best configurations, pooled with
+uncertainty on the parent MLflow run; `predict` from the ensemble's run id."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from candle_ray.cli import main
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+TINY = ROOT / "tests" / "support" / "tiny_nt3.py"
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
+
+
+def runs_of(name):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny_nt3")
+    runs = client.search_runs([exp.experiment_id], f"tags.`candle_ray.sweep` = '{name}'", max_results=100)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parent, children
+
+
+def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
+    r = cli("ensemble", TINY, "--smoke", "--members", 3, "--name", "ens3", "--set", "epochs=4",
+            "--set", "learning_rate=0.05")
+    assert r.exit_code == 0, r.output
+    assert "3 trials: 3 completed" in r.output and "ensemble of 3 on" in r.output
+    (parent,), children = runs_of("ens3")
+    assert len(children) == 3 and parent.data.tags["candle_ray.kind"] == "ensemble"
+    assert sorted(int(c.data.params["rng_seed"]) for c in children) == [7102, 7103, 7104]
+    m = parent.data.metrics
+    assert m["ensemble_members"] == 3 and 0 <= m["ensemble_val_ece"] <= 1 and m["ensemble_val_accuracy"] > 0.5
+    assert 0 < m["conformal_val_coverage"] <= 1 and m["conformal_val_set_size"] >= 1
+    files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
+    assert {"uq/reliability.png", "uq/val_predictions.tsv"} <= files
+
+    # predict with the ensemble's run id: one column per member
+    smoke_files = sorted((workdir / "cache" / "synthetic").rglob("*.csv"))
+    data = next(p for p in smoke_files if "test" in p.name)
+    out = workdir / "ens.tsv"
+    r = cli("predict", parent.info.run_id, "--data", data, "--out", out, "--member-columns")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out, sep="\t")
+    assert [c for c in table if c.startswith("member_")] == ["member_0", "member_1", "member_2"]
+    assert np.allclose(table.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+
+
+def test_from_sweep_top_configurations(ray_cluster, workdir):
+    r = cli("tune", TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--name", "src", "--set", "epochs=2")
+    assert r.exit_code == 0, r.output
+    results = pd.read_csv(workdir / "candle-ray-sweeps" / "src" / "results.csv")
+    best_two = results.sort_values("val_loss")["config.learning_rate"].head(2).tolist()
+
+    r = cli("ensemble", TINY, "--from-sweep", "src", "--top", 4, "--name", "bad")
+    assert r.exit_code == 2 and "--top 4 but sweep 'src' has only 3 finished trial(s)" in r.output
+    r = cli("ensemble", TINY, "--from-sweep", "nope", "--name", "bad")
+    assert r.exit_code == 2 and "--from-sweep 'nope' does not exist" in r.output
+
+    r = cli("ensemble", TINY, "--from-sweep", "src", "--top", 2, "--name", "top2")
+    assert r.exit_code == 0, r.output
+    _, children = runs_of("top2")
+    assert sorted(float(c.data.params["learning_rate"]) for c in children) == pytest.approx(sorted(best_two))
+    assert all(c.data.params["epochs"] == "2" for c in children)  # the sweep's --set came along
+    record = json.loads((workdir / "candle-ray-sweeps" / "top2" / "sweep.json").read_text())
+    assert record["kind"] == "ensemble" and record["smoke"] is True
+
+
+def test_cross_validation_stratified(ray_cluster, workdir):
+    r = cli("cv", TINY, "--smoke", "--folds", 3, "--stratify", "--name", "cv3", "--set", "epochs=2")
+    assert r.exit_code == 0, r.output
+    assert "3 trials: 3 completed" in r.output and "cross-validation over 3 folds: val_loss" in r.output
+    (parent,), children = runs_of("cv3")
+    assert sorted(int(c.data.params["cv_fold"]) for c in children) == [0, 1, 2]
+    m = parent.data.metrics
+    folds = [c.data.metrics["val_loss"] for c in children]
+    assert m["cv_mean_val_loss"] == pytest.approx(np.mean(folds)) and m["cv_std_val_loss"] == pytest.approx(np.std(folds, ddof=1))
+    assert parent.data.tags["candle_ray.kind"] == "cv"
+
+
+def test_cross_validation_leave_drugs_out(ray_cluster, workdir):
+    p1b3 = ROOT / "experiments" / "p1b3.py"
+    r = cli("cv", p1b3, "--smoke", "--folds", 2, "--group-by", "drug_name", "--name", "bad")
+    assert r.exit_code == 2 and "--group-by 'drug_name' is not a column" in r.output and "NSC" in r.output
+    r = cli("cv", p1b3, "--smoke", "--folds", 2, "--group-by", "NSC", "--name", "lodo", "--set", "epochs=1")
+    assert r.exit_code == 0, r.output
+    _, children = runs_of_experiment("p1b3", "lodo")
+    assert len(children) == 2 and all("val_r2" in c.data.metrics for c in children)
+
+
+def runs_of_experiment(experiment, name):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`candle_ray.sweep` = '{name}'", max_results=100)
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def test_tune_with_cv_searches_the_mean_over_folds(ray_cluster, workdir):
+    r = cli("tune", TINY, "--smoke", "--num-samples", 2, "--scheduler", "fifo", "--cv", 3, "--name", "tcv",
+            "--set", "epochs=2")
+    assert r.exit_code == 0, r.output
+    (parent,), children = runs_of("tcv")
+    assert len(children) == 2
+    for child in children:
+        m = child.data.metrics
+        folds = [m[f"fold{k}_val_loss"] for k in range(3)]
+        assert m["val_loss"] == pytest.approx(np.mean(folds))
+        files = {f.path for f in MlflowClient().list_artifacts(child.info.run_id, "checkpoints")}
+        assert {f"checkpoints/fold-{k}" for k in range(3)} <= files
+    r = cli("tune", TINY, "--smoke", "--cv", 2, "--workers-per-trial", 2, "--name", "bad")
+    assert r.exit_code == 2 and "--cv trains the folds inside each trial" in r.output

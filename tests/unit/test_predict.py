@@ -1,0 +1,132 @@
+"""`candle-ray predict` without Ray: checkpoints carry what prediction needs (features, scaler, classes)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from candle_ray import predict as predicting
+from candle_ray.cli import main
+from candle_ray.data.cache import Cache
+from candle_ray.data.features import describe, read_for_prediction
+from candle_ray.data.spec import TableDataset
+from candle_ray.errors import DataError, UsageError
+from candle_ray.loop import World, train_epochs
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """A user's CSV with a header: 3 classes, signal in the first 4 of 12 features."""
+    tmp = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    n, d = 240, 12
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, d)) * 2 + 10
+    X[:, :4] += 3 * np.eye(3)[y] @ rng.normal(size=(3, 4))
+    frame = pd.DataFrame(X, columns=[f"g{i}" for i in range(d)])
+    frame.insert(0, "cancer_type", np.array(["lung", "skin", "brain"])[y])
+    frame.insert(0, "sample_id", [f"s{i}" for i in range(n)])
+    frame.iloc[:180].to_csv(tmp / "train.csv", index=False)
+    frame.iloc[180:].to_csv(tmp / "new.csv", index=False)
+    entry = Cache(tmp / "cache").prepare(TableDataset(tmp / "train.csv", label="cancer_type", drop=("sample_id",)),
+                                         log=lambda *_: None)
+    return tmp, entry
+
+
+def train(entry, run_dir, **config):
+    base = {"epochs": 6, "batch_size": 16, "learning_rate": 0.01, "optimizer": "adam", "dense": [16],
+            "dropout": 0.2, "activation": "relu", "rng_seed": 1, "timeout": -1}
+    job = {"config": {**base, **config}, "model": "mlp", "task": "classification",
+           "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes}, "entry": str(entry.path),
+           "run_dir": str(run_dir), "metric": "val_loss", "mode": "min", "threads": 1, "data": describe(entry)}
+    history = list(train_epochs(job, World()))
+    assert history[-1]["val_accuracy"] > 0.6
+    return run_dir
+
+
+def test_features_are_read_by_name_and_scaled_like_training(table):
+    tmp, entry = table
+    info = describe(entry)
+    shuffled = pd.read_csv(tmp / "new.csv")
+    shuffled = shuffled[["cancer_type", *reversed(info["feature_names"]), "sample_id"]]
+    shuffled.to_csv(tmp / "shuffled.tsv", sep="\t", index=False)
+    X, y, ids = read_for_prediction(tmp / "shuffled.tsv", info)
+    X2, y2, _ = read_for_prediction(tmp / "new.csv", info)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2) and ids[:2] == ["s180", "s181"]
+    assert abs(float(X.mean())) < 1.0  # std-scaled with the training statistics, not the raw ~10
+    assert set(y) <= {0, 1, 2}
+
+
+def test_feature_mismatch_is_refused(table):
+    tmp, entry = table
+    frame = pd.read_csv(tmp / "new.csv").drop(columns=["g3"])
+    frame.to_csv(tmp / "missing.csv", index=False)
+    with pytest.raises(DataError, match=r"lacks 1 of the model's 12 features, e.g. \['g3'\]"):
+        read_for_prediction(tmp / "missing.csv", describe(entry))
+    pd.DataFrame(np.zeros((3, 5))).to_csv(tmp / "narrow.csv", index=False, header=False)
+    info = {**describe(entry), "feature_names": None}
+    with pytest.raises(DataError, match="has 5 columns but the model takes 12"):
+        read_for_prediction(tmp / "narrow.csv", info)
+
+
+def test_predict_cli_with_conformal_sets(table, tmp_path):
+    tmp, entry = table
+    run = train(entry, tmp_path / "run")
+    out = tmp_path / "p.tsv"
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(out),
+                                  "--conformal", str(tmp / "train.csv"), "--alpha", "0.2", "--mc-dropout", "5",
+                                  "--member-columns"])
+    assert r.exit_code == 0, r.output
+    frame = pd.read_csv(out, sep="\t")
+    assert len(frame) == 60 and frame["id"].iloc[0] == "s180"
+    assert set(frame["prediction"]) <= {"lung", "skin", "brain"}
+    assert np.allclose(frame[["p_brain", "p_lung", "p_skin"]].sum(axis=1), 1, atol=1e-5)
+    assert (frame["probability_std"] > 0).any()  # dropout passes differ
+    assert [c for c in frame if c.startswith("member_")] == [f"member_{i}" for i in range(5)]
+    truth = pd.read_csv(tmp / "new.csv")["cancer_type"]
+    covered = [t in s.split("|") for t, s in zip(truth, frame["prediction_set"].fillna(""))]
+    assert np.mean(covered) >= 0.6 and frame["set_size"].min() >= 0
+
+
+def test_mc_dropout_needs_dropout(table, tmp_path):
+    tmp, entry = table
+    run = train(entry, tmp_path / "run", dropout=0.0)
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
+                                  "--mc-dropout", "10"])
+    assert r.exit_code == 2 and "needs a model trained with dropout > 0" in r.output
+    assert not (tmp_path / "p.tsv").exists()
+
+
+def test_bad_model_argument(tmp_path):
+    r = CliRunner().invoke(main, ["predict", "no-such-thing", "--data", "x.csv", "--out", str(tmp_path / "p.tsv")])
+    assert r.exit_code == 2 and "neither an existing checkpoint path nor an MLflow run id" in r.output
+
+
+def test_too_little_calibration_data(table, tmp_path):
+    tmp, entry = table
+    run = train(entry, tmp_path / "run")
+    pd.read_csv(tmp / "new.csv").iloc[:5].to_csv(tmp_path / "cal.csv", index=False)
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
+                                  "--conformal", str(tmp_path / "cal.csv"), "--alpha", "0.1"])
+    assert r.exit_code == 1 and "calibration set has 5 rows, too few for alpha=0.1" in r.output
+
+
+def test_pool_regression_heads():
+    rng = np.random.default_rng(1)
+    # two members x one pass, 4 rows: het outputs interleave (mean, log variance)
+    het = [np.stack([np.stack([rng.normal(size=4) + m, np.full(4, np.log(0.25))], axis=1)]) for m in (0.0, 1.0)]
+    p = predicting.pool("het", het)
+    assert np.allclose(p.aleatoric, 0.25) and np.allclose(p.epistemic, 0.25 * (het[0][0, :, 0] - het[1][0, :, 0]) ** 2)
+    assert np.allclose(p.sigma ** 2, p.aleatoric + p.epistemic)
+    qtl = [np.array([[[1.0, 0.0, 2.56]]])]
+    q = predicting.pool("qtl", qtl)
+    assert q.mean[0] == 1.0 and np.isclose(q.sigma[0], 1.0)
+    plain = predicting.pool("regression", [np.ones((3, 2, 1))])
+    assert np.all(plain.epistemic == 0)
+
+
+def test_members_must_match():
+    a = predicting.Member(model=None, state={"config": {}, "data": {"fingerprint": "a", "num_features": 3, "task": "regression"}}, source="a")
+    b = predicting.Member(model=None, state={"config": {}, "data": {"fingerprint": "b", "num_features": 3, "task": "regression"}}, source="b")
+    with pytest.raises(UsageError, match="disagree on fingerprint"):
+        predicting.check_compatible([a, b])
