@@ -119,3 +119,17 @@ def test_tune_with_cv_searches_the_mean_over_folds(ray_cluster, workdir):
         assert {f"checkpoints/fold-{k}" for k in range(3)} <= files
     r = cli("tune", TINY, "--smoke", "--cv", 2, "--workers-per-trial", 2, "--name", "bad")
     assert r.exit_code == 2 and "--cv trains the folds inside each trial" in r.output
+
+
+def test_heteroscedastic_ensemble_splits_uncertainty(ray_cluster, workdir):
+    p1b3 = ROOT / "experiments" / "p1b3.py"
+    r = cli("ensemble", p1b3, "--smoke", "--members", 2, "--name", "het2", "--set", "loss=het", "--set", "epochs=3",
+            "--set", "learning_rate=0.01")  # the smoke lr of 0.05 makes the het loss diverge
+    assert r.exit_code == 0, r.output
+    (parent,), children = runs_of_experiment("p1b3", "het2")
+    m = parent.data.metrics
+    assert m["ensemble_val_aleatoric_std"] > 0 and m["ensemble_val_epistemic_std"] > 0
+    assert 0 <= m["ensemble_val_coverage_90"] <= 1 and m["ensemble_val_interval_width"] > 0
+    assert 0 <= m["conformal_val_coverage"] <= 1
+    files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
+    assert {"uq/coverage.png", "uq/error_vs_sigma.png", "uq/val_predictions.tsv"} <= files
