@@ -33,6 +33,7 @@ from torch import nn
 
 from candle_ray import checkpoint, models, objectives
 from candle_ray.data import folds
+from candle_ray.data.cache import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 
@@ -147,7 +148,14 @@ def _objective(model, out, target, objective, reconstruct: bool):
     return loss
 
 
-def _evaluate(model, feed, world: World, objective, task: str, amp):
+def _conditioned(xb: torch.Tensor, yb: torch.Tensor, condition: int) -> torch.Tensor:
+    """P1B1's cvae input: the features, then the one-hot class (the cancer type), as CANDLE's conditional VAE."""
+    if not condition:
+        return xb
+    return torch.cat([xb, torch.nn.functional.one_hot(yb.long(), condition).to(xb.dtype)], 1)
+
+
+def _evaluate(model, feed, world: World, objective, task: str, amp, condition: int = 0):
     """Validation over this rank's rows (`feed`: unshuffled, unpadded, every world_size-th row); the
     objective's sums (candle_ray.objectives: loss, accuracy, AUROC histograms, regression sums, ...)
     all-reduced."""
@@ -159,7 +167,7 @@ def _evaluate(model, feed, world: World, objective, task: str, amp):
             xb = xb.to(device, non_blocking=True)
             target = xb if task == "autoencoder" else yb.to(device, non_blocking=True)
             with amp:
-                out = model(xb)
+                out = model(_conditioned(xb, yb.to(device), condition))
             totals += objective.eval_sums(out, target)
     world.all_reduce_sum(totals)
     return totals
@@ -223,6 +231,10 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
                                 train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
                                 else split_labels(entry, "train"))
     shape = objectives.head_shape(config, task, job["model_shape"])
+    condition = 0
+    if reconstruct and config.get("model") == "cvae":  # condition on the class, appended to the input
+        condition = int(read_manifest(entry)["num_classes"])
+        shape = {**shape, "input_dim": shape["input_dim"] + condition, "condition_dim": condition}
     model = models.build(job["model"], {**config, **shape}).to(device)
     objective.init_head(model)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
@@ -273,7 +285,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             with amp:
-                out = ddp_model(xb)
+                out = ddp_model(_conditioned(xb, yb, condition))
                 loss = _objective(model, out, xb if reconstruct else yb, objective, reconstruct)
                 if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
                     loss = loss + model.regularization_loss()
@@ -286,7 +298,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
                 totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())
         world.all_reduce_sum(totals)
         train_s = time.perf_counter() - t0
-        val = _evaluate(ddp_model, val_feed, world, objective, task, amp)
+        val = _evaluate(ddp_model, val_feed, world, objective, task, amp, condition)
         metrics = {"epoch": epoch, **objective.train_metrics(totals), **objective.eval_metrics(val),
                    "lr": optimizer.param_groups[0]["lr"]}
         metrics["epoch_time_s"] = time.perf_counter() - t0

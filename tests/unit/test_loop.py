@@ -217,3 +217,21 @@ def test_multitask_p3b1_reports_per_task_accuracy(tmp_path):
         per_task = [m[f"{p}accuracy_{t}"] for t in range(3) for p in ("", "val_")]
         assert all(0 <= a <= 1 for a in per_task) and math.isfinite(m["loss"]) and math.isfinite(m["val_loss"])
         assert m["val_accuracy"] == pytest.approx(sum(m[f"val_accuracy_{t}"] for t in range(3)) / 3)
+
+
+def test_cvae_conditions_on_the_class(tmp_path):
+    """P1B1's cvae appends the one-hot class to the input; the checkpoint rebuilds that wider model."""
+    from candle_ray import checkpoint
+
+    p1b1 = load_experiment(ROOT / "experiments" / "p1b1.py")
+    ds = synthesize(p1b1.dataset, tmp_path / "files", rows=(60, 12), features=40, seed=2)
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    config = {**p1b1.defaults, "model": "cvae", "epochs": 2, "dense": [16, 8], "batch_size": 20}
+    job = {"config": config, "model": "p1b1", "task": "autoencoder", "entry": str(entry.path),
+           "model_shape": {"input_dim": entry.num_features, "classes": entry.num_features},
+           "run_dir": str(tmp_path / "run"), "metric": "val_loss", "mode": "min", "threads": 1}
+    history = list(train_epochs(job, World()))
+    assert len(history) == 2 and all(math.isfinite(m["val_loss"]) for m in history)
+    model, state = checkpoint.rebuild(tmp_path / "run")
+    assert state["model_shape"]["condition_dim"] == entry.num_classes
+    assert state["model_shape"]["input_dim"] == entry.num_features + entry.num_classes
