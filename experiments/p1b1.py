@@ -2,8 +2,9 @@
 
 Defaults are CANDLE's p1b1_default_model.txt: `model` ae (or vae; or cvae, conditioned on the one-hot
 cancer type that the training loop appends to the input), Dense 2000-600 to a latent of 2 and back,
-sigmoid output on min-max scaled inputs, MSE, Adam at Keras' default 0.001, batch 100, 100 epochs; validation = 10 % of the training rows. Reported metric: val_corr (Pearson's r between
-inputs and reconstructions, CANDLE's `corr`). The space is Supervisor's p1b1_nightly.R.
+sigmoid output on min-max scaled inputs, MSE, Adam at Keras' default 0.001, batch 100, 100 epochs;
+validation = 10 % of the training rows. Reported metric: val_corr (Pearson's r between inputs and
+reconstructions, CANDLE's `corr`). The space is Supervisor's p1b1_nightly.R.
 """
 
 from ray import tune
