@@ -218,6 +218,11 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
         val_feed = make_feed(entry, "val", max(per_worker, 256), shuffle=False, rank=world.rank,
                              world_size=world.world_size, mode="memory", pad=False)
+    # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
+    test_feed = None
+    if not cv and "test" in read_manifest(entry)["splits"]:
+        test_feed = make_feed(entry, "test", max(per_worker, 256), shuffle=False, rank=world.rank,
+                              world_size=world.world_size, mode="memory", pad=False)
     if device.type == "cuda":
         # An NT3 split is ~270 MB: keep in-memory feeds (a joined feed: its feature tables and row columns) on
         # the GPU and skip a pageable host-to-device copy per step; joined batches are then gathered there.
@@ -301,6 +306,9 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         val = _evaluate(ddp_model, val_feed, world, objective, task, amp, condition)
         metrics = {"epoch": epoch, **objective.train_metrics(totals), **objective.eval_metrics(val),
                    "lr": optimizer.param_groups[0]["lr"]}
+        if test_feed is not None:  # CANDLE's P1B3 reports test loss and accuracy every epoch too
+            tested = objective.eval_metrics(_evaluate(ddp_model, test_feed, world, objective, task, amp, condition))
+            metrics.update({f"test_{k[len('val_'):]}": v for k, v in tested.items() if k.startswith("val_")})
         metrics["epoch_time_s"] = time.perf_counter() - t0
         metrics["samples_per_s"] = totals[1].item() / train_s if train_s > 0 else 0.0
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):

@@ -235,3 +235,18 @@ def test_cvae_conditions_on_the_class(tmp_path):
     model, state = checkpoint.rebuild(tmp_path / "run")
     assert state["model_shape"]["condition_dim"] == entry.num_classes
     assert state["model_shape"]["input_dim"] == entry.num_features + entry.num_classes
+
+
+def test_test_split_is_scored_every_epoch(tmp_path):
+    """P1B3's held-out drugs x cell lines: test_loss and test_r2 next to the validation metrics."""
+    p1b3 = load_experiment(ROOT / "experiments" / "p1b3.py")
+    ds = synthesize(p1b3.dataset, tmp_path / "files", rows=(300, 60), features=60, seed=1)
+    entry = Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    assert "test" in entry.manifest["splits"]
+    config = {**p1b3.defaults, "epochs": 2, "dense": [16], "learning_rate": 0.01}
+    job = {"config": config, "model": "p1b3", "task": "regression", "entry": str(entry.path),
+           "model_shape": {"input_dim": entry.num_features, "classes": 1},
+           "run_dir": str(tmp_path / "run"), "metric": "val_loss", "mode": "min", "threads": 1}
+    history = list(train_epochs(job, World()))
+    assert all(math.isfinite(m["test_loss"]) and "test_r2" in m for m in history)
+    assert history[0]["test_loss"] != history[0]["val_loss"]
