@@ -26,23 +26,24 @@ class Storage:
         return "://" in self.uri
 
     @classmethod
-    def parse(cls, text: str) -> "Storage":
+    def parse(cls, text: str, *, option: str = "--storage", check: bool = True) -> "Storage":
+        """`check` (driver side, before Ray starts): an s3:// path needs AWS credentials and an existing
+        bucket, else a one-line UsageError says what to set or create. Workers re-open without it."""
         import pyarrow.fs as pafs
 
         if text.startswith("s3://"):
-            options = {}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            if endpoint:  # explicit, so that the filesystem Tune pickles to the trials carries it
-                scheme, _, host = endpoint.partition("://")
-                options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
             bucket_and_prefix = text[len("s3://"):].strip("/")
             if not bucket_and_prefix:
-                raise UsageError(f"--storage {text!r} names no bucket; write s3://bucket/prefix")
-            region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-            fs = pafs.S3FileSystem(region=region, **options) if region else pafs.S3FileSystem(**options)
-            return cls(f"s3://{bucket_and_prefix}", fs, bucket_and_prefix)
+                raise UsageError(f"{option} {text!r} names no bucket; write s3://bucket/prefix")
+            uri = f"s3://{bucket_and_prefix}"
+            if check:
+                check_credentials(uri, option)
+            fs = pafs.S3FileSystem(**s3_options())
+            if check:
+                check_bucket(uri, option)
+            return cls(uri, fs, bucket_and_prefix)
         if "://" in text:
-            raise UsageError(f"--storage {text!r}: only local paths and s3:// are supported")
+            raise UsageError(f"{option} {text!r}: only local paths and s3:// are supported")
         path = Path(text).expanduser().resolve()
         return cls(str(path), pafs.LocalFileSystem(), str(path))
 
@@ -92,3 +93,95 @@ class Storage:
         if not self.remote:
             return Path(self.path(sweep))
         return Path(tempfile.gettempdir()) / "candle-ray" / sweep
+
+
+# --------------------------------------------------------------------------- s3 settings and start-up checks
+def s3_options(**extra) -> dict:
+    """pyarrow S3FileSystem options from the environment: the endpoint (AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL, for S3-compatible servers) explicit, so that a filesystem pickled to Ray's workers
+    carries it; the region from AWS_DEFAULT_REGION / AWS_REGION."""
+    options = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        options.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        options["region"] = region
+    return {**options, **extra}
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+_PROFILE_KEYS = ("aws_access_key_id", "credential_process", "role_arn", "sso_start_url", "sso_session",
+                 "web_identity_token_file")
+
+
+def credentials_source() -> str | None:
+    """Where the AWS SDK would find credentials, checked without a request, or None when it would find
+    none: the environment, web identity, a container's endpoint, a profile in the shared files, or the
+    EC2 instance metadata service (probed with a short connect unless AWS_EC2_METADATA_DISABLED=true)."""
+    import configparser
+    import socket
+
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return "environment"
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
+        return "web identity"
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return "container"
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    for path, section in ((env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials", profile),
+                          (env.get("AWS_CONFIG_FILE") or "~/.aws/config",
+                           profile if profile == "default" else f"profile {profile}")):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(Path(path).expanduser())
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        if parser.has_section(section) and any(parser.has_option(section, key) for key in _PROFILE_KEYS):
+            return f"profile {profile}"
+    if env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true":
+        try:
+            socket.create_connection(("169.254.169.254", 80), timeout=0.5).close()
+            return "instance metadata"
+        except OSError:
+            pass
+    return None
+
+
+def check_credentials(uri: str, option: str = "--storage") -> None:
+    """UsageError naming the variables to set when no AWS credentials are configured (pyarrow itself
+    would fail later with an opaque error, or send unsigned requests)."""
+    if credentials_source() is None:
+        raise UsageError(f"{option} {uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                         f"(or AWS_PROFILE with ~/.aws/credentials), plus AWS_ENDPOINT_URL for an S3-compatible server")
+
+
+def check_bucket(uri: str, option: str = "--storage") -> None:
+    """One HEAD of the bucket with short timeouts: UsageError when it does not exist, cannot be reached or
+    refuses the credentials."""
+    import pyarrow.fs as pafs
+
+    bucket = uri[len("s3://"):].split("/", 1)[0]
+    where = f" at {s3_endpoint()}" if s3_endpoint() else ""
+    probe = pafs.S3FileSystem(**s3_options(connect_timeout=5, request_timeout=20,
+                                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2)))
+    try:
+        found = probe.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError as exc:
+        text = " ".join(str(exc).split())
+        if "NETWORK_CONNECTION" in text or "curlCode" in text:
+            raise UsageError(f"{option} {uri}: cannot reach the S3 endpoint{where or ' (AWS)'}; check AWS_ENDPOINT_URL "
+                             f"and the network ({text})") from None
+        if "ACCESS_DENIED" in text or "403" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+            raise UsageError(f"{option} {uri}: access to bucket {bucket!r} denied; check AWS_ACCESS_KEY_ID / "
+                             f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's policy ({text})") from None
+        raise UsageError(f"{option} {uri}: bucket {bucket!r} cannot be read ({text}); check the bucket and credentials") from None
+    if not found:
+        endpoint = f" --endpoint-url {s3_endpoint()}" if s3_endpoint() else ""
+        raise UsageError(f"{option} {uri}: bucket {bucket!r} does not exist{where}; create it first "
+                         f"(e.g. `aws s3 mb s3://{bucket}{endpoint}`) or fix the path")

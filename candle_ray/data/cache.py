@@ -2,7 +2,10 @@
 
 (Joined datasets, `ReaderDataset` specs such as P1B3, Uno, Combo, are stored as feature tables plus row
 tables: manifest kind "joined", written and read by candle_ray.data.joined_cache; this module keeps
-the fingerprint, lock, atomic rename and verify dispatch for both kinds.)
+the fingerprint, lock, atomic rename and verify dispatch for both kinds. An `s3://bucket/prefix` root is
+candle_ray.data.remote_cache.S3Cache: entries are built by this class in node-local staging, uploaded
+with the manifest as the commit point, and read from verified node-local copies that `read_manifest`
+fetches on first use.)
 
 Layout under the root:
   downloads/<name>/<file>                  fetched remote sources (+ <file>.sha256 sidecars)
@@ -173,11 +176,24 @@ def _corrupt(entry_path: Path, what: str, hint: str | None) -> CacheError:
     return CacheError(f"cache entry {entry_path} is corrupt: {what}; rebuild it with: {hint or DEFAULT_REBUILD}")
 
 
+def _manifest_text(entry_path: Path) -> str:
+    try:
+        return (entry_path / _MANIFEST).read_text()
+    except FileNotFoundError:
+        # A node-local mirror of an s3:// cache entry that this node does not hold yet: fetch it (verified),
+        # then read it as any local entry. Any other path raises as before.
+        from candle_ray.data import remote_cache
+
+        if remote_cache.parse_mirror_path(entry_path) is None or not remote_cache.materialise(entry_path):
+            raise
+        return (entry_path / _MANIFEST).read_text()
+
+
 def read_manifest(entry_path) -> dict:
     """The manifest of an entry folder; CacheError when it is missing or unreadable."""
     entry_path = Path(entry_path)
     try:
-        manifest = json.loads((entry_path / _MANIFEST).read_text())
+        manifest = json.loads(_manifest_text(entry_path))
     except FileNotFoundError:
         raise CacheError(f"cache entry {entry_path} does not exist or is incomplete (no {_MANIFEST}); prepare it with: {DEFAULT_REBUILD}") from None
     except (OSError, ValueError) as e:
@@ -353,14 +369,17 @@ def _exclusive(lock_path: Path, log):
 
 # --------------------------------------------------------------------------- the cache
 class Cache:
-    """A cache root on a local or shared POSIX filesystem."""
+    """A cache root on a local or shared POSIX filesystem (s3:// roots: candle_ray.data.remote_cache.S3Cache)."""
+
+    remote = False
 
     def __init__(self, root):
         root = str(root)
         if root.startswith("file://"):
             root = str(local_path(root))
         elif "://" in root:
-            raise UsageError(f"cache root {root!r} is not a local path; object-store roots are not supported yet, use a local or shared filesystem folder")
+            raise UsageError(f"cache root {root!r} is not a local path; use a local or shared filesystem folder, or "
+                             f"s3://bucket/prefix (candle_ray.data.remote_cache.open_cache)")
         self.root = Path(root).expanduser().absolute()
         self.downloads = self.root / "downloads"
         self.datasets = self.root / "datasets"

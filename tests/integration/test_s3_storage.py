@@ -1,6 +1,6 @@
-"""A sweep whose storage is an S3 bucket, on a real S3-compatible server (moto's server mode) started
-here: Tune's state and checkpoints, sweep.json, results and report go to the bucket; resume and
-report read them back."""
+"""A sweep whose storage AND data cache are an S3 bucket, on a real S3-compatible server (moto's server
+mode) started here: the cache entry, Tune's state and checkpoints, sweep.json, results and report go to
+the bucket; resume and report read them back."""
 
 import subprocess
 import sys
@@ -57,6 +57,8 @@ def tune(*args):
 
 def test_sweep_on_s3(ray_cluster, workdir, s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("CANDLE_RAY_CACHE", "s3://sweeps/data")  # the data cache in the same bucket
+    monkeypatch.setenv("CANDLE_RAY_NODE_CACHE", str(workdir / "node"))  # this node's staging and copies
     storage = "s3://sweeps/team"
     r = tune(TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--set", "epochs=3", "--storage", storage,
              "--name", "s3sweep")
@@ -68,6 +70,13 @@ def test_sweep_on_s3(ray_cluster, workdir, s3_endpoint, monkeypatch):
     trial_ckpts = {k for k in found if k.endswith("/last.json") and "/checkpoint_" in k}
     assert len({k.split("/")[2] for k in trial_ckpts}) == 3  # every trial checkpointed into the bucket
     assert not (workdir / "candle-ray-sweeps").exists()  # nothing written to the local default
+    entries = {k.split("/")[2] for k in keys(s3_endpoint, "data/datasets/")}
+    assert len(entries) == 1 and entries.pop().startswith("nt3-smoke-")  # the cache entry, with its manifest
+    assert {k.rsplit("/", 1)[1] for k in keys(s3_endpoint, "data/datasets/")} == {
+        "manifest.json", "train.arrow", "val.arrow", "scaler.json"}
+    assert not (workdir / "cache").exists()  # no local cache root either
+    # The trials trained on this node's verified copy of the entry.
+    assert len(list((workdir / "node" / "s3-mirror" / "sweeps" / "data" / "datasets").glob("nt3-smoke-*@*/manifest.json"))) == 1
 
     from mlflow.tracking import MlflowClient
 

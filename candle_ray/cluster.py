@@ -1,0 +1,175 @@
+"""`candle-ray cluster check`: will this `ray up` cluster YAML run this experiment's trials?
+
+Offline: Ray's own cluster-config preparation and JSON-schema validation (no cloud call), then the
+arithmetic candle-ray's sweeps do on a live cluster (tune.concurrency): one trial is
+`workers_per_trial` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker}, and Ray may place them
+on one node or several. A trial asking for GPUs on a cluster whose node types declare none, or
+needing more bundles than the cluster can grow to (max_workers), is refused with one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from candle_ray.errors import UsageError
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    cpus: float | None  # None: not declared (the AWS launcher auto-detects it at `ray up`)
+    gpus: float
+    min_workers: int
+    max_workers: int
+    head: bool
+
+    def bundles(self, cpus_per_worker: float, gpus_per_worker: float) -> int:
+        """How many trial workers of that size one node of this type holds."""
+        fits = []
+        if gpus_per_worker > 0:
+            fits.append(math.floor(self.gpus / gpus_per_worker + 1e-9))
+        if cpus_per_worker > 0 and self.cpus is not None:
+            fits.append(math.floor(self.cpus / cpus_per_worker + 1e-9))
+        return min(fits) if fits else 0
+
+
+@dataclass(frozen=True)
+class Report:
+    node_types: list[NodeType]
+    max_bundles: int  # trial workers the cluster holds at its largest
+    min_bundles: int  # ... and with min_workers nodes only (what `ray up` starts)
+    workers_per_trial: int
+
+    @property
+    def max_trials(self) -> int:
+        return self.max_bundles // self.workers_per_trial
+
+    @property
+    def start_trials(self) -> int:
+        return self.min_bundles // self.workers_per_trial
+
+
+def load(path: str | Path) -> dict:
+    """The YAML as Ray reads it, with Ray's defaults filled in and Ray's schema checked."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"cluster file not found: {path}; pass a `ray up` YAML such as cluster/ray.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("provider"), dict) or "type" not in raw["provider"]:
+        raise UsageError(f"{path}: not a Ray cluster config (no provider.type); see cluster/ray.yaml")
+    return validate(raw, str(path))
+
+
+def validate(raw: dict, name: str = "cluster config") -> dict:
+    """Ray's own `prepare_config` + `validate_config` (what `ray up` runs before any cloud call)."""
+    import logging
+
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # "setting max workers ..."
+    try:
+        config = prepare_config(copy.deepcopy(raw))
+        validate_config(config)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+        raise UsageError(f"{name}: Ray rejects it at {where}: {exc.message.splitlines()[0]}") from None
+    except (ValueError, NotImplementedError, KeyError, TypeError) as exc:
+        raise UsageError(f"{name}: Ray rejects it: {exc}") from None
+    return config
+
+
+def node_types(config: dict) -> list[NodeType]:
+    head = config["head_node_type"]
+    types = []
+    for name, spec in config["available_node_types"].items():
+        res = spec.get("resources") or {}
+        is_head = name == head
+        types.append(NodeType(name=name, cpus=res.get("CPU"), gpus=float(res.get("GPU", 0)),
+                              min_workers=int(spec.get("min_workers", 0)),
+                              max_workers=0 if is_head else int(spec.get("max_workers", config.get("max_workers", 0))),
+                              head=is_head))
+    return types
+
+
+def _bundles(types: list[NodeType], global_max: int, cpus_per_worker: float, gpus_per_worker: float,
+             largest: bool) -> int:
+    """Trial workers that fit: the head plus worker nodes (at min_workers, or grown to max_workers within
+    the global max_workers, the roomiest node types first)."""
+    total = sum(t.bundles(cpus_per_worker, gpus_per_worker) for t in types if t.head)
+    workers = [t for t in types if not t.head]
+    if not largest:
+        return total + sum(t.min_workers * t.bundles(cpus_per_worker, gpus_per_worker) for t in workers)
+    left = global_max
+    for t in sorted(workers, key=lambda t: -t.bundles(cpus_per_worker, gpus_per_worker)):
+        n = min(t.max_workers, left)
+        total += n * t.bundles(cpus_per_worker, gpus_per_worker)
+        left -= n
+    return total
+
+
+def check(config: dict, *, workers_per_trial: int = 1, gpus_per_worker: float = 1, cpus_per_worker: float = 1.0,
+          name: str = "cluster config") -> Report:
+    """Refuse (UsageError) a cluster that cannot run one trial of this size; else say what fits."""
+    if workers_per_trial < 1:
+        raise UsageError(f"--workers-per-trial must be at least 1, got {workers_per_trial}")
+    if gpus_per_worker < 0 or cpus_per_worker < 0:
+        raise UsageError("--gpus-per-worker and --cpus-per-worker cannot be negative")
+    types = node_types(config)
+    if gpus_per_worker > 0 and not any(t.gpus > 0 for t in types):
+        raise UsageError(
+            f"{name}: the run asks for {gpus_per_worker:g} GPU per worker but no node type in available_node_types "
+            f"declares resources: {{\"GPU\": n}} ({', '.join(t.name for t in types)}); add a GPU worker type "
+            f"(e.g. g5.xlarge with resources: {{\"CPU\": 4, \"GPU\": 1}}) or pass --gpus-per-worker 0")
+    largest = _bundles(types, int(config.get("max_workers", 0)), cpus_per_worker, gpus_per_worker, largest=True)
+    if largest < workers_per_trial:
+        fitting = [t for t in types if t.bundles(cpus_per_worker, gpus_per_worker) > 0 and not t.head]
+        size = f"{cpus_per_worker:g} CPU" + (f" + {gpus_per_worker:g} GPU" if gpus_per_worker else "")
+        if fitting:
+            best = max(fitting, key=lambda t: t.bundles(cpus_per_worker, gpus_per_worker))
+            per_node = best.bundles(cpus_per_worker, gpus_per_worker)
+            fix = (f"raise max_workers of {best.name} (and the global max_workers) to "
+                   f"{math.ceil(workers_per_trial / per_node)}")
+        else:
+            fix = "add a worker type whose resources hold one worker"
+        raise UsageError(
+            f"{name}: one trial needs {workers_per_trial} worker(s) of {size} but the cluster holds at most "
+            f"{largest} (max_workers {config.get('max_workers', 0)}); {fix}, or lower --workers-per-trial")
+    start = _bundles(types, int(config.get("max_workers", 0)), cpus_per_worker, gpus_per_worker, largest=False)
+    return Report(types, largest, start, workers_per_trial)
+
+
+def shipped(config: dict, path: Path, cwd: Path | None = None) -> str | None:
+    """The remote path under which a local file reaches the nodes through file_mounts, or None."""
+    path = Path(path).resolve()
+    cwd = cwd or Path.cwd()
+    for remote, local in (config.get("file_mounts") or {}).items():
+        local_path = (cwd / os.path.expanduser(local)).resolve()
+        if path == local_path:
+            return remote
+        if local_path.is_dir() and path.is_relative_to(local_path):
+            return f"{remote.rstrip('/')}/{path.relative_to(local_path).as_posix()}"
+    return None
+
+
+def missing_mounts(config: dict, cwd: Path | None = None) -> list[str]:
+    cwd = cwd or Path.cwd()
+    return [local for local in (config.get("file_mounts") or {}).values()
+            if not (cwd / os.path.expanduser(local)).exists()]
+
+
+def placeholders(raw_text: str) -> list[int]:
+    """Line numbers still holding the CHANGE-ME placeholders of the shipped YAMLs."""
+    return [i for i, line in enumerate(raw_text.splitlines(), 1) if "change-me" in line.lower()
+            and not line.lstrip().startswith("#")]

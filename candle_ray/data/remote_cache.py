@@ -1,0 +1,342 @@
+"""A data cache whose root is an `s3://bucket/prefix` (pyarrow's S3 filesystem; AWS_ENDPOINT_URL for
+S3-compatible servers), and the node-local copies that training memory-maps.
+
+In the bucket the layout is a local root's: `datasets/<name>-<fingerprint>/` holds the entry's Arrow
+files, scaler.json (matrix entries) and manifest.json. S3 has no rename, so **the manifest is the commit
+point**: `prepare` uploads the data files first and the manifest last, and `--force` deletes the old
+manifest before it overwrites anything. An entry exists only while its manifest does, and every reader
+checks the files it fetches against the manifest's sha256s, so a half-uploaded or overwritten entry
+is either invisible or rejected, never used.
+
+On each node, under CANDLE_RAY_NODE_CACHE (default ~/.cache/candle-ray):
+  s3-staging/<bucket>/<prefix>/   a local `Cache` where `prepare` builds entries (downloads, synthetic
+                                  smoke files, locks) before uploading them
+  s3-mirror/<bucket>/<prefix>/datasets/<name>-<fingerprint>@<m>/
+                                  a verified copy of one version of an entry (<m>: the first 12 hex of
+                                  the sha256 of its manifest), opened exactly like a local entry
+
+An S3 entry's `Entry.path` is its mirror folder, and that path is what runs hand to their workers. A
+worker on a node without the copy gets it on first use: `cache.read_manifest` calls `materialise`,
+which works out the bucket and key from the path, takes a flock so that the trials of one node download
+once, fetches every file into a temporary folder while hashing it, writes the manifest last and renames
+the folder into place. The version in the name pins the bytes: an entry rebuilt with --force in the
+meantime is refused, not mixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from candle_ray.errors import CacheError, UsageError
+
+_MANIFEST = "manifest.json"
+_MIRROR = "s3-mirror"
+_STAGING = "s3-staging"
+_VERSIONED = re.compile(r"^(?P<key>.+)@(?P<version>[0-9a-f]{12})$")
+_BLOCK = 8 << 20
+
+
+def node_root() -> Path:
+    """The node-local folder for staging and mirrors (CANDLE_RAY_NODE_CACHE, default ~/.cache/candle-ray)."""
+    return Path(os.environ.get("CANDLE_RAY_NODE_CACHE") or "~/.cache/candle-ray").expanduser().absolute()
+
+
+def version(manifest_bytes: bytes) -> str:
+    return hashlib.sha256(manifest_bytes).hexdigest()[:12]
+
+
+def entry_files(manifest: dict) -> list[tuple[str, str, int | None]]:
+    """(file, sha256, bytes or None) of every file of an entry, the manifest aside."""
+    files = [(i["file"], i["sha256"], i["bytes"]) for i in manifest.get("tables", {}).values()]
+    files += [(i["file"], i["sha256"], i["bytes"]) for i in manifest["splits"].values()]
+    pre = manifest.get("preprocessing") or {}
+    if pre.get("scaler_file"):
+        files.append((pre["scaler_file"], pre["scaler_sha256"], None))
+    return files
+
+
+def mirror_path(uri: str, key: str, manifest_bytes: bytes) -> Path:
+    """The node-local folder of one version of the entry `key` of the S3 cache root `uri`."""
+    return node_root() / _MIRROR / uri[len("s3://"):].strip("/") / "datasets" / f"{key}@{version(manifest_bytes)}"
+
+
+def parse_mirror_path(path) -> tuple[str, str, str] | None:
+    """(cache root uri, entry key, version) of a mirror folder, or None for any other path."""
+    parts = Path(path).parts
+    match = _VERSIONED.match(parts[-1]) if parts else None
+    if match is None or len(parts) < 4 or parts[-2] != "datasets" or _MIRROR not in parts[:-3]:
+        return None
+    at = len(parts) - 1 - parts[::-1].index(_MIRROR)
+    bucket_and_prefix = parts[at + 1 : -2]
+    if not bucket_and_prefix:
+        return None
+    return "s3://" + "/".join(bucket_and_prefix), match["key"], match["version"]
+
+
+@contextlib.contextmanager
+def _flock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remote_error(uri: str, exc: Exception) -> CacheError:
+    return CacheError(f"cannot read {uri} ({' '.join(str(exc).split())}); check this node's AWS credentials and "
+                      f"AWS_ENDPOINT_URL")
+
+
+def _copy_verified(read, dest: Path, name: str, sha256: str, size: int | None, where: str, hint: str | None) -> None:
+    """Stream `read()` (a file-like) into dest while hashing; CacheError when the bytes differ."""
+    from candle_ray.data.cache import DEFAULT_REBUILD
+
+    digest, count = hashlib.sha256(), 0
+    with read() as src, open(dest, "wb") as out:
+        while block := src.read(_BLOCK):
+            digest.update(block)
+            out.write(block)
+            count += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    if digest.hexdigest() != sha256 or (size is not None and count != size):
+        raise CacheError(f"cache entry {where} is corrupt: {name} has sha256 {digest.hexdigest()} ({count:,} bytes), "
+                         f"the manifest says {sha256}{f' ({size:,} bytes)' if size is not None else ''}; rebuild it "
+                         f"with: {hint or DEFAULT_REBUILD}")
+
+
+def materialise(path, *, fs=None, source: Path | None = None) -> bool:
+    """Make the mirror folder `path` exist (no-op when it does); False when `path` is no mirror path.
+
+    The files come from `source` (a local entry folder with the same manifest: hard links, else copies)
+    or from the bucket (hashed against the manifest on the way). Concurrent callers on one node serialise
+    on a flock; the folder appears complete or not at all (temporary folder, manifest last, rename).
+    """
+    from candle_ray.data.cache import DEFAULT_REBUILD
+
+    parsed = parse_mirror_path(path)
+    if parsed is None:
+        return False
+    path = Path(path)
+    uri, key, want = parsed
+    if (path / _MANIFEST).is_file():
+        return True
+    remote = f"{uri}/datasets/{key}"
+    if fs is None:
+        from candle_ray.storage import Storage
+
+        fs = Storage.parse(uri, option="cache", check=False).fs
+    base = f"{uri[len('s3://'):]}/datasets/{key}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create the node-local copy of {remote} in {path.parent} ({exc.strerror}); set "
+                         f"CANDLE_RAY_NODE_CACHE to a writable folder on every node") from None
+    with _flock(path.parent / f".{path.name}.lock"):
+        if (path / _MANIFEST).is_file():
+            return True  # another trial on this node fetched it while we waited
+        prefix = f".tmp-{path.name}-"
+        for stale in path.parent.glob(f"{prefix}*"):
+            if stale.name[len(prefix):].isdigit():
+                shutil.rmtree(stale, ignore_errors=True)
+        if source is not None and (source / _MANIFEST).is_file() and version((source / _MANIFEST).read_bytes()) == want:
+            manifest_bytes = (source / _MANIFEST).read_bytes()
+        else:
+            source = None
+            try:
+                with fs.open_input_stream(f"{base}/{_MANIFEST}") as f:
+                    manifest_bytes = f.read()
+            except FileNotFoundError:
+                raise CacheError(f"cache entry {remote} is gone from the bucket (or was never completed); prepare it "
+                                 f"again with: {DEFAULT_REBUILD}") from None
+            except OSError as exc:
+                raise _remote_error(f"{remote}/{_MANIFEST}", exc) from None
+            if version(manifest_bytes) != want:
+                raise CacheError(f"cache entry {remote} changed in the bucket since this run started (rebuilt with "
+                                 f"--force?); start the run again to use the new version")
+        manifest = json.loads(manifest_bytes)
+        tmp = path.parent / f"{prefix}{os.getpid()}"
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the node-local copy of {remote} in {path.parent} ({exc.strerror}); set "
+                             f"CANDLE_RAY_NODE_CACHE to a writable folder on every node") from None
+        try:
+            for name, sha256, size in entry_files(manifest):
+                if source is not None:
+                    try:
+                        os.link(source / name, tmp / name)  # built files are never modified in place
+                    except OSError:
+                        shutil.copyfile(source / name, tmp / name)
+                    continue
+                try:
+                    _copy_verified(lambda name=name: fs.open_input_stream(f"{base}/{name}"), tmp / name, name, sha256,
+                                   size, remote, manifest.get("rebuild"))
+                except FileNotFoundError:
+                    raise CacheError(f"cache entry {remote} is corrupt: {name} is missing from the bucket; rebuild it "
+                                     f"with: {manifest.get('rebuild') or DEFAULT_REBUILD}") from None
+                except OSError as exc:
+                    raise _remote_error(f"{remote}/{name}", exc) from None
+            (tmp / _MANIFEST).write_bytes(manifest_bytes)  # last: the folder is complete from here
+            with open(tmp / _MANIFEST, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+class S3Cache:
+    """The `Cache` interface (prepare, lookup, entries, verify) over an `s3://bucket/prefix` root."""
+
+    remote = True
+
+    def __init__(self, uri: str, *, option: str = "--cache-dir"):
+        from candle_ray.data.cache import Cache
+        from candle_ray.storage import Storage
+
+        self.store = Storage.parse(uri, option=option)  # credentials and bucket checked here, before Ray
+        self.uri = self.store.uri
+        self.staging = Cache(node_root() / _STAGING / self.store.root)
+        self.root = self.staging.root  # local: synthetic smoke files and downloads live here
+        self.downloads = self.staging.downloads
+
+    def __repr__(self) -> str:
+        return f"S3Cache({self.uri!r})"
+
+    def _key(self, ds) -> str:
+        from candle_ray.data.cache import fingerprint
+
+        return f"{ds.name}-{fingerprint(ds)}"
+
+    def _manifest_bytes(self, key: str) -> bytes | None:
+        path = self.store.path("datasets", key, _MANIFEST)
+        try:
+            with self.store.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _remote_error(self.store.display("datasets", key, _MANIFEST), exc) from None
+
+    def _entry(self, key: str, manifest_bytes: bytes):
+        from candle_ray.data.cache import Entry
+
+        return Entry(path=mirror_path(self.uri, key, manifest_bytes), manifest=json.loads(manifest_bytes))
+
+    def display(self, entry) -> str:
+        return self.store.display("datasets", f"{entry.name}-{entry.fingerprint}")
+
+    def lookup(self, ds):
+        """The entry of `ds` in the bucket (its mirror path; fetched on first read), or None."""
+        key = self._key(ds)
+        found = self._manifest_bytes(key)
+        return None if found is None else self._entry(key, found)
+
+    def entries(self) -> list:
+        """Every complete entry in the bucket (an entry folder without its manifest is not one)."""
+        found = []
+        for key in self.store.subdirs(self.store.path("datasets")):
+            if key.startswith("."):
+                continue
+            manifest = self._manifest_bytes(key)
+            if manifest is not None:
+                found.append(self._entry(key, manifest))
+        return found
+
+    def prepare(self, ds, *, force: bool = False, rebuild_hint: str = "", log: Callable[[str], None] = print):
+        """Build `ds` in the node-local staging cache (as a local root does), upload it (files, then the
+        manifest) and return its node-local mirror. Idempotent: an entry already in the bucket is only
+        mirrored, unless `force`."""
+        from candle_ray.data.cache import _exclusive, _sha256
+
+        log = log or (lambda message: None)
+        key = self._key(ds)
+        display = self.store.display("datasets", key)
+        with _exclusive(self.staging.locks / f"{key}.upload.lock", log):
+            existing = None if force else self._manifest_bytes(key)
+            if existing is not None:
+                log(f"dataset {ds.name} already prepared: {display}")
+                entry = self._entry(key, existing)
+                materialise(entry.path, fs=self.store.fs, source=self.staging.datasets / key)  # local if same version
+                return entry
+            local = self.staging.prepare(ds, force=force, rebuild_hint=rebuild_hint, log=log)
+            manifest_bytes = (Path(local.path) / _MANIFEST).read_bytes()
+            fs, base = self.store.fs, self.store.path("datasets", key)
+            try:
+                if self._manifest_bytes(key) is not None:
+                    fs.delete_file(f"{base}/{_MANIFEST}")  # the old version disappears before anything is overwritten
+                files = entry_files(local.manifest)
+                for name, sha256, _ in files:
+                    if _sha256(Path(local.path) / name) != sha256:
+                        raise CacheError(f"the staged copy {local.path} is corrupt ({name}); rebuild it with --force")
+                    with open(Path(local.path) / name, "rb") as src, fs.open_output_stream(f"{base}/{name}") as out:
+                        while block := src.read(_BLOCK):
+                            out.write(block)
+                with fs.open_output_stream(f"{base}/{_MANIFEST}") as out:  # the commit point
+                    out.write(manifest_bytes)
+            except OSError as exc:
+                raise CacheError(f"uploading {display} failed ({' '.join(str(exc).split())}); run the same command "
+                                 f"again (the entry stays invisible until its manifest is uploaded)") from None
+            log(f"uploaded {ds.name} ({len(files) + 1} files) -> {display}")
+            entry = self._entry(key, manifest_bytes)
+            materialise(entry.path, fs=fs, source=Path(local.path))
+            return entry
+
+    def verify(self, entry, *, deep: bool = False) -> None:
+        """The node-local copy fully (as a local entry), when there is one; the bucket's objects by size, or
+        with `deep` by streaming and hashing every object (what `candle-ray data verify` does)."""
+        import pyarrow.fs as pafs
+
+        from candle_ray.data.cache import DEFAULT_REBUILD, verify
+
+        key = f"{entry.name}-{entry.fingerprint}"
+        display, base = self.store.display("datasets", key), self.store.path("datasets", key)
+        hint = entry.manifest.get("rebuild") or DEFAULT_REBUILD
+        for name, sha256, size in entry_files(entry.manifest):
+            try:
+                if deep:
+                    digest, count = hashlib.sha256(), 0
+                    with self.store.fs.open_input_stream(f"{base}/{name}") as f:
+                        while block := f.read(_BLOCK):
+                            digest.update(block)
+                            count += len(block)
+                    if digest.hexdigest() != sha256:
+                        raise CacheError(f"cache entry {display} is corrupt: {name} has sha256 {digest.hexdigest()}, "
+                                         f"the manifest says {sha256}; rebuild it with: {hint}")
+                else:
+                    info = self.store.fs.get_file_info(f"{base}/{name}")
+                    count = info.size if info.type == pafs.FileType.File else None
+                    if count is None:
+                        raise FileNotFoundError(name)
+            except FileNotFoundError:
+                raise CacheError(f"cache entry {display} is corrupt: {name} is missing from the bucket; rebuild it "
+                                 f"with: {hint}") from None
+            except OSError as exc:
+                raise _remote_error(f"{display}/{name}", exc) from None
+            if size is not None and count != size:
+                raise CacheError(f"cache entry {display} is corrupt: {name} has {count:,} bytes, the manifest says "
+                                 f"{size:,}; rebuild it with: {hint}")
+        if (Path(entry.path) / _MANIFEST).is_file():
+            verify(entry)
+
+
+def open_cache(root):
+    """A `Cache` for a local or shared folder, an `S3Cache` for s3://bucket/prefix."""
+    from candle_ray.data.cache import Cache
+
+    if str(root).startswith("s3://"):
+        return S3Cache(str(root))
+    if str(root).startswith("s3:/"):  # Path("s3://b") collapses the slashes
+        raise UsageError(f"cache root {root!r}: write s3://bucket/prefix")
+    return Cache(root)
