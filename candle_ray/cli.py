@@ -38,6 +38,12 @@ def main():
 
 
 def _cache(cache_dir: str | None):
+    """The data cache: a local or shared folder, or s3://bucket/prefix (credentials and bucket checked here,
+    before Ray starts)."""
+    if cache_dir and str(cache_dir).startswith("s3:"):
+        from candle_ray.data.remote_cache import open_cache
+
+        return open_cache(cache_dir)
     from candle_ray.data.cache import Cache
 
     return Cache(Path(cache_dir or DEFAULT_CACHE).expanduser())
@@ -67,8 +73,34 @@ def _load(path):
     return load_experiment(path)
 
 
+class WorkerCount(click.ParamType):
+    """N workers, or MIN-MAX for an elastic job (Ray Train's ScalingConfig(num_workers=(min, max)))."""
+
+    name = "N|MIN-MAX"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip()
+        low, dash, high = text.partition("-")
+        try:
+            lo, hi = int(low), int(high) if dash else None
+        except ValueError:
+            self.fail(f"{text!r} is neither a worker count (4) nor a range MIN-MAX (1-4)", param, ctx)
+        if hi is None:
+            if lo < 1:
+                self.fail(f"{lo} workers: need at least 1", param, ctx)
+            return lo
+        if lo < 1:
+            self.fail(f"{text}: the minimum must be at least 1 worker", param, ctx)
+        if lo > hi:
+            self.fail(f"{text}: the minimum ({lo}) is larger than the maximum ({hi})", param, ctx)
+        return lo if lo == hi else (lo, hi)
+
+
 cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=None, metavar="DIR",
-                            help=f"Shared data cache [env CANDLE_RAY_CACHE; default {DEFAULT_CACHE}].")
+                            help=f"Shared data cache: a folder or s3://bucket/prefix [env CANDLE_RAY_CACHE; "
+                                 f"default {DEFAULT_CACHE}].")
 
 
 @main.command()
@@ -76,7 +108,9 @@ cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=No
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a default, e.g. --set epochs=3 (repeatable).")
 @click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt to import as overrides.")
 @click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
-@click.option("--workers", type=int, default=1, show_default=True, help="DDP workers (1 = fast path, no Ray Train start-up).")
+@click.option("--workers", type=WorkerCount(), default=1, show_default=True,
+              help="DDP workers (1 = fast path, no Ray Train start-up); MIN-MAX (e.g. 1-4) is elastic: it starts "
+                   "with what fits (at least MIN) and grows or shrinks as nodes join or leave.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
 @click.option("--cpus-per-worker", type=float, default=None, help="Default: the cluster's CPUs shared between workers.")
 @click.option("--max-failures", type=int, default=1, show_default=True, help="Worker failures to resume from before giving up.")
@@ -126,6 +160,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         })
         return tracker
 
+    runtime.probe(address)  # an unreachable --address fails here, before an MLflow run is opened
     # MLflow's import and store set-up (~1.8 s) overlap ray.init (~3 s); ray.init stays in the main
     # thread, where it installs its signal handlers.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -141,7 +176,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     try:
         plan = trainer.plan_resources(cluster, workers, use_gpu=False if force_cpu else None,
                                       cpus_per_worker=cpus_per_worker)
-        tracker.log_params({"workers": plan.workers, "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
+        tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = {
             "config": config, "model": experiment.model, "task": entry.manifest["task"],
             "model_shape": model_shape(entry), "data": describe(entry),
@@ -151,7 +186,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         }
         (run_dir / "config.json").write_text(json.dumps({k: v for k, v in job.items() if k != "data"}, indent=1, sort_keys=True))
         device = "GPU" if plan.use_gpu else "CPU"
-        click.echo(f"training {experiment.name} ({experiment.model}) on {plan.workers} {device} worker(s) x "
+        click.echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {device} worker(s) x "
                    f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
                    f"{entry.num_features} features; MLflow run {tracker.run_id}")
         progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
@@ -185,8 +220,9 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               help="A CANDLE Supervisor space (GA JSON, random or grid settings.json) instead of the experiment's.")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
               show_default=True, help="Early stopping (asha, hyperband, median) or population-based training (pbt).")
-@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
-              help="DDP workers per trial (1 = the loop runs in the trial itself).")
+@click.option("--workers-per-trial", type=WorkerCount(), default=1, show_default=True,
+              help="DDP workers per trial (1 = the loop runs in the trial itself); MIN-MAX (e.g. 1-4) makes "
+                   "elastic trials, each a Ray Train run that grows and shrinks with the cluster.")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many trials as the cluster fits.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per trial.")
@@ -221,6 +257,9 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
 
     if resume and not name:
         raise UsageError("--resume needs the sweep's --name (its folder under --storage)")
+    if isinstance(workers_per_trial, tuple) and cv_folds:
+        raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
+                         "cannot be combined with it")
     experiment = _load(experiment_file)
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     space = None
@@ -510,8 +549,10 @@ def data():
 @cache_option
 def data_prepare(experiment_file, smoke, force, cache_dir):
     """Download and convert EXPERIMENT's dataset into the cache (idempotent)."""
-    entry = _prepare(_load(experiment_file), smoke=smoke, cache=_cache(cache_dir), force=force)
-    click.echo(f"ready: {entry.path} ({entry.rows['train']} train / {entry.rows['val']} val rows, "
+    cache = _cache(cache_dir)
+    entry = _prepare(_load(experiment_file), smoke=smoke, cache=cache, force=force)
+    where = f"{cache.display(entry)} (node-local copy {entry.path})" if cache.remote else entry.path
+    click.echo(f"ready: {where} ({entry.rows['train']} train / {entry.rows['val']} val rows, "
                f"{entry.num_features} features)")
 
 
@@ -522,7 +563,7 @@ def data_ls(cache_dir):
     cache = _cache(cache_dir)
     entries = cache.entries()
     if not entries:
-        click.echo(f"no entries in {cache.root}")
+        click.echo(f"no entries in {cache.uri if cache.remote else cache.root}")
         return
     click.echo(f"{'dataset':<28} {'fingerprint':<17} {'train':>7} {'val':>6} {'features':>9} {'MiB':>8}  created")
     for e in entries:
@@ -558,7 +599,7 @@ def data_verify(experiment_file, smoke, cache_dir):
     else:
         entries = cache.entries()
     for entry in entries:
-        cache.verify(entry)
+        cache.verify(entry, deep=True) if cache.remote else cache.verify(entry)  # remote: hash every object
         click.echo(f"ok  {entry.name} {entry.fingerprint}")
     click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} verified")
 
@@ -590,3 +631,58 @@ def ui(tracking_uri, host, port):
            "--port", str(port), "--workers", "1"]
     click.echo(f"MLflow UI on http://{host}:{port} ({uri})")
     os.execve(sys.executable, cmd, env)
+
+
+@main.group("cluster")
+def cluster_cmd():
+    """Check a `ray up` cluster YAML before launching it."""
+
+
+@cluster_cmd.command("check")
+@click.argument("cluster_yaml", metavar="CLUSTER_YAML")
+@click.argument("experiment_file", metavar="EXPERIMENT")
+@click.option("--gpus-per-worker", type=click.IntRange(min=0), default=1, show_default=True,
+              help="GPUs each trial worker needs (0 = a CPU sweep).")
+@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
+              help="DDP workers per trial, as for `candle-ray tune`.")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+def cluster_check(cluster_yaml, experiment_file, gpus_per_worker, workers_per_trial, cpus_per_worker):
+    """Validate CLUSTER_YAML with Ray's own schema (offline) and check that it can run one trial of
+    EXPERIMENT: the GPUs asked for exist, max_workers fits a trial, the experiment is shipped."""
+    from candle_ray import cluster as clusters
+    from candle_ray.errors import UsageError
+
+    experiment = _load(experiment_file)
+    config = clusters.load(cluster_yaml)
+    missing = clusters.missing_mounts(config)
+    if missing:
+        raise UsageError(f"{cluster_yaml}: file_mounts source(s) {', '.join(missing)} do not exist on this machine; "
+                         f"create them, or run from the repository root (relative paths start there)")
+    remote = clusters.shipped(config, experiment.path)
+    if remote is None:
+        raise UsageError(f"{experiment.path} is not under any file_mounts source of {cluster_yaml}; add its folder "
+                         f"to file_mounts (e.g. \"~/my-experiments\": \"{experiment.path.parent}\")")
+    report = clusters.check(config, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
+                            cpus_per_worker=cpus_per_worker, name=cluster_yaml)
+    import ray
+
+    click.echo(f"{cluster_yaml}: valid for Ray {ray.__version__} ({config['provider']['type']}, "
+               f"max_workers {config.get('max_workers', 0)})")
+    for t in report.node_types:
+        cpus = "auto" if t.cpus is None else f"{t.cpus:g}"
+        role = "head" if t.head else f"workers {t.min_workers}..{t.max_workers}"
+        click.echo(f"  {t.name:<20} {cpus:>5} CPU {t.gpus:>3g} GPU  {role}")
+    size = f"{cpus_per_worker:g} CPU" + (f" + {gpus_per_worker} GPU" if gpus_per_worker else "")
+    click.echo(f"one trial = {workers_per_trial} worker(s) of {size}: up to {report.max_trials} trial(s) at once "
+               f"at max_workers, {report.start_trials} with the min_workers nodes `ray up` starts")
+    if report.start_trials == 0:
+        click.echo("warning: candle-ray tune sizes a sweep from the nodes present when it starts; raise min_workers "
+                   "or start the sweep once `ray status` shows the workers", err=True)
+    lines = clusters.placeholders(Path(cluster_yaml).read_text())
+    if lines:
+        click.echo(f"warning: {cluster_yaml} line(s) {', '.join(map(str, lines))} still hold a CHANGE-ME placeholder; "
+                   f"edit them before `ray up`", err=True)
+    flags = (f" --workers-per-trial {workers_per_trial}" if workers_per_trial > 1 else "") + \
+        (f" --cpus-per-worker {cpus_per_worker:g}" if cpus_per_worker != 1 else "") + ("" if gpus_per_worker else " --cpu")
+    click.echo(f"experiment {experiment.name}: shipped as {remote}")
+    click.echo(f"run: ray exec {cluster_yaml} 'candle-ray tune {remote}{flags}' --tmux")

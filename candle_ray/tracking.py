@@ -3,6 +3,10 @@
 One MLflow run per `candle-ray train`, and per sweep one parent run with one child run per trial:
 flat params, per-epoch metrics (step = epoch), tags, artifacts. The default tracking URI is a SQLite
 file in the working directory, so `mlflow ui` started there shows every run.
+
+A tracking server that stops answering (restarted, overloaded) does not lose metrics: every client
+call retries with backoff while the outage lasts up to CANDLE_RAY_MLFLOW_RETRY_S (default 300 s), and
+a call that still fails raises `TrackingUnavailable`, naming what was not logged.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,14 +59,102 @@ def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+RETRY_ENV = "CANDLE_RAY_MLFLOW_RETRY_S"
+_log = logging.getLogger("candle_ray.tracking")
+_outages: dict[str, float] = {}  # tracking URI -> when its calls started failing (monotonic)
+_answered: set[str] = set()  # URIs that have answered in this process
+_outage_lock = threading.Lock()
+FIRST_CONTACT_S = 10.0  # a store never reached (a wrong --tracking-uri) fails after this, not the full budget
+
+
+class TrackingUnavailable(CandleRayError):
+    """The tracking store did not answer for the whole retry budget."""
+
+
+def retry_budget_s() -> float:
+    return float(os.environ.get(RETRY_ENV, "300"))
+
+
+def _permanent(exc: Exception) -> bool:
+    """A refusal that no retry changes: a 4xx answer (bad request, no such run...), not 408/429."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return 400 <= status < 500 and status not in (408, 429)
+    return isinstance(exc, (TypeError, ValueError, KeyError))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def call_with_retry(uri: str, fn, *args, what: str = "an MLflow call", **kwargs):
+    """`fn(*args, **kwargs)`, retried with backoff (0.5 s doubling to 10 s) while `uri` is unreachable.
+
+    The budget counts from the start of the outage, shared by every call to the same URI: once a call
+    has waited it out, later calls try once until one succeeds. A store that has never answered in this
+    process (a wrong URI) gets FIRST_CONTACT_S. Waiting is bounded; nothing is dropped silently: the
+    final failure raises TrackingUnavailable naming `what`."""
+    delay = 0.5
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if _permanent(exc):
+                raise
+            now = time.monotonic()
+            budget = retry_budget_s() if uri in _answered else min(retry_budget_s(), FIRST_CONTACT_S)
+            with _outage_lock:
+                since = _outages.setdefault(uri, now)
+            if since == now:
+                _log.warning("MLflow at %s is not answering (%s); retrying for up to %.0fs", uri, _first_line(exc), budget)
+            if now - since >= budget:
+                raise TrackingUnavailable(f"MLflow at {uri} did not answer for {now - since:.0f}s ({_first_line(exc)}); "
+                                          f"{what} could not be logged (raise {RETRY_ENV} to wait longer)") from None
+            time.sleep(min(delay, budget - (now - since)))
+            delay = min(delay * 2, 10.0)
+            continue
+        _answered.add(uri)
+        if uri in _outages:
+            with _outage_lock:
+                since = _outages.pop(uri, None)
+            if since is not None:
+                _log.warning("MLflow at %s answers again after %.1fs", uri, time.monotonic() - since)
+        return result
+
+
+class _RetryingClient:
+    """An MlflowClient whose every method goes through `call_with_retry`."""
+
+    def __init__(self, client, uri: str):
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return call_with_retry(self._uri, attr, *args, what=f"MLflow {name}", **kwargs)
+
+        return call
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     # A new SQLite store announces its schema set-up at INFO: not news for the user.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's own HTTP retries (7, backoff 2 s: ~4 min per call) would hide an outage inside one call;
+    # a few quick ones, then ours, which log, share one budget per server and say what was lost.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     if not uri.startswith("sqlite:///"):
-        return MlflowClient(tracking_uri=uri)
+        return _RetryingClient(MlflowClient(tracking_uri=uri), uri)
     # Two processes creating the same new SQLite store race through its schema migrations
     # ("table ... already exists"): the store is opened, and set up, under a file lock.
     import fcntl
@@ -70,7 +163,7 @@ def _client(uri: str):
         fcntl.flock(lock, fcntl.LOCK_EX)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
-    return client
+    return _RetryingClient(client, uri)
 
 
 def _unusable(uri: str, exc: Exception) -> CandleRayError:
@@ -112,13 +205,25 @@ class RunTracker:
                 raise
             return exp.experiment_id
 
-    def start(self, run_name: str, params: dict, tags: dict) -> str:
+    def start(self, run_name: str, params: dict, tags: dict, existing=None) -> str:
+        """Create the run. `existing()` (run ids) makes a retried creation look first for the run that an
+        attempt whose answer was lost may have created, instead of making a second one."""
+        attempts = []
+
+        def create() -> str:
+            if attempts and existing is not None:
+                found = existing()
+                if found:
+                    return found[0]
+            attempts.append(1)
+            return self.client._client.create_run(self.experiment_id(), run_name=run_name, tags={
+                "candle_ray.version": __version__,
+                **{k: str(v) for k, v in tags.items() if v is not None}}).info.run_id
+
         try:
-            run = self.client.create_run(self.experiment_id(), run_name=run_name, tags={
-                "candle_ray.version": __version__, **{k: str(v) for k, v in tags.items() if v is not None}})
+            self.run_id = call_with_retry(self.uri, create, what=f"the creation of run {run_name!r}")
         except Exception as exc:
             raise _unusable(self.uri, exc) from None
-        self.run_id = run.info.run_id
         self.log_params(params)
         return self.run_id
 
@@ -139,12 +244,15 @@ class RunTracker:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_epoch(self, metrics: dict) -> None:
+        """One epoch's metrics in one batch; retried while the store is unreachable (the same points:
+        a batch the server took before its answer was lost is not logged twice)."""
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(metrics["epoch"])
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self.client.log_batch(self.run_id, metrics=items)
+        call_with_retry(self.uri, self.client._client.log_batch, self.run_id, metrics=items,
+                        what=f"epoch {step}'s metrics of run {self.run_id}")
 
     def logged_steps(self, metric: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
@@ -178,14 +286,19 @@ class SweepTracker:
         if trial_id in self.children:
             return self.children[trial_id]
         p = self.parent
-        found = p.client.search_runs(
-            [p.experiment_id()],
-            filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")
-        child = RunTracker(p.uri, p.experiment_name, found[0].info.run_id if found else None)
+
+        def find() -> list[str]:
+            return [r.info.run_id for r in p.client.search_runs(
+                [p.experiment_id()],
+                filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")]
+
+        found = find()
+        child = RunTracker(p.uri, p.experiment_name, found[0] if found else None)
         if found:
             child.reopen()
-        else:
-            child.start(run_name, params, {**tags, "mlflow.parentRunId": p.run_id, self.TRIAL_TAG: trial_id})
+        else:  # one child per trial, even when the server took a creation but its answer was lost
+            child.start(run_name, params, {**tags, "mlflow.parentRunId": p.run_id, self.TRIAL_TAG: trial_id},
+                        existing=find)
         self.children[trial_id] = child
         return child
 

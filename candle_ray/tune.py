@@ -1,7 +1,11 @@
 """`candle-ray tune`: Ray Tune searches whose trials run candle-ray's training loop.
 
 A one-worker trial *is* the worker: the loop runs inside Tune's function trainable (actors reused
-between trials), so a trial costs what its epochs cost. A multi-worker trial drives a TorchTrainer.
+between trials), so a trial costs what its epochs cost. A multi-worker trial is rank 0 itself, with
+peer actors in its placement group (no Ray Train start-up). An elastic trial (`--workers-per-trial
+MIN-MAX`) drives a Ray Train V2 TorchTrainer with ScalingConfig(num_workers=(MIN, MAX)) from inside
+the trial: it pays Train's start-up (~15-25 s per trial, and again per resize) for growing and
+shrinking with the cluster; its trial actor takes no CPU.
 Per epoch a trial reports its metrics and, with a Tune checkpoint, its candle-ray checkpoint files, so
 schedulers can stop it, PBT can clone its weights into another trial, and a resumed sweep continues it.
 """
@@ -35,6 +39,36 @@ from candle_ray.errors import TrainingError, UsageError  # noqa: E402
 PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "batch_size")
 
 
+class WorkerRange(int):
+    """An elastic worker count: its int value is the minimum (what must fit for a trial to start); it
+    prints as MIN-MAX."""
+
+    def __new__(cls, low: int, high: int):
+        obj = super().__new__(cls, low)
+        obj.high = int(high)
+        return obj
+
+    def __reduce__(self):
+        return WorkerRange, (int(self), self.high)
+
+    def __str__(self) -> str:
+        return f"{int(self)}-{self.high}"
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def worker_bounds(workers) -> tuple[int, int]:
+    """(min, max) of N, (MIN, MAX) or a WorkerRange."""
+    if isinstance(workers, WorkerRange):
+        return int(workers), workers.high
+    if isinstance(workers, (tuple, list)):
+        return int(workers[0]), int(workers[1])
+    return int(workers), int(workers)
+
+
 @dataclass(frozen=True)
 class Sweep:
     """A sweep's settings: what `--resume` must find unchanged."""
@@ -43,7 +77,7 @@ class Sweep:
     searcher: str
     scheduler: str
     num_samples: int
-    workers_per_trial: int
+    workers_per_trial: int  # elastic: a WorkerRange (recorded as its minimum + max_workers_per_trial)
     cpus_per_worker: float
     gpus_per_worker: int
     max_concurrent: int
@@ -54,6 +88,19 @@ class Sweep:
     max_epochs: int
     # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
     checkpoint_every_s: float = 30.0
+    max_workers_per_trial: int = 0  # > workers_per_trial: elastic trials
+
+    def __post_init__(self):
+        low, high = worker_bounds(self.workers_per_trial)
+        high = max(high, int(self.max_workers_per_trial or 0))
+        if low < 1 or high < low:
+            raise UsageError(f"--workers-per-trial {low}-{high}: need 1 <= MIN <= MAX")
+        object.__setattr__(self, "workers_per_trial", WorkerRange(low, high) if high > low else low)
+        object.__setattr__(self, "max_workers_per_trial", high if high > low else 0)
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers_per_trial > int(self.workers_per_trial)
 
 
 # ---------------------------------------------------------------- spaces, searchers, schedulers
@@ -146,7 +193,9 @@ def max_epochs(space: dict, default: int) -> int:
 
 
 def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None) -> int:
-    """How many trials fit at once; more would only queue drivers that wait for workers."""
+    """How many trials fit at once; more would only queue drivers that wait for workers. Elastic trials
+    count at their minimum size."""
+    workers = worker_bounds(workers)[0]
     fits = math.floor(float(cluster.get("CPU", 0)) / (workers * cpus_per_worker) + 1e-9)
     if gpus_per_worker:
         fits = min(fits, int(cluster.get("GPU", 0)) // (workers * gpus_per_worker))
@@ -273,15 +322,37 @@ def run_trial(config: dict, base_job: dict) -> None:
         with open(run_dir / "restores.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
                                 "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
-    if base_job["workers"] == 1:
+    if base_job.get("max_workers", 0) > int(base_job["workers"]):
+        _run_elastic_trial(job, trial_id)
+    elif base_job["workers"] == 1:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
+        _record_rank(run_dir, 0)
         device = device_for(job["use_gpu"])
         _report_epochs(job, _mean_over_folds(job, device) if job.get("cv_folds") else
                        train_epochs(job, World(device=device)))
     else:
         _run_ddp_trial(job)
+
+
+def _record_rank(trial_dir: Path, rank: int) -> None:
+    from candle_ray.train import record_rank
+
+    record_rank(trial_dir, rank)
+
+
+def _run_elastic_trial(job: dict, trial_id: str) -> None:
+    """An elastic trial: a Ray Train run (ScalingConfig(num_workers=(MIN, MAX))) driven from this trial,
+    named after the trial (a retried trial finds its Train state again). Its workers resume from the
+    trial's checkpoint folder, which they must see: one machine or a shared --storage."""
+    from candle_ray import train as trainer
+
+    plan = trainer.Plan(int(job["workers"]), float(job["cpus_per_worker"]), int(bool(job["use_gpu"])),
+                        int(job["threads"]), max_workers=int(job["max_workers"]))
+    _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.get("max_failures", 1)),
+                                           storage_path=str(Path(job["run_dir"]) / "ray-train"),
+                                           run_name=f"train-{trial_id}"))
 
 
 @ray.remote
@@ -292,6 +363,7 @@ class _Peer:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
+        _record_rank(Path(job["run_dir"]), rank)
         # Rank 0's restored checkpoint, in a folder of this rank's own (it may be on another node).
         job = {**job, "run_dir": str(Path(job["run_dir"]) / f"rank-{rank}")}
         ckpt_dir = Path(job["run_dir"]) / "checkpoints"
@@ -338,6 +410,7 @@ def _run_ddp_trial(job: dict) -> None:
     from candle_ray.train import device_for
 
     world_size = job["workers"]
+    _record_rank(Path(job["run_dir"]), 0)
     master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     peers = [_Peer.options(num_cpus=job["cpus_per_worker"], num_gpus=int(job["use_gpu"])).remote()
              for _ in range(world_size - 1)]
@@ -390,7 +463,10 @@ class MLflowSweepCallback(Callback):
     the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end.
 
     MLflow calls run in order on one background thread: Tune's event loop, which every trial's
-    results pass through, never waits for the tracking store. `close()` drains it.
+    results pass through, never waits for the tracking store. While the store does not answer (a
+    restarted server), the calls queue up here and each is retried (tracking.call_with_retry, bounded
+    by CANDLE_RAY_MLFLOW_RETRY_S per outage); what still fails is listed by `close()`, never dropped
+    silently. `close()` drains the queue.
     """
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path):
@@ -398,12 +474,13 @@ class MLflowSweepCallback(Callback):
         self.work_dir = work_dir
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
+        self.unlogged: list[str] = []  # what could not be logged, in order
         self._queue = self._thread = None
 
     def __getstate__(self):
-        return {**self.__dict__, "logged": {}, "_queue": None, "_thread": None}
+        return {**self.__dict__, "logged": {}, "unlogged": [], "_queue": None, "_thread": None}
 
-    def _submit(self, fn, *args) -> None:
+    def _submit(self, what: str, fn, *args) -> None:
         if self._thread is None:
             import queue
             import threading
@@ -411,23 +488,27 @@ class MLflowSweepCallback(Callback):
             self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._work, name="candle-ray-mlflow", daemon=True)
             self._thread.start()
-        self._queue.put((fn, args))
+        self._queue.put((what, fn, args))
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            fn, args = item
+            what, fn, args = item
             try:
                 fn(*args)
             except Exception as exc:  # tracking trouble must not stop the search; reported by close()
                 self.failure = self.failure or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.unlogged.append(what)
 
     def close(self) -> str | None:
-        """Wait for every queued MLflow call; return the first failure, if any."""
+        """Wait for every queued MLflow call; return None, or the first failure and what was not logged."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
-        return self.failure
+        if not self.failure:
+            return None
+        shown = ", ".join(self.unlogged[:20]) + (f" and {len(self.unlogged) - 20} more" if len(self.unlogged) > 20 else "")
+        return f"{self.failure}; not logged: {shown}"
 
     def _trial_dir(self, trial_id: str) -> Path:
         return Path(self.work_dir) / "trials" / trial_id
@@ -463,17 +544,18 @@ class MLflowSweepCallback(Callback):
         child.finish(status)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._submit(self._child, trial.trial_id, dict(trial.config))
+        self._submit(f"trial {trial.trial_id}'s run", self._child, trial.trial_id, dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._submit(self._log, trial.trial_id, dict(trial.config), dict(result))
+        self._submit(f"trial {trial.trial_id} epoch {result.get('epoch')}", self._log, trial.trial_id,
+                     dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._submit(self._end, trial.trial_id, dict(trial.config), "FINISHED",
+        self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FINISHED",
                      {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._submit(self._end, trial.trial_id, dict(trial.config), "FAILED",
+        self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FAILED",
                      {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint)
 
 
@@ -566,8 +648,12 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
                 points: list[dict] | None = None):
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
+    # An elastic trial's actor only drives Ray Train, whose workers have their own placement group.
     bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
-    resources = ray.tune.PlacementGroupFactory([bundle] * sweep.workers_per_trial)
+    resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if sweep.elastic else
+                                               [bundle] * int(sweep.workers_per_trial))
+    base_job = {**base_job, "workers": int(sweep.workers_per_trial), "max_workers": sweep.max_workers_per_trial,
+                "max_failures": sweep.max_failures}
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
     # included) is pickled to every trial.
@@ -591,7 +677,8 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent, points),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed),
-            reuse_actors=sweep.scheduler != "pbt",
+            # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
+            reuse_actors=sweep.scheduler != "pbt" and not sweep.elastic,
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),

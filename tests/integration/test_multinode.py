@@ -1,0 +1,41 @@
+"""Multi-node on one machine: two real raylets (1 CPU each), so a 2-worker DDP trial must span both."""
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support.ray_nodes import candle_ray, finish, local_nodes, read_json
+
+pytestmark = pytest.mark.integration
+
+TINY = ROOT / "tests" / "support" / "tiny_nt3.py"
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    with local_nodes(1, 1) as cluster:
+        yield cluster
+
+
+def test_ddp_trials_span_two_nodes(two_nodes, workdir):
+    from mlflow.tracking import MlflowClient
+
+    proc = candle_ray("tune", TINY, "--smoke", "--workers-per-trial", 2, "--num-samples", 2, "--scheduler", "fifo",
+                      "--set", "epochs=2", "--name", "mn", "--address", two_nodes.address, cwd=workdir)
+    out = finish(proc, 400)
+    print(out[-3000:])
+    assert proc.returncode == 0, out[-4000:]
+    assert "2 trials: 2 completed" in out
+    trials = sorted((workdir / "candle-ray-sweeps" / "mn" / "trials").iterdir())
+    assert len(trials) == 2
+    nodes = {n.node_id for n in two_nodes.list_all_nodes()}
+    for trial in trials:
+        ranks = {r: read_json(trial / "ranks" / f"rank-{r}.json") for r in (0, 1)}
+        assert ranks[0]["node_id"] != ranks[1]["node_id"], ranks  # the two ranks ran on different raylets
+        assert {ranks[0]["node_id"], ranks[1]["node_id"]} == nodes
+        assert (trial / "checkpoints" / "last.json").exists()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [1, 2]
