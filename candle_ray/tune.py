@@ -458,6 +458,17 @@ def _error_line(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:5000]
 
 
+def newest_best(folders: list[Path | None]) -> Path | None:
+    """Of checkpoint folders holding the same trial's best checkpoint (Tune's copy, the trial's own), the
+    one whose best is from the latest epoch: a best only ever moves forward in a trial."""
+    found = []
+    for folder in folders:
+        best = checkpoint.pointer(folder, "best") if folder is not None and folder.is_dir() else None
+        if best and (folder / best["file"]).exists():
+            found.append((best["epoch"], folder))
+    return max(found, key=lambda pair: pair[0])[1] if found else None
+
+
 class MLflowSweepCallback(Callback):
     """One MLflow child run per trial under the sweep's parent: params, per-epoch metrics (step = epoch),
     the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end.
@@ -528,18 +539,20 @@ class MLflowSweepCallback(Callback):
 
     def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint) -> None:
         child = self._child(trial_id, config)
-        if tune_checkpoint is not None:
-            # The trial's last Tune checkpoint holds its best one too; it is in the sweep's storage
-            # (a shared folder or a bucket), so this works wherever the trial ran.
-            with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
-                root = Path(tune_checkpoint.to_directory(tmp))
-                folds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-"))
-                for ckpt_dir in folds or [root]:  # `tune --cv`: each fold's best under checkpoints/fold-k
-                    best = checkpoint.pointer(ckpt_dir, "best")
-                    if best and (ckpt_dir / best["file"]).exists():
-                        into = "checkpoints" if ckpt_dir == root else f"checkpoints/{ckpt_dir.name}"
-                        child.log_artifact(ckpt_dir / best["file"], into)
-                        child.log_artifact(ckpt_dir / "best.json", into)
+        with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
+            # The trial's last Tune checkpoint is in the sweep's storage (a shared folder or a bucket), so
+            # it is there wherever the trial ran; the trial's own folder, when this driver can see it, may
+            # hold a newer best (trials hand Tune a checkpoint only every --checkpoint-every seconds).
+            handed = Path(tune_checkpoint.to_directory(tmp)) if tune_checkpoint is not None else None
+            own = self._trial_dir(trial_id)
+            folds = sorted({p.name for root in (handed, own) if root is not None and root.is_dir()
+                            for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-")})
+            for fold in folds or [""]:  # `tune --cv`: each fold's best under checkpoints/fold-k
+                ckpt_dir = newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
+                if ckpt_dir is not None:
+                    into = f"checkpoints/{fold}" if fold else "checkpoints"
+                    child.log_artifact(ckpt_dir / checkpoint.pointer(ckpt_dir, "best")["file"], into)
+                    child.log_artifact(ckpt_dir / "best.json", into)
         child.set_tags(tags)
         child.finish(status)
 

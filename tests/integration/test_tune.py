@@ -165,3 +165,22 @@ def test_ddp_trials(ray_cluster, workdir):
     assert "2 trials: 2 completed" in r.output and "2 x 1 CPU worker(s) per trial, up to 1 at once" in r.output
     ckpts = list((workdir / "candle-ray-sweeps" / "ddp" / "trials").glob("*/checkpoints/last.json"))
     assert len(ckpts) == 2
+
+
+def test_best_checkpoint_is_the_trials_best_epoch(ray_cluster, workdir):
+    """Trials hand Tune a checkpoint only every --checkpoint-every seconds; the MLflow child still gets the
+    checkpoint of its best epoch, also when ASHA stopped it between two hand-overs."""
+    from mlflow.tracking import MlflowClient
+
+    r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "asha", "--name", "lazy", "--checkpoint-every", 1000,
+             "--set", "epochs=9")
+    assert r.exit_code == 0, r.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny_nt3")
+    children = client.search_runs([exp.experiment_id], "tags.`candle_ray.sweep` = 'lazy' and tags.`candle_ray.trial_id` != ''")
+    assert len(children) == 4
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        best_epoch = min(history, key=lambda m: (m.value, m.step)).step
+        local = client.download_artifacts(child.info.run_id, "checkpoints/best.json", str(workdir / child.info.run_id))
+        assert json.loads(Path(local).read_text())["epoch"] == best_epoch

@@ -82,3 +82,17 @@ def test_pointer_records_checksum(tmp_path):
     checkpoint.save(tmp_path, _state(2, models.build("mlp", CONFIG), 0.3), kinds=("last", "best"))
     p = json.loads((tmp_path / "best.json").read_text())
     assert p["epoch"] == 2 and len(p["sha256"]) == 64 and p["value"] == 0.3
+
+
+def test_newest_best_prefers_the_later_epoch(tmp_path):
+    """A trial's own folder can hold a newer best than the copy it last handed to Tune."""
+    from candle_ray.tune import newest_best
+
+    handed, own = tmp_path / "handed", tmp_path / "own"
+    state = {"model": "mlp", "config": {}, "model_shape": {}, "weights": {}, "best": {"metric": "val_loss"}}
+    checkpoint.save(handed, {**state, "epoch": 1}, kinds=("last", "best"))
+    checkpoint.save(own, {**state, "epoch": 1}, kinds=("last", "best"))
+    checkpoint.save(own, {**state, "epoch": 3}, kinds=("last", "best"))
+    assert newest_best([handed, own]) == own and newest_best([own, handed]) == own
+    assert newest_best([handed, None, tmp_path / "missing"]) == handed
+    assert newest_best([None]) is None
