@@ -103,6 +103,15 @@ cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=No
                                  f"default {DEFAULT_CACHE}].")
 
 
+def _cluster_sizing(command):
+    """--autoscale and --gpu: size a sweep for the cluster it will grow into, not the nodes up now."""
+    command = click.option("--gpu", "force_gpu", is_flag=True,
+                           help="Each worker takes one GPU even if no GPU node is up yet (autoscaling clusters).")(command)
+    return click.option("--autoscale", is_flag=True,
+                        help="The cluster adds nodes on demand (`ray up`): run --max-concurrent trials at once and "
+                             "let their waiting resources bring the nodes.")(command)
+
+
 @main.command()
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a default, e.g. --set epochs=3 (repeatable).")
@@ -246,9 +255,10 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@_cluster_sizing
 @cache_option
 @click.pass_context
-def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
+def tune(ctx, autoscale, force_gpu, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
          max_failures, checkpoint_every_s, seed, cv_folds, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
          tracking_uri, cache_dir):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
@@ -278,7 +288,7 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
         num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
         sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
-        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s,
+        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s, autoscale=autoscale, force_gpu=force_gpu,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None)
     ctx.exit(code)
 
@@ -304,9 +314,10 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, wor
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@_cluster_sizing
 @cache_option
 @click.pass_context
-def ensemble(ctx, experiment_file, members, from_sweep, top, workers_per_trial, cpus_per_worker, max_concurrent,
+def ensemble(ctx, autoscale, force_gpu, experiment_file, members, from_sweep, top, workers_per_trial, cpus_per_worker, max_concurrent,
              max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
     """Train an ensemble of EXPERIMENT (seed replicas, or a sweep's best configurations) and measure its
     uncertainty on the validation split: one MLflow parent run, one child run per member."""
@@ -335,7 +346,8 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, workers_per_trial, 
         searcher="members", scheduler="fifo", num_samples=len(chosen or []), workers_per_trial=workers_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
         max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
-        address=address, tracking_uri=uri, force_cpu=force_cpu, members=chosen, kind="ensemble")
+        address=address, tracking_uri=uri, force_cpu=force_cpu, members=chosen, kind="ensemble",
+        autoscale=autoscale, force_gpu=force_gpu)
     ctx.exit(code)
 
 
@@ -361,9 +373,10 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, workers_per_trial, 
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
+@_cluster_sizing
 @cache_option
 @click.pass_context
-def cv(ctx, experiment_file, folds, stratify, group_by, seed, workers_per_trial, cpus_per_worker, max_concurrent,
+def cv(ctx, autoscale, force_gpu, experiment_file, folds, stratify, group_by, seed, workers_per_trial, cpus_per_worker, max_concurrent,
        max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
     """K-fold cross-validation of EXPERIMENT over its train+val rows: one MLflow parent run with the
     folds' mean and spread, one child run per fold."""
@@ -383,7 +396,7 @@ def cv(ctx, experiment_file, folds, stratify, group_by, seed, workers_per_trial,
         searcher="members", scheduler="fifo", num_samples=folds, workers_per_trial=workers_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
         max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
-        address=address, tracking_uri=uri, force_cpu=force_cpu, kind="cv",
+        address=address, tracking_uri=uri, force_cpu=force_cpu, kind="cv", autoscale=autoscale, force_gpu=force_gpu,
         members=None if resume else [{"cv_fold": k} for k in range(folds)],
         cv={"folds": folds, "stratify": stratify, "group_by": group_by, "seed": seed})
     ctx.exit(code)

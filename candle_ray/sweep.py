@@ -55,7 +55,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
         space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool,
         checkpoint_every_s: float = 30.0, members: list[dict] | None = None, kind: str = "sweep",
-        cv: dict | None = None) -> int:
+        cv: dict | None = None, autoscale: bool = False, force_gpu: bool = False) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
 
     `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
@@ -66,6 +66,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     """
     from candle_ray.storage import Storage
 
+    if force_gpu and force_cpu:
+        raise UsageError("--gpu and --cpu contradict each other; pass one")
     t0 = time.monotonic()
     store = Storage.parse(storage)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -109,14 +111,15 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     from candle_ray.experiment import model_shape
 
     cluster = runtime.connect(address)
-    use_gpu = bool(cluster.get("GPU")) and not force_cpu
+    use_gpu = (force_gpu or bool(cluster.get("GPU"))) and not force_cpu
     if resume:
         sweep = tune.Sweep(**record["sweep"])
     else:
         if store.exists(store.path(name, SWEEP_FILE)):
             raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
                              f"or pick another --name")
-        concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent)
+        concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent,
+                                      autoscale=autoscale)
         sweep = tune.Sweep(name=name, searcher=searcher, scheduler=scheduler, num_samples=num_samples,
                            workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,

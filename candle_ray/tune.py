@@ -192,9 +192,16 @@ def max_epochs(space: dict, default: int) -> int:
     return default
 
 
-def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None) -> int:
+def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None,
+                *, autoscale: bool = False) -> int:
     """How many trials fit at once; more would only queue drivers that wait for workers. Elastic trials
-    count at their minimum size."""
+    count at their minimum size. On an autoscaling cluster (`autoscale`) the nodes up now say nothing:
+    `requested` trials run at once, and their waiting placement groups make the autoscaler add nodes."""
+    if autoscale:
+        if not requested:
+            raise UsageError("--autoscale needs --max-concurrent N: how many trials run at once once the cluster "
+                             "has grown (the nodes up now do not tell)")
+        return requested
     workers = worker_bounds(workers)[0]
     fits = math.floor(float(cluster.get("CPU", 0)) / (workers * cpus_per_worker) + 1e-9)
     if gpus_per_worker:

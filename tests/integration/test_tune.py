@@ -184,3 +184,13 @@ def test_best_checkpoint_is_the_trials_best_epoch(ray_cluster, workdir):
         best_epoch = min(history, key=lambda m: (m.value, m.step)).step
         local = client.download_artifacts(child.info.run_id, "checkpoints/best.json", str(workdir / child.info.run_id))
         assert json.loads(Path(local).read_text())["epoch"] == best_epoch
+
+
+def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
+    """--autoscale: 3 trials at once on a 2-CPU cluster; the third waits for resources instead of being capped."""
+    r = tune(TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--name", "grow", "--autoscale",
+             "--max-concurrent", 3, "--set", "epochs=2")
+    assert r.exit_code == 0, r.output
+    assert "up to 3 at once" in r.output and "3 trials: 3 completed" in r.output
+    r = tune(TINY, "--smoke", "--autoscale", "--name", "grow2")
+    assert r.exit_code == 2 and "--autoscale needs --max-concurrent" in r.output

@@ -61,3 +61,16 @@ def test_elastic_sweep_settings_survive_a_resume_record():
     assert concurrency({"CPU": 2.0}, (1, 4), 1.0, 0, None) == 2  # counted at the minimum
     with pytest.raises(UsageError):
         Sweep(**{**asdict(sweep), "workers_per_trial": 0, "max_workers_per_trial": 0})
+
+
+def test_autoscaling_clusters_are_sized_by_the_request():
+    from candle_ray.tune import concurrency
+
+    """`ray up` clusters start small: with --autoscale the nodes up now do not cap (or refuse) the sweep."""
+    head_only = {"CPU": 2.0}
+    with pytest.raises(UsageError, match="cluster has 2 CPU / 0 GPU"):
+        concurrency(head_only, 1, 1.0, 1, 8)  # one GPU per worker, none up
+    assert concurrency(head_only, 1, 1.0, 1, 8, autoscale=True) == 8
+    assert concurrency(head_only, 1, 1.0, 0, 3) == 2  # a fixed cluster: what fits
+    with pytest.raises(UsageError, match="--autoscale needs --max-concurrent"):
+        concurrency(head_only, 1, 1.0, 1, None, autoscale=True)
