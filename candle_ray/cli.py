@@ -103,13 +103,60 @@ cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=No
                                  f"default {DEFAULT_CACHE}].")
 
 
-def _cluster_sizing(command):
-    """--autoscale and --gpu: size a sweep for the cluster it will grow into, not the nodes up now."""
-    command = click.option("--gpu", "force_gpu", is_flag=True,
-                           help="Each worker takes one GPU even if no GPU node is up yet (autoscaling clusters).")(command)
-    return click.option("--autoscale", is_flag=True,
-                        help="The cluster adds nodes on demand (`ray up`): run --max-concurrent trials at once and "
-                             "let their waiting resources bring the nodes.")(command)
+def _sweep_options(unit: str):
+    """The options of every command that runs a Tune sweep (tune, ensemble, cv); `unit` is what one
+    trial is there: a trial, a member, a fold."""
+    options = [
+        click.option("--workers-per-trial", type=WorkerCount(), default=1, show_default=True,
+                     help=f"DDP workers per {unit} (1 = the loop runs in the trial itself); MIN-MAX (e.g. 1-4) makes "
+                          f"elastic {unit}s, each a Ray Train run that grows and shrinks with the cluster."),
+        click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True),
+        click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+                     help=f"Default: as many {unit}s as the cluster fits."),
+        click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True,
+                     help=f"Retries per {unit}."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help=f"Fix a value for every {unit} (repeatable)."),
+        click.option("--config-file", type=click.Path(dir_okay=False),
+                     help="A CANDLE *_default_model.txt as fixed overrides."),
+        click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast."),
+        click.option("--name", default=None, help="The run's name: its folder under --storage [default: <experiment>-<UTC time>]."),
+        click.option("--resume", is_flag=True,
+                     help=f"Continue the run --name: finished {unit}s stay, unfinished ones resume from their checkpoints."),
+        click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+                     help="Where runs keep their state [env CANDLE_RAY_STORAGE]: a local or shared path, or "
+                          "s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL for S3-compatible servers)."),
+        click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist."),
+        click.option("--gpu", "force_gpu", is_flag=True,
+                     help="Each worker takes one GPU even if no GPU node is up yet (autoscaling clusters)."),
+        click.option("--autoscale", is_flag=True,
+                     help="The cluster adds nodes on demand (`ray up`): run --max-concurrent trials at once and "
+                          "let their waiting resources bring the nodes."),
+        click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS]."),
+        click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+                     help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory]."),
+        cache_option,
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def _run_sweep(experiment, run: dict, **settings) -> int:
+    """Run the sweep of `experiment` with the shared options `run` and the command's own `settings`."""
+    from candle_ray import sweep, tracking
+    from candle_ray.errors import UsageError
+
+    if run["resume"] and not run["name"]:
+        raise UsageError("--resume needs the run's --name (its folder under --storage)")
+    cache_dir = run.pop("cache_dir")
+    return sweep.run(experiment=experiment, echo=click.echo,
+                     prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
+                     tracking_uri=tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri()),
+                     sets=list(run.pop("sets")), **run, **settings)
 
 
 @main.command()
@@ -229,12 +276,6 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               help="A CANDLE Supervisor space (GA JSON, random or grid settings.json) instead of the experiment's.")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
               show_default=True, help="Early stopping (asha, hyperband, median) or population-based training (pbt).")
-@click.option("--workers-per-trial", type=WorkerCount(), default=1, show_default=True,
-              help="DDP workers per trial (1 = the loop runs in the trial itself); MIN-MAX (e.g. 1-4) makes "
-                   "elastic trials, each a Ray Train run that grows and shrinks with the cluster.")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many trials as the cluster fits.")
-@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per trial.")
 @click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               metavar="SECONDS", help="Least time between the checkpoints a trial hands to Tune (what a resume "
                                       "restarts from); 0 = every epoch. PBT always hands one over every epoch.")
@@ -243,35 +284,17 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
 @click.option("--metric", default=None, help="Default: the experiment's metric.")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a default for every trial (repeatable).")
-@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
-@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
-@click.option("--name", default=None, help="Sweep name (default <experiment>-<UTC time>); the folder under --storage.")
-@click.option("--resume", is_flag=True, help="Continue the sweep --name: finished trials stay, unfinished ones resume.")
-@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
-              help="Sweep folders [env CANDLE_RAY_STORAGE]: a local or shared path, or s3://bucket/prefix "
-                   "(endpoint from AWS_ENDPOINT_URL for S3-compatible servers).")
-@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
-@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
-@_cluster_sizing
-@cache_option
+@_sweep_options("trial")
 @click.pass_context
-def tune(ctx, autoscale, force_gpu, experiment_file, num_samples, searcher, space_file, scheduler, workers_per_trial, cpus_per_worker, max_concurrent,
-         max_failures, checkpoint_every_s, seed, cv_folds, metric, mode, sets, config_file, smoke, name, resume, storage, force_cpu, address,
-         tracking_uri, cache_dir):
+def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, seed, cv_folds,
+         metric, mode, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
-    from candle_ray import sweep, tracking
     from candle_ray.errors import UsageError
 
-    if resume and not name:
-        raise UsageError("--resume needs the sweep's --name (its folder under --storage)")
-    if isinstance(workers_per_trial, tuple) and cv_folds:
+    if isinstance(run["workers_per_trial"], tuple) and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
                          "cannot be combined with it")
     experiment = _load(experiment_file)
-    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     space = None
     if space_file:
         from candle_ray.space import read_space_file
@@ -281,16 +304,11 @@ def tune(ctx, autoscale, force_gpu, experiment_file, num_samples, searcher, spac
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
     searcher = searcher or "random"
-    num_samples = num_samples or (1 if searcher == "grid" else 8)
-    code = sweep.run(
-        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
-        echo=click.echo, storage=storage, name=name, resume=resume, searcher=searcher, scheduler=scheduler,
-        num_samples=num_samples, workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
-        max_concurrent=max_concurrent, seed=seed, metric=metric, mode=mode, max_failures=max_failures,
-        sets=list(sets), config_file=config_file, smoke=smoke, space=space, address=address, tracking_uri=uri,
-        force_cpu=force_cpu, checkpoint_every_s=checkpoint_every_s, autoscale=autoscale, force_gpu=force_gpu,
-        cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None)
-    ctx.exit(code)
+    ctx.exit(_run_sweep(
+        experiment, run, searcher=searcher, scheduler=scheduler,
+        num_samples=num_samples or (1 if searcher == "grid" else 8), seed=seed, metric=metric, mode=mode, space=space,
+        checkpoint_every_s=checkpoint_every_s,
+        cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 
 
 @main.command()
@@ -299,56 +317,30 @@ def tune(ctx, autoscale, force_gpu, experiment_file, num_samples, searcher, spac
               help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
 @click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many configurations --from-sweep takes.")
-@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many members as fit.")
-@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per member.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a value for every member (repeatable).")
-@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
-@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
-@click.option("--name", default=None, help="Ensemble name (default <experiment>-ensemble-<UTC time>).")
-@click.option("--resume", is_flag=True, help="Continue the ensemble --name.")
-@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
-              help="Folders of sweeps and ensembles [env CANDLE_RAY_STORAGE].")
-@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
-@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
-@_cluster_sizing
-@cache_option
+@_sweep_options("member")
 @click.pass_context
-def ensemble(ctx, autoscale, force_gpu, experiment_file, members, from_sweep, top, workers_per_trial, cpus_per_worker, max_concurrent,
-             max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
+def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
     """Train an ensemble of EXPERIMENT (seed replicas, or a sweep's best configurations) and measure its
     uncertainty on the validation split: one MLflow parent run, one child run per member."""
     from candle_ray import ensemble as ensembles
-    from candle_ray import sweep, tracking
-    from candle_ray.errors import UsageError
 
-    if resume and not name:
-        raise UsageError("--resume needs the ensemble's --name")
     experiment = _load(experiment_file)
-    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     base_seed = int(experiment.defaults.get("rng_seed", 0))
     chosen = None
-    if resume:
+    if run["resume"]:
         pass  # Tune restores the members; sweep.json keeps the rest
     elif from_sweep:
-        chosen, record = ensembles.members_from_sweep(storage, from_sweep, top, members or 1, base_seed, experiment.path)
+        chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top, members or 1, base_seed,
+                                                      experiment.path)
         # The configurations were trained with the sweep's fixed overrides and data.
-        sets, config_file, smoke = sets or record["sets"], config_file or record["config_file"], smoke or record["smoke"]
+        run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
+                   smoke=run["smoke"] or record["smoke"])
     else:
         chosen = ensembles.seed_members(members or 5, base_seed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    code = sweep.run(
-        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
-        echo=click.echo, storage=storage, name=name or f"{experiment.name}-ensemble-{stamp}", resume=resume,
-        searcher="members", scheduler="fifo", num_samples=len(chosen or []), workers_per_trial=workers_per_trial,
-        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
-        max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
-        address=address, tracking_uri=uri, force_cpu=force_cpu, members=chosen, kind="ensemble",
-        autoscale=autoscale, force_gpu=force_gpu)
-    ctx.exit(code)
+    run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
+    ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
+                        seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble"))
 
 
 @main.command()
@@ -358,48 +350,21 @@ def ensemble(ctx, autoscale, force_gpu, experiment_file, members, from_sweep, to
 @click.option("--group-by", default=None, metavar="COLUMN",
               help="Keep each value of COLUMN in one fold: leave-drugs-out (drug1_id), leave-cells-out (cell_id).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
-@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None, help="Default: as many folds as fit.")
-@click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True, help="Retries per fold.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a value for every fold (repeatable).")
-@click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt as fixed overrides.")
-@click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
-@click.option("--name", default=None, help="Name (default <experiment>-cv-<UTC time>).")
-@click.option("--resume", is_flag=True, help="Continue the cross-validation --name.")
-@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
-              help="Folders of sweeps, ensembles and cross-validations [env CANDLE_RAY_STORAGE].")
-@click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
-@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Existing Ray cluster [env RAY_ADDRESS].")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this directory].")
-@_cluster_sizing
-@cache_option
+@_sweep_options("fold")
 @click.pass_context
-def cv(ctx, autoscale, force_gpu, experiment_file, folds, stratify, group_by, seed, workers_per_trial, cpus_per_worker, max_concurrent,
-       max_failures, sets, config_file, smoke, name, resume, storage, force_cpu, address, tracking_uri, cache_dir):
+def cv(ctx, experiment_file, folds, stratify, group_by, seed, **run):
     """K-fold cross-validation of EXPERIMENT over its train+val rows: one MLflow parent run with the
     folds' mean and spread, one child run per fold."""
-    from candle_ray import sweep, tracking
     from candle_ray.errors import UsageError
 
-    if resume and not name:
-        raise UsageError("--resume needs the cross-validation's --name")
     if stratify and group_by:
         raise UsageError("--stratify and --group-by cannot be combined; grouping decides the folds alone")
     experiment = _load(experiment_file)
-    uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    code = sweep.run(
-        experiment=experiment, prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
-        echo=click.echo, storage=storage, name=name or f"{experiment.name}-cv-{stamp}", resume=resume,
-        searcher="members", scheduler="fifo", num_samples=folds, workers_per_trial=workers_per_trial,
-        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=0, metric=None, mode=None,
-        max_failures=max_failures, sets=list(sets), config_file=config_file, smoke=smoke, space=None,
-        address=address, tracking_uri=uri, force_cpu=force_cpu, kind="cv", autoscale=autoscale, force_gpu=force_gpu,
-        members=None if resume else [{"cv_fold": k} for k in range(folds)],
-        cv={"folds": folds, "stratify": stratify, "group_by": group_by, "seed": seed})
-    ctx.exit(code)
+    run["name"] = run["name"] or f"{experiment.name}-cv-{stamp}"
+    ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=folds, seed=0,
+                        metric=None, mode=None, space=None, kind="cv", members=None if run["resume"] else [{"cv_fold": k} for k in range(folds)],
+                        cv={"folds": folds, "stratify": stratify, "group_by": group_by, "seed": seed}))
 
 
 @main.command()

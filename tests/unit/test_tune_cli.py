@@ -76,7 +76,7 @@ def test_resume_of_missing_sweep(workdir):
     r = tune(TINY, "--resume", "--name", "nope")
     assert r.exit_code == 2 and "no sweep named 'nope'" in error_line(r)
     r = tune(TINY, "--resume")
-    assert r.exit_code == 2 and "needs the sweep's --name" in error_line(r)
+    assert r.exit_code == 2 and "needs the run's --name" in error_line(r)
 
 
 def test_resume_with_another_experiment(workdir):
