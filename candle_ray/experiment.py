@@ -313,6 +313,9 @@ def model_shape(entry) -> dict:
     shape = {"input_dim": entry.num_features, "classes": outputs}
     if entry.manifest.get("kind") == "joined":
         shape.update(_feature_groups(entry.manifest["slots"]))
+        # Model keys a reader derives from the data and declares in info["model_shape"] (Uno: the
+        # response-source width, single, agg_dose), which the slot names alone cannot tell.
+        shape.update(entry.manifest.get("reader", {}).get("info", {}).get("model_shape", {}))
     return shape
 
 
