@@ -203,6 +203,22 @@ def read_manifest(entry_path) -> dict:
     return manifest
 
 
+def open_arrow(entry_path: Path, info: dict, hint: str | None):
+    """Quick checks of one file of an entry (no hashing): it exists with the manifest's size and opens as
+    Arrow. Returns its memory-mapped reader."""
+    path = entry_path / info["file"]
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise _corrupt(entry_path, f"{info['file']} is missing", hint) from None
+    if size != info["bytes"]:
+        raise _corrupt(entry_path, f"{info['file']} has {size:,} bytes, the manifest says {info['bytes']:,} (truncated or overwritten)", hint)
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path)))
+    except (pa.ArrowException, OSError) as e:
+        raise _corrupt(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
+
+
 def _open_checked(entry_path: Path, split: str):
     """The quick checks of the hot path (no hashing): manifest, size, schema, rows. Returns (manifest, reader)."""
     manifest = read_manifest(entry_path)
@@ -214,17 +230,7 @@ def _open_checked(entry_path: Path, split: str):
     if info is None:
         have = ", ".join(manifest.get("splits", {})) or "none"
         raise CacheError(f"cache entry {entry_path} has no split {split!r} (it has: {have}); use one of those splits or rebuild it with: {hint or DEFAULT_REBUILD}")
-    path = entry_path / info["file"]
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise _corrupt(entry_path, f"{info['file']} is missing", hint) from None
-    if size != info["bytes"]:
-        raise _corrupt(entry_path, f"{info['file']} has {size:,} bytes, the manifest says {info['bytes']:,} (truncated or overwritten)", hint)
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path)))
-    except (pa.ArrowException, OSError) as e:
-        raise _corrupt(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
+    reader = open_arrow(entry_path, info, hint)
     expected = _schema(manifest["num_features"], manifest["task"])
     if not reader.schema.equals(expected):
         raise _corrupt(entry_path, f"{info['file']} has schema {reader.schema.to_string(show_schema_metadata=False)!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)

@@ -237,17 +237,10 @@ def build(cache, ds, fp: str, out: Path, rebuild_hint: str, log) -> dict:
 def _open_file(entry_path: Path, info: dict, hint: str | None):
     """Quick checks (no hashing): the file exists with the manifest's size and is a readable Arrow file
     of one record batch with the manifest's rows. Returns that batch (memory-mapped)."""
-    from candle_ray.data.cache import _corrupt
+    from candle_ray.data.cache import _corrupt, open_arrow
 
-    path = entry_path / info["file"]
+    reader = open_arrow(entry_path, info, hint)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise _corrupt(entry_path, f"{info['file']} is missing", hint) from None
-    if size != info["bytes"]:
-        raise _corrupt(entry_path, f"{info['file']} has {size:,} bytes, the manifest says {info['bytes']:,} (truncated or overwritten)", hint)
-    try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path)))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except (pa.ArrowException, OSError) as e:
         raise _corrupt(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
