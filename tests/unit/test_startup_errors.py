@@ -35,8 +35,16 @@ def no_credentials(tmp_path, monkeypatch):
     return tmp_path / "aws"
 
 
-def _ray_started() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+@pytest.fixture
+def ray_must_not_start(monkeypatch):
+    """Fails the command if it reaches runtime.connect (the one place Ray starts): in the full suite a
+    session cluster is already up, so `ray.is_initialized()` alone cannot tell."""
+    from candle_ray import runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started Ray before checking its S3 paths")
+
+    monkeypatch.setattr(runtime, "connect", refuse)
 
 
 def _one_error_line(result) -> str:
@@ -52,7 +60,7 @@ def _one_error_line(result) -> str:
     ["tune", str(TINY), "--smoke", "--storage", "s3://bucket/sweeps"],
     ["tune", str(TINY), "--smoke", "--cache-dir", "s3://bucket/cache"],
 ])
-def test_s3_without_credentials_names_the_variables(args, no_credentials, tmp_path, monkeypatch):
+def test_s3_without_credentials_names_the_variables(args, no_credentials, tmp_path, monkeypatch, ray_must_not_start):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = CliRunner().invoke(main, args)
@@ -60,7 +68,6 @@ def test_s3_without_credentials_names_the_variables(args, no_credentials, tmp_pa
     line = _one_error_line(result)
     assert "no AWS credentials found" in line and "AWS_ACCESS_KEY_ID" in line and "AWS_SECRET_ACCESS_KEY" in line
     assert "s3://bucket/" in line
-    assert not _ray_started()
 
 
 def test_credentials_from_profiles(no_credentials, monkeypatch):
