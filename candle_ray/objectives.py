@@ -353,8 +353,8 @@ class MultiTaskCrossEntropy(Objective):
     """P3B1: one cross-entropy per task head; labels [B, T] int64 with -1 where a row has no label.
 
     Loss per batch = Σ_t mean CE of head t over the batch's rows labelled for task t (tasks without a
-    labelled row add nothing). val_loss = Σ_t mean CE over task t's labelled validation rows (CANDLE
-    returns the tasks' mean test loss; this sums them, like the training loss). Metrics: accuracy_<t> and
+    labelled row add nothing). val_loss = the mean over tasks of each task's mean CE on its labelled
+    validation rows (CANDLE's mean test loss), with val_loss_<t> per task. Metrics: accuracy_<t> and
     val_accuracy_<t> per task, and val_accuracy = their mean.
 
     CANDLE trains the tasks one after another within an epoch, each on its own data. Here each batch
@@ -416,19 +416,21 @@ class MultiTaskCrossEntropy(Objective):
         return torch.cat(parts)
 
     def eval_metrics(self, sums) -> dict:
-        metrics, loss, accuracies = {}, 0.0, []
+        metrics, losses, accuracies = {}, [], []
         for t in range(self.tasks):
             ce, correct, labelled = (sums[3 * t + i].item() for i in range(3))
             if labelled:
-                loss += ce / labelled
+                losses.append(ce / labelled)
                 accuracies.append(correct / labelled)
+            metrics[f"val_loss_{t}"] = ce / labelled if labelled else float("nan")
             metrics[f"val_accuracy_{t}"] = correct / labelled if labelled else float("nan")
-        metrics["val_loss"] = loss
+        metrics["val_loss"] = sum(losses) / len(losses) if losses else float("nan")
         metrics["val_accuracy"] = sum(accuracies) / len(accuracies) if accuracies else float("nan")
         return metrics
 
     def metric_names(self):
         per_task = [f"{p}accuracy_{t}" for t in range(self.tasks) for p in ("", "val_")]
+        per_task += [f"val_loss_{t}" for t in range(self.tasks)]
         return ("loss", "val_loss", "val_accuracy", *per_task)
 
 
