@@ -294,13 +294,18 @@ def verify(entry: Entry) -> None:
     scaler = path / pre["scaler_file"]
     if not scaler.is_file() or _sha256(scaler) != pre["scaler_sha256"]:
         raise _corrupt(path, f"{pre['scaler_file']} is missing or does not match its sha256 in the manifest", hint)
-    root = path.parent.parent
-    for split, source in manifest["sources"].items():
+    verify_downloads(path, manifest, hint)
+
+
+def verify_downloads(entry_path: Path, manifest: dict, hint: str | None) -> None:
+    """The downloads an entry was built from, where the cache still holds them, against their sha256."""
+    root = entry_path.parent.parent
+    for role, source in manifest["sources"].items():
         download = source.get("download")
         if download and (root / download).is_file():
             actual = _sha256(root / download)
             if actual != source["sha256"]:
-                raise _corrupt(path, f"the {split} download {root / download} has sha256 {actual}, recorded {source['sha256']}", hint)
+                raise _corrupt(entry_path, f"the {role} download {root / download} has sha256 {actual}, recorded {source['sha256']}", hint)
 
 
 # --------------------------------------------------------------------------- preparation steps

@@ -307,7 +307,7 @@ def open_rows(entry_path, split: str) -> dict[str, np.ndarray]:
 
 def verify(entry_path, manifest: dict) -> None:
     """Full check: every file's size, rows, sha256; the row tables' columns; downloads unchanged."""
-    from candle_ray.data.cache import _corrupt, _sha256
+    from candle_ray.data.cache import _corrupt, _sha256, verify_downloads
 
     entry_path = Path(entry_path)
     hint = manifest.get("rebuild")
@@ -318,10 +318,4 @@ def verify(entry_path, manifest: dict) -> None:
         actual = _sha256(entry_path / info["file"])
         if actual != info["sha256"]:
             raise _corrupt(entry_path, f"{info['file']} has sha256 {actual}, the manifest says {info['sha256']}", hint)
-    root = entry_path.parent.parent
-    for role, source in manifest["sources"].items():
-        download = source.get("download")
-        if download and (root / download).is_file():
-            actual = _sha256(root / download)
-            if actual != source["sha256"]:
-                raise _corrupt(entry_path, f"the {role} download {root / download} has sha256 {actual}, recorded {source['sha256']}", hint)
+    verify_downloads(entry_path, manifest, hint)
