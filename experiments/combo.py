@@ -17,14 +17,9 @@ epochs range (100-200) is left to --set.
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
+from candle_ray.data.combo import FILES  # the real files' names, by source role
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/Pilot1/combo"
-FILES = {
-    "response": "ComboDrugGrowth_Nov2017.csv",
-    "cell_map": "NCI60_CELLNAME_to_Combo.txt",
-    "rnaseq": "combined_rnaseq_data_lincs1000",
-    "descriptors": "ALMANAC_drug_descriptors_dragon7.txt",
-}
 LAYERS = [[1000] * n for n in range(1, 6)]
 
 experiment = Experiment(

@@ -15,19 +15,9 @@ dropout, conv layout).
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
+from candle_ray.data.p1b3 import FILES  # the real files' names, by source role
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/P1B3"
-FILES = {
-    "dose_response": "P1B3_dose_response.csv",
-    "cell_expressions": "P1B3_cellline_expressions.tsv",
-    "cell_mirna": "P1B3_cellline_mirna.tsv",
-    "cell_proteome": "P1B3_cellline_proteome.tsv",
-    "cell_kinome": "P1B3_cellline_kinome.tsv",
-    "drug_descriptors": "P1B3_drug_descriptors.tsv",
-    "drug_latent": "P1B3_drug_latent.csv",
-    "test_celllines": "P1B3_test_celllines.txt",
-    "test_drugs": "P1B3_test_drugs.txt",
-}
 
 experiment = Experiment(
     name="p1b3",
