@@ -120,6 +120,9 @@ def _sweep_options(unit: str):
         click.option("--config-file", type=click.Path(dir_okay=False),
                      help="A CANDLE *_default_model.txt as fixed overrides."),
         click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast."),
+        click.option("--no-baseline", is_flag=True,
+                     help="Skip the linear baseline (logistic / ridge regression on the same split) fitted before "
+                          f"the first {unit}."),
         click.option("--name", default=None, help="The run's name: its folder under --storage [default: <experiment>-<UTC time>]."),
         click.option("--resume", is_flag=True,
                      help=f"Continue the run --name: finished {unit}s stay, unfinished ones resume from their checkpoints."),
@@ -153,6 +156,7 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
     if run["resume"] and not run["name"]:
         raise UsageError("--resume needs the run's --name (its folder under --storage)")
     cache_dir = run.pop("cache_dir")
+    run["baseline"] = not run.pop("no_baseline")
     return sweep.run(experiment=experiment, echo=click.echo,
                      prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
                      tracking_uri=tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri()),
@@ -279,6 +283,9 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               metavar="SECONDS", help="Least time between the checkpoints a trial hands to Tune (what a resume "
                                       "restarts from); 0 = every epoch. PBT always hands one over every epoch.")
+@click.option("--grace-period", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
+              help="Epochs every trial runs before asha, hyperband or median may stop it [default: an eighth of "
+                   "the epochs, at least 1].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searcher and scheduler.")
 @click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
@@ -286,8 +293,8 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
 @_sweep_options("trial")
 @click.pass_context
-def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, seed, cv_folds,
-         metric, mode, **run):
+def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, grace_period, seed,
+         cv_folds, metric, mode, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     from candle_ray.errors import UsageError
 
@@ -307,7 +314,7 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, che
     ctx.exit(_run_sweep(
         experiment, run, searcher=searcher, scheduler=scheduler,
         num_samples=num_samples or (1 if searcher == "grid" else 8), seed=seed, metric=metric, mode=mode, space=space,
-        checkpoint_every_s=checkpoint_every_s,
+        checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +40,18 @@ def _value(text: str):
 
 
 def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
-    """The `top` best finished trials' settings (rows of a sweep's results.csv), best first."""
-    done = [r for r in rows if r.get("status") in FINISHED and r.get(metric) not in (None, "")
-            and math.isfinite(float(r[metric]))]
+    """The `top` best finished trials' settings (rows of a sweep's results.csv, whose `metric` column is
+    each trial's best epoch: candle_ray.summary), best first."""
+    from candle_ray.summary import ranked
+
+    done = ranked([r for r in rows if r.get("status") in FINISHED and r.get(metric) not in (None, "")],
+                  lambda r: float(r[metric]), mode)
     if top < 1:
         raise UsageError(f"--top must be >= 1, got {top}")
     if top > len(done):
         raise UsageError(f"--top {top} but sweep {sweep!r} has only {len(done)} finished trial(s) with a {metric}; "
                          f"use --top {max(1, len(done))} or less" if done else
                          f"sweep {sweep!r} has no finished trial with a {metric}; finish or resume it first")
-    done.sort(key=lambda r: float(r[metric]), reverse=mode == "max")
     return [{k[len("config."):]: _value(v) for k, v in r.items() if k.startswith("config.") and v != ""}
             for r in done[:top]]
 

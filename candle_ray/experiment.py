@@ -55,7 +55,12 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "max_abs_frac": {"min": 0.0, "max": 1.0},
     "acc_gain": {"min": 0.0},
     "abs_gain": {"min": 0.0},
+    "weight_decay": {"min": 0.0},
+    "target_scaling": {"choices": ("std", "none")},
 }
+# Keys every experiment has, whatever its defaults say: L2 weight decay for every model (0 = off; see
+# candle_ray.loop.make_optimizer for what it means with each optimizer).
+COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0}
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Experiment:
             raise UsageError(f"experiment {self.name!r}: mode must be 'min' or 'max', got {self.mode!r}")
         if not isinstance(self.defaults, dict) or not self.defaults:
             raise UsageError(f"experiment {self.name!r}: defaults must be a non-empty dict of CANDLE keywords")
+        self.defaults = {**COMMON_DEFAULTS, **self.defaults}
         unknown_space = sorted(set(self.search_space) - set(self.defaults))
         if unknown_space:
             raise UsageError(f"experiment {self.name!r}: search_space keys {unknown_space} are not in defaults; add them to defaults")

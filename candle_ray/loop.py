@@ -67,17 +67,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float = 0.0):
-    """CANDLE's optimizer names with Keras' default hyperparameters (candle keras_default_config)."""
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    """CANDLE's optimizer names with Keras' default hyperparameters (candle keras_default_config).
+
+    `weight_decay` (CANDLE's L2 regularisation, for every model) applies to kernels only (parameters of
+    two or more dimensions, as Keras' kernel_regularizer), never to biases or normalisation scales.
+    adam and nadam decay the weights decoupled from the gradient (AdamW / NAdamW: w -= lr·wd·w each
+    step), since an L2 term in Adam's gradient is divided by its running scale and barely regularises;
+    sgd, rmsprop, adagrad, adadelta and adamax add wd·w to the gradient, the same as an L2 penalty of
+    wd/2·||w||² in the loss. Typical values: 1e-4..1e-1 for adam (it is multiplied by the learning
+    rate), 1e-5..1e-3 for the others.
+    """
     optim = torch.optim
+    params = list(params)
+    groups = params
+    if weight_decay:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": float(weight_decay)},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    adam = optim.AdamW if weight_decay else optim.Adam
     makers = {
-        "sgd": lambda: optim.SGD(params, lr=lr, momentum=momentum),
-        "adam": lambda: optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8),
-        "rmsprop": lambda: optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-8),
-        "adagrad": lambda: optim.Adagrad(params, lr=lr, initial_accumulator_value=0.1, eps=1e-8),
-        "adadelta": lambda: optim.Adadelta(params, lr=lr, rho=0.95, eps=1e-8),
-        "adamax": lambda: optim.Adamax(params, lr=lr, betas=(0.9, 0.999), eps=1e-8),
-        "nadam": lambda: optim.NAdam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8),
+        "sgd": lambda: optim.SGD(groups, lr=lr, momentum=momentum),
+        "adam": lambda: adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+        "rmsprop": lambda: optim.RMSprop(groups, lr=lr, alpha=0.9, eps=1e-8),
+        "adagrad": lambda: optim.Adagrad(groups, lr=lr, initial_accumulator_value=0.1, eps=1e-8),
+        "adadelta": lambda: optim.Adadelta(groups, lr=lr, rho=0.95, eps=1e-8),
+        "adamax": lambda: optim.Adamax(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8),
+        "nadam": lambda: optim.NAdam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                     decoupled_weight_decay=bool(weight_decay)),
     }
     return makers[name]()
 
@@ -243,7 +259,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     model = models.build(job["model"], {**config, **shape}).to(device)
     objective.init_head(model)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
-                               float(config.get("momentum", 0.0)))
+                               float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))
     mode = job["mode"]
     plateau_metric, plateau_mode = _monitored(config, job, objective)
     plateau = ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=float(config.get("reduce_lr_factor", 0.1)),
@@ -256,6 +272,11 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    # What prediction needs besides the weights: features, their scaler, classes, and a regressor's
+    # target scaler (its outputs are standardised targets).
+    data = job.get("data")
+    if data is not None and getattr(objective, "target_scaler", None):
+        data = {**data, "target_scaler": objective.target_scaler}
     metric = job["metric"]
     best = {"metric": metric, "value": None, "epoch": None}
     history: list[dict] = []
@@ -345,7 +366,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
                 "rng": torch.get_rng_state(), "epoch": epoch,
                 "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
                 "origin": job["run_dir"],  # which run wrote it: PBT hands checkpoints between trials
-                "data": job.get("data"),  # features, scaler, classes: prediction needs no cache or experiment
+                "data": data,  # features, scalers, classes: prediction needs no cache or experiment
             }, kinds=kinds)
         yield {**metrics, "best_epoch": best["epoch"]}
         if "stop_reason" in metrics:

@@ -46,6 +46,7 @@ LOSSES = ("categorical_crossentropy", "mse", "mae", "het", "qtl")
 LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae", "crossentropy": "categorical_crossentropy",
                 "sparse_categorical_crossentropy": "categorical_crossentropy"}
 CLASS_WEIGHTS = ("none", "balanced")
+TARGET_SCALINGS = ("std", "none")  # regression targets: standardised on the training rows, or as they are
 QUANTILES = (0.5, 0.1, 0.9)  # CANDLE's qtl head order: q50, qlow, qhigh
 # CANDLE's AbstentionAdapt_Callback defaults; alpha0 = 0.5 is the initial α of CANDLE's ATTN abstention.
 ABSTENTION_DEFAULTS = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8, "min_abs_acc": 0.9,
@@ -440,22 +441,50 @@ class Regression(Objective):
     The point prediction is the output (mse/mae), the mean head (het) or the q50 head (qtl). het also
     reports val_mean_sigma (mean predicted σ = exp(S/2)); qtl val_coverage_80 (fraction of targets in
     [q10, q90]). A reconstruction reports val_corr only (CANDLE's P1B1 corr).
-    CANDLE initialises the het/qtl output biases to ones (add_model_output); init_head does the same.
+
+    Targets are standardised on the training rows (`target_scaler` {"mean", "scale"} per target column,
+    `target_scaling: std`, the default): the network fits z = (y - mean) / scale, so its loss and learning
+    rate mean the same whatever the targets' units (drug AUCs of variance 0.007, log IC50s of variance 7).
+    Every reported metric, the training loss included, is in the targets' own units (`to_original`), and
+    checkpoints carry the scaler so prediction inverts it. The output layer starts at the target mean
+    (z = 0; with `target_scaling: none` the bias is the mean itself), σ at the targets' spread and the
+    q10/q90 heads at the normal quantiles around it. CANDLE starts het/qtl biases at ones and does not
+    standardise targets; both are kept out here on purpose: a head that starts one σ off wastes the
+    first epochs, and unscaled targets make the loss scale, hence the useful learning rate, data-dependent.
     """
 
-    def __init__(self, loss: str = "mse", reconstruct: bool = False):
+    def __init__(self, loss: str = "mse", reconstruct: bool = False, target_stats: dict | None = None,
+                 standardize: bool = True):
         self.kind, self.reconstruct = loss, reconstruct
         self.heads = {"het": 2, "qtl": 3}.get(loss, 1)
         self.eval_width = 9 + (1 if self.heads > 1 else 0)
+        self.stats = None if reconstruct else target_stats  # mean/scale of the training targets
+        self.target_scaler = self.stats if standardize else None
 
-    def loss(self, out, target):
-        out = out.float()
+    def _fit_loss(self, out, target):
+        """The loss between outputs and targets in the same units."""
         if self.kind == "het":
             return heteroscedastic_loss(out, target)
         if self.kind == "qtl":
             return triple_quantile_loss(out, target, QUANTILES[1], QUANTILES[2])
         fn = F.l1_loss if self.kind == "mae" else F.mse_loss
         return fn(_aligned(out, target), target)
+
+    def loss(self, out, target):
+        """The training loss, on standardised targets when there is a target scaler."""
+        return self._fit_loss(out.float(), standardize_targets(target, self.target_scaler))
+
+    def to_original(self, out):
+        return to_original(out, self.target_scaler, self.heads)
+
+    def train_sums(self, out, target, loss):
+        """The reported training loss in the targets' units: the fit term recomputed there, plus whatever
+        the loop added to the loss (regularisation, a VAE's KL term)."""
+        if self.target_scaler is not None:
+            out = out.detach().float()
+            extra = loss - self.loss(out, target)
+            loss = self._fit_loss(self.to_original(out), target) + extra
+        return super().train_sums(out, target, loss)
 
     def point(self, out, target):
         """The point prediction, shaped like the target."""
@@ -464,10 +493,10 @@ class Regression(Objective):
         return _split_head(out, target, self.heads)[0].reshape(target.shape)
 
     def eval_sums(self, out, target):
-        out = out.float()
+        out = self.to_original(out.float())
         rows = target.shape[0]
         a, b = target.double().flatten(), self.point(out, target).double().flatten()
-        parts = [self.loss(out, target).double().reshape(1) * rows,
+        parts = [self._fit_loss(out, target).double().reshape(1) * rows,
                  torch.full((1,), float(rows), dtype=torch.float64, device=out.device),
                  torch.stack([a.sum(), b.sum(), (a * b).sum(), (a * a).sum(), (b * b).sum(),
                               torch.full((), float(a.numel()), dtype=torch.float64, device=out.device),
@@ -500,12 +529,67 @@ class Regression(Objective):
         return ("loss", "val_loss", "val_corr", "val_r2", "val_mae", *extra)
 
     def init_head(self, model):
-        if self.heads == 1:
-            return
+        """Output biases at the target mean (and σ, q10, q90 around it), in the units the net fits."""
         last = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if last and last[-1].bias is not None:
+        if self.stats is None or not last or last[-1].bias is None:
+            return
+        mean = torch.tensor(self.stats["mean"], dtype=torch.float64)
+        scale = torch.tensor(self.stats["scale"], dtype=torch.float64)
+        if self.target_scaler is not None:  # the net fits z: mean 0, scale 1
+            mean, scale = torch.zeros_like(mean), torch.ones_like(scale)
+        heads = {1: [mean], 2: [mean, 2 * torch.log(scale)],
+                 3: [mean, mean + NORMAL_Q10 * scale, mean - NORMAL_Q10 * scale]}[self.heads]
+        bias = torch.stack(heads, dim=1).reshape(-1)  # interleaved per target: (μ, S), (q50, q10, q90)
+        if last[-1].bias.shape == bias.shape:
             with torch.no_grad():
-                last[-1].bias.fill_(1.0)
+                last[-1].bias.copy_(bias)
+
+
+NORMAL_Q10 = -1.2815515655446004  # the 10 % quantile of a standard normal: q10/q90 start at mean ∓ 1.28 σ
+
+
+def target_stats(labels) -> dict:
+    """Mean and standard deviation (population, 1 for a constant target) of each training target column."""
+    y = np.asarray(labels, dtype=np.float64)
+    y = y.reshape(len(y), -1)
+    if len(y) == 0 or not np.isfinite(y).all():
+        raise DataError("the training targets are empty or hold NaN/inf; fix or drop those rows before training")
+    scale = y.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    return {"mean": y.mean(axis=0).tolist(), "scale": scale.tolist()}
+
+
+def _like(values, ref):
+    """Per-target values as an array or tensor that broadcasts with `ref` (numpy or torch)."""
+    if isinstance(ref, torch.Tensor):
+        return torch.as_tensor(values, dtype=ref.dtype, device=ref.device)
+    return np.asarray(values, dtype=ref.dtype)
+
+
+def standardize_targets(target, scaler: dict | None):
+    """y -> (y - mean) / scale per target column ([B] or [B, T]); unchanged without a scaler."""
+    if scaler is None:
+        return target
+    flat = target.reshape(target.shape[0], -1)
+    z = (flat.to(torch.float32) - _like(scaler["mean"], flat.float())) / _like(scaler["scale"], flat.float())
+    return z.reshape(target.shape)
+
+
+def to_original(out, scaler: dict | None, heads: int = 1):
+    """A regressor's raw outputs [..., T·heads] (interleaved per target) in the targets' own units: means
+    and quantiles scaled and shifted, het's log σ² shifted by 2·log(scale). numpy or torch."""
+    if scaler is None:
+        return out
+    mean, scale = _like(scaler["mean"], out), _like(scaler["scale"], out)
+    per_target = out.reshape(*out.shape[:-1], mean.shape[0], heads)
+    log_scale = (torch.log(scale) if isinstance(out, torch.Tensor) else np.log(scale))
+    parts = [per_target[..., 0] * scale + mean]
+    if heads == 2:
+        parts.append(per_target[..., 1] + 2 * log_scale)
+    elif heads == 3:
+        parts += [per_target[..., 1] * scale + mean, per_target[..., 2] * scale + mean]
+    stack = torch.stack if isinstance(out, torch.Tensor) else np.stack
+    return stack(parts, -1).reshape(out.shape)
 
 
 def fit_metrics(t) -> dict:
@@ -564,15 +648,22 @@ def _class_weight_mode(config: dict) -> str:
 def make(config: dict, task: str, shape: dict, *, train_labels=None, device=None) -> Objective:
     """The objective for `config` on a `task` dataset whose model_shape (before head_shape) is `shape`.
 
-    `train_labels` (the train split's labels) is a callable or an array, read only when class_weight is
-    'balanced'.
+    `train_labels` (the train split's labels) is a callable or an array, read when class_weight is
+    'balanced' and, for regression, for the targets' mean and scale (target_scaling, init_head).
     """
     name = loss_name(config, task)
     classes = shape["classes"]
     if task != "classification":
         if _class_weight_mode(config) != "none":
             raise UsageError(f"class_weight applies to classification; this dataset is {task}: set it to 'none'")
-        return Regression(name, reconstruct=task == "autoencoder")
+        if task == "autoencoder":
+            return Regression(name, reconstruct=True)
+        scaling = config.get("target_scaling") or "std"
+        if scaling not in TARGET_SCALINGS:
+            raise UsageError(f"target_scaling={scaling!r} is not one of {', '.join(TARGET_SCALINGS)}; use 'std' or 'none'")
+        stats = target_stats(train_labels() if callable(train_labels) else train_labels) \
+            if train_labels is not None else None
+        return Regression(name, target_stats=stats, standardize=scaling == "std")
 
     multi = isinstance(classes, (list, tuple))
     weights = None

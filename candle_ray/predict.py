@@ -49,6 +49,14 @@ class Member:
         loss = str(self.config.get("loss", "mse")).lower()
         return loss if loss in ("het", "qtl") else "regression"
 
+    def in_target_units(self, raw: np.ndarray) -> np.ndarray:
+        """A regressor's raw outputs (standardised targets when it was trained so) in the targets' units."""
+        if self.head not in ("regression", "het", "qtl"):
+            return raw
+        from candle_ray.objectives import to_original
+
+        return to_original(raw, self.data.get("target_scaler"), {"het": 2, "qtl": 3}.get(self.head, 1))
+
 
 def load_member(path, kind: str = "best") -> Member:
     """A checkpoint rebuilt as an eval-mode model, with the description of the data it was trained on."""
@@ -204,7 +212,8 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     for i, member in enumerate(members):
         if mc_passes:
             enable_mc_dropout(member.model, member.source)
-        outputs.append(raw_outputs(member.model, batches, passes=max(1, mc_passes), device=device, seed=seed + i))
+        raw = raw_outputs(member.model, batches, passes=max(1, mc_passes), device=device, seed=seed + i)
+        outputs.append(member.in_target_units(raw))
     return pool(head, outputs)
 
 

@@ -4,7 +4,9 @@
 - parameter importance (permutation importance of a random forest fitted from config to result);
 - parallel coordinates of the configuration against the metric;
 - the best trial's curves.
-Data come from the sweep's MLflow runs; the files are attached to the sweep's parent run.
+Data come from the sweep's MLflow runs; the files are attached to the sweep's parent run. Every trial
+is worth its best epoch (candle_ray.summary), as in the sweep's summary; the linear baseline's metrics,
+when the sweep fitted one, are drawn as dashed lines.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from candle_ray.summary import best_of, finite, history_best
 
 COLORS = {"completed": "#1f77b4", "stopped early": "#9a9a9a", "failed": "#d62728"}
 
@@ -34,22 +38,23 @@ def _numeric(values: list[str]):
         return values, False
 
 
-def _final(trial: dict, metric: str) -> float | None:
-    points = trial["history"].get(metric)
-    return points[-1][1] if points else None
+def worth(trial: dict, metric: str, mode: str) -> float | None:
+    """A trial's best epoch's value of `metric` (None without a finite one)."""
+    best = history_best(trial["history"].get(metric, []), mode)
+    return best[1] if best else None
 
 
 def _best(trials: list[dict], metric: str, mode: str) -> dict | None:
-    scored = [t for t in trials if t["status"] != "failed" and _final(t, metric) is not None
-              and math.isfinite(_final(t, metric))]
-    if not scored:
-        return None
-    values = [min(v for _, v in t["history"][metric]) if mode == "min" else max(v for _, v in t["history"][metric])
-              for t in scored]
-    return scored[int(np.argmin(values) if mode == "min" else np.argmax(values))]
+    return best_of([t for t in trials if t["status"] != "failed"], lambda t: worth(t, metric, mode), mode)
 
 
-def learning_curves(trials, metric, mode, path: Path) -> None:
+def _baseline_line(ax, baseline: dict, key: str, **style) -> None:
+    if finite(baseline.get(key)):
+        ax.axhline(baseline[key], linestyle="--", linewidth=1.4, **{"color": "#444444", **style},
+                   label=f"linear baseline {key} {baseline[key]:.4g}")
+
+
+def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = None) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     best = _best(trials, metric, mode)
@@ -64,7 +69,11 @@ def learning_curves(trials, metric, mode, path: Path) -> None:
             ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
     if best:
         steps, values = zip(*best["history"][metric])
-        ax.plot(steps, values, color="#ff7f0e", linewidth=2.8, label=f"best: trial {best['trial_id']}")
+        epoch, value = history_best(best["history"][metric], mode)
+        ax.plot(steps, values, color="#ff7f0e", linewidth=2.8,
+                label=f"best: trial {best['trial_id']} ({metric} {value:.4g} at epoch {epoch})")
+        ax.plot(epoch, value, marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black")
+    _baseline_line(ax, baseline or {}, metric)
     for status, color in COLORS.items():
         ax.plot([], [], color=color, label=status + (" (x = where it was stopped)" if status == "stopped early" else ""))
     finite = [v for t in trials for _, v in t["history"].get(metric, []) if math.isfinite(v)]
@@ -78,15 +87,20 @@ def learning_curves(trials, metric, mode, path: Path) -> None:
     plt.close(fig)
 
 
-def _design(trials, keys):
-    """Config matrix for the importance model: numbers as they are (log10 where they span decades),
+def _log_axis(key: str, arr: np.ndarray, log_keys) -> bool:
+    """A key sampled on a log scale, or positive values spanning two decades or more, is shown in log10."""
+    return arr.min() > 0 and (key in log_keys or arr.max() / arr.min() >= 100)
+
+
+def _design(trials, keys, log_keys=()):
+    """Config matrix for the importance model: numbers as they are (log10 for log-scaled keys),
     categories one-hot; returns the matrix and, per column, the key it came from."""
     columns, owners = [], []
     for key in keys:
         values, numeric = _numeric([t["params"].get(key, "") for t in trials])
         if numeric:
             arr = np.array(values, dtype=float)
-            if arr.min() > 0 and arr.max() / arr.min() >= 100:
+            if _log_axis(key, arr, log_keys):
                 arr = np.log10(arr)
             columns.append(arr)
             owners.append(key)
@@ -97,7 +111,7 @@ def _design(trials, keys):
     return np.column_stack(columns), owners
 
 
-def importance(trials, keys, metric) -> dict[str, float]:
+def importance(trials, keys, metric, mode: str = "min", log_keys=()) -> dict[str, float]:
     """Permutation importance (drop in R^2 when a parameter is shuffled) of a random forest that
     predicts each trial's best `metric` from its configuration."""
     from sklearn.ensemble import RandomForestRegressor
@@ -106,8 +120,8 @@ def importance(trials, keys, metric) -> dict[str, float]:
     scored = [t for t in trials if t["history"].get(metric) and all(math.isfinite(v) for _, v in t["history"][metric])]
     if len(scored) < 4 or not keys:
         return {}
-    X, owners = _design(scored, keys)
-    y = np.array([min(v for _, v in t["history"][metric]) for t in scored])
+    X, owners = _design(scored, keys, log_keys)
+    y = np.array([worth(t, metric, mode) for t in scored])
     forest = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=2).fit(X, y)
     result = permutation_importance(forest, X, y, n_repeats=20, random_state=0)
     scores: dict[str, float] = {}
@@ -128,17 +142,16 @@ def importance_plot(scores: dict[str, float], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def parallel_coordinates(trials, keys, metric, mode, path: Path) -> None:
+def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) -> None:
     plt = _plt()
     scored = [t for t in trials if t["history"].get(metric)]
-    values = np.array([min(v for _, v in t["history"][metric]) if mode == "min"
-                       else max(v for _, v in t["history"][metric]) for t in scored])
+    values = np.array([np.nan if (w := worth(t, metric, mode)) is None else w for t in scored])
     axes_data, tick_labels = [], []
     for key in keys:
         raw, numeric = _numeric([t["params"].get(key, "") for t in scored])
         if numeric:
             arr = np.array(raw, dtype=float)
-            log = arr.min() > 0 and arr.max() / max(arr.min(), 1e-300) >= 100
+            log = _log_axis(key, arr, log_keys)
             shown = np.log10(arr) if log else arr
             lo, hi = shown.min(), shown.max()
             axes_data.append((shown - lo) / (hi - lo) if hi > lo else np.full_like(shown, 0.5))
@@ -156,7 +169,8 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path) -> None:
     tick_labels.append([(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")])
     # Colour by rank, not value: a few excellent trials would otherwise wash all the others out.
     # goodness: 0 for the best trial, 1 for the worst.
-    goodness = np.argsort(np.argsort(values if mode == "min" else -values)) / max(len(values) - 1, 1)
+    goodness = np.argsort(np.argsort(np.where(finite, values if mode == "min" else -values, np.inf)), kind="stable") \
+        / max(len(values) - 1, 1)
     fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(axes_data)), 5.5))
     cmap = plt.get_cmap("viridis")  # dark purple (0) = best
     xs = np.arange(len(axes_data))
@@ -175,7 +189,7 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path) -> None:
     plt.close(fig)
 
 
-def best_curves(best: dict, path: Path) -> None:
+def best_curves(best: dict, path: Path, baseline: dict | None = None) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     # The second panel: what the task reports (accuracy; R² and r for regressors; AUROC for ATTN).
@@ -186,6 +200,8 @@ def best_curves(best: dict, path: Path) -> None:
             if key in best["history"]:
                 steps, values = zip(*best["history"][key])
                 ax.plot(steps, values, style, marker="o", markersize=3, label=key)
+            if key.startswith("val_"):
+                _baseline_line(ax, baseline or {}, key)
         ax.set(xlabel="epoch", title=f"best trial {best['trial_id']}: {pair[0]}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -195,47 +211,52 @@ def best_curves(best: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, space_keys: list[str], out: Path) -> list[Path]:
-    """Write the PNGs and report.html into `out`; return the files written."""
+def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, space_keys: list[str], out: Path,
+                 log_keys=(), baseline: dict | None = None) -> list[Path]:
+    """Write the PNGs and report.html into `out`; return the files written. `log_keys`: keys sampled on a
+    log scale; `baseline`: the linear baseline's metrics (val_loss, val_accuracy, ...)."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
     curves = out / "learning_curves.png"
-    learning_curves(trials, metric, mode, curves)
+    learning_curves(trials, metric, mode, curves, baseline)
     files.append(curves)
     keys = [k for k in space_keys if any(k in t["params"] for t in trials)]
-    scores = importance(trials, keys, metric)
+    scores = importance(trials, keys, metric, mode, log_keys)
     if scores:
         importance_plot(scores, metric, out / "parameter_importance.png")
         files.append(out / "parameter_importance.png")
     if keys and any(t["history"].get(metric) for t in trials):
-        parallel_coordinates(trials, keys, metric, mode, out / "parallel_coordinates.png")
+        parallel_coordinates(trials, keys, metric, mode, out / "parallel_coordinates.png", log_keys)
         files.append(out / "parallel_coordinates.png")
     best = _best(trials, metric, mode)
     if best:
-        best_curves(best, out / "best_trial.png")
+        best_curves(best, out / "best_trial.png", baseline)
         files.append(out / "best_trial.png")
     files.append(_html(trials, sweep=sweep, metric=metric, mode=mode, keys=keys, best=best, scores=scores,
-                       images=[f.name for f in files], out=out))
+                       images=[f.name for f in files], out=out, baseline=baseline))
     return files
 
 
-def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path) -> Path:
+def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path, baseline: dict | None = None) -> Path:
+    from candle_ray.summary import ranked as rank
+
     counts = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    ranked = sorted((t for t in trials if t["history"].get(metric)),
-                    key=lambda t: (min if mode == "min" else max)(v for _, v in t["history"][metric]),
-                    reverse=mode == "max")
+    top = [(t, history_best(t["history"][metric], mode)) for t in rank(trials, lambda t: worth(t, metric, mode), mode)]
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t["trial_id"], t["status"], len(t["history"][metric]),
-            f"{(min if mode == 'min' else max)(v for _, v in t['history'][metric]):.4g}",
+            t["trial_id"], t["status"], len(t["history"][metric]), epoch, f"{value:.4g}",
             *(t["params"].get(k, "") for k in keys))) + "</tr>"
-        for t in ranked[:20])
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", f"best {metric}", *keys))
+        for t, (epoch, value) in top[:20])
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", "best epoch", f"best {metric}", *keys))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    best_text = (f"best {metric} {html.escape(str(round(min(v for _, v in best['history'][metric]), 6)))} "
-                 f"(trial {html.escape(best['trial_id'])})") if best else "no successful trial"
+    best_text = "no successful trial"
+    if best:
+        epoch, value = history_best(best["history"][metric], mode)
+        best_text = f"best {metric} {value:.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
+    if baseline and finite(baseline.get(metric)):
+        best_text += f"; linear baseline {metric} {baseline[metric]:.6g}"
     importance_text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "too few trials to estimate"
     figures = "".join(f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>' for name in images)
     page = out / "report.html"

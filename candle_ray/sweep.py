@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from candle_ray.errors import UsageError
+from candle_ray.summary import best_lines
 
 SWEEP_FILE = "sweep.json"
 
@@ -55,7 +56,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
         space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool,
         checkpoint_every_s: float = 30.0, members: list[dict] | None = None, kind: str = "sweep",
-        cv: dict | None = None, autoscale: bool = False, force_gpu: bool = False) -> int:
+        cv: dict | None = None, autoscale: bool = False, force_gpu: bool = False, baseline: bool = True,
+        grace_period: int = 0) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
 
     `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
@@ -75,7 +77,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         record = read_record(store, name, experiment.path)
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
         sets, config_file, smoke = record["sets"], record["config_file"], record["smoke"]
-        kind, cv = record.get("kind", "sweep"), record.get("cv")
+        kind, cv, baseline = record.get("kind", "sweep"), record.get("cv"), record.get("baseline", True)
         tracking_uri = record["tracking_uri"]
         echo(f"resuming sweep {name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
@@ -125,7 +127,9 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
                            gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
                            mode=mode, max_failures=max_failures,
                            max_epochs=tune.max_epochs(space, int(config["epochs"])),
-                           checkpoint_every_s=0.0 if scheduler == "pbt" else checkpoint_every_s)
+                           grace_period=grace_period,
+                           # PBT clones and Hyperband pauses trials: both continue from the newest epoch.
+                           checkpoint_every_s=0.0 if scheduler in ("pbt", "hyperband") else checkpoint_every_s)
     work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
     work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -145,7 +149,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
             "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
             "config_file": str(config_file) if config_file else None,
-            "smoke": smoke, "created": stamp, "kind": kind, "cv": cv}, indent=1, sort_keys=True))
+            "smoke": smoke, "created": stamp, "kind": kind, "cv": cv, "baseline": baseline,
+            "log_keys": log_scaled_keys(space)}, indent=1, sort_keys=True))
 
     base_job = {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
@@ -168,6 +173,8 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
          f"MLflow parent run {parent.run_id}")
     status = "FAILED"
     try:
+        linear = fit_baseline(entry, cv_assignment, int(cv["folds"]) if cv else None, echo,
+                              parent if not resume else None) if baseline else {}
         tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, store=store,
                                  callbacks=callbacks, resume=resume, points=members)
         t_fit = time.monotonic()
@@ -182,14 +189,15 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         summary = summarize(sweep, progress, interrupted)
         _write_results(work_dir, store, summary, parent, sweep)
         try:
-            files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(space))
+            files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(space),
+                                record.get("log_keys", ()) if resume else log_scaled_keys(space))
             echo(f"report: {files[-1]}")
         except Exception as exc:  # pictures are a bonus: never fail a finished search over them
             echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
         if kind == "ensemble" and summary["succeeded"]:
-            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo)
+            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear)
         if kind == "cv" and summary["succeeded"]:
-            _aggregate_folds(parent, progress.trials or [], sweep.metric, echo)
+            _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -207,14 +215,44 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
     if summary["best"]:
-        best = summary["best"]
-        echo(f"best {sweep.metric} {best['value']:.4g} (trial {best['trial_id']}, epoch {best['epoch']}): "
-             f"{json.dumps(best['config'], default=str)}")
+        for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear, entry.manifest["task"]):
+            echo(line)
     if summary["interrupted"]:
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}"
              + (f" --storage {store.uri}" if store.uri != str(Path("candle-ray-sweeps").resolve()) else ""))
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None) -> dict:
+    """The linear baseline (logistic / ridge, candle_ray.baseline) on the trials' split (their folds
+    with --cv), before the first trial; its metrics go on the parent run as baseline_<metric>. A
+    baseline that cannot be fitted never stops the sweep."""
+    t0 = time.monotonic()
+    try:
+        from candle_ray import baseline
+
+        fitted = baseline.fit(entry, cv_assignment=cv_assignment, folds=folds)
+    except Exception as exc:  # a bonus: the sweep goes on without it
+        echo(f"warning: no linear baseline ({type(exc).__name__}: {exc})")
+        return {}
+    if fitted is None:
+        echo(f"linear baseline: none ({baseline.why_not(entry)})")
+        return {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in fitted.metrics.items())
+    echo(f"linear baseline ({fitted.model}; {time.monotonic() - t0:.1f}s): {shown}"
+         + (f"; {fitted.note}" if fitted.note else ""))
+    if parent is not None:
+        parent.log_epoch({"epoch": 0, **{f"baseline_{k}": v for k, v in fitted.metrics.items()}})
+        parent.set_tags({"candle_ray.baseline": fitted.model + (f"; {fitted.note}" if fitted.note else "")})
+    return fitted.metrics
+
+
+def log_scaled_keys(space: dict) -> list[str]:
+    """Search-space keys sampled on a log scale (the report draws their axes in log)."""
+    from ray.tune.search.sample import Float, Integer, LogUniform
+
+    return [k for k, v in space.items() if isinstance(v, (Float, Integer)) and isinstance(v.get_sampler(), LogUniform)]
 
 
 def fold_assignment(entry, cv: dict):
@@ -230,11 +268,15 @@ def fold_assignment(entry, cv: dict):
                         groups=folds.pooled_groups(entry, cv["group_by"]) if cv.get("group_by") else None)
 
 
-def _aggregate_folds(parent, trials, metric: str, echo) -> None:
-    """Mean and standard deviation over folds of every final metric, on the parent run."""
+def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict) -> None:
+    """Mean and standard deviation over folds of every metric at each fold's best epoch (the fold's
+    model: its best checkpoint), on the parent run."""
     import numpy as np
 
-    finals = [t.last_result for t in trials if t.status == "TERMINATED" and t.last_result]
+    from candle_ray.summary import best_metrics, comparison
+
+    finals = [{**t.last_result, **best_metrics(t.last_result)} for t in trials
+              if t.status == "TERMINATED" and t.last_result]
     keys = sorted({k for r in finals for k, v in r.items() if k.startswith(("val_", "loss", "accuracy"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
     summary = {}
@@ -245,9 +287,12 @@ def _aggregate_folds(parent, trials, metric: str, echo) -> None:
     if f"cv_mean_{metric}" in summary:
         echo(f"cross-validation over {len(finals)} folds: {metric} {summary[f'cv_mean_{metric}']:.4g} "
              f"± {summary[f'cv_std_{metric}']:.2g} (mean ± sd)")
+        means = {k[len("cv_mean_"):]: v for k, v in summary.items() if k.startswith("cv_mean_")}
+        for line in comparison("cross-validated model", means, metric, mode, linear, task):
+            echo(line)
 
 
-def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo) -> None:
+def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict) -> None:
     """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) on the
     validation split; metrics and plots go on the parent run and into the sweep folder."""
     import tempfile
@@ -264,15 +309,24 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo) ->
     shown = {k: v for k, v in metrics.items() if k not in ("ensemble_members", "ensemble_val_rows")}
     echo(f"ensemble of {int(metrics['ensemble_members'])} on {int(metrics['ensemble_val_rows'])} validation rows: "
          + ", ".join(f"{k.replace('ensemble_val_', '')} {v:.4g}" for k, v in shown.items()))
+    from candle_ray.summary import comparison, headline
+
+    task, pooled = entry.manifest["task"], {k.replace("ensemble_", ""): v for k, v in metrics.items()}
+    if headline(task):
+        for line in comparison("ensemble", pooled, headline(task), "max", linear, task):
+            echo(line)
 
 
-def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str]) -> list[Path]:
-    """Draw the sweep's pictures from its MLflow runs, keep them with the sweep and on its parent run."""
+def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str],
+                log_keys=()) -> list[Path]:
+    """Draw the sweep's pictures from its MLflow runs (the linear baseline from the parent's
+    baseline_* metrics), keep them with the sweep and on its parent run."""
     from candle_ray import report, tracking
 
     metrics = tuple(dict.fromkeys((*tracking.REPORTED_METRICS, metric)))  # the sweep's metric, whatever it is
+    baseline = {k[len("baseline_"):]: v for k, v in parent.metrics().items() if k.startswith("baseline_")}
     files = report.write_report(tracking.sweep_trials(parent, metrics), sweep=name, metric=metric, mode=mode,
-                                space_keys=space_keys, out=work_dir / "report")
+                                space_keys=space_keys, out=work_dir / "report", log_keys=log_keys, baseline=baseline)
     for path in files:
         parent.log_artifact(path, "report")
         store.upload(path, store.path(name, "report", path.name))
@@ -291,7 +345,8 @@ def report_command(storage: str, name: str, echo) -> list[Path]:
     parent = tracking.RunTracker(record["tracking_uri"], "", record["parent_run_id"])
     sweep = record["sweep"]
     work_dir = store.work_dir(name)
-    files = make_report(parent, work_dir, store, name, sweep["metric"], sweep["mode"], record["space_keys"])
+    files = make_report(parent, work_dir, store, name, sweep["metric"], sweep["mode"], record["space_keys"],
+                        record.get("log_keys", ()))
     echo(f"report: {files[-1]} ({len(files) - 1} pictures), attached to MLflow run {parent.run_id}")
     return files
 
@@ -325,24 +380,29 @@ def _interrupt_watch():
 
 
 def summarize(sweep, progress, interrupted: bool = False) -> dict:
-    """Counts, the best trial and one row per trial, from Tune's trials as the driver saw them."""
+    """Counts, the best trial and one row per trial (best first), from Tune's trials as the driver saw
+    them. A trial is worth its best epoch (candle_ray.summary): its row holds that epoch's metrics."""
+    from candle_ray.summary import best_metrics, best_of, ranked, trial_value
     from candle_ray.tune import _status
 
     trials = progress.trials or []
     rows, counts = [], {}
-    for trial in trials:
+    order = ranked(trials, lambda t: trial_value(t.last_result, sweep.metric), sweep.mode)
+    for trial in order + [t for t in trials if t not in order]:  # trials with no value last
         status = _status(trial, sweep.max_epochs)
         counts[status] = counts.get(status, 0) + 1
         last = trial.last_result or {}
         rows.append({"trial_id": trial.trial_id, "status": status, "epochs": last.get("epoch", 0),
-                     sweep.metric: last.get(sweep.metric), **{f"config.{k}": v for k, v in trial.config.items()}})
+                     "best_epoch": last.get("best_epoch"), **best_metrics(last),
+                     sweep.metric: trial_value(last, sweep.metric), f"last_{sweep.metric}": last.get(sweep.metric),
+                     **{f"config.{k}": v for k, v in trial.config.items()}})
     best = None
-    candidates = [t for t in trials if t.status != "ERROR" and t.last_result
-                  and isinstance(t.last_result.get(sweep.metric), float) and math.isfinite(t.last_result[sweep.metric])]
-    if candidates:
-        pick = (min if sweep.mode == "min" else max)(candidates, key=lambda t: t.last_result[sweep.metric])
-        best = {"trial_id": pick.trial_id, "value": pick.last_result[sweep.metric],
-                "epoch": pick.last_result.get("epoch"), "config": pick.config}
+    candidates = [t for t in trials if t.status != "ERROR"]
+    pick = best_of(candidates, lambda t: trial_value(t.last_result, sweep.metric), sweep.mode)
+    if pick is not None:
+        best = {"trial_id": pick.trial_id, "value": trial_value(pick.last_result, sweep.metric),
+                "epoch": pick.last_result.get("best_epoch"), "epochs_run": pick.last_result.get("epoch"),
+                "metrics": best_metrics(pick.last_result), "config": pick.config}
     unfinished = sum(counts.get(s, 0) for s in ("running", "pending", "paused"))
     succeeded = counts.get("completed", 0) + counts.get("stopped early", 0)
     return {"rows": rows, "counts": counts, "best": best, "total": len(trials), "unfinished": unfinished,
@@ -353,7 +413,8 @@ def summarize(sweep, progress, interrupted: bool = False) -> dict:
 def _write_results(work_dir: Path, store, summary: dict, parent, sweep) -> None:
     """results.csv and best_config.json with the sweep and on the parent run."""
     rows = summary["rows"]
-    columns = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("config."), k))
+    first = ["trial_id", "status", "epochs", "best_epoch", sweep.metric, f"last_{sweep.metric}"]
+    columns = first + sorted({k for row in rows for k in row} - set(first), key=lambda k: (k.startswith("config."), k))
     path = work_dir / "results.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -361,9 +422,13 @@ def _write_results(work_dir: Path, store, summary: dict, parent, sweep) -> None:
         writer.writerows(rows)
     files = [path]
     if summary["best"]:
-        _write_json_atomic(work_dir / "best_config.json", summary["best"])
+        best = summary["best"]
+        _write_json_atomic(work_dir / "best_config.json", best)
         files.append(work_dir / "best_config.json")
-        parent.log_epoch({"epoch": 0, f"best_{sweep.metric}": summary["best"]["value"]})
+        # The best trial at its best epoch: the model its checkpoint holds.
+        parent.log_epoch({"epoch": 0, **{f"best_{k}": v for k, v in best["metrics"].items()},
+                          f"best_{sweep.metric}": best["value"]})
+        parent.set_tags({"candle_ray.best_trial": best["trial_id"], "candle_ray.best_epoch": best["epoch"]})
     for file in files:
         parent.log_artifact(file)
         store.upload(file, store.path(sweep.name, file.name))

@@ -254,6 +254,10 @@ class RunTracker:
         call_with_retry(self.uri, self.client._client.log_batch, self.run_id, metrics=items,
                         what=f"epoch {step}'s metrics of run {self.run_id}")
 
+    def metrics(self) -> dict[str, float]:
+        """The run's latest value of each metric."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
     def logged_steps(self, metric: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 

@@ -30,10 +30,12 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import ray  # noqa: E402
 import ray.tune  # noqa: E402
+import ray.tune.search  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
 from candle_ray import checkpoint  # noqa: E402
 from candle_ray.errors import TrainingError, UsageError  # noqa: E402
+from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value  # noqa: E402
 
 # What PBT may change in a running trial: hyperparameters that do not change the model's shape.
 PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "batch_size")
@@ -89,6 +91,7 @@ class Sweep:
     # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
     checkpoint_every_s: float = 30.0
     max_workers_per_trial: int = 0  # > workers_per_trial: elastic trials
+    grace_period: int = 0  # epochs before a scheduler may stop a trial; 0 = grace_period_rule(max_epochs)
 
     def __post_init__(self):
         low, high = worker_bounds(self.workers_per_trial)
@@ -101,6 +104,32 @@ class Sweep:
     @property
     def elastic(self) -> bool:
         return self.max_workers_per_trial > int(self.workers_per_trial)
+
+    @property
+    def grace(self) -> int:
+        return self.grace_period or grace_period_rule(self.max_epochs)
+
+
+def grace_period_rule(max_epochs: int) -> int:
+    """Epochs every trial runs before ASHA, Hyperband or the median rule may stop it: an eighth of the
+    epoch budget, at least 1 (60 epochs -> 8, 20 -> 3, 8 or fewer -> 1). Early epochs on a small
+    validation split say little about where a trial ends, and the first rung decides the most trials
+    (`--grace-period` overrides it)."""
+    return max(1, math.ceil(max_epochs / 8)) if max_epochs > 8 else 1
+
+
+# What schedulers and searchers follow. The searcher learns each trial's worth, its best epoch
+# (candle_ray.summary); ASHA, Hyperband and the median rule compare trials by their best epoch so far,
+# so one noisy epoch does not stop a trial; PBT compares the weights trials have now.
+def followed_metric(metric: str, scheduler: str | None = None) -> str:
+    from candle_ray.summary import PREFIX
+
+    return metric if scheduler == "pbt" else PREFIX + metric
+
+
+# Hyperband has no grace period of its own: its smallest bracket decides after max_t / eta^s epochs.
+# Counting its time in units of the grace period makes that smallest step one grace period.
+HYPERBAND_TIME = "hyperband_t"
 
 
 # ---------------------------------------------------------------- spaces, searchers, schedulers
@@ -124,19 +153,62 @@ def grid_space(space: dict) -> dict:
     return grid
 
 
+class MembersSearcher(ray.tune.search.Searcher):
+    """Exactly the given configurations, in order: an ensemble's members, a cv's folds.
+
+    Tune's points_to_evaluate cannot carry list values (`dense: [512, 128]`): its variant generator walks
+    into lists as nested keys and fails. A searcher's suggestions replace the space's values whole.
+    """
+
+    def __init__(self, members: list[dict], metric: str, mode: str, max_concurrent: int):
+        super().__init__(metric=metric, mode=mode)
+        self.members, self.next, self.live, self.max_concurrent = [dict(m) for m in members], 0, set(), max_concurrent
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space only lists the members' values; the members themselves are the search
+
+    def suggest(self, trial_id: str):
+        if self.next >= len(self.members):
+            return ray.tune.search.Searcher.FINISHED
+        if len(self.live) >= self.max_concurrent:
+            return None
+        self.live.add(trial_id)
+        self.next += 1
+        return dict(self.members[self.next - 1])
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self.live.discard(trial_id)
+
+    def get_state(self) -> dict:
+        return {"members": self.members, "next": self.next}
+
+    def set_state(self, state: dict) -> None:
+        self.members, self.next, self.live = state["members"], state["next"], set()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+
 def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
     optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones;
-    members: exactly the given configurations (an ensemble's members), as points to evaluate."""
+    members: exactly the given configurations (an ensemble's members, a cv's folds)."""
+    if name == "members":
+        return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
     if name == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=seed), max_concurrent=max_concurrent)
+        return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode, seed=seed),
+                                  max_concurrent=max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent,
-                                 points_to_evaluate=points if name == "members" else None)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def pbt_mutations(space: dict) -> dict:
@@ -155,18 +227,20 @@ def validate(searcher: str, scheduler: str, space: dict) -> None:
         pbt_mutations(space)
 
 
-def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int):
+def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int, grace: int = 1):
     from ray.tune import schedulers
 
-    common = {"metric": metric, "mode": mode, "time_attr": "epoch"}
+    common = {"metric": followed_metric(metric, name), "mode": mode, "time_attr": "epoch"}
     if name == "fifo":
         return schedulers.FIFOScheduler()
     if name == "asha":
-        return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=1, reduction_factor=3, **common)
+        return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
+                                        **common)
     if name == "hyperband":
-        return schedulers.HyperBandScheduler(max_t=max_epochs, reduction_factor=3, **common)
+        return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME},
+                                             max_t=max(1, math.ceil(max_epochs / grace)), reduction_factor=3)
     if name == "median":
-        return schedulers.MedianStoppingRule(grace_period=1, min_samples_required=2, **common)
+        return schedulers.MedianStoppingRule(grace_period=grace, min_samples_required=3, **common)
     mutations = pbt_mutations(space)
     interval = max(1, max_epochs // 4)
     import random
@@ -252,13 +326,18 @@ def _report_epochs(job: dict, epochs) -> None:
     experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
     trials need. A kill then re-runs at most `tune_checkpoint_s` of a trial.
     """
+    from candle_ray.summary import BestEpoch
+
     ckpt_dirs = _checkpoint_dirs(job)
     every_s, handed_at = float(job.get("tune_checkpoint_s", 0.0)), None
     final_epoch = int(job["config"]["epochs"])
-    for metrics in epochs:
+    hyperband_unit = job.get("hyperband_unit")
+    for metrics in BestEpoch(job["metric"], job["mode"])(epochs):
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
         result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if hyperband_unit:
+            result[HYPERBAND_TIME] = metrics["epoch"] / hyperband_unit
         written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())
         due = (handed_at is None or time.monotonic() - handed_at >= every_s
                or metrics["epoch"] >= final_epoch or "stop_reason" in metrics)
@@ -541,11 +620,16 @@ class MLflowSweepCallback(Callback):
     def _log(self, trial_id: str, config: dict, result: dict) -> None:
         child, epoch = self._child(trial_id, config), int(result.get("epoch", 0))
         if epoch and epoch not in self.logged[trial_id]:
-            child.log_epoch(result)
+            # The epoch's own metrics; the best-epoch copies every result carries are logged once, at the end.
+            child.log_epoch({k: v for k, v in result.items() if not k.startswith(PREFIX) and k != HYPERBAND_TIME})
             self.logged[trial_id].add(epoch)
 
-    def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint) -> None:
+    def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint, last: dict) -> None:
         child = self._child(trial_id, config)
+        best = best_metrics(last)
+        if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
+            child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}})
+            tags = {**tags, "candle_ray.best_epoch": last["best_epoch"]}
         with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
             # The trial's last Tune checkpoint is in the sweep's storage (a shared folder or a bucket), so
             # it is there wherever the trial ran; the trial's own folder, when this driver can see it, may
@@ -572,11 +656,13 @@ class MLflowSweepCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FINISHED",
-                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint)
+                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint,
+                     dict(trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FAILED",
-                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint)
+                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint,
+                     dict(trial.last_result or {}))
 
 
 def _short(value) -> str:
@@ -601,11 +687,10 @@ class ProgressCallback(Callback):
         return {**self.__dict__, "echo": print, "trials": None, "epoch_seconds": {}}
 
     def best(self, trials):
-        scored = [(t.last_result.get(self.metric), t) for t in trials if t.last_result and self.metric in t.last_result]
-        best_value = [(v, t) for v, t in scored if v is not None and math.isfinite(v)]
-        if not best_value:
-            return None
-        return (min if self.mode == "min" else max)(best_value, key=lambda vt: vt[0])
+        """(value, trial) of the best trial so far by its best epoch (candle_ray.summary), or None."""
+        pick = best_of([t for t in trials if t.status != "ERROR"], lambda t: trial_value(t.last_result, self.metric),
+                       self.mode)
+        return None if pick is None else (trial_value(pick.last_result, self.metric), pick)
 
     def table(self, trials) -> str:
         counts: dict[str, int] = {}
@@ -615,7 +700,7 @@ class ProgressCallback(Callback):
         order = ("running", "pending", "completed", "stopped early", "failed", "paused")
         parts = [f"{name} {counts.get(name, 0)}" for name in order if counts.get(name) or name in order[:5]]
         best = self.best(trials)
-        best_text = f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('epoch')})" \
+        best_text = f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('best_epoch')})" \
             if best else f"best {self.metric} -"
         return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {best_text}"
 
@@ -625,10 +710,9 @@ class ProgressCallback(Callback):
         rows = []
         for t in running[:limit]:
             last = t.last_result or {}
-            value = last.get(self.metric)
             config = "  ".join(f"{k}={_short(v)}" for k, v in t.config.items())
             rows.append(f"    {t.trial_id}  epoch {last.get('epoch', 0):>3}/{t.config.get('epochs', self.max_epochs)}  "
-                        f"{self.metric} {value:.4g}  {config}" if isinstance(value, float) else
+                        f"{self.scored(last)}  {config}" if isinstance(last.get(self.metric), float) else
                         f"    {t.trial_id}  starting  {config}")
         if len(running) > limit:
             rows.append(f"    ... and {len(running) - limit} more running")
@@ -643,12 +727,21 @@ class ProgressCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(result.get("epoch_time_s", 0.0))
 
+    def scored(self, last: dict) -> str:
+        """A trial's latest metric and its best epoch so far (the trial's worth), with R² for regressors."""
+        value, best = last.get(self.metric), trial_value(last, self.metric)
+        text = f"{self.metric} {_short(value)}" if isinstance(value, float) else f"{self.metric} -"
+        if isinstance(best, float):
+            text += f" (best {best:.4g} at epoch {last.get('best_epoch', last.get('epoch', 0))})"
+        r2 = last.get(PREFIX + "val_r2", last.get("val_r2")) if self.metric != "val_r2" else None
+        return text + (f", val_r2 {r2:.3g}" if isinstance(r2, float) else "")
+
     def _row(self, trial, what: str):
         last = trial.last_result or {}
-        value = last.get(self.metric)
-        value_text = f"{value:.4g}" if isinstance(value, float) else "-"
         config = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
-        self.echo(f"  trial {trial.trial_id} {what}: {self.metric} {value_text} at epoch {last.get('epoch', 0)}  {config}")
+        epochs = last.get("epoch", 0)
+        self.echo(f"  trial {trial.trial_id} {what} after {epochs} epoch{'' if epochs == 1 else 's'}: "
+                  f"{self.scored(last)}  {config}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._row(trial, _ended(trial, self.max_epochs))
@@ -673,7 +766,8 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
     resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if sweep.elastic else
                                                [bundle] * int(sweep.workers_per_trial))
     base_job = {**base_job, "workers": int(sweep.workers_per_trial), "max_workers": sweep.max_workers_per_trial,
-                "max_failures": sweep.max_failures}
+                "max_failures": sweep.max_failures,
+                "hyperband_unit": sweep.grace if sweep.scheduler == "hyperband" else None}
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
     # included) is pickled to every trial.
@@ -694,9 +788,14 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
         tune_config=ray.tune.TuneConfig(
             num_samples=sweep.num_samples,
             # Each search algorithm limits concurrency itself (Tune ignores max_concurrent_trials for them).
-            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed, sweep.max_concurrent, points),
+            # Hyperband's brackets fill only with trials that exist: limited to the trials running at once,
+            # a bracket never fills, and every trial ran its whole budget. Its trials exist from the
+            # start; the cluster's resources still bound how many run at once.
+            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
+                                     sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
+                                     points),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
-                                     space=space, seed=sweep.seed),
+                                     space=space, seed=sweep.seed, grace=sweep.grace),
             # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
             reuse_actors=sweep.scheduler != "pbt" and not sweep.elastic,
             trial_name_creator=lambda t: t.trial_id,

@@ -178,13 +178,20 @@ def test_uq_heads_widen_the_output_layer():
     assert head_shape({"loss": "het"}, "regression", shape)["classes"] == 2
     assert head_shape({"loss": "qtl"}, "regression", shape)["classes"] == 3
     assert head_shape({"abstention": True}, "classification", {"input_dim": 12, "classes": 2})["classes"] == 3
-    for loss, width in (("het", 2), ("qtl", 3)):
-        config = {"dense": [8], "dropout": 0.0, "loss": loss}
+    y = np.array([48.0, 50.0, 52.0, 50.0])  # mean 50, population sd sqrt(2)
+    starts = {("mse", "std"): [0.0], ("mse", "none"): [50.0],
+              ("het", "std"): [0.0, 0.0], ("het", "none"): [50.0, math.log(2.0)],
+              ("qtl", "std"): [0.0, -1.2815515655446004, 1.2815515655446004],
+              ("qtl", "none"): [50.0, 50.0 - 1.2815515655446004 * math.sqrt(2), 50.0 + 1.2815515655446004 * math.sqrt(2)]}
+    for (loss, scaling), bias in starts.items():
+        config = {"dense": [8], "dropout": 0.0, "loss": loss, "target_scaling": scaling}
         model = models.build("mlp", {**config, **head_shape(config, "regression", shape)})
-        make(config, "regression", shape).init_head(model)
+        make(config, "regression", shape, train_labels=y).init_head(model)
         out = model(torch.zeros(4, 12))
-        assert out.shape == (4, width)
-        assert torch.equal(model.net[-1].bias, torch.ones(width))  # CANDLE's bias_initializer "ones"
+        assert out.shape == (4, len(bias))
+        # The head starts at the target mean (σ at the targets' spread, q10/q90 at the normal quantiles),
+        # in the units the net fits: standardised targets by default.
+        assert model.net[-1].bias.detach().double().numpy() == pytest.approx(bias, rel=1e-6, abs=1e-6)
 
 
 def test_objective_choice_errors_are_actionable():

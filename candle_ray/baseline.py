@@ -1,0 +1,298 @@
+"""A linear baseline on a prepared cache entry: the number a tuned network has to beat.
+
+Standardised features + logistic regression (classification) or ridge regression, the regularisation
+chosen by cross-validation on the training rows only, scored on the validation split, or on each fold of a
+cross-validation assignment and then averaged, with the training loop's metric names and definitions
+(candle_ray.objectives: val_loss, val_accuracy, val_auroc, val_aupr; val_loss, val_r2, val_mae, val_corr).
+A sweep fits it before its first trial and logs `baseline_<metric>` on its parent run.
+
+Data over a budget (`max_cells` float32 cells, `max_rows` rows of training matrix) are sampled: a seeded
+random sample of the training rows (and at most MAX_VAL_ROWS validation rows) is gathered chunk by chunk,
+never the whole dataset: a joined entry (P1B3, Uno) may hold millions of rows over shared feature tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from candle_ray.data.cache import open_split, read_manifest
+from candle_ray.errors import DataError, UsageError
+
+MAX_CELLS = 20_000_000
+MAX_ROWS = 20_000
+MAX_VAL_ROWS = 50_000
+C_GRID = np.logspace(-4, 3, 8)  # one per decade: standardised wide data usually lands at 1e-3..1e-1
+ALPHA_GRID = np.logspace(-3, 5, 17)
+MAX_ITER = 1000
+TOL = 1e-3  # on the gradient of the mean log-loss: far below what moves val_loss in its 3rd digit
+PROB_FLOOR = 1e-15  # the probability a class absent from the training rows gets before the log
+INNER_FOLDS = 5
+POOLED = ("train", "val")  # the pooled row order of candle_ray.data.folds: train rows, then val rows
+_CHUNK_CELLS = 1 << 22  # rows gathered or predicted at a time: 16 MB of float32
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A fitted baseline's validation metrics (plain floats; the mean over folds under CV) and what it was.
+
+    rows_used / rows_total: the training rows one fit used / had (the largest fold under CV).
+    """
+
+    metrics: dict[str, float]
+    model: str
+    rows_used: int
+    rows_total: int
+    sampled: bool = False
+    note: str | None = None
+
+
+def why_not(entry) -> str | None:
+    """Why no linear baseline applies to `entry` (one line), or None when one does."""
+    manifest = read_manifest(entry)
+    task, classes, name = manifest["task"], manifest.get("num_classes"), manifest.get("name", "the dataset")
+    if task == "autoencoder":
+        return f"no linear baseline for an autoencoder ({name} reconstructs its input)"
+    if isinstance(classes, (list, tuple)):
+        return f"no linear baseline for multi-task labels ({name} has {len(classes)} label columns)"
+    if len(manifest.get("label_columns") or ()) > 1:
+        return f"no linear baseline for several regression targets ({name} has {len(manifest['label_columns'])})"
+    missing = [split for split in POOLED if split not in manifest.get("splits", {})]
+    if missing:
+        return f"no linear baseline: {name} has no {missing[0]} split to score it on"
+    return None
+
+
+def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, max_cells: float = MAX_CELLS,
+        max_rows: int = MAX_ROWS) -> Baseline | None:
+    """Fit the baseline on `entry` (a cache Entry or its folder) and score it; None when `why_not(entry)`.
+
+    Without `cv_assignment`: trained on the train split, scored on the val split. With it (the fold of each
+    pooled train+val row, candle_ray.data.folds.assign) and `folds` K: K fits, fold k scored on its rows,
+    each metric the mean over the folds, as a `--cv` trial reports it.
+    """
+    if why_not(entry) is not None:
+        return None
+    manifest = read_manifest(entry)
+    data = _Pooled(entry, manifest)
+    plans = _plans(data.n_train, data.n_val, cv_assignment, folds)
+    cap = max(2, min(int(max_rows), int(max_cells) // max(1, data.num_features)))
+    rng = np.random.default_rng(seed)
+    fits, sizes = [], []
+    with _quiet_single_thread():
+        for train_rows, val_rows in plans:
+            fit_rows, score_rows = _sample(rng, train_rows, cap), _sample(rng, val_rows, MAX_VAL_ROWS)
+            sizes.append((len(fit_rows), len(train_rows), len(score_rows), len(val_rows)))
+            fits.append(_fit_one(data, manifest, fit_rows, score_rows, seed))
+    metrics = {key: float(np.mean([m[key] for m, _ in fits])) for key in fits[0][0]}
+    used, total = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    sampled = any(s[0] < s[1] or s[2] < s[3] for s in sizes)
+    return Baseline(metrics=metrics, model=_describe([choice for _, choice in fits]), rows_used=used,
+                    rows_total=total, sampled=sampled, note=_note(sizes) if sampled else None)
+
+
+# --------------------------------------------------------------------------- data
+class _Pooled:
+    """The rows of the train split then of the val split, gathered by pooled index, a chunk at a time."""
+
+    def __init__(self, entry, manifest: dict):
+        self.n_train, self.n_val = (int(manifest["splits"][split]["rows"]) for split in POOLED)
+        self.num_features = int(manifest["num_features"])
+        if manifest.get("kind") == "joined":  # torch only here: the joined feed gathers with index_select
+            from candle_ray.data.feed import JoinedFeed, split_labels
+
+            self._feeds = [JoinedFeed.open(entry, split, 1, shuffle=False, pad=False) for split in POOLED]
+            labels = [np.asarray(split_labels(entry, split)) for split in POOLED]
+        else:
+            parts = [open_split(entry, split) for split in POOLED]  # memory-mapped: nothing is read yet
+            self._matrices = [x for x, _ in parts]
+            self._feeds, labels = None, [y for _, y in parts]
+        labels = np.concatenate(labels)
+        self.labels = labels.reshape(len(labels)) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+
+    def chunks(self, rows: np.ndarray):
+        """(rows, x float32 [len(rows), d]) for consecutive chunks of the sorted pooled indices `rows`."""
+        step = max(1, _CHUNK_CELLS // max(1, self.num_features))
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            first, second = part[part < self.n_train], part[part >= self.n_train] - self.n_train
+            xs = [self._take(split, local) for split, local in enumerate((first, second)) if len(local)]
+            yield part, xs[0] if len(xs) == 1 else np.concatenate(xs)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.num_features), dtype=np.float32)
+        done = 0
+        for part, x in self.chunks(rows):
+            out[done : done + len(part)] = x
+            done += len(part)
+        return out
+
+    def _take(self, split: int, local: np.ndarray) -> np.ndarray:
+        if self._feeds is None:
+            return np.asarray(self._matrices[split][local], dtype=np.float32)
+        import torch
+
+        x, _ = self._feeds[split].batch(torch.from_numpy(local.astype(np.int64)))
+        return x.numpy()
+
+
+def _plans(n_train: int, n_val: int, assignment, folds: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, scored rows) as pooled indices: the train/val split, or one pair per fold."""
+    if assignment is None:
+        if folds:
+            raise UsageError(f"folds={folds} needs the fold assignment (cv_assignment) of the pooled train+val rows")
+        return [(np.arange(n_train), np.arange(n_train, n_train + n_val))]
+    assignment = np.asarray(assignment)
+    if assignment.shape != (n_train + n_val,):
+        raise DataError(f"the fold assignment has {len(assignment)} rows but the dataset has {n_train + n_val} "
+                        f"train+val rows; the cache entry changed under the run, start it again")
+    folds = int(folds) if folds is not None else int(assignment.max()) + 1
+    plans = []
+    for fold in range(folds):
+        train, val = np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+        if not len(train) or not len(val):
+            raise DataError(f"fold {fold} leaves no {'training' if not len(train) else 'validation'} rows; use fewer folds")
+        plans.append((train, val))
+    return plans
+
+
+def _sample(rng: np.random.Generator, rows: np.ndarray, cap: int) -> np.ndarray:
+    """`rows`, or a seeded random `cap` of them, sorted (gathers then read the files in order)."""
+    if len(rows) <= cap:
+        return rows
+    return rows[np.sort(rng.choice(len(rows), size=cap, replace=False))]
+
+
+# --------------------------------------------------------------------------- fitting and scoring
+@contextlib.contextmanager
+def _quiet_single_thread():
+    """ConvergenceWarnings hidden (a baseline stopped at max_iter is still a fair baseline) and BLAS/OpenMP
+    at one thread: these small solves are slower with threads (192 x 1000, 5 classes: 2.5 s with 2 threads,
+    0.3 s with 1 on a 2-core machine), and the machine's other threads stay free."""
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np.ndarray, seed: int):
+    """Fit on `fit_rows`, score on `score_rows`: (metrics, (model name, parameter, value, how chosen))."""
+    x, y = data.gather(fit_rows), data.labels[fit_rows]
+    if manifest["task"] == "regression":
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHA_GRID)).fit(x, y.astype(np.float64))
+        del x
+        predicted = np.concatenate([model.predict(chunk) for _, chunk in data.chunks(score_rows)])
+        choice = ("ridge regression", "alpha", float(model[-1].alpha_), "leave-one-out CV")
+        return _regression_metrics(predicted, data.labels[score_rows]), choice
+    num_classes = int(manifest["num_classes"])
+    model, choice = _classifier(y, seed)
+    model.fit(x, y)
+    del x
+    proba = np.zeros((len(score_rows), num_classes))
+    done = 0
+    for part, chunk in data.chunks(score_rows):
+        # Classes absent from the training rows have no column: they keep probability 0 (floored in the loss).
+        proba[done : done + len(part), model.classes_] = model.predict_proba(chunk)
+        done += len(part)
+    return _class_metrics(proba, data.labels[score_rows], num_classes), choice(model)
+
+
+def _classifier(y: np.ndarray, seed: int):
+    """The pipeline for these training labels, and a function describing it once fitted."""
+    counts = np.unique(y, return_counts=True)[1]
+    if len(counts) < 2:
+        return make_pipeline(DummyClassifier(strategy="prior")), lambda m: (
+            "constant class prior", "C", math.nan, "the training rows hold one class")
+    folds = min(INNER_FOLDS, int(counts.min()))
+    if folds < 2:
+        head = LogisticRegression(C=1.0, max_iter=MAX_ITER, tol=TOL)
+        how = "fixed: a class has fewer than 2 training rows"
+    else:
+        head = LogisticRegressionCV(Cs=C_GRID, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                    scoring="neg_log_loss", l1_ratios=(0.0,), max_iter=MAX_ITER, tol=TOL, n_jobs=1,
+                                    use_legacy_attributes=False)
+        how = f"{folds}-fold CV"
+    model = make_pipeline(StandardScaler(), _RowSpace(), head)
+    return model, lambda m: ("logistic regression", "C", float(np.ravel(getattr(m[-1], "C_", None) or m[-1].C)[0]), how)
+
+
+class _RowSpace(TransformerMixin, BaseEstimator):
+    """Standardised rows expressed in an orthonormal basis of the training rows' span, when there are more
+    features than rows (expression data: 537 x 6000 becomes 537 x 537, a ~3x faster fit).
+
+    Exact, not an approximation: an L2-penalised linear model's weights lie in the span of the centred
+    training rows (w = sum_i g_i (x_i - mean), the intercept absorbing the mean), and so do those of every
+    inner CV fold (its rows and its mean lie in the same span). With w = V z, x.w = (x V).z and |w| = |z|,
+    so the same C gives the same model and the same predictions on any row.
+    """
+
+    def fit(self, x, y=None):
+        self.basis_ = None
+        if x.shape[1] > x.shape[0]:
+            _, s, vt = np.linalg.svd(np.asarray(x, dtype=np.float64), full_matrices=False)
+            keep = s > s[0] * 1e-10
+            keep[0] = True  # all-constant features: one (zero) column rather than none
+            self.basis_ = vt[keep].T
+        return self
+
+    def transform(self, x):
+        return x if self.basis_ is None else np.asarray(x, dtype=np.float64) @ self.basis_
+
+
+def _class_metrics(proba: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
+    """CrossEntropy.eval_metrics' names and definitions: mean cross-entropy, accuracy, binary AUCs."""
+    y = np.asarray(y, dtype=np.int64)
+    picked = np.maximum(proba[np.arange(len(y)), y], PROB_FLOOR)
+    metrics = {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float(np.mean(proba.argmax(1) == y))}
+    if num_classes == 2:
+        both = len(np.unique(y)) == 2  # either AUC is undefined when val holds one class
+        metrics["val_auroc"] = float(roc_auc_score(y, proba[:, 1])) if both else math.nan
+        metrics["val_aupr"] = float(average_precision_score(y, proba[:, 1])) if both else math.nan
+    return metrics
+
+
+def _regression_metrics(predicted: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Regression.eval_metrics' names and objectives.fit_metrics' definitions (r2 = 1 - SS_res / SS_tot)."""
+    a, b = np.asarray(y, dtype=np.float64).ravel(), np.asarray(predicted, dtype=np.float64).ravel()
+    mse = float(np.mean((a - b) ** 2))
+    va, vb = a.var(), b.var()
+    corr = float(np.mean((a - a.mean()) * (b - b.mean())) / math.sqrt(va * vb)) if va > 0 and vb > 0 else 0.0
+    return {"val_loss": mse, "val_r2": float(1 - mse / va) if va > 0 else 0.0,
+            "val_mae": float(np.mean(np.abs(a - b))), "val_corr": corr}
+
+
+# --------------------------------------------------------------------------- words
+def _describe(choices: list[tuple]) -> str:
+    """"logistic regression (C=0.1, 5-fold CV)", or with every fold's value and "mean of K folds"."""
+    name, param = choices[0][0], choices[0][1]
+    hows = "; ".join(dict.fromkeys(how for *_, how in choices))
+    values = [value for _, _, value, _ in choices if not math.isnan(value)]
+    chosen = f"{param}={'/'.join(f'{v:.3g}' for v in values)}, " if values else ""
+    if len(choices) == 1:
+        return f"{name} ({chosen}{hows})"
+    return f"{name} ({chosen.replace(', ', ' by fold, ')}{hows}; mean of {len(choices)} folds)"
+
+
+def _note(sizes: list[tuple[int, int, int, int]]) -> str:
+    """The one-line sentence saying how much of the data a sampled baseline saw."""
+    used, total, scored, val_total = (max(s[i] for s in sizes) for i in range(4))
+    per_fold = " per fold" if len(sizes) > 1 else ""
+    parts = []
+    if used < total:
+        parts.append(f"trained on a seeded random sample of {used:,} of {total:,} training rows{per_fold}")
+    if scored < val_total:
+        parts.append(f"scored on a sample of {scored:,} of {val_total:,} validation rows{per_fold}")
+    return f"the baseline {' and '.join(parts)}"

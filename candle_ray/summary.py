@@ -1,0 +1,123 @@
+"""The one rule for "the best": a trial is worth its best epoch's value of the metric.
+
+A trial's model is its best checkpoint (the epoch with the best value of the sweep's metric, the first
+such epoch on a tie), so ranking trials by their last epoch would rank models the sweep does not keep.
+Every place that ranks or picks trials (the summary line, results.csv, best_config.json, the parent
+run's metrics, `--from-sweep --top K`, the report and the live view) goes through these functions.
+
+Trials report their best epoch so far with every result (`best_epoch` and `best_<metric>` for every
+validation and test metric at that epoch: see `BestEpoch`), so the driver ranks from the last result
+alone, after a resume too. Plain Python: no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+PREFIX = "best_"
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def improves(value, best, mode: str) -> bool:
+    """Whether `value` is strictly better than `best` (None: nothing yet); a tie keeps the earlier."""
+    if not finite(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def ranked(items: Iterable[T], value: Callable[[T], float | None], mode: str) -> list[T]:
+    """Items with a finite value, best first; ties keep the items' order (the earlier trial first)."""
+    scored = [(v, i, item) for i, item in enumerate(items) if finite(v := value(item))]
+    scored.sort(key=lambda s: (s[0] if mode == "min" else -s[0], s[1]))
+    return [item for _, _, item in scored]
+
+
+def best_of(items: Iterable[T], value: Callable[[T], float | None], mode: str) -> T | None:
+    top = ranked(items, value, mode)
+    return top[0] if top else None
+
+
+def history_best(points: list[tuple[int, float]], mode: str) -> tuple[int, float] | None:
+    """(epoch, value) of the best point of a per-epoch history [(epoch, value), ...]."""
+    return best_of(sorted(points), lambda p: p[1], mode)
+
+
+def trial_value(result: dict | None, metric: str) -> float | None:
+    """A trial's worth from its last reported result: the best epoch's value (older results without
+    `best_<metric>`: the result's own value)."""
+    if not result:
+        return None
+    return result.get(PREFIX + metric, result.get(metric))
+
+
+def best_metrics(result: dict | None) -> dict:
+    """The best epoch's metrics from a result, under their own names (best_val_r2 -> val_r2)."""
+    return {k[len(PREFIX):]: v for k, v in (result or {}).items()
+            if k.startswith(PREFIX) and k != "best_epoch" and finite(v)}
+
+
+class BestEpoch:
+    """Follows a trial's stream of per-epoch results and adds the best epoch so far to each:
+    `best_epoch` and `best_<k>` for every val_*/test_* metric (and the loss) at that epoch.
+
+    It sees replayed epochs too (a resumed trial replays its history first), so the best survives a
+    restore. The rule is the loop's best checkpoint rule: strictly better, the first epoch on a tie.
+    """
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.best: dict | None = None
+
+    def __call__(self, results: Iterable[dict]) -> Iterator[dict]:
+        for result in results:
+            if improves(result.get(self.metric), None if self.best is None else self.best[self.metric], self.mode):
+                self.best = result
+            # Until an epoch has a finite value, the result's own (a NaN): schedulers and searchers
+            # find the key they follow in every result.
+            yield {**result, **(self.fields() if self.best is not None else {PREFIX + self.metric: result.get(self.metric)})}
+
+    def fields(self) -> dict:
+        kept = {k: v for k, v in self.best.items()
+                if (k.startswith(("val_", "test_")) or k == "loss") and finite(v)}
+        return {"best_epoch": self.best["epoch"], **{PREFIX + k: v for k, v in kept.items()}}
+
+
+def headline(task: str) -> str | None:
+    """The metric a person reads first for a task: accuracy for classifiers, R² for regressors."""
+    return {"classification": "val_accuracy", "regression": "val_r2"}.get(task)
+
+
+def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str) -> list[str]:
+    """`<label> val_accuracy 0.87 vs linear baseline 0.86`, and a warning when the model is worse than
+    the linear baseline on the sweep's metric or, for a regressor, than predicting the mean (R² < 0)."""
+    from candle_ray.objectives import direction
+
+    keys = list(dict.fromkeys(k for k in (metric, headline(task)) if k and finite(values.get(k))))
+    shown = ", ".join(f"{k} {values[k]:.4g}" + (f" vs linear baseline {baseline[k]:.4g}" if finite(baseline.get(k)) else "")
+                      for k in keys)
+    lines = [f"{label} {shown}"] if shown else []
+    worse = [k for k in keys if finite(baseline.get(k)) and improves(baseline[k], values[k], mode if k == metric else direction(k))]
+    if worse:
+        lines.append(f"warning: {label} is worse than a linear baseline on the same split ({', '.join(worse)}); "
+                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs")
+    r2 = values.get("val_r2")
+    if task == "regression" and finite(r2) and r2 < 0:
+        lines.append(f"warning: {label} has val_r2 {r2:.3g}, worse than predicting the training mean (R² 0)")
+    return lines
+
+
+def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str) -> list[str]:
+    """What the end of a sweep says about its best trial (and the linear baseline beside it)."""
+    import json
+
+    epoch = f"epoch {best['epoch']}" + (f" of {best['epochs_run']}" if best.get("epochs_run") else "")
+    lines = [f"best {metric} {best['value']:.4g} (trial {best['trial_id']}, {epoch}): "
+             f"{json.dumps(best['config'], default=str)}"]
+    return lines + comparison("best trial", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
+                              baseline, task)

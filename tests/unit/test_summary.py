@@ -1,0 +1,113 @@
+"""The one "best trial" rule: trials are ranked by their best epoch, everywhere (no Ray, no MLflow)."""
+
+import csv
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from candle_ray import summary
+from candle_ray.ensemble import top_configs
+from candle_ray.report import _best
+from candle_ray.sweep import summarize
+from candle_ray.tune import Sweep, grace_period_rule
+
+
+def stream(values, metric="val_loss", mode="min", extra=None):
+    results = [{"epoch": e, metric: v, "val_accuracy": 1 - v, **(extra or {})} for e, v in enumerate(values, 1)]
+    return list(summary.BestEpoch(metric, mode)(results))
+
+
+def test_best_epoch_rides_along_with_every_result():
+    out = stream([0.9, 0.5, 0.7, 0.5, 0.8])
+    assert [r["best_epoch"] for r in out] == [1, 2, 2, 2, 2]  # a tie keeps the earlier epoch (the checkpoint's)
+    assert out[-1]["best_val_loss"] == 0.5 and out[-1]["best_val_accuracy"] == 0.5
+    assert out[-1]["val_loss"] == 0.8  # the epoch's own value is untouched
+    assert summary.best_metrics(out[-1]) == {"val_loss": 0.5, "val_accuracy": 0.5}
+    nan_first = stream([math.nan, 0.4])
+    assert math.isnan(nan_first[0]["best_val_loss"]) and nan_first[1]["best_val_loss"] == 0.4
+    up = stream([0.1, 0.3, 0.2], metric="val_auroc", mode="max")
+    assert up[-1]["best_epoch"] == 2 and up[-1]["best_val_auroc"] == 0.3
+
+
+def fake_trial(trial_id, values, status="TERMINATED", epochs=None, **config):
+    last = stream(values)[-1]
+    return SimpleNamespace(trial_id=trial_id, status=status, last_result=last,
+                           config={"epochs": epochs or len(values), **config})
+
+
+def fake_sweep(metric="val_loss", mode="min"):
+    return Sweep(name="s", searcher="random", scheduler="asha", num_samples=3, workers_per_trial=1, cpus_per_worker=1,
+                 gpus_per_worker=0, max_concurrent=1, seed=0, metric=metric, mode=mode, max_failures=0, max_epochs=5)
+
+
+def test_summary_results_and_top_k_agree_with_the_checkpoints(tmp_path):
+    # "late" ends better than "early" ends, but "early"'s best epoch (its checkpoint) is the best model.
+    trials = [fake_trial("late", [0.8, 0.6, 0.45, 0.44, 0.43], learning_rate=0.1),
+              fake_trial("early", [0.5, 0.2, 0.9], epochs=5, learning_rate=0.01),  # stopped early by ASHA
+              fake_trial("failed", [0.1], status="ERROR", learning_rate=9.0)]
+    progress = SimpleNamespace(trials=trials, epoch_seconds={})
+    result = summarize(fake_sweep(), progress)
+    best = result["best"]
+    assert (best["trial_id"], best["value"], best["epoch"], best["epochs_run"]) == ("early", 0.2, 2, 3)
+    assert best["metrics"]["val_accuracy"] == pytest.approx(0.8)
+    rows = result["rows"]
+    assert [r["trial_id"] for r in rows] == ["failed", "early", "late"]  # ranked by value (failed included)
+    early = rows[1]
+    assert early["val_loss"] == 0.2 and early["last_val_loss"] == 0.9 and early["best_epoch"] == 2
+    assert early["val_accuracy"] == pytest.approx(0.8) and early["status"] == "stopped early"
+    # --from-sweep --top K reads results.csv: the same order, failed trials left out
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    picked = top_configs(list(csv.DictReader(open(path))), "val_loss", "min", 2, "s")
+    assert [c["learning_rate"] for c in picked] == [0.01, 0.1]
+
+
+def test_report_picks_the_same_trial_as_the_summary():
+    def history(values):
+        return {"val_loss": list(enumerate(values, 1))}
+
+    trials = [{"trial_id": "late", "status": "completed", "history": history([0.8, 0.6, 0.45, 0.44, 0.43])},
+              {"trial_id": "early", "status": "stopped early", "history": history([0.5, 0.2, 0.9])},
+              {"trial_id": "tie", "status": "completed", "history": history([0.3, 0.2])}]
+    assert _best(trials, "val_loss", "min")["trial_id"] == "early"  # the first of a tie, as summarize
+    assert _best(trials, "val_loss", "max")["trial_id"] == "early"  # 0.9 is the best epoch when higher is better
+
+
+@pytest.mark.parametrize("epochs,grace", [(1, 1), (3, 1), (8, 1), (9, 2), (20, 3), (60, 8), (100, 13)])
+def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
+    assert grace_period_rule(epochs) == grace
+    assert fake_sweep().grace == grace_period_rule(5)
+    sweep = Sweep(**{**fake_sweep().__dict__, "workers_per_trial": 1, "max_epochs": epochs, "grace_period": 4})
+    assert sweep.grace == 4  # --grace-period overrides the rule
+
+
+def test_schedulers_follow_the_grace_period_and_the_best_epoch():
+    from candle_ray.tune import HYPERBAND_TIME, make_scheduler
+
+    asha = make_scheduler("asha", "val_loss", "min", max_epochs=60, space={}, seed=0, grace=8)
+    assert [m for m, _ in asha._brackets[0]._rungs] == [24, 8] and asha._metric == "best_val_loss"
+    median = make_scheduler("median", "val_loss", "min", max_epochs=60, space={}, seed=0, grace=8)
+    assert median._grace_period == 8
+    hyperband = make_scheduler("hyperband", "val_loss", "min", max_epochs=60, space={}, seed=0, grace=8)
+    # Hyperband counts time in grace periods: its smallest bracket decides after one grace period or more.
+    assert hyperband._time_attr == HYPERBAND_TIME and hyperband._max_t_attr == 8
+    smallest = min(r for s in range(hyperband._s_max_1) if (r := hyperband._get_r0(s)) > 0)
+    assert smallest >= 1
+    pbt = make_scheduler("pbt", "val_loss", "min", max_epochs=60, space={"learning_rate": [0.1]}, seed=0)
+    assert pbt._metric == "val_loss"  # PBT compares the weights trials have now
+
+
+def test_comparison_with_the_linear_baseline():
+    lines = summary.comparison("best trial", {"val_loss": 0.6, "val_accuracy": 0.8}, "val_loss", "min",
+                               {"val_loss": 0.5, "val_accuracy": 0.85}, "classification")
+    assert lines[0] == "best trial val_loss 0.6 vs linear baseline 0.5, val_accuracy 0.8 vs linear baseline 0.85"
+    assert lines[1].startswith("warning: best trial is worse than a linear baseline") and "val_accuracy" in lines[1]
+    fine = summary.comparison("best trial", {"val_loss": 0.4, "val_r2": 0.3}, "val_loss", "min", {"val_r2": 0.2},
+                              "regression")
+    assert len(fine) == 1
+    below_mean = summary.comparison("best trial", {"val_loss": 4.0, "val_r2": -1.6}, "val_loss", "min", {}, "regression")
+    assert "worse than predicting the training mean" in below_mean[-1]
