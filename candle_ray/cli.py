@@ -264,8 +264,14 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     finally:
         _finish(tracker, run_dir, status)
     best = progress.best(experiment.metric, experiment.mode)
+    r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and experiment.metric != "val_r2" else ""
     click.echo(f"done in {time.monotonic() - t_cli:.1f}s (start-up {progress.startup_s:.1f}s, "
-               f"compute {progress.compute_s:.1f}s); best {experiment.metric} {best[experiment.metric]:.4f} at epoch {best['epoch']}")
+               f"compute {progress.compute_s:.1f}s); best {experiment.metric} {best[experiment.metric]:.4f}{r2} "
+               f"at epoch {best['epoch']}")
+    from candle_ray.summary import comparison
+
+    for warning in comparison("the best epoch", best, experiment.metric, experiment.mode, {}, entry.manifest["task"])[1:]:
+        click.echo(warning)
     click.echo(f"checkpoints: {run_dir / 'checkpoints'}")
     click.echo(f"MLflow run {tracker.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 

@@ -215,7 +215,9 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
     if summary["best"]:
-        for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear, entry.manifest["task"]):
+        # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
+        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if kind == "cv" else linear,
+                               entry.manifest["task"]):
             echo(line)
     if summary["interrupted"]:
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}"

@@ -82,7 +82,9 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     (parent,), children = runs_of("cv3")
     assert sorted(int(c.data.params["cv_fold"]) for c in children) == [0, 1, 2]
     m = parent.data.metrics
-    folds = [c.data.metrics["val_loss"] for c in children]
+    # Each fold's model is its best checkpoint: the fold's best epoch (best_val_loss on its run) counts.
+    folds = [c.data.metrics["best_val_loss"] for c in children]
+    assert all(f <= c.data.metrics["val_loss"] for f, c in zip(folds, children))
     assert m["cv_mean_val_loss"] == pytest.approx(np.mean(folds)) and m["cv_std_val_loss"] == pytest.approx(np.std(folds, ddof=1))
     assert parent.data.tags["candle_ray.kind"] == "cv"
 

@@ -1,6 +1,7 @@
 """Sweeps on the real local Ray cluster: ASHA with a real `mlflow server`, PBT weight transfer,
 a failing trial among good ones, and a resume after the driver is killed with SIGKILL."""
 
+import csv
 import json
 import os
 import signal
@@ -56,6 +57,26 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
         assert steps and sorted(steps) == list(range(1, len(steps) + 1))  # each epoch once
     statuses = [tags(c)["candle_ray.trial_status"] for c in children]
     assert "stopped early" in statuses  # ASHA cut some trials
+    # The linear baseline was fitted on the same split before the first trial and sits on the parent;
+    # the best trial is ranked by its best epoch, the same in results.csv and best_config.json.
+    parent_metrics = {m["key"]: m["value"] for m in parents[0]["data"]["metrics"]}
+    assert {"baseline_val_loss", "baseline_val_accuracy", "baseline_val_auroc"} <= set(parent_metrics)
+    assert 0 < parent_metrics["baseline_val_loss"] < 5 and 0 <= parent_metrics["baseline_val_accuracy"] <= 1
+    assert "linear baseline (logistic regression" in r.output and "vs linear baseline" in r.output
+    results = {row["trial_id"]: row for row in csv.DictReader(open(Path("candle-ray-sweeps/asha4/results.csv")))}
+    worth = {}
+    for child in children:
+        history = rest(mlflow_server, f"metrics/get-history?run_id={child['info']['run_id']}&metric_key=val_loss")["metrics"]
+        best = min(history, key=lambda m: (m["value"], m["step"]))
+        row = results[tags(child)["candle_ray.trial_id"]]
+        assert float(row["val_loss"]) == pytest.approx(best["value"]) and int(row["best_epoch"]) == best["step"]
+        assert float(row["last_val_loss"]) == pytest.approx(max(history, key=lambda m: m["step"])["value"])
+        assert tags(child)["candle_ray.best_epoch"] == str(best["step"])
+        worth[tags(child)["candle_ray.trial_id"]] = best["value"]
+    chosen = json.loads(Path("candle-ray-sweeps/asha4/best_config.json").read_text())
+    assert chosen["trial_id"] == min(worth, key=worth.get) and chosen["value"] == pytest.approx(min(worth.values()))
+    assert parent_metrics["best_val_loss"] == pytest.approx(min(worth.values()))
+    assert f"(trial {chosen['trial_id']}, epoch {chosen['epoch']} of" in r.output
     files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}")["files"]}
     assert {"results.csv", "best_config.json", "report"} <= files
     pictures = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}"
@@ -184,6 +205,30 @@ def test_best_checkpoint_is_the_trials_best_epoch(ray_cluster, workdir):
         best_epoch = min(history, key=lambda m: (m.value, m.step)).step
         local = client.download_artifacts(child.info.run_id, "checkpoints/best.json", str(workdir / child.info.run_id))
         assert json.loads(Path(local).read_text())["epoch"] == best_epoch
+
+
+def test_hyperband_pauses_and_resumes_trials_from_their_newest_epoch(ray_cluster, workdir):
+    """Hyperband pauses trials at its milestones (every trial exists from the start, so its brackets
+    fill); a resumed trial continues from the epoch it reached: its checkpoint is handed over each
+    epoch whatever --checkpoint-every says, and MLflow gets every epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    r = tune(TINY, "--smoke", "--num-samples", 9, "--scheduler", "hyperband", "--name", "hb", "--set", "epochs=6",
+             "--grace-period", 1, "--checkpoint-every", 1000, "--no-baseline")
+    assert r.exit_code == 0, r.output
+    assert "9 trials:" in r.output and "stopped early" in r.output
+    restores = [json.loads(line) for path in Path("candle-ray-sweeps/hb/trials").glob("*/restores.jsonl")
+                for line in path.read_text().splitlines()]
+    assert restores, "hyperband paused no trial"
+    for restore in restores:  # resumed from its own newest epoch: the milestone (2 epochs) it paused at
+        assert restore["epoch"] == 2 and restore["from_trial"] in r.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny_nt3")
+    children = client.search_runs([exp.experiment_id], "tags.`candle_ray.sweep` = 'hb' and tags.`candle_ray.trial_id` != ''")
+    assert len(children) == 9
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, len(steps) + 1))
 
 
 def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
