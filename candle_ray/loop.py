@@ -75,8 +75,8 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_d
     adam and nadam decay the weights decoupled from the gradient (AdamW / NAdamW: w -= lr·wd·w each
     step), since an L2 term in Adam's gradient is divided by its running scale and barely regularises;
     sgd, rmsprop, adagrad, adadelta and adamax add wd·w to the gradient, the same as an L2 penalty of
-    wd/2·||w||² in the loss. Typical values: 1e-4..1e-1 for adam (it is multiplied by the learning
-    rate), 1e-5..1e-3 for the others.
+    wd/2·||w||² in the loss. Typical values with adam: 0.1..3 for a few hundred rows (few steps, and the
+    shrink per step is lr·wd), 1e-3..1e-1 for large data; 1e-5..1e-3 with the others.
     """
     optim = torch.optim
     params = list(params)
