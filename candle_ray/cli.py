@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -521,6 +522,13 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     if calibration_file:
         X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
         calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score)
+        from candle_ray.conformal import quantile_rank
+
+        if quantile_rank(len(y_cal), alpha) >= len(y_cal):  # the threshold is the worst calibration row's score
+            click.echo(f"note: with {len(y_cal)} calibration rows at alpha {alpha:g} the conformal threshold is the "
+                       f"largest calibration score: sets and intervals are as wide as the worst row and cover "
+                       f"up to {1 / (len(y_cal) + 1):.0%} more than {1 - alpha:.0%}; "
+                       f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
     frame = predicting.table(run(X), info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
     _write_table(frame, Path(out))
     how = f"{len(members)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")

@@ -109,6 +109,12 @@ def test_too_little_calibration_data(table, tmp_path):
     r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
                                   "--conformal", str(tmp_path / "cal.csv"), "--alpha", "0.1"])
     assert r.exit_code == 1 and "calibration set has 5 rows, too few for alpha=0.1" in r.output
+    # Enough rows to calibrate, too few for the threshold to be anything but the worst row's score: said so.
+    pd.read_csv(tmp / "new.csv").iloc[:12].to_csv(tmp_path / "cal12.csv", index=False)
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
+                                  "--conformal", str(tmp_path / "cal12.csv"), "--alpha", "0.1"])
+    assert r.exit_code == 0 and "with 12 calibration rows at alpha 0.1 the conformal threshold is the largest" in r.output
+    assert "19 or more rows" in r.output
 
 
 def test_pool_regression_heads():
