@@ -98,6 +98,24 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_d
     return makers[name]()
 
 
+OPTIMIZER_KEYS = ("learning_rate", "momentum", "weight_decay")
+
+
+def apply_optimizer_keys(optimizer, config: dict) -> None:
+    """Make a restored optimizer use this config's learning rate, momentum and weight decay.
+
+    `load_state_dict` brings back the saved hyperparameters with the moments; when PBT clones a donor's
+    checkpoint into a trial whose keys it perturbed, the trial's own values must win, or a perturbed
+    momentum or weight decay would silently be the donor's.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = float(config["learning_rate"])
+        if "momentum" in group:
+            group["momentum"] = float(config.get("momentum", 0.0))
+        if group.get("weight_decay"):  # the kernels' group; biases stay undecayed
+            group["weight_decay"] = float(config.get("weight_decay", 0.0))
+
+
 class ReduceLROnPlateau:
     """Keras' ReduceLROnPlateau (CANDLE: monitor val_loss, factor 0.1, patience 10, min_delta 1e-4).
 
@@ -285,10 +303,8 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     if state is not None:  # resume after a worker failure: weights, optimizer, schedules and RNG
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
-        if state["config"].get("learning_rate") != config["learning_rate"]:
-            # PBT cloned another trial's weights with a perturbed learning rate: this trial's rate wins.
-            for group in optimizer.param_groups:
-                group["lr"] = float(config["learning_rate"])
+        if any(state["config"].get(k) != config.get(k) for k in OPTIMIZER_KEYS):
+            apply_optimizer_keys(optimizer, config)  # a PBT clone: the donor's moments, this trial's keys
         plateau.load_state_dict(state["plateau"])
         objective.load_state_dict(state.get("objective", {}))  # abstention's adapted alpha
         torch.set_rng_state(state["rng"])

@@ -38,7 +38,7 @@ from candle_ray.errors import TrainingError, UsageError  # noqa: E402
 from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value  # noqa: E402
 
 # What PBT may change in a running trial: hyperparameters that do not change the model's shape.
-PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "batch_size")
+PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "weight_decay", "batch_size")
 
 
 class WorkerRange(int):

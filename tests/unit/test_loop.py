@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from candle_ray.data.cache import Cache
 from candle_ray.data.synthetic import synthesize
@@ -250,3 +251,22 @@ def test_test_split_is_scored_every_epoch(tmp_path):
     history = list(train_epochs(job, World()))
     assert all(math.isfinite(m["test_loss"]) and "test_r2" in m for m in history)
     assert history[0]["test_loss"] != history[0]["val_loss"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_pbt_clone_keeps_its_own_optimizer_keys(name):
+    from candle_ray.loop import apply_optimizer_keys, make_optimizer
+
+    donor_model, model = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    donor = make_optimizer(name, donor_model.parameters(), 0.1, momentum=0.9, weight_decay=0.5)
+    donor_model(torch.ones(3, 4)).sum().backward()
+    donor.step()
+    clone = make_optimizer(name, model.parameters(), 0.1, momentum=0.9, weight_decay=0.5)
+    clone.load_state_dict(donor.state_dict())
+    apply_optimizer_keys(clone, {"learning_rate": 0.02, "momentum": 0.3, "weight_decay": 0.05})
+    kernels, biases = clone.param_groups
+    assert kernels["lr"] == biases["lr"] == 0.02
+    assert (kernels["weight_decay"], biases["weight_decay"]) == (0.05, 0.0)
+    if name == "sgd":
+        assert kernels["momentum"] == biases["momentum"] == 0.3
+    assert clone.state_dict()["state"]  # the donor's moments survive
