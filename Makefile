@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/candle-ray train experiments/nt3.py --smoke
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -61,14 +61,9 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     """The K best configurations of a finished sweep, each trained `replicas` times with different seeds,
     and the sweep's record (its fixed --set overrides and smoke flag belong to those configurations)."""
     from candle_ray.storage import Storage
-    from candle_ray.sweep import SWEEP_FILE
 
     store = Storage.parse(storage)
-    if not store.exists(store.path(sweep, SWEEP_FILE)):
-        existing = [d for d in store.subdirs(store.root) if store.exists(store.path(d, SWEEP_FILE))]
-        listing = f"sweeps there: {', '.join(existing)}" if existing else "there are no sweeps there"
-        raise UsageError(f"--from-sweep {sweep!r} does not exist in {store.uri} ({listing}); pass --storage where it ran")
-    record = json.loads(store.read_text(store.path(sweep, SWEEP_FILE)))
+    record = store.read_sweep(sweep, f"--from-sweep {sweep!r} does not exist", "pass --storage where it ran")
     if Path(record["experiment_file"]) != Path(experiment_path):
         raise UsageError(f"sweep {sweep!r} searched {record['experiment_file']}, not {experiment_path}; "
                          f"build the ensemble from the same experiment file")
@@ -78,24 +73,6 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     rows = list(csv.DictReader(io.StringIO(store.read_text(results))))
     configs = top_configs(rows, record["sweep"]["metric"], record["sweep"]["mode"], top, sweep)
     return [{**config, "rng_seed": base_seed + i} for config in configs for i in range(replicas)], record
-
-
-def members_space(members: list[dict]) -> dict:
-    """A Tune space holding every member's values (the members themselves go in as points to evaluate)."""
-    from ray import tune
-
-    keys = sorted({k for m in members for k in m})
-    space = {}
-    for key in keys:
-        values = []
-        for m in members:
-            if key in m and m[key] not in values:
-                values.append(m[key])
-        space[key] = tune.choice(values)
-    missing = [i for i, m in enumerate(members) if set(m) != set(keys)]
-    if missing:
-        raise UsageError(f"ensemble members {missing[:3]} do not set every key of {keys}; members must differ in the same keys")
-    return space
 
 
 # ---------------------------------------------------------------- evaluation of the pooled members

@@ -117,11 +117,6 @@ class Experiment:
         return config
 
 
-def _type_name(value) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
-
-
 def _check_rules(key: str, value):
     rule = KEY_RULES.get(key)
     if not rule or value is None:

@@ -13,7 +13,18 @@ _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "120",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial CSV/JSON/TensorBoard files
+    "RAY_AIR_NEW_OUTPUT": "0",  # our own progress lines instead of Tune's tables
+    # Checkpoint retention (num_to_keep) forces an experiment-state snapshot when trials checkpoint often;
+    # that is the price of bounded files per trial, so Tune's warning about it is noise.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+
+
+def set_env_defaults() -> None:
+    """Ray's and Tune's switches, where the user has not set them; some are read when ray.tune is imported."""
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 _PROBE_S = 5.0
@@ -44,8 +55,7 @@ def probe(address: str | None) -> None:
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> dict:
     """Start or join Ray and return the cluster's resources. Reuses a session already started."""
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    set_env_defaults()
     import ray
 
     # Tune's result analysis looks for the per-trial result files we switch off; it warns per trial.

@@ -7,12 +7,15 @@ endpoint comes from AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) for S3-compatible 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from candle_ray.errors import UsageError
+
+SWEEP_FILE = "sweep.json"  # a sweep's record: what --resume, --from-sweep and report read back
 
 
 @dataclass
@@ -86,6 +89,23 @@ class Storage:
 
         selector = pafs.FileSelector(path, allow_not_found=True)
         return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.Directory)
+
+    def sweeps(self) -> list[str]:
+        return [d for d in self.subdirs(self.root) if self.exists(self.path(d, SWEEP_FILE))]
+
+    def has_sweep(self, name: str) -> bool:
+        return self.exists(self.path(name, SWEEP_FILE))
+
+    def read_sweep(self, name: str, missing: str, fix: str = "") -> dict:
+        """The record of sweep `name`; when there is none, UsageError(`missing`, the sweeps there, `fix`)."""
+        if not self.has_sweep(name):
+            found = self.sweeps()
+            listing = f"sweeps in {self.uri}: {', '.join(found)}" if found else f"there are no sweeps in {self.uri}"
+            raise UsageError("; ".join(part for part in (missing, listing, fix) if part))
+        return json.loads(self.read_text(self.path(name, SWEEP_FILE)))
+
+    def write_sweep(self, name: str, record: dict) -> None:
+        self.write_text(self.path(name, SWEEP_FILE), json.dumps(record, indent=1, sort_keys=True))
 
     def work_dir(self, sweep: str) -> Path:
         """Local folder for a sweep's trials and results: inside the storage when it is a local path,

@@ -21,8 +21,6 @@ from pathlib import Path
 from candle_ray.errors import UsageError
 from candle_ray.summary import best_lines
 
-SWEEP_FILE = "sweep.json"
-
 
 def known_metrics(config: dict, entry) -> tuple[str, ...]:
     """What training reports for this config and dataset (the objective decides: AUROC, per-task...)."""
@@ -39,12 +37,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def read_record(store, name: str, experiment_path: Path) -> dict:
-    path = store.path(name, SWEEP_FILE)
-    if not store.exists(path):
-        existing = [d for d in store.subdirs(store.root) if store.exists(store.path(d, SWEEP_FILE))]
-        listing = f"sweeps in {store.uri}: {', '.join(existing)}" if existing else f"there are no sweeps in {store.uri}"
-        raise UsageError(f"no sweep named {name!r} to resume; {listing}")
-    record = json.loads(store.read_text(path))
+    record = store.read_sweep(name, f"no sweep named {name!r} to resume")
     if Path(record["experiment_file"]) != experiment_path:
         raise UsageError(f"sweep {name!r} was started with {record['experiment_file']}, not {experiment_path}; "
                          f"resume it with the same experiment file or start a new sweep")
@@ -86,9 +79,9 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     if resume:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
     elif members is not None:
-        from candle_ray import ensemble
+        from candle_ray import tune
 
-        space, searcher, scheduler, num_samples = ensemble.members_space(members), "members", "fifo", len(members)
+        space, searcher, scheduler, num_samples = tune.members_space(members), "members", "fifo", len(members)
         check_space(space, {**config, "cv_fold": None} if kind == "cv" else config, sets, experiment.name)
     else:
         space = dict(space if space is not None else experiment.search_space)
@@ -117,7 +110,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
     if resume:
         sweep = tune.Sweep(**record["sweep"])
     else:
-        if store.exists(store.path(name, SWEEP_FILE)):
+        if store.has_sweep(name):
             raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
                              f"or pick another --name")
         concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent,
@@ -145,12 +138,12 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **config,
                                   "model_name": experiment.model, "dataset": entry.name},
                      {**tags, "candle_ray.sweep": sweep.name})
-        store.write_text(store.path(sweep.name, SWEEP_FILE), json.dumps({
+        store.write_sweep(sweep.name, {
             "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
             "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
             "config_file": str(config_file) if config_file else None,
             "smoke": smoke, "created": stamp, "kind": kind, "cv": cv, "baseline": baseline,
-            "log_keys": log_scaled_keys(space)}, indent=1, sort_keys=True))
+            "log_keys": log_scaled_keys(space)})
 
     base_job = {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
@@ -341,9 +334,7 @@ def report_command(storage: str, name: str, echo) -> list[Path]:
     from candle_ray.storage import Storage
 
     store = Storage.parse(storage)
-    if not store.exists(store.path(name, SWEEP_FILE)):
-        raise UsageError(f"no sweep named {name!r} in {store.uri}; pass --storage where it ran")
-    record = json.loads(store.read_text(store.path(name, SWEEP_FILE)))
+    record = store.read_sweep(name, f"no sweep named {name!r}", "pass --storage where it ran")
     parent = tracking.RunTracker(record["tracking_uri"], "", record["parent_run_id"])
     sweep = record["sweep"]
     work_dir = store.work_dir(name)

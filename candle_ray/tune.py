@@ -22,11 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
-# Checkpoint retention (num_to_keep) forces an experiment-state snapshot when trials checkpoint often;
-# that is the price of bounded files per trial, so Tune's warning about it is noise.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+from candle_ray import runtime
+
+runtime.set_env_defaults()  # before ray.tune reads its switches
 
 import ray  # noqa: E402
 import ray.tune  # noqa: E402
@@ -151,6 +149,22 @@ def grid_space(space: dict) -> dict:
         else:
             grid[key] = value
     return grid
+
+
+def members_space(members: list[dict]) -> dict:
+    """A Tune space holding every member's values (the members themselves go in as points to evaluate)."""
+    keys = sorted({k for m in members for k in m})
+    space = {}
+    for key in keys:
+        values = []
+        for m in members:
+            if key in m and m[key] not in values:
+                values.append(m[key])
+        space[key] = ray.tune.choice(values)
+    missing = [i for i, m in enumerate(members) if set(m) != set(keys)]
+    if missing:
+        raise UsageError(f"ensemble members {missing[:3]} do not set every key of {keys}; members must differ in the same keys")
+    return space
 
 
 class MembersSearcher(ray.tune.search.Searcher):

@@ -21,6 +21,17 @@ def cli(*args):
     return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
 
 
+def assert_conformal_near_nominal(metrics, alpha=0.1):
+    """The ensemble's split-conformal check (calibrate on half the validation rows, measure on the other
+    half) covers 1 - alpha up to sampling error: 3 standard errors of the measured half, plus the
+    1/(n_cal + 1) that split conformal may over-cover by. Smoke splits are small, so this is loose here;
+    tests/unit/test_ensemble_conformal.py checks the same path on 1,000 rows within 0.05."""
+    rows = int(metrics["ensemble_val_rows"])
+    n_cal, n_test = rows // 2, rows - rows // 2
+    tolerance = 3 * (alpha * (1 - alpha) / n_test) ** 0.5 + 1 / (n_cal + 1)
+    assert abs(metrics["conformal_val_coverage"] - (1 - alpha)) <= tolerance, (metrics["conformal_val_coverage"], rows)
+
+
 def runs_of(name):
     client = MlflowClient()
     exp = client.get_experiment_by_name("tiny_nt3")
@@ -40,7 +51,8 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     assert sorted(int(c.data.params["rng_seed"]) for c in children) == [7102, 7103, 7104]
     m = parent.data.metrics
     assert m["ensemble_members"] == 3 and 0 <= m["ensemble_val_ece"] <= 1 and m["ensemble_val_accuracy"] > 0.5
-    assert 0 < m["conformal_val_coverage"] <= 1 and m["conformal_val_set_size"] >= 1
+    assert_conformal_near_nominal(m)
+    assert m["conformal_val_set_size"] >= 1
     files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/reliability.png", "uq/val_predictions.tsv"} <= files
 
@@ -132,6 +144,6 @@ def test_heteroscedastic_ensemble_splits_uncertainty(ray_cluster, workdir):
     m = parent.data.metrics
     assert m["ensemble_val_aleatoric_std"] > 0 and m["ensemble_val_epistemic_std"] > 0
     assert 0 <= m["ensemble_val_coverage_90"] <= 1 and m["ensemble_val_interval_width"] > 0
-    assert 0 <= m["conformal_val_coverage"] <= 1
+    assert_conformal_near_nominal(m)
     files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/coverage.png", "uq/error_vs_sigma.png", "uq/val_predictions.tsv"} <= files

@@ -2,6 +2,7 @@
 sweep's parent run and finds every trial's child run on the page; the screenshot is kept."""
 
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -15,6 +16,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# CI installs the browser (make browser): there a missing one is a failure, not a quiet skip.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SCREENSHOTS = ROOT / "test-artifacts"
 
 
@@ -32,8 +35,10 @@ def _browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromium-driver (make installs them)")
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) and not IN_CI,
+                    reason="needs chromium and chromium-driver (make installs them)")
 def test_sweep_is_browsable_in_mlflow_ui(ray_cluster, workdir, mlflow_server):
+    assert CHROMIUM and CHROMEDRIVER, "CI=true but chromium / chromedriver are not on PATH: `make browser` failed"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait

@@ -108,9 +108,19 @@ def test_malformed_address(address, message):
         runtime.probe(address)
 
 
-def test_address_probe_leaves_ray_alone_for_auto_and_none():
-    for address in (None, "", "auto", "local"):
-        runtime.probe(address)
+def test_address_probe_leaves_ray_alone_for_auto_and_none(monkeypatch):
+    """Ray resolves these itself (start a local cluster, read RAY_ADDRESS, add its default port): the probe
+    must not try a connection of its own, which would fail or wait for nothing."""
+    import socket
+
+    def no_connection(target, *args, **kwargs):
+        raise AssertionError(f"probe tried to connect to {target}")
+
+    monkeypatch.setattr(socket, "create_connection", no_connection)
+    for address in (None, "", "auto", "local", "headnode"):
+        assert runtime.probe(address) is None
+    with pytest.raises(AssertionError, match="127.0.0.1"):
+        runtime.probe("127.0.0.1:6379")  # the guard above is live: a host:port is probed
 
 
 def test_closed_address_fails_fast_with_the_fix():
