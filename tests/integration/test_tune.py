@@ -1,5 +1,6 @@
 """Sweeps on the real local Ray cluster: ASHA with a real `mlflow server`, PBT weight transfer,
-a failing trial among good ones, and a resume after the driver is killed with SIGKILL."""
+a failing trial among good ones, a resume after the driver is killed with SIGKILL, Hyperband pauses,
+Optuna TPE with median stopping."""
 
 import csv
 import json
@@ -229,6 +230,22 @@ def test_hyperband_pauses_and_resumes_trials_from_their_newest_epoch(ray_cluster
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert sorted(steps) == list(range(1, len(steps) + 1))
+
+
+def test_optuna_search_with_median_stopping(ray_cluster, workdir):
+    """TPE proposes every trial (list-valued choices included) and the median rule follows each trial's
+    best epoch; the record and results.csv agree on what ran."""
+    r = tune(TINY, "--smoke", "--num-samples", 5, "--search", "optuna", "--scheduler", "median", "--name", "tpe",
+             "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline")
+    assert r.exit_code == 0, r.output
+    assert "5 trials:" in r.output and "failed" in r.output
+    record = json.loads(Path("candle-ray-sweeps/tpe/sweep.json").read_text())
+    assert (record["sweep"]["searcher"], record["sweep"]["scheduler"]) == ("optuna", "median")
+    with open("candle-ray-sweeps/tpe/results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and all(row["status"] in ("completed", "stopped early") for row in rows)
+    rates = [float(row["config.learning_rate"]) for row in rows]
+    assert len(set(rates)) == 5 and all(1e-3 <= lr <= 1e-1 for lr in rates)
 
 
 def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):

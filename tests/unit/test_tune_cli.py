@@ -85,3 +85,27 @@ def test_resume_with_another_experiment(workdir):
     (sweep / "sweep.json").write_text(json.dumps({"experiment_file": str(NT3)}))
     r = tune(TINY, "--resume", "--name", "s1")
     assert r.exit_code == 2 and "was started with" in error_line(r)
+
+
+def _proposals(seed, n=6):
+    from ray import tune as rt
+
+    from candle_ray.tune import make_searcher
+
+    space = {"learning_rate": rt.loguniform(1e-4, 1e-1), "dense": rt.choice([[64], [256, 64]]),
+             "batch_size": rt.choice([16, 32])}
+    searcher = make_searcher("optuna", "val_loss", "min", seed, max_concurrent=n)
+    assert searcher.set_search_properties("best_val_loss", "min", space)
+    proposals = []
+    for i in range(n):
+        config = searcher.suggest(f"t{i}")
+        proposals.append(config)
+        searcher.on_trial_complete(f"t{i}", {"best_val_loss": config["learning_rate"], "training_iteration": 1})
+    return proposals
+
+
+def test_optuna_search_is_seeded_and_keeps_list_valued_choices():
+    first, again, other = _proposals(3), _proposals(3), _proposals(4)
+    assert first == again and first != other
+    assert all(1e-4 <= c["learning_rate"] <= 1e-1 and c["dense"] in ([64], [256, 64]) for c in first)
+    assert len({c["learning_rate"] for c in first}) == len(first)
