@@ -36,6 +36,7 @@ from candle_ray.data import folds
 from candle_ray.data.cache import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
+from candle_ray.summary import improves
 
 
 @dataclass
@@ -221,159 +222,203 @@ def _monitored(config: dict, job: dict, objective) -> tuple[str, str]:
     return name, job["mode"] if name == job["metric"] else objectives.direction(name)
 
 
-def train_epochs(job: dict, world: World) -> Iterator[dict]:
-    config = job["config"]
-    torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
-    device = world.device
+def _prepare_device(device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         # cuDNN picks the fastest convolution algorithms for NT3's fixed shapes; TF32 for fp32 matmuls.
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    seed = int(config.get("rng_seed", 0))
-    seed_everything(seed)
 
-    entry = job["entry"]
-    task = job["task"]
-    reconstruct = task == "autoencoder"
-    batch_size = int(config["batch_size"])
-    # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
-    per_worker = max(1, math.ceil(batch_size / world.world_size))
-    cv = job.get("cv")  # cross-validation: {"assignment": fold of each train+val row, "fold": k}
+
+def _make_feeds(job: dict, world: World, per_worker: int, seed: int):
+    """Train, validation and (where the data hold one) test feeds for this worker's share of the rows."""
+    entry, cv = job["entry"], job.get("cv")  # cv: {"assignment": fold of each train+val row, "fold": k}
+    shard = {"rank": world.rank, "world_size": world.world_size}
+    eval_batch = max(per_worker, 256)
     if cv:
-        feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, rank=world.rank,
-                               world_size=world.world_size)
-        val_feed = folds.fold_feed(entry, cv, "val", max(per_worker, 256), shuffle=False, rank=world.rank,
-                                   world_size=world.world_size, pad=False)
+        feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, **shard)
+        val_feed = folds.fold_feed(entry, cv, "val", eval_batch, shuffle=False, pad=False, **shard)
     else:
-        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, rank=world.rank,
-                         world_size=world.world_size, mode=job.get("feed", "auto"))
+        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.get("feed", "auto"), **shard)
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
-        val_feed = make_feed(entry, "val", max(per_worker, 256), shuffle=False, rank=world.rank,
-                             world_size=world.world_size, mode="memory", pad=False)
+        val_feed = make_feed(entry, "val", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
     # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
     test_feed = None
     if not cv and "test" in read_manifest(entry)["splits"]:
-        test_feed = make_feed(entry, "test", max(per_worker, 256), shuffle=False, rank=world.rank,
-                              world_size=world.world_size, mode="memory", pad=False)
-    if device.type == "cuda":
+        test_feed = make_feed(entry, "test", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
+    if world.device.type == "cuda":
         # An NT3 split is ~270 MB: keep in-memory feeds (a joined feed: its feature tables and row columns) on
         # the GPU and skip a pageable host-to-device copy per step; joined batches are then gathered there.
         for placed in (feed, val_feed):
-            free, _ = torch.cuda.mem_get_info(device)
+            free, _ = torch.cuda.mem_get_info(world.device)
             if hasattr(placed, "nbytes") and placed.nbytes < free / 4:
-                placed.to(device)
+                placed.to(world.device)
+    return feed, val_feed, test_feed
 
-    # The loss, its metrics and the output width it needs (het x2, qtl x3, abstention +1 unit).
-    objective = objectives.make(config, task, job["model_shape"], device=device,
-                                train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
-                                else split_labels(entry, "train"))
-    shape = objectives.head_shape(config, task, job["model_shape"])
+
+def _build_model(job: dict, objective, device):
+    """The model with the output width its objective needs; returns (model, shape as built, condition width)."""
+    config, task = job["config"], job["task"]
+    shape = objectives.head_shape(config, task, job["model_shape"])  # het x2, qtl x3, abstention +1 unit
     condition = 0
-    if reconstruct and config.get("model") == "cvae":  # condition on the class, appended to the input
-        condition = int(read_manifest(entry)["num_classes"])
+    if task == "autoencoder" and config.get("model") == "cvae":  # condition on the class, appended to the input
+        condition = int(read_manifest(job["entry"])["num_classes"])
         shape = {**shape, "input_dim": shape["input_dim"] + condition, "condition_dim": condition}
     model = models.build(job["model"], {**config, **shape}).to(device)
     objective.init_head(model)
-    optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
-                               float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))
-    mode = job["mode"]
-    plateau_metric, plateau_mode = _monitored(config, job, objective)
-    plateau = ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=float(config.get("reduce_lr_factor", 0.1)),
-                                patience=int(config.get("reduce_lr_patience", 10)),
-                                min_delta=float(config.get("reduce_lr_min_delta", 1e-4)),
-                                cooldown=int(config.get("reduce_lr_cooldown", 0)),
-                                min_lr=float(config.get("reduce_lr_min_lr", 0.0)))
-    amp_dtype = autocast_dtype(job.get("precision", "auto"), device)
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return model, shape, condition
 
-    ckpt_dir = Path(job["run_dir"]) / "checkpoints"
-    # What prediction needs besides the weights: features, their scaler, classes, and a regressor's
-    # target scaler (its outputs are standardised targets).
+
+def _make_plateau(optimizer, config: dict, mode: str) -> ReduceLROnPlateau:
+    """Keras' ReduceLROnPlateau with CANDLE's reduce_lr_* keys."""
+    return ReduceLROnPlateau(optimizer, mode=mode, factor=float(config.get("reduce_lr_factor", 0.1)),
+                             patience=int(config.get("reduce_lr_patience", 10)),
+                             min_delta=float(config.get("reduce_lr_min_delta", 1e-4)),
+                             cooldown=int(config.get("reduce_lr_cooldown", 0)),
+                             min_lr=float(config.get("reduce_lr_min_lr", 0.0)))
+
+
+def _restore(ckpt_dir: Path, config: dict, model, optimizer, plateau, objective) -> dict | None:
+    """Resume after a worker failure (or a PBT clone): weights, optimizer, schedules and RNG; returns the
+    checkpoint's progress (epoch, best, history, elapsed_s, bad_epochs), or None for a fresh start."""
+    state = checkpoint.load(ckpt_dir, "last", missing_ok=True)
+    if state is None:
+        return None
+    model.load_state_dict(state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    if any(state["config"].get(k) != config.get(k) for k in OPTIMIZER_KEYS):
+        apply_optimizer_keys(optimizer, config)  # a PBT clone: the donor's moments, this trial's keys
+    plateau.load_state_dict(state["plateau"])
+    objective.load_state_dict(state.get("objective", {}))  # abstention's adapted alpha
+    torch.set_rng_state(state["rng"])
+    return state
+
+
+def _step_settings(job: dict, device, condition: int) -> dict:
+    """What every training step uses: the device, mixed precision (autocast and fp16's loss scaler), and
+    whether the target is the input (autoencoders) and how many class columns condition it (cvae)."""
+    amp_dtype = autocast_dtype(job.get("precision", "auto"), device)
+    return {"device": device, "reconstruct": job["task"] == "autoencoder", "condition": condition,
+            "amp": torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext(),
+            "scaler": torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)}
+
+
+def _train_one_epoch(ddp_model, model, feed, epoch: int, objective, optimizer, step: dict):
+    """One pass over this worker's training rows; returns the objective's sums, still on the device."""
+    device, reconstruct, amp, scaler = step["device"], step["reconstruct"], step["amp"], step["scaler"]
+    regularized = hasattr(model, "regularization_loss")
+    ddp_model.train()
+    totals = torch.zeros(objective.train_width, dtype=torch.float64, device=device)
+    for xb, yb in feed.epoch(epoch):
+        xb = xb.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True)
+        with amp:
+            out = ddp_model(_conditioned(xb, yb, step["condition"]))
+            loss = _objective(model, out, xb if reconstruct else yb, objective, reconstruct)
+            if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
+                loss = loss + model.regularization_loss()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        # Accumulate on the device: no host sync per step.
+        with torch.no_grad():
+            totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())
+    return totals
+
+
+def _stop_reason(config: dict, metric: str, bad_epochs: int, elapsed: float, epoch: int) -> str | None:
+    timeout, epochs = float(config.get("timeout", -1)), int(config["epochs"])
+    if config.get("early_stop") and bad_epochs >= int(config.get("early_stop_patience", 10)):
+        return f"early stop: no {metric} improvement in {bad_epochs} epochs"
+    if timeout > 0 and elapsed >= timeout and epoch < epochs:
+        return f"timeout: {elapsed:.0f}s >= {timeout:.0f}s"
+    return None
+
+
+def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool) -> list[str]:
+    """CANDLE's ckpt_save_interval (0 = only the final epoch) and ckpt_save_best; NT3 at full size writes
+    1.2 GB per checkpoint, which a fast GPU epoch should not pay every time."""
+    interval = int(config.get("ckpt_save_interval", 1))
+    return [k for k, due in (("last", last_epoch or (interval > 0 and epoch % interval == 0)),
+                             ("best", improved and config.get("ckpt_save_best", True))) if due]
+
+
+def _prediction_data(job: dict, objective) -> dict | None:
+    """What prediction needs besides the weights: features, their scaler, classes, and a regressor's
+    target scaler (its outputs are standardised targets)."""
     data = job.get("data")
     if data is not None and getattr(objective, "target_scaler", None):
         data = {**data, "target_scaler": objective.target_scaler}
-    metric = job["metric"]
-    best = {"metric": metric, "value": None, "epoch": None}
-    history: list[dict] = []
-    start_epoch, elapsed_before, bad_epochs = 0, 0.0, 0
-    state = checkpoint.load(ckpt_dir, "last", missing_ok=True)
-    if state is not None:  # resume after a worker failure: weights, optimizer, schedules and RNG
-        model.load_state_dict(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        if any(state["config"].get(k) != config.get(k) for k in OPTIMIZER_KEYS):
-            apply_optimizer_keys(optimizer, config)  # a PBT clone: the donor's moments, this trial's keys
-        plateau.load_state_dict(state["plateau"])
-        objective.load_state_dict(state.get("objective", {}))  # abstention's adapted alpha
-        torch.set_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        elapsed_before, bad_epochs = state["elapsed_s"], state["bad_epochs"]
-        for past in history:
-            yield {**past, "replayed": True}
-    ddp_model = world.wrap(model)
-    regularized = hasattr(model, "regularization_loss")
+    return data
 
-    t_start = time.monotonic() - elapsed_before
-    timeout = float(config.get("timeout", -1))
-    epochs = int(config["epochs"])
+
+def train_epochs(job: dict, world: World) -> Iterator[dict]:
+    config, task, device = job["config"], job["task"], world.device
+    torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
+    _prepare_device(device)
+    seed = int(config.get("rng_seed", 0))
+    seed_everything(seed)
+    # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
+    per_worker = max(1, math.ceil(int(config["batch_size"]) / world.world_size))
+    feed, val_feed, test_feed = _make_feeds(job, world, per_worker, seed)
+    cv, entry = job.get("cv"), job["entry"]
+    objective = objectives.make(config, task, job["model_shape"], device=device,
+                                train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
+                                else split_labels(entry, "train"))
+    model, shape, condition = _build_model(job, objective, device)
+    optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
+                               float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))
+    plateau_metric, plateau_mode = _monitored(config, job, objective)
+    plateau = _make_plateau(optimizer, config, plateau_mode)
+    step = _step_settings(job, device, condition)
+
+    ckpt_dir, data = Path(job["run_dir"]) / "checkpoints", _prediction_data(job, objective)
+    metric, mode = job["metric"], job["mode"]
+    state = _restore(ckpt_dir, config, model, optimizer, plateau, objective) or {
+        "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
+        "bad_epochs": 0}
+    start_epoch, best, history = state["epoch"], state["best"], state["history"]
+    elapsed_before, bad_epochs = state["elapsed_s"], state["bad_epochs"]
+    for past in history:
+        yield {**past, "replayed": True}
+    ddp_model = world.wrap(model)
+
+    def evaluate(split_feed):
+        return objective.eval_metrics(_evaluate(ddp_model, split_feed, world, objective, task, step["amp"], condition))
+
+    t_start, epochs = time.monotonic() - elapsed_before, int(config["epochs"])
     for epoch in range(start_epoch + 1, epochs + 1):
         _maybe_inject_fault(job, world, epoch)
         t0 = time.perf_counter()
-        ddp_model.train()
-        totals = torch.zeros(objective.train_width, dtype=torch.float64, device=device)
-        for xb, yb in feed.epoch(epoch):
-            xb = xb.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            with amp:
-                out = ddp_model(_conditioned(xb, yb, condition))
-                loss = _objective(model, out, xb if reconstruct else yb, objective, reconstruct)
-                if regularized:  # e.g. P1B2's L2 on kernels and activities, as Keras adds it
-                    loss = loss + model.regularization_loss()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            # Accumulate on the device: no host sync per step.
-            with torch.no_grad():
-                totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())
+        totals = _train_one_epoch(ddp_model, model, feed, epoch, objective, optimizer, step)
         world.all_reduce_sum(totals)
         train_s = time.perf_counter() - t0
-        val = _evaluate(ddp_model, val_feed, world, objective, task, amp, condition)
-        metrics = {"epoch": epoch, **objective.train_metrics(totals), **objective.eval_metrics(val),
+        metrics = {"epoch": epoch, **objective.train_metrics(totals), **evaluate(val_feed),
                    "lr": optimizer.param_groups[0]["lr"]}
         if test_feed is not None:  # CANDLE's P1B3 reports test loss and accuracy every epoch too
-            tested = objective.eval_metrics(_evaluate(ddp_model, test_feed, world, objective, task, amp, condition))
-            metrics.update({f"test_{k[len('val_'):]}": v for k, v in tested.items() if k.startswith("val_")})
-        metrics["epoch_time_s"] = time.perf_counter() - t0
-        metrics["samples_per_s"] = totals[1].item() / train_s if train_s > 0 else 0.0
+            metrics.update({f"test_{k[len('val_'):]}": v for k, v in evaluate(test_feed).items() if k.startswith("val_")})
+        metrics.update(epoch_time_s=time.perf_counter() - t0,
+                       samples_per_s=totals[1].item() / train_s if train_s > 0 else 0.0)
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
             metrics["stop_reason"] = "non-finite loss"
 
         if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
             plateau.step(metrics[plateau_metric])
         objective.end_epoch(epoch, metrics)
-        value = metrics.get(metric)
-        improved = value is not None and math.isfinite(value) and (best["value"] is None or
-                                          (value < best["value"] if mode == "min" else value > best["value"]))
+        improved = improves(metrics.get(metric), best["value"], mode)
         if improved:
-            best, bad_epochs = {"metric": metric, "value": value, "epoch": epoch}, 0
+            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch}, 0
         else:
             bad_epochs += 1
         elapsed = time.monotonic() - t_start
-        if config.get("early_stop") and bad_epochs >= int(config.get("early_stop_patience", 10)):
-            metrics["stop_reason"] = f"early stop: no {metric} improvement in {bad_epochs} epochs"
-        if timeout > 0 and elapsed >= timeout and epoch < epochs:
-            metrics["stop_reason"] = f"timeout: {elapsed:.0f}s >= {timeout:.0f}s"
+        reason = _stop_reason(config, metric, bad_epochs, elapsed, epoch)
+        if reason and "stop_reason" not in metrics:
+            metrics["stop_reason"] = reason
         history.append(metrics)
 
-        # CANDLE's ckpt_save_interval (0 = only the final epoch) and ckpt_save_best; NT3 at full size
-        # writes 1.2 GB per checkpoint, which a fast GPU epoch should not pay every time.
-        interval = int(config.get("ckpt_save_interval", 1))
-        last_epoch = epoch == epochs or "stop_reason" in metrics
-        kinds = [k for k, due in (("last", last_epoch or (interval > 0 and epoch % interval == 0)),
-                                  ("best", improved and config.get("ckpt_save_best", True))) if due]
+        kinds = _checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved)
         if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
                 "model": job["model"], "config": config, "model_shape": shape,  # as built (with its UQ head)
