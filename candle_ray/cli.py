@@ -5,14 +5,10 @@ so `candle-ray --help` stays fast.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import sys
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,10 +154,9 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
         raise UsageError("--resume needs the run's --name (its folder under --storage)")
     cache_dir = run.pop("cache_dir")
     run["baseline"] = not run.pop("no_baseline")
-    return sweep.run(experiment=experiment, echo=click.echo,
-                     prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)),
-                     tracking_uri=tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri()),
-                     sets=list(run.pop("sets")), **run, **settings)
+    uri = tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri())
+    return sweep.run(experiment, sweep.SweepSettings(tracking_uri=uri, sets=tuple(run.pop("sets")), **run, **settings),
+                     prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)), echo=click.echo)
 
 
 @main.command()
@@ -190,7 +185,7 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
 def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_per_worker, max_failures, feed, address,
           tracking_uri, cache_dir, output_dir, run_name, launcher, inject_fault):
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
-    t_cli = time.monotonic()
+    started = time.monotonic()
     experiment = _load(experiment_file)
     config = experiment.resolve_config(config_file=config_file, sets=list(sets), smoke=smoke,
                                        warn=lambda m: click.echo(m, err=True))
@@ -198,83 +193,21 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
-
-    from candle_ray import runtime, train as trainer
-    from candle_ray.data.features import describe
-    from candle_ray.experiment import model_shape
-
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_name = run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
-    run_dir = (Path(output_dir) / experiment.name / run_name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    def start_run():
-        tracker = tracking.RunTracker(uri, experiment.name)
-        tracker.start(run_name, {**config, "model_name": experiment.model, "dataset": entry.name, "smoke": smoke}, {
-            "candle_ray.experiment_file": experiment.path,
-            "mlflow.source.name": experiment.path,
-            "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
-            "candle_ray.dataset": entry.name,
-            "candle_ray.dataset_fingerprint": entry.fingerprint,
-            "candle_ray.synthetic_data": str(entry.synthetic).lower(),
-            "candle_ray.run_dir": run_dir,
-        })
-        return tracker
-
-    runtime.probe(address)  # an unreachable --address fails here, before an MLflow run is opened
-    # MLflow's import and store set-up (~1.8 s) overlap ray.init (~3 s); ray.init stays in the main
-    # thread, where it installs its signal handlers.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(start_run)
-        try:
-            cluster = runtime.connect(address)
-        except BaseException:
-            if pending.exception() is None:
-                pending.result().finish("FAILED")
-            raise
-        tracker = pending.result()
-    status = "FAILED"
-    try:
-        plan = trainer.plan_resources(cluster, workers, use_gpu=False if force_cpu else None,
-                                      cpus_per_worker=cpus_per_worker)
-        tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
-        job = {
-            "config": config, "model": experiment.model, "task": entry.manifest["task"],
-            "model_shape": model_shape(entry), "data": describe(entry),
-            "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
-            "precision": config.get("precision", "auto"), "feed": feed,
-            "fault": {"epoch": inject_fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if inject_fault else None,
-        }
-        (run_dir / "config.json").write_text(json.dumps({k: v for k, v in job.items() if k != "data"}, indent=1, sort_keys=True))
-        device = "GPU" if plan.use_gpu else "CPU"
-        click.echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {device} worker(s) x "
-                   f"{plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
-                   f"{entry.num_features} features; MLflow run {tracker.run_id}")
-        progress = _Progress(run_dir / "training.log", tracker, int(config["epochs"]), t_cli)
-        trainer.run(job, plan, on_epoch=progress, max_failures=max_failures, storage_path=str(run_dir / "ray"),
-                    run_name=run_name, launcher=launcher, log=lambda m: click.echo(m, err=True))
-        if progress.stop_reason == "non-finite loss":
-            from candle_ray.errors import TrainingError
-
-            raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
-                                f"lower learning_rate (now {config['learning_rate']}) or check the data")
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        _finish(tracker, run_dir, status)
-    best = progress.best(experiment.metric, experiment.mode)
-    r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and experiment.metric != "val_r2" else ""
-    click.echo(f"done in {time.monotonic() - t_cli:.1f}s (start-up {progress.startup_s:.1f}s, "
-               f"compute {progress.compute_s:.1f}s); best {experiment.metric} {best[experiment.metric]:.4f}{r2} "
-               f"at epoch {best['epoch']}")
     from candle_ray.summary import comparison
+    from candle_ray.train_run import TrainOptions, run_train
 
-    for warning in comparison("the best epoch", best, experiment.metric, experiment.mode, {}, entry.manifest["task"])[1:]:
+    options = TrainOptions(uri, address, workers, force_cpu, cpus_per_worker, max_failures, feed, output_dir, run_name,
+                           launcher, inject_fault)
+    result = run_train(experiment, config, entry, options, smoke=smoke, echo=click.echo,
+                       warn=lambda m: click.echo(m, err=True), started=started)
+    best, metric = result.best, experiment.metric
+    r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and metric != "val_r2" else ""
+    click.echo(f"done in {time.monotonic() - started:.1f}s (start-up {result.startup_s:.1f}s, "
+               f"compute {result.compute_s:.1f}s); best {metric} {best[metric]:.4f}{r2} at epoch {best['epoch']}")
+    for warning in comparison("the best epoch", best, metric, experiment.mode, {}, entry.manifest["task"])[1:]:
         click.echo(warning)
-    click.echo(f"checkpoints: {run_dir / 'checkpoints'}")
-    click.echo(f"MLflow run {tracker.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+    click.echo(f"checkpoints: {result.run_dir / 'checkpoints'}")
+    click.echo(f"MLflow run {result.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 
 
 @main.command()
@@ -391,68 +324,6 @@ def report(sweep_name, storage):
     from candle_ray import sweep
 
     sweep.report_command(storage, sweep_name, click.echo)
-
-
-_BOOKKEEPING = ("epoch", "epoch_time_s", "samples_per_s", "best_epoch", "replayed")
-
-
-class _Progress:
-    """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
-
-    def __init__(self, csv_path: Path, tracker, epochs: int, t_cli: float):
-        self.csv_path, self.tracker, self.epochs, self.t_cli = csv_path, tracker, epochs, t_cli
-        self.history: dict[int, dict] = {}
-        self.startup_s = self.compute_s = 0.0
-        self.stop_reason: str | None = None
-
-    def __call__(self, metrics: dict) -> None:
-        epoch = int(metrics["epoch"])
-        if epoch in self.history:  # a resumed worker replays epochs this driver already has
-            return
-        if not self.history:
-            self.startup_s = time.monotonic() - self.t_cli - metrics["epoch_time_s"]
-        self.history[epoch] = metrics
-        self.compute_s += metrics["epoch_time_s"]
-        self.tracker.log_epoch(metrics)
-        # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
-        fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
-                  and not isinstance(v, bool)]
-        text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
-        note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
-        click.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
-        if "stop_reason" in metrics:
-            self.stop_reason = metrics["stop_reason"]
-            click.echo(f"stopped: {metrics['stop_reason']}")
-        columns = ["epoch", *fields, "epoch_time_s"]
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(columns)
-            writer.writerow([metrics.get(c, "") for c in columns])
-
-    def best(self, metric: str, mode: str) -> dict:
-        rows = [m for m in self.history.values() if metric in m]
-        if not rows:
-            raise CandleRayError(f"training reported no {metric!r}; check the experiment's metric")
-        return (min if mode == "min" else max)(rows, key=lambda m: m[metric])
-
-
-def _finish(tracker, run_dir: Path, status: str) -> None:
-    """Artifacts (best checkpoint, per-epoch log, resolved config), then end the MLflow run once."""
-    from candle_ray import checkpoint
-
-    try:
-        ckpt_dir = run_dir / "checkpoints"
-        best = checkpoint.pointer(ckpt_dir, "best")
-        if best:
-            tracker.log_artifact(ckpt_dir / best["file"], "checkpoints")
-            tracker.log_artifact(ckpt_dir / "best.json", "checkpoints")
-        for name in ("training.log", "config.json"):
-            if (run_dir / name).exists():
-                tracker.log_artifact(run_dir / name)
-    finally:
-        tracker.finish(status)
 
 
 def _checkpoints(model: str, tracking_uri: str | None, scratch: Path) -> list[Path]:

@@ -4,7 +4,8 @@
 `ray.train.report`; the one-worker fast path streams them from a Ray task. The loop is the same in
 both, so one worker gives the same numbers either way under the same seed.
 
-`job` is a plain dict built by the driver (candle_ray.train.make_job):
+`job` is a plain dict built by the driver (candle_ray.train_run for `train`, candle_ray.sweep for a trial,
+which adds the sampled config and the trial's folder):
   config       the experiment's CANDLE keywords (epochs, batch_size, learning_rate, optimizer, ...)
   model        registry name; model_shape {"input_dim", "classes"} from the cache manifest (the loop
                widens `classes` for a het/qtl/abstention head: candle_ray.objectives.head_shape)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,121 +44,203 @@ def read_record(store, name: str, experiment_path: Path) -> dict:
     return record
 
 
-def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bool, searcher: str, scheduler: str,
-        num_samples: int, workers_per_trial: int, cpus_per_worker: float, max_concurrent: int | None, seed: int,
-        metric: str | None, mode: str | None, max_failures: int, sets: list[str], config_file, smoke: bool,
-        space: dict | None, address: str | None, tracking_uri: str, force_cpu: bool,
-        checkpoint_every_s: float = 30.0, members: list[dict] | None = None, kind: str = "sweep",
-        cv: dict | None = None, autoscale: bool = False, force_gpu: bool = False, baseline: bool = True,
-        grace_period: int = 0) -> int:
-    """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything a sweep, an ensemble or a cv is asked to do (the CLI's options; `kind` says which).
 
-    `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with).
     kind "ensemble": the trials are exactly `members` (config overrides), and their best checkpoints are
     pooled and evaluated at the end (`ensemble.evaluate`), on the parent run.
     kind "cv": the members are folds {"cv_fold": k}; `cv` (folds, stratify, group_by, seed) makes the
     fold assignment over the train+val rows, and the folds' mean and spread go on the parent run.
     """
+    storage: str
+    tracking_uri: str
+    name: str | None = None
+    resume: bool = False
+    searcher: str = "random"
+    scheduler: str = "asha"
+    num_samples: int = 8
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    max_concurrent: int | None = None
+    seed: int = 0
+    metric: str | None = None
+    mode: str | None = None
+    max_failures: int = 0
+    sets: tuple = ()
+    config_file: str | None = None
+    smoke: bool = False
+    space: dict | None = None
+    address: str | None = None
+    force_cpu: bool = False
+    force_gpu: bool = False
+    checkpoint_every_s: float = 30.0
+    members: list | None = None
+    kind: str = "sweep"
+    cv: dict | None = None
+    autoscale: bool = False
+    baseline: bool = True
+    grace_period: int = 0
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A sweep's settings after a resume has put back what it started with, and what they resolve to."""
+    settings: SweepSettings
+    record: dict | None  # sweep.json of a resumed sweep
+    name: str
+    stamp: str
+    config: dict
+    space: dict
+
+
+def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
+    """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
+    `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with)."""
     from candle_ray.storage import Storage
 
-    if force_gpu and force_cpu:
+    if settings.force_gpu and settings.force_cpu:
         raise UsageError("--gpu and --cpu contradict each other; pass one")
     t0 = time.monotonic()
-    store = Storage.parse(storage)
+    store = Storage.parse(settings.storage)
+    resolved = _resolve(experiment, settings, store, echo)
+    entry, cv_assignment = _check_data(experiment, resolved, prepare)
+    sweep = _make_sweep(resolved, store)
+    parent, tags = _open_parent(experiment, resolved, sweep, store, entry)
+    summary, fit_s, linear = _fit_and_finish(experiment, resolved, sweep, store, entry, cv_assignment, parent, tags,
+                                             echo)
+    return _echo_end(experiment, resolved.settings, sweep, store, entry, summary, linear,
+                     wall=time.monotonic() - t0, fit_s=fit_s, echo=echo)
+
+
+def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
+    """Phase 1, resolve or resume: the config and search space, with a resumed sweep's own settings."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    if resume:
-        record = read_record(store, name, experiment.path)
+    record = None
+    if settings.resume:
+        record = read_record(store, settings.name, experiment.path)
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
-        sets, config_file, smoke = record["sets"], record["config_file"], record["smoke"]
-        kind, cv, baseline = record.get("kind", "sweep"), record.get("cv"), record.get("baseline", True)
-        tracking_uri = record["tracking_uri"]
-        echo(f"resuming sweep {name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
+        settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
+                           smoke=record["smoke"], kind=record.get("kind", "sweep"), cv=record.get("cv"),
+                           baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"])
+        echo(f"resuming sweep {settings.name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
-    name = name or f"{experiment.name}-{stamp}"
-    config = experiment.resolve_config(config_file=config_file, sets=sets, smoke=smoke, warn=echo)
-    if resume:  # Tune restores the sweep's own space; only its keys are needed here
+    name = settings.name or f"{experiment.name}-{stamp}"
+    sets = list(settings.sets)
+    config = experiment.resolve_config(config_file=settings.config_file, sets=sets, smoke=settings.smoke, warn=echo)
+    if record is not None:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
-    elif members is not None:
+    elif settings.members is not None:
         from candle_ray import tune
 
-        space, searcher, scheduler, num_samples = tune.members_space(members), "members", "fifo", len(members)
-        check_space(space, {**config, "cv_fold": None} if kind == "cv" else config, sets, experiment.name)
+        space = tune.members_space(settings.members)
+        settings = replace(settings, searcher="members", scheduler="fifo", num_samples=len(settings.members))
+        check_space(space, {**config, "cv_fold": None} if settings.kind == "cv" else config, sets, experiment.name)
     else:
-        space = dict(space if space is not None else experiment.search_space)
-        if smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
+        space = dict(settings.space if settings.space is not None else experiment.search_space)
+        if settings.smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
             space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
         check_space(space, config, sets, experiment.name)
         from candle_ray import tune
 
-        tune.validate(searcher, scheduler, space)
-    metric, mode = metric or experiment.metric, mode or experiment.mode
-    entry = prepare(smoke)
-    if cv and kind == "sweep" and workers_per_trial > 1:
+        tune.validate(settings.searcher, settings.scheduler, space)
+    settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
+    return _Resolved(settings, record, name, stamp, config, space)
+
+
+def _check_data(experiment, resolved: _Resolved, prepare):
+    """The cache entry, the cv fold assignment and the metric, checked before Ray starts."""
+    s = resolved.settings
+    entry = prepare(s.smoke)
+    if s.cv and s.kind == "sweep" and s.workers_per_trial > 1:
         raise UsageError(f"--cv trains the folds inside each trial, one worker each; drop --workers-per-trial "
-                         f"{workers_per_trial} (or cross-validate one configuration with `candle-ray cv`)")
-    cv_assignment = fold_assignment(entry, cv) if cv else None  # before Ray starts: a bad --group-by fails fast
-    reported = known_metrics(config, entry)
-    if metric not in reported:
-        raise UsageError(f"metric {metric!r} is not reported by training; use one of {', '.join(reported)}")
+                         f"{s.workers_per_trial} (or cross-validate one configuration with `candle-ray cv`)")
+    cv_assignment = fold_assignment(entry, s.cv) if s.cv else None  # a bad --group-by fails fast
+    reported = known_metrics(resolved.config, entry)
+    if s.metric not in reported:
+        raise UsageError(f"metric {s.metric!r} is not reported by training; use one of {', '.join(reported)}")
+    return entry, cv_assignment
 
-    from candle_ray import runtime, tracking, tune
-    from candle_ray.data.features import describe
-    from candle_ray.experiment import model_shape
 
-    cluster = runtime.connect(address)
-    use_gpu = (force_gpu or bool(cluster.get("GPU"))) and not force_cpu
-    if resume:
-        sweep = tune.Sweep(**record["sweep"])
-    else:
-        if store.has_sweep(name):
-            raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
-                             f"or pick another --name")
-        concurrent = tune.concurrency(cluster, workers_per_trial, cpus_per_worker, int(use_gpu), max_concurrent,
-                                      autoscale=autoscale)
-        sweep = tune.Sweep(name=name, searcher=searcher, scheduler=scheduler, num_samples=num_samples,
-                           workers_per_trial=workers_per_trial, cpus_per_worker=cpus_per_worker,
-                           gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=seed, metric=metric,
-                           mode=mode, max_failures=max_failures,
-                           max_epochs=tune.max_epochs(space, int(config["epochs"])),
-                           grace_period=grace_period,
-                           # PBT clones and Hyperband pauses trials: both continue from the newest epoch.
-                           checkpoint_every_s=0.0 if scheduler in ("pbt", "hyperband") else checkpoint_every_s)
-    work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
-    work_dir.mkdir(parents=True, exist_ok=True)
+def _make_sweep(resolved: _Resolved, store):
+    """Start or join Ray and size the sweep to the cluster (a resumed sweep keeps its own)."""
+    from candle_ray import runtime, tune
 
-    parent = tracking.RunTracker(tracking_uri, experiment.name, record["parent_run_id"] if resume else None)
+    s, name = resolved.settings, resolved.name
+    cluster = runtime.connect(s.address)
+    if resolved.record is not None:
+        return tune.Sweep(**resolved.record["sweep"])
+    if store.has_sweep(name):
+        raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
+                         f"or pick another --name")
+    use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu
+    concurrent = tune.concurrency(cluster, s.workers_per_trial, s.cpus_per_worker, int(use_gpu), s.max_concurrent,
+                                  autoscale=s.autoscale)
+    return tune.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
+                      workers_per_trial=s.workers_per_trial, cpus_per_worker=s.cpus_per_worker,
+                      gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=s.seed, metric=s.metric,
+                      mode=s.mode, max_failures=s.max_failures,
+                      max_epochs=tune.max_epochs(resolved.space, int(resolved.config["epochs"])),
+                      grace_period=s.grace_period,
+                      # PBT clones and Hyperband pauses trials: both continue from the newest epoch.
+                      checkpoint_every_s=0.0 if s.scheduler in ("pbt", "hyperband") else s.checkpoint_every_s)
+
+
+def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
+    """Phase 2: the MLflow parent run (reopened on resume) and, for a new sweep, its record sweep.json."""
+    from candle_ray import tracking
+
+    s = resolved.settings
+    parent = tracking.RunTracker(s.tracking_uri, experiment.name, resolved.record["parent_run_id"] if s.resume else None)
     tags = {"candle_ray.experiment_file": experiment.path, "mlflow.source.name": experiment.path,
             "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
             "candle_ray.dataset": entry.name, "candle_ray.dataset_fingerprint": entry.fingerprint,
             "candle_ray.synthetic_data": str(entry.synthetic).lower(), "candle_ray.sweep_dir": store.display(sweep.name),
-            "candle_ray.kind": kind}
-    if resume:
+            "candle_ray.kind": s.kind, "candle_ray.sweep": sweep.name}
+    if s.resume:
         parent.reopen()
-    else:
-        parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **config,
-                                  "model_name": experiment.model, "dataset": entry.name},
-                     {**tags, "candle_ray.sweep": sweep.name})
-        store.write_sweep(sweep.name, {
-            "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": tracking_uri,
-            "sweep": asdict(sweep), "space_keys": list(space), "sets": list(sets),
-            "config_file": str(config_file) if config_file else None,
-            "smoke": smoke, "created": stamp, "kind": kind, "cv": cv, "baseline": baseline,
-            "log_keys": log_scaled_keys(space)})
+        return parent, tags
+    parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **resolved.config,
+                              "model_name": experiment.model, "dataset": entry.name}, tags)
+    store.write_sweep(sweep.name, {
+        "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": s.tracking_uri,
+        "sweep": asdict(sweep), "space_keys": list(resolved.space), "sets": list(s.sets),
+        "config_file": str(s.config_file) if s.config_file else None,
+        "smoke": s.smoke, "created": resolved.stamp, "kind": s.kind, "cv": s.cv, "baseline": s.baseline,
+        "log_keys": log_scaled_keys(resolved.space)})
+    return parent, tags
 
-    base_job = {
+
+def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv_assignment) -> dict:
+    """What every trial starts from (the trial adds its sampled config and its folder)."""
+    from candle_ray.data.features import describe
+    from candle_ray.experiment import model_shape
+
+    config, cv = resolved.config, resolved.settings.cv
+    return {
         "config": config, "model": experiment.model, "task": entry.manifest["task"],
         "model_shape": model_shape(entry), "data": describe(entry),
         "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
         "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
         "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
         "threads": max(1, int(sweep.cpus_per_worker)), "tune_checkpoint_s": sweep.checkpoint_every_s,
-        "cv_assignment": cv_assignment, "cv_folds": int(cv["folds"]) if cv and kind != "cv" else None,
+        "cv_assignment": cv_assignment,
+        "cv_folds": int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None,
     }
+
+
+def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_assignment, parent, tags, echo):
+    """Phases 3-5: the baseline, Tune's fit, the summary and report, then the ensemble or cv finisher;
+    the parent run ends with the sweep's status whatever happens."""
+    from candle_ray import tracking, tune
+
+    s, space = resolved.settings, resolved.space
+    work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
+    work_dir.mkdir(parents=True, exist_ok=True)
     sweep_tracker = tracking.SweepTracker(parent)
     progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
-    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**config, "model_name": experiment.model}, sweep.max_epochs,
-                                               {**tags, "candle_ray.sweep": sweep.name}, work_dir)
-    callbacks = [mlflow_callback, progress]
+    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
+                                               sweep.max_epochs, tags, work_dir)
     device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
@@ -166,10 +248,11 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
          f"MLflow parent run {parent.run_id}")
     status = "FAILED"
     try:
-        linear = fit_baseline(entry, cv_assignment, int(cv["folds"]) if cv else None, echo,
-                              parent if not resume else None) if baseline else {}
-        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=base_job, store=store,
-                                 callbacks=callbacks, resume=resume, points=members)
+        linear = fit_baseline(entry, cv_assignment, int(s.cv["folds"]) if s.cv else None, echo,
+                              parent if not s.resume else None) if s.baseline else {}
+        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
+                                                                                work_dir, cv_assignment),
+                                 store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members)
         t_fit = time.monotonic()
         with _interrupt_watch() as tune_was_interrupted:
             tuner.fit()
@@ -179,17 +262,10 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
         if failure:
             echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
                  f"{store.display(sweep.name)}")
-        summary = summarize(sweep, progress, interrupted)
-        _write_results(work_dir, store, summary, parent, sweep)
-        try:
-            files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(space),
-                                record.get("log_keys", ()) if resume else log_scaled_keys(space))
-            echo(f"report: {files[-1]}")
-        except Exception as exc:  # pictures are a bonus: never fail a finished search over them
-            echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
-        if kind == "ensemble" and summary["succeeded"]:
+        summary = _summarise(resolved, sweep, store, work_dir, progress, parent, interrupted, echo)
+        if s.kind == "ensemble" and summary["succeeded"]:
             _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear)
-        if kind == "cv" and summary["succeeded"]:
+        if s.kind == "cv" and summary["succeeded"]:
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
@@ -201,7 +277,25 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
             for child in sweep_tracker.stale_children():
                 child.finish("KILLED")
         parent.finish(status)
-    wall = time.monotonic() - t0
+    return summary, fit_s, linear
+
+
+def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, parent, interrupted: bool, echo) -> dict:
+    """Phase 4: the ranking (results.csv, best_config.json, the parent's best_* metrics) and the report."""
+    summary = summarize(sweep, progress, interrupted)
+    _write_results(work_dir, store, summary, parent, sweep)
+    log_keys = resolved.record.get("log_keys", ()) if resolved.record else log_scaled_keys(resolved.space)
+    try:
+        files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(resolved.space), log_keys)
+        echo(f"report: {files[-1]}")
+    except Exception as exc:  # pictures are a bonus: never fail a finished search over them
+        echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
+    return summary
+
+
+def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, linear: dict, *, wall: float,
+              fit_s: float, echo) -> int:
+    """The count line, the best trial beside the baseline, and the exit code."""
     counts = summary["counts"]
     echo(f"{summary['total']} trials: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
          f"{counts.get('stopped early', 0)} stopped early"
@@ -209,7 +303,7 @@ def run(*, experiment, prepare, echo, storage: str, name: str | None, resume: bo
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
     if summary["best"]:
         # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
-        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if kind == "cv" else linear,
+        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
                                entry.manifest["task"]):
             echo(line)
     if summary["interrupted"]:

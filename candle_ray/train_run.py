@@ -1,0 +1,187 @@
+"""`candle-ray train` as a library call: `run_train` opens the MLflow run, plans the workers, runs the
+job (candle_ray.train) and follows its epochs; the CLI only parses and echoes. The driver-side twin of
+the sweep driver (candle_ray.sweep)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from candle_ray.errors import CandleRayError, TrainingError
+
+_BOOKKEEPING = ("epoch", "epoch_time_s", "samples_per_s", "best_epoch", "replayed")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How and where one training run goes (the CLI's options, defaults as documented there)."""
+    tracking_uri: str
+    address: str | None = None
+    workers: object = 1  # int, or (min, max) for an elastic run
+    force_cpu: bool = False
+    cpus_per_worker: float | None = None
+    max_failures: int = 1
+    feed: str = "auto"
+    output_dir: str = "candle-ray-runs"
+    run_name: str | None = None
+    launcher: str = "auto"
+    inject_fault: int | None = None  # tests: kill rank 0 once at this epoch
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    best: dict  # the best epoch's metrics
+    startup_s: float
+    compute_s: float
+
+
+class Progress:
+    """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
+
+    def __init__(self, csv_path: Path, tracker, epochs: int, t_start: float, echo):
+        self.csv_path, self.tracker, self.epochs, self.t_start, self.echo = csv_path, tracker, epochs, t_start, echo
+        self.history: dict[int, dict] = {}
+        self.startup_s = self.compute_s = 0.0
+        self.stop_reason: str | None = None
+
+    def __call__(self, metrics: dict) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch in self.history:  # a resumed worker replays epochs this driver already has
+            return
+        if not self.history:
+            self.startup_s = time.monotonic() - self.t_start - metrics["epoch_time_s"]
+        self.history[epoch] = metrics
+        self.compute_s += metrics["epoch_time_s"]
+        self.tracker.log_epoch(metrics)
+        # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
+        fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
+                  and not isinstance(v, bool)]
+        text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
+        note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
+        self.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
+        if "stop_reason" in metrics:
+            self.stop_reason = metrics["stop_reason"]
+            self.echo(f"stopped: {metrics['stop_reason']}")
+        self._write_row(["epoch", *fields, "epoch_time_s"], metrics)
+
+    def _write_row(self, columns: list[str], metrics: dict) -> None:
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(columns)
+            writer.writerow([metrics.get(c, "") for c in columns])
+
+    def best(self, metric: str, mode: str) -> dict:
+        from candle_ray.summary import best_of
+
+        found = best_of([m for _, m in sorted(self.history.items()) if metric in m], lambda m: m[metric], mode)
+        if found is None:
+            raise CandleRayError(f"training reported no {metric!r}; check the experiment's metric")
+        return found
+
+
+def finish_run(tracker, run_dir: Path, status: str) -> None:
+    """Artifacts (best checkpoint, per-epoch log, resolved config), then end the MLflow run once."""
+    from candle_ray import checkpoint
+
+    try:
+        ckpt_dir = run_dir / "checkpoints"
+        best = checkpoint.pointer(ckpt_dir, "best")
+        if best:
+            tracker.log_artifact(ckpt_dir / best["file"], "checkpoints")
+            tracker.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        for name in ("training.log", "config.json"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name)
+    finally:
+        tracker.finish(status)
+
+
+def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: str, run_dir: Path, smoke: bool):
+    """Start Ray and the MLflow run together: MLflow's import and store set-up (~1.8 s) overlap ray.init
+    (~3 s); ray.init stays in the main thread, where it installs its signal handlers."""
+    from candle_ray import runtime, tracking
+
+    def start_run():
+        tracker = tracking.RunTracker(options.tracking_uri, experiment.name)
+        tracker.start(run_name, {**config, "model_name": experiment.model, "dataset": entry.name, "smoke": smoke}, {
+            "candle_ray.experiment_file": experiment.path,
+            "mlflow.source.name": experiment.path,
+            "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
+            "candle_ray.dataset": entry.name,
+            "candle_ray.dataset_fingerprint": entry.fingerprint,
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(),
+            "candle_ray.run_dir": run_dir,
+        })
+        return tracker
+
+    runtime.probe(options.address)  # an unreachable --address fails here, before an MLflow run is opened
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(start_run)
+        try:
+            cluster = runtime.connect(options.address)
+        except BaseException:
+            if pending.exception() is None:
+                pending.result().finish("FAILED")
+            raise
+        return cluster, pending.result()
+
+
+def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path) -> dict:
+    from candle_ray.data.features import describe
+    from candle_ray.experiment import model_shape
+
+    fault = options.inject_fault
+    return {
+        "config": config, "model": experiment.model, "task": entry.manifest["task"],
+        "model_shape": model_shape(entry), "data": describe(entry),
+        "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
+        "precision": config.get("precision", "auto"), "feed": options.feed,
+        "fault": {"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None,
+    }
+
+
+def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: bool = False, echo=print,
+              warn=print, started: float | None = None) -> TrainResult:
+    """Train `experiment` once with `config` on the prepared cache `entry`, logged to one MLflow run."""
+    from candle_ray import train as trainer
+
+    started = time.monotonic() if started is None else started
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_name = options.run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir = (Path(options.output_dir) / experiment.name / run_name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cluster, tracker = _open_run(experiment, config, entry, options, run_name, run_dir, smoke)
+    status = "FAILED"
+    try:
+        plan = trainer.plan_resources(cluster, options.workers, use_gpu=False if options.force_cpu else None,
+                                      cpus_per_worker=options.cpus_per_worker)
+        tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
+        job = _job(experiment, config, entry, options, run_dir)
+        (run_dir / "config.json").write_text(json.dumps({k: v for k, v in job.items() if k != "data"}, indent=1, sort_keys=True))
+        echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
+             f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
+             f"{entry.num_features} features; MLflow run {tracker.run_id}")
+        progress = Progress(run_dir / "training.log", tracker, int(config["epochs"]), started, echo)
+        trainer.run(job, plan, on_epoch=progress, max_failures=options.max_failures, storage_path=str(run_dir / "ray"),
+                    run_name=run_name, launcher=options.launcher, log=warn)
+        if progress.stop_reason == "non-finite loss":
+            raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
+                                f"lower learning_rate (now {config['learning_rate']}) or check the data")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        finish_run(tracker, run_dir, status)
+    return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
+                       progress.startup_s, progress.compute_s)
