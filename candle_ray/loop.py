@@ -4,16 +4,8 @@
 `ray.train.report`; the one-worker fast path streams them from a Ray task. The loop is the same in
 both, so one worker gives the same numbers either way under the same seed.
 
-`job` is a plain dict built by the driver (candle_ray.train_run for `train`, candle_ray.sweep for a trial,
-which adds the sampled config and the trial's folder):
-  config       the experiment's CANDLE keywords (epochs, batch_size, learning_rate, optimizer, ...)
-  model        registry name; model_shape {"input_dim", "classes"} from the cache manifest (the loop
-               widens `classes` for a het/qtl/abstention head: candle_ray.objectives.head_shape)
-  entry        absolute path of the prepared cache entry
-  run_dir      absolute path; checkpoints go to run_dir/checkpoints
-  metric, mode the experiment's objective (for the best checkpoint and early stopping)
-  threads      intra-op threads per worker; precision "auto" | "fp32" | "bf16" | "fp16"
-  fault        optional {"epoch", "rank", "marker"}: kill this worker process once (fault-tolerance tests)
+`job` is a candle_ray.job.Job (its fields say what each is) made by the driver: candle_ray.train_run for
+`train`, candle_ray.sweep for a trial, which replaces the config with the sampled one and adds its folder.
 """
 
 from __future__ import annotations
@@ -37,6 +29,7 @@ from candle_ray.data import folds
 from candle_ray.data.cache import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
+from candle_ray.job import Job, as_job
 from candle_ray.summary import improves
 
 
@@ -163,8 +156,8 @@ def autocast_dtype(precision: str, device: torch.device):
     return torch.float16
 
 
-def _maybe_inject_fault(job: dict, world: World, epoch: int) -> None:
-    fault = job.get("fault")
+def _maybe_inject_fault(job: Job, world: World, epoch: int) -> None:
+    fault = job.fault
     if not fault or fault["epoch"] != epoch or fault.get("rank", 0) != world.rank:
         return
     marker = Path(fault["marker"])
@@ -209,18 +202,18 @@ def _evaluate(model, feed, world: World, objective, task: str, amp, condition: i
     return totals
 
 
-def _monitored(config: dict, job: dict, objective) -> tuple[str, str]:
+def _monitored(config: dict, metric: str, mode: str, objective) -> tuple[str, str]:
     """The metric and mode ReduceLROnPlateau follows: `reduce_lr_metric` (CANDLE's monitor; default
     val_loss, as in most benchmarks; ATTN's is val_auroc), with the experiment's mode when it is the
     experiment's metric and the metric's natural direction otherwise. Both it and the experiment's
     metric must be ones the objective reports."""
     name = config.get("reduce_lr_metric") or "val_loss"
     reported = objective.metric_names()
-    for key, value in (("reduce_lr_metric", name), ("metric", job["metric"])):
+    for key, value in (("reduce_lr_metric", name), ("metric", metric)):
         if value not in reported:
             raise UsageError(f"{key}={value!r} is not reported by training with this loss and dataset; "
                              f"use one of {', '.join(reported)}")
-    return name, job["mode"] if name == job["metric"] else objectives.direction(name)
+    return name, mode if name == metric else objectives.direction(name)
 
 
 def _prepare_device(device) -> None:
@@ -232,16 +225,16 @@ def _prepare_device(device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _make_feeds(job: dict, world: World, per_worker: int, seed: int):
+def _make_feeds(job: Job, world: World, per_worker: int, seed: int):
     """Train, validation and (where the data hold one) test feeds for this worker's share of the rows."""
-    entry, cv = job["entry"], job.get("cv")  # cv: {"assignment": fold of each train+val row, "fold": k}
+    entry, cv = job.entry, job.cv  # cv: {"assignment": fold of each train+val row, "fold": k}
     shard = {"rank": world.rank, "world_size": world.world_size}
     eval_batch = max(per_worker, 256)
     if cv:
         feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, **shard)
         val_feed = folds.fold_feed(entry, cv, "val", eval_batch, shuffle=False, pad=False, **shard)
     else:
-        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.get("feed", "auto"), **shard)
+        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.feed, **shard)
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
         val_feed = make_feed(entry, "val", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
     # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
@@ -258,15 +251,15 @@ def _make_feeds(job: dict, world: World, per_worker: int, seed: int):
     return feed, val_feed, test_feed
 
 
-def _build_model(job: dict, objective, device):
+def _build_model(job: Job, objective, device):
     """The model with the output width its objective needs; returns (model, shape as built, condition width)."""
-    config, task = job["config"], job["task"]
-    shape = objectives.head_shape(config, task, job["model_shape"])  # het x2, qtl x3, abstention +1 unit
+    config, task = job.config, job.task
+    shape = objectives.head_shape(config, task, job.model_shape)  # het x2, qtl x3, abstention +1 unit
     condition = 0
     if task == "autoencoder" and config.get("model") == "cvae":  # condition on the class, appended to the input
-        condition = int(read_manifest(job["entry"])["num_classes"])
+        condition = int(read_manifest(job.entry)["num_classes"])
         shape = {**shape, "input_dim": shape["input_dim"] + condition, "condition_dim": condition}
-    model = models.build(job["model"], {**config, **shape}).to(device)
+    model = models.build(job.model, {**config, **shape}).to(device)
     objective.init_head(model)
     return model, shape, condition
 
@@ -296,11 +289,11 @@ def _restore(ckpt_dir: Path, config: dict, model, optimizer, plateau, objective)
     return state
 
 
-def _step_settings(job: dict, device, condition: int) -> dict:
+def _step_settings(job: Job, device, condition: int) -> dict:
     """What every training step uses: the device, mixed precision (autocast and fp16's loss scaler), and
     whether the target is the input (autoencoders) and how many class columns condition it (cvae)."""
-    amp_dtype = autocast_dtype(job.get("precision", "auto"), device)
-    return {"device": device, "reconstruct": job["task"] == "autoencoder", "condition": condition,
+    amp_dtype = autocast_dtype(job.precision, device)
+    return {"device": device, "reconstruct": job.task == "autoencoder", "condition": condition,
             "amp": torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext(),
             "scaler": torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)}
 
@@ -346,37 +339,38 @@ def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool
                              ("best", improved and config.get("ckpt_save_best", True))) if due]
 
 
-def _prediction_data(job: dict, objective) -> dict | None:
+def _prediction_data(job: Job, objective) -> dict | None:
     """What prediction needs besides the weights: features, their scaler, classes, and a regressor's
     target scaler (its outputs are standardised targets)."""
-    data = job.get("data")
+    data = job.data
     if data is not None and getattr(objective, "target_scaler", None):
         data = {**data, "target_scaler": objective.target_scaler}
     return data
 
 
-def train_epochs(job: dict, world: World) -> Iterator[dict]:
-    config, task, device = job["config"], job["task"], world.device
-    torch.set_num_threads(max(1, int(job.get("threads") or torch.get_num_threads())))
+def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
+    job = as_job(job)  # scripts and tests may pass the fields as a dict
+    config, task, device = job.config, job.task, world.device
+    torch.set_num_threads(max(1, int(job.threads or torch.get_num_threads())))
     _prepare_device(device)
     seed = int(config.get("rng_seed", 0))
     seed_everything(seed)
     # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
     per_worker = max(1, math.ceil(int(config["batch_size"]) / world.world_size))
     feed, val_feed, test_feed = _make_feeds(job, world, per_worker, seed)
-    cv, entry = job.get("cv"), job["entry"]
-    objective = objectives.make(config, task, job["model_shape"], device=device,
+    cv, entry = job.cv, job.entry
+    objective = objectives.make(config, task, job.model_shape, device=device,
                                 train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
                                 else split_labels(entry, "train"))
     model, shape, condition = _build_model(job, objective, device)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
                                float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))
-    plateau_metric, plateau_mode = _monitored(config, job, objective)
+    plateau_metric, plateau_mode = _monitored(config, job.metric, job.mode, objective)
     plateau = _make_plateau(optimizer, config, plateau_mode)
     step = _step_settings(job, device, condition)
 
-    ckpt_dir, data = Path(job["run_dir"]) / "checkpoints", _prediction_data(job, objective)
-    metric, mode = job["metric"], job["mode"]
+    ckpt_dir, data = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective)
+    metric, mode = job.metric, job.mode
     state = _restore(ckpt_dir, config, model, optimizer, plateau, objective) or {
         "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
         "bad_epochs": 0}
@@ -422,12 +416,12 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
         kinds = _checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved)
         if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
-                "model": job["model"], "config": config, "model_shape": shape,  # as built (with its UQ head)
+                "model": job.model, "config": config, "model_shape": shape,  # as built (with its UQ head)
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "plateau": plateau.state_dict(), "objective": objective.state_dict(),
                 "rng": torch.get_rng_state(), "epoch": epoch,
                 "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
-                "origin": job["run_dir"],  # which run wrote it: PBT hands checkpoints between trials
+                "origin": job.run_dir,  # which run wrote it: PBT hands checkpoints between trials
                 "data": data,  # features, scalers, classes: prediction needs no cache or experiment
             }, kinds=kinds)
         yield {**metrics, "best_epoch": best["epoch"]}

@@ -211,22 +211,16 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
     return parent, tags
 
 
-def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv_assignment) -> dict:
-    """What every trial starts from (the trial adds its sampled config and its folder)."""
-    from candle_ray.data.features import describe
-    from candle_ray.experiment import model_shape
+def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv_assignment):
+    """What every trial starts from (the trial replaces the config with its sample and adds its folder)."""
+    from candle_ray.job import make_job
 
-    config, cv = resolved.config, resolved.settings.cv
-    return {
-        "config": config, "model": experiment.model, "task": entry.manifest["task"],
-        "model_shape": model_shape(entry), "data": describe(entry),
-        "entry": str(entry.path), "work_dir": str(work_dir), "metric": sweep.metric, "mode": sweep.mode,
-        "precision": config.get("precision", "auto"), "feed": "auto", "workers": sweep.workers_per_trial,
-        "cpus_per_worker": sweep.cpus_per_worker, "use_gpu": bool(sweep.gpus_per_worker),
-        "threads": max(1, int(sweep.cpus_per_worker)), "tune_checkpoint_s": sweep.checkpoint_every_s,
-        "cv_assignment": cv_assignment,
-        "cv_folds": int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None,
-    }
+    cv = resolved.settings.cv
+    return make_job(experiment, resolved.config, entry, metric=sweep.metric, mode=sweep.mode, work_dir=str(work_dir),
+                    workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
+                    use_gpu=bool(sweep.gpus_per_worker), threads=max(1, int(sweep.cpus_per_worker)),
+                    tune_checkpoint_s=sweep.checkpoint_every_s, cv_assignment=cv_assignment,
+                    cv_folds=int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None)
 
 
 def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_assignment, parent, tags, echo):

@@ -17,7 +17,7 @@ import math
 import os
 import queue as queue_lib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
@@ -109,10 +109,10 @@ def device_for(use_gpu: bool):
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
-def _single_worker(job: dict):
+def _single_worker(job):
     from candle_ray.loop import World, train_epochs
 
-    yield from train_epochs(job, World(device=device_for(job["use_gpu"])))
+    yield from train_epochs(job, World(device=device_for(job.use_gpu)))
 
 
 def record_rank(run_dir, rank: int, **extra) -> None:
@@ -175,7 +175,7 @@ def sync_checkpoints(run_dir, world) -> int:
     return newest
 
 
-def ddp_worker(job: dict):
+def ddp_worker(loop_config: dict):
     import logging
 
     import ray.train
@@ -190,11 +190,12 @@ def ddp_worker(job: dict):
     except ImportError:
         pass
 
+    job = loop_config["job"]
     ctx = ray.train.get_context()
     world = World(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank(),
                   device=ray.train.torch.get_device())
-    record_rank(job["run_dir"], world.rank, world_size=world.world_size)
-    sync_checkpoints(job["run_dir"], world)
+    record_rank(job.run_dir, world.rank, world_size=world.world_size)
+    sync_checkpoints(job.run_dir, world)
     for metrics in train_epochs(job, world):
         # A barrier: every rank reports every epoch. `workers` shows an elastic run's size per epoch
         # (0 on epochs replayed from a checkpoint: an earlier group trained them).
@@ -218,14 +219,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def run(job: dict, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
+def run(job, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
         launcher: str = "auto", log=print) -> None:
     """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included).
 
     launcher "auto" runs one worker as a Ray task and several on Ray Train; "ray-train" forces Ray Train
     (to check that both give the same numbers); "task" needs workers == 1.
     """
-    job = {**job, "threads": plan.threads, "use_gpu": plan.use_gpu}
+    job = replace(job, threads=plan.threads, use_gpu=plan.use_gpu)
     if launcher == "task" and plan.workers != 1:
         raise UsageError(f"the task launcher runs one worker, not {plan.workers}; use --launcher auto")
     if launcher != "ray-train" and plan.workers == 1 and not plan.elastic:
@@ -278,7 +279,7 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    job = {**job, "threads": plan.threads, "use_gpu": plan.use_gpu}
+    job = replace(job, threads=plan.threads, use_gpu=plan.use_gpu)
     # Train V2 workers hold at most one unread report, and the controller reads them each health check
     # (Ray's default: every 2 s): epochs shorter than that were held to one per 2 s (measured: 0.45 s
     # epochs ran at 2.0 s). Its 0-CPU controller polls more often instead; a dead worker is seen sooner too.
@@ -295,7 +296,7 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     trainer = TorchTrainer(
         ddp_worker,
-        train_loop_config=job,
+        train_loop_config={"job": job},  # Ray Train hands workers a dict
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                                resources_per_worker=resources, **scaling),

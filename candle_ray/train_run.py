@@ -136,18 +136,12 @@ def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: 
         return cluster, pending.result()
 
 
-def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path) -> dict:
-    from candle_ray.data.features import describe
-    from candle_ray.experiment import model_shape
+def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path):
+    from candle_ray.job import make_job
 
     fault = options.inject_fault
-    return {
-        "config": config, "model": experiment.model, "task": entry.manifest["task"],
-        "model_shape": model_shape(entry), "data": describe(entry),
-        "entry": str(entry.path), "run_dir": str(run_dir), "metric": experiment.metric, "mode": experiment.mode,
-        "precision": config.get("precision", "auto"), "feed": options.feed,
-        "fault": {"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None,
-    }
+    return make_job(experiment, config, entry, run_dir=str(run_dir), feed=options.feed,
+                    fault={"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None)
 
 
 def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: bool = False, echo=print,
@@ -167,7 +161,7 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
                                       cpus_per_worker=options.cpus_per_worker)
         tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = _job(experiment, config, entry, options, run_dir)
-        (run_dir / "config.json").write_text(json.dumps({k: v for k, v in job.items() if k != "data"}, indent=1, sort_keys=True))
+        (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))
         echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
              f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
              f"{entry.num_features} features; MLflow run {tracker.run_id}")

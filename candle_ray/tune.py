@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from candle_ray import runtime
@@ -304,12 +304,12 @@ def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_wo
 # ---------------------------------------------------------------------------- the trial
 
 
-def _checkpoint_dirs(job: dict) -> dict[str, Path]:
+def _checkpoint_dirs(job) -> dict[str, Path]:
     """Where the trial's loops write checkpoints, by their folder in a Tune checkpoint: the run's own
     ("" = the checkpoint's root), or one per fold for `tune --cv` ("fold-k")."""
-    run_dir = Path(job["run_dir"])
-    if job.get("cv_folds"):
-        return {f"fold-{k}": run_dir / f"fold-{k}" / "checkpoints" for k in range(int(job["cv_folds"]))}
+    run_dir = Path(job.run_dir)
+    if job.cv_folds:
+        return {f"fold-{k}": run_dir / f"fold-{k}" / "checkpoints" for k in range(int(job.cv_folds))}
     return {"": run_dir / "checkpoints"}
 
 
@@ -332,7 +332,7 @@ def _tune_checkpoint(ckpt_dirs: dict[str, Path]):
     return staging, ray.tune.Checkpoint.from_directory(str(staging))
 
 
-def _report_epochs(job: dict, epochs) -> None:
+def _report_epochs(job, epochs) -> None:
     """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last` and the
     previous hand-over is `tune_checkpoint_s` old (and always at the trial's final epoch).
 
@@ -343,10 +343,10 @@ def _report_epochs(job: dict, epochs) -> None:
     from candle_ray.summary import BestEpoch
 
     ckpt_dirs = _checkpoint_dirs(job)
-    every_s, handed_at = float(job.get("tune_checkpoint_s", 0.0)), None
-    final_epoch = int(job["config"]["epochs"])
-    hyperband_unit = job.get("hyperband_unit")
-    for metrics in BestEpoch(job["metric"], job["mode"])(epochs):
+    every_s, handed_at = float(job.tune_checkpoint_s), None
+    final_epoch = int(job.config["epochs"])
+    hyperband_unit = job.hyperband_unit
+    for metrics in BestEpoch(job.metric, job.mode)(epochs):
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
         result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -369,7 +369,7 @@ def _report_epochs(job: dict, epochs) -> None:
                                 f"(loss {metrics['loss']}, val_loss {metrics['val_loss']}); lower the learning rate")
 
 
-def _mean_over_folds(job: dict, device):
+def _mean_over_folds(job, device):
     """`tune --cv K`: K fold models trained in lockstep; each epoch reports every metric's mean over the
     folds (what the scheduler and searcher see) and each fold's own `fold<k>_<metric>`.
 
@@ -379,9 +379,9 @@ def _mean_over_folds(job: dict, device):
     """
     from candle_ray.loop import World, train_epochs
 
-    folds = int(job["cv_folds"])
-    runs = [train_epochs({**job, "run_dir": str(Path(job["run_dir"]) / f"fold-{k}"),
-                          "cv": {"assignment": job["cv_assignment"], "fold": k}}, World(device=device))
+    folds = int(job.cv_folds)
+    runs = [train_epochs(replace(job, run_dir=str(Path(job.run_dir) / f"fold-{k}"),
+                                 cv={"assignment": job.cv_assignment, "fold": k}), World(device=device))
             for k in range(folds)]
     for per_fold in zip(*runs):
         merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold)}
@@ -397,16 +397,16 @@ def _mean_over_folds(job: dict, device):
         yield merged
 
 
-def run_trial(config: dict, base_job: dict) -> None:
+def run_trial(config: dict, base_job) -> None:
     """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
     (with this trial's hyperparameters), a fresh trial starts from scratch."""
     # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()
-    run_dir = Path(base_job["work_dir"]) / "trials" / trial_id
-    job = {**base_job, "config": {**base_job["config"], **config}, "run_dir": str(run_dir)}
+    run_dir = Path(base_job.work_dir) / "trials" / trial_id
+    job = replace(base_job, config={**base_job.config, **config}, run_dir=str(run_dir))
     if "cv_fold" in config:  # `candle-ray cv`: this trial is one fold of the driver's fold assignment
-        job["cv"] = {"assignment": base_job["cv_assignment"], "fold": int(config["cv_fold"])}
+        job = replace(job, cv={"assignment": base_job.cv_assignment, "fold": int(config["cv_fold"])})
     ckpt_dirs = _checkpoint_dirs(job)
     for ckpt_dir in ckpt_dirs.values():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -417,20 +417,20 @@ def run_trial(config: dict, base_job: dict) -> None:
                 shutil.copytree(Path(src) / folder, ckpt_dir)
         last = checkpoint.pointer(next(iter(ckpt_dirs.values())), "last") or {}
         origin = Path(last.get("origin") or run_dir)
-        origin = (origin.parent if job.get("cv_folds") else origin).name  # .../trials/<id>[/fold-k]
+        origin = (origin.parent if job.cv_folds else origin).name  # .../trials/<id>[/fold-k]
         # A record of where this trial's weights came from: itself (a resume) or another trial (PBT).
         with open(run_dir / "restores.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
                                 "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
-    if base_job.get("max_workers", 0) > int(base_job["workers"]):
+    if base_job.max_workers > int(base_job.workers):
         _run_elastic_trial(job, trial_id)
-    elif base_job["workers"] == 1:
+    elif base_job.workers == 1:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
         _record_rank(run_dir, 0)
-        device = device_for(job["use_gpu"])
-        _report_epochs(job, _mean_over_folds(job, device) if job.get("cv_folds") else
+        device = device_for(job.use_gpu)
+        _report_epochs(job, _mean_over_folds(job, device) if job.cv_folds else
                        train_epochs(job, World(device=device)))
     else:
         _run_ddp_trial(job)
@@ -442,16 +442,16 @@ def _record_rank(trial_dir: Path, rank: int) -> None:
     record_rank(trial_dir, rank)
 
 
-def _run_elastic_trial(job: dict, trial_id: str) -> None:
+def _run_elastic_trial(job, trial_id: str) -> None:
     """An elastic trial: a Ray Train run (ScalingConfig(num_workers=(MIN, MAX))) driven from this trial,
     named after the trial (a retried trial finds its Train state again). Its workers resume from the
     trial's checkpoint folder, which they must see: one machine or a shared --storage."""
     from candle_ray import train as trainer
 
-    plan = trainer.Plan(int(job["workers"]), float(job["cpus_per_worker"]), int(bool(job["use_gpu"])),
-                        int(job["threads"]), max_workers=int(job["max_workers"]))
-    _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.get("max_failures", 1)),
-                                           storage_path=str(Path(job["run_dir"]) / "ray-train"),
+    plan = trainer.Plan(int(job.workers), float(job.cpus_per_worker), int(bool(job.use_gpu)),
+                        int(job.threads), max_workers=int(job.max_workers))
+    _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.max_failures),
+                                           storage_path=str(Path(job.run_dir) / "ray-train"),
                                            run_name=f"train-{trial_id}"))
 
 
@@ -459,14 +459,14 @@ def _run_elastic_trial(job: dict, trial_id: str) -> None:
 class _Peer:
     """Rank 1..N-1 of a DDP trial: runs the same loop, takes part in the all-reduces, reports nothing."""
 
-    def run(self, job: dict, rank: int, world_size: int, master: str, checkpoint_files: dict) -> None:
+    def run(self, job, rank: int, world_size: int, master: str, checkpoint_files: dict) -> None:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
-        _record_rank(Path(job["run_dir"]), rank)
+        _record_rank(Path(job.run_dir), rank)
         # Rank 0's restored checkpoint, in a folder of this rank's own (it may be on another node).
-        job = {**job, "run_dir": str(Path(job["run_dir"]) / f"rank-{rank}")}
-        ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+        job = replace(job, run_dir=str(Path(job.run_dir) / f"rank-{rank}"))
+        ckpt_dir = Path(job.run_dir) / "checkpoints"
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         if checkpoint_files:
             ckpt_dir.mkdir(parents=True)
@@ -474,7 +474,7 @@ class _Peer:
                 (ckpt_dir / name).write_bytes(data)
         _join_process_group(job, rank, world_size, master)
         try:
-            for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job["use_gpu"]))):
+            for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job.use_gpu))):
                 pass
         finally:
             import torch.distributed as dist
@@ -482,14 +482,14 @@ class _Peer:
             dist.destroy_process_group()
 
 
-def _join_process_group(job: dict, rank: int, world_size: int, master: str) -> None:
+def _join_process_group(job, rank: int, world_size: int, master: str) -> None:
     from datetime import timedelta
 
     import torch.distributed as dist
 
     # A peer that dies makes the others fail within this timeout instead of hanging the trial.
-    dist.init_process_group("nccl" if job["use_gpu"] else "gloo", init_method=f"tcp://{master}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=job.get("ddp_timeout_s", 300)))
+    dist.init_process_group("nccl" if job.use_gpu else "gloo", init_method=f"tcp://{master}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=job.ddp_timeout_s))
 
 
 def _free_port() -> int:
@@ -500,7 +500,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_ddp_trial(job: dict) -> None:
+def _run_ddp_trial(job) -> None:
     """A DDP trial without Ray Train's ~15 s of per-fit start-up: this trial actor is rank 0 (it
     reports to Tune) and N-1 peer actors, placed in the trial's own placement group, join it over
     torch.distributed (gloo on CPUs, NCCL on GPUs)."""
@@ -509,19 +509,19 @@ def _run_ddp_trial(job: dict) -> None:
     from candle_ray.loop import World, train_epochs
     from candle_ray.train import device_for
 
-    world_size = job["workers"]
-    _record_rank(Path(job["run_dir"]), 0)
+    world_size = job.workers
+    _record_rank(Path(job.run_dir), 0)
     master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
-    peers = [_Peer.options(num_cpus=job["cpus_per_worker"], num_gpus=int(job["use_gpu"])).remote()
+    peers = [_Peer.options(num_cpus=job.cpus_per_worker, num_gpus=int(job.use_gpu)).remote()
              for _ in range(world_size - 1)]
-    ckpt_dir = Path(job["run_dir"]) / "checkpoints"
+    ckpt_dir = Path(job.run_dir) / "checkpoints"
     files = ray.put({p.name: p.read_bytes() for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else {})
     runs = [peer.run.remote(job, rank, world_size, master, files) for rank, peer in enumerate(peers, start=1)]
     try:
         _join_process_group(job, 0, world_size, master)
         try:
             _report_epochs(job, train_epochs(job, World(rank=0, world_size=world_size,
-                                                        device=device_for(job["use_gpu"]))))
+                                                        device=device_for(job.use_gpu))))
         finally:
             dist.destroy_process_group()
         ray.get(runs)
@@ -771,7 +771,7 @@ class ProgressCallback(Callback):
 # ---------------------------------------------------------------------------------- the sweep
 
 
-def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: list, resume: bool,
+def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, resume: bool,
                 points: list[dict] | None = None):
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
@@ -779,9 +779,9 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job: dict, store, callbacks: 
     bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
     resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if sweep.elastic else
                                                [bundle] * int(sweep.workers_per_trial))
-    base_job = {**base_job, "workers": int(sweep.workers_per_trial), "max_workers": sweep.max_workers_per_trial,
-                "max_failures": sweep.max_failures,
-                "hyperband_unit": sweep.grace if sweep.scheduler == "hyperband" else None}
+    base_job = replace(base_job, workers=int(sweep.workers_per_trial), max_workers=sweep.max_workers_per_trial,
+                       max_failures=sweep.max_failures,
+                       hyperband_unit=sweep.grace if sweep.scheduler == "hyperband" else None)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
     # included) is pickled to every trial.

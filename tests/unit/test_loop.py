@@ -138,11 +138,11 @@ def test_plateau_follows_the_monitored_metric_and_its_direction(entry):
     from candle_ray.objectives import CrossEntropy, Regression
 
     binary = CrossEntropy(2)
-    assert _monitored({}, {"metric": "val_loss", "mode": "min"}, binary) == ("val_loss", "min")  # NT3: unchanged
-    assert _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_loss", "mode": "min"}, binary) == ("val_auroc", "max")
-    assert _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_auroc", "mode": "min"}, binary) == ("val_auroc", "min")
+    assert _monitored({}, "val_loss", "min", binary) == ("val_loss", "min")  # NT3: unchanged
+    assert _monitored({"reduce_lr_metric": "val_auroc"}, "val_loss", "min", binary) == ("val_auroc", "max")
+    assert _monitored({"reduce_lr_metric": "val_auroc"}, "val_auroc", "min", binary) == ("val_auroc", "min")
     with pytest.raises(UsageError, match="reduce_lr_metric='val_auroc' is not reported"):
-        _monitored({"reduce_lr_metric": "val_auroc"}, {"metric": "val_loss", "mode": "min"}, Regression())
+        _monitored({"reduce_lr_metric": "val_auroc"}, "val_loss", "min", Regression())
     with pytest.raises(UsageError, match="metric='val_r2' is not reported"):
         list(train_epochs({**job(entry, "/nonexistent"), "metric": "val_r2"}, World()))
 

@@ -1,0 +1,63 @@
+"""The job a worker runs: one frozen record, made by `make_job` and changed only by `dataclasses.replace`.
+
+The driver (`train_run` for `candle-ray train`, `sweep` for a search) makes it once; a sweep's trial
+replaces `config` with the sampled one and `run_dir` with its folder; DDP peers and cv folds replace
+`run_dir` and `cv`. The loop (candle_ray.loop) reads its fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+@dataclass(frozen=True)
+class Job:
+    config: dict  # the experiment's CANDLE keywords (epochs, batch_size, learning_rate, optimizer, ...)
+    model: str  # registry name
+    task: str  # classification | regression | autoencoder | multitask
+    model_shape: dict  # {"input_dim", "classes"} from the cache manifest (the loop widens it for UQ heads)
+    entry: str  # absolute path of the prepared cache entry
+    metric: str  # the objective (best checkpoint, early stopping)
+    mode: str
+    run_dir: str = ""  # absolute; checkpoints go to run_dir/checkpoints
+    data: dict | None = None  # features, scaler, classes: what prediction needs, kept in checkpoints
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    feed: str = "auto"  # auto | memory | stream
+    threads: int = 0  # intra-op threads per worker (0: torch's default)
+    use_gpu: bool = False
+    fault: dict | None = None  # {"epoch", "rank", "marker"}: kill this worker once (fault-tolerance tests)
+    cv: dict | None = None  # one fold's run: {"assignment": fold of each train+val row, "fold": k}
+    # A sweep's trials
+    work_dir: str = ""  # the sweep's folder: trials go to work_dir/trials/<id>
+    workers: int = 1  # DDP workers per trial (MIN of an elastic trial)
+    max_workers: int = 0  # MAX of an elastic trial (0: fixed size)
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1  # an elastic trial's Ray Train restarts
+    tune_checkpoint_s: float = 0.0  # least time between checkpoints handed to Tune
+    hyperband_unit: int | None = None  # Hyperband's time unit in epochs
+    cv_assignment: object = None  # `tune --cv`: the fold of each train+val row
+    cv_folds: int | None = None  # `tune --cv K`: every trial trains K folds in lockstep
+    ddp_timeout_s: float = 300.0  # a DDP peer that dies fails the others within this
+
+    def described(self) -> dict:
+        """The job as config.json records it (without the data description and fold arrays)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("data", "cv_assignment")}
+
+
+def make_job(experiment, config: dict, entry, *, metric: str | None = None, mode: str | None = None, **settings) -> Job:
+    """The job for `experiment` with `config` on the prepared cache `entry`; `settings` are Job fields."""
+    from candle_ray.data.features import describe
+    from candle_ray.experiment import model_shape
+
+    return Job(config=config, model=experiment.model, task=entry.manifest["task"], model_shape=model_shape(entry),
+               entry=str(entry.path), metric=metric or experiment.metric, mode=mode or experiment.mode,
+               data=describe(entry), precision=config.get("precision", "auto"), **settings)
+
+
+def as_job(job: Job | dict) -> Job:
+    """A Job from a Job or from the plain dict of the same fields (scripts and tests write those)."""
+    if isinstance(job, Job):
+        return job
+    unknown = set(job) - {f.name for f in fields(Job)}
+    if unknown:
+        raise TypeError(f"job has unknown fields {sorted(unknown)}")
+    return Job(**job)
