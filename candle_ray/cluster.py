@@ -1,7 +1,7 @@
 """`candle-ray cluster check`: will this `ray up` cluster YAML run this experiment's trials?
 
 Offline: Ray's own cluster-config preparation and JSON-schema validation (no cloud call), then the
-arithmetic candle-ray's sweeps do on a live cluster (tune.concurrency): one trial is
+arithmetic candle-ray's sweeps do on a live cluster (search.concurrency): one trial is
 `workers_per_trial` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker}, and Ray may place them
 on one node or several. A trial asking for GPUs on a cluster whose node types declare none, or
 needing more bundles than the cluster can grow to (max_workers), is refused with one line (exit 2).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import threading
@@ -131,9 +130,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
     if record is not None:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
     elif settings.members is not None:
-        from candle_ray import tune
+        from candle_ray import search
 
-        space = tune.members_space(settings.members)
+        space = search.members_space(settings.members)
         settings = replace(settings, searcher="members", scheduler="fifo", num_samples=len(settings.members))
         check_space(space, {**config, "cv_fold": None} if settings.kind == "cv" else config, sets, experiment.name)
     else:
@@ -141,9 +140,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         if settings.smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
             space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
         check_space(space, config, sets, experiment.name)
-        from candle_ray import tune
+        from candle_ray import search
 
-        tune.validate(settings.searcher, settings.scheduler, space)
+        search.validate(settings.searcher, settings.scheduler, space)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
     return _Resolved(settings, record, name, stamp, config, space)
 
@@ -164,23 +163,23 @@ def _check_data(experiment, resolved: _Resolved, prepare):
 
 def _make_sweep(resolved: _Resolved, store):
     """Start or join Ray and size the sweep to the cluster (a resumed sweep keeps its own)."""
-    from candle_ray import runtime, tune
+    from candle_ray import runtime, search
 
     s, name = resolved.settings, resolved.name
     cluster = runtime.connect(s.address)
     if resolved.record is not None:
-        return tune.Sweep(**resolved.record["sweep"])
+        return search.Sweep(**resolved.record["sweep"])
     if store.has_sweep(name):
         raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
                          f"or pick another --name")
     use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu
-    concurrent = tune.concurrency(cluster, s.workers_per_trial, s.cpus_per_worker, int(use_gpu), s.max_concurrent,
+    concurrent = search.concurrency(cluster, s.workers_per_trial, s.cpus_per_worker, int(use_gpu), s.max_concurrent,
                                   autoscale=s.autoscale)
-    return tune.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
+    return search.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
                       workers_per_trial=s.workers_per_trial, cpus_per_worker=s.cpus_per_worker,
                       gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=s.seed, metric=s.metric,
                       mode=s.mode, max_failures=s.max_failures,
-                      max_epochs=tune.max_epochs(resolved.space, int(resolved.config["epochs"])),
+                      max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
                       # PBT clones and Hyperband pauses trials: both continue from the newest epoch.
                       checkpoint_every_s=0.0 if s.scheduler in ("pbt", "hyperband") else s.checkpoint_every_s)
@@ -226,14 +225,14 @@ def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv
 def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_assignment, parent, tags, echo):
     """Phases 3-5: the baseline, Tune's fit, the summary and report, then the ensemble or cv finisher;
     the parent run ends with the sweep's status whatever happens."""
-    from candle_ray import tracking, tune
+    from candle_ray import callbacks, search, tracking
 
     s, space = resolved.settings, resolved.space
     work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
     work_dir.mkdir(parents=True, exist_ok=True)
     sweep_tracker = tracking.SweepTracker(parent)
-    progress = tune.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
-    mlflow_callback = tune.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
+    progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
+    mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
                                                sweep.max_epochs, tags, work_dir)
     device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
@@ -244,7 +243,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     try:
         linear = fit_baseline(entry, cv_assignment, int(s.cv["folds"]) if s.cv else None, echo,
                               parent if not s.resume else None) if s.baseline else {}
-        tuner = tune.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
+        tuner = search.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
                                                                                 work_dir, cv_assignment),
                                  store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members)
         t_fit = time.monotonic()
@@ -464,13 +463,13 @@ def summarize(sweep, progress, interrupted: bool = False) -> dict:
     """Counts, the best trial and one row per trial (best first), from Tune's trials as the driver saw
     them. A trial is worth its best epoch (candle_ray.summary): its row holds that epoch's metrics."""
     from candle_ray.summary import best_metrics, best_of, ranked, trial_value
-    from candle_ray.tune import _status
+    from candle_ray.callbacks import trial_status
 
     trials = progress.trials or []
     rows, counts = [], {}
     order = ranked(trials, lambda t: trial_value(t.last_result, sweep.metric), sweep.mode)
     for trial in order + [t for t in trials if t not in order]:  # trials with no value last
-        status = _status(trial, sweep.max_epochs)
+        status = trial_status(trial, sweep.max_epochs)
         counts[status] = counts.get(status, 0) + 1
         last = trial.last_result or {}
         rows.append({"trial_id": trial.trial_id, "status": status, "epochs": last.get("epoch", 0),

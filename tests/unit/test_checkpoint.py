@@ -86,7 +86,7 @@ def test_pointer_records_checksum(tmp_path):
 
 def test_newest_best_prefers_the_later_epoch(tmp_path):
     """A trial's own folder can hold a newer best than the copy it last handed to Tune."""
-    from candle_ray.tune import newest_best
+    from candle_ray.callbacks import newest_best
 
     handed, own = tmp_path / "handed", tmp_path / "own"
     state = {"model": "mlp", "config": {}, "model_shape": {}, "weights": {}, "best": {"metric": "val_loss"}}

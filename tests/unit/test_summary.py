@@ -10,7 +10,7 @@ from candle_ray import summary
 from candle_ray.ensemble import top_configs
 from candle_ray.report import _best
 from candle_ray.sweep import summarize
-from candle_ray.tune import Sweep, grace_period_rule
+from candle_ray.search import Sweep, grace_period_rule
 
 
 def stream(values, metric="val_loss", mode="min", extra=None):
@@ -86,7 +86,8 @@ def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
 
 
 def test_schedulers_follow_the_grace_period_and_the_best_epoch():
-    from candle_ray.tune import HYPERBAND_TIME, make_scheduler
+    from candle_ray.search import make_scheduler
+    from candle_ray.trial import HYPERBAND_TIME
 
     asha = make_scheduler("asha", "val_loss", "min", max_epochs=60, space={}, seed=0, grace=8)
     assert [m for m, _ in asha._brackets[0]._rungs] == [24, 8] and asha._metric == "best_val_loss"

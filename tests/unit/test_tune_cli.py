@@ -90,7 +90,7 @@ def test_resume_with_another_experiment(workdir):
 def _proposals(seed, n=6):
     from ray import tune as rt
 
-    from candle_ray.tune import make_searcher
+    from candle_ray.search import make_searcher
 
     space = {"learning_rate": rt.loguniform(1e-4, 1e-1), "dense": rt.choice([[64], [256, 64]]),
              "batch_size": rt.choice([16, 32])}

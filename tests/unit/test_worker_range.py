@@ -50,7 +50,7 @@ def test_elastic_sweep_settings_survive_a_resume_record():
     import json
     from dataclasses import asdict
 
-    from candle_ray.tune import Sweep, concurrency
+    from candle_ray.search import Sweep, concurrency
 
     sweep = Sweep(name="s", searcher="random", scheduler="fifo", num_samples=2, workers_per_trial=(1, 4),
                   cpus_per_worker=1.0, gpus_per_worker=0, max_concurrent=1, seed=0, metric="val_loss", mode="min",
@@ -64,7 +64,7 @@ def test_elastic_sweep_settings_survive_a_resume_record():
 
 
 def test_autoscaling_clusters_are_sized_by_the_request():
-    from candle_ray.tune import concurrency
+    from candle_ray.search import concurrency
 
     """`ray up` clusters start small: with --autoscale the nodes up now do not cap (or refuse) the sweep."""
     head_only = {"CPU": 2.0}

@@ -1,0 +1,246 @@
+"""The sweep driver's Tune callbacks: one MLflow child run per trial, and the live progress lines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from candle_ray import checkpoint
+from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value
+
+
+def _ended(trial, max_epochs: int) -> str:
+    """How a trial that ended without error ended: all its epochs, or stopped before (scheduler,
+    early stopping, timeout)."""
+    epochs = int(trial.config.get("epochs", max_epochs))
+    return "completed" if (trial.last_result or {}).get("epoch", 0) >= epochs else "stopped early"
+
+
+def trial_status(trial, max_epochs: int) -> str:
+    if trial.status == "ERROR":
+        return "failed"
+    if trial.status == "TERMINATED":
+        return _ended(trial, max_epochs)
+    return {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(trial.status, trial.status.lower())
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error (its exception type and message)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "trial failed")[:5000]
+
+
+def newest_best(folders: list[Path | None]) -> Path | None:
+    """Of checkpoint folders holding the same trial's best checkpoint (Tune's copy, the trial's own), the
+    one whose best is from the latest epoch: a best only ever moves forward in a trial."""
+    found = []
+    for folder in folders:
+        best = checkpoint.pointer(folder, "best") if folder is not None and folder.is_dir() else None
+        if best and (folder / best["file"]).exists():
+            found.append((best["epoch"], folder))
+    return max(found, key=lambda pair: pair[0])[1] if found else None
+
+
+class MLflowSweepCallback(Callback):
+    """One MLflow child run per trial under the sweep's parent: params, per-epoch metrics (step = epoch),
+    the best checkpoint, and FINISHED / FAILED (with the error) / KILLED at the end.
+
+    MLflow calls run in order on one background thread: Tune's event loop, which every trial's
+    results pass through, never waits for the tracking store. While the store does not answer (a
+    restarted server), the calls queue up here and each is retried (tracking.call_with_retry, bounded
+    by CANDLE_RAY_MLFLOW_RETRY_S per outage); what still fails is listed by `close()`, never dropped
+    silently. `close()` drains the queue.
+    """
+
+    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path):
+        self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
+        self.work_dir = work_dir
+        self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
+        self.failure: str | None = None
+        self.unlogged: list[str] = []  # what could not be logged, in order
+        self._queue = self._thread = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "logged": {}, "unlogged": [], "_queue": None, "_thread": None}
+
+    def _submit(self, what: str, fn, *args) -> None:
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="candle-ray-mlflow", daemon=True)
+            self._thread.start()
+        self._queue.put((what, fn, args))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            what, fn, args = item
+            try:
+                fn(*args)
+            except Exception as exc:  # tracking trouble must not stop the search; reported by close()
+                self.failure = self.failure or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.unlogged.append(what)
+
+    def close(self) -> str | None:
+        """Wait for every queued MLflow call; return None, or the first failure and what was not logged."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if not self.failure:
+            return None
+        shown = ", ".join(self.unlogged[:20]) + (f" and {len(self.unlogged) - 20} more" if len(self.unlogged) > 20 else "")
+        return f"{self.failure}; not logged: {shown}"
+
+    def _trial_dir(self, trial_id: str) -> Path:
+        return Path(self.work_dir) / "trials" / trial_id
+
+    def _child(self, trial_id: str, config: dict):
+        child = self.sweep.child(trial_id, trial_id, {**self.fixed, **config},
+                                 {**self.trial_tags, "candle_ray.run_dir": self._trial_dir(trial_id)})
+        if trial_id not in self.logged:  # a resumed sweep: the epochs this child already has
+            self.logged[trial_id] = child.logged_steps("val_loss") if child.reopened else set()
+        return child
+
+    def _log(self, trial_id: str, config: dict, result: dict) -> None:
+        child, epoch = self._child(trial_id, config), int(result.get("epoch", 0))
+        if epoch and epoch not in self.logged[trial_id]:
+            # The epoch's own metrics; the best-epoch copies every result carries are logged once, at the end.
+            child.log_epoch({k: v for k, v in result.items() if not k.startswith(PREFIX) and k != HYPERBAND_TIME})
+            self.logged[trial_id].add(epoch)
+
+    def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint, last: dict) -> None:
+        child = self._child(trial_id, config)
+        best = best_metrics(last)
+        if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
+            child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}})
+            tags = {**tags, "candle_ray.best_epoch": last["best_epoch"]}
+        with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
+            # The trial's last Tune checkpoint is in the sweep's storage (a shared folder or a bucket), so
+            # it is there wherever the trial ran; the trial's own folder, when this driver can see it, may
+            # hold a newer best (trials hand Tune a checkpoint only every --checkpoint-every seconds).
+            handed = Path(tune_checkpoint.to_directory(tmp)) if tune_checkpoint is not None else None
+            own = self._trial_dir(trial_id)
+            folds = sorted({p.name for root in (handed, own) if root is not None and root.is_dir()
+                            for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-")})
+            for fold in folds or [""]:  # `tune --cv`: each fold's best under checkpoints/fold-k
+                ckpt_dir = newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
+                if ckpt_dir is not None:
+                    into = f"checkpoints/{fold}" if fold else "checkpoints"
+                    child.log_artifact(ckpt_dir / checkpoint.pointer(ckpt_dir, "best")["file"], into)
+                    child.log_artifact(ckpt_dir / "best.json", into)
+        child.set_tags(tags)
+        child.finish(status)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._submit(f"trial {trial.trial_id}'s run", self._child, trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._submit(f"trial {trial.trial_id} epoch {result.get('epoch')}", self._log, trial.trial_id,
+                     dict(trial.config), dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FINISHED",
+                     {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint,
+                     dict(trial.last_result or {}))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FAILED",
+                     {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint,
+                     dict(trial.last_result or {}))
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+class ProgressCallback(Callback):
+    """The live view: a status line with counts and the best result so far, and a line per finished trial."""
+
+    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0):
+        self.metric, self.mode, self.max_epochs, self.echo, self.every_s = metric, mode, max_epochs, echo, every_s
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+        self.trials = None  # Tune's trials as last seen: the sweep's summary reads them
+        self.epoch_seconds: dict[tuple[str, int], float] = {}  # (trial, epoch) -> seconds: the sweep's compute
+
+    def __getstate__(self):
+        return {**self.__dict__, "echo": print, "trials": None, "epoch_seconds": {}}
+
+    def best(self, trials):
+        """(value, trial) of the best trial so far by its best epoch (candle_ray.summary), or None."""
+        pick = best_of([t for t in trials if t.status != "ERROR"], lambda t: trial_value(t.last_result, self.metric),
+                       self.mode)
+        return None if pick is None else (trial_value(pick.last_result, self.metric), pick)
+
+    def table(self, trials) -> str:
+        counts: dict[str, int] = {}
+        for t in trials:
+            s = trial_status(t, self.max_epochs)
+            counts[s] = counts.get(s, 0) + 1
+        order = ("running", "pending", "completed", "stopped early", "failed", "paused")
+        parts = [f"{name} {counts.get(name, 0)}" for name in order if counts.get(name) or name in order[:5]]
+        best = self.best(trials)
+        best_text = f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('best_epoch')})" \
+            if best else f"best {self.metric} -"
+        return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {best_text}"
+
+    def running_rows(self, trials, limit: int = 8) -> list[str]:
+        """One line per running trial: its epoch, its latest metric and its configuration."""
+        running = [t for t in trials if t.status == "RUNNING"]
+        rows = []
+        for t in running[:limit]:
+            last = t.last_result or {}
+            config = "  ".join(f"{k}={_short(v)}" for k, v in t.config.items())
+            rows.append(f"    {t.trial_id}  epoch {last.get('epoch', 0):>3}/{t.config.get('epochs', self.max_epochs)}  "
+                        f"{self.scored(last)}  {config}" if isinstance(last.get(self.metric), float) else
+                        f"    {t.trial_id}  starting  {config}")
+        if len(running) > limit:
+            rows.append(f"    ... and {len(running) - limit} more running")
+        return rows
+
+    def on_step_end(self, iteration, trials, **info):
+        self.trials = trials
+        if time.monotonic() - self.last_line >= self.every_s:
+            self.last_line = time.monotonic()
+            self.echo("\n".join([self.table(trials), *self.running_rows(trials)]))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(result.get("epoch_time_s", 0.0))
+
+    def scored(self, last: dict) -> str:
+        """A trial's latest metric and its best epoch so far (the trial's worth), with R² for regressors."""
+        value, best = last.get(self.metric), trial_value(last, self.metric)
+        text = f"{self.metric} {_short(value)}" if isinstance(value, float) else f"{self.metric} -"
+        if isinstance(best, float):
+            text += f" (best {best:.4g} at epoch {last.get('best_epoch', last.get('epoch', 0))})"
+        r2 = last.get(PREFIX + "val_r2", last.get("val_r2")) if self.metric != "val_r2" else None
+        return text + (f", val_r2 {r2:.3g}" if isinstance(r2, float) else "")
+
+    def _row(self, trial, what: str):
+        last = trial.last_result or {}
+        config = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
+        epochs = last.get("epoch", 0)
+        self.echo(f"  trial {trial.trial_id} {what} after {epochs} epoch{'' if epochs == 1 else 's'}: "
+                  f"{self.scored(last)}  {config}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._row(trial, _ended(trial, self.max_epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial, "failed")
+
+    def on_experiment_end(self, trials, **info):
+        self.trials = trials
+        self.echo(self.table(trials))

@@ -1,0 +1,373 @@
+"""A search's configuration on the driver: the sweep's settings (`Sweep`), its searcher and scheduler, the
+space checks, how many trials fit at once, and the Tuner (new or restored). The trials themselves run
+candle_ray.trial on the workers; candle_ray.callbacks follows them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+
+from candle_ray import runtime
+
+runtime.set_env_defaults()  # before ray.tune reads its switches
+
+import ray  # noqa: E402
+import ray.tune  # noqa: E402
+import ray.tune.search  # noqa: E402
+
+from candle_ray.errors import UsageError  # noqa: E402
+from candle_ray.summary import PREFIX  # noqa: E402
+from candle_ray.trial import HYPERBAND_TIME, run_trial  # noqa: E402
+
+# What PBT may change in a running trial: hyperparameters that do not change the model's shape.
+PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "weight_decay", "batch_size")
+
+
+class WorkerRange(int):
+    """An elastic worker count: its int value is the minimum (what must fit for a trial to start); it
+    prints as MIN-MAX."""
+
+    def __new__(cls, low: int, high: int):
+        obj = super().__new__(cls, low)
+        obj.high = int(high)
+        return obj
+
+    def __reduce__(self):
+        return WorkerRange, (int(self), self.high)
+
+    def __str__(self) -> str:
+        return f"{int(self)}-{self.high}"
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def worker_bounds(workers) -> tuple[int, int]:
+    """(min, max) of N, (MIN, MAX) or a WorkerRange."""
+    if isinstance(workers, WorkerRange):
+        return int(workers), workers.high
+    if isinstance(workers, (tuple, list)):
+        return int(workers[0]), int(workers[1])
+    return int(workers), int(workers)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's settings: what `--resume` must find unchanged."""
+
+    name: str
+    searcher: str
+    scheduler: str
+    num_samples: int
+    workers_per_trial: int  # elastic: a WorkerRange (recorded as its minimum + max_workers_per_trial)
+    cpus_per_worker: float
+    gpus_per_worker: int
+    max_concurrent: int
+    seed: int
+    metric: str
+    mode: str
+    max_failures: int
+    max_epochs: int
+    # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
+    checkpoint_every_s: float = 30.0
+    max_workers_per_trial: int = 0  # > workers_per_trial: elastic trials
+    grace_period: int = 0  # epochs before a scheduler may stop a trial; 0 = grace_period_rule(max_epochs)
+
+    def __post_init__(self):
+        low, high = worker_bounds(self.workers_per_trial)
+        high = max(high, int(self.max_workers_per_trial or 0))
+        if low < 1 or high < low:
+            raise UsageError(f"--workers-per-trial {low}-{high}: need 1 <= MIN <= MAX")
+        object.__setattr__(self, "workers_per_trial", WorkerRange(low, high) if high > low else low)
+        object.__setattr__(self, "max_workers_per_trial", high if high > low else 0)
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers_per_trial > int(self.workers_per_trial)
+
+    @property
+    def grace(self) -> int:
+        return self.grace_period or grace_period_rule(self.max_epochs)
+
+
+def grace_period_rule(max_epochs: int) -> int:
+    """Epochs every trial runs before ASHA, Hyperband or the median rule may stop it: an eighth of the
+    epoch budget, at least 1 (60 epochs -> 8, 20 -> 3, 8 or fewer -> 1). Early epochs on a small
+    validation split say little about where a trial ends, and the first rung decides the most trials
+    (`--grace-period` overrides it)."""
+    return max(1, math.ceil(max_epochs / 8)) if max_epochs > 8 else 1
+
+
+# What schedulers and searchers follow. The searcher learns each trial's worth, its best epoch
+# (candle_ray.summary); ASHA, Hyperband and the median rule compare trials by their best epoch so far,
+# so one noisy epoch does not stop a trial; PBT compares the weights trials have now.
+def followed_metric(metric: str, scheduler: str | None = None) -> str:
+    from candle_ray.summary import PREFIX
+
+    return metric if scheduler == "pbt" else PREFIX + metric
+
+
+# Hyperband has no grace period of its own: its smallest bracket decides after max_t / eta^s epochs.
+# Counting its time in units of the grace period (the trial reports it) makes that smallest step one grace period.
+
+
+# ---------------------------------------------------------------- spaces, searchers, schedulers
+
+
+def grid_space(space: dict) -> dict:
+    """Grid search over every categorical key; a continuous key cannot be gridded."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    grid = {}
+    for key, value in space.items():
+        if isinstance(value, Categorical):
+            grid[key] = ray.tune.grid_search(list(value.categories))
+        elif isinstance(value, dict) and "grid_search" in value:
+            grid[key] = value
+        elif isinstance(value, Domain):
+            raise UsageError(f"grid search needs discrete values, but {key!r} is continuous ({type(value).__name__}); "
+                             f"use --search random or optuna, or give {key} a tune.choice([...])")
+        else:
+            grid[key] = value
+    return grid
+
+
+def members_space(members: list[dict]) -> dict:
+    """A Tune space holding every member's values (the members themselves go in as points to evaluate)."""
+    keys = sorted({k for m in members for k in m})
+    space = {}
+    for key in keys:
+        values = []
+        for m in members:
+            if key in m and m[key] not in values:
+                values.append(m[key])
+        space[key] = ray.tune.choice(values)
+    missing = [i for i, m in enumerate(members) if set(m) != set(keys)]
+    if missing:
+        raise UsageError(f"ensemble members {missing[:3]} do not set every key of {keys}; members must differ in the same keys")
+    return space
+
+
+class MembersSearcher(ray.tune.search.Searcher):
+    """Exactly the given configurations, in order: an ensemble's members, a cv's folds.
+
+    Tune's points_to_evaluate cannot carry list values (`dense: [512, 128]`): its variant generator walks
+    into lists as nested keys and fails. A searcher's suggestions replace the space's values whole.
+    """
+
+    def __init__(self, members: list[dict], metric: str, mode: str, max_concurrent: int):
+        super().__init__(metric=metric, mode=mode)
+        self.members, self.next, self.live, self.max_concurrent = [dict(m) for m in members], 0, set(), max_concurrent
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space only lists the members' values; the members themselves are the search
+
+    def suggest(self, trial_id: str):
+        if self.next >= len(self.members):
+            return ray.tune.search.Searcher.FINISHED
+        if len(self.live) >= self.max_concurrent:
+            return None
+        self.live.add(trial_id)
+        self.next += 1
+        return dict(self.members[self.next - 1])
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self.live.discard(trial_id)
+
+    def get_state(self) -> dict:
+        return {"members": self.members, "next": self.next}
+
+    def set_state(self, state: dict) -> None:
+        self.members, self.next, self.live = state["members"], state["next"], set()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+
+def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None):
+    """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
+    optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones;
+    members: exactly the given configurations (an ensemble's members, a cv's folds)."""
+    if name == "members":
+        return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
+    if name == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode, seed=seed),
+                                  max_concurrent=max_concurrent)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def pbt_mutations(space: dict) -> dict:
+    mutations = {k: v for k, v in space.items() if k in PBT_MUTABLE}
+    if not mutations:
+        raise UsageError(f"PBT needs at least one of {', '.join(PBT_MUTABLE)} in the search space to perturb; "
+                         f"the space has {', '.join(space)}")
+    return mutations
+
+
+def validate(searcher: str, scheduler: str, space: dict) -> None:
+    """Refuse, before anything starts, a space that the searcher or scheduler cannot use."""
+    if searcher == "grid":
+        grid_space(space)
+    if scheduler == "pbt":
+        pbt_mutations(space)
+
+
+def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int, grace: int = 1):
+    from ray.tune import schedulers
+
+    common = {"metric": followed_metric(metric, name), "mode": mode, "time_attr": "epoch"}
+    if name == "fifo":
+        return schedulers.FIFOScheduler()
+    if name == "asha":
+        return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
+                                        **common)
+    if name == "hyperband":
+        return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME},
+                                             max_t=max(1, math.ceil(max_epochs / grace)), reduction_factor=3)
+    if name == "median":
+        return schedulers.MedianStoppingRule(grace_period=grace, min_samples_required=3, **common)
+    mutations = pbt_mutations(space)
+    interval = max(1, max_epochs // 4)
+    import random
+
+    random.seed(seed)  # PBT's explore draws from the random module
+    return schedulers.PopulationBasedTraining(perturbation_interval=interval, hyperparam_mutations=mutations,
+                                              quantile_fraction=0.25, resample_probability=0.25, **common)
+
+
+def max_epochs(space: dict, default: int) -> int:
+    """The most epochs a trial can run: the schedulers' time horizon (epochs may be searched too)."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    domain = space.get("epochs")
+    if isinstance(domain, Categorical):
+        return int(max(domain.categories))
+    if isinstance(domain, Integer):
+        return int(domain.upper) - 1  # randint's upper bound is exclusive
+    if isinstance(domain, Float):
+        return int(domain.upper)
+    if isinstance(domain, dict) and "grid_search" in domain:
+        return int(max(domain["grid_search"]))
+    return default
+
+
+def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None,
+                *, autoscale: bool = False) -> int:
+    """How many trials fit at once; more would only queue drivers that wait for workers. Elastic trials
+    count at their minimum size. On an autoscaling cluster (`autoscale`) the nodes up now say nothing:
+    `requested` trials run at once, and their waiting placement groups make the autoscaler add nodes."""
+    if autoscale:
+        if not requested:
+            raise UsageError("--autoscale needs --max-concurrent N: how many trials run at once once the cluster "
+                             "has grown (the nodes up now do not tell)")
+        return requested
+    workers = worker_bounds(workers)[0]
+    fits = math.floor(float(cluster.get("CPU", 0)) / (workers * cpus_per_worker) + 1e-9)
+    if gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0)) // (workers * gpus_per_worker))
+    if fits < 1:
+        raise UsageError(f"one trial needs {workers} x {cpus_per_worker:g} CPU{' + 1 GPU' if gpus_per_worker else ''} "
+                         f"but the cluster has {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU; "
+                         f"lower --workers-per-trial or --cpus-per-worker")
+    return min(fits, requested) if requested else fits
+
+# ---------------------------------------------------------------------------------- the tuner
+
+
+def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, resume: bool,
+                points: list[dict] | None = None):
+    """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
+    # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
+    # An elastic trial's actor only drives Ray Train, whose workers have their own placement group.
+    bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
+    resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if sweep.elastic else
+                                               [bundle] * int(sweep.workers_per_trial))
+    base_job = replace(base_job, workers=int(sweep.workers_per_trial), max_workers=sweep.max_workers_per_trial,
+                       max_failures=sweep.max_failures,
+                       hyperband_unit=sweep.grace if sweep.scheduler == "hyperband" else None)
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
+    # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
+    # included) is pickled to every trial.
+    filesystem = store.fs if store.remote else None
+    if resume:
+        _repair_checkpoint_references(store, sweep.name)
+        tuner = ray.tune.Tuner.restore(store.path(sweep.name) if store.remote else store.display(sweep.name),
+                                       trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=filesystem)
+        # Restore brings back the callbacks pickled at the start; this driver's own (live output,
+        # MLflow client) take their place. Ray 2.60 exposes the run config only on the internal tuner.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
+    param_space = grid_space(space) if sweep.searcher == "grid" else dict(space)
+    return ray.tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray.tune.TuneConfig(
+            num_samples=sweep.num_samples,
+            # Each search algorithm limits concurrency itself (Tune ignores max_concurrent_trials for them).
+            # Hyperband's brackets fill only with trials that exist: limited to the trials running at once,
+            # a bracket never fills, and every trial ran its whole budget. Its trials exist from the
+            # start; the cluster's resources still bound how many run at once.
+            search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
+                                     sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
+                                     points),
+            scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
+                                     space=space, seed=sweep.seed, grace=sweep.grace),
+            # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
+            reuse_actors=sweep.scheduler != "pbt" and not sweep.elastic,
+            trial_name_creator=lambda t: t.trial_id,
+            trial_dirname_creator=lambda t: t.trial_id,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=sweep.name,
+            storage_path=store.root if store.remote else store.uri,
+            storage_filesystem=filesystem,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
+            # Two checkpoints per trial bound its files; PBT keeps them all (at most one per epoch),
+            # since a donor that moves on must not delete the checkpoint a recipient is about to clone.
+            checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=None if sweep.scheduler == "pbt" else 2),
+        ),
+    )
+
+
+def _repair_checkpoint_references(store, name: str) -> list[str]:
+    """Checkpoint retention can delete a trial's checkpoint after the last experiment snapshot named it
+    and before the next one (a driver killed in between). Tune would then refuse to restore that trial;
+    instead, the trial's newest checkpoint takes the named place, and the trial resumes from there."""
+    import re
+
+    import pyarrow.fs as pafs
+
+    sweep_path = store.path(name)
+    states = [i.path for i in store.fs.get_file_info(pafs.FileSelector(sweep_path, allow_not_found=True))
+              if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")]
+    repaired = []
+    for state in states:
+        for entry in json.loads(store.read_text(state)).get("trial_data", []):
+            text = json.dumps(entry)
+            trial = re.search(r'trial_id\W+([\w-]+)', text)
+            if not trial or trial.group(1) not in store.subdirs(sweep_path):
+                continue
+            trial_path = store.path(name, trial.group(1))
+            present = [d for d in store.subdirs(trial_path) if d.startswith("checkpoint_")]
+            for missing in sorted(set(re.findall(r"checkpoint_\d{6}", text)) - set(present)):
+                if present:
+                    pafs.copy_files(f"{trial_path}/{present[-1]}", f"{trial_path}/{missing}",
+                                    source_filesystem=store.fs, destination_filesystem=store.fs)
+                    repaired.append(f"{trial_path}/{missing}")
+    return repaired

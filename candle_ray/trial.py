@@ -1,0 +1,258 @@
+"""A sweep's trial, on the worker: Tune's function trainable and the DDP peers it starts.
+
+A one-worker trial *is* the worker: the loop runs inside Tune's function trainable (actors reused
+between trials), so a trial costs what its epochs cost. A multi-worker trial is rank 0 itself, with
+peer actors in its placement group (no Ray Train start-up). An elastic trial (`--workers-per-trial
+MIN-MAX`) drives a Ray Train V2 TorchTrainer with ScalingConfig(num_workers=(MIN, MAX)) from inside
+the trial: it pays Train's start-up (~15-25 s per trial, and again per resize) for growing and
+shrinking with the cluster; its trial actor takes no CPU. `tune --cv K` trains K fold models in lockstep.
+Per epoch a trial reports its metrics and, with a Tune checkpoint, its candle-ray checkpoint files, so
+schedulers can stop it, PBT can clone its weights into another trial, and a resumed sweep continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import ray.tune
+
+from candle_ray import checkpoint
+from candle_ray.errors import TrainingError
+
+# Hyperband counts time in units of the grace period: each result carries epoch / unit under this key.
+HYPERBAND_TIME = "hyperband_t"
+
+
+
+def _checkpoint_dirs(job) -> dict[str, Path]:
+    """Where the trial's loops write checkpoints, by their folder in a Tune checkpoint: the run's own
+    ("" = the checkpoint's root), or one per fold for `tune --cv` ("fold-k")."""
+    run_dir = Path(job.run_dir)
+    if job.cv_folds:
+        return {f"fold-{k}": run_dir / f"fold-{k}" / "checkpoints" for k in range(int(job.cv_folds))}
+    return {"": run_dir / "checkpoints"}
+
+
+def _tune_checkpoint(ckpt_dirs: dict[str, Path]):
+    """The loops' current last/best checkpoints as one Tune checkpoint (hard links: no copy here)."""
+    staging = Path(tempfile.mkdtemp(prefix="candle-ray-ckpt-"))
+    for folder, ckpt_dir in ckpt_dirs.items():
+        target = staging / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for kind in checkpoint.KINDS:
+            pointer = ckpt_dir / f"{kind}.json"
+            if pointer.exists():
+                shutil.copy2(pointer, target / pointer.name)
+                name = checkpoint.pointer(ckpt_dir, kind)["file"]
+                if not (target / name).exists():
+                    try:
+                        os.link(ckpt_dir / name, target / name)
+                    except OSError:  # another filesystem
+                        shutil.copy2(ckpt_dir / name, target / name)
+    return staging, ray.tune.Checkpoint.from_directory(str(staging))
+
+
+def _report_epochs(job, epochs) -> None:
+    """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last` and the
+    previous hand-over is `tune_checkpoint_s` old (and always at the trial's final epoch).
+
+    Each checkpoint Tune receives is copied into the sweep storage and makes the driver snapshot the
+    experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
+    trials need. A kill then re-runs at most `tune_checkpoint_s` of a trial.
+    """
+    from candle_ray.summary import BestEpoch
+
+    ckpt_dirs = _checkpoint_dirs(job)
+    every_s, handed_at = float(job.tune_checkpoint_s), None
+    final_epoch = int(job.config["epochs"])
+    hyperband_unit = job.hyperband_unit
+    for metrics in BestEpoch(job.metric, job.mode)(epochs):
+        if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
+            continue
+        result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if hyperband_unit:
+            result[HYPERBAND_TIME] = metrics["epoch"] / hyperband_unit
+        written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())
+        due = (handed_at is None or time.monotonic() - handed_at >= every_s
+               or metrics["epoch"] >= final_epoch or "stop_reason" in metrics)
+        if due and written:
+            handed_at = time.monotonic()
+            staging, ckpt = _tune_checkpoint(ckpt_dirs)
+            try:
+                ray.tune.report(result, checkpoint=ckpt)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            ray.tune.report(result)
+        if metrics.get("stop_reason") == "non-finite loss":
+            raise TrainingError(f"trial hit a non-finite loss at epoch {metrics['epoch']} "
+                                f"(loss {metrics['loss']}, val_loss {metrics['val_loss']}); lower the learning rate")
+
+
+def _mean_over_folds(job, device):
+    """`tune --cv K`: K fold models trained in lockstep; each epoch reports every metric's mean over the
+    folds (what the scheduler and searcher see) and each fold's own `fold<k>_<metric>`.
+
+    The folds share the process, so their random streams interleave: a trial is reproducible, but a
+    fold's numbers differ from the same fold trained alone. The trial ends when any fold stops (early
+    stop, timeout): the mean needs every fold at every epoch.
+    """
+    from candle_ray.loop import World, train_epochs
+
+    folds = int(job.cv_folds)
+    runs = [train_epochs(replace(job, run_dir=str(Path(job.run_dir) / f"fold-{k}"),
+                                 cv={"assignment": job.cv_assignment, "fold": k}), World(device=device))
+            for k in range(folds)]
+    for per_fold in zip(*runs):
+        merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold)}
+        for key, value in per_fold[0].items():
+            if key not in merged and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = [m[key] for m in per_fold if key in m]
+                merged[key] = sum(values) / len(values)
+                if key.startswith("val_") or key == "loss":
+                    merged.update({f"fold{k}_{key}": m[key] for k, m in enumerate(per_fold) if key in m})
+        reasons = [f"fold {k}: {m['stop_reason']}" for k, m in enumerate(per_fold) if "stop_reason" in m]
+        if reasons:
+            merged["stop_reason"] = "; ".join(reasons)
+        yield merged
+
+
+def run_trial(config: dict, base_job) -> None:
+    """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
+    (with this trial's hyperparameters), a fresh trial starts from scratch."""
+    # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_dir = Path(base_job.work_dir) / "trials" / trial_id
+    job = replace(base_job, config={**base_job.config, **config}, run_dir=str(run_dir))
+    if "cv_fold" in config:  # `candle-ray cv`: this trial is one fold of the driver's fold assignment
+        job = replace(job, cv={"assignment": base_job.cv_assignment, "fold": int(config["cv_fold"])})
+    ckpt_dirs = _checkpoint_dirs(job)
+    for ckpt_dir in ckpt_dirs.values():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    restored = ray.tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as src:
+            for folder, ckpt_dir in ckpt_dirs.items():
+                shutil.copytree(Path(src) / folder, ckpt_dir)
+        last = checkpoint.pointer(next(iter(ckpt_dirs.values())), "last") or {}
+        origin = Path(last.get("origin") or run_dir)
+        origin = (origin.parent if job.cv_folds else origin).name  # .../trials/<id>[/fold-k]
+        # A record of where this trial's weights came from: itself (a resume) or another trial (PBT).
+        with open(run_dir / "restores.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
+                                "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
+    if base_job.max_workers > int(base_job.workers):
+        _run_elastic_trial(job, trial_id)
+    elif base_job.workers == 1:
+        from candle_ray.loop import World, train_epochs
+        from candle_ray.train import device_for
+
+        _record_rank(run_dir, 0)
+        device = device_for(job.use_gpu)
+        _report_epochs(job, _mean_over_folds(job, device) if job.cv_folds else
+                       train_epochs(job, World(device=device)))
+    else:
+        _run_ddp_trial(job)
+
+
+def _record_rank(trial_dir: Path, rank: int) -> None:
+    from candle_ray.train import record_rank
+
+    record_rank(trial_dir, rank)
+
+
+def _run_elastic_trial(job, trial_id: str) -> None:
+    """An elastic trial: a Ray Train run (ScalingConfig(num_workers=(MIN, MAX))) driven from this trial,
+    named after the trial (a retried trial finds its Train state again). Its workers resume from the
+    trial's checkpoint folder, which they must see: one machine or a shared --storage."""
+    from candle_ray import train as trainer
+
+    plan = trainer.Plan(int(job.workers), float(job.cpus_per_worker), int(bool(job.use_gpu)),
+                        int(job.threads), max_workers=int(job.max_workers))
+    _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.max_failures),
+                                           storage_path=str(Path(job.run_dir) / "ray-train"),
+                                           run_name=f"train-{trial_id}"))
+
+
+@ray.remote
+class _Peer:
+    """Rank 1..N-1 of a DDP trial: runs the same loop, takes part in the all-reduces, reports nothing."""
+
+    def run(self, job, rank: int, world_size: int, master: str, checkpoint_files: dict) -> None:
+        from candle_ray.loop import World, train_epochs
+        from candle_ray.train import device_for
+
+        _record_rank(Path(job.run_dir), rank)
+        # Rank 0's restored checkpoint, in a folder of this rank's own (it may be on another node).
+        job = replace(job, run_dir=str(Path(job.run_dir) / f"rank-{rank}"))
+        ckpt_dir = Path(job.run_dir) / "checkpoints"
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if checkpoint_files:
+            ckpt_dir.mkdir(parents=True)
+            for name, data in checkpoint_files.items():
+                (ckpt_dir / name).write_bytes(data)
+        _join_process_group(job, rank, world_size, master)
+        try:
+            for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job.use_gpu))):
+                pass
+        finally:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _join_process_group(job, rank: int, world_size: int, master: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    # A peer that dies makes the others fail within this timeout instead of hanging the trial.
+    dist.init_process_group("nccl" if job.use_gpu else "gloo", init_method=f"tcp://{master}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=job.ddp_timeout_s))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _run_ddp_trial(job) -> None:
+    """A DDP trial without Ray Train's ~15 s of per-fit start-up: this trial actor is rank 0 (it
+    reports to Tune) and N-1 peer actors, placed in the trial's own placement group, join it over
+    torch.distributed (gloo on CPUs, NCCL on GPUs)."""
+    import torch.distributed as dist
+
+    from candle_ray.loop import World, train_epochs
+    from candle_ray.train import device_for
+
+    world_size = job.workers
+    _record_rank(Path(job.run_dir), 0)
+    master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+    peers = [_Peer.options(num_cpus=job.cpus_per_worker, num_gpus=int(job.use_gpu)).remote()
+             for _ in range(world_size - 1)]
+    ckpt_dir = Path(job.run_dir) / "checkpoints"
+    files = ray.put({p.name: p.read_bytes() for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else {})
+    runs = [peer.run.remote(job, rank, world_size, master, files) for rank, peer in enumerate(peers, start=1)]
+    try:
+        _join_process_group(job, 0, world_size, master)
+        try:
+            _report_epochs(job, train_epochs(job, World(rank=0, world_size=world_size,
+                                                        device=device_for(job.use_gpu))))
+        finally:
+            dist.destroy_process_group()
+        ray.get(runs)
+    finally:
+        for peer in peers:
+            ray.kill(peer)
