@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from candle_ray import checkpoint, models, objectives
-from candle_ray.data import folds
-from candle_ray.data.cache import read_manifest
+from candle_ray.data import folds, remote_cache
+from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 
@@ -217,6 +217,7 @@ def train_epochs(job: dict, world: World) -> Iterator[dict]:
     seed_everything(seed)
 
     entry = job["entry"]
+    remote_cache.ensure_local(entry)  # an S3 entry is read from this node's verified copy, fetched once per node
     task = job["task"]
     reconstruct = task == "autoencoder"
     batch_size = int(config["batch_size"])

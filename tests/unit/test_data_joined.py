@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from candle_ray.data import joined_cache, registry
-from candle_ray.data.cache import Cache, fingerprint, open_split, verify
+from candle_ray.data.cache import Cache, open_split, verify
+from candle_ray.data.cache_format import fingerprint
 from candle_ray.data.feed import JoinedFeed, make_feed, split_labels
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
 from candle_ray.data.spec import ReaderDataset
