@@ -1,8 +1,8 @@
 """The data cache on S3 (a real moto server on 127.0.0.1): prepare uploads an entry (files, then the
 manifest), ls and verify read the bucket, verify catches a corrupted object, nodes without a copy fetch
 a verified one with remote_cache.ensure_local (once per node, whatever the number of concurrent
-readers), and a run trains on the node-local copy. (The sweep that keeps its cache, state and checkpoints in one bucket is in
-test_s3_storage.py.)"""
+readers), and a run trains on the node-local copy. (The sweep that keeps its cache, state and
+checkpoints in one bucket is in test_s3_storage.py.)"""
 
 import json
 import os

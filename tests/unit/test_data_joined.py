@@ -107,7 +107,7 @@ def test_reader_dataset_validates_its_fields():
 
 
 def test_registry_finds_readers_by_name_and_rejects_unknown_ones_and_options():
-    assert registry.module("p1b3").__name__ == "candle_ray.data.p1b3"
+    assert registry.module("p1b3").__name__ == "candle_ray.data.benchmarks.p1b3"
     with pytest.raises(UsageError, match="unknown dataset reader 'nosuch'.*p1b3"):
         registry.module("nosuch")
     with pytest.raises(UsageError, match="not a dataset reader"):
