@@ -17,7 +17,7 @@ epochs range (100-200) is left to --set.
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
-from candle_ray.data.benchmarks.combo import FILES  # the real files' names, by source role
+from candle_ray.data.benchmarks.combo import FILES, OPTIONS  # file names by source role; CANDLE's options
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/Pilot1/combo"
 LAYERS = [[1000] * n for n in range(1, 6)]
@@ -29,15 +29,9 @@ experiment = Experiment(
         name="combo",
         reader="combo",
         sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items()},
-        options={
-            "cell_features": ["expression"],
-            "drug_features": ["descriptors"],
-            "val_split": 0.2,
-            "cv_partition": "overlapping",
-            "scaling": "std",
-            "use_mean_growth": False,
-            "use_combo_score": False,
-        },
+        # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/combo.py lists them with
+        # their values. To change one, write e.g. {**OPTIONS, "cv_partition": "disjoint"}.
+        options=OPTIONS,
         seed=2017,
     ),
     model="combo",

@@ -15,7 +15,7 @@ dropout, conv layout).
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
-from candle_ray.data.benchmarks.p1b3 import FILES  # the real files' names, by source role
+from candle_ray.data.benchmarks.p1b3 import FILES, OPTIONS  # file names by source role; CANDLE's options
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/P1B3"
 
@@ -26,17 +26,9 @@ experiment = Experiment(
         name="p1b3",
         reader="p1b3",
         sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items()},
-        options={
-            "min_logconc": -5.0,
-            "max_logconc": -4.0,
-            "subsample": "naive_balancing",
-            "scaling": "std",
-            "feature_subsample": 0,
-            "cell_features": ["expression"],
-            "drug_features": ["descriptors"],
-            "test_cell_split": 0.15,
-            "val_split": 0.1,
-        },
+        # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/p1b3.py lists them with
+        # their values. To change one, write e.g. {**OPTIONS, "subsample": "none"}.
+        options=OPTIONS,
         seed=2017,
     ),
     model="p1b3",
