@@ -116,7 +116,6 @@ PARTITIONS = ("drug_pair", "cell", "index")
 SINGLE_COLUMNS = ["SOURCE", "DRUG_ID", "CELLNAME", "LOG_CONCENTRATION", "EXPID", "GROWTH"]
 PAIR_COLUMNS = ["CELLNAME", "NSC1", "CONC1", "NSC2", "CONC2", "PERCENTGROWTH", "VALID", "SCREENER", "STUDY"]
 AGG_COLUMNS = ["SOURCE", "CELL", "DRUG", "STUDY", "R2fit", "EC50se"]
-RESPONSE = ["Source", "Sample", "Drug1", "Dose1", "Drug2", "Dose2", "y"]
 
 
 # --------------------------------------------------------------------------- options
