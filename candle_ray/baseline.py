@@ -27,7 +27,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from candle_ray.data.cache import open_split, read_manifest
+from candle_ray.data.cache import open_split
+from candle_ray.data.cache_format import read_manifest
 from candle_ray.errors import DataError, UsageError
 
 MAX_CELLS = 20_000_000

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from candle_ray import checkpoint, models, objectives
-from candle_ray.data import folds
-from candle_ray.data.cache import read_manifest
+from candle_ray.data import folds, remote_cache
+from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
@@ -353,6 +353,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
     config, task, device = job.config, job.task, world.device
     torch.set_num_threads(max(1, int(job.threads or torch.get_num_threads())))
     _prepare_device(device)
+    remote_cache.ensure_local(job.entry)  # an S3 entry is read from this node's verified copy, fetched once per node
     seed = int(config.get("rng_seed", 0))
     seed_everything(seed)
     # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.

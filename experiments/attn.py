@@ -1,6 +1,6 @@
 """ATTN: CANDLE's attention-MLP classifier of drug response (AUC binarised) on Top-21 cancer types (Pilot1).
 
-Data: top_21_1fold_001.h5 (a pandas HDFStore exported by Uno, ~4 GB), read by candle_ray.data.attn into
+Data: top_21_1fold_001.h5 (a pandas HDFStore exported by Uno, ~4 GB), read by candle_ray.data.benchmarks.attn into
 joined tables: the RNA-seq (942) and drug-descriptor (5,270) rows repeat per cell line and per drug, so
 they are stored once and batches gather them by index (6,212 inputs, RNA-seq first as CANDLE). The
 file's fixed partitions are the splits (271,915 train / 33,989 val / 33,989 test rows, 3.61 % positive);

@@ -1,7 +1,7 @@
 """Combo: CANDLE's drug-pair growth regressor on NCI-ALMANAC (Pilot1).
 
 Data: ComboDrugGrowth_Nov2017.csv, the NCI60 cell-name map, landmark-gene RNA-seq (CANDLE's
-use_landmark_genes=True) and the ALMANAC dragon7 descriptors, read by candle_ray.data.combo into joined
+use_landmark_genes=True) and the ALMANAC dragon7 descriptors, read by candle_ray.data.benchmarks.combo into joined
 tables (drug1 and drug2 read one descriptor table; the model shares their encoder). Options are
 CANDLE's combo_default_model.txt: VALID rows, growth averaged per concentration pair then the minimum
 per (cell, drug1, drug2), / 100; std scaling with mean imputation; rows shuffled (seed 2017) and the
@@ -17,7 +17,7 @@ epochs range (100-200) is left to --set.
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
-from candle_ray.data.combo import FILES  # the real files' names, by source role
+from candle_ray.data.benchmarks.combo import FILES, OPTIONS  # file names by source role; CANDLE's options
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/Pilot1/combo"
 LAYERS = [[1000] * n for n in range(1, 6)]
@@ -29,15 +29,9 @@ experiment = Experiment(
         name="combo",
         reader="combo",
         sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items()},
-        options={
-            "cell_features": ["expression"],
-            "drug_features": ["descriptors"],
-            "val_split": 0.2,
-            "cv_partition": "overlapping",
-            "scaling": "std",
-            "use_mean_growth": False,
-            "use_combo_score": False,
-        },
+        # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/combo.py lists them with
+        # their values. To change one, write e.g. {**OPTIONS, "cv_partition": "disjoint"}.
+        options=OPTIONS,
         seed=2017,
     ),
     model="combo",

@@ -1,7 +1,7 @@
 """P1B3: growth of NCI60 cell lines under single drugs, regressed from drug concentration, cell
 expression and drug descriptors (CANDLE Pilot1 benchmark 3).
 
-Data: the nine P1B3 files, read by candle_ray.data.p1b3 into joined tables (the cell and drug
+Data: the nine P1B3 files, read by candle_ray.data.benchmarks.p1b3 into joined tables (the cell and drug
 features are stored once; batches gather them by index). Dataset options are CANDLE's defaults
 (p1b3_default_model.txt): concentrations -5 <= log10 M <= -4, naive_balancing, std scaling,
 expression + descriptors (1 + 25,722 + 3,809 = 29,532 inputs), test = held-out drugs x 15 % of the
@@ -15,7 +15,7 @@ dropout, conv layout).
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
-from candle_ray.data.p1b3 import FILES  # the real files' names, by source role
+from candle_ray.data.benchmarks.p1b3 import FILES, OPTIONS  # file names by source role; CANDLE's options
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/P1B3"
 
@@ -26,17 +26,9 @@ experiment = Experiment(
         name="p1b3",
         reader="p1b3",
         sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items()},
-        options={
-            "min_logconc": -5.0,
-            "max_logconc": -4.0,
-            "subsample": "naive_balancing",
-            "scaling": "std",
-            "feature_subsample": 0,
-            "cell_features": ["expression"],
-            "drug_features": ["descriptors"],
-            "test_cell_split": 0.15,
-            "val_split": 0.1,
-        },
+        # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/p1b3.py lists them with
+        # their values. To change one, write e.g. {**OPTIONS, "subsample": "none"}.
+        options=OPTIONS,
         seed=2017,
     ),
     model="p1b3",

@@ -1,7 +1,7 @@
 """P3B1: CANDLE's multi-task classifier of pathology reports (Pilot3 benchmark 1): primary site (13
 classes), tumour laterality (2) and histological grade (4) from 400 features per report.
 
-Data: P3B1_data.tar.gz, read by candle_ray.data.p3b1 (members checked, never unpacked to disk): fold 0
+Data: P3B1_data.tar.gz, read by candle_ray.data.benchmarks.p3b1 (members checked, never unpacked to disk): fold 0
 (CANDLE's n_fold=1) of the per-task CSVs; train = the three tasks' train files (3,900 / 600 / 1,200
 rows), validation = their test files (99 / 86 / 68), as CANDLE validates on them. Each row has one
 label column per task, -1 for the other tasks; classes per task = max(train label) + 1. No scaling.

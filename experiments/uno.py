@@ -2,7 +2,7 @@
 
 Data: the Pilot1/combo files (responses of GDSC, CTRP and NCI-ALMANAC by default, landmark-gene
 RNA-seq, dragon7 descriptors and PFP/ECFP fingerprints of the PubChem and NCI60 drug sets), read by
-candle_ray.data.uno into joined tables: each cell and drug vector is stored once, drug1 and drug2 read
+candle_ray.data.benchmarks.uno into joined tables: each cell and drug vector is stored once, drug1 and drug2 read
 the same tables (the model shares their encoders). Options are CANDLE's uno_default_model.txt and
 CombinedDataLoader defaults: growth / 100, dose = -log10(M), the drug response filter, std scaling of
 descriptors and RNA-seq, unscaled fingerprints, RNA-seq source and response source one-hots, groups by
@@ -21,7 +21,7 @@ optimizer, residual; its epochs 10 and batch_size 6144 are constants and stay in
 from ray import tune
 
 from candle_ray import Experiment, ReaderDataset, Smoke, Source
-from candle_ray.data.uno import FILES  # the real files' names, by source role
+from candle_ray.data.benchmarks.uno import FILES, OPTIONS  # file names by source role; CANDLE's options
 
 BASE = "https://ftp.mcs.anl.gov/pub/candle/public/benchmarks/Pilot1/combo"
 LAYERS = [[1000] * n for n in (3, 4, 5, 6)] + [[2000] * n for n in (3, 4, 5, 6)]
@@ -34,17 +34,9 @@ experiment = Experiment(
         reader="uno",
         # The aggregated-response file (agg_response) is read only with agg_dose, which this run leaves off.
         sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items() if role != "agg_response"},
-        options={
-            "train_sources": ["GDSC", "CTRP", "ALMANAC"],
-            "test_sources": ["train"],
-            "cell_features": ["rnaseq"],
-            "drug_features": ["descriptors", "fingerprints"],
-            "agg_dose": None,
-            "single": False,
-            "partition_by": "drug_pair",
-            "val_split": 0.2,
-            "scaling": "std",
-        },
+        # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/uno.py lists them with
+        # their values. To change one, write e.g. {**OPTIONS, "train_sources": ["GDSC"]}.
+        options=OPTIONS,
         seed=2018,
     ),
     model="uno",

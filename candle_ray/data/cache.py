@@ -1,11 +1,13 @@
 """The dataset cache: a prepared dataset as two Arrow IPC files plus a manifest.
 
-(Joined datasets, `ReaderDataset` specs such as P1B3, Uno, Combo, are stored as feature tables plus row
-tables: manifest kind "joined", written and read by candle_ray.data.joined_cache; this module keeps
-the fingerprint, lock, atomic rename and verify dispatch for both kinds. An `s3://bucket/prefix` root is
+(The entry format itself, manifest, checksums, atomic writes, lock, fingerprint, is
+candle_ray.data.cache_format. Joined datasets, `ReaderDataset` specs such as P1B3, Uno, Combo, are
+stored as feature tables plus row tables: manifest kind "joined", written and read by
+candle_ray.data.joined_cache; this module keeps the preparation of both kinds (under the lock, renamed
+into place) and the verify dispatch. An `s3://bucket/prefix` root is
 candle_ray.data.remote_cache.S3Cache: entries are built by this class in node-local staging, uploaded
-with the manifest as the commit point, and read from verified node-local copies that `read_manifest`
-fetches on first use.)
+with the manifest as the commit point, and read from verified node-local copies that
+`remote_cache.ensure_local` fetches.)
 
 Layout under the root:
   downloads/<name>/<file>                  fetched remote sources (+ <file>.sha256 sidecars)
@@ -22,14 +24,10 @@ copy). Streaming readers cut row chunks out of that buffer instead of relying on
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -37,186 +35,22 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from candle_ray.data.sources import file_digests, local_path, redact
+from candle_ray.data.cache_format import (DEFAULT_REBUILD, FORMAT_VERSION, MANIFEST, Entry, check_sha256,
+                                          corrupt_entry, exclusive_lock, file_sha256, fingerprint, fsync,
+                                          numpy_view, open_arrow, read_manifest, sources_record,
+                                          verify_downloads, write_batch_file, write_manifest)
+from candle_ray.data.sources import fetch, local_path, redact
 from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels
 from candle_ray.errors import CacheError, DataError, UsageError
 
-FORMAT_VERSION = 1
-DEFAULT_REBUILD = "candle-ray data prepare <experiment> --force"
 SPLITS = ("train", "val")
-_MANIFEST = "manifest.json"
 _SCALER = "scaler.json"
 
 
-# --------------------------------------------------------------------------- entries and fingerprints
-@dataclass(frozen=True)
-class Entry:
-    """A prepared dataset: its folder and its manifest."""
-
-    path: Path
-    manifest: dict
-
-    def __fspath__(self) -> str:  # open_split(entry, ...) and make_feed(entry, ...) accept an Entry too
-        return str(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
-
-    @property
-    def num_features(self) -> int:
-        return self.manifest["num_features"]
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.manifest["num_classes"]
-
-    @property
-    def rows(self) -> dict[str, int]:
-        return {split: info["rows"] for split, info in self.manifest["splits"].items()}
-
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.manifest.get("synthetic"))
-
-    @property
-    def kind(self) -> str:
-        """"matrix" (one x matrix per split) or "joined" (feature tables + row tables, see joined_cache)."""
-        return self.manifest.get("kind", "matrix")
-
-
-def _source_key(source) -> dict:
-    """What identifies a source's content without the network: its declared checksum, else the local
-    file's sha256, else the URL (credentials removed)."""
-    if source.sha256:
-        return {"sha256": source.sha256.lower()}
-    if source.md5:
-        return {"md5": source.md5.lower()}
-    path = local_path(source.url)
-    if path is not None and path.is_file():
-        return {"sha256": file_digests(path)[0]}
-    return {"url": redact(source.url)}
-
-
-def fingerprint(ds: Dataset | ReaderDataset) -> str:
-    """16 hex digits identifying the prepared content of `ds` (the format version, preprocessing, sources)."""
-    if isinstance(ds, ReaderDataset):
-        from candle_ray.data import registry
-
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "kind": "joined",
-            "reader": ds.reader,
-            "reader_version": registry.version(ds.reader),
-            # Defaults filled in: writing an option at its default value names the same entry.
-            "options": registry.options(ds.reader, ds.options),
-            "seed": ds.seed,
-            "sources": {role: _source_key(src) for role, src in ds.sources.items()},
-        }
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    from_fraction = ds.val is None
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "format": ds.format,
-        "label": ds.label,
-        "drop": list(ds.drop),
-        "task": ds.task,
-        "classes": ds.classes,
-        "scaling": ds.scaling,
-        "scaling_fit": ds.scaling_fit,
-        "feature_subsample": ds.feature_subsample,
-        # The split fraction and seed only shape the data when val is carved out of train.
-        "val_fraction": ds.val_fraction if from_fraction else None,
-        "seed": ds.seed if from_fraction else None,
-        "sources": {split: _source_key(src) for split, src in ds.sources().items()},
-    }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- Arrow files
+# --------------------------------------------------------------------------- reading and checking an entry
 def _schema(num_features: int, task: str) -> pa.Schema:
     y_type = pa.int64() if has_class_labels(task) else pa.float32()
     return pa.schema([pa.field("x", pa.list_(pa.float32(), num_features)), pa.field("y", y_type)])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> dict:
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    schema = _schema(X.shape[1], task)
-    x = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
-    batch = pa.record_batch([x, pa.array(y, type=schema.field("y").type)], schema=schema)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(batch)  # one batch: the x values stay one contiguous, mappable buffer
-    _fsync(path)
-    return {"file": path.name, "rows": int(len(y)), "bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _corrupt(entry_path: Path, what: str, hint: str | None) -> CacheError:
-    return CacheError(f"cache entry {entry_path} is corrupt: {what}; rebuild it with: {hint or DEFAULT_REBUILD}")
-
-
-def _manifest_text(entry_path: Path) -> str:
-    try:
-        return (entry_path / _MANIFEST).read_text()
-    except FileNotFoundError:
-        # A node-local mirror of an s3:// cache entry that this node does not hold yet: fetch it (verified),
-        # then read it as any local entry. Any other path raises as before.
-        from candle_ray.data import remote_cache
-
-        if remote_cache.parse_mirror_path(entry_path) is None or not remote_cache.materialise(entry_path):
-            raise
-        return (entry_path / _MANIFEST).read_text()
-
-
-def read_manifest(entry_path) -> dict:
-    """The manifest of an entry folder; CacheError when it is missing or unreadable."""
-    entry_path = Path(entry_path)
-    try:
-        manifest = json.loads(_manifest_text(entry_path))
-    except FileNotFoundError:
-        raise CacheError(f"cache entry {entry_path} does not exist or is incomplete (no {_MANIFEST}); prepare it with: {DEFAULT_REBUILD}") from None
-    except (OSError, ValueError) as e:
-        raise _corrupt(entry_path, f"{_MANIFEST} is unreadable ({' '.join(str(e).split())})", None) from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CacheError(f"cache entry {entry_path} has format version {manifest.get('format_version')!r}, this candle-ray reads {FORMAT_VERSION}; rebuild it with: {manifest.get('rebuild') or DEFAULT_REBUILD}")
-    return manifest
-
-
-def open_arrow(entry_path: Path, info: dict, hint: str | None):
-    """Quick checks of one file of an entry (no hashing): it exists with the manifest's size and opens as
-    Arrow. Returns its memory-mapped reader."""
-    path = entry_path / info["file"]
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise _corrupt(entry_path, f"{info['file']} is missing", hint) from None
-    if size != info["bytes"]:
-        raise _corrupt(entry_path, f"{info['file']} has {size:,} bytes, the manifest says {info['bytes']:,} (truncated or overwritten)", hint)
-    try:
-        return pa.ipc.open_file(pa.memory_map(str(path)))
-    except (pa.ArrowException, OSError) as e:
-        raise _corrupt(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
 
 
 def _open_checked(entry_path: Path, split: str):
@@ -233,24 +67,14 @@ def _open_checked(entry_path: Path, split: str):
     reader = open_arrow(entry_path, info, hint)
     expected = _schema(manifest["num_features"], manifest["task"])
     if not reader.schema.equals(expected):
-        raise _corrupt(entry_path, f"{info['file']} has schema {reader.schema.to_string(show_schema_metadata=False)!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)
+        raise corrupt_entry(entry_path, f"{info['file']} has schema {reader.schema.to_string(show_schema_metadata=False)!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)
     try:
         rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     except (pa.ArrowException, OSError) as e:
-        raise _corrupt(entry_path, f"{info['file']} has an unreadable record batch ({' '.join(str(e).split())})", hint) from None
+        raise corrupt_entry(entry_path, f"{info['file']} has an unreadable record batch ({' '.join(str(e).split())})", hint) from None
     if rows != info["rows"]:
-        raise _corrupt(entry_path, f"{info['file']} has {rows} rows, the manifest says {info['rows']}", hint)
+        raise corrupt_entry(entry_path, f"{info['file']} has {rows} rows, the manifest says {info['rows']}", hint)
     return manifest, reader
-
-
-def _view(array: pa.Array, dtype, first: int = 0, count: int | None = None) -> np.ndarray:
-    """A read-only numpy view of `count` values of a null-free primitive Arrow array, from element `first`.
-
-    (`Array.to_numpy` would do the same but imports pandas, and `flatten` pyarrow.compute: ~0.4 s
-    and ~60 MB in every worker.)
-    """
-    count = len(array) - first if count is None else count
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=count, offset=(array.offset + first) * np.dtype(dtype).itemsize)
 
 
 def open_split(entry_path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -261,8 +85,8 @@ def open_split(entry_path, split: str) -> tuple[np.ndarray, np.ndarray]:
     d = manifest["num_features"]
     batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     # `.values` ignores the list array's own offset: apply it here (0 for files this module writes).
-    xs = [_view(b.column(0).values, np.float32, first=b.column(0).offset * d, count=b.num_rows * d) for b in batches]
-    ys = [_view(b.column(1), np.int64 if has_class_labels(manifest["task"]) else np.float32) for b in batches]
+    xs = [numpy_view(b.column(0).values, np.float32, first=b.column(0).offset * d, count=b.num_rows * d) for b in batches]
+    ys = [numpy_view(b.column(1), np.int64 if has_class_labels(manifest["task"]) else np.float32) for b in batches]
     if len(batches) == 1:
         X, y = xs[0], ys[0]
     else:  # not written by this module; still readable, at the price of one copy
@@ -287,25 +111,12 @@ def verify(entry: Entry) -> None:
     hint = manifest.get("rebuild")
     for split, info in manifest["splits"].items():
         _open_checked(path, split)  # size, schema, rows
-        actual = _sha256(path / info["file"])
-        if actual != info["sha256"]:
-            raise _corrupt(path, f"{info['file']} has sha256 {actual}, the manifest says {info['sha256']}", hint)
+        check_sha256(path, info, hint)
     pre = manifest["preprocessing"]
     scaler = path / pre["scaler_file"]
-    if not scaler.is_file() or _sha256(scaler) != pre["scaler_sha256"]:
-        raise _corrupt(path, f"{pre['scaler_file']} is missing or does not match its sha256 in the manifest", hint)
+    if not scaler.is_file() or file_sha256(scaler) != pre["scaler_sha256"]:
+        raise corrupt_entry(path, f"{pre['scaler_file']} is missing or does not match its sha256 in the manifest", hint)
     verify_downloads(path, manifest, hint)
-
-
-def verify_downloads(entry_path: Path, manifest: dict, hint: str | None) -> None:
-    """The downloads an entry was built from, where the cache still holds them, against their sha256."""
-    root = entry_path.parent.parent
-    for role, source in manifest["sources"].items():
-        download = source.get("download")
-        if download and (root / download).is_file():
-            actual = _sha256(root / download)
-            if actual != source["sha256"]:
-                raise _corrupt(entry_path, f"the {role} download {root / download} has sha256 {actual}, recorded {source['sha256']}", hint)
 
 
 # --------------------------------------------------------------------------- preparation steps
@@ -362,20 +173,99 @@ def _need_rows(split: str, n: int, ds: Dataset) -> None:
         raise DataError(f"the {split} split of dataset {ds.name!r} has {n} row(s), at least 2 are needed; {fix}")
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path, log):
-    """An exclusive flock for the whole preparation; other preparers of the same entry wait here."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another process preparing the same entry (lock {lock_path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the lock file stays (deleting it would race with waiters)
+
+
+def _read_splits(ds: Dataset, fetched: dict, urls: dict[str, str], log):
+    """Each fetched split file as (X float32 [n, d], raw labels), plus the feature names (None for
+    CANDLE's header-less files); a val table's columns are put in train's order."""
+    from candle_ray.data import formats  # only preparation parses CSV; workers opening splits never do
+
+    X, y, names = {}, {}, None
+    for split, got in fetched.items():
+        if ds.format == "candle_noheader":
+            label_dtype = np.int64 if has_class_labels(ds.task) else np.float32
+            X[split], y[split] = formats.read_candle_noheader(got.path, ds.feature_subsample, label_dtype=label_dtype)
+            split_names = None
+        else:
+            X[split], y[split], split_names = formats.read_table(got.path, ds.label, ds.drop)
+            if ds.feature_subsample:
+                X[split], split_names = X[split][:, : ds.feature_subsample], split_names[: ds.feature_subsample]
+        if names is not None and split_names is not None and split_names != names:
+            X[split] = _align(X[split], split_names, names, urls[split])
+        names = names or split_names
+        log(f"read {split}: {X[split].shape[0]:,} rows x {X[split].shape[1]:,} features from {got.path}")
+    return X, y, names
+
+
+def _align(X: np.ndarray, have: list[str], want: list[str], url: str) -> np.ndarray:
+    """Reorder a val table's columns to train's order; DataError if the column sets differ."""
+    missing = [n for n in want if n not in set(have)]
+    extra = [n for n in have if n not in set(want)]
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}"
+        raise DataError(f"the feature columns of {url} differ from train's ({len(have)} vs {len(want)} columns, {detail}); both files need the same feature columns")
+    position = {n: i for i, n in enumerate(have)}
+    return X[:, [position[n] for n in want]]
+
+
+def _check_features(X: dict[str, np.ndarray], urls: dict[str, str], names: list[str] | None) -> None:
+    """Train and val have the same width, and every value is finite."""
+    if "val" in X and X["val"].shape[1] != X["train"].shape[1]:
+        raise DataError(f"train has {X['train'].shape[1]} features but val has {X['val'].shape[1]} ({urls['train']} vs {urls['val']}); both files need the same feature columns")
+    for split in X:
+        _check_finite(X[split], split, urls[split], names)
+
+
+def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> None:
+    """CANDLE-style hold-out when there is no val file: a seeded shuffle of train, whose last
+    val_fraction rows become val (X and y are updated in place)."""
+    n = len(y["train"])
+    order = np.random.default_rng(ds.seed).permutation(n)
+    n_val = int(round(n * ds.val_fraction))
+    X["train"], X["val"] = X["train"][order[: n - n_val]], X["train"][order[n - n_val :]]
+    y["train"], y["val"] = y["train"][order[: n - n_val]], y["train"][order[n - n_val :]]
+
+
+def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> dict:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    schema = _schema(X.shape[1], task)
+    x = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    return write_batch_file(path, pa.record_batch([x, pa.array(y, type=schema.field("y").type)], schema=schema))
+
+
+def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], out: Path) -> dict:
+    """Fit the scaler, write each scaled split and scaler.json into `out`; the splits' manifest records.
+
+    Each raw split is dropped from `X` once scaled, so that at most one split exists twice in memory.
+    """
+    from candle_ray.data import transforms
+
+    fit_on = [X["train"], X["val"]] if ds.scaling_fit == "train+val" else X["train"]
+    params = transforms.fit_scaler(ds.scaling, fit_on)
+    splits = {}
+    for split in SPLITS:
+        scaled = transforms.apply_scaler(params, X.pop(split))
+        splits[split] = _write_split(out / f"{split}.arrow", scaled, y[split], ds.task)
+        del scaled
+    (out / _SCALER).write_text(json.dumps(params))
+    fsync(out / _SCALER)
+    return splits
+
+
+def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
+    return {
+        "scaling": ds.scaling,
+        "scaling_fit": ds.scaling_fit,
+        "scaler_file": _SCALER,
+        "scaler_sha256": scaler_sha256,
+        "feature_subsample": ds.feature_subsample,
+        "val_fraction": ds.val_fraction if ds.val is None else None,
+        "seed": ds.seed if ds.val is None else None,
+        "format": ds.format,
+        "label": ds.label,
+        "drop": list(ds.drop),
+        "classes": ds.classes,
+    }
 
 
 # --------------------------------------------------------------------------- the cache
@@ -405,7 +295,7 @@ class Cache:
     def lookup(self, ds: Dataset | ReaderDataset) -> Entry | None:
         """The prepared entry of `ds`, or None (no hashing of the entry's files)."""
         path = self.entry_path(ds)
-        if not (path / _MANIFEST).is_file():
+        if not (path / MANIFEST).is_file():
             return None
         return Entry(path=path, manifest=read_manifest(path))
 
@@ -415,7 +305,7 @@ class Cache:
             return []
         found = []
         for path in sorted(self.datasets.iterdir()):
-            if not path.name.startswith(".") and (path / _MANIFEST).is_file():
+            if not path.name.startswith(".") and (path / MANIFEST).is_file():
                 found.append(Entry(path=path, manifest=read_manifest(path)))
         return found
 
@@ -432,8 +322,8 @@ class Cache:
         fp = fingerprint(ds)
         key = f"{ds.name}-{fp}"
         final = self.datasets / key
-        with _exclusive(self.locks / f"{key}.lock", log):
-            if not force and (final / _MANIFEST).is_file():
+        with exclusive_lock(self.locks / f"{key}.lock", log):
+            if not force and (final / MANIFEST).is_file():
                 log(f"dataset {ds.name} already prepared: {final}")
                 return Entry(path=final, manifest=read_manifest(final))
             self.datasets.mkdir(parents=True, exist_ok=True)
@@ -446,6 +336,8 @@ class Cache:
             tmp.mkdir()
             try:
                 if isinstance(ds, ReaderDataset):
+                    # Imported here: joined_cache brings pandas (through data.joined), which a worker that
+                    # only reads matrix entries from this module never needs.
                     from candle_ray.data import joined_cache
 
                     manifest = joined_cache.build(self, ds, fp, tmp, rebuild_hint, log)
@@ -456,7 +348,7 @@ class Cache:
                 if replaced:
                     os.rename(final, old)  # readers holding memory maps of the old files keep them
                 os.rename(tmp, final)
-                _fsync(self.datasets)
+                fsync(self.datasets)
                 if replaced:
                     shutil.rmtree(old, ignore_errors=True)
             finally:
@@ -464,53 +356,20 @@ class Cache:
             return Entry(path=final, manifest=manifest)
 
     def _build(self, ds: Dataset, fp: str, out: Path, rebuild_hint: str, log) -> dict:
-        from candle_ray.data import readers, transforms
-        from candle_ray.data.sources import fetch
-
+        """Fetch, read, validate, split, scale and write a matrix dataset into `out`; its manifest."""
         start = time.monotonic()
         log(f"preparing dataset {ds.name} (fingerprint {fp}) in {out.parent.parent}")
         fetched = {split: fetch(src, self.downloads / ds.name, log=log) for split, src in ds.sources().items()}
         urls = {split: redact(src.url) for split, src in ds.sources().items()}
-
-        X, y, names = {}, {}, None
-        for split, got in fetched.items():
-            if ds.format == "candle_noheader":
-                label_dtype = np.int64 if has_class_labels(ds.task) else np.float32
-                X[split], y[split] = readers.read_candle_noheader(got.path, ds.feature_subsample, label_dtype=label_dtype)
-                split_names = None
-            else:
-                X[split], y[split], split_names = readers.read_table(got.path, ds.label, ds.drop)
-                if ds.feature_subsample:
-                    X[split], split_names = X[split][:, : ds.feature_subsample], split_names[: ds.feature_subsample]
-            if names is not None and split_names is not None and split_names != names:
-                X[split] = _align(X[split], split_names, names, urls[split])
-            names = names or split_names
-            log(f"read {split}: {X[split].shape[0]:,} rows x {X[split].shape[1]:,} features from {got.path}")
-        if "val" in X and X["val"].shape[1] != X["train"].shape[1]:
-            raise DataError(f"train has {X['train'].shape[1]} features but val has {X['val'].shape[1]} ({urls['train']} vs {urls['val']}); both files need the same feature columns")
-        for split in X:
-            _check_finite(X[split], split, urls[split], names)
+        X, y, names = _read_splits(ds, fetched, urls, log)
+        _check_features(X, urls, names)
         y, num_classes, class_names = _labels(ds, y, urls)
-        if "val" not in X:  # CANDLE-style hold-out: seeded shuffle, the last val_fraction rows are val
-            n = len(y["train"])
-            order = np.random.default_rng(ds.seed).permutation(n)
-            n_val = int(round(n * ds.val_fraction))
-            X["train"], X["val"] = X["train"][order[: n - n_val]], X["train"][order[n - n_val :]]
-            y["train"], y["val"] = y["train"][order[: n - n_val]], y["train"][order[n - n_val :]]
+        if "val" not in X:
+            _hold_out_val(ds, X, y)
         for split in SPLITS:
             _need_rows(split, len(y[split]), ds)
-
         num_features = X["train"].shape[1]
-        fit_on = [X["train"], X["val"]] if ds.scaling_fit == "train+val" else X["train"]
-        params = transforms.fit_scaler(ds.scaling, fit_on)
-        splits = {}
-        for split in SPLITS:
-            scaled = transforms.apply_scaler(params, X.pop(split))
-            splits[split] = _write_split(out / f"{split}.arrow", scaled, y[split], ds.task)
-            del scaled
-        (out / _SCALER).write_text(json.dumps(params))
-        _fsync(out / _SCALER)
-
+        splits = _write_scaled(ds, X, y, out)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": ds.name,
@@ -521,56 +380,13 @@ class Cache:
             "num_classes": num_classes,
             "class_names": class_names,
             "feature_names": names,
-            "sources": {
-                split: {
-                    "url": redact(got.url),
-                    "sha256": got.sha256,
-                    "md5": got.md5,
-                    "bytes": got.bytes,
-                    "download": _relative(got.path, self.root),
-                }
-                for split, got in fetched.items()
-            },
-            "preprocessing": {
-                "scaling": ds.scaling,
-                "scaling_fit": ds.scaling_fit,
-                "scaler_file": _SCALER,
-                "scaler_sha256": _sha256(out / _SCALER),
-                "feature_subsample": ds.feature_subsample,
-                "val_fraction": ds.val_fraction if ds.val is None else None,
-                "seed": ds.seed if ds.val is None else None,
-                "format": ds.format,
-                "label": ds.label,
-                "drop": list(ds.drop),
-                "classes": ds.classes,
-            },
+            "sources": sources_record(fetched, self.root),
+            "preprocessing": _preprocessing_record(ds, file_sha256(out / _SCALER)),
             "splits": splits,
             "synthetic": ds.synthetic,
             "rebuild": rebuild_hint or None,
         }
-        tmp = out / f"{_MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp)
-        os.replace(tmp, out / _MANIFEST)
+        write_manifest(out, manifest)
         rows = ", ".join(f"{s} {info['rows']:,}" for s, info in splits.items())
         log(f"prepared {ds.name}: {rows} rows x {manifest['num_features']:,} features in {time.monotonic() - start:.1f} s -> {out.parent / f'{ds.name}-{fp}'}")
         return manifest
-
-
-def _relative(path: Path, root: Path) -> str | None:
-    """A download's path relative to the cache root; None for a local source outside the cache."""
-    try:
-        return str(Path(path).absolute().relative_to(root))
-    except ValueError:
-        return None
-
-
-def _align(X: np.ndarray, have: list[str], want: list[str], url: str) -> np.ndarray:
-    """Reorder a val table's columns to train's order; DataError if the column sets differ."""
-    missing = [n for n in want if n not in set(have)]
-    extra = [n for n in have if n not in set(want)]
-    if missing or extra:
-        detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}"
-        raise DataError(f"the feature columns of {url} differ from train's ({len(have)} vs {len(want)} columns, {detail}); both files need the same feature columns")
-    position = {n: i for i, n in enumerate(have)}
-    return X[:, [position[n] for n in want]]

@@ -324,7 +324,8 @@ def make_feed(entry_path, split: str, batch_size: int, *, shuffle: bool = True, 
     of the available memory, and maps it in memory otherwise. A joined entry always gets a
     `JoinedFeed` (memory-mapped tables, gathered per batch; `mode` does not apply). `pad=False` (not
     for streaming) serves each rank exactly every world_size-th row: validation."""
-    from candle_ray.data.cache import open_split, read_manifest, split_file
+    from candle_ray.data.cache import open_split, split_file
+    from candle_ray.data.cache_format import read_manifest
 
     if mode not in ("auto", "memory", "stream"):
         raise UsageError(f"feed mode {mode!r} is not one of auto, memory, stream")
@@ -346,7 +347,8 @@ def make_feed(entry_path, split: str, batch_size: int, *, shuffle: bool = True, 
 def split_labels(entry_path, split: str) -> np.ndarray:
     """The labels of one split (memory-mapped): y [n] of a matrix entry, or of a joined entry's label
     column(s), [n] or [n, T] for several (e.g. class weights computed from the train split)."""
-    from candle_ray.data.cache import open_split, read_manifest
+    from candle_ray.data.cache import open_split
+    from candle_ray.data.cache_format import read_manifest
 
     manifest = read_manifest(entry_path)
     if manifest.get("kind") != "joined":

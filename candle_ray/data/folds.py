@@ -15,15 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from candle_ray.data.cache_format import read_manifest
 from candle_ray.errors import DataError, UsageError
 
 POOLED = ("train", "val")
-
-
-def _manifest(entry_path) -> dict:
-    from candle_ray.data.cache import read_manifest
-
-    return read_manifest(entry_path)
 
 
 def pooled_labels(entry_path) -> np.ndarray:
@@ -34,7 +29,7 @@ def pooled_labels(entry_path) -> np.ndarray:
 
 def group_columns(entry_path) -> list[str]:
     """Columns a dataset's rows can be grouped by: the id columns its reader kept (joined datasets)."""
-    manifest = _manifest(entry_path)
+    manifest = read_manifest(entry_path)
     if manifest.get("kind") != "joined":
         return []
     types = manifest["splits"]["train"]["columns"]
@@ -45,13 +40,13 @@ def pooled_groups(entry_path, column: str) -> np.ndarray:
     """The values of `column` for the pooled rows (UsageError naming the usable columns if missing)."""
     usable = group_columns(entry_path)
     if column not in usable:
-        manifest = _manifest(entry_path)
+        manifest = read_manifest(entry_path)
         hint = (f"columns you can group by: {', '.join(usable)}" if usable else
                 f"dataset {manifest['name']} keeps no id columns to group by")
         raise UsageError(f"--group-by {column!r} is not a column of the dataset's rows; {hint}")
     from pathlib import Path
 
-    manifest = _manifest(entry_path)
+    manifest = read_manifest(entry_path)
     values = []
     for split in POOLED:
         path = Path(entry_path) / manifest["splits"][split]["file"]
@@ -124,7 +119,7 @@ def fold_feed(entry_path, cv: dict, part: str, batch_size: int, **shard):
 
     assignment = np.asarray(cv["assignment"])
     rows = _rows(assignment, int(cv["fold"]), part)
-    manifest = _manifest(entry_path)
+    manifest = read_manifest(entry_path)
     if manifest.get("kind") == "joined":
         splits = [joined_cache.open_rows(entry_path, split) for split in POOLED]
         if sum(len(next(iter(s.values()))) for s in splits) != len(assignment):

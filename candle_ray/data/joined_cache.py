@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from candle_ray.data import registry
+from candle_ray.data.cache_format import (DEFAULT_REBUILD, FORMAT_VERSION, check_sha256, corrupt_entry, numpy_view,
+                                          open_arrow, read_manifest, sources_record, verify_downloads,
+                                          write_batch_file, write_manifest)
 from candle_ray.data.joined import JoinedTables
+from candle_ray.data.sources import fetch
 from candle_ray.errors import CacheError, DataError, UsageError
 
 KIND = "joined"
@@ -120,26 +125,12 @@ def _table_schema(width: int, columns: list[str] | None = None) -> pa.Schema:
     return pa.schema([pa.field("id", pa.string()), pa.field("x", pa.list_(pa.float32(), width))], metadata=meta)
 
 
-def _write_one_batch(path: Path, batch: pa.RecordBatch) -> None:
-    from candle_ray.data.cache import _fsync
-
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-        writer.write_batch(batch)  # one batch: every column is one contiguous, mappable buffer
-    _fsync(path)
-
-
-def _file_info(path: Path, rows: int) -> dict:
-    from candle_ray.data.cache import _sha256
-
-    return {"file": path.name, "rows": int(rows), "bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
 def _write_table(path: Path, table) -> dict:
     values = np.ascontiguousarray(table.values, dtype=np.float32)
     schema = _table_schema(values.shape[1], list(table.columns))
     x = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-    _write_one_batch(path, pa.record_batch([pa.array([str(i) for i in table.ids], pa.string()), x], schema=schema))
-    return {**_file_info(path, len(table.ids)), "width": int(values.shape[1])}
+    record = write_batch_file(path, pa.record_batch([pa.array([str(i) for i in table.ids], pa.string()), x], schema=schema))
+    return {**record, "width": int(values.shape[1])}
 
 
 def _row_arrays(jt: JoinedTables, frame) -> dict[str, pa.Array]:
@@ -166,16 +157,11 @@ def _row_arrays(jt: JoinedTables, frame) -> dict[str, pa.Array]:
 def _write_rows(path: Path, jt: JoinedTables, frame) -> dict:
     arrays = _row_arrays(jt, frame)
     batch = pa.record_batch(list(arrays.values()), names=list(arrays))
-    _write_one_batch(path, batch)
-    return {**_file_info(path, len(frame)), "columns": {n: str(a.type) for n, a in arrays.items()}}
+    return {**write_batch_file(path, batch), "columns": {n: str(a.type) for n, a in arrays.items()}}
 
 
 def build(cache, ds, fp: str, out: Path, rebuild_hint: str, log) -> dict:
     """Fetch the sources, run the reader, validate and write the entry's files and manifest into `out`."""
-    from candle_ray.data import registry
-    from candle_ray.data.cache import FORMAT_VERSION, _MANIFEST, _fsync, _relative
-    from candle_ray.data.sources import fetch, redact
-
     start = time.monotonic()
     log(f"preparing dataset {ds.name} (reader {ds.reader}, fingerprint {fp}) in {out.parent.parent}")
     options = registry.options(ds.reader, ds.options)
@@ -214,18 +200,11 @@ def build(cache, ds, fp: str, out: Path, rebuild_hint: str, log) -> dict:
         "splits": splits,
         "reader": {"name": ds.reader, "version": registry.version(ds.reader), "options": options, "seed": ds.seed,
                    "info": json.loads(json.dumps(jt.info, default=str))},
-        "sources": {
-            role: {"url": redact(got.url), "sha256": got.sha256, "md5": got.md5, "bytes": got.bytes,
-                   "download": _relative(got.path, cache.root)}
-            for role, got in fetched.items()
-        },
+        "sources": sources_record(fetched, cache.root),
         "synthetic": ds.synthetic,
         "rebuild": rebuild_hint or None,
     }
-    tmp = out / f"{_MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp)
-    tmp.replace(out / _MANIFEST)
+    write_manifest(out, manifest)
     rows = ", ".join(f"{s} {info['rows']:,}" for s, info in splits.items())
     widths = ", ".join(f"{n} {t['rows']:,}x{t['width']:,}" for n, t in tables.items())
     log(f"prepared {ds.name}: {rows} rows x {manifest['num_features']:,} features (tables {widths}) in "
@@ -237,23 +216,19 @@ def build(cache, ds, fp: str, out: Path, rebuild_hint: str, log) -> dict:
 def _open_file(entry_path: Path, info: dict, hint: str | None):
     """Quick checks (no hashing): the file exists with the manifest's size and is a readable Arrow file
     of one record batch with the manifest's rows. Returns that batch (memory-mapped)."""
-    from candle_ray.data.cache import _corrupt, open_arrow
-
     reader = open_arrow(entry_path, info, hint)
     try:
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except (pa.ArrowException, OSError) as e:
-        raise _corrupt(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
+        raise corrupt_entry(entry_path, f"{info['file']} is not a readable Arrow file ({' '.join(str(e).split())})", hint) from None
     if len(batches) != 1 or batches[0].num_rows != info["rows"]:
         rows = sum(b.num_rows for b in batches)
-        raise _corrupt(entry_path, f"{info['file']} has {rows} rows in {len(batches)} record batches, the manifest says {info['rows']} in one", hint)
+        raise corrupt_entry(entry_path, f"{info['file']} has {rows} rows in {len(batches)} record batches, the manifest says {info['rows']} in one", hint)
     return batches[0]
 
 
 def manifest_of(entry_path) -> dict:
     """The manifest of a joined entry; CacheError when it is missing or not a joined entry."""
-    from candle_ray.data.cache import read_manifest
-
     manifest = read_manifest(entry_path)
     if manifest.get("kind") != KIND:
         raise CacheError(f"cache entry {entry_path} is not a joined dataset (kind {manifest.get('kind', 'matrix')!r}); "
@@ -263,8 +238,6 @@ def manifest_of(entry_path) -> dict:
 
 def open_tables(entry_path) -> dict[str, np.ndarray]:
     """Every feature table of a joined entry as a read-only, memory-mapped float32 [rows, width] view."""
-    from candle_ray.data.cache import _corrupt, _view
-
     entry_path = Path(entry_path)
     manifest = manifest_of(entry_path)
     hint = manifest.get("rebuild")
@@ -273,16 +246,14 @@ def open_tables(entry_path) -> dict[str, np.ndarray]:
         batch = _open_file(entry_path, info, hint)
         expected = _table_schema(info["width"])
         if not batch.schema.remove_metadata().equals(expected):
-            raise _corrupt(entry_path, f"{info['file']} has schema {batch.schema.remove_metadata().to_string()!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)
+            raise corrupt_entry(entry_path, f"{info['file']} has schema {batch.schema.remove_metadata().to_string()!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)
         x = batch.column(1)
-        out[name] = _view(x.values, np.float32, first=x.offset * info["width"], count=batch.num_rows * info["width"]).reshape(-1, info["width"])
+        out[name] = numpy_view(x.values, np.float32, first=x.offset * info["width"], count=batch.num_rows * info["width"]).reshape(-1, info["width"])
     return out
 
 
 def open_rows(entry_path, split: str) -> dict[str, np.ndarray]:
     """The numeric columns of one split's row table (slot keys and labels), memory-mapped, zero-copy."""
-    from candle_ray.data.cache import DEFAULT_REBUILD, _corrupt, _view
-
     entry_path = Path(entry_path)
     manifest = manifest_of(entry_path)
     hint = manifest.get("rebuild")
@@ -293,29 +264,25 @@ def open_rows(entry_path, split: str) -> dict[str, np.ndarray]:
     batch = _open_file(entry_path, info, hint)
     found = {f.name: str(f.type) for f in batch.schema}
     if found != info["columns"]:
-        raise _corrupt(entry_path, f"{info['file']} has columns {found}, the manifest says {info['columns']}", hint)
+        raise corrupt_entry(entry_path, f"{info['file']} has columns {found}, the manifest says {info['columns']}", hint)
     wanted = {s["key"] for s in manifest["slots"]} | set(manifest["label_columns"])
     dtypes = {"int32": np.int32, "int64": np.int64, "float": np.float32}
     out = {}
     for name in wanted:
         column = batch.column(name)
         if column.null_count:
-            raise _corrupt(entry_path, f"column {name!r} of {info['file']} has missing values", hint)
-        out[name] = _view(column, dtypes[info["columns"][name]])
+            raise corrupt_entry(entry_path, f"column {name!r} of {info['file']} has missing values", hint)
+        out[name] = numpy_view(column, dtypes[info["columns"][name]])
     return out
 
 
 def verify(entry_path, manifest: dict) -> None:
     """Full check: every file's size, rows, sha256; the row tables' columns; downloads unchanged."""
-    from candle_ray.data.cache import _corrupt, _sha256, verify_downloads
-
     entry_path = Path(entry_path)
     hint = manifest.get("rebuild")
     open_tables(entry_path)
     for split in manifest["splits"]:
         open_rows(entry_path, split)
     for info in [*manifest["tables"].values(), *manifest["splits"].values()]:
-        actual = _sha256(entry_path / info["file"])
-        if actual != info["sha256"]:
-            raise _corrupt(entry_path, f"{info['file']} has sha256 {actual}, the manifest says {info['sha256']}", hint)
+        check_sha256(entry_path, info, hint)
     verify_downloads(entry_path, manifest, hint)

@@ -1,4 +1,4 @@
-"""The joined-dataset readers, found by name: reader "p1b3" is module `candle_ray.data.p1b3`.
+"""The joined-dataset readers, found by name: reader "p1b3" is module `candle_ray.data.benchmarks.p1b3`.
 
 A reader module defines `read(paths, options, seed) -> JoinedTables` and
 `synthesize(out_dir, options, seed, rows, features) -> dict[role, Path]`, optionally `OPTIONS` (every
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from candle_ray.errors import UsageError
 
-PACKAGE = "candle_ray.data"
+PACKAGE = "candle_ray.data.benchmarks"
 # The benchmark readers shipped with candle-ray (for messages; any module with `read` works).
 BUILTIN = ("p1b3", "uno", "combo", "attn", "p3b1")
 

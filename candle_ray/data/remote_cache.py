@@ -15,18 +15,18 @@ On each node, under CANDLE_RAY_NODE_CACHE (default ~/.cache/candle-ray):
                                   a verified copy of one version of an entry (<m>: the first 12 hex of
                                   the sha256 of its manifest), opened exactly like a local entry
 
-An S3 entry's `Entry.path` is its mirror folder, and that path is what runs hand to their workers. A
-worker on a node without the copy gets it on first use: `cache.read_manifest` calls `materialise`,
-which works out the bucket and key from the path, takes a flock so that the trials of one node download
-once, fetches every file into a temporary folder while hashing it, writes the manifest last and renames
-the folder into place. The version in the name pins the bytes: an entry rebuilt with --force in the
-meantime is refused, not mixed.
+An S3 entry's `Entry.path` is its mirror folder, and that path is what runs hand to their workers. The
+copy is fetched by an explicit call, never by a read: `prepare` makes it on the driver's node, and a
+worker calls `ensure_local(path)` before it opens the entry (candle_ray.loop.train_epochs does, at the
+start of every trial), which works out the bucket and key from the path, takes a flock so that the
+trials of one node download once, fetches every file into a temporary folder while hashing it, writes
+the manifest last and renames the folder into place. The version in the name pins the bytes: an entry
+rebuilt with --force in the meantime is refused, not mixed. Reading a manifest
+(`cache_format.read_manifest`) never reaches the bucket.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,9 +35,11 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from candle_ray.data.cache import Cache, verify
+from candle_ray.data.cache_format import (DEFAULT_REBUILD, MANIFEST, Entry, entry_files, exclusive_lock, file_sha256,
+                                          fingerprint)
 from candle_ray.errors import CacheError, UsageError
 
-_MANIFEST = "manifest.json"
 _MIRROR = "s3-mirror"
 _STAGING = "s3-staging"
 _VERSIONED = re.compile(r"^(?P<key>.+)@(?P<version>[0-9a-f]{12})$")
@@ -51,16 +53,6 @@ def node_root() -> Path:
 
 def version(manifest_bytes: bytes) -> str:
     return hashlib.sha256(manifest_bytes).hexdigest()[:12]
-
-
-def entry_files(manifest: dict) -> list[tuple[str, str, int | None]]:
-    """(file, sha256, bytes or None) of every file of an entry, the manifest aside."""
-    files = [(i["file"], i["sha256"], i["bytes"]) for i in manifest.get("tables", {}).values()]
-    files += [(i["file"], i["sha256"], i["bytes"]) for i in manifest["splits"].values()]
-    pre = manifest.get("preprocessing") or {}
-    if pre.get("scaler_file"):
-        files.append((pre["scaler_file"], pre["scaler_sha256"], None))
-    return files
 
 
 def mirror_path(uri: str, key: str, manifest_bytes: bytes) -> Path:
@@ -81,17 +73,6 @@ def parse_mirror_path(path) -> tuple[str, str, str] | None:
     return "s3://" + "/".join(bucket_and_prefix), match["key"], match["version"]
 
 
-@contextlib.contextmanager
-def _flock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _remote_error(uri: str, exc: Exception) -> CacheError:
     return CacheError(f"cannot read {uri} ({' '.join(str(exc).split())}); check this node's AWS credentials and "
                       f"AWS_ENDPOINT_URL")
@@ -99,8 +80,6 @@ def _remote_error(uri: str, exc: Exception) -> CacheError:
 
 def _copy_verified(read, dest: Path, name: str, sha256: str, size: int | None, where: str, hint: str | None) -> None:
     """Stream `read()` (a file-like) into dest while hashing; CacheError when the bytes differ."""
-    from candle_ray.data.cache import DEFAULT_REBUILD
-
     digest, count = hashlib.sha256(), 0
     with read() as src, open(dest, "wb") as out:
         while block := src.read(_BLOCK):
@@ -115,21 +94,20 @@ def _copy_verified(read, dest: Path, name: str, sha256: str, size: int | None, w
                          f"with: {hint or DEFAULT_REBUILD}")
 
 
-def materialise(path, *, fs=None, source: Path | None = None) -> bool:
-    """Make the mirror folder `path` exist (no-op when it does); False when `path` is no mirror path.
+def ensure_local(path, *, fs=None, source: Path | None = None) -> bool:
+    """Make the mirror folder `path` of an S3 entry exist on this node (no-op when it does); False, and
+    nothing done, when `path` is no mirror path (a local entry is local already).
 
     The files come from `source` (a local entry folder with the same manifest: hard links, else copies)
     or from the bucket (hashed against the manifest on the way). Concurrent callers on one node serialise
     on a flock; the folder appears complete or not at all (temporary folder, manifest last, rename).
     """
-    from candle_ray.data.cache import DEFAULT_REBUILD
-
     parsed = parse_mirror_path(path)
     if parsed is None:
         return False
     path = Path(path)
     uri, key, want = parsed
-    if (path / _MANIFEST).is_file():
+    if (path / MANIFEST).is_file():
         return True
     remote = f"{uri}/datasets/{key}"
     if fs is None:
@@ -142,25 +120,25 @@ def materialise(path, *, fs=None, source: Path | None = None) -> bool:
     except OSError as exc:
         raise CacheError(f"cannot create the node-local copy of {remote} in {path.parent} ({exc.strerror}); set "
                          f"CANDLE_RAY_NODE_CACHE to a writable folder on every node") from None
-    with _flock(path.parent / f".{path.name}.lock"):
-        if (path / _MANIFEST).is_file():
+    with exclusive_lock(path.parent / f".{path.name}.lock"):
+        if (path / MANIFEST).is_file():
             return True  # another trial on this node fetched it while we waited
         prefix = f".tmp-{path.name}-"
         for stale in path.parent.glob(f"{prefix}*"):
             if stale.name[len(prefix):].isdigit():
                 shutil.rmtree(stale, ignore_errors=True)
-        if source is not None and (source / _MANIFEST).is_file() and version((source / _MANIFEST).read_bytes()) == want:
-            manifest_bytes = (source / _MANIFEST).read_bytes()
+        if source is not None and (source / MANIFEST).is_file() and version((source / MANIFEST).read_bytes()) == want:
+            manifest_bytes = (source / MANIFEST).read_bytes()
         else:
             source = None
             try:
-                with fs.open_input_stream(f"{base}/{_MANIFEST}") as f:
+                with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
                     manifest_bytes = f.read()
             except FileNotFoundError:
                 raise CacheError(f"cache entry {remote} is gone from the bucket (or was never completed); prepare it "
                                  f"again with: {DEFAULT_REBUILD}") from None
             except OSError as exc:
-                raise _remote_error(f"{remote}/{_MANIFEST}", exc) from None
+                raise _remote_error(f"{remote}/{MANIFEST}", exc) from None
             if version(manifest_bytes) != want:
                 raise CacheError(f"cache entry {remote} changed in the bucket since this run started (rebuilt with "
                                  f"--force?); start the run again to use the new version")
@@ -187,8 +165,8 @@ def materialise(path, *, fs=None, source: Path | None = None) -> bool:
                                      f"with: {manifest.get('rebuild') or DEFAULT_REBUILD}") from None
                 except OSError as exc:
                     raise _remote_error(f"{remote}/{name}", exc) from None
-            (tmp / _MANIFEST).write_bytes(manifest_bytes)  # last: the folder is complete from here
-            with open(tmp / _MANIFEST, "rb") as f:
+            (tmp / MANIFEST).write_bytes(manifest_bytes)  # last: the folder is complete from here
+            with open(tmp / MANIFEST, "rb") as f:
                 os.fsync(f.fileno())
             os.rename(tmp, path)
         finally:
@@ -202,7 +180,6 @@ class S3Cache:
     remote = True
 
     def __init__(self, uri: str, *, option: str = "--cache-dir"):
-        from candle_ray.data.cache import Cache
         from candle_ray.storage import Storage
 
         self.store = Storage.parse(uri, option=option)  # credentials and bucket checked here, before Ray
@@ -215,30 +192,27 @@ class S3Cache:
         return f"S3Cache({self.uri!r})"
 
     def _key(self, ds) -> str:
-        from candle_ray.data.cache import fingerprint
-
         return f"{ds.name}-{fingerprint(ds)}"
 
     def _manifest_bytes(self, key: str) -> bytes | None:
-        path = self.store.path("datasets", key, _MANIFEST)
+        path = self.store.path("datasets", key, MANIFEST)
         try:
             with self.store.fs.open_input_stream(path) as f:
                 return f.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _remote_error(self.store.display("datasets", key, _MANIFEST), exc) from None
+            raise _remote_error(self.store.display("datasets", key, MANIFEST), exc) from None
 
-    def _entry(self, key: str, manifest_bytes: bytes):
-        from candle_ray.data.cache import Entry
-
+    def _entry(self, key: str, manifest_bytes: bytes) -> Entry:
         return Entry(path=mirror_path(self.uri, key, manifest_bytes), manifest=json.loads(manifest_bytes))
 
     def display(self, entry) -> str:
         return self.store.display("datasets", f"{entry.name}-{entry.fingerprint}")
 
     def lookup(self, ds):
-        """The entry of `ds` in the bucket (its mirror path; fetched on first read), or None."""
+        """The entry of `ds` in the bucket, or None. Its path is its node-local mirror, which this does not
+        fetch: `ensure_local(entry.path)` does, where the entry is opened."""
         key = self._key(ds)
         found = self._manifest_bytes(key)
         return None if found is None else self._entry(key, found)
@@ -258,47 +232,43 @@ class S3Cache:
         """Build `ds` in the node-local staging cache (as a local root does), upload it (files, then the
         manifest) and return its node-local mirror. Idempotent: an entry already in the bucket is only
         mirrored, unless `force`."""
-        from candle_ray.data.cache import _exclusive, _sha256
-
         log = log or (lambda message: None)
         key = self._key(ds)
         display = self.store.display("datasets", key)
-        with _exclusive(self.staging.locks / f"{key}.upload.lock", log):
+        with exclusive_lock(self.staging.locks / f"{key}.upload.lock", log):
             existing = None if force else self._manifest_bytes(key)
             if existing is not None:
                 log(f"dataset {ds.name} already prepared: {display}")
                 entry = self._entry(key, existing)
-                materialise(entry.path, fs=self.store.fs, source=self.staging.datasets / key)  # local if same version
+                ensure_local(entry.path, fs=self.store.fs, source=self.staging.datasets / key)  # local if same version
                 return entry
             local = self.staging.prepare(ds, force=force, rebuild_hint=rebuild_hint, log=log)
-            manifest_bytes = (Path(local.path) / _MANIFEST).read_bytes()
+            manifest_bytes = (Path(local.path) / MANIFEST).read_bytes()
             fs, base = self.store.fs, self.store.path("datasets", key)
             try:
                 if self._manifest_bytes(key) is not None:
-                    fs.delete_file(f"{base}/{_MANIFEST}")  # the old version disappears before anything is overwritten
+                    fs.delete_file(f"{base}/{MANIFEST}")  # the old version disappears before anything is overwritten
                 files = entry_files(local.manifest)
                 for name, sha256, _ in files:
-                    if _sha256(Path(local.path) / name) != sha256:
+                    if file_sha256(Path(local.path) / name) != sha256:
                         raise CacheError(f"the staged copy {local.path} is corrupt ({name}); rebuild it with --force")
                     with open(Path(local.path) / name, "rb") as src, fs.open_output_stream(f"{base}/{name}") as out:
                         while block := src.read(_BLOCK):
                             out.write(block)
-                with fs.open_output_stream(f"{base}/{_MANIFEST}") as out:  # the commit point
+                with fs.open_output_stream(f"{base}/{MANIFEST}") as out:  # the commit point
                     out.write(manifest_bytes)
             except OSError as exc:
                 raise CacheError(f"uploading {display} failed ({' '.join(str(exc).split())}); run the same command "
                                  f"again (the entry stays invisible until its manifest is uploaded)") from None
             log(f"uploaded {ds.name} ({len(files) + 1} files) -> {display}")
             entry = self._entry(key, manifest_bytes)
-            materialise(entry.path, fs=fs, source=Path(local.path))
+            ensure_local(entry.path, fs=fs, source=Path(local.path))
             return entry
 
     def verify(self, entry, *, deep: bool = False) -> None:
         """The node-local copy fully (as a local entry), when there is one; the bucket's objects by size, or
         with `deep` by streaming and hashing every object (what `candle-ray data verify` does)."""
         import pyarrow.fs as pafs
-
-        from candle_ray.data.cache import DEFAULT_REBUILD, verify
 
         key = f"{entry.name}-{entry.fingerprint}"
         display, base = self.store.display("datasets", key), self.store.path("datasets", key)
@@ -327,14 +297,12 @@ class S3Cache:
             if size is not None and count != size:
                 raise CacheError(f"cache entry {display} is corrupt: {name} has {count:,} bytes, the manifest says "
                                  f"{size:,}; rebuild it with: {hint}")
-        if (Path(entry.path) / _MANIFEST).is_file():
+        if (Path(entry.path) / MANIFEST).is_file():
             verify(entry)
 
 
 def open_cache(root):
     """A `Cache` for a local or shared folder, an `S3Cache` for s3://bucket/prefix."""
-    from candle_ray.data.cache import Cache
-
     if str(root).startswith("s3://"):
         return S3Cache(str(root))
     if str(root).startswith("s3:/"):  # Path("s3://b") collapses the slashes

@@ -129,7 +129,7 @@ class ReaderDataset:
 
     `ReaderDataset("p1b3", reader="p1b3", sources={"dose_response": Source(...), ...}, options={...})`.
 
-    reader: "p1b3" reads with module `candle_ray.data.p1b3`; a dotted name ("mylab.readers.screen")
+    reader: "p1b3" reads with module `candle_ray.data.benchmarks.p1b3`; a dotted name ("mylab.readers.screen")
       imports that module instead, so users can bring their own reader. The module defines:
 
         read(paths: dict[str, Path], options: dict, seed: int) -> candle_ray.data.joined.JoinedTables

@@ -1,8 +1,8 @@
 """The data cache on S3 (a real moto server on 127.0.0.1): prepare uploads an entry (files, then the
 manifest), ls and verify read the bucket, verify catches a corrupted object, nodes without a copy fetch
-a verified one (once per node, whatever the number of concurrent readers), and a run trains on the
-node-local copy. (The sweep that keeps its cache, state and checkpoints in one bucket is in
-test_s3_storage.py.)"""
+a verified one with remote_cache.ensure_local (once per node, whatever the number of concurrent
+readers), and a run trains on the node-local copy. (The sweep that keeps its cache, state and
+checkpoints in one bucket is in test_s3_storage.py.)"""
 
 import json
 import os
@@ -63,7 +63,9 @@ def _ready_entry(output: str) -> tuple[str, Path]:
 
 _READ = """
 import json, sys
+from candle_ray.data import remote_cache
 from candle_ray.data.feed import make_feed
+remote_cache.ensure_local(sys.argv[1])
 feed = make_feed(sys.argv[1], "train", 8, shuffle=False)
 print(json.dumps({"batches": len(feed), "first": float(next(feed.epoch(0))[0][0, 0])}))
 """
@@ -119,7 +121,7 @@ def test_prepare_ls_verify_and_fetch_on_another_node(s3_cache, s3_endpoint, work
 
 
 def test_corrupt_or_incomplete_entries_are_refused(s3_cache, s3_endpoint, workdir, monkeypatch):
-    from candle_ray.data.cache import read_manifest
+    from candle_ray.data.remote_cache import ensure_local
     from candle_ray.errors import CacheError
 
     prepared = cli("data", "prepare", TINY, "--smoke")
@@ -139,7 +141,7 @@ def test_corrupt_or_incomplete_entries_are_refused(s3_cache, s3_endpoint, workdi
     assert "candle-ray data prepare" in bad.output and "--force" in bad.output
     fresh = workdir / "node-b" / local.relative_to(workdir / "node-a")
     with pytest.raises(CacheError, match="is corrupt: val.arrow has sha256"):
-        read_manifest(fresh)
+        ensure_local(fresh)
     assert not fresh.exists() and [p.name for p in fresh.parent.iterdir()] == [f".{fresh.name}.lock"]
 
     # --force rebuilds: the old version disappears first, then files, then the manifest; a run that
@@ -151,7 +153,7 @@ def test_corrupt_or_incomplete_entries_are_refused(s3_cache, s3_endpoint, workdi
     assert new_local != local  # a new manifest, a new version
     assert cli("data", "verify").exit_code == 0
     with pytest.raises(CacheError, match="changed in the bucket since this run started"):
-        read_manifest(fresh)
+        ensure_local(fresh)
 
     # An upload that never reached its manifest is no entry at all.
     client.delete_object(Bucket=BUCKET, Key=f"{base}/manifest.json")
@@ -190,14 +192,16 @@ def test_training_reads_the_node_local_copy(ray_cluster, s3_cache, s3_endpoint, 
     assert entry.is_relative_to(workdir / "node-a" / "s3-mirror") and (entry / "manifest.json").is_file()
     assert any(k.endswith("/manifest.json") for k in keys(s3_endpoint, f"{s3_cache}/datasets/"))
 
-    # A Ray worker on a node that has no copy yet fetches it on first read (the cluster's workers get
-    # the endpoint the way an existing cluster's would: through the job's runtime_env).
+    # A Ray worker on a node that has no copy yet fetches it before it reads, as a trial does (the cluster's
+    # workers get the endpoint the way an existing cluster's would: through the job's runtime_env).
     elsewhere = workdir / "node-b" / entry.relative_to(workdir / "node-a")
 
     @ray.remote(num_cpus=0)
     def read(path):
+        from candle_ray.data import remote_cache
         from candle_ray.data.feed import make_feed
 
+        remote_cache.ensure_local(path)
         return len(make_feed(path, "train", 8, shuffle=False)), os.getpid()
 
     batches, pid = ray.get(read.options(runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint}}).remote(str(elsewhere)))
@@ -208,6 +212,7 @@ def test_training_reads_the_node_local_copy(ray_cluster, s3_cache, s3_endpoint, 
 def test_joined_entry_on_s3(s3_cache, s3_endpoint, workdir, monkeypatch):
     """A joined entry (feature tables + row tables, here P1B3's smoke data) goes up and comes back whole."""
     from candle_ray.data.feed import make_feed
+    from candle_ray.data.remote_cache import ensure_local
 
     prepared = cli("data", "prepare", ROOT / "experiments" / "p1b3.py", "--smoke")
     assert prepared.exit_code == 0, prepared.output
@@ -220,6 +225,7 @@ def test_joined_entry_on_s3(s3_cache, s3_endpoint, workdir, monkeypatch):
     monkeypatch.setenv("CANDLE_RAY_NODE_CACHE", str(workdir / "node-b"))
     assert cli("data", "verify").exit_code == 0
     fresh = workdir / "node-b" / local.relative_to(workdir / "node-a")
+    assert ensure_local(fresh) is True
     feed = make_feed(fresh, "train", 32, shuffle=False)
     assert type(feed).__name__ == "JoinedFeed" and len(feed) == -(-manifest["splits"]["train"]["rows"] // 32)
     assert {p.name for p in fresh.iterdir()} == names | {"manifest.json"}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from candle_ray.data import attn
+from candle_ray.data.benchmarks import attn
 from candle_ray.errors import DataError, UsageError
 
 RNA = {"A": [1.0, 2.0, 3.0], "B": [4.0, 5.0, 6.0], "C": [7.0, 8.0, 9.0]}

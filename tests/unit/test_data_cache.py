@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from candle_ray.data import cache as cache_module
-from candle_ray.data.cache import DEFAULT_REBUILD, Cache, Entry, fingerprint, open_split, verify
+from candle_ray.data.cache import Cache, open_split, verify
+from candle_ray.data.cache_format import DEFAULT_REBUILD, FORMAT_VERSION, Entry, fingerprint
 from candle_ray.data.spec import Dataset, Source, TableDataset
 from candle_ray.errors import CacheError, DataError, UsageError
 
@@ -82,7 +82,7 @@ def test_prepare_writes_entry_with_one_tensor_column_and_manifest(tmp_path, nt3)
         assert reader.num_record_batches == 1
 
     m = json.loads((entry.path / "manifest.json").read_text())
-    assert m["format_version"] == cache_module.FORMAT_VERSION and m["fingerprint"] == fingerprint(ds)
+    assert m["format_version"] == FORMAT_VERSION and m["fingerprint"] == fingerprint(ds)
     assert m["task"] == "classification" and m["class_names"] is None and m["feature_names"] is None
     assert m["sources"]["train"]["url"] == ds.train.url and m["sources"]["train"]["bytes"] == os.path.getsize(ds.train.url[7:])
     assert m["sources"]["train"]["download"] is None  # a local source is not copied into the cache

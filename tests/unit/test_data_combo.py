@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from candle_ray.data import combo
+from candle_ray.data.benchmarks import combo
 from candle_ray.errors import DataError, UsageError
 
 RESPONSE = """CELLNAME,NSC1,CONC1,NSC2,CONC2,PERCENTGROWTH,VALID,SCORE,SCREENER,STUDY

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from candle_ray.data import joined_cache, registry
-from candle_ray.data.cache import Cache, fingerprint, open_split, verify
+from candle_ray.data.cache import Cache, open_split, verify
+from candle_ray.data.cache_format import fingerprint
 from candle_ray.data.feed import JoinedFeed, make_feed, split_labels
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
 from candle_ray.data.spec import ReaderDataset
@@ -106,7 +107,7 @@ def test_reader_dataset_validates_its_fields():
 
 
 def test_registry_finds_readers_by_name_and_rejects_unknown_ones_and_options():
-    assert registry.module("p1b3").__name__ == "candle_ray.data.p1b3"
+    assert registry.module("p1b3").__name__ == "candle_ray.data.benchmarks.p1b3"
     with pytest.raises(UsageError, match="unknown dataset reader 'nosuch'.*p1b3"):
         registry.module("nosuch")
     with pytest.raises(UsageError, match="not a dataset reader"):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from candle_ray.data import p1b3
+from candle_ray.data.benchmarks import p1b3
 from candle_ray.data.cache import Cache
 from candle_ray.data.spec import ReaderDataset, Source
 from candle_ray.data.synthetic import synthesize

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from candle_ray.data import p3b1
+from candle_ray.data.benchmarks import p3b1
 from candle_ray.errors import DataError, UsageError
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from candle_ray.data.cache import Cache, open_split
-from candle_ray.data.readers import read_candle_noheader, read_table
+from candle_ray.data.formats import read_candle_noheader, read_table
 from candle_ray.data.sources import local_path
 from candle_ray.data.spec import Dataset, TableDataset
 from candle_ray.data.synthetic import synthesize

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from candle_ray.data import uno
-from candle_ray.data.candle_tables import shuffle_split
+from candle_ray.data.benchmarks import uno
+from candle_ray.data.benchmarks.candle_tables import shuffle_split
 from candle_ray.errors import DataError, UsageError
 
 SINGLE = """SOURCE	DRUG_ID	CELLNAME	CONCUNIT	LOG_CONCENTRATION	EXPID	GROWTH

@@ -198,7 +198,7 @@ def test_uq_regression_heads(tmp_path, loss, extra, width):
 
 def test_multitask_p3b1_reports_per_task_accuracy(tmp_path):
     """P3B1 on a joined entry whose labels are [rows, 3] with -1 off-task: masked mixed batches."""
-    from candle_ray.data import p3b1
+    from candle_ray.data.benchmarks import p3b1
     from candle_ray.data.spec import ReaderDataset
     from candle_ray.experiment import model_shape
 

@@ -183,11 +183,24 @@ def test_mirror_paths_round_trip(tmp_path, monkeypatch):
 ])
 def test_other_paths_are_no_mirrors(path):
     assert remote_cache.parse_mirror_path(path) is None
-    assert remote_cache.materialise(path) is False
+    assert remote_cache.ensure_local(path) is False
+
+
+def test_reading_a_mirror_manifest_never_fetches_it(tmp_path, monkeypatch):
+    """A node without the copy of an S3 entry: reading the manifest only reads (no bucket is reached, no
+    folder made); remote_cache.ensure_local is the one call that fetches."""
+    from candle_ray.data.cache_format import read_manifest
+    from candle_ray.errors import CacheError
+
+    monkeypatch.setenv("CANDLE_RAY_NODE_CACHE", str(tmp_path / "node"))
+    path = remote_cache.mirror_path("s3://no-such-bucket/cache", "nt3-0123456789abcdef", b'{"x": 1}')
+    with pytest.raises(CacheError, match="does not exist or is incomplete"):
+        read_manifest(path)
+    assert not (tmp_path / "node").exists()
 
 
 def test_a_missing_local_entry_still_fails_as_before(tmp_path):
-    from candle_ray.data.cache import read_manifest
+    from candle_ray.data.cache_format import read_manifest
     from candle_ray.errors import CacheError
 
     with pytest.raises(CacheError, match="does not exist or is incomplete"):

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from candle_ray.data.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
-                                           impute_and_scale, indices, non_empty, read_features, read_table, require)
+from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
+                                                      impute_and_scale, indices, non_empty, read_features, read_table, require)
 from candle_ray.data.joined import JoinedTables, Slot
 from candle_ray.errors import DataError, UsageError
 
@@ -225,7 +225,7 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     """The four Combo files: about `rows` (cell, drug1, drug2) sets on 3 x 3 concentration grids, NCI60
     cell lines named through the cell map, RNA-seq for them plus two CCLE samples (left out by
     sample_set), NSC descriptors with 'na' holes and an all-'na' column; tables at most `features` wide."""
-    from candle_ray.data import drug_synthetic as syn
+    from candle_ray.data.benchmarks import drug_synthetic as syn
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng([seed, 21])

@@ -1,4 +1,4 @@
-"""Readers of the input file formats into numpy: CANDLE's headerless CSV and header tables.
+"""The input file formats, read into numpy: CANDLE's headerless CSV and header tables (CSV, TSV, Parquet).
 
 pyarrow's multi-threaded CSV parser is used rather than pandas' (several times faster on the
 60,483-column NT3/TC1 files). Column types are always given explicitly: pyarrow infers types from the

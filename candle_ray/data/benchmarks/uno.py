@@ -64,9 +64,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from candle_ray.data.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
-                                           impute_and_scale, indices, non_empty, read_features, read_fingerprints,
-                                           read_table, require, shuffle_split)
+from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
+                                                      impute_and_scale, indices, non_empty, read_features, read_fingerprints,
+                                                      read_table, require, shuffle_split)
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
 from candle_ray.errors import DataError, UsageError
 
@@ -116,7 +116,6 @@ PARTITIONS = ("drug_pair", "cell", "index")
 SINGLE_COLUMNS = ["SOURCE", "DRUG_ID", "CELLNAME", "LOG_CONCENTRATION", "EXPID", "GROWTH"]
 PAIR_COLUMNS = ["CELLNAME", "NSC1", "CONC1", "NSC2", "CONC2", "PERCENTGROWTH", "VALID", "SCREENER", "STUDY"]
 AGG_COLUMNS = ["SOURCE", "CELL", "DRUG", "STUDY", "R2fit", "EC50se"]
-RESPONSE = ["Source", "Sample", "Drug1", "Dose1", "Drug2", "Dose2", "y"]
 
 
 # --------------------------------------------------------------------------- options
@@ -525,7 +524,7 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     NCI60 cells named through the cell map), an aggregated-response file for agg_dose, RNA-seq for
     every response cell plus two CCLE samples without responses.
     """
-    from candle_ray.data import drug_synthetic as syn
+    from candle_ray.data.benchmarks import drug_synthetic as syn
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng([seed, 11])
