@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from ray.tune import Callback
 
 from candle_ray import checkpoint
 from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value
+from candle_ray.trial import HYPERBAND_TIME
 
 
 def _ended(trial, max_epochs: int) -> str:

@@ -17,7 +17,6 @@ import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
 from candle_ray.errors import UsageError  # noqa: E402
-from candle_ray.summary import PREFIX  # noqa: E402
 from candle_ray.trial import HYPERBAND_TIME, run_trial  # noqa: E402
 
 # What PBT may change in a running trial: hyperparameters that do not change the model's shape.
