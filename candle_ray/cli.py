@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from candle_ray.errors import CandleRayError
+from candle_ray.errors import CandleRayError, UsageError
+from candle_ray.job import Workers
 
 DEFAULT_CACHE = "~/.cache/candle-ray"
 
@@ -70,29 +71,16 @@ def _load(path):
     return load_experiment(path)
 
 
-class WorkerCount(click.ParamType):
+class WorkersType(click.ParamType):
     """N workers, or MIN-MAX for an elastic job (Ray Train's ScalingConfig(num_workers=(min, max)))."""
 
     name = "N|MIN-MAX"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, tuple)):
-            return value
-        text = str(value).strip()
-        low, dash, high = text.partition("-")
+    def convert(self, value, param, ctx) -> Workers:
         try:
-            lo, hi = int(low), int(high) if dash else None
-        except ValueError:
-            self.fail(f"{text!r} is neither a worker count (4) nor a range MIN-MAX (1-4)", param, ctx)
-        if hi is None:
-            if lo < 1:
-                self.fail(f"{lo} workers: need at least 1", param, ctx)
-            return lo
-        if lo < 1:
-            self.fail(f"{text}: the minimum must be at least 1 worker", param, ctx)
-        if lo > hi:
-            self.fail(f"{text}: the minimum ({lo}) is larger than the maximum ({hi})", param, ctx)
-        return lo if lo == hi else (lo, hi)
+            return Workers.parse(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=None, metavar="DIR",
@@ -104,7 +92,7 @@ def _sweep_options(unit: str):
     """The options of every command that runs a Tune sweep (tune, ensemble, cv); `unit` is what one
     trial is there: a trial, a member, a fold."""
     options = [
-        click.option("--workers-per-trial", type=WorkerCount(), default=1, show_default=True,
+        click.option("--workers-per-trial", type=WorkersType(), default=1, show_default=True,
                      help=f"DDP workers per {unit} (1 = the loop runs in the trial itself); MIN-MAX (e.g. 1-4) makes "
                           f"elastic {unit}s, each a Ray Train run that grows and shrinks with the cluster."),
         click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True),
@@ -148,7 +136,6 @@ def _sweep_options(unit: str):
 def _run_sweep(experiment, run: dict, **settings) -> int:
     """Run the sweep of `experiment` with the shared options `run` and the command's own `settings`."""
     from candle_ray import sweep, tracking
-    from candle_ray.errors import UsageError
 
     if run["resume"] and not run["name"]:
         raise UsageError("--resume needs the run's --name (its folder under --storage)")
@@ -164,7 +151,7 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a default, e.g. --set epochs=3 (repeatable).")
 @click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt to import as overrides.")
 @click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
-@click.option("--workers", type=WorkerCount(), default=1, show_default=True,
+@click.option("--workers", type=WorkersType(), default=1, show_default=True,
               help="DDP workers (1 = fast path, no Ray Train start-up); MIN-MAX (e.g. 1-4) is elastic: it starts "
                    "with what fits (at least MIN) and grows or shrinks as nodes join or leave.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Train on CPUs even where GPUs exist.")
@@ -236,9 +223,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
 def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, grace_period, seed,
          cv_folds, metric, mode, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
-    from candle_ray.errors import UsageError
-
-    if isinstance(run["workers_per_trial"], tuple) and cv_folds:
+    if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
                          "cannot be combined with it")
     experiment = _load(experiment_file)
@@ -302,8 +287,6 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
 def cv(ctx, experiment_file, folds, stratify, group_by, seed, **run):
     """K-fold cross-validation of EXPERIMENT over its train+val rows: one MLflow parent run with the
     folds' mean and spread, one child run per fold."""
-    from candle_ray.errors import UsageError
-
     if stratify and group_by:
         raise UsageError("--stratify and --group-by cannot be combined; grouping decides the folds alone")
     experiment = _load(experiment_file)
@@ -329,8 +312,6 @@ def report(sweep_name, storage):
 def _checkpoints(model: str, tracking_uri: str | None, scratch: Path) -> list[Path]:
     """MODEL as checkpoint folders/files: a path, or an MLflow run id (a run, an ensemble or a sweep)."""
     import re
-
-    from candle_ray.errors import UsageError
 
     if Path(model).exists():
         return [Path(model)]
@@ -513,14 +494,13 @@ def cluster_cmd():
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--gpus-per-worker", type=click.IntRange(min=0), default=1, show_default=True,
               help="GPUs each trial worker needs (0 = a CPU sweep).")
-@click.option("--workers-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
-              help="DDP workers per trial, as for `candle-ray tune`.")
+@click.option("--workers-per-trial", type=WorkersType(), default=1, show_default=True,
+              help="DDP workers per trial, as for `candle-ray tune` (an elastic MIN-MAX trial counts at MIN).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
 def cluster_check(cluster_yaml, experiment_file, gpus_per_worker, workers_per_trial, cpus_per_worker):
     """Validate CLUSTER_YAML with Ray's own schema (offline) and check that it can run one trial of
     EXPERIMENT: the GPUs asked for exist, max_workers fits a trial, the experiment is shipped."""
     from candle_ray import cluster as clusters
-    from candle_ray.errors import UsageError
 
     experiment = _load(experiment_file)
     config = clusters.load(cluster_yaml)
@@ -552,7 +532,7 @@ def cluster_check(cluster_yaml, experiment_file, gpus_per_worker, workers_per_tr
     if lines:
         click.echo(f"warning: {cluster_yaml} line(s) {', '.join(map(str, lines))} still hold a CHANGE-ME placeholder; "
                    f"edit them before `ray up`", err=True)
-    flags = (f" --workers-per-trial {workers_per_trial}" if workers_per_trial > 1 else "") + \
+    flags = (f" --workers-per-trial {workers_per_trial}" if workers_per_trial.max > 1 else "") + \
         (f" --cpus-per-worker {cpus_per_worker:g}" if cpus_per_worker != 1 else "") + ("" if gpus_per_worker else " --cpu")
     click.echo(f"experiment {experiment.name}: shipped as {remote}")
     click.echo(f"run: ray exec {cluster_yaml} 'candle-ray tune {remote}{flags}' --tmux")

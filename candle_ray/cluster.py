@@ -1,10 +1,11 @@
 """`candle-ray cluster check`: will this `ray up` cluster YAML run this experiment's trials?
 
 Offline: Ray's own cluster-config preparation and JSON-schema validation (no cloud call), then the
-arithmetic candle-ray's sweeps do on a live cluster (search.concurrency): one trial is
-`workers_per_trial` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker}, and Ray may place them
-on one node or several. A trial asking for GPUs on a cluster whose node types declare none, or
-needing more bundles than the cluster can grow to (max_workers), is refused with one line (exit 2).
+arithmetic candle-ray's sweeps do on a live cluster (runtime.worker_slots, which runtime.trials_at_once
+uses too): one trial is `workers_per_trial` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker} (an
+elastic MIN-MAX trial counts at MIN, what it needs to start), and Ray may place them on one node or
+several. A trial asking for GPUs on a cluster whose node types declare none, or needing more bundles
+than the cluster can grow to (max_workers), is refused with one line (exit 2).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from candle_ray.errors import UsageError
+from candle_ray.job import Workers
+from candle_ray.runtime import worker_slots
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,7 @@ class NodeType:
 
     def bundles(self, cpus_per_worker: float, gpus_per_worker: float) -> int:
         """How many trial workers of that size one node of this type holds."""
-        fits = []
-        if gpus_per_worker > 0:
-            fits.append(math.floor(self.gpus / gpus_per_worker + 1e-9))
-        if cpus_per_worker > 0 and self.cpus is not None:
-            fits.append(math.floor(self.cpus / cpus_per_worker + 1e-9))
-        return min(fits) if fits else 0
+        return worker_slots(self.cpus, self.gpus, cpus_per_worker, gpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -42,15 +40,15 @@ class Report:
     node_types: list[NodeType]
     max_bundles: int  # trial workers the cluster holds at its largest
     min_bundles: int  # ... and with min_workers nodes only (what `ray up` starts)
-    workers_per_trial: int
+    workers_per_trial: Workers
 
     @property
     def max_trials(self) -> int:
-        return self.max_bundles // self.workers_per_trial
+        return self.max_bundles // self.workers_per_trial.min
 
     @property
     def start_trials(self) -> int:
-        return self.min_bundles // self.workers_per_trial
+        return self.min_bundles // self.workers_per_trial.min
 
 
 def load(path: str | Path) -> dict:
@@ -119,11 +117,10 @@ def _bundles(types: list[NodeType], global_max: int, cpus_per_worker: float, gpu
     return total
 
 
-def check(config: dict, *, workers_per_trial: int = 1, gpus_per_worker: float = 1, cpus_per_worker: float = 1.0,
-          name: str = "cluster config") -> Report:
+def check(config: dict, *, workers_per_trial: Workers = Workers(1, 1), gpus_per_worker: float = 1,
+          cpus_per_worker: float = 1.0, name: str = "cluster config") -> Report:
     """Refuse (UsageError) a cluster that cannot run one trial of this size; else say what fits."""
-    if workers_per_trial < 1:
-        raise UsageError(f"--workers-per-trial must be at least 1, got {workers_per_trial}")
+    needed = workers_per_trial.min
     if gpus_per_worker < 0 or cpus_per_worker < 0:
         raise UsageError("--gpus-per-worker and --cpus-per-worker cannot be negative")
     types = node_types(config)
@@ -133,18 +130,18 @@ def check(config: dict, *, workers_per_trial: int = 1, gpus_per_worker: float = 
             f"declares resources: {{\"GPU\": n}} ({', '.join(t.name for t in types)}); add a GPU worker type "
             f"(e.g. g5.xlarge with resources: {{\"CPU\": 4, \"GPU\": 1}}) or pass --gpus-per-worker 0")
     largest = _bundles(types, int(config.get("max_workers", 0)), cpus_per_worker, gpus_per_worker, largest=True)
-    if largest < workers_per_trial:
+    if largest < needed:
         fitting = [t for t in types if t.bundles(cpus_per_worker, gpus_per_worker) > 0 and not t.head]
         size = f"{cpus_per_worker:g} CPU" + (f" + {gpus_per_worker:g} GPU" if gpus_per_worker else "")
         if fitting:
             best = max(fitting, key=lambda t: t.bundles(cpus_per_worker, gpus_per_worker))
             per_node = best.bundles(cpus_per_worker, gpus_per_worker)
             fix = (f"raise max_workers of {best.name} (and the global max_workers) to "
-                   f"{math.ceil(workers_per_trial / per_node)}")
+                   f"{math.ceil(needed / per_node)}")
         else:
             fix = "add a worker type whose resources hold one worker"
         raise UsageError(
-            f"{name}: one trial needs {workers_per_trial} worker(s) of {size} but the cluster holds at most "
+            f"{name}: one trial needs {needed} worker(s) of {size} but the cluster holds at most "
             f"{largest} (max_workers {config.get('max_workers', 0)}); {fix}, or lower --workers-per-trial")
     start = _bundles(types, int(config.get("max_workers", 0)), cpus_per_worker, gpus_per_worker, largest=False)
     return Report(types, largest, start, workers_per_trial)

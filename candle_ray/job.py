@@ -3,11 +3,59 @@
 The driver (`train_run` for `candle-ray train`, `sweep` for a search) makes it once; a sweep's trial
 replaces `config` with the sampled one and `run_dir` with its folder; DDP peers and cv folds replace
 `run_dir` and `cv`. The loop (candle_ray.loop) reads its fields.
+
+`Workers` is the one worker-count type (N, or an elastic MIN-MAX): the CLI's `--workers` and
+`--workers-per-trial`, the resource planner (candle_ray.runtime) and `cluster check` all take it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from candle_ray.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many workers a job (`--workers`) or a trial (`--workers-per-trial`) runs on: N (min == max),
+    or an elastic MIN-MAX that Ray Train grows and shrinks with the cluster
+    (ScalingConfig(num_workers=(min, max))). MIN must fit for it to start."""
+
+    min: int
+    max: int
+
+    def __post_init__(self):
+        if type(self.min) is not int or type(self.max) is not int:  # bool is an int too
+            raise UsageError(f"a worker count is a whole number N or a range MIN-MAX (1-4), "
+                             f"not {self.min!r}-{self.max!r}")
+        if self.min < 1:
+            raise UsageError(f"{self.min} workers: need at least 1" if self.min == self.max
+                             else f"{self.min}-{self.max}: the minimum must be at least 1 worker")
+        if self.min > self.max:
+            raise UsageError(f"{self.min}-{self.max}: the minimum ({self.min}) is larger than the maximum ({self.max})")
+
+    @classmethod
+    def parse(cls, value) -> Workers:
+        """Workers from 4, "4", "1-4", (1, 4) or Workers; UsageError with a one-line reason otherwise."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value, value)
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return cls(*value)
+        text = str(value).strip()
+        low, dash, high = text.partition("-")
+        try:
+            return cls(int(low), int(high) if dash else int(low))
+        except ValueError:
+            raise UsageError(f"{text!r} is neither a worker count (4) nor a range MIN-MAX (1-4)") from None
+
+    @property
+    def elastic(self) -> bool:
+        return self.max > self.min
+
+    def __str__(self) -> str:
+        return f"{self.min}-{self.max}" if self.elastic else str(self.min)
 
 
 @dataclass(frozen=True)
@@ -29,8 +77,7 @@ class Job:
     cv: dict | None = None  # one fold's run: {"assignment": fold of each train+val row, "fold": k}
     # A sweep's trials
     work_dir: str = ""  # the sweep's folder: trials go to work_dir/trials/<id>
-    workers: int = 1  # DDP workers per trial (MIN of an elastic trial)
-    max_workers: int = 0  # MAX of an elastic trial (0: fixed size)
+    workers: Workers = Workers(1, 1)  # DDP workers per trial; elastic: a Ray Train run of MIN-MAX workers
     cpus_per_worker: float = 1.0
     max_failures: int = 1  # an elastic trial's Ray Train restarts
     tune_checkpoint_s: float = 0.0  # least time between checkpoints handed to Tune
@@ -38,6 +85,10 @@ class Job:
     cv_assignment: object = None  # `tune --cv`: the fold of each train+val row
     cv_folds: int | None = None  # `tune --cv K`: every trial trains K folds in lockstep
     ddp_timeout_s: float = 300.0  # a DDP peer that dies fails the others within this
+
+    def __post_init__(self):
+        # Scripts and tests write the fields as plain values: workers=2, or "1-4".
+        object.__setattr__(self, "workers", Workers.parse(self.workers))
 
     def described(self) -> dict:
         """The job as config.json records it (without the data description and fold arrays)."""

@@ -1,11 +1,17 @@
-"""The only `ray.init`: a local cluster by default, or `--address` / RAY_ADDRESS for an existing one."""
+"""The only `ray.init` (a local cluster by default, or `--address` / RAY_ADDRESS for an existing one) and
+the one resource planner: how big each worker of a `train` job is (`plan`), how many trials of a sweep fit
+at once (`trials_at_once`), and how many workers a node holds (`worker_slots`, which `cluster check` also
+uses on a cluster YAML's node types). Ray itself is imported by `connect` only."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 from candle_ray.errors import CandleRayError, UsageError
+from candle_ray.job import Workers
 
 # Quiet, predictable defaults; a user's own setting wins.
 _ENV_DEFAULTS = {
@@ -82,3 +88,121 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         except Exception as exc:
             raise CandleRayError(f"Ray failed to start: {type(exc).__name__}: {exc}") from None
     return ray.cluster_resources()
+
+
+# ------------------------------------------------------------------------------ the resource planner
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Resources for one job or one trial: `workers` bundles of one worker's CPUs and GPUs."""
+
+    workers: Workers
+    cpus_per_worker: float
+    gpus_per_worker: int
+    threads: int  # torch's intra-op threads per worker
+
+    @classmethod
+    def sized(cls, workers: Workers, cpus_per_worker: float, gpus_per_worker: int) -> Plan:
+        """Workers of this size, each with as many torch threads as it has whole CPUs (at least one)."""
+        return cls(workers, cpus_per_worker, gpus_per_worker, max(1, int(cpus_per_worker)))
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    @property
+    def elastic(self) -> bool:
+        return self.workers.elastic
+
+    @property
+    def num_workers(self):
+        """Ray Train's ScalingConfig(num_workers=...): a count, or (min, max) when elastic."""
+        return (self.workers.min, self.workers.max) if self.elastic else self.workers.min
+
+    @property
+    def bundle(self) -> dict:
+        """One worker's resources, as a placement-group bundle."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+    def describe(self) -> str:
+        return f"{self.workers} (elastic)" if self.elastic else str(self.workers)
+
+
+def worker_slots(cpus: float | None, gpus: float, cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """How many workers of {CPU: cpus_per_worker, GPU: gpus_per_worker} fit in `cpus` and `gpus` (a node's,
+    or a whole cluster's). A resource the worker does not ask for, or that is not declared (None), does not
+    limit it; a worker that asks for nothing limited fits nowhere."""
+    fits = []
+    if gpus_per_worker > 0:
+        fits.append(math.floor(gpus / gpus_per_worker + 1e-9))
+    if cpus_per_worker > 0 and cpus is not None:
+        fits.append(math.floor(cpus / cpus_per_worker + 1e-9))
+    return min(fits) if fits else 0
+
+
+def plan(cluster_resources: dict, workers: Workers, *, use_gpu: bool | None = None,
+         cpus_per_worker: float | None = None) -> Plan:
+    """Size the workers of a `train` job from what the cluster has: never ask for more CPUs or GPUs than exist.
+
+    With N workers on C CPUs each worker gets C/N CPUs (a fraction below one CPU, otherwise whole
+    CPUs) and as many torch threads. Ray Train's controller takes no CPU and we use no Ray Data read
+    tasks, so the 2-core deadlock of 2 x 1-CPU workers + read tasks cannot happen.
+
+    Elastic (MIN-MAX): a worker's size cannot follow the cluster (it grows by nodes joining), so it
+    is whole CPUs, C/MAX of today's cluster but at least 1; MIN workers must fit now.
+    """
+    total_cpus, total_gpus = float(cluster_resources.get("CPU", 0)), int(cluster_resources.get("GPU", 0))
+    if use_gpu is None:
+        use_gpu = total_gpus > 0
+    size = _elastic_worker_cpus if workers.elastic else _fixed_worker_cpus
+    return Plan.sized(workers, size(workers, total_cpus, total_gpus, use_gpu, cpus_per_worker), 1 if use_gpu else 0)
+
+
+def _fixed_worker_cpus(workers: Workers, total_cpus: float, total_gpus: int, use_gpu: bool,
+                       cpus_per_worker: float | None) -> float:
+    n = workers.min
+    if use_gpu and total_gpus < n:
+        raise UsageError(f"{n} GPU workers asked for but the cluster has {total_gpus} GPU(s); "
+                         f"pass --workers {max(total_gpus, 1)} or --cpu")
+    if cpus_per_worker is None:
+        share = total_cpus / n
+        cpus_per_worker = share if share < 1 else float(math.floor(share))
+    if cpus_per_worker <= 0 or cpus_per_worker * n > total_cpus + 1e-9:
+        raise UsageError(f"{n} workers x {cpus_per_worker} CPUs do not fit the cluster's {total_cpus:g} CPUs; "
+                         f"lower --workers or --cpus-per-worker")
+    return cpus_per_worker
+
+
+def _elastic_worker_cpus(workers: Workers, total_cpus: float, total_gpus: int, use_gpu: bool,
+                         cpus_per_worker: float | None) -> float:
+    low, high = workers.min, workers.max
+    if use_gpu and total_gpus < low:
+        raise UsageError(f"{low} GPU workers (the minimum) asked for but the cluster has {total_gpus} GPU(s); "
+                         f"lower the minimum of --workers or pass --cpu")
+    if cpus_per_worker is None:
+        cpus_per_worker = max(1.0, float(math.floor(total_cpus / high)))
+    if cpus_per_worker <= 0 or cpus_per_worker * low > total_cpus + 1e-9:
+        raise UsageError(f"the minimum of {low} workers x {cpus_per_worker:g} CPUs does not fit the cluster's "
+                         f"{total_cpus:g} CPUs; lower the minimum of --workers or --cpus-per-worker")
+    return cpus_per_worker
+
+
+def trials_at_once(cluster_resources: dict, trial: Plan, requested: int | None, *, autoscale: bool = False) -> int:
+    """How many trials of this size fit at once; more would only queue drivers that wait for workers.
+    Elastic trials count at their minimum size. On an autoscaling cluster (`autoscale`) the nodes up now
+    say nothing: `requested` trials run at once, and their waiting placement groups make the autoscaler
+    add nodes."""
+    if autoscale:
+        if not requested:
+            raise UsageError("--autoscale needs --max-concurrent N: how many trials run at once once the cluster "
+                             "has grown (the nodes up now do not tell)")
+        return requested
+    cpus, gpus = float(cluster_resources.get("CPU", 0)), float(cluster_resources.get("GPU", 0))
+    fits = worker_slots(cpus, gpus, trial.cpus_per_worker, trial.gpus_per_worker) // trial.workers.min
+    if fits < 1:
+        raise UsageError(f"one trial needs {trial.workers.min} x {trial.cpus_per_worker:g} CPU"
+                         f"{' + 1 GPU' if trial.gpus_per_worker else ''} but the cluster has "
+                         f"{cluster_resources.get('CPU', 0):g} CPU / {cluster_resources.get('GPU', 0):g} GPU; "
+                         f"lower --workers-per-trial or --cpus-per-worker")
+    return min(fits, requested) if requested else fits

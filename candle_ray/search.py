@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from candle_ray import runtime
 
@@ -17,40 +17,11 @@ import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
 from candle_ray.errors import UsageError  # noqa: E402
+from candle_ray.job import Workers  # noqa: E402
 from candle_ray.trial import HYPERBAND_TIME, run_trial  # noqa: E402
 
 # What PBT may change in a running trial: hyperparameters that do not change the model's shape.
 PBT_MUTABLE = ("learning_rate", "dropout", "momentum", "weight_decay", "batch_size")
-
-
-class WorkerRange(int):
-    """An elastic worker count: its int value is the minimum (what must fit for a trial to start); it
-    prints as MIN-MAX."""
-
-    def __new__(cls, low: int, high: int):
-        obj = super().__new__(cls, low)
-        obj.high = int(high)
-        return obj
-
-    def __reduce__(self):
-        return WorkerRange, (int(self), self.high)
-
-    def __str__(self) -> str:
-        return f"{int(self)}-{self.high}"
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def worker_bounds(workers) -> tuple[int, int]:
-    """(min, max) of N, (MIN, MAX) or a WorkerRange."""
-    if isinstance(workers, WorkerRange):
-        return int(workers), workers.high
-    if isinstance(workers, (tuple, list)):
-        return int(workers[0]), int(workers[1])
-    return int(workers), int(workers)
 
 
 @dataclass(frozen=True)
@@ -61,7 +32,7 @@ class Sweep:
     searcher: str
     scheduler: str
     num_samples: int
-    workers_per_trial: int  # elastic: a WorkerRange (recorded as its minimum + max_workers_per_trial)
+    workers: Workers  # per trial; sweep.json records it as workers_per_trial + max_workers_per_trial
     cpus_per_worker: float
     gpus_per_worker: int
     max_concurrent: int
@@ -72,20 +43,27 @@ class Sweep:
     max_epochs: int
     # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
     checkpoint_every_s: float = 30.0
-    max_workers_per_trial: int = 0  # > workers_per_trial: elastic trials
     grace_period: int = 0  # epochs before a scheduler may stop a trial; 0 = grace_period_rule(max_epochs)
 
-    def __post_init__(self):
-        low, high = worker_bounds(self.workers_per_trial)
-        high = max(high, int(self.max_workers_per_trial or 0))
-        if low < 1 or high < low:
-            raise UsageError(f"--workers-per-trial {low}-{high}: need 1 <= MIN <= MAX")
-        object.__setattr__(self, "workers_per_trial", WorkerRange(low, high) if high > low else low)
-        object.__setattr__(self, "max_workers_per_trial", high if high > low else 0)
+    @classmethod
+    def from_record(cls, record: dict) -> Sweep:
+        """The settings that `record` (sweep.json's "sweep") holds; sweeps started before elastic trials
+        have no max_workers_per_trial."""
+        fields = dict(record)
+        low, high = int(fields.pop("workers_per_trial")), int(fields.pop("max_workers_per_trial", 0) or 0)
+        return cls(workers=Workers(low, max(low, high)), **fields)
+
+    def record(self) -> dict:
+        """The settings as sweep.json keeps them, so that older sweeps still resume: the worker count is
+        workers_per_trial (the minimum) and max_workers_per_trial (the maximum, 0 when fixed)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "workers"}
+        return {**fields, "workers_per_trial": self.workers.min,
+                "max_workers_per_trial": self.workers.max if self.workers.elastic else 0}
 
     @property
-    def elastic(self) -> bool:
-        return self.max_workers_per_trial > int(self.workers_per_trial)
+    def trial_plan(self) -> runtime.Plan:
+        """One trial's resources: its workers, each with the sweep's CPUs and GPUs per worker."""
+        return runtime.Plan.sized(self.workers, self.cpus_per_worker, self.gpus_per_worker)
 
     @property
     def grace(self) -> int:
@@ -263,26 +241,6 @@ def max_epochs(space: dict, default: int) -> int:
     return default
 
 
-def concurrency(cluster: dict, workers: int, cpus_per_worker: float, gpus_per_worker: int, requested: int | None,
-                *, autoscale: bool = False) -> int:
-    """How many trials fit at once; more would only queue drivers that wait for workers. Elastic trials
-    count at their minimum size. On an autoscaling cluster (`autoscale`) the nodes up now say nothing:
-    `requested` trials run at once, and their waiting placement groups make the autoscaler add nodes."""
-    if autoscale:
-        if not requested:
-            raise UsageError("--autoscale needs --max-concurrent N: how many trials run at once once the cluster "
-                             "has grown (the nodes up now do not tell)")
-        return requested
-    workers = worker_bounds(workers)[0]
-    fits = math.floor(float(cluster.get("CPU", 0)) / (workers * cpus_per_worker) + 1e-9)
-    if gpus_per_worker:
-        fits = min(fits, int(cluster.get("GPU", 0)) // (workers * gpus_per_worker))
-    if fits < 1:
-        raise UsageError(f"one trial needs {workers} x {cpus_per_worker:g} CPU{' + 1 GPU' if gpus_per_worker else ''} "
-                         f"but the cluster has {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU; "
-                         f"lower --workers-per-trial or --cpus-per-worker")
-    return min(fits, requested) if requested else fits
-
 # ---------------------------------------------------------------------------------- the tuner
 
 
@@ -291,11 +249,10 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
     # An elastic trial's actor only drives Ray Train, whose workers have their own placement group.
-    bundle = {"CPU": sweep.cpus_per_worker, **({"GPU": sweep.gpus_per_worker} if sweep.gpus_per_worker else {})}
-    resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if sweep.elastic else
-                                               [bundle] * int(sweep.workers_per_trial))
-    base_job = replace(base_job, workers=int(sweep.workers_per_trial), max_workers=sweep.max_workers_per_trial,
-                       max_failures=sweep.max_failures,
+    trial = sweep.trial_plan
+    resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if trial.elastic else
+                                               [trial.bundle] * trial.workers.min)
+    base_job = replace(base_job, workers=trial.workers, max_failures=sweep.max_failures,
                        hyperband_unit=sweep.grace if sweep.scheduler == "hyperband" else None)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
@@ -326,7 +283,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed, grace=sweep.grace),
             # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
-            reuse_actors=sweep.scheduler != "pbt" and not sweep.elastic,
+            reuse_actors=sweep.scheduler != "pbt" and not sweep.workers.elastic,
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),

@@ -13,11 +13,12 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from candle_ray.errors import UsageError
+from candle_ray.job import Workers
 from candle_ray.summary import best_lines
 
 
@@ -59,7 +60,7 @@ class SweepSettings:
     searcher: str = "random"
     scheduler: str = "asha"
     num_samples: int = 8
-    workers_per_trial: int = 1
+    workers_per_trial: Workers = Workers(1, 1)
     cpus_per_worker: float = 1.0
     max_concurrent: int | None = None
     seed: int = 0
@@ -151,7 +152,7 @@ def _check_data(experiment, resolved: _Resolved, prepare):
     """The cache entry, the cv fold assignment and the metric, checked before Ray starts."""
     s = resolved.settings
     entry = prepare(s.smoke)
-    if s.cv and s.kind == "sweep" and s.workers_per_trial > 1:
+    if s.cv and s.kind == "sweep" and s.workers_per_trial.max > 1:
         raise UsageError(f"--cv trains the folds inside each trial, one worker each; drop --workers-per-trial "
                          f"{s.workers_per_trial} (or cross-validate one configuration with `candle-ray cv`)")
     cv_assignment = fold_assignment(entry, s.cv) if s.cv else None  # a bad --group-by fails fast
@@ -168,16 +169,16 @@ def _make_sweep(resolved: _Resolved, store):
     s, name = resolved.settings, resolved.name
     cluster = runtime.connect(s.address)
     if resolved.record is not None:
-        return search.Sweep(**resolved.record["sweep"])
+        return search.Sweep.from_record(resolved.record["sweep"])
     if store.has_sweep(name):
         raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
                          f"or pick another --name")
     use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu
-    concurrent = search.concurrency(cluster, s.workers_per_trial, s.cpus_per_worker, int(use_gpu), s.max_concurrent,
-                                  autoscale=s.autoscale)
+    trial = runtime.Plan.sized(s.workers_per_trial, s.cpus_per_worker, int(use_gpu))
+    concurrent = runtime.trials_at_once(cluster, trial, s.max_concurrent, autoscale=s.autoscale)
     return search.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
-                      workers_per_trial=s.workers_per_trial, cpus_per_worker=s.cpus_per_worker,
-                      gpus_per_worker=int(use_gpu), max_concurrent=concurrent, seed=s.seed, metric=s.metric,
+                      workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
+                      gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,
                       mode=s.mode, max_failures=s.max_failures,
                       max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
@@ -199,11 +200,13 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
     if s.resume:
         parent.reopen()
         return parent, tags
-    parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in asdict(sweep).items()}, **resolved.config,
+    # MLflow shows the worker count as the CLI spells it (1-4); sweep.json keeps the record's ints.
+    shown = {**sweep.record(), "workers_per_trial": str(sweep.workers)}
+    parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in shown.items()}, **resolved.config,
                               "model_name": experiment.model, "dataset": entry.name}, tags)
     store.write_sweep(sweep.name, {
         "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": s.tracking_uri,
-        "sweep": asdict(sweep), "space_keys": list(resolved.space), "sets": list(s.sets),
+        "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "created": resolved.stamp, "kind": s.kind, "cv": s.cv, "baseline": s.baseline,
         "log_keys": log_scaled_keys(resolved.space)})
@@ -216,8 +219,8 @@ def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv
 
     cv = resolved.settings.cv
     return make_job(experiment, resolved.config, entry, metric=sweep.metric, mode=sweep.mode, work_dir=str(work_dir),
-                    workers=sweep.workers_per_trial, cpus_per_worker=sweep.cpus_per_worker,
-                    use_gpu=bool(sweep.gpus_per_worker), threads=max(1, int(sweep.cpus_per_worker)),
+                    workers=sweep.workers, cpus_per_worker=sweep.cpus_per_worker,
+                    use_gpu=bool(sweep.gpus_per_worker), threads=sweep.trial_plan.threads,
                     tune_checkpoint_s=sweep.checkpoint_every_s, cv_assignment=cv_assignment,
                     cv_folds=int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None)
 
@@ -234,8 +237,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
                                                sweep.max_epochs, tags, work_dir)
-    device = f"{sweep.workers_per_trial} GPU worker(s)" if sweep.gpus_per_worker else \
-        f"{sweep.workers_per_trial} x {sweep.cpus_per_worker:g} CPU worker(s)"
+    device = f"{sweep.workers} GPU worker(s)" if sweep.gpus_per_worker else \
+        f"{sweep.workers} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
          f"{', '.join(space)}; {device} per trial, up to {sweep.max_concurrent} at once; "
          f"MLflow parent run {parent.run_id}")

@@ -13,92 +13,16 @@ every worker must see: one machine, or --output-dir on a shared filesystem.
 
 from __future__ import annotations
 
-import math
 import os
 import queue as queue_lib
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import ray
 
 from candle_ray.errors import CandleRayError, TrainingError, UsageError
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Resources for one job, sized from the cluster so that it can always be scheduled."""
-
-    workers: int  # elastic: the minimum
-    cpus_per_worker: float
-    gpus_per_worker: int
-    threads: int
-    max_workers: int = 0  # elastic when larger than `workers`
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
-    @property
-    def elastic(self) -> bool:
-        return self.max_workers > self.workers
-
-    @property
-    def num_workers(self):
-        """Ray Train's ScalingConfig(num_workers=...): a count, or (min, max) when elastic."""
-        return (self.workers, self.max_workers) if self.elastic else self.workers
-
-    def describe(self) -> str:
-        return f"{self.workers}-{self.max_workers} (elastic)" if self.elastic else str(self.workers)
-
-
-def worker_range(workers) -> tuple[int, int]:
-    """(min, max) of a worker count N or an elastic (MIN, MAX), checked."""
-    low, high = (workers, workers) if isinstance(workers, int) else tuple(workers)
-    if low < 1:
-        raise UsageError(f"--workers must be >= 1, got {low}")
-    if low > high:
-        raise UsageError(f"--workers {low}-{high}: the minimum is larger than the maximum")
-    return int(low), int(high)
-
-
-def plan_resources(cluster: dict, workers, *, use_gpu: bool | None = None, cpus_per_worker: float | None = None) -> Plan:
-    """Size the workers from what the cluster has: never ask for more CPUs or GPUs than exist.
-
-    With N workers on C CPUs each worker gets C/N CPUs (a fraction below one CPU, otherwise whole
-    CPUs) and as many torch threads. Ray Train's controller takes no CPU and we use no Ray Data read
-    tasks, so the 2-core deadlock of 2 x 1-CPU workers + read tasks cannot happen.
-
-    Elastic (MIN, MAX): a worker's size cannot follow the cluster (it grows by nodes joining), so it
-    is whole CPUs, C/MAX of today's cluster but at least 1; MIN workers must fit now.
-    """
-    low, high = worker_range(workers)
-    total_cpus, total_gpus = float(cluster.get("CPU", 0)), int(cluster.get("GPU", 0))
-    if high > low:
-        if use_gpu is None:
-            use_gpu = total_gpus > 0
-        if use_gpu and total_gpus < low:
-            raise UsageError(f"{low} GPU workers (the minimum) asked for but the cluster has {total_gpus} GPU(s); "
-                             f"lower the minimum of --workers or pass --cpu")
-        if cpus_per_worker is None:
-            cpus_per_worker = max(1.0, float(math.floor(total_cpus / high)))
-        if cpus_per_worker <= 0 or cpus_per_worker * low > total_cpus + 1e-9:
-            raise UsageError(f"the minimum of {low} workers x {cpus_per_worker:g} CPUs does not fit the cluster's "
-                             f"{total_cpus:g} CPUs; lower the minimum of --workers or --cpus-per-worker")
-        return Plan(low, cpus_per_worker, 1 if use_gpu else 0, max(1, int(cpus_per_worker)), max_workers=high)
-    workers = low
-    if use_gpu is None:
-        use_gpu = total_gpus > 0
-    if use_gpu and total_gpus < workers:
-        raise UsageError(f"{workers} GPU workers asked for but the cluster has {total_gpus} GPU(s); "
-                         f"pass --workers {max(total_gpus, 1)} or --cpu")
-    if cpus_per_worker is None:
-        share = total_cpus / workers
-        cpus_per_worker = share if share < 1 else float(math.floor(share))
-    if cpus_per_worker <= 0 or cpus_per_worker * workers > total_cpus + 1e-9:
-        raise UsageError(f"{workers} workers x {cpus_per_worker} CPUs do not fit the cluster's {total_cpus:g} CPUs; "
-                         f"lower --workers or --cpus-per-worker")
-    return Plan(workers, cpus_per_worker, 1 if use_gpu else 0, max(1, int(cpus_per_worker)))
+from candle_ray.runtime import Plan
 
 
 def device_for(use_gpu: bool):
@@ -227,9 +151,9 @@ def run(job, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, 
     (to check that both give the same numbers); "task" needs workers == 1.
     """
     job = replace(job, threads=plan.threads, use_gpu=plan.use_gpu)
-    if launcher == "task" and plan.workers != 1:
+    if launcher == "task" and plan.workers.max != 1:
         raise UsageError(f"the task launcher runs one worker, not {plan.workers}; use --launcher auto")
-    if launcher != "ray-train" and plan.workers == 1 and not plan.elastic:
+    if launcher != "ray-train" and plan.workers.max == 1:
         _run_single(job, plan, on_epoch=on_epoch, max_failures=max_failures, log=log)
     else:
         for metrics in ddp_epochs(job, plan, max_failures=max_failures, storage_path=storage_path, run_name=run_name):

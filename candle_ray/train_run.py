@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from candle_ray.errors import CandleRayError, TrainingError
+from candle_ray.job import Workers
 
 _BOOKKEEPING = ("epoch", "epoch_time_s", "samples_per_s", "best_epoch", "replayed")
 
@@ -23,7 +24,7 @@ class TrainOptions:
     """How and where one training run goes (the CLI's options, defaults as documented there)."""
     tracking_uri: str
     address: str | None = None
-    workers: object = 1  # int, or (min, max) for an elastic run
+    workers: Workers = Workers(1, 1)
     force_cpu: bool = False
     cpus_per_worker: float | None = None
     max_failures: int = 1
@@ -140,13 +141,14 @@ def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path):
     from candle_ray.job import make_job
 
     fault = options.inject_fault
-    return make_job(experiment, config, entry, run_dir=str(run_dir), feed=options.feed,
+    return make_job(experiment, config, entry, run_dir=str(run_dir), feed=options.feed, workers=options.workers,
                     fault={"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None)
 
 
 def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: bool = False, echo=print,
               warn=print, started: float | None = None) -> TrainResult:
     """Train `experiment` once with `config` on the prepared cache `entry`, logged to one MLflow run."""
+    from candle_ray import runtime
     from candle_ray import train as trainer
 
     started = time.monotonic() if started is None else started
@@ -157,8 +159,8 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     cluster, tracker = _open_run(experiment, config, entry, options, run_name, run_dir, smoke)
     status = "FAILED"
     try:
-        plan = trainer.plan_resources(cluster, options.workers, use_gpu=False if options.force_cpu else None,
-                                      cpus_per_worker=options.cpus_per_worker)
+        plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
+                            cpus_per_worker=options.cpus_per_worker)
         tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = _job(experiment, config, entry, options, run_dir)
         (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))

@@ -150,9 +150,9 @@ def run_trial(config: dict, base_job) -> None:
         with open(run_dir / "restores.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "from_trial": origin, "epoch": last.get("epoch"),
                                 "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
-    if base_job.max_workers > int(base_job.workers):
+    if base_job.workers.elastic:
         _run_elastic_trial(job, trial_id)
-    elif base_job.workers == 1:
+    elif base_job.workers.max == 1:
         from candle_ray.loop import World, train_epochs
         from candle_ray.train import device_for
 
@@ -174,10 +174,10 @@ def _run_elastic_trial(job, trial_id: str) -> None:
     """An elastic trial: a Ray Train run (ScalingConfig(num_workers=(MIN, MAX))) driven from this trial,
     named after the trial (a retried trial finds its Train state again). Its workers resume from the
     trial's checkpoint folder, which they must see: one machine or a shared --storage."""
+    from candle_ray import runtime
     from candle_ray import train as trainer
 
-    plan = trainer.Plan(int(job.workers), float(job.cpus_per_worker), int(bool(job.use_gpu)),
-                        int(job.threads), max_workers=int(job.max_workers))
+    plan = runtime.Plan(job.workers, float(job.cpus_per_worker), int(bool(job.use_gpu)), int(job.threads))
     _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.max_failures),
                                            storage_path=str(Path(job.run_dir) / "ray-train"),
                                            run_name=f"train-{trial_id}"))
@@ -237,7 +237,7 @@ def _run_ddp_trial(job) -> None:
     from candle_ray.loop import World, train_epochs
     from candle_ray.train import device_for
 
-    world_size = job.workers
+    world_size = job.workers.min
     _record_rank(Path(job.run_dir), 0)
     master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     peers = [_Peer.options(num_cpus=job.cpus_per_worker, num_gpus=int(job.use_gpu)).remote()

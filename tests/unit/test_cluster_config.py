@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from candle_ray import cluster
 from candle_ray.cli import main
 from candle_ray.errors import UsageError
+from candle_ray.job import Workers
 
 ROOT = Path(__file__).resolve().parents[2]
 YAMLS = ["cluster/ray.yaml", "cluster/ray-gcp.yaml"]
@@ -160,15 +161,15 @@ def g5_only(max_g5: int, global_max: int = 10) -> dict:
 
 
 def test_trial_fits_exactly_at_max_workers_and_not_one_more():
-    assert cluster.check(g5_only(4), workers_per_trial=4).max_trials == 1
+    assert cluster.check(g5_only(4), workers_per_trial=Workers(4, 4)).max_trials == 1
     with pytest.raises(UsageError, match=r"one trial needs 5 worker\(s\) of 1 CPU \+ 1 GPU but the cluster holds at "
                                          r"most 4 .*raise max_workers of ray.worker.g5 .* to 5"):
-        cluster.check(g5_only(4), workers_per_trial=5)
+        cluster.check(g5_only(4), workers_per_trial=Workers(5, 5))
 
 
 def test_global_max_workers_caps_the_node_types():
     with pytest.raises(UsageError, match="holds at most 3"):
-        cluster.check(g5_only(8, global_max=3), workers_per_trial=4)
+        cluster.check(g5_only(8, global_max=3), workers_per_trial=Workers(4, 4))
 
 
 def test_cpus_per_worker_limit_bundles_per_node():
@@ -176,9 +177,9 @@ def test_cpus_per_worker_limit_bundles_per_node():
     config["available_node_types"]["ray.worker.p4d"]["max_workers"] = 1
     config = cluster.validate(config)
     # p4d: 96 CPU / 8 GPU -> 8 workers of 12 CPU; 13 CPU -> 7. g5: 4 CPU -> none of 12.
-    assert cluster.check(config, workers_per_trial=8, cpus_per_worker=12).max_trials == 1
+    assert cluster.check(config, workers_per_trial=Workers(8, 8), cpus_per_worker=12).max_trials == 1
     with pytest.raises(UsageError, match="holds at most 7"):
-        cluster.check(config, workers_per_trial=8, cpus_per_worker=13)
+        cluster.check(config, workers_per_trial=Workers(8, 8), cpus_per_worker=13)
 
 
 def test_undeclared_cpus_count_by_gpus_only():
@@ -189,8 +190,25 @@ def test_undeclared_cpus_count_by_gpus_only():
 
 
 def test_zero_trials_at_start_is_reported():
-    report = cluster.check(g5_only(8), workers_per_trial=2)
+    report = cluster.check(g5_only(8), workers_per_trial=Workers(2, 2))
     assert report.start_trials == 0 and report.max_trials == 4
+
+
+def test_elastic_trials_count_at_their_minimum():
+    """An elastic MIN-MAX trial starts with MIN workers: the cluster must hold MIN, and trials count at MIN."""
+    report = cluster.check(g5_only(8), workers_per_trial=Workers(2, 6))
+    assert (report.max_bundles, report.max_trials) == (8, 4)
+    with pytest.raises(UsageError, match=r"one trial needs 5 worker\(s\) of 1 CPU \+ 1 GPU but the cluster holds at "
+                                         r"most 4 .*raise max_workers of ray.worker.g5 .* to 5"):
+        cluster.check(g5_only(4), workers_per_trial=Workers(5, 8))
+
+
+def test_node_bundles_are_the_planners_worker_slots():
+    from candle_ray.runtime import worker_slots
+
+    p4d = {t.name: t for t in cluster.node_types(cluster.validate(raw()))}["ray.worker.p4d"]
+    assert p4d.bundles(12, 1) == worker_slots(p4d.cpus, p4d.gpus, 12, 1) == 8
+    assert p4d.bundles(13, 1) == 7
 
 
 def test_shipped_and_mounts(tmp_path, repo_cwd):
@@ -212,6 +230,15 @@ def test_cli_check_accepts_the_shipped_aws_yaml(repo_cwd):
     assert "CHANGE-ME placeholder" in r.output  # warned, not refused
 
 
+@pytest.mark.parametrize("workers, trials", [("2", 12), ("2-4", 12)])
+def test_cli_check_counts_trials_of_n_or_min_max_workers(repo_cwd, workers, trials):
+    r = CliRunner().invoke(main, ["cluster", "check", "cluster/ray.yaml", "experiments/nt3.py",
+                                  "--workers-per-trial", workers])
+    assert r.exit_code == 0, r.output
+    assert f"one trial = {workers} worker(s) of 1 CPU + 1 GPU: up to {trials} trial(s) at once" in r.output
+    assert f"'candle-ray tune ~/candle-ray/experiments/nt3.py --workers-per-trial {workers}'" in r.output
+
+
 def test_cli_check_gcp_needs_its_hmac_file(repo_cwd, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     r = CliRunner().invoke(main, ["cluster", "check", "cluster/ray-gcp.yaml", "experiments/nt3.py"])
@@ -231,6 +258,8 @@ def test_cli_check_refusals_are_one_line_exit_2(repo_cwd, tmp_path):
 
     r = runner.invoke(main, ["cluster", "check", "cluster/ray.yaml", "experiments/nt3.py", "--workers-per-trial", "25"])
     assert r.exit_code == 2 and "holds at most 24" in r.output
+    r = runner.invoke(main, ["cluster", "check", "cluster/ray.yaml", "experiments/nt3.py", "--workers-per-trial", "3-1"])
+    assert r.exit_code == 2 and "larger than the maximum" in r.output
 
     mine = tmp_path / "mine.py"
     mine.write_text((ROOT / "experiments" / "nt3.py").read_text())

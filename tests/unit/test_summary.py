@@ -2,12 +2,14 @@
 
 import csv
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from candle_ray import summary
 from candle_ray.ensemble import top_configs
+from candle_ray.job import Workers
 from candle_ray.report import _best
 from candle_ray.sweep import summarize
 from candle_ray.search import Sweep, grace_period_rule
@@ -37,7 +39,7 @@ def fake_trial(trial_id, values, status="TERMINATED", epochs=None, **config):
 
 
 def fake_sweep(metric="val_loss", mode="min"):
-    return Sweep(name="s", searcher="random", scheduler="asha", num_samples=3, workers_per_trial=1, cpus_per_worker=1,
+    return Sweep(name="s", searcher="random", scheduler="asha", num_samples=3, workers=Workers(1, 1), cpus_per_worker=1,
                  gpus_per_worker=0, max_concurrent=1, seed=0, metric=metric, mode=mode, max_failures=0, max_epochs=5)
 
 
@@ -81,7 +83,7 @@ def test_report_picks_the_same_trial_as_the_summary():
 def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
     assert grace_period_rule(epochs) == grace
     assert fake_sweep().grace == grace_period_rule(5)
-    sweep = Sweep(**{**fake_sweep().__dict__, "workers_per_trial": 1, "max_epochs": epochs, "grace_period": 4})
+    sweep = replace(fake_sweep(), max_epochs=epochs, grace_period=4)
     assert sweep.grace == 4  # --grace-period overrides the rule
 
 

@@ -7,7 +7,8 @@ from candle_ray.errors import UsageError
 from candle_ray.experiment import OPTIMIZERS
 from candle_ray.loop import ReduceLROnPlateau, make_optimizer
 from candle_ray.tracking import check_uri, flatten_params
-from candle_ray.train import plan_resources
+from candle_ray.job import Workers
+from candle_ray.runtime import plan
 
 
 def _opt(lr=1.0):
@@ -49,27 +50,29 @@ def test_every_candle_optimizer_builds(name):
 
 
 def test_plan_shares_cpus():
-    plan = plan_resources({"CPU": 2.0}, 1)
-    assert (plan.cpus_per_worker, plan.threads, plan.use_gpu) == (2.0, 2, False)
-    plan = plan_resources({"CPU": 2.0}, 2)
-    assert (plan.cpus_per_worker, plan.threads) == (1.0, 1)
-    plan = plan_resources({"CPU": 2.0}, 3)
-    assert plan.cpus_per_worker == pytest.approx(2 / 3) and plan.threads == 1
+    one = plan({"CPU": 2.0}, Workers(1, 1))
+    assert (one.cpus_per_worker, one.threads, one.use_gpu) == (2.0, 2, False)
+    two = plan({"CPU": 2.0}, Workers(2, 2))
+    assert (two.cpus_per_worker, two.threads) == (1.0, 1)
+    three = plan({"CPU": 2.0}, Workers(3, 3))
+    assert three.cpus_per_worker == pytest.approx(2 / 3) and three.threads == 1
+    assert plan({"CPU": 7.0}, Workers(2, 2)).cpus_per_worker == 3.0  # whole CPUs once there is one each
 
 
 def test_plan_gpus():
-    plan = plan_resources({"CPU": 16.0, "GPU": 4.0}, 2)
-    assert plan.use_gpu and plan.gpus_per_worker == 1 and plan.cpus_per_worker == 8
-    assert not plan_resources({"CPU": 16.0, "GPU": 4.0}, 2, use_gpu=False).use_gpu
-    with pytest.raises(UsageError, match="has 1 GPU"):
-        plan_resources({"CPU": 8.0, "GPU": 1.0}, 2)
+    two = plan({"CPU": 16.0, "GPU": 4.0}, Workers(2, 2))
+    assert two.use_gpu and two.gpus_per_worker == 1 and two.cpus_per_worker == 8
+    assert not plan({"CPU": 16.0, "GPU": 4.0}, Workers(2, 2), use_gpu=False).use_gpu
+    with pytest.raises(UsageError, match=r"2 GPU workers asked for but the cluster has 1 GPU\(s\); "
+                                         r"pass --workers 1 or --cpu"):
+        plan({"CPU": 8.0, "GPU": 1.0}, Workers(2, 2))
 
 
 def test_plan_rejects_what_cannot_fit():
-    with pytest.raises(UsageError, match="do not fit"):
-        plan_resources({"CPU": 2.0}, 2, cpus_per_worker=1.5)
-    with pytest.raises(UsageError, match="--workers must be >= 1"):
-        plan_resources({"CPU": 2.0}, 0)
+    with pytest.raises(UsageError, match="2 workers x 1.5 CPUs do not fit the cluster's 2 CPUs; lower --workers"):
+        plan({"CPU": 2.0}, Workers(2, 2), cpus_per_worker=1.5)
+    with pytest.raises(UsageError, match="do not fit the cluster's 0 CPUs"):
+        plan({}, Workers(1, 1))
 
 
 def test_flat_params():
