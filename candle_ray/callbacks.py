@@ -38,6 +38,43 @@ def _error_line(trial) -> str:
     return (lines[-1] if lines else "trial failed")[:5000]
 
 
+# This driver process's callbacks, by sweep name (see DriverCallbacks).
+_LIVE: dict[str, list] = {}
+
+
+class DriverCallbacks(Callback):
+    """The one callback Tune holds: a sweep's name, forwarding each event to the callbacks this driver
+    process registered under it. Tune pickles its callbacks into the sweep's state, and a restored
+    Tuner brings those back (its public API takes no new ones); what comes back is this stand-in, so
+    a resumed sweep's events reach the resumed driver's own MLflow client and live output."""
+
+    def __init__(self, name: str, callbacks: list):
+        self.name = name
+        _LIVE[name] = list(callbacks)
+
+    def __getstate__(self):
+        return {"name": self.name}
+
+    @staticmethod
+    def release(name: str) -> None:
+        _LIVE.pop(name, None)
+
+
+def _forward(hook: str):
+    def forward(self, *args, **kwargs):
+        for callback in _LIVE.get(self.name, ()):
+            getattr(callback, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    return forward
+
+
+for _hook in ("setup", "on_step_begin", "on_step_end", "on_trial_start", "on_trial_restore", "on_trial_save",
+              "on_trial_result", "on_trial_complete", "on_trial_recover", "on_trial_error", "on_checkpoint",
+              "on_experiment_end"):
+    setattr(DriverCallbacks, _hook, _forward(_hook))
+
+
 def newest_best(folders: list[Path | None]) -> Path | None:
     """Of checkpoint folders holding the same trial's best checkpoint (Tune's copy, the trial's own), the
     one whose best is from the latest epoch: a best only ever moves forward in a trial."""

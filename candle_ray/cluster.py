@@ -1,6 +1,6 @@
 """`candle-ray cluster check`: will this `ray up` cluster YAML run this experiment's trials?
 
-Offline: Ray's own cluster-config preparation and JSON-schema validation (no cloud call), then the
+Offline: Ray's own JSON schema and node-type rules for cluster configs (no cloud call), then the
 arithmetic candle-ray's sweeps do on a live cluster (runtime.worker_slots, which runtime.trials_at_once
 uses too): one trial is `workers_per_trial` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker} (an
 elastic MIN-MAX trial counts at MIN, what it needs to start), and Ray may place them on one node or
@@ -19,6 +19,9 @@ from pathlib import Path
 from candle_ray.errors import UsageError
 from candle_ray.job import Workers
 from candle_ray.runtime import worker_slots
+
+
+RAY_DEFAULT_MAX_WORKERS = 2  # the global max_workers `ray up` fills in (its providers' defaults.yaml)
 
 
 @dataclass(frozen=True)
@@ -70,21 +73,30 @@ def load(path: str | Path) -> dict:
 
 
 def validate(raw: dict, name: str = "cluster config") -> dict:
-    """Ray's own `prepare_config` + `validate_config` (what `ray up` runs before any cloud call)."""
-    import logging
+    """The checks `ray up` makes before any cloud call: Ray's JSON schema for cluster configs (shipped in
+    the ray.autoscaler package), then the node-type rules Ray adds (head_node_type among
+    available_node_types, the min_workers within the global max_workers). Returns a copy of the config."""
+    import json
+    from importlib import resources
 
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
 
-    logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # "setting max workers ..."
+    schema = json.loads((resources.files("ray.autoscaler") / "ray-schema.json").read_text())
     try:
-        config = prepare_config(copy.deepcopy(raw))
-        validate_config(config)
+        jsonschema.validate(raw, schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
         raise UsageError(f"{name}: Ray rejects it at {where}: {exc.message.splitlines()[0]}") from None
-    except (ValueError, NotImplementedError, KeyError, TypeError) as exc:
-        raise UsageError(f"{name}: Ray rejects it: {exc}") from None
+    types = raw.get("available_node_types") or {}
+    head = raw.get("head_node_type")
+    if not types or head not in types:
+        raise UsageError(f"{name}: Ray rejects it: head_node_type {head!r} must be one of available_node_types "
+                         f"({', '.join(types) or 'none declared'}); see cluster/ray.yaml")
+    config = {"max_workers": RAY_DEFAULT_MAX_WORKERS, **copy.deepcopy(raw)}
+    least = sum(int(spec.get("min_workers", 0)) for spec in types.values())
+    if least > int(config["max_workers"]):
+        raise UsageError(f"{name}: Ray rejects it: the node types' min_workers add up to {least}, more than the "
+                         f"global max_workers {config['max_workers']}; raise max_workers")
     return config
 
 

@@ -16,6 +16,7 @@ import ray  # noqa: E402
 import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
+from candle_ray.callbacks import DriverCallbacks  # noqa: E402
 from candle_ray.errors import UsageError  # noqa: E402
 from candle_ray.job import Workers  # noqa: E402
 from candle_ray.trial import HYPERBAND_TIME, run_trial  # noqa: E402
@@ -258,15 +259,13 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
     # included) is pickled to every trial.
     filesystem = store.fs if store.remote else None
+    callbacks = [DriverCallbacks(sweep.name, callbacks)]  # registers this driver's callbacks under the name
     if resume:
         _repair_checkpoint_references(store, sweep.name)
         tuner = ray.tune.Tuner.restore(store.path(sweep.name) if store.remote else store.display(sweep.name),
                                        trainable=trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False, storage_filesystem=filesystem)
-        # Restore brings back the callbacks pickled at the start; this driver's own (live output,
-        # MLflow client) take their place. Ray 2.60 exposes the run config only on the internal tuner.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
+        return tuner  # with the DriverCallbacks pickled at the start, which forward to this driver's
     param_space = grid_space(space) if sweep.searcher == "grid" else dict(space)
     return ray.tune.Tuner(
         trainable,

@@ -268,6 +268,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         status = "KILLED"
         raise
     finally:
+        callbacks.DriverCallbacks.release(sweep.name)
         mlflow_callback.close()
         if status != "FINISHED":
             for child in sweep_tracker.stale_children():

@@ -1,8 +1,8 @@
-"""A sweep's trial, on the worker: Tune's function trainable and the DDP peers it starts.
+"""A sweep's trial, on the worker: Tune's function trainable.
 
 A one-worker trial *is* the worker: the loop runs inside Tune's function trainable (actors reused
 between trials), so a trial costs what its epochs cost. A multi-worker trial is rank 0 itself, with
-peer actors in its placement group (no Ray Train start-up). An elastic trial (`--workers-per-trial
+peer actors in its placement group (candle_ray.ddp, the path `train --workers N` takes too). An elastic trial (`--workers-per-trial
 MIN-MAX`) drives a Ray Train V2 TorchTrainer with ScalingConfig(num_workers=(MIN, MAX)) from inside
 the trial: it pays Train's start-up (~15-25 s per trial, and again per resize) for growing and
 shrinking with the cluster; its trial actor takes no CPU. `tune --cv K` trains K fold models in lockstep.
@@ -152,22 +152,15 @@ def run_trial(config: dict, base_job) -> None:
                                 "sha256": last.get("sha256"), "config": config}, default=str) + "\n")
     if base_job.workers.elastic:
         _run_elastic_trial(job, trial_id)
-    elif base_job.workers.max == 1:
-        from candle_ray.loop import World, train_epochs
-        from candle_ray.train import device_for
+    elif job.cv_folds:
+        from candle_ray.ddp import device_for, record_rank
 
-        _record_rank(run_dir, 0)
-        device = device_for(job.use_gpu)
-        _report_epochs(job, _mean_over_folds(job, device) if job.cv_folds else
-                       train_epochs(job, World(device=device)))
+        record_rank(run_dir, 0)
+        _report_epochs(job, _mean_over_folds(job, device_for(job.use_gpu)))
     else:
-        _run_ddp_trial(job)
+        from candle_ray import ddp
 
-
-def _record_rank(trial_dir: Path, rank: int) -> None:
-    from candle_ray.train import record_rank
-
-    record_rank(trial_dir, rank)
+        _report_epochs(job, ddp.epochs(job))
 
 
 def _run_elastic_trial(job, trial_id: str) -> None:
@@ -181,78 +174,3 @@ def _run_elastic_trial(job, trial_id: str) -> None:
     _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.max_failures),
                                            storage_path=str(Path(job.run_dir) / "ray-train"),
                                            run_name=f"train-{trial_id}"))
-
-
-@ray.remote
-class _Peer:
-    """Rank 1..N-1 of a DDP trial: runs the same loop, takes part in the all-reduces, reports nothing."""
-
-    def run(self, job, rank: int, world_size: int, master: str, checkpoint_files: dict) -> None:
-        from candle_ray.loop import World, train_epochs
-        from candle_ray.train import device_for
-
-        _record_rank(Path(job.run_dir), rank)
-        # Rank 0's restored checkpoint, in a folder of this rank's own (it may be on another node).
-        job = replace(job, run_dir=str(Path(job.run_dir) / f"rank-{rank}"))
-        ckpt_dir = Path(job.run_dir) / "checkpoints"
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        if checkpoint_files:
-            ckpt_dir.mkdir(parents=True)
-            for name, data in checkpoint_files.items():
-                (ckpt_dir / name).write_bytes(data)
-        _join_process_group(job, rank, world_size, master)
-        try:
-            for _ in train_epochs(job, World(rank=rank, world_size=world_size, device=device_for(job.use_gpu))):
-                pass
-        finally:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _join_process_group(job, rank: int, world_size: int, master: str) -> None:
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    # A peer that dies makes the others fail within this timeout instead of hanging the trial.
-    dist.init_process_group("nccl" if job.use_gpu else "gloo", init_method=f"tcp://{master}", rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=job.ddp_timeout_s))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def _run_ddp_trial(job) -> None:
-    """A DDP trial without Ray Train's ~15 s of per-fit start-up: this trial actor is rank 0 (it
-    reports to Tune) and N-1 peer actors, placed in the trial's own placement group, join it over
-    torch.distributed (gloo on CPUs, NCCL on GPUs)."""
-    import torch.distributed as dist
-
-    from candle_ray.loop import World, train_epochs
-    from candle_ray.train import device_for
-
-    world_size = job.workers.min
-    _record_rank(Path(job.run_dir), 0)
-    master = f"{ray.util.get_node_ip_address()}:{_free_port()}"
-    peers = [_Peer.options(num_cpus=job.cpus_per_worker, num_gpus=int(job.use_gpu)).remote()
-             for _ in range(world_size - 1)]
-    ckpt_dir = Path(job.run_dir) / "checkpoints"
-    files = ray.put({p.name: p.read_bytes() for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else {})
-    runs = [peer.run.remote(job, rank, world_size, master, files) for rank, peer in enumerate(peers, start=1)]
-    try:
-        _join_process_group(job, 0, world_size, master)
-        try:
-            _report_epochs(job, train_epochs(job, World(rank=0, world_size=world_size,
-                                                        device=device_for(job.use_gpu))))
-        finally:
-            dist.destroy_process_group()
-        ray.get(runs)
-    finally:
-        for peer in peers:
-            ray.kill(peer)

@@ -13,7 +13,7 @@ def _rank(rank: int, world_size: int, port: int, dirs: list, out: str) -> None:
     import torch.distributed as dist
 
     from candle_ray.loop import World
-    from candle_ray.train import sync_checkpoints
+    from candle_ray.ddp import sync_checkpoints
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
