@@ -1,7 +1,7 @@
 """Test environment: quiet Ray settings set before anything starts Ray; shared fixtures.
 
-One Ray cluster per test session (integration tests only), never one per test: `ray.init` costs ~3 s
-and a 2-worker trial ~3.5 GiB here. MLflow always gets an explicit URI so nothing lands in the CWD.
+One Ray cluster per test session (integration tests only), never one per test or module: starting
+one costs ~10 s here and a 2-worker trial ~3.5 GiB. MLflow always gets an explicit URI so nothing lands in the CWD.
 """
 
 import os
@@ -44,15 +44,37 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster with 2 CPUs, shared by every integration test."""
+def ray_session():
+    """The test session's one Ray cluster: two real raylets on this machine (a head and a worker node, 1 CPU
+    each, the 2 CPUs this machine has), with this process's driver connected. Single-node tests see a
+    2-CPU cluster; multi-node, elastic and fault tests use its nodes instead of starting their own."""
     import ray
 
     from candle_ray import runtime
+    from tests.support.ray_nodes import start_cluster
 
-    resources = runtime.connect(num_cpus=2)
-    yield resources
+    cluster = start_cluster(1, 1)
+    runtime.connect(cluster.address)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_session):
+    """The session cluster's resources, for tests that run on it without caring about its nodes."""
+    import ray
+
+    return ray.cluster_resources()
+
+
+@pytest.fixture
+def two_nodes(ray_session):
+    """The session cluster's head and worker node; whatever nodes the test removes or adds are put back."""
+    from tests.support.ray_nodes import restore_workers
+
+    yield ray_session
+    restore_workers(ray_session)
 
 
 def free_port() -> int:

@@ -1,19 +1,14 @@
-"""Multi-node on one machine: two real raylets (1 CPU each), so a 2-worker DDP trial must span both."""
+"""Multi-node on one machine: the session's two real raylets (1 CPU each), so a 2-worker DDP trial must
+span both."""
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.support.ray_nodes import candle_ray, finish, local_nodes, read_json
+from tests.support.ray_nodes import candle_ray, finish, read_json
 
 pytestmark = pytest.mark.integration
 
 TINY = ROOT / "tests" / "support" / "tiny_nt3.py"
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    with local_nodes(1, 1) as cluster:
-        yield cluster
 
 
 def test_ddp_trials_span_two_nodes(two_nodes, workdir):

@@ -1,7 +1,6 @@
-"""Several real raylets on this machine (ray.cluster_utils.Cluster), for multi-node, elastic and fault tests.
-
-The session-wide `ray_cluster` fixture (tests/conftest.py) may already be connected in this process:
-it is shut down first and started again afterwards, as the tests that follow expect.
+"""Several real raylets on this machine (ray.cluster_utils.Cluster): the test session's one Ray cluster
+is a head and a worker node (tests/conftest.py), so multi-node, elastic and fault tests share it. A test
+that removes or adds nodes gets them put back (`restore_workers`) before the next test runs.
 """
 
 from __future__ import annotations
@@ -11,44 +10,49 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 NODE_DEFAULTS = {"object_store_memory": 300 * 1024 * 1024, "min_worker_port": 0, "max_worker_port": 0}
 
 
-@contextmanager
-def local_nodes(head_cpus: float, *worker_cpus: float, dashboard: bool = True):
-    """A head node with `head_cpus` CPUs and one worker node per entry of `worker_cpus`; yields the Cluster."""
-    import ray
+def start_cluster(head_cpus: float, *worker_cpus: float):
+    """A head node with `head_cpus` CPUs (and a dashboard: Train V2 polls the State API, and without one
+    logs a warning every 2 s) and one worker node per entry of `worker_cpus`; not connected."""
     from ray.cluster_utils import Cluster
 
     from tests.conftest import free_port
 
-    was_connected = ray.is_initialized()
-    ray.shutdown()
-    head = {**NODE_DEFAULTS, "num_cpus": head_cpus}
-    if dashboard:  # Train V2 polls the State API; without a dashboard it logs a warning every 2 s
-        head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
+    head = {**NODE_DEFAULTS, "num_cpus": head_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(),
+            # A killed raylet is declared dead after 5 missed 1 s health checks (Ray's default: 5 x 3 s),
+            # so node-loss tests wait seconds, not half a minute, for Ray to notice.
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}}
     cluster = Cluster(initialize_head=True, head_node_args=head)
-    try:
-        for cpus in worker_cpus:
-            cluster.add_node(num_cpus=cpus, **NODE_DEFAULTS)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if was_connected:
-            from candle_ray import runtime
-
-            runtime.connect(num_cpus=2)
+    for cpus in worker_cpus:
+        cluster.add_node(num_cpus=cpus, **NODE_DEFAULTS)
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def add_worker(cluster, cpus: float):
     node = cluster.add_node(num_cpus=cpus, **NODE_DEFAULTS)
     cluster.wait_for_nodes()
     return node
+
+
+def remove_workers(cluster) -> None:
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node)
+    cluster.wait_for_nodes()
+
+
+def restore_workers(cluster, count: int = 1, cpus: float = 1) -> None:
+    """Back to `count` worker nodes of `cpus` CPUs, whatever a test removed or added."""
+    while len(cluster.worker_nodes) > count:
+        cluster.remove_node(next(iter(cluster.worker_nodes)))
+    while len(cluster.worker_nodes) < count:
+        cluster.add_node(num_cpus=cpus, **NODE_DEFAULTS)
+    cluster.wait_for_nodes()
 
 
 def candle_ray(*args, cwd: Path, **popen) -> subprocess.Popen:
