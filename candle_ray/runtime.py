@@ -141,32 +141,55 @@ def worker_slots(cpus: float | None, gpus: float, cpus_per_worker: float, gpus_p
     return min(fits) if fits else 0
 
 
+def node_resources() -> list[dict]:
+    """Each live node's resources: a worker's bundle must fit on one of them."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _slots(nodes: list[dict], cpus_per_worker: float, gpus_per_worker: float) -> int:
+    return sum(worker_slots(float(n.get("CPU", 0)), float(n.get("GPU", 0)), cpus_per_worker, gpus_per_worker)
+               for n in nodes)
+
+
 def plan(cluster_resources: dict, workers: Workers, *, use_gpu: bool | None = None,
-         cpus_per_worker: float | None = None) -> Plan:
+         cpus_per_worker: float | None = None, nodes: list[dict] | None = None) -> Plan:
     """Size the workers of a `train` job from what the cluster has: never ask for more CPUs or GPUs than exist.
 
     With N workers on C CPUs each worker gets C/N CPUs (a fraction below one CPU, otherwise whole
-    CPUs) and as many torch threads. Ray Train's controller takes no CPU and we use no Ray Data read
-    tasks, so the 2-core deadlock of 2 x 1-CPU workers + read tasks cannot happen.
+    CPUs) and as many torch threads, but never more than the largest node has: a worker cannot span
+    nodes (`nodes`: each node's resources; unknown, the cluster counts as one node). Ray Train's
+    controller takes no CPU and we use no Ray Data read tasks, so the 2-core deadlock of 2 x 1-CPU
+    workers + read tasks cannot happen.
 
     Elastic (MIN-MAX): a worker's size cannot follow the cluster (it grows by nodes joining), so it
     is whole CPUs, C/MAX of today's cluster but at least 1; MIN workers must fit now.
     """
+    nodes = nodes or [cluster_resources]
     total_cpus, total_gpus = float(cluster_resources.get("CPU", 0)), int(cluster_resources.get("GPU", 0))
     if use_gpu is None:
         use_gpu = total_gpus > 0
     size = _elastic_worker_cpus if workers.elastic else _fixed_worker_cpus
-    return Plan.sized(workers, size(workers, total_cpus, total_gpus, use_gpu, cpus_per_worker), 1 if use_gpu else 0)
+    cpus = size(workers, total_cpus, total_gpus, use_gpu, cpus_per_worker,
+                largest=max(float(n.get("CPU", 0)) for n in nodes))
+    sized = Plan.sized(workers, cpus, 1 if use_gpu else 0)
+    fit = _slots(nodes, sized.cpus_per_worker, sized.gpus_per_worker)
+    if fit < workers.min:
+        raise UsageError(f"{workers.min} workers of {sized.cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''} "
+                         f"do not fit on the cluster's {len(nodes)} node(s): at most {fit} do (a worker cannot span "
+                         f"nodes); lower --cpus-per-worker or --workers")
+    return sized
 
 
 def _fixed_worker_cpus(workers: Workers, total_cpus: float, total_gpus: int, use_gpu: bool,
-                       cpus_per_worker: float | None) -> float:
+                       cpus_per_worker: float | None, largest: float) -> float:
     n = workers.min
     if use_gpu and total_gpus < n:
         raise UsageError(f"{n} GPU workers asked for but the cluster has {total_gpus} GPU(s); "
                          f"pass --workers {max(total_gpus, 1)} or --cpu")
     if cpus_per_worker is None:
-        share = total_cpus / n
+        share = min(total_cpus / n, largest)
         cpus_per_worker = share if share < 1 else float(math.floor(share))
     if cpus_per_worker <= 0 or cpus_per_worker * n > total_cpus + 1e-9:
         raise UsageError(f"{n} workers x {cpus_per_worker} CPUs do not fit the cluster's {total_cpus:g} CPUs; "
@@ -175,31 +198,32 @@ def _fixed_worker_cpus(workers: Workers, total_cpus: float, total_gpus: int, use
 
 
 def _elastic_worker_cpus(workers: Workers, total_cpus: float, total_gpus: int, use_gpu: bool,
-                         cpus_per_worker: float | None) -> float:
+                         cpus_per_worker: float | None, largest: float) -> float:
     low, high = workers.min, workers.max
     if use_gpu and total_gpus < low:
         raise UsageError(f"{low} GPU workers (the minimum) asked for but the cluster has {total_gpus} GPU(s); "
                          f"lower the minimum of --workers or pass --cpu")
     if cpus_per_worker is None:
-        cpus_per_worker = max(1.0, float(math.floor(total_cpus / high)))
+        cpus_per_worker = max(1.0, float(math.floor(min(total_cpus / high, largest))))
     if cpus_per_worker <= 0 or cpus_per_worker * low > total_cpus + 1e-9:
         raise UsageError(f"the minimum of {low} workers x {cpus_per_worker:g} CPUs does not fit the cluster's "
                          f"{total_cpus:g} CPUs; lower the minimum of --workers or --cpus-per-worker")
     return cpus_per_worker
 
 
-def trials_at_once(cluster_resources: dict, trial: Plan, requested: int | None, *, autoscale: bool = False) -> int:
-    """How many trials of this size fit at once; more would only queue drivers that wait for workers.
-    Elastic trials count at their minimum size. On an autoscaling cluster (`autoscale`) the nodes up now
-    say nothing: `requested` trials run at once, and their waiting placement groups make the autoscaler
-    add nodes."""
+def trials_at_once(cluster_resources: dict, trial: Plan, requested: int | None, *, autoscale: bool = False,
+                   nodes: list[dict] | None = None) -> int:
+    """How many trials of this size fit at once, counting workers node by node (`nodes`: each node's
+    resources; unknown, the cluster counts as one node); more would only queue drivers that wait for
+    workers. Elastic trials count at their minimum size. On an autoscaling cluster (`autoscale`) the
+    nodes up now say nothing: `requested` trials run at once, and their waiting placement groups make
+    the autoscaler add nodes."""
     if autoscale:
         if not requested:
             raise UsageError("--autoscale needs --max-concurrent N: how many trials run at once once the cluster "
                              "has grown (the nodes up now do not tell)")
         return requested
-    cpus, gpus = float(cluster_resources.get("CPU", 0)), float(cluster_resources.get("GPU", 0))
-    fits = worker_slots(cpus, gpus, trial.cpus_per_worker, trial.gpus_per_worker) // trial.workers.min
+    fits = _slots(nodes or [cluster_resources], trial.cpus_per_worker, trial.gpus_per_worker) // trial.workers.min
     if fits < 1:
         raise UsageError(f"one trial needs {trial.workers.min} x {trial.cpus_per_worker:g} CPU"
                          f"{' + 1 GPU' if trial.gpus_per_worker else ''} but the cluster has "

@@ -175,7 +175,8 @@ def _make_sweep(resolved: _Resolved, store):
                          f"or pick another --name")
     use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu
     trial = runtime.Plan.sized(s.workers_per_trial, s.cpus_per_worker, int(use_gpu))
-    concurrent = runtime.trials_at_once(cluster, trial, s.max_concurrent, autoscale=s.autoscale)
+    concurrent = runtime.trials_at_once(cluster, trial, s.max_concurrent, autoscale=s.autoscale,
+                                        nodes=None if s.autoscale else runtime.node_resources())
     return search.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
                       workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
                       gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,

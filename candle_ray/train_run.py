@@ -160,7 +160,7 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     status = "FAILED"
     try:
         plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
-                            cpus_per_worker=options.cpus_per_worker)
+                            cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
         tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
         job = _job(experiment, config, entry, options, run_dir)
         (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))

@@ -113,6 +113,25 @@ def test_trials_at_once_counts_trials_at_their_minimum():
         trials_at_once({"CPU": 2.0}, Plan.sized(Workers(3, 6), 1.0, 0), None)
 
 
+def test_a_worker_never_spans_nodes():
+    """Two 1-CPU nodes hold 2 CPUs but no 2-CPU worker: one worker gets the largest node's CPUs, and a
+    worker larger than any node, or more workers than the nodes hold, is refused before Ray waits on it."""
+    two = [{"CPU": 1.0}, {"CPU": 1.0}]
+    assert plan({"CPU": 2.0}, Workers(1, 1), nodes=two).cpus_per_worker == 1.0
+    assert plan({"CPU": 2.0}, Workers(1, 1)).cpus_per_worker == 2.0  # one node of 2 CPUs
+    assert plan({"CPU": 6.0}, Workers(1, 3), nodes=[{"CPU": 4.0}, {"CPU": 2.0}]).cpus_per_worker == 2.0
+    with pytest.raises(UsageError, match=r"1 workers of 1.5 CPU do not fit on the cluster's 2 node\(s\): at most 0"):
+        plan({"CPU": 2.0}, Workers(1, 1), cpus_per_worker=1.5, nodes=two)
+    with pytest.raises(UsageError, match="at most 1 do"):
+        plan({"CPU": 3.0, "GPU": 2.0}, Workers(2, 2), nodes=[{"CPU": 2.0, "GPU": 2.0}, {"CPU": 1.0}],
+             cpus_per_worker=1.5)
+    trial = Plan.sized(Workers(1, 1), 1.5, 0)
+    assert trials_at_once({"CPU": 4.0}, trial, None, nodes=[{"CPU": 3.0}, {"CPU": 1.0}]) == 2
+    assert trials_at_once({"CPU": 4.0}, trial, None) == 2
+    with pytest.raises(UsageError, match="one trial needs"):
+        trials_at_once({"CPU": 2.0}, trial, None, nodes=two)
+
+
 def test_autoscaling_clusters_are_sized_by_the_request():
     """`ray up` clusters start small: with --autoscale the nodes up now do not cap (or refuse) the sweep."""
     head_only = {"CPU": 2.0}
