@@ -181,7 +181,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
     from candle_ray.summary import comparison
-    from candle_ray.train_run import TrainOptions, run_train
+    from candle_ray.train import TrainOptions, run_train
 
     options = TrainOptions(uri, address, workers, force_cpu, cpus_per_worker, max_failures, feed, output_dir, run_name,
                            launcher, inject_fault)

@@ -1,6 +1,6 @@
 """The job a worker runs: one frozen record, made by `make_job` and changed only by `dataclasses.replace`.
 
-The driver (`train_run` for `candle-ray train`, `sweep` for a search) makes it once; a sweep's trial
+The driver (`train` for `candle-ray train`, `sweep` for a search) makes it once; a sweep's trial
 replaces `config` with the sampled one and `run_dir` with its folder; DDP peers and cv folds replace
 `run_dir` and `cv`. The loop (candle_ray.loop) reads its fields.
 

@@ -4,7 +4,7 @@
 `ray.train.report`; the one-worker fast path streams them from a Ray task. The loop is the same in
 both, so one worker gives the same numbers either way under the same seed.
 
-`job` is a candle_ray.job.Job (its fields say what each is) made by the driver: candle_ray.train_run for
+`job` is a candle_ray.job.Job (its fields say what each is) made by the driver: candle_ray.train for
 `train`, candle_ray.sweep for a trial, which replaces the config with the sampled one and adds its folder.
 """
 

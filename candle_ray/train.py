@@ -1,191 +1,183 @@
-"""Run one training job on Ray, from the driver: N ranks as a streaming Ray task (rank 0) and peer
-actors (candle_ray.ddp), or an elastic run on Ray Train V2.
-
-Ray Train costs ~24 s of fixed start-up per fit here, so fixed-size runs skip it: rank 0 is a plain
-Ray task in bundle 0 of the run's placement group and starts its peers in the other bundles, as a
-sweep's DDP trial does. Both paths stream per-epoch metrics back to the driver through `on_epoch`.
-
-Elastic jobs (`--workers MIN-MAX`) are Ray Train V2 runs with ScalingConfig(num_workers=(min, max)):
-they start with as many workers as the cluster fits (at least MIN), and Train restarts the worker
-group with more workers when nodes join (checked every CANDLE_RAY_ELASTIC_RESIZE_S, default 60 s) or
-fewer when a node leaves. Each restart resumes from the newest checkpoint any rank's run folder holds
-(candle_ray.ddp.sync_checkpoints).
-"""
+"""`candle-ray train` as a library call: `run_train` opens the MLflow run, plans the workers, launches the
+job (candle_ray.launch) and follows its epochs; the CLI only parses and echoes. The driver-side twin of
+the sweep driver (candle_ray.sweep)."""
 
 from __future__ import annotations
 
-import os
-import queue as queue_lib
-import threading
-from dataclasses import replace
+import csv
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
-import ray
+from candle_ray.errors import CandleRayError, TrainingError
+from candle_ray.job import Workers
 
-from candle_ray.errors import CandleRayError, TrainingError, UsageError
-from candle_ray.runtime import Plan
-
-
-@ray.remote(num_returns="streaming", max_retries=0)
-def _rank0(job):
-    """Rank 0 of the run (alone, or with its peers in this task's placement group), streaming its epochs."""
-    from candle_ray import ddp
-
-    yield from ddp.epochs(job)
+_BOOKKEEPING = ("epoch", "epoch_time_s", "samples_per_s", "best_epoch", "replayed")
 
 
-def _user_error(exc: BaseException) -> CandleRayError | None:
-    """The candle-ray error a worker raised (bad data, corrupt cache...), which no retry can fix."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, CandleRayError):
-            return exc
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
-    return None
+@dataclass(frozen=True)
+class TrainOptions:
+    """How and where one training run goes (the CLI's options, defaults as documented there)."""
+    tracking_uri: str
+    address: str | None = None
+    workers: Workers = Workers(1, 1)
+    force_cpu: bool = False
+    cpus_per_worker: float | None = None
+    max_failures: int = 1
+    feed: str = "auto"
+    output_dir: str = "candle-ray-runs"
+    run_name: str | None = None
+    launcher: str = "auto"
+    inject_fault: int | None = None  # tests: kill rank 0 once at this epoch
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    best: dict  # the best epoch's metrics
+    startup_s: float
+    compute_s: float
 
 
-def sized(job, plan: Plan):
-    """The job as its workers run it: the planned workers, their CPUs, threads and device."""
-    return replace(job, workers=plan.workers, cpus_per_worker=plan.cpus_per_worker, threads=plan.threads,
-                   use_gpu=plan.use_gpu)
+class Progress:
+    """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
+
+    def __init__(self, csv_path: Path, tracker, epochs: int, t_start: float, echo):
+        self.csv_path, self.tracker, self.epochs, self.t_start, self.echo = csv_path, tracker, epochs, t_start, echo
+        self.history: dict[int, dict] = {}
+        self.startup_s = self.compute_s = 0.0
+        self.stop_reason: str | None = None
+
+    def __call__(self, metrics: dict) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch in self.history:  # a resumed worker replays epochs this driver already has
+            return
+        if not self.history:
+            self.startup_s = time.monotonic() - self.t_start - metrics["epoch_time_s"]
+        self.history[epoch] = metrics
+        self.compute_s += metrics["epoch_time_s"]
+        self.tracker.log_epoch(metrics)
+        # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
+        fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
+                  and not isinstance(v, bool)]
+        text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
+        note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
+        self.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
+        if "stop_reason" in metrics:
+            self.stop_reason = metrics["stop_reason"]
+            self.echo(f"stopped: {metrics['stop_reason']}")
+        self._write_row(["epoch", *fields, "epoch_time_s"], metrics)
+
+    def _write_row(self, columns: list[str], metrics: dict) -> None:
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(columns)
+            writer.writerow([metrics.get(c, "") for c in columns])
+
+    def best(self, metric: str, mode: str) -> dict:
+        from candle_ray.summary import best_of
+
+        found = best_of([m for _, m in sorted(self.history.items()) if metric in m], lambda m: m[metric], mode)
+        if found is None:
+            raise CandleRayError(f"training reported no {metric!r}; check the experiment's metric")
+        return found
 
 
-def run(job, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
-        launcher: str = "auto", log=print) -> None:
-    """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included).
+def finish_run(tracker, run_dir: Path, status: str) -> None:
+    """Artifacts (best checkpoint, per-epoch log, resolved config), then end the MLflow run once."""
+    from candle_ray import checkpoint
 
-    launcher "auto" runs the ranks as a Ray task and peer actors (candle_ray.ddp), and an elastic run on
-    Ray Train; "ray-train" forces Ray Train (to compare both); "task" needs workers == 1.
-    """
-    job = sized(job, plan)
-    if launcher == "task" and plan.workers.max != 1:
-        raise UsageError(f"the task launcher runs one worker, not {plan.workers}; use --launcher auto")
-    if launcher != "ray-train" and not plan.workers.elastic:
-        _run_ranks(job, plan, on_epoch=on_epoch, max_failures=max_failures, log=log)
-    else:
-        for metrics in ddp_epochs(job, plan, max_failures=max_failures, storage_path=storage_path, run_name=run_name):
-            on_epoch(metrics)
-
-
-def _run_ranks(job, plan, *, on_epoch, max_failures, log):
-    """Rank 0 as a streaming task in bundle 0 of the run's placement group (its peers take the other
-    bundles); a failed attempt starts again from rank 0's last checkpoint. The group is held across
-    attempts, so rank 0 comes back on the node that holds its checkpoints."""
-    from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    group = placement_group([plan.bundle] * plan.workers.min, strategy="PACK")
-    ray.get(group.ready())
-    task = _rank0.options(num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker,
-                          scheduling_strategy=PlacementGroupSchedulingStrategy(
-                              group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
-    failures = 0
     try:
-        while True:
-            try:
-                for ref in task.remote(job):
-                    on_epoch(ray.get(ref))
-                return
-            except Exception as exc:  # RayTaskError, WorkerCrashedError, ...
-                user = _user_error(exc)
-                if user is not None:
-                    raise user from None
-                failures += 1
-                if failures > max_failures:
-                    raise TrainingError(f"training failed after {failures} attempt(s): {_one_line(exc)}; "
-                                        f"see the worker log above, or raise --max-failures") from None
-                log(f"worker failed ({_one_line(exc)}); resuming from its last checkpoint "
-                    f"(retry {failures}/{max_failures})")
+        ckpt_dir = run_dir / "checkpoints"
+        best = checkpoint.pointer(ckpt_dir, "best")
+        if best:
+            tracker.log_artifact(ckpt_dir / best["file"], "checkpoints")
+            tracker.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        for name in ("training.log", "config.json"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name)
     finally:
-        remove_placement_group(group)
+        tracker.finish(status)
 
 
-def _progress_callback(progress_queue):
-    """A Train callback that forwards rank 0's per-epoch metrics from the controller to the driver."""
-    from ray.train import UserCallback  # Ray Train's import costs ~2 s: only multi-worker jobs pay it
+def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: str, run_dir: Path, smoke: bool):
+    """Start Ray and the MLflow run together: MLflow's import and store set-up (~1.8 s) overlap ray.init
+    (~3 s); ray.init stays in the main thread, where it installs its signal handlers."""
+    from candle_ray import runtime, tracking
 
-    class ForwardProgress(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            progress_queue.put(metrics[0])
+    def start_run():
+        tracker = tracking.RunTracker(options.tracking_uri, experiment.name)
+        tracker.start(run_name, {**config, "model_name": experiment.model, "dataset": entry.name, "smoke": smoke}, {
+            "candle_ray.experiment_file": experiment.path,
+            "mlflow.source.name": experiment.path,
+            "mlflow.source.git.commit": tracking.git_commit(experiment.path.parent),
+            "candle_ray.dataset": entry.name,
+            "candle_ray.dataset_fingerprint": entry.fingerprint,
+            "candle_ray.synthetic_data": str(entry.synthetic).lower(),
+            "candle_ray.run_dir": run_dir,
+        })
+        return tracker
 
-    return ForwardProgress()
-
-
-def elastic_resize_s() -> float:
-    return float(os.environ.get("CANDLE_RAY_ELASTIC_RESIZE_S", "60"))
-
-
-def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
-    """Run the job on Ray Train (fixed or elastic) and yield rank 0's metrics of each epoch as they come.
-
-    A worker group restarted after a failure or a resize replays its checkpoint's epochs (`replayed`)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
-
-    from candle_ray import ddp
-
-    job = sized(job, plan)
-    # Train V2 workers hold at most one unread report, and the controller reads them each health check
-    # (Ray's default: every 2 s): epochs shorter than that were held to one per 2 s (measured: 0.45 s
-    # epochs ran at 2.0 s). Its 0-CPU controller polls more often instead; a dead worker is seen sooner too.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    # No CPU: inside an elastic Tune trial it is placed in the trial's CPU-less placement group.
-    progress = Queue(actor_options={"num_cpus": 0})
-    scaling = {}
-    if plan.elastic:
-        scaling["elastic_resize_monitor_interval_s"] = elastic_resize_s()
-        # After a node leaves, Train may still count its resources once and wait for a group that cannot
-        # be placed, for this long (Ray's default: 60 s) before it re-decides with what is there. Such a
-        # start-up timeout is a controller error: it does not use up --max-failures.
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
-    trainer = TorchTrainer(
-        ddp.ray_train_worker,
-        train_loop_config={"job": job},  # Ray Train hands workers a dict
-        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                                               resources_per_worker=plan.bundle, **scaling),
-        run_config=ray.train.RunConfig(
-            # A fixed name: a restarted controller finds its own state again.
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_progress_callback(progress)],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    outcome: dict = {}
-
-    def fit():
+    runtime.probe(options.address)  # an unreachable --address fails here, before an MLflow run is opened
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(start_run)
         try:
-            trainer.fit()
-        except BaseException as exc:  # handed to the main thread
-            outcome["error"] = exc
-        finally:
-            outcome["done"] = True
+            cluster = runtime.connect(options.address)
+        except BaseException:
+            if pending.exception() is None:
+                pending.result().finish("FAILED")
+            raise
+        return cluster, pending.result()
 
-    thread = threading.Thread(target=fit, name="candle-ray-fit", daemon=True)
-    thread.start()
+
+def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path):
+    from candle_ray.job import make_job
+
+    fault = options.inject_fault
+    return make_job(experiment, config, entry, run_dir=str(run_dir), feed=options.feed, workers=options.workers,
+                    fault={"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None)
+
+
+def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: bool = False, echo=print,
+              warn=print, started: float | None = None) -> TrainResult:
+    """Train `experiment` once with `config` on the prepared cache `entry`, logged to one MLflow run."""
+    from candle_ray import runtime
+    from candle_ray import launch
+
+    started = time.monotonic() if started is None else started
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_name = options.run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    run_dir = (Path(options.output_dir) / experiment.name / run_name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cluster, tracker = _open_run(experiment, config, entry, options, run_name, run_dir, smoke)
+    status = "FAILED"
     try:
-        while not outcome.get("done") or not progress.empty():
-            try:
-                metrics = progress.get(timeout=0.5)
-            except queue_lib.Empty:
-                continue
-            yield metrics
+        plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
+                            cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
+        tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
+        job = _job(experiment, config, entry, options, run_dir)
+        (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))
+        echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
+             f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
+             f"{entry.num_features} features; MLflow run {tracker.run_id}")
+        progress = Progress(run_dir / "training.log", tracker, int(config["epochs"]), started, echo)
+        launch.run(job, plan, on_epoch=progress, max_failures=options.max_failures, storage_path=str(run_dir / "ray"),
+                    run_name=run_name, launcher=options.launcher, log=warn)
+        if progress.stop_reason == "non-finite loss":
+            raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
+                                f"lower learning_rate (now {config['learning_rate']}) or check the data")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        thread.join()
-        ray.kill(progress.actor)
-    if "error" in outcome:
-        exc = outcome["error"]
-        user = _user_error(exc)
-        if user is not None:
-            raise user from None
-        raise TrainingError(f"distributed training failed: {_one_line(exc)}; see the worker log above, "
-                            f"or raise --max-failures") from None
+        finish_run(tracker, run_dir, status)
+    return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
+                       progress.startup_s, progress.compute_s)

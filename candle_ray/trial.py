@@ -168,9 +168,9 @@ def _run_elastic_trial(job, trial_id: str) -> None:
     named after the trial (a retried trial finds its Train state again). Its workers resume from the
     trial's checkpoint folder, which they must see: one machine or a shared --storage."""
     from candle_ray import runtime
-    from candle_ray import train as trainer
+    from candle_ray import launch
 
     plan = runtime.Plan(job.workers, float(job.cpus_per_worker), int(bool(job.use_gpu)), int(job.threads))
-    _report_epochs(job, trainer.ddp_epochs(job, plan, max_failures=int(job.max_failures),
+    _report_epochs(job, launch.ddp_epochs(job, plan, max_failures=int(job.max_failures),
                                            storage_path=str(Path(job.run_dir) / "ray-train"),
                                            run_name=f"train-{trial_id}"))
