@@ -180,7 +180,10 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
                 continue
             yield metrics
     finally:
-        thread.join()
+        # Cut short (Ctrl-C, an error in on_epoch): waiting for fit() would wait for the whole run. The
+        # thread is a daemon; the Train run's controller belongs to this driver and ends with it.
+        if outcome.get("done"):
+            thread.join()
         ray.kill(progress.actor)
     if "error" in outcome:
         exc = outcome["error"]
