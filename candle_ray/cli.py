@@ -411,9 +411,9 @@ def data_prepare(experiment_file, smoke, force, cache_dir):
 @cache_option
 def data_ls(cache_dir):
     """List the cache's entries."""
-    cache = _cache(cache_dir)
-    entries = cache.entries()
-    if not entries:
+    cache, broken = _cache(cache_dir), []
+    entries = cache.entries(broken)
+    if not entries and not broken:
         click.echo(f"no entries in {cache.uri if cache.remote else cache.root}")
         return
     click.echo(f"{'dataset':<28} {'fingerprint':<17} {'train':>7} {'val':>6} {'features':>9} {'MiB':>8}  created")
@@ -423,6 +423,20 @@ def data_ls(cache_dir):
         name = e.name + (" (synthetic)" if e.synthetic else "")
         click.echo(f"{name:<28} {e.fingerprint:<17} {e.rows['train']:>7} {e.rows['val']:>6} "
                    f"{e.num_features:>9} {size:>8.1f}  {e.manifest['created']}")
+    for folder, _ in broken:
+        click.echo(f"{folder:<46} UNREADABLE")
+    _fail_for(broken, len(entries) + len(broken), "unreadable")
+
+
+def _fail_for(bad: list, total: int, what: str) -> None:
+    """After listing every entry: the one bad entry's own error (it names the fix), or how many were bad."""
+    from candle_ray.errors import CacheError
+
+    if len(bad) == 1:
+        raise bad[0][1]
+    if bad:
+        raise CacheError(f"{len(bad)} of {total} cache entries are {what}: {', '.join(name for name, _ in bad)}; "
+                         f"`candle-ray data verify` names each one's problem and the command that rebuilds it")
 
 
 @data.command("verify")
@@ -433,7 +447,7 @@ def data_verify(experiment_file, smoke, cache_dir):
     """Check every cache entry (or EXPERIMENT's) against its manifest checksums."""
     from candle_ray.errors import CacheError
 
-    cache = _cache(cache_dir)
+    cache, bad = _cache(cache_dir), []
     if experiment_file:
         experiment = _load(experiment_file)
         dataset = experiment.dataset
@@ -448,10 +462,19 @@ def data_verify(experiment_file, smoke, cache_dir):
                              f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''}")
         entries = [entry]
     else:
-        entries = cache.entries()
+        entries = cache.entries(bad)
+    total = len(entries) + len(bad)
+    for folder, exc in bad:
+        click.echo(f"BAD {folder}: {exc}")
     for entry in entries:
-        cache.verify(entry, deep=True) if cache.remote else cache.verify(entry)  # remote: hash every object
+        try:
+            cache.verify(entry, deep=True) if cache.remote else cache.verify(entry)  # remote: hash every object
+        except CacheError as exc:  # go on: every entry's state, not only the first bad one's
+            bad.append((f"{entry.name}-{entry.fingerprint}", exc))
+            click.echo(f"BAD {entry.name} {entry.fingerprint}: {exc}")
+            continue
         click.echo(f"ok  {entry.name} {entry.fingerprint}")
+    _fail_for(bad, total, "corrupt or unreadable")
     click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} verified")
 
 

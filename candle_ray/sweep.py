@@ -167,12 +167,12 @@ def _make_sweep(resolved: _Resolved, store):
     from candle_ray import runtime, search
 
     s, name = resolved.settings, resolved.name
+    if resolved.record is None and store.has_sweep(name):  # before Ray starts
+        raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --name {name} "
+                         f"--resume, or pick another --name")
     cluster = runtime.connect(s.address)
     if resolved.record is not None:
         return search.Sweep.from_record(resolved.record["sweep"])
-    if store.has_sweep(name):
-        raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --resume {name} "
-                         f"or pick another --name")
     use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu
     trial = runtime.Plan.sized(s.workers_per_trial, s.cpus_per_worker, int(use_gpu))
     concurrent = runtime.trials_at_once(cluster, trial, s.max_concurrent, autoscale=s.autoscale,

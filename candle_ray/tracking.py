@@ -339,12 +339,20 @@ def sweep_trials(parent: RunTracker, metrics=REPORTED_METRICS) -> list[dict]:
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
+def require_store(uri: str) -> None:
+    """Reading from a SQLite store that does not exist would create an empty one (MLflow makes the file)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UsageError(f"no MLflow store at {uri[len('sqlite:///'):]}; pass --tracking-uri (or set "
+                         f"MLFLOW_TRACKING_URI) to the store the run was logged to")
+
+
 def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
     """Local folders holding the best checkpoint of run `run_id`, or of each of its finished children
     (the members of an ensemble, the trials of a sweep), downloaded from the run's artifacts."""
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
+    require_store(uri)
     client = _client(uri)
     try:
         run = client.get_run(run_id)
@@ -361,6 +369,7 @@ def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
             continue
         folders.append(Path(client.download_artifacts(source.info.run_id, "checkpoints", str(dest / source.info.run_id))))
     if not folders:
-        what = f"{len(children)} child runs" if children else "run"
-        raise UsageError(f"MLflow {what} of {run_id} hold no best checkpoint; train to the end first")
+        raise UsageError(f"none of the {len(children)} child runs of MLflow run {run_id} holds a best checkpoint (no "
+                         f"trial or member finished); run it again" if children else
+                         f"MLflow run {run_id} holds no best checkpoint (it did not finish); train it again")
     return folders

@@ -299,14 +299,20 @@ class Cache:
             return None
         return Entry(path=path, manifest=read_manifest(path))
 
-    def entries(self) -> list[Entry]:
-        """Every complete entry, sorted by folder name."""
+    def entries(self, broken: list | None = None) -> list[Entry]:
+        """Every complete entry, sorted by folder name. An entry whose manifest cannot be read raises
+        CacheError, or, given a `broken` list, goes there as (folder name, error) instead."""
         if not self.datasets.is_dir():
             return []
         found = []
         for path in sorted(self.datasets.iterdir()):
             if not path.name.startswith(".") and (path / MANIFEST).is_file():
-                found.append(Entry(path=path, manifest=read_manifest(path)))
+                try:
+                    found.append(Entry(path=path, manifest=read_manifest(path)))
+                except CacheError as exc:
+                    if broken is None:
+                        raise
+                    broken.append((path.name, exc))
         return found
 
     def verify(self, entry: Entry) -> None:

@@ -217,15 +217,25 @@ class S3Cache:
         found = self._manifest_bytes(key)
         return None if found is None else self._entry(key, found)
 
-    def entries(self) -> list:
-        """Every complete entry in the bucket (an entry folder without its manifest is not one)."""
+    def entries(self, broken: list | None = None) -> list:
+        """Every complete entry in the bucket (an entry folder without its manifest is not one). An entry
+        whose manifest cannot be read raises CacheError, or, given a `broken` list, goes there as (folder
+        name, error) instead."""
         found = []
         for key in self.store.subdirs(self.store.path("datasets")):
             if key.startswith("."):
                 continue
-            manifest = self._manifest_bytes(key)
-            if manifest is not None:
-                found.append(self._entry(key, manifest))
+            try:
+                manifest = self._manifest_bytes(key)
+                if manifest is not None:
+                    found.append(self._entry(key, manifest))
+            except (CacheError, ValueError) as exc:
+                error = exc if isinstance(exc, CacheError) else CacheError(
+                    f"cache entry {self.store.display('datasets', key)} has an unreadable {MANIFEST} ({exc}); "
+                    f"rebuild it with: {DEFAULT_REBUILD}")
+                if broken is None:
+                    raise error from None
+                broken.append((key, error))
         return found
 
     def prepare(self, ds, *, force: bool = False, rebuild_hint: str = "", log: Callable[[str], None] = print):

@@ -169,3 +169,40 @@ def test_verify_experiment_without_entry(workdir):
 
 def test_file_store_tracking_uri_refused(workdir):
     one_line_error(invoke("train", NT3, "--smoke", "--tracking-uri", "./mlruns"), 2, "file store")
+
+
+def test_an_existing_sweep_name_is_refused_before_ray_starts(workdir):
+    from candle_ray.storage import Storage
+
+    Storage.parse(str(workdir / "sweeps")).write_sweep("taken", {"experiment_file": NT3})
+    r = invoke("tune", NT3, "--smoke", "--name", "taken", "--storage", str(workdir / "sweeps"))
+    one_line_error(r, 2, "already exists", "--name taken --resume")
+
+
+def test_predict_from_a_missing_store_creates_none(workdir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    rows = workdir / "rows.csv"
+    rows.write_text("a,b\n1,2\n")
+    one_line_error(invoke("predict", "0" * 32, "--data", str(rows), "--out", str(workdir / "p.tsv")), 2, "no MLflow store at", "--tracking-uri")
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_data_ls_and_verify_report_every_bad_entry(workdir):
+    """One corrupt entry and one unreadable manifest among three: every entry is listed or checked, each bad
+    one named, and the command fails (exit 1) once, at the end."""
+    for exp in ("nt3", "tc1", "p1b2"):
+        assert invoke("data", "prepare", str(ROOT / "experiments" / f"{exp}.py"), "--smoke").exit_code == 0
+    datasets = workdir / "cache" / "datasets"
+    arrow = next(datasets.glob("nt3-*/train.arrow"))
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrow.write_bytes(bytes(data))
+    (next(datasets.glob("p1b2-*")) / "manifest.json").write_text("{not json")
+    listing = invoke("data", "ls")
+    one_line_error(listing, 1, "p1b2-", "manifest.json is unreadable")
+    assert "tc1-smoke" in listing.output and "nt3-smoke" in listing.output and "UNREADABLE" in listing.output
+    checked = invoke("data", "verify")
+    one_line_error(checked, 1, "2 of 3 cache entries are corrupt or unreadable", "nt3-smoke", "p1b2-")
+    lines = checked.output.splitlines()
+    assert [line.split()[0] for line in lines if line.split()[0] in ("ok", "BAD")] == ["BAD", "BAD", "ok"]
+    assert any(line.startswith("ok  tc1") for line in lines)
