@@ -26,10 +26,11 @@ browser:
 	  fi; \
 	fi
 
-# The main job: NT3 in smoke mode (synthetic data in the real NT3 format, served through the real
-# download path), local Ray, MLflow in ./mlflow.db.
+# The main job: a small NT3 search with ASHA in smoke mode (synthetic data in the real NT3 format, served
+# through the real download path), local Ray, MLflow in ./mlflow.db: one parent run, a child per trial.
 demo: $(STAMP)
-	$(BIN)/candle-ray train experiments/nt3.py --smoke
+	$(BIN)/candle-ray tune experiments/nt3.py --smoke --num-samples 6 --scheduler asha
+	@echo "browse it: $(BIN)/candle-ray ui  (MLflow UI on http://127.0.0.1:5000, this folder's mlflow.db)"
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q --durations=15 tests

@@ -260,6 +260,10 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
                  f"{store.display(sweep.name)}")
         summary = _summarise(resolved, sweep, store, work_dir, progress, parent, interrupted, echo)
+        if summary["best"]:  # where its model is, for `candle-ray predict`
+            trial = summary["best"]["trial_id"]
+            summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
+                                   checkpoints=work_dir / "trials" / trial / "checkpoints")
         if s.kind == "ensemble" and summary["succeeded"]:
             _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear)
         if s.kind == "cv" and summary["succeeded"]:
@@ -304,6 +308,13 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
                                entry.manifest["task"]):
             echo(line)
+    if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
+        from candle_ray.tracking import default_tracking_uri
+
+        best, uri = summary["best"], s.tracking_uri
+        echo(f"best trial's MLflow run {best['run_id']}, checkpoints {best['checkpoints']}; predict with: "
+             f"candle-ray predict {best['run_id']} --data ROWS.csv --out predictions.tsv"
+             + ("" if uri == default_tracking_uri() else f" --tracking-uri {uri}"))
     if summary["interrupted"]:
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}"
              + (f" --storage {store.uri}" if store.uri != str(Path("candle-ray-sweeps").resolve()) else ""))

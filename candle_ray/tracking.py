@@ -306,6 +306,15 @@ class SweepTracker:
         self.children[trial_id] = child
         return child
 
+    def child_run_id(self, trial_id: str) -> str | None:
+        """The MLflow run of a trial: this driver's, or (a resumed sweep's trial that finished before) found."""
+        if trial_id in self.children:
+            return self.children[trial_id].run_id
+        p = self.parent
+        runs = p.client.search_runs([p.experiment_id()], filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' "
+                                                                       f"and tags.`{self.TRIAL_TAG}` = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+
     def stale_children(self) -> list[RunTracker]:
         """Children still RUNNING (their trial was cut off by an interrupted driver)."""
         p = self.parent
