@@ -55,8 +55,9 @@ experiment = Experiment(
     },
     metric="val_loss",
     mode="min",
-    # Smoke: synthetic data in the exact NT3 file format, 1,000 features, and a small conv stack.
+    # Smoke: synthetic data in the exact NT3 file format, 1,000 features, and a small conv stack. A smoke
+    # search leaves out the full-size conv layouts and batch sizes (512 on 192 rows is one step an epoch).
     smoke=Smoke(rows=(192, 48), features=1000,
                 overrides={"epochs": 3, "conv": [16, 20, 1, 16, 10, 1], "dense": [32, 8], "learning_rate": 0.01},
-                fixed=("conv",)),
+                fixed=("conv", "batch_size")),
 )

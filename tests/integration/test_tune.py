@@ -88,7 +88,7 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
 
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
-    # NT3's smoke space (batch size, optimizer, dropout, learning rate) spreads the scores; 4 trials run
+    # NT3's smoke space (optimizer, dropout, learning rate) spreads the scores; 4 trials run
     # at once (0.5 CPU each) so that PBT always has a population to rank.
     r = tune(ROOT / "experiments" / "nt3.py", "--smoke", "--num-samples", 4, "--scheduler", "pbt",
              "--set", "epochs=8", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt")
