@@ -6,7 +6,7 @@ group. The ranks join one torch.distributed group at rank 0's address (gloo on C
 then hand the checkpoint over (`sync_checkpoints`): the newest checkpoint any rank holds is what every
 rank continues from. Peers start from an empty folder of their own, so that is rank 0's: a trial's
 restored or PBT-cloned checkpoint, or a `train` run's after a worker died. No Ray Train here: its
-worker-group start-up (~15-25 s a fit, see bench/ddp_paths.py) would be paid by every DDP trial.
+worker-group start-up (~15 s more to the first epoch: bench/startup.py) would be paid by every DDP trial.
 
 Elastic runs (`MIN-MAX`) stay on Ray Train V2, which alone grows and shrinks a worker group; its
 workers (`ray_train_worker`) take the same hand-over, from whichever rank holds the newest checkpoint.

@@ -253,7 +253,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     trial = sweep.trial_plan
     resources = ray.tune.PlacementGroupFactory([{"CPU": 0, "memory": 1}] if trial.elastic else
                                                [trial.bundle] * trial.workers.min)
-    base_job = replace(base_job, workers=trial.workers, max_failures=sweep.max_failures,
+    base_job = replace(base_job, max_failures=sweep.max_failures,  # its workers: sweep._trial_job
                        hyperband_unit=sweep.grace if sweep.scheduler == "hyperband" else None)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, base_job=base_job), resources)
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint

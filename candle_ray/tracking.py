@@ -290,19 +290,13 @@ class SweepTracker:
         if trial_id in self.children:
             return self.children[trial_id]
         p = self.parent
-
-        def find() -> list[str]:
-            return [r.info.run_id for r in p.client.search_runs(
-                [p.experiment_id()],
-                filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")]
-
-        found = find()
+        found = self._found_runs(trial_id)
         child = RunTracker(p.uri, p.experiment_name, found[0] if found else None)
         if found:
             child.reopen()
         else:  # one child per trial, even when the server took a creation but its answer was lost
             child.start(run_name, params, {**tags, "mlflow.parentRunId": p.run_id, self.TRIAL_TAG: trial_id},
-                        existing=find)
+                        existing=lambda: self._found_runs(trial_id))
         self.children[trial_id] = child
         return child
 
@@ -310,10 +304,15 @@ class SweepTracker:
         """The MLflow run of a trial: this driver's, or (a resumed sweep's trial that finished before) found."""
         if trial_id in self.children:
             return self.children[trial_id].run_id
+        found = self._found_runs(trial_id)
+        return found[0] if found else None
+
+    def _found_runs(self, trial_id: str) -> list[str]:
+        """The child runs MLflow holds for this trial (one, or none yet)."""
         p = self.parent
-        runs = p.client.search_runs([p.experiment_id()], filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' "
-                                                                       f"and tags.`{self.TRIAL_TAG}` = '{trial_id}'")
-        return runs[0].info.run_id if runs else None
+        return [r.info.run_id for r in p.client.search_runs(
+            [p.experiment_id()],
+            filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")]
 
     def stale_children(self) -> list[RunTracker]:
         """Children still RUNNING (their trial was cut off by an interrupted driver)."""
