@@ -97,9 +97,10 @@ class MLflowSweepCallback(Callback):
     silently. `close()` drains the queue.
     """
 
-    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path):
+    def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
+                 dataset: dict | None = None):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
-        self.work_dir = work_dir
+        self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
         self.unlogged: list[str] = []  # what could not be logged, in order
@@ -146,6 +147,8 @@ class MLflowSweepCallback(Callback):
                                  {**self.trial_tags, "candle_ray.run_dir": self._trial_dir(trial_id)})
         if trial_id not in self.logged:  # a resumed sweep: the epochs this child already has
             self.logged[trial_id] = child.logged_steps("val_loss") if child.reopened else set()
+            if self.dataset and not child.reopened:
+                child.log_dataset(self.dataset)
         return child
 
     def _log(self, trial_id: str, config: dict, result: dict) -> None:

@@ -143,7 +143,7 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
     run["baseline"] = not run.pop("no_baseline")
     uri = tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri())
     return sweep.run(experiment, sweep.SweepSettings(tracking_uri=uri, sets=tuple(run.pop("sets")), **run, **settings),
-                     prepare=lambda smoke_: _prepare(experiment, smoke=smoke_, cache=_cache(cache_dir)), echo=click.echo)
+                     prepare=lambda exp, smoke_: _prepare(exp, smoke=smoke_, cache=_cache(cache_dir)), echo=click.echo)
 
 
 @main.command()
@@ -197,6 +197,12 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     click.echo(f"MLflow run {result.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 
 
+register_option = click.option(
+    "--register", default=None, metavar="NAME",
+    help="Register the result (a sweep's best trial, an ensemble's members) in MLflow's Model Registry as a new "
+         "version of NAME, aliased best: candle-ray predict models:/NAME@best.")
+
+
 @main.command()
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None,
@@ -218,10 +224,14 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
 @click.option("--metric", default=None, help="Default: the experiment's metric.")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
+@click.option("--full-space", is_flag=True,
+              help="With --smoke: search the full-size keys a smoke search leaves out too (the experiment's "
+                   "Smoke.fixed, e.g. NT3's conv layouts), to check that every configuration builds and trains.")
+@register_option
 @_sweep_options("trial")
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, grace_period, seed,
-         cv_folds, metric, mode, **run):
+         cv_folds, metric, mode, full_space, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
@@ -236,10 +246,13 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, che
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
     searcher = searcher or "random"
+    if full_space and not run["smoke"]:
+        raise UsageError("--full-space widens a --smoke search to the experiment's whole space; a search on the "
+                         "real data always uses the whole space: add --smoke or drop --full-space")
     ctx.exit(_run_sweep(
         experiment, run, searcher=searcher, scheduler=scheduler,
         num_samples=num_samples or (1 if searcher == "grid" else 8), seed=seed, metric=metric, mode=mode, space=space,
-        checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0,
+        checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 
 
@@ -249,6 +262,7 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, che
               help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
 @click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many configurations --from-sweep takes.")
+@register_option
 @_sweep_options("member")
 @click.pass_context
 def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
@@ -267,6 +281,7 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
         # The configurations were trained with the sweep's fixed overrides and data.
         run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
                    smoke=run["smoke"] or record["smoke"])
+        run["full_space"] = bool(record.get("full_space"))
     else:
         chosen = ensembles.seed_members(members or 5, base_seed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -309,19 +324,34 @@ def report(sweep_name, storage):
     sweep.report_command(storage, sweep_name, click.echo)
 
 
-def _checkpoints(model: str, tracking_uri: str | None, scratch: Path) -> list[Path]:
-    """MODEL as checkpoint folders/files: a path, or an MLflow run id (a run, an ensemble or a sweep)."""
+def _checkpoints(model: str, tracking_uri: str | None, storage: str, top: int | None, scratch: Path) -> list[Path]:
+    """MODEL as checkpoint folders/files: a path, an MLflow run id, or a sweep, ensemble or cv name."""
     import re
 
-    if Path(model).exists():
-        return [Path(model)]
-    if re.fullmatch(r"[0-9a-f]{32}", model):
-        from candle_ray import tracking
+    from candle_ray import tracking
+    from candle_ray.storage import Storage
 
-        uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
-        return tracking.run_checkpoints(uri, model, scratch)
-    raise UsageError(f"MODEL {model!r} is neither an existing checkpoint path nor an MLflow run id (32 hex digits); "
-                     f"pass a run folder, a checkpoint file or a run id from `mlflow ui`")
+    if Path(model).exists():
+        if top is not None:
+            raise UsageError(f"--top picks among a sweep's trials; {model} is a checkpoint path: drop --top")
+        return [Path(model)]
+    if model.startswith(("models:/", "runs:/")):
+        if top is not None:
+            raise UsageError(f"--top picks among a sweep's trials; {model} is an MLflow model: drop --top")
+        return tracking.model_checkpoints(tracking.check_uri(tracking_uri or tracking.default_tracking_uri()), model,
+                                          scratch)
+    if re.fullmatch(r"[0-9a-f]{32}", model):
+        return tracking.run_checkpoints(tracking.check_uri(tracking_uri or tracking.default_tracking_uri()), model,
+                                        scratch, top)
+    store = Storage.parse(storage)
+    if store.has_sweep(model):  # its record names its parent run and where that was logged
+        record = store.read_sweep(model, f"no sweep named {model!r}")
+        return tracking.run_checkpoints(tracking.check_uri(tracking_uri or record["tracking_uri"]),
+                                        record["parent_run_id"], scratch, top)
+    known = store.sweeps()
+    raise UsageError(f"MODEL {model!r} is not a checkpoint path, an MLflow run id (32 hex digits), a models:/ URI or a sweep under "
+                     f"{store.display()}" + (f" (sweeps there: {', '.join(known)})" if known else "")
+                     + "; pass a run folder, a run id from `mlflow ui`, or a sweep name (with --storage where it ran)")
 
 
 def _write_table(frame, out: Path) -> None:
@@ -352,10 +382,18 @@ def _write_table(frame, out: Path) -> None:
 @click.option("--set-score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
               help="Conformal score for classifiers' prediction sets.")
 @click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
-@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="Where MODEL's run id was logged.")
+@click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
+              help="MODEL is a sweep: pool its K best trials as an ensemble [default: its best trial].")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="Where MODEL's run id was logged [default: a sweep's own record, else sqlite:///mlflow.db].")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
-def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, tracking_uri, force_cpu):
-    """Predict with MODEL (a checkpoint, an MLflow run id, or an ensemble's run id), with uncertainty."""
+def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, top, tracking_uri,
+            storage, force_cpu):
+    """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
+    MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
+    id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
     import tempfile
 
     import torch
@@ -365,7 +403,8 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
 
     device = "cuda" if torch.cuda.is_available() and not force_cpu else "cpu"
     with tempfile.TemporaryDirectory(prefix="candle-ray-predict-") as scratch:
-        members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, Path(scratch))]
+        members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, storage, top,
+                                                                              Path(scratch))]
     info = members[0].data
     X, _, ids = read_for_prediction(data_file, info)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731

@@ -23,6 +23,19 @@ from candle_ray.errors import UsageError
 FINISHED = ("completed", "stopped early")
 
 
+def check_poolable(entry) -> None:
+    """Refuse, before any member trains, an ensemble whose members' predictions cannot be pooled."""
+    task, classes = entry.manifest["task"], entry.num_classes
+    if task == "autoencoder":
+        raise UsageError(f"dataset {entry.name} trains an autoencoder: an ensemble pools predictions, and "
+                         f"reconstructions have none to pool; train one model with `candle-ray train` (or search "
+                         f"with `candle-ray tune`)")
+    if isinstance(classes, (list, tuple)):
+        raise UsageError(f"dataset {entry.name} is multi-task ({len(classes)} tasks): an ensemble pools one "
+                         f"prediction per row; train one model with `candle-ray train`, whose per-task accuracies "
+                         f"are in MLflow")
+
+
 def seed_members(members: int, base_seed: int) -> list[dict]:
     if members < 1:
         raise UsageError(f"--members must be >= 1, got {members}")
@@ -39,9 +52,9 @@ def _value(text: str):
         return text
 
 
-def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
-    """The `top` best finished trials' settings (rows of a sweep's results.csv, whose `metric` column is
-    each trial's best epoch: candle_ray.summary), best first."""
+def top_rows(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
+    """The `top` best finished trials (rows of a sweep's results.csv, whose `metric` column is each
+    trial's best epoch: candle_ray.summary), best first."""
     from candle_ray.summary import ranked
 
     done = ranked([r for r in rows if r.get("status") in FINISHED and r.get(metric) not in (None, "")],
@@ -52,8 +65,13 @@ def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str) 
         raise UsageError(f"--top {top} but sweep {sweep!r} has only {len(done)} finished trial(s) with a {metric}; "
                          f"use --top {max(1, len(done))} or less" if done else
                          f"sweep {sweep!r} has no finished trial with a {metric}; finish or resume it first")
+    return done[:top]
+
+
+def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
+    """The settings of the `top` best finished trials, best first."""
     return [{k[len("config."):]: _value(v) for k, v in r.items() if k.startswith("config.") and v != ""}
-            for r in done[:top]]
+            for r in top_rows(rows, metric, mode, top, sweep)]
 
 
 def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_seed: int,

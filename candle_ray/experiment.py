@@ -11,7 +11,7 @@ import configparser
 import difflib
 import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -59,8 +59,9 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "target_scaling": {"choices": ("std", "none")},
 }
 # Keys every experiment has, whatever its defaults say: L2 weight decay for every model (0 = off; see
-# candle_ray.loop.make_optimizer for what it means with each optimizer).
-COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0}
+# candle_ray.loop.make_optimizer for what it means with each optimizer), and each epoch's CPU, memory and
+# GPU use on the run (candle_ray.usage).
+COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "system_metrics": True}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Smoke:
     seed: int = 0
     # Search-space keys a smoke sweep leaves out (e.g. NT3's conv layouts, sized for 60,483 features).
     fixed: tuple[str, ...] = ()
+    # The width of a `tune --smoke --full-space` dataset, where the full-size keys need more features.
+    full_space_features: int | None = None
 
 
 @dataclass
@@ -101,6 +104,11 @@ class Experiment:
             raise UsageError(f"experiment {self.name!r}: search_space keys {unknown_space} are not in defaults; add them to defaults")
         for key, value in self.defaults.items():
             _check_rules(key, value)
+
+    def full_space_smoke(self) -> "Experiment":
+        """This experiment with the smoke width its full-size search keys need (`tune --smoke --full-space`)."""
+        smoke = replace(self.smoke, features=self.smoke.full_space_features or self.smoke.features)
+        return replace(self, smoke=smoke)
 
     def resolve_config(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
                        warn=print) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
 from candle_ray.summary import improves
+from candle_ray.usage import EpochUsage
 
 
 @dataclass
@@ -370,8 +371,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
     plateau = _make_plateau(optimizer, config, plateau_mode)
     step = _step_settings(job, device, condition)
 
-    ckpt_dir, data = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective)
-    metric, mode = job.metric, job.mode
+    ckpt_dir, data, metric, mode = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective), job.metric, job.mode
     state = _restore(ckpt_dir, config, model, optimizer, plateau, objective) or {
         "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
         "bad_epochs": 0}
@@ -385,6 +385,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
         return objective.eval_metrics(_evaluate(ddp_model, split_feed, world, objective, task, step["amp"], condition))
 
     t_start, epochs = time.monotonic() - elapsed_before, int(config["epochs"])
+    usage = EpochUsage(device) if world.rank == 0 and config.get("system_metrics", True) else None  # rank 0 reports
     for epoch in range(start_epoch + 1, epochs + 1):
         _maybe_inject_fault(job, world, epoch)
         t0 = time.perf_counter()
@@ -396,10 +397,10 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
         if test_feed is not None:  # CANDLE's P1B3 reports test loss and accuracy every epoch too
             metrics.update({f"test_{k[len('val_'):]}": v for k, v in evaluate(test_feed).items() if k.startswith("val_")})
         metrics.update(epoch_time_s=time.perf_counter() - t0,
-                       samples_per_s=totals[1].item() / train_s if train_s > 0 else 0.0)
+                       samples_per_s=totals[1].item() / train_s if train_s > 0 else 0.0,
+                       **(usage.sample() if usage else {}))
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
             metrics["stop_reason"] = "non-finite loss"
-
         if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
             plateau.step(metrics[plateau_metric])
         objective.end_epoch(epoch, metrics)

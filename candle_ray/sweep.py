@@ -81,6 +81,8 @@ class SweepSettings:
     autoscale: bool = False
     baseline: bool = True
     grace_period: int = 0
+    full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
+    register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class _Resolved:
 
 def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
-    `prepare(smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with)."""
+    `prepare(experiment, smoke)` readies the cache entry (a resumed sweep uses the smoke setting it started with)."""
     from candle_ray.storage import Storage
 
     if settings.force_gpu and settings.force_cpu:
@@ -104,6 +106,8 @@ def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     t0 = time.monotonic()
     store = Storage.parse(settings.storage)
     resolved = _resolve(experiment, settings, store, echo)
+    if resolved.settings.full_space:  # the smoke data its full-size keys fit (Smoke.full_space_features)
+        experiment = experiment.full_space_smoke()
     entry, cv_assignment = _check_data(experiment, resolved, prepare)
     sweep = _make_sweep(resolved, store)
     parent, tags = _open_parent(experiment, resolved, sweep, store, entry)
@@ -121,7 +125,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         record = read_record(store, settings.name, experiment.path)
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
         settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
-                           smoke=record["smoke"], kind=record.get("kind", "sweep"), cv=record.get("cv"),
+                           smoke=record["smoke"], full_space=record.get("full_space", False),
+                           kind=record.get("kind", "sweep"), cv=record.get("cv"),
                            baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"])
         echo(f"resuming sweep {settings.name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
@@ -138,7 +143,7 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         check_space(space, {**config, "cv_fold": None} if settings.kind == "cv" else config, sets, experiment.name)
     else:
         space = dict(settings.space if settings.space is not None else experiment.search_space)
-        if settings.smoke:  # some keys only make sense at full size (e.g. NT3's conv layouts)
+        if settings.smoke and not settings.full_space:  # some keys only make sense at full size (NT3's conv)
             space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
         check_space(space, config, sets, experiment.name)
         from candle_ray import search
@@ -151,7 +156,11 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
 def _check_data(experiment, resolved: _Resolved, prepare):
     """The cache entry, the cv fold assignment and the metric, checked before Ray starts."""
     s = resolved.settings
-    entry = prepare(s.smoke)
+    entry = prepare(experiment, s.smoke)
+    if s.kind == "ensemble":
+        from candle_ray.ensemble import check_poolable
+
+        check_poolable(entry)
     if s.cv and s.kind == "sweep" and s.workers_per_trial.max > 1:
         raise UsageError(f"--cv trains the folds inside each trial, one worker each; drop --workers-per-trial "
                          f"{s.workers_per_trial} (or cross-validate one configuration with `candle-ray cv`)")
@@ -205,12 +214,13 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
     shown = {**sweep.record(), "workers_per_trial": str(sweep.workers)}
     parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in shown.items()}, **resolved.config,
                               "model_name": experiment.model, "dataset": entry.name}, tags)
+    parent.log_dataset(tracking.dataset_input(entry))
     store.write_sweep(sweep.name, {
         "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": s.tracking_uri,
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
-        "smoke": s.smoke, "created": resolved.stamp, "kind": s.kind, "cv": s.cv, "baseline": s.baseline,
-        "log_keys": log_scaled_keys(resolved.space)})
+        "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
+        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space)})
     return parent, tags
 
 
@@ -237,7 +247,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     sweep_tracker = tracking.SweepTracker(parent)
     progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
-                                               sweep.max_epochs, tags, work_dir)
+                                               sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry))
     device = f"{sweep.workers} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
@@ -266,6 +276,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                                    checkpoints=work_dir / "trials" / trial / "checkpoints")
         if s.kind == "ensemble" and summary["succeeded"]:
             _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear)
+        best = summary["best"]
+        if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
+            _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
@@ -280,6 +293,27 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                 child.finish("KILLED")
         parent.finish(status)
     return summary, fit_s, linear
+
+
+def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
+    """The MLflow model of a sweep's best trial (on its child run) or of an ensemble's finished members (on
+    the parent run), registered under --register. Every trial keeps its checkpoints as plain artifacts: a
+    model per trial would store each trial's weights twice."""
+    import tempfile
+
+    from candle_ray import tracking
+
+    with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as scratch:
+        if s.kind == "sweep":
+            run = tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"])
+            own = Path(best["checkpoints"])  # this node's copy, else the one logged on the trial's run
+            folders = [own] if own.is_dir() else tracking.run_checkpoints(s.tracking_uri, best["run_id"], Path(scratch))
+        else:
+            run, folders = parent, tracking.run_checkpoints(s.tracking_uri, parent.run_id, Path(scratch))
+        uri = tracking.log_model_or_warn(run, folders, s.register, warn=echo)
+    if uri:
+        echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
+    return uri
 
 
 def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, parent, interrupted: bool, echo) -> dict:
@@ -308,16 +342,15 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
                                entry.manifest["task"]):
             echo(line)
+    # --storage only where the sweep is not under the default folder
+    storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
-        from candle_ray.tracking import default_tracking_uri
-
-        best, uri = summary["best"], s.tracking_uri
+        best = summary["best"]
         echo(f"best trial's MLflow run {best['run_id']}, checkpoints {best['checkpoints']}; predict with: "
-             f"candle-ray predict {best['run_id']} --data ROWS.csv --out predictions.tsv"
-             + ("" if uri == default_tracking_uri() else f" --tracking-uri {uri}"))
+             f"candle-ray predict {sweep.name} --data ROWS.csv --out predictions.tsv{storage}"
+             + (" (--top K pools its K best trials)" if summary["total"] > 1 else ""))
     if summary["interrupted"]:
-        echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}"
-             + (f" --storage {store.uri}" if store.uri != str(Path("candle-ray-sweeps").resolve()) else ""))
+        echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1
     return 0 if summary["succeeded"] else 1
 

@@ -45,6 +45,18 @@ def git_commit(path: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def dataset_input(entry) -> dict:
+    """A cache entry as an MLflow dataset: its digest is the entry's fingerprint, its source the files it was
+    prepared from with their checksums, its profile the rows per split (plain data: it travels to Tune)."""
+    manifest = entry.manifest
+    files = {role: {k: v for k, v in src.items() if k in ("url", "sha256", "bytes")} if isinstance(src, dict) else src
+             for role, src in (manifest.get("sources") or {}).items()}
+    return {"name": entry.name, "digest": entry.fingerprint, "source_type": "candle-ray-cache",
+            "source": json.dumps({"entry": str(entry.path), "files": files}, sort_keys=True, default=str),
+            "profile": json.dumps({"rows": entry.rows, "num_features": entry.num_features, "task": manifest.get("task"),
+                                   "synthetic": entry.synthetic}, sort_keys=True)}
+
+
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """Flat string params: lists as CANDLE writes them ("128 20 1"), dicts as dotted keys."""
     flat = {}
@@ -254,6 +266,13 @@ class RunTracker:
         call_with_retry(self.uri, self.client._client.log_batch, self.run_id, metrics=items,
                         what=f"epoch {step}'s metrics of run {self.run_id}")
 
+    def log_dataset(self, dataset: dict, context: str = "training") -> None:
+        """The run's input dataset (`dataset_input`): the Datasets column and lineage in MLflow's UI. MLflow
+        keeps one input per dataset digest, so a resumed run logging it again adds nothing."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(self.run_id, [DatasetInput(Dataset(**dataset), [InputTag("mlflow.data.context", context)])])
+
     def metrics(self) -> dict[str, float]:
         """The run's latest value of each metric."""
         return dict(self.client.get_run(self.run_id).data.metrics)
@@ -354,9 +373,10 @@ def require_store(uri: str) -> None:
                          f"MLFLOW_TRACKING_URI) to the store the run was logged to")
 
 
-def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
-    """Local folders holding the best checkpoint of run `run_id`, or of each of its finished children
-    (the members of an ensemble, the trials of a sweep), downloaded from the run's artifacts."""
+def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None) -> list[Path]:
+    """Local folders holding the best checkpoints `predict` pools for MLflow run `run_id`: a sweep's best
+    trial (its `top` best with `top`, ranked as the sweep's results.csv), every finished member of an
+    ensemble or fold of a cv, or the run itself; downloaded from the runs' artifacts."""
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
@@ -365,13 +385,20 @@ def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise UsageError(f"no MLflow run {run_id!r} in {uri}; pass a checkpoint path or a run id from `mlflow ui` "
-                         f"(and --tracking-uri where it was logged)") from None
+        raise UsageError(f"no MLflow run {run_id!r} in {uri}; pass a checkpoint path, a sweep name or a run id from "
+                         f"`mlflow ui` (and --tracking-uri where it was logged)") from None
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
                                   max_results=50000)
+    kind = run.data.tags.get("candle_ray.kind")
+    if top is not None and not (kind == "sweep" and children):
+        what = {"ensemble": "an ensemble", "cv": "a cv"}.get(kind, "a single run")
+        raise UsageError(f"--top {top} picks among a sweep's trials, and MLflow run {run_id} is {what}: "
+                         f"predict with all of it, without --top")
     runs = [c for c in children if c.info.status == "FINISHED"] if children else [run]
+    if kind == "sweep" and children:
+        runs = _best_trials(client, run, runs, top or 1, dest)
     folders = []
-    for source in sorted(runs, key=lambda r: r.data.tags.get(SweepTracker.TRIAL_TAG, r.info.run_id)):
+    for source in runs:
         names = [a.path for a in client.list_artifacts(source.info.run_id, "checkpoints")]
         if not any(n.endswith("best.json") for n in names):
             continue
@@ -381,3 +408,91 @@ def run_checkpoints(uri: str, run_id: str, dest: Path) -> list[Path]:
                          f"trial or member finished); run it again" if children else
                          f"MLflow run {run_id} holds no best checkpoint (it did not finish); train it again")
     return folders
+
+
+def _best_trials(client, parent, finished: list, top: int, dest: Path) -> list:
+    """The child runs of a sweep's `top` best trials, best first, by the sweep's own ranking (results.csv)."""
+    import csv
+
+    from candle_ray.ensemble import top_rows
+
+    name = parent.data.tags.get("candle_ray.sweep", parent.info.run_id)
+    if not any(a.path == "results.csv" for a in client.list_artifacts(parent.info.run_id)):
+        raise UsageError(f"sweep {name} has no results.csv yet (MLflow run {parent.info.run_id}); let it finish "
+                         f"(or resume it) first")
+    with open(client.download_artifacts(parent.info.run_id, "results.csv", str(dest / "results"))) as f:
+        rows = list(csv.DictReader(f))
+    params = parent.data.params
+    ranked = top_rows(rows, params["sweep.metric"], params["sweep.mode"], top, name)
+    by_trial = {run.data.tags.get(SweepTracker.TRIAL_TAG): run for run in finished}
+    return [by_trial[row["trial_id"]] for row in ranked if row["trial_id"] in by_trial]
+
+
+MODEL_ARTIFACT = "model"
+
+
+def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None) -> str:
+    """The checkpoints' best epochs as one MLflow pyfunc model (candle_ray.mlflow_model) in the run's
+    `model` artifact; with `register`, a new version of that registered model, aliased `best`. Returns
+    the model's URI."""
+    import tempfile
+
+    from candle_ray import mlflow_model
+
+    with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as tmp:
+        folder = Path(tmp) / MODEL_ARTIFACT
+        mlflow_model.save(folder, checkpoint_dirs)
+        run.client.log_artifacts(run.run_id, str(folder), MODEL_ARTIFACT)
+    if register:
+        return register_model(run, register)
+    return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+
+
+def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:
+    """`log_model`, or a warning naming why not: a model `predict` cannot serve (multi-task, joined
+    tables) or a store that refused it must not fail the run whose checkpoints are already logged."""
+    try:
+        return log_model(run, checkpoint_dirs, register)
+    except Exception as exc:
+        if register:  # asked for by name: a model that cannot be registered is the user's failure
+            raise CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}") from None
+        warn(f"note: no MLflow model logged on run {run.run_id} ({_first_line(exc)}); its checkpoints are there")
+        return None
+
+
+def register_model(run: RunTracker, name: str) -> str:
+    """Register the run's model as a new version of `name` and point the alias `best` at it."""
+    from mlflow.exceptions import MlflowException
+
+    client = run.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    version = client.create_model_version(name, source, run_id=run.run_id)
+    client.set_registered_model_alias(name, "best", version.version)
+    return f"models:/{name}@best"
+
+
+def model_checkpoints(uri: str, model_uri: str, dest: Path) -> list[Path]:
+    """The member checkpoint folders of an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from candle_ray.mlflow_model import MEMBER
+
+    require_store(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through the registry of the tracking URI
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    except MlflowException as exc:
+        raise UsageError(f"no MLflow model {model_uri!r} in {uri} ({_first_line(exc)}); pass a registered "
+                         f"model as models:/NAME@best or a run's model as runs:/RUN_ID/model") from None
+    members = sorted((local / "artifacts").glob(f"{MEMBER}*"), key=lambda p: int(p.name[len(MEMBER):]))
+    if not members:
+        raise UsageError(f"{model_uri} is not a candle-ray model (no {MEMBER}* artifacts); pass one that "
+                         f"`tune --register` or `ensemble --register` logged")
+    return members

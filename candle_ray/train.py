@@ -64,7 +64,7 @@ class Progress:
         self.tracker.log_epoch(metrics)
         # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
         fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
-                  and not isinstance(v, bool)]
+                  and not isinstance(v, bool) and not k.startswith("system/")]  # system/: MLflow's tab only
         text = "  ".join(f"{k} {metrics[k]:.4g}" for k in fields)
         note = " (replayed from checkpoint)" if metrics.get("replayed") else ""
         self.echo(f"epoch {epoch:>4}/{self.epochs}  {text}  {metrics['epoch_time_s']:.2f}s{note}")
@@ -90,9 +90,10 @@ class Progress:
         return found
 
 
-def finish_run(tracker, run_dir: Path, status: str) -> None:
-    """Artifacts (best checkpoint, per-epoch log, resolved config), then end the MLflow run once."""
-    from candle_ray import checkpoint
+def finish_run(tracker, run_dir: Path, status: str, warn=print) -> None:
+    """Artifacts (best checkpoint, per-epoch log, resolved config; the MLflow model of a finished run),
+    then end the MLflow run once."""
+    from candle_ray import checkpoint, tracking
 
     try:
         ckpt_dir = run_dir / "checkpoints"
@@ -103,6 +104,8 @@ def finish_run(tracker, run_dir: Path, status: str) -> None:
         for name in ("training.log", "config.json"):
             if (run_dir / name).exists():
                 tracker.log_artifact(run_dir / name)
+        if best and status == "FINISHED":
+            tracking.log_model_or_warn(tracker, [ckpt_dir], warn=warn)
     finally:
         tracker.finish(status)
 
@@ -123,6 +126,7 @@ def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: 
             "candle_ray.synthetic_data": str(entry.synthetic).lower(),
             "candle_ray.run_dir": run_dir,
         })
+        tracker.log_dataset(tracking.dataset_input(entry))
         return tracker
 
     runtime.probe(options.address)  # an unreachable --address fails here, before an MLflow run is opened
@@ -178,6 +182,6 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
         status = "KILLED"
         raise
     finally:
-        finish_run(tracker, run_dir, status)
+        finish_run(tracker, run_dir, status, warn)
     return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
                        progress.startup_s, progress.compute_s)

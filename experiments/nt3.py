@@ -59,5 +59,7 @@ experiment = Experiment(
     # search leaves out the full-size conv layouts and batch sizes (512 on 192 rows is one step an epoch).
     smoke=Smoke(rows=(192, 48), features=1000,
                 overrides={"epochs": 3, "conv": [16, 20, 1, 16, 10, 1], "dense": [32, 8], "learning_rate": 0.01},
-                fixed=("conv", "batch_size")),
+                fixed=("conv", "batch_size"),
+                # conv [100, 100, 100, 100, 100, 1] (stride 100, then kernel 100) needs 10,000 features.
+                full_space_features=10_000),
 )

@@ -95,30 +95,41 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple
     are ignored, the label column is read when present). A header-less file (CANDLE's NT3/TC1 format)
     must have exactly the training width, or one more column: the label first.
     """
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
+    _refuse_joined(info)
+    header = _has_header(path, info.get("feature_names"))
+    return frame_for_prediction(_read_frame(path, header), info, header=header, source=str(path), need_labels=need_labels)
+
+
+def _refuse_joined(info: dict) -> None:
     if info.get("kind") == "joined":
         raise UsageError(f"dataset {info['dataset']} joins cell and drug tables; predict from a flat file needs a "
                          f"single-matrix dataset (use `candle-ray ensemble`/`cv`, which evaluate on the cached splits)")
+
+
+def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str = "the input",
+                         need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+    """`read_for_prediction` of rows already in a DataFrame (an MLflow model's input): named columns when
+    `header`, else CANDLE's positional layout."""
+    import pandas as pd
+
+    _refuse_joined(info)
     names, width = info.get("feature_names"), int(info["num_features"])
     label = info.get("label") if isinstance(info.get("label"), str) else None
-    header = _has_header(path, names)
-    frame = _read_frame(path, header)
     ids, y = None, None
     if header:
-        columns = [str(c) for c in frame.columns]
-        frame.columns = columns
+        frame = frame.rename(columns=str)  # the caller's frame stays as it was
+        columns = list(frame.columns)
         if names is None:  # trained on a header-less file: take the numeric columns but the label
             names = [c for c in columns if c != label]
             if len(names) != width:
-                raise DataError(f"{path} has {len(names)} feature columns but the model takes {width}; "
+                raise DataError(f"{source} has {len(names)} feature columns but the model takes {width}; "
                                 f"pass the features in training order")
         missing = [n for n in names if n not in set(columns)]
         if missing:
-            raise DataError(f"{path} lacks {len(missing)} of the model's {width} features, e.g. {missing[:3]}; "
+            raise DataError(f"{source} lacks {len(missing)} of the model's {width} features, e.g. {missing[:3]}; "
                             f"it needs the training columns by name (any order)")
         if label and label in columns:
             y = frame[label].to_numpy()
@@ -132,23 +143,37 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple
         elif frame.shape[1] == width:
             X = frame
         else:
-            raise DataError(f"{path} has {frame.shape[1]} columns but the model takes {width} features "
+            raise DataError(f"{source} has {frame.shape[1]} columns but the model takes {width} features "
                             f"(or {width + 1} with the label first); pass data in the training format")
     try:
         X = X.to_numpy(dtype=np.float32)
     except (TypeError, ValueError):
         bad = next((c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])), "?")
-        raise DataError(f"feature column {bad!r} of {path} is not numeric; features must be numbers") from None
+        raise DataError(f"feature column {bad!r} of {source} is not numeric; features must be numbers") from None
     if len(X) == 0:
-        raise DataError(f"{path} has no rows to predict")
+        raise DataError(f"{source} has no rows to predict")
     if not np.isfinite(X).all():
         row, col = map(int, np.argwhere(~np.isfinite(X))[0])
-        raise DataError(f"{path} has a missing or non-finite value at row {row + 1}, feature {col + 1}; "
+        raise DataError(f"{source} has a missing or non-finite value at row {row + 1}, feature {col + 1}; "
                         f"fill or drop it before predicting")
     if need_labels and y is None:
-        raise DataError(f"{path} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")
+        raise DataError(f"{source} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")
     if info.get("scaler"):
         from candle_ray.data.transforms import apply_scaler
 
         X = apply_scaler(info["scaler"], X)
     return X, (_labels(y, info) if y is not None else None), ids
+
+
+def typical_row(info: dict):
+    """One row at the centre of the training data, in the input's own units (the scaler's mean or the
+    middle of its range; 0 where the scaling keeps no centre), named as the model's features: an MLflow
+    model's input example."""
+    import pandas as pd
+
+    width, scaler = int(info["num_features"]), info.get("scaler") or {}
+    centre = {"std": lambda: np.asarray(scaler["mean"]),
+              "minmax": lambda: np.asarray(scaler["min"]) + np.asarray(scaler["scale"]) / 2}.get(scaler.get("kind"))
+    values = centre() if centre else np.zeros(width)
+    names = info.get("feature_names") or [str(i) for i in range(width)]
+    return pd.DataFrame([values.astype(np.float64)], columns=names)  # float64: what a user's frame holds

@@ -87,6 +87,30 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
     assert record["kind"] == "ensemble" and record["smoke"] is True
 
 
+    # predict SWEEP: the sweep's best trial, by name or by its parent run id; --top K pools its K best
+    (parent,), children = runs_of("src")
+    best_run = next(c.info.run_id for c in children if c.data.tags["candle_ray.trial_id"] == results.sort_values(
+        "val_loss")["trial_id"].iloc[0])
+    data = next(p for p in sorted((workdir / "cache" / "synthetic").rglob("*.csv")) if "test" in p.name)
+    tables = {}
+    for model, extra in (("src", ()), (parent.info.run_id, ()), (best_run, ()), ("src", ("--top", 2))):
+        out = workdir / f"pred-{len(tables)}.tsv"
+        r = cli("predict", model, "--data", data, "--out", out, "--member-columns", *extra)
+        assert r.exit_code == 0, r.output
+        tables[(model, *extra)] = pd.read_csv(out, sep="\t")
+    assert tables[("src",)].equals(tables[(best_run,)]) and tables[(parent.info.run_id,)].equals(tables[(best_run,)])
+    assert "member_0" in tables[("src",)] and "member_1" not in tables[("src",)]
+    pooled = tables[("src", "--top", 2)]
+    assert {"member_0", "member_1"} <= set(pooled) and "member_2" not in pooled
+    assert pooled["member_0"].equals(tables[("src",)]["member_0"])  # best first
+    r = cli("predict", "src", "--data", data, "--out", workdir / "x.tsv", "--top", 4)
+    assert r.exit_code == 2 and "--top 4 but sweep 'src' has only 3 finished trial(s)" in r.output
+    r = cli("predict", "top2", "--data", data, "--out", workdir / "x.tsv", "--top", 1)
+    assert r.exit_code == 2 and "is a ensemble" not in r.output and "is an ensemble" in r.output
+    r = cli("predict", "nope", "--data", data, "--out", workdir / "x.tsv")
+    assert r.exit_code == 2 and "'nope' is not a checkpoint path" in r.output and "sweeps there: src, top2" in r.output
+
+
 def test_cross_validation_stratified(ray_cluster, workdir):
     r = cli("cv", TINY, "--smoke", "--folds", 3, "--stratify", "--name", "cv3", "--set", "epochs=2")
     assert r.exit_code == 0, r.output

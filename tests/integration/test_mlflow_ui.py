@@ -54,6 +54,13 @@ def test_sweep_is_browsable_in_mlflow_ui(ray_cluster, workdir, mlflow_server):
         experiment_id = json.load(resp)["run"]["info"]["experiment_id"]
     trial_ids = [p.name for p in (workdir / "candle-ray-sweeps" / "ui-sweep" / "trials").iterdir()]
     assert len(trial_ids) == 3
+    request = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"experiment_ids": [experiment_id],
+                                                      "filter": f"tags.mlflow.parentRunId = '{parent_id}'"}).encode())
+    with urllib.request.urlopen(request) as resp:
+        child = json.load(resp)["runs"][0]
+    child_id = child["info"]["run_id"]
+    (dataset,) = {d["dataset"]["name"] for d in child["inputs"]["dataset_inputs"]}
 
     browser = _browser()
     try:
@@ -72,6 +79,15 @@ def test_sweep_is_browsable_in_mlflow_ui(ray_cluster, workdir, mlflow_server):
         browser.save_screenshot(str(SCREENSHOTS / "mlflow_ui_sweep.png"))
         missing = [t for t in trial_ids if t not in browser.page_source]
         assert not missing, f"trial runs not on the page: {missing}"
+        # Lineage: the runs' Datasets column names the cache entry they trained on.
+        assert dataset in browser.page_source, "the dataset is not in the runs table's Datasets column"
+        # A trial's System metrics tab draws the CPU and memory its epochs used.
+        browser.get(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{child_id}/system-metrics")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "cpu_utilization_percentage" not in browser.page_source:
+            time.sleep(0.5)
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_ui_system_metrics.png"))
+        assert "cpu_utilization_percentage" in browser.page_source, "no system metrics on the trial's page"
     finally:
         browser.quit()
     assert (SCREENSHOTS / "mlflow_ui_sweep.png").stat().st_size > 10_000

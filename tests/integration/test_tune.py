@@ -79,7 +79,8 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     assert parent_metrics["best_val_loss"] == pytest.approx(min(worth.values()))
     assert f"(trial {chosen['trial_id']}, epoch {chosen['epoch']} of" in r.output
     best_child = next(c for c in children if tags(c)["candle_ray.trial_id"] == chosen["trial_id"])
-    assert f"predict with: candle-ray predict {best_child['info']['run_id']} --data ROWS.csv" in r.output
+    assert f"best trial's MLflow run {best_child['info']['run_id']}" in r.output
+    assert "predict with: candle-ray predict asha4 --data ROWS.csv" in r.output
     files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}")["files"]}
     assert {"results.csv", "best_config.json", "report"} <= files
     pictures = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}"

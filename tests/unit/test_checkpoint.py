@@ -31,6 +31,9 @@ def test_last_and_best_pointers_and_pruning(tmp_path):
 def test_rebuild_gives_same_outputs(tmp_path):
     torch.manual_seed(0)
     model = models.build("mlp", CONFIG).eval()
+    with torch.no_grad():  # every weight and bias non-zero (biases start at zero), so a lost tensor shows
+        for p in model.parameters():
+            p.normal_()
     checkpoint.save(tmp_path / "checkpoints", _state(1, model, 0.1), kinds=("last", "best"))
     rebuilt, state = checkpoint.rebuild(tmp_path)  # from the run directory alone
     x = torch.rand(4, 30)

@@ -270,3 +270,15 @@ def test_a_pbt_clone_keeps_its_own_optimizer_keys(name):
     if name == "sgd":
         assert kernels["momentum"] == biases["momentum"] == 0.3
     assert clone.state_dict()["state"]  # the donor's moments survive
+
+
+def test_each_epoch_reports_its_cpu_and_memory_use_unless_turned_off(entry, tmp_path):
+    """MLflow's system-metric names, measured by rank 0 over the epoch; `system_metrics: false` drops them."""
+    out = list(train_epochs(job(entry, tmp_path / "on", epochs=2), World()))
+    for m in out:
+        assert 0 <= m["system/cpu_utilization_percentage"] <= 100
+        assert 0 < m["system/system_memory_usage_percentage"] <= 100 and m["system/system_memory_usage_megabytes"] > 0
+        assert m["system/process_memory_rss_megabytes"] > 50 and m["system/process_cpu_percentage"] >= 0
+        assert "system/gpu_0_memory_usage_megabytes" not in m  # CPU here
+    off = list(train_epochs(job(entry, tmp_path / "off", epochs=1, system_metrics=False), World()))
+    assert not [k for k in off[0] if k.startswith("system/")]

@@ -105,7 +105,15 @@ def test_mc_dropout_needs_dropout(table, tmp_path):
 
 def test_bad_model_argument(tmp_path):
     r = CliRunner().invoke(main, ["predict", "no-such-thing", "--data", "x.csv", "--out", str(tmp_path / "p.tsv")])
-    assert r.exit_code == 2 and "neither an existing checkpoint path nor an MLflow run id" in r.output
+    assert r.exit_code == 2 and "is not a checkpoint path, an MLflow run id (32 hex digits), a models:/ URI or a sweep" in r.output
+
+
+def test_top_is_for_sweeps_only(table, tmp_path):
+    tmp, entry = table
+    run = train(entry, tmp_path / "run")
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
+                                  "--top", "2"])
+    assert r.exit_code == 2 and "--top picks among a sweep's trials" in r.output and not (tmp_path / "p.tsv").exists()
 
 
 def test_too_little_calibration_data(table, tmp_path):

@@ -109,3 +109,17 @@ def test_optuna_search_is_seeded_and_keeps_list_valued_choices():
     assert first == again and first != other
     assert all(1e-4 <= c["learning_rate"] <= 1e-1 and c["dense"] in ([64], [256, 64]) for c in first)
     assert len({c["learning_rate"] for c in first}) == len(first)
+
+
+def test_full_space_needs_smoke(workdir):
+    r = tune(NT3, "--full-space")
+    assert r.exit_code == 2 and "--full-space widens a --smoke search" in error_line(r)
+
+
+def test_full_space_smoke_is_as_wide_as_its_layouts_need():
+    from candle_ray.experiment import load_experiment
+
+    nt3 = load_experiment(NT3)
+    wide = nt3.full_space_smoke()
+    assert wide.smoke.features == 10_000 and nt3.smoke.features == 1000  # the experiment itself is unchanged
+    assert wide.search_space is nt3.search_space and wide.path == nt3.path

@@ -1,0 +1,97 @@
+"""Checkpoints as an MLflow model: the `pyfunc` flavour that `mlflow.pyfunc.load_model`, the Model Registry
+and `mlflow models serve` use.
+
+The model's artifacts are the members' checkpoint folders (weights, config, feature scaler, target
+scaler, class names: everything `candle_ray.predict` needs); its `predict(frame, params)` returns the
+columns `candle-ray predict` writes for the same rows. Params: `alpha` (miscoverage of the Gaussian
+intervals of regressors with a spread) and `mc_dropout` (stochastic passes). Conformal sets and intervals
+need labelled calibration rows, so they stay with `candle-ray predict --conformal`.
+
+This module subclasses mlflow.pyfunc.PythonModel, so it imports MLflow; candle_ray.tracking is the only
+module that calls it. Loading the model needs candle-ray installed (`--env-manager local` when serving).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.models
+import mlflow.pyfunc
+
+PARAMS = {"alpha": 0.1, "mc_dropout": 0}
+MEMBER = "member-"  # artifact names: member-0, member-1, ...
+
+
+class CheckpointModel(mlflow.pyfunc.PythonModel):
+    """An ensemble of checkpoints (one member for a single model) behind MLflow's predict."""
+
+    def load_context(self, context) -> None:
+        from candle_ray import predict
+
+        names = sorted((k for k in context.artifacts if k.startswith(MEMBER)), key=lambda k: int(k[len(MEMBER):]))
+        self.members = [predict.load_member(Path(context.artifacts[k])) for k in names]
+
+    def predict(self, context, model_input, params: dict | None = None):
+        return predictions(self.members, model_input, {**PARAMS, **(params or {})})
+
+
+def predictions(members: list, frame, params: dict):
+    """`candle-ray predict`'s table for the rows of `frame` (features by name; extra columns ignored)."""
+    from candle_ray import predict
+    from candle_ray.data.features import frame_for_prediction
+
+    info = members[0].data
+    X, _, ids = frame_for_prediction(frame, info, source="the model input")
+    pooled = predict.predict(members, predict.array_batches(X), mc_passes=int(params["mc_dropout"]))
+    return predict.table(pooled, info, alpha=float(params["alpha"]), ids=ids)
+
+
+def save(path: Path, checkpoint_dirs: list[Path]) -> None:
+    """Write the MLflow model of these checkpoints' best epochs to `path` (a new folder), with a signature
+    and an input example (the training data's centre row)."""
+    import warnings
+
+    import numpy
+    import pandas
+    import torch
+    from mlflow.models import infer_signature
+
+    from candle_ray import __version__, predict
+    from candle_ray.data.features import typical_row
+
+    staged = _stage_best(checkpoint_dirs, path.parent / f".{path.name}-members")
+    members = [predict.load_member(d) for d in staged]
+    example = typical_row(members[0].data)
+    signature = infer_signature(example, predictions(members, example, PARAMS), params=PARAMS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature below validates the input
+        mlflow.pyfunc.save_model(
+            # Models from code: this file is the model's code, so loading it unpickles nothing.
+            str(path), python_model=__file__, artifacts={d.name: str(d) for d in staged},
+            signature=signature, input_example=example,
+            metadata={"candle_ray_version": __version__, "members": len(members)},
+            # Explicit, so MLflow does not infer them (slow); candle-ray itself must be installed where it loads.
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                              f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"])
+
+
+def _stage_best(checkpoint_dirs: list[Path], into: Path) -> list[Path]:
+    """Each member's best checkpoint alone in its own folder (member-0, ...): MLflow copies an artifact under
+    its folder's name, and every trial's folder is called `checkpoints`."""
+    import shutil
+
+    from candle_ray import checkpoint
+
+    staged = []
+    for i, source in enumerate(checkpoint_dirs):
+        best = checkpoint.resolve(source, "best")
+        folder = into / f"{MEMBER}{i}"
+        folder.mkdir(parents=True)
+        shutil.copy2(best, folder / best.name)
+        shutil.copy2(best.parent / "best.json", folder / "best.json")
+        staged.append(folder)
+    return staged
+
+
+# What MLflow loads from this file (models from code); a no-op when candle-ray imports the module.
+mlflow.models.set_model(CheckpointModel())

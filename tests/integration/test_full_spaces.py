@@ -1,0 +1,46 @@
+"""Every shipped experiment's whole search space through the sweep -> ensemble path on the real local Ray
+cluster: a smoke sweep that searches every key (`--full-space`: list-valued `dense`/`conv` choices and the
+full-size layouts a plain smoke search leaves out, on smoke data as wide as they need), then
+`ensemble --from-sweep --top 2` of it (or its one-line refusal, for models whose outputs do not pool)."""
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from candle_ray.cli import main
+from candle_ray.experiment import load_experiment
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py"))
+# Ensembles pool one prediction per row: these refuse before training, in one line.
+NOT_POOLED = {"p1b1": "trains an autoencoder", "p3b1": "is multi-task"}
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, name):
+    path = ROOT / "experiments" / f"{name}.py"
+    space = load_experiment(path).search_space
+    one_epoch = () if "epochs" in space else ("--set", "epochs=1")  # attn and p3b1 search their epochs
+    r = cli("tune", path, "--smoke", "--full-space", "--num-samples", 2, "--scheduler", "fifo", *one_epoch,
+            "--name", f"{name}-full", "--no-baseline", "--seed", 3)
+    assert r.exit_code == 0, r.output
+    assert "2 trials: 2 completed" in r.output, r.output
+    results = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-full" / "results.csv")
+    assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
+
+    r = cli("ensemble", path, "--from-sweep", f"{name}-full", "--top", 2, "--name", f"{name}-top2", "--no-baseline")
+    if name in NOT_POOLED:
+        assert r.exit_code == 2 and NOT_POOLED[name] in r.output and "trials:" not in r.output, r.output
+        assert not (workdir / "candle-ray-sweeps" / f"{name}-top2").exists()
+        return
+    assert r.exit_code == 0, r.output
+    assert "2 trials: 2 completed" in r.output and "ensemble of 2 on" in r.output, r.output
+    members = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-top2" / "results.csv")
+    for key in space:  # the members are the sweep's two configurations, list values included
+        assert sorted(map(str, members[f"config.{key}"])) == sorted(map(str, results[f"config.{key}"])), key

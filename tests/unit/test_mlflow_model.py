@@ -1,0 +1,90 @@
+"""Checkpoints as MLflow models (no Ray): the pyfunc returns `candle-ray predict`'s columns, a registered
+version answers `predict models:/NAME@best`, and a model `predict` cannot serve is a note, not a failure."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from candle_ray import tracking
+from candle_ray.cli import main
+from candle_ray.data.cache import Cache
+from candle_ray.data.features import describe
+from candle_ray.data.spec import TableDataset
+from candle_ray.loop import World, train_epochs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two members trained on a user's CSV (3 classes, named features, a sample id column), and new rows."""
+    tmp = tmp_path_factory.mktemp("mlflow-model")
+    rng = np.random.default_rng(1)
+    n, d = 260, 6
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, d)) + 5 + 2 * np.eye(3)[y] @ rng.normal(size=(3, d))
+    frame = pd.DataFrame(X, columns=[f"g{i}" for i in range(d)])
+    frame.insert(0, "tissue", np.array(["lung", "skin", "brain"])[y])
+    frame.insert(0, "sample_id", [f"s{i}" for i in range(n)])
+    frame.iloc[:200].to_csv(tmp / "train.csv", index=False)
+    frame.iloc[200:].to_csv(tmp / "new.csv", index=False)
+    entry = Cache(tmp / "cache").prepare(TableDataset(tmp / "train.csv", label="tissue", drop=("sample_id",)),
+                                         log=lambda *_: None)
+    runs = []
+    for seed in (1, 2):
+        job = {"config": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01, "optimizer": "adam", "dense": [8],
+                          "dropout": 0.2, "activation": "relu", "rng_seed": seed, "timeout": -1},
+               "model": "mlp", "task": "classification", "run_dir": str(tmp / f"run{seed}"), "metric": "val_loss",
+               "model_shape": {"input_dim": d, "classes": 3}, "entry": str(entry.path), "mode": "min", "threads": 1,
+               "data": describe(entry)}
+        list(train_epochs(job, World()))
+        runs.append(tmp / f"run{seed}" / "checkpoints")
+    return tmp, runs
+
+
+def cli_predict(model, tmp, out, *extra):
+    r = CliRunner().invoke(main, ["predict", str(model), "--data", str(tmp / "features.csv"), "--out", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    return pd.read_csv(out, sep="\t")
+
+
+def test_pyfunc_model_predicts_what_the_cli_predicts_and_registers(trained, tmp_path, monkeypatch):
+    tmp, members = trained
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = tracking.RunTracker(uri, "models")
+    run.start("ens", {}, {})
+    model_uri = tracking.log_model(run, members, register="tissue-mlp")
+    assert model_uri == "models:/tissue-mlp@best"
+
+    rows = pd.read_csv(tmp / "new.csv").drop(columns=["sample_id", "tissue"])
+    rows.to_csv(tmp / "features.csv", index=False)  # the model's input: its features, by name
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
+    assert served.metadata.get_input_schema().input_names()[:2] == ["g0", "g1"]  # the signature: features by name
+    got = served.predict(rows)
+    # the same rows through `candle-ray predict` from the checkpoints themselves, and from the registry
+    from_checkpoints = cli_predict(f"runs:/{run.run_id}/model", tmp, tmp_path / "a.tsv")
+    from_registry = cli_predict("models:/tissue-mlp@best", tmp, tmp_path / "b.tsv")
+    pd.testing.assert_frame_equal(from_checkpoints, from_registry)
+    assert list(got.columns) == list(from_registry.columns)
+    assert got["prediction"].tolist() == from_registry["prediction"].tolist()
+    assert np.allclose(got["p_lung"], from_registry["p_lung"], atol=1e-6)
+    # extra columns (ids, the label) are left out, as `candle-ray predict` leaves them
+    assert served.predict(pd.read_csv(tmp / "new.csv"))["prediction"].tolist() == got["prediction"].tolist()
+    assert (got["probability_std"] > 0).any()  # two members: the spread between them is there
+
+    # a second registration moves the alias to the new version
+    tracking.register_model(run, "tissue-mlp")
+    client = mlflow.MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("tissue-mlp", "best").version) == "2"
+
+
+def test_a_model_predict_cannot_serve_is_a_note(tmp_path):
+    run = tracking.RunTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "models")
+    run.start("r", {}, {})
+    said = []
+    assert tracking.log_model_or_warn(run, [tmp_path / "nothing"], warn=said.append) is None
+    assert said and said[0].startswith(f"note: no MLflow model logged on run {run.run_id}")
+    with pytest.raises(Exception, match="could not be registered as 'x'"):
+        tracking.log_model_or_warn(run, [tmp_path / "nothing"], register="x")
