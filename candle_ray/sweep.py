@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from candle_ray.errors import UsageError
+from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
 from candle_ray.summary import best_lines
 
@@ -304,16 +304,28 @@ def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     from candle_ray import tracking
 
     with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as scratch:
-        if s.kind == "sweep":
-            run = tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"])
-            own = Path(best["checkpoints"])  # this node's copy, else the one logged on the trial's run
-            folders = [own] if own.is_dir() else tracking.run_checkpoints(s.tracking_uri, best["run_id"], Path(scratch))
-        else:
-            run, folders = parent, tracking.run_checkpoints(s.tracking_uri, parent.run_id, Path(scratch))
+        try:
+            if s.kind == "sweep":
+                run = tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"])
+                folders = _trial_checkpoints(Path(best["checkpoints"]).parent) or \
+                    tracking.run_checkpoints(s.tracking_uri, best["run_id"], Path(scratch))  # it ran on another node
+            else:
+                run, folders = parent, tracking.run_checkpoints(s.tracking_uri, parent.run_id, Path(scratch))
+        except CandleRayError as exc:
+            if s.register:
+                raise
+            echo(f"note: no MLflow model logged ({exc})")
+            return None
         uri = tracking.log_model_or_warn(run, folders, s.register, warn=echo)
     if uri:
         echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
     return uri
+
+
+def _trial_checkpoints(trial_dir: Path) -> list[Path]:
+    """This node's checkpoint folders of a trial: one, or one per fold with `tune --cv` (pooled as its model)."""
+    folds = sorted(trial_dir.glob("fold-*/checkpoints"))
+    return folds or ([trial_dir / "checkpoints"] if (trial_dir / "checkpoints").is_dir() else [])
 
 
 def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, parent, interrupted: bool, echo) -> dict:

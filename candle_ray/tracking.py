@@ -478,16 +478,16 @@ def register_model(run: RunTracker, name: str) -> str:
 
 def model_checkpoints(uri: str, model_uri: str, dest: Path) -> list[Path]:
     """The member checkpoint folders of an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)."""
-    import mlflow
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     from candle_ray.mlflow_model import MEMBER
 
     require_store(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve through the registry of the tracking URI
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    try:  # models:/ resolves through the registry of the tracking URI; no process-wide URI is set
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest),
+                                                         tracking_uri=uri, registry_uri=uri))
     except MlflowException as exc:
         raise UsageError(f"no MLflow model {model_uri!r} in {uri} ({_first_line(exc)}); pass a registered "
                          f"model as models:/NAME@best or a run's model as runs:/RUN_ID/model") from None

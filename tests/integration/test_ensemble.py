@@ -155,6 +155,10 @@ def test_tune_with_cv_searches_the_mean_over_folds(ray_cluster, workdir):
         assert m["val_loss"] == pytest.approx(np.mean(folds))
         files = {f.path for f in MlflowClient().list_artifacts(child.info.run_id, "checkpoints")}
         assert {f"checkpoints/fold-{k}" for k in range(3)} <= files
+    # the best trial's MLflow model pools its 3 fold models
+    best = next(c for c in children if c.info.run_id in r.output.split("MLflow model: runs:/")[1].split("/")[0])
+    members = {f.path for f in MlflowClient().list_artifacts(best.info.run_id, "model/artifacts")}
+    assert members == {f"model/artifacts/member-{k}" for k in range(3)}
     r = cli("tune", TINY, "--smoke", "--cv", 2, "--workers-per-trial", 2, "--name", "bad")
     assert r.exit_code == 2 and "--cv trains the folds inside each trial" in r.output
 

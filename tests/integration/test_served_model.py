@@ -40,7 +40,7 @@ def serve(model_uri: str, tracking_uri: str, log: Path):
     return proc, url
 
 
-def test_registered_best_trial_is_loaded_predicted_and_served(ray_cluster, workdir, mlflow_server):
+def test_registered_best_trial_is_loaded_predicted_and_served(ray_cluster, workdir, mlflow_server, monkeypatch):
     import mlflow
 
     r = cli("tune", TINY, "--smoke", "--num-samples", 2, "--scheduler", "fifo", "--set", "epochs=2",
@@ -51,7 +51,7 @@ def test_registered_best_trial_is_loaded_predicted_and_served(ray_cluster, workd
     data = next(p for p in sorted((workdir / "cache" / "synthetic").rglob("*.csv")) if "test" in p.name)
     rows = pd.read_csv(data, header=None).iloc[:, 1:]  # CANDLE's header-less layout: the label first
     rows.columns = [str(i) for i in range(rows.shape[1])]  # the signature's names for header-less features
-    mlflow.set_tracking_uri(mlflow_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # for load_model's models:/ (restored after the test)
     model = mlflow.pyfunc.load_model("models:/tiny-nt3@best")
     local = model.predict(rows)
 

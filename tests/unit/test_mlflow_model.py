@@ -59,7 +59,6 @@ def test_pyfunc_model_predicts_what_the_cli_predicts_and_registers(trained, tmp_
 
     rows = pd.read_csv(tmp / "new.csv").drop(columns=["sample_id", "tissue"])
     rows.to_csv(tmp / "features.csv", index=False)  # the model's input: its features, by name
-    mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
     assert served.metadata.get_input_schema().input_names()[:2] == ["g0", "g1"]  # the signature: features by name
     got = served.predict(rows)
