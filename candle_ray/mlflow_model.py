@@ -17,11 +17,14 @@ from pathlib import Path
 
 import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 PARAMS = {"alpha": 0.1, "mc_dropout": 0}
 MEMBER = "member-"  # artifact names: member-0, member-1, ...
 
 
+# `model_input: pd.DataFrame`: MLflow warns about a predict without type hints; the signature still
+# validates the columns.
 class CheckpointModel(mlflow.pyfunc.PythonModel):
     """An ensemble of checkpoints (one member for a single model) behind MLflow's predict."""
 
@@ -31,7 +34,7 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         names = sorted((k for k in context.artifacts if k.startswith(MEMBER)), key=lambda k: int(k[len(MEMBER):]))
         self.members = [predict.load_member(Path(context.artifacts[k])) for k in names]
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         return predictions(self.members, model_input, {**PARAMS, **(params or {})})
 
 
@@ -49,10 +52,10 @@ def predictions(members: list, frame, params: dict):
 def save(path: Path, checkpoint_dirs: list[Path]) -> None:
     """Write the MLflow model of these checkpoints' best epochs to `path` (a new folder), with a signature
     and an input example (the training data's centre row)."""
-    import warnings
+    import logging
+    import os
 
     import numpy
-    import pandas
     import torch
     from mlflow.models import infer_signature
 
@@ -63,16 +66,16 @@ def save(path: Path, checkpoint_dirs: list[Path]) -> None:
     members = [predict.load_member(d) for d in staged]
     example = typical_row(members[0].data)
     signature = infer_signature(example, predictions(members, example, PARAMS), params=PARAMS)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature below validates the input
-        mlflow.pyfunc.save_model(
-            # Models from code: this file is the model's code, so loading it unpickles nothing.
-            str(path), python_model=__file__, artifacts={d.name: str(d) for d in staged},
-            signature=signature, input_example=example,
-            metadata={"candle_ray_version": __version__, "members": len(members)},
-            # Explicit, so MLflow does not infer them (slow); candle-ray itself must be installed where it loads.
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"])
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example..."
+    mlflow.pyfunc.save_model(
+        # Models from code: this file is the model's code, so loading it unpickles nothing.
+        str(path), python_model=__file__, artifacts={d.name: str(d) for d in staged},
+        signature=signature, input_example=example,
+        metadata={"candle_ray_version": __version__, "members": len(members)},
+        # Explicit, so MLflow does not infer them (slow); candle-ray itself must be installed where it loads.
+        pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                          f"numpy=={numpy.__version__}", f"pandas=={pd.__version__}"])
 
 
 def _stage_best(checkpoint_dirs: list[Path], into: Path) -> list[Path]:
