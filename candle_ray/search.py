@@ -195,6 +195,24 @@ def pbt_mutations(space: dict) -> dict:
     return mutations
 
 
+class WithinSpace:
+    """PBT's explore step multiplies a continuous value by 0.8 or 1.2 without looking at its range: a dropout
+    of 0.9 becomes 1.08 (torch refuses it), a learning rate walks out of the searched range. This puts each
+    perturbed value back inside its key's range (a class, not a closure: Tune pickles the scheduler)."""
+
+    def __init__(self, space: dict):
+        from ray.tune.search.sample import Float, Integer
+
+        self.bounds = {k: (d.lower, d.upper) for k, d in space.items() if isinstance(d, Float)}
+        self.bounds |= {k: (d.lower, d.upper - 1) for k, d in space.items() if isinstance(d, Integer)}  # exclusive
+
+    def __call__(self, config: dict) -> dict:
+        for key, (low, high) in self.bounds.items():
+            if key in config:
+                config[key] = type(config[key])(min(max(config[key], low), high))
+        return config
+
+
 def validate(searcher: str, scheduler: str, space: dict) -> None:
     """Refuse, before anything starts, a space that the searcher or scheduler cannot use."""
     if searcher == "grid":
@@ -223,7 +241,8 @@ def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space:
 
     random.seed(seed)  # PBT's explore draws from the random module
     return schedulers.PopulationBasedTraining(perturbation_interval=interval, hyperparam_mutations=mutations,
-                                              quantile_fraction=0.25, resample_probability=0.25, **common)
+                                              quantile_fraction=0.25, resample_probability=0.25,
+                                              custom_explore_fn=WithinSpace(mutations), **common)
 
 
 def max_epochs(space: dict, default: int) -> int:
@@ -282,7 +301,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed, grace=sweep.grace),
             # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
-            reuse_actors=sweep.scheduler != "pbt" and not sweep.workers.elastic,
+            reuse_actors=not sweep.workers.elastic,
             trial_name_creator=lambda t: t.trial_id,
             trial_dirname_creator=lambda t: t.trial_id,
         ),

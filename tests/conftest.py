@@ -100,9 +100,29 @@ def wait_until_answering(url: str, proc, log: Path, what: str, timeout_s: float)
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_schema(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store with MLflow's schema in place. A store's first use runs MLflow's database
+    migrations (3-5 s here); a test copies this file instead (milliseconds) and gets the same empty store.
+    Creating a store from nothing stays covered: `make demo` and test_tracking's concurrent runs do it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    # The Default experiment it creates points into the schema's own folder, never the working directory.
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "artifacts")).engine.dispose()
+    return path
+
+
+def mlflow_store(schema: Path, folder: Path) -> str:
+    """A fresh SQLite MLflow store `folder/mlflow.db` copied from the migrated empty one; its tracking URI."""
+    shutil.copyfile(schema, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, mlflow_schema):
     """A real `mlflow server` subprocess on a free loopback port (SQLite backend, proxied artifacts)."""
     root = tmp_path_factory.mktemp("mlflow-server")
+    mlflow_store(mlflow_schema, root)
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -124,10 +144,10 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, mlflow_schema):
     """A scratch directory with its own cache, runs folder and SQLite MLflow store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CANDLE_RAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CANDLE_RAY_OUTPUT", str(tmp_path / "runs"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(mlflow_schema, tmp_path))
     return tmp_path

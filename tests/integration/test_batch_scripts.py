@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT, mlflow_store
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "cluster" / "slurm" / "candle-ray.sbatch"
 PBS = ROOT / "cluster" / "pbs" / "candle-ray.pbs"
 LIB = ROOT / "cluster" / "start-ray-cluster.sh"
@@ -41,14 +42,14 @@ def _processes_under(root: str) -> list[int]:
 
 
 @pytest.fixture
-def batch(tmp_path):
+def batch(tmp_path, mlflow_schema):
     """A clean environment for the scripts, and a guaranteed stop of every process they started."""
     root = tempfile.mkdtemp(prefix="crb-", dir="/tmp")  # short: Unix socket paths are limited
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_VARS)}
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_TMPDIR=root, RAY_AUTH_MODE="disabled",
                CANDLE_RAY_HOME=str(ROOT), CR_LOG_DIR=str(tmp_path / "logs"), LAUNCHER="local",
                CANDLE_RAY_CACHE=str(tmp_path / "cache"), CANDLE_RAY_STORAGE=str(tmp_path / "sweeps"),
-               CANDLE_RAY_OUTPUT=str(tmp_path / "runs"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               CANDLE_RAY_OUTPUT=str(tmp_path / "runs"), MLFLOW_TRACKING_URI=mlflow_store(mlflow_schema, tmp_path),
                RAY_JOIN_TIMEOUT="120")
 
     def run(script: Path, *args: str, limit: int = 420, **extra: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, mlflow_store
 from tests.integration.test_elastic import logged_times, recovery
 from tests.support.ray_nodes import candle_ray, finish, read_json, training_log_rows, wait_for
 
@@ -149,9 +149,10 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def test_mlflow_server_restart_loses_no_metric(two_nodes, workdir, tmp_path):
+def test_mlflow_server_restart_loses_no_metric(two_nodes, workdir, tmp_path, mlflow_schema):
     root = tmp_path / "mlflow-server"
     root.mkdir()
+    mlflow_store(mlflow_schema, root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _mlflow_server(root, port)

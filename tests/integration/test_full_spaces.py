@@ -1,7 +1,8 @@
 """Every shipped experiment's whole search space through the sweep -> ensemble path on the real local Ray
-cluster: a smoke sweep that searches every key (`--full-space`: list-valued `dense`/`conv` choices and the
-full-size layouts a plain smoke search leaves out, on smoke data as wide as they need), then
-`ensemble --from-sweep --top 2` of it (or its one-line refusal, for models whose outputs do not pool)."""
+cluster: a `tune --cv 2` smoke sweep that searches every key (`--full-space`: list-valued `dense`/`conv`
+choices and the full-size layouts a plain smoke search leaves out, on smoke data as wide as they need), each
+trial two fold models, then `ensemble --from-sweep --top 2` of it (or its one-line refusal, for models whose
+outputs do not pool)."""
 
 import pandas as pd
 import pytest
@@ -27,12 +28,14 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     path = ROOT / "experiments" / f"{name}.py"
     space = load_experiment(path).search_space
     one_epoch = () if "epochs" in space else ("--set", "epochs=1")  # attn and p3b1 search their epochs
-    r = cli("tune", path, "--smoke", "--full-space", "--num-samples", 2, "--scheduler", "fifo", *one_epoch,
+    r = cli("tune", path, "--smoke", "--full-space", "--cv", 2, "--num-samples", 2, "--scheduler", "fifo", *one_epoch,
             "--name", f"{name}-full", "--no-baseline", "--seed", 3)
     assert r.exit_code == 0, r.output
     assert "2 trials: 2 completed" in r.output, r.output
     results = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-full" / "results.csv")
     assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
+    for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each
+        assert all((trial / f"fold-{k}" / "checkpoints" / "best.json").exists() for k in (0, 1)), trial
 
     r = cli("ensemble", path, "--from-sweep", f"{name}-full", "--top", 2, "--name", f"{name}-top2", "--no-baseline")
     if name in NOT_POOLED:

@@ -89,10 +89,11 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
 
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
-    # NT3's smoke space (optimizer, dropout, learning rate) spreads the scores; 4 trials run
-    # at once (0.5 CPU each) so that PBT always has a population to rank.
+    # NT3's smoke space (optimizer, dropout, learning rate) spreads the scores; 4 trials run at once (0.5 CPU
+    # each) for 12 epochs, so that their epochs overlap and PBT has a population to rank. (PBT ranks only
+    # unfinished trials: with 8 epochs of 0.1 s a trial could finish before another's actor had started.)
     r = tune(ROOT / "experiments" / "nt3.py", "--smoke", "--num-samples", 4, "--scheduler", "pbt",
-             "--set", "epochs=8", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt")
+             "--set", "epochs=12", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt")
     assert r.exit_code == 0, r.output
     restores = [json.loads(line) | {"trial": path.parent.name}
                 for path in (workdir / "candle-ray-sweeps" / "pbt" / "trials").glob("*/restores.jsonl")

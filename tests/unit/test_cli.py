@@ -181,6 +181,7 @@ def test_an_existing_sweep_name_is_refused_before_ray_starts(workdir):
 
 def test_predict_from_a_missing_store_creates_none(workdir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (workdir / "mlflow.db").unlink()  # the default store, ./mlflow.db, does not exist
     rows = workdir / "rows.csv"
     rows.write_text("a,b\n1,2\n")
     one_line_error(invoke("predict", "0" * 32, "--data", str(rows), "--out", str(workdir / "p.tsv")), 2, "no MLflow store at", "--tracking-uri")

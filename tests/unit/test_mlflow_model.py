@@ -13,6 +13,7 @@ from candle_ray.data.cache import Cache
 from candle_ray.data.features import describe
 from candle_ray.data.spec import TableDataset
 from candle_ray.loop import World, train_epochs
+from tests.conftest import mlflow_store
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,11 @@ def cli_predict(model, tmp, out, *extra):
     return pd.read_csv(out, sep="\t")
 
 
-def test_pyfunc_model_predicts_what_the_cli_predicts_and_registers(trained, tmp_path, monkeypatch):
+def test_pyfunc_model_predicts_what_the_cli_predicts_and_registers(trained, tmp_path, monkeypatch, mlflow_schema):
     tmp, members = trained
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(mlflow_schema, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) land here, not in the checkout
     run = tracking.RunTracker(uri, "models")
     run.start("ens", {}, {})
     model_uri = tracking.log_model(run, members, register="tissue-mlp")
@@ -79,8 +81,8 @@ def test_pyfunc_model_predicts_what_the_cli_predicts_and_registers(trained, tmp_
     assert str(client.get_model_version_by_alias("tissue-mlp", "best").version) == "2"
 
 
-def test_a_model_predict_cannot_serve_is_a_note(tmp_path):
-    run = tracking.RunTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "models")
+def test_a_model_predict_cannot_serve_is_a_note(tmp_path, mlflow_schema):
+    run = tracking.RunTracker(mlflow_store(mlflow_schema, tmp_path), "models")
     run.start("r", {}, {})
     said = []
     assert tracking.log_model_or_warn(run, [tmp_path / "nothing"], warn=said.append) is None

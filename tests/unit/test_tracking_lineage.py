@@ -9,9 +9,10 @@ import pandas as pd
 from candle_ray import tracking
 from candle_ray.data.cache import Cache
 from candle_ray.data.spec import TableDataset
+from tests.conftest import mlflow_store
 
 
-def test_a_run_names_the_cache_entry_it_trained_on(tmp_path):
+def test_a_run_names_the_cache_entry_it_trained_on(tmp_path, mlflow_schema):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"]).assign(y=rng.integers(0, 2, 40))
     frame.to_csv(tmp_path / "m.csv", index=False)
@@ -19,7 +20,7 @@ def test_a_run_names_the_cache_entry_it_trained_on(tmp_path):
     dataset = tracking.dataset_input(entry)
     json.dumps(dataset)  # plain data: it travels inside the sweep's callbacks
 
-    run = tracking.RunTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "lineage")
+    run = tracking.RunTracker(mlflow_store(mlflow_schema, tmp_path), "lineage")
     run.start("r", {"epochs": 1}, {})
     run.log_dataset(dataset)
     run.log_dataset(dataset)  # a resumed run logs it again: still one input

@@ -6,6 +6,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from candle_ray import tracking
+from tests.conftest import mlflow_store
 
 
 class Flaky:
@@ -54,9 +55,9 @@ def test_past_the_budget_it_says_what_was_lost(monkeypatch):
     assert "http://store-c" not in tracking._outages
 
 
-def test_sqlite_client_retries_through_the_proxy(tmp_path, monkeypatch):
+def test_sqlite_client_retries_through_the_proxy(tmp_path, monkeypatch, mlflow_schema):
     monkeypatch.setenv(tracking.RETRY_ENV, "30")
-    run = tracking.RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "exp")
+    run = tracking.RunTracker(mlflow_store(mlflow_schema, tmp_path), "exp")
     run.start("r", {"a": 1}, {})
     run.log_epoch({"epoch": 1, "loss": 0.5, "replayed": False})
     assert run.logged_steps("loss") == {1}
@@ -64,11 +65,11 @@ def test_sqlite_client_retries_through_the_proxy(tmp_path, monkeypatch):
     run.finish()
 
 
-def test_a_lost_answer_does_not_make_a_second_child(tmp_path, monkeypatch):
+def test_a_lost_answer_does_not_make_a_second_child(tmp_path, monkeypatch, mlflow_schema):
     """The store created the child but its answer was lost (fault injected into a real SQLite-backed client):
     the retry finds that run instead of creating another."""
     monkeypatch.setenv(tracking.RETRY_ENV, "30")
-    parent = tracking.RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "exp")
+    parent = tracking.RunTracker(mlflow_store(mlflow_schema, tmp_path), "exp")
     parent.start("sweep", {}, {})
     sweep = tracking.SweepTracker(parent)
     child = tracking.RunTracker(parent.uri, "exp")

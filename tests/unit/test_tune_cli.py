@@ -67,6 +67,23 @@ def test_pbt_without_mutable_key(workdir, tmp_path):
     assert r.exit_code == 2 and "PBT needs" in error_line(r)
 
 
+def test_pbt_perturbations_stay_inside_the_searched_ranges():
+    """PBT multiplies a value by 1.2 without looking at its range: a dropout of 0.85 must not become 1.02."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers.pbt import _explore  # the explore step PBT runs on a clone
+
+    from candle_ray.search import make_scheduler
+
+    space = {"dropout": ray_tune.uniform(0.0, 0.9), "learning_rate": ray_tune.loguniform(1e-4, 1e-2),
+             "batch_size": ray_tune.randint(16, 129), "optimizer": ray_tune.choice(["adam", "sgd"])}
+    pbt = make_scheduler("pbt", "val_loss", "min", max_epochs=8, space=space, seed=0)
+    config = {"dropout": 0.85, "learning_rate": 0.0095, "batch_size": 120, "optimizer": "adam"}
+    up, _ = _explore(config, pbt._hyperparam_mutations, 0.0, (1.2,), pbt._custom_explore_fn)
+    assert up == {"dropout": 0.9, "learning_rate": 0.01, "batch_size": 128, "optimizer": "adam"}
+    down, _ = _explore({**config, "learning_rate": 1.1e-4}, pbt._hyperparam_mutations, 0.0, (0.8,), pbt._custom_explore_fn)
+    assert down["learning_rate"] == 1e-4 and down["dropout"] == pytest.approx(0.68) and down["batch_size"] == 96
+
+
 def test_set_of_a_searched_key(workdir):
     r = tune(TINY, "--smoke", "--set", "learning_rate=0.1")
     assert r.exit_code == 2 and "fixes a key the search varies" in error_line(r)
