@@ -98,16 +98,18 @@ class MLflowSweepCallback(Callback):
     """
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
-                 dataset: dict | None = None):
+                 dataset: dict | None = None, model_per_trial: bool = False):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
+        self.model_per_trial = model_per_trial  # each finished trial's best epoch as an MLflow model too
+        self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
         self.unlogged: list[str] = []  # what could not be logged, in order
         self._queue = self._thread = None
 
     def __getstate__(self):
-        return {**self.__dict__, "logged": {}, "unlogged": [], "_queue": None, "_thread": None}
+        return {**self.__dict__, "logged": {}, "unlogged": [], "model_notes": [], "_queue": None, "_thread": None}
 
     def _submit(self, what: str, fn, *args) -> None:
         if self._thread is None:
@@ -172,12 +174,18 @@ class MLflowSweepCallback(Callback):
             own = self._trial_dir(trial_id)
             folds = sorted({p.name for root in (handed, own) if root is not None and root.is_dir()
                             for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-")})
+            logged = []
             for fold in folds or [""]:  # `tune --cv`: each fold's best under checkpoints/fold-k
                 ckpt_dir = newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
                 if ckpt_dir is not None:
                     into = f"checkpoints/{fold}" if fold else "checkpoints"
                     child.log_artifact(ckpt_dir / checkpoint.pointer(ckpt_dir, "best")["file"], into)
                     child.log_artifact(ckpt_dir / "best.json", into)
+                    logged.append(ckpt_dir)
+            if self.model_per_trial and status == "FINISHED" and logged:  # a cv trial's model pools its folds
+                from candle_ray import tracking
+
+                tracking.log_model_or_warn(child, logged, warn=self.model_notes.append)
         child.set_tags(tags)
         child.finish(status)
 

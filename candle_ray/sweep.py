@@ -83,6 +83,7 @@ class SweepSettings:
     grace_period: int = 0
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
+    model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
                            smoke=record["smoke"], full_space=record.get("full_space", False),
                            kind=record.get("kind", "sweep"), cv=record.get("cv"),
-                           baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"])
+                           baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"],
+                           model_per_trial=record.get("model_per_trial", False))
         echo(f"resuming sweep {settings.name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
     name = settings.name or f"{experiment.name}-{stamp}"
@@ -220,7 +222,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
-        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space)})
+        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial})
     return parent, tags
 
 
@@ -247,7 +249,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     sweep_tracker = tracking.SweepTracker(parent)
     progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
-                                               sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry))
+                                               sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry),
+                                               model_per_trial=resolved.settings.model_per_trial)
     device = f"{sweep.workers} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
@@ -266,6 +269,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             interrupted = tune_was_interrupted()
         fit_s = time.monotonic() - t_fit
         failure = mlflow_callback.close()
+        if mlflow_callback.model_notes:  # e.g. a multi-task model, which no trial can serve
+            more = len(mlflow_callback.model_notes) - 1
+            echo(mlflow_callback.model_notes[0] + (f" (and {more} more trials)" if more else ""))
         if failure:
             echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
                  f"{store.display(sweep.name)}")
@@ -297,12 +303,18 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
 
 def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     """The MLflow model of a sweep's best trial (on its child run) or of an ensemble's finished members (on
-    the parent run), registered under --register. Every trial keeps its checkpoints as plain artifacts: a
-    model per trial would store each trial's weights twice."""
+    the parent run), registered under --register. Every trial keeps its checkpoints as plain artifacts; a
+    model for every trial (--model-per-trial) stores each trial's weights twice, so it is asked for."""
     import tempfile
 
     from candle_ray import tracking
 
+    if s.kind == "sweep" and s.model_per_trial:  # logged with the trial's checkpoints; registered here
+        uri = tracking.logged_model(tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"]),
+                                    s.register)
+        if uri:
+            echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
+            return uri
     with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as scratch:
         try:
             if s.kind == "sweep":

@@ -460,6 +460,19 @@ def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: st
         return None
 
 
+def logged_model(run: RunTracker, register: str | None = None) -> str | None:
+    """The MLflow model the run already holds (a `--model-per-trial` trial's, logged with its checkpoints),
+    registered under `register`; None when the run has none."""
+    if not run.client.list_artifacts(run.run_id, MODEL_ARTIFACT):
+        return None
+    if not register:
+        return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+    try:
+        return register_model(run, register)
+    except Exception as exc:
+        raise CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}") from None
+
+
 def register_model(run: RunTracker, name: str) -> str:
     """Register the run's model as a new version of `name` and point the alias `best` at it."""
     from mlflow.exceptions import MlflowException

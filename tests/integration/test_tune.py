@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow.artifacts
+import mlflow.pyfunc
 import pytest
 from click.testing import CliRunner
 
@@ -38,7 +40,7 @@ def rest(server, path, body=None):
 
 def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_server):
     r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "asha", "--name", "asha4",
-             "--tracking-uri", mlflow_server)
+             "--tracking-uri", mlflow_server, "--model-per-trial")
     assert r.exit_code == 0, r.output
     assert "4 trials:" in r.output and "best val_loss" in r.output
     exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=tiny_nt3")["experiment"]
@@ -86,6 +88,18 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     pictures = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}"
                                                        f"&path=report")["files"]}
     assert {"report/learning_curves.png", "report/parallel_coordinates.png", "report/report.html"} <= pictures
+    # --model-per-trial: every trial, stopped early or not, is an MLflow model that predicts; the best one's is
+    # the sweep's model (logged once, with its checkpoints)
+    assert f"MLflow model: runs:/{best_child['info']['run_id']}/model" in r.output
+    stopped = next(c for c in children if tags(c)["candle_ray.trial_status"] == "stopped early")
+    for child in children:
+        listed = rest(mlflow_server, f"artifacts/list?run_id={child['info']['run_id']}&path=model")["files"]
+        assert "model/MLmodel" in {f["path"] for f in listed}, child["info"]["run_id"]
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{stopped['info']['run_id']}/model",
+                                                dst_path=str(workdir / "stopped"), tracking_uri=mlflow_server)
+    model = mlflow.pyfunc.load_model(local)
+    predicted = model.predict(model.metadata.load_input_example(local))
+    assert len(predicted) >= 1 and {"prediction", "probability"} <= set(predicted.columns), predicted.columns
 
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):

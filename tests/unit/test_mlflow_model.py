@@ -89,3 +89,20 @@ def test_a_model_predict_cannot_serve_is_a_note(tmp_path, mlflow_schema):
     assert said and said[0].startswith(f"note: no MLflow model logged on run {run.run_id}")
     with pytest.raises(Exception, match="could not be registered as 'x'"):
         tracking.log_model_or_warn(run, [tmp_path / "nothing"], register="x")
+
+
+def test_a_trials_own_model_is_registered_not_logged_again(trained, tmp_path, monkeypatch, mlflow_schema):
+    """`tune --model-per-trial`: the best trial's model was logged with its checkpoints; --register reuses it."""
+    tmp, members = trained
+    uri = mlflow_store(mlflow_schema, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tracking.RunTracker(uri, "models")
+    run.start("trial", {}, {})
+    assert tracking.logged_model(run, "per-trial") is None  # nothing to register: the caller logs one
+    tracking.log_model(run, members[:1])
+    files = {f.path for f in run.client.list_artifacts(run.run_id, "model")}
+    assert tracking.logged_model(run) == f"runs:/{run.run_id}/model"
+    assert tracking.logged_model(run, "per-trial") == "models:/per-trial@best"
+    assert {f.path for f in run.client.list_artifacts(run.run_id, "model")} == files  # logged once
+    assert len(run.client.search_model_versions("name='per-trial'")) == 1
+    assert run.client.get_model_version_by_alias("per-trial", "best").run_id == run.run_id
