@@ -210,8 +210,15 @@ register_option = click.option(
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None,
               help="Trials to sample [default 8]; with --search grid, repeats of the whole grid [default 1].")
-@click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna"]), default=None,
-              help="Searcher [default random; grid for a grid settings.json].")
+@click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna", "gp", "cmaes", "ga", "bohb"]),
+              default=None, help="Searcher [default random; grid for a grid settings.json]: optuna (TPE), gp (Bayesian "
+                                 "optimisation), cmaes (CMA-ES), ga (genetic, NSGA-II), bohb (TPE with Hyperband brackets).")
+@click.option("--population", type=click.IntRange(min=2), default=None,
+              help="--search ga: individuals per generation [default: a fifth of --num-samples, 4 to 50].")
+@click.option("--crossover-prob", type=click.FloatRange(0, 1), default=None,
+              help="--search ga: probability that a child mixes two parents [default 0.5, Supervisor's].")
+@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=None,
+              help="--search ga: probability that a child's key mutates [default 1 / number of keys].")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
               help="A CANDLE Supervisor space (GA JSON, random or grid settings.json) instead of the experiment's.")
 @click.option("--scheduler", type=click.Choice(["fifo", "asha", "hyperband", "median", "pbt"]), default="asha",
@@ -233,8 +240,8 @@ register_option = click.option(
 @register_option
 @_sweep_options("trial")
 @click.pass_context
-def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, checkpoint_every_s, grace_period, seed,
-         cv_folds, metric, mode, full_space, **run):
+def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob, mutation_prob, space_file, scheduler,
+         checkpoint_every_s, grace_period, seed, cv_folds, metric, mode, full_space, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
@@ -249,12 +256,24 @@ def tune(ctx, experiment_file, num_samples, searcher, space_file, scheduler, che
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
     searcher = searcher or "random"
+    num_samples = num_samples or (1 if searcher == "grid" else 8)
+    ga = {"population": population, "crossover_prob": crossover_prob, "mutation_prob": mutation_prob}
+    if searcher != "ga" and any(v is not None for v in ga.values()):
+        given = ", ".join("--" + k.replace("_", "-") for k, v in ga.items() if v is not None)
+        raise UsageError(f"{given}: settings of a genetic search; add --search ga, or drop them")
+    if searcher == "ga":
+        from dataclasses import asdict
+
+        from candle_ray.samplers import GASettings
+
+        ga = asdict(GASettings.for_budget(num_samples, **ga))
     if full_space and not run["smoke"]:
         raise UsageError("--full-space widens a --smoke search to the experiment's whole space; a search on the "
                          "real data always uses the whole space: add --smoke or drop --full-space")
     ctx.exit(_run_sweep(
         experiment, run, searcher=searcher, scheduler=scheduler,
-        num_samples=num_samples or (1 if searcher == "grid" else 8), seed=seed, metric=metric, mode=mode, space=space,
+        num_samples=num_samples, seed=seed, metric=metric, mode=mode, space=space,
+        searcher_options=ga if searcher == "ga" else None,
         checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from candle_ray import runtime
 
@@ -16,6 +16,7 @@ import ray  # noqa: E402
 import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
+from candle_ray import samplers  # noqa: E402
 from candle_ray.callbacks import DriverCallbacks  # noqa: E402
 from candle_ray.errors import UsageError  # noqa: E402
 from candle_ray.job import Workers  # noqa: E402
@@ -45,6 +46,7 @@ class Sweep:
     # Seconds between the checkpoints a trial hands to Tune (0 = every epoch; PBT always every epoch).
     checkpoint_every_s: float = 30.0
     grace_period: int = 0  # epochs before a scheduler may stop a trial; 0 = grace_period_rule(max_epochs)
+    searcher_options: dict = field(default_factory=dict)  # a GA's population and probabilities (samplers.GASettings)
 
     @classmethod
     def from_record(cls, record: dict) -> Sweep:
@@ -170,17 +172,20 @@ class MembersSearcher(ray.tune.search.Searcher):
             self.set_state(json.load(f))
 
 
-def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None):
+def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None,
+                  options: dict | None = None):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
-    optuna: TPE, seeded, limited to the trials that run at once so it learns from finished ones;
-    members: exactly the given configurations (an ensemble's members, a cv's folds)."""
+    optuna, gp, cmaes, ga, bohb: an Optuna sampler (candle_ray.samplers), seeded, limited to the trials that
+    run at once so it learns from finished ones; members: exactly the given configurations (an
+    ensemble's members, a cv's folds)."""
     if name == "members":
         return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
-    if name == "optuna":
+    if name in samplers.MODEL_BASED:
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode, seed=seed),
+        return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode,
+                                               sampler=samplers.sampler(name, seed, options)),
                                   max_concurrent=max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
@@ -219,9 +224,11 @@ def validate(searcher: str, scheduler: str, space: dict) -> None:
         grid_space(space)
     if scheduler == "pbt":
         pbt_mutations(space)
+    samplers.check(searcher, scheduler, space)
 
 
-def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int, grace: int = 1):
+def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int, grace: int = 1,
+                   brackets: int = 1):
     from ray.tune import schedulers
 
     common = {"metric": followed_metric(metric, name), "mode": mode, "time_attr": "epoch"}
@@ -229,7 +236,7 @@ def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space:
         return schedulers.FIFOScheduler()
     if name == "asha":
         return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
-                                        **common)
+                                        brackets=brackets, **common)
     if name == "hyperband":
         return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME},
                                              max_t=max(1, math.ceil(max_epochs / grace)), reduction_factor=3)
@@ -297,9 +304,10 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             # start; the cluster's resources still bound how many run at once.
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
                                      sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
-                                     points),
+                                     points, sweep.searcher_options),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
-                                     space=space, seed=sweep.seed, grace=sweep.grace),
+                                     space=space, seed=sweep.seed, grace=sweep.grace,
+                                     brackets=samplers.BOHB_BRACKETS if sweep.searcher == "bohb" else 1),
             # An elastic trial's Train run dies with its actor: a stopped trial must not live on in a reused one.
             reuse_actors=not sweep.workers.elastic,
             trial_name_creator=lambda t: t.trial_id,

@@ -84,6 +84,7 @@ class SweepSettings:
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
     model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
+    searcher_options: dict | None = None  # a GA's population and probabilities (candle_ray.samplers.GASettings)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         from candle_ray import search
 
         search.validate(settings.searcher, settings.scheduler, space)
+        from candle_ray.samplers import note
+
+        if said := note(settings.searcher, space, settings.num_samples, settings.searcher_options):
+            echo(said)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
     return _Resolved(settings, record, name, stamp, config, space)
 
@@ -189,6 +194,7 @@ def _make_sweep(resolved: _Resolved, store):
     concurrent = runtime.trials_at_once(cluster, trial, s.max_concurrent, autoscale=s.autoscale,
                                         nodes=None if s.autoscale else runtime.node_resources())
     return search.Sweep(name=name, searcher=s.searcher, scheduler=s.scheduler, num_samples=s.num_samples,
+                      searcher_options=dict(s.searcher_options or {}),
                       workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
                       gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,
                       mode=s.mode, max_failures=s.max_failures,

@@ -84,6 +84,11 @@ def test_pbt_perturbations_stay_inside_the_searched_ranges():
     assert down["learning_rate"] == 1e-4 and down["dropout"] == pytest.approx(0.68) and down["batch_size"] == 96
 
 
+def test_ga_settings_need_a_genetic_search(workdir):
+    r = tune(TINY, "--smoke", "--population", 6, "--mutation-prob", 0.2)
+    assert r.exit_code == 2 and "--population, --mutation-prob: settings of a genetic search" in error_line(r)
+
+
 def test_set_of_a_searched_key(workdir):
     r = tune(TINY, "--smoke", "--set", "learning_rate=0.1")
     assert r.exit_code == 2 and "fixes a key the search varies" in error_line(r)
