@@ -16,7 +16,10 @@ OptunaSearch, each seeded by `--seed`, and the schedulers each is sound with.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
+
+import optuna
 
 from candle_ray.errors import UsageError
 
@@ -40,10 +43,19 @@ class GASettings:
                    0.5 if crossover_prob is None else crossover_prob, mutation_prob)
 
 
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, which Tune can save with the sweep: Optuna's holds a thread lock, and Tune pickles
+    its searcher at every experiment snapshot."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _thread_lock=threading.Lock())
+
+
 def sampler(name: str, seed: int, options: dict | None = None):
     """The Optuna sampler of a model-based searcher (`options`: a ga's GASettings fields)."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
     # Each sampler says once per trial that a key falls back to random sampling; the sweep says it once.
     quiet = {"warn_independent_sampling": False}
@@ -57,8 +69,8 @@ def sampler(name: str, seed: int, options: dict | None = None):
         return optuna.samplers.CmaEsSampler(seed=seed, **quiet)
     if name == "ga":
         ga = GASettings(**(options or {}))
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=ga.population, crossover_prob=ga.crossover_prob,
-                                             mutation_prob=ga.mutation_prob, swapping_prob=0.5)
+        return NSGAIISampler(seed=seed, population_size=ga.population, crossover_prob=ga.crossover_prob,
+                             mutation_prob=ga.mutation_prob, swapping_prob=0.5)
     raise ValueError(f"not a model-based searcher: {name}")
 
 

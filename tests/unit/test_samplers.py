@@ -67,6 +67,19 @@ def test_samplers_are_the_documented_ones():
     assert mild[:6] == wild[:6] and mild[6:] != wild[6:]
 
 
+@pytest.mark.parametrize("name", samplers.MODEL_BASED)
+def test_each_searcher_survives_tunes_snapshot(name, tmp_path):
+    """Tune pickles the searcher at every experiment snapshot and restores it on --resume."""
+    searcher = make_searcher(name, "val_loss", "min", 0, max_concurrent=1, options=GA if name == "ga" else None)
+    searcher.set_search_properties("best_val_loss", "min", dict(SPACE))
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"best_val_loss": 1.0})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = make_searcher(name, "val_loss", "min", 0, max_concurrent=1, options=GA if name == "ga" else None)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t1") == searcher.suggest("t1")
+
+
 def test_ga_population_defaults_to_five_generations():
     assert [samplers.GASettings.for_budget(n).population for n in (8, 20, 100, 1000)] == [4, 4, 20, 50]
     assert samplers.GASettings.for_budget(100, population=10).population == 10
