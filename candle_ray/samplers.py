@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -57,6 +58,10 @@ class NSGAIISampler(optuna.samplers.NSGAIISampler):
 def sampler(name: str, seed: int, options: dict | None = None):
     """The Optuna sampler of a model-based searcher (`options`: a ga's GASettings fields)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
+    # Every CANDLE space has list-valued choices (dense, conv); the warning is about storing them in a
+    # database, and this study lives in memory (Tune saves it with the sweep).
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be a tuple",
+                            category=UserWarning)
     # Each sampler says once per trial that a key falls back to random sampling; the sweep says it once.
     quiet = {"warn_independent_sampling": False}
     if name == "optuna":
