@@ -16,11 +16,8 @@ OptunaSearch, each seeded by `--seed`, and the schedulers each is sound with.
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from dataclasses import dataclass
-
-import optuna
 
 from candle_ray.errors import UsageError
 
@@ -44,19 +41,11 @@ class GASettings:
                    0.5 if crossover_prob is None else crossover_prob, mutation_prob)
 
 
-class NSGAIISampler(optuna.samplers.NSGAIISampler):
-    """Optuna's NSGA-II, which Tune can save with the sweep: Optuna's holds a thread lock, and Tune pickles
-    its searcher at every experiment snapshot."""
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _thread_lock=threading.Lock())
-
-
 def sampler(name: str, seed: int, options: dict | None = None):
-    """The Optuna sampler of a model-based searcher (`options`: a ga's GASettings fields)."""
+    """The Optuna sampler of a model-based searcher (`options`: a ga's GASettings fields). Optuna is imported
+    here: every sweep validates its searcher through this module, and most use none of Optuna."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
     # Every CANDLE space has list-valued choices (dense, conv); the warning is about storing them in a
     # database, and this study lives in memory (Tune saves it with the sweep).
@@ -73,6 +62,8 @@ def sampler(name: str, seed: int, options: dict | None = None):
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, **quiet)
     if name == "ga":
+        from candle_ray.optuna_ga import NSGAIISampler
+
         ga = GASettings(**(options or {}))
         return NSGAIISampler(seed=seed, population_size=ga.population, crossover_prob=ga.crossover_prob,
                              mutation_prob=ga.mutation_prob, swapping_prob=0.5)

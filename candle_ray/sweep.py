@@ -311,16 +311,24 @@ def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     """The MLflow model of a sweep's best trial (on its child run) or of an ensemble's finished members (on
     the parent run), registered under --register. Every trial keeps its checkpoints as plain artifacts; a
     model for every trial (--model-per-trial) stores each trial's weights twice, so it is asked for."""
+    from candle_ray import tracking
+
+    uri = None
+    if s.kind == "sweep" and s.model_per_trial:  # logged with the trial's checkpoints; registered here
+        uri = tracking.logged_model(tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"]),
+                                    s.register)
+    uri = uri or _new_model(s, parent, best, echo)
+    if uri:
+        echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
+    return uri
+
+
+def _new_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
+    """Log the model of `_log_model` from the checkpoints (this node's, or the runs' artifacts)."""
     import tempfile
 
     from candle_ray import tracking
 
-    if s.kind == "sweep" and s.model_per_trial:  # logged with the trial's checkpoints; registered here
-        uri = tracking.logged_model(tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"]),
-                                    s.register)
-        if uri:
-            echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
-            return uri
     with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as scratch:
         try:
             if s.kind == "sweep":
@@ -334,10 +342,7 @@ def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
                 raise
             echo(f"note: no MLflow model logged ({exc})")
             return None
-        uri = tracking.log_model_or_warn(run, folders, s.register, warn=echo)
-    if uri:
-        echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))
-    return uri
+        return tracking.log_model_or_warn(run, folders, s.register, warn=echo)
 
 
 def _trial_checkpoints(trial_dir: Path) -> list[Path]:

@@ -443,9 +443,17 @@ def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None
         folder = Path(tmp) / MODEL_ARTIFACT
         mlflow_model.save(folder, checkpoint_dirs)
         run.client.log_artifacts(run.run_id, str(folder), MODEL_ARTIFACT)
-    if register:
-        return register_model(run, register)
-    return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+    return _model_uri(run, register)
+
+
+def _model_uri(run: RunTracker, register: str | None) -> str:
+    """The URI of the run's model: registered as a new version of `register` (alias best), or its runs:/ URI."""
+    return register_model(run, register) if register else f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+
+
+def _not_registered(register: str, exc: Exception) -> CandleRayError:
+    # asked for by name: a model that cannot be registered is the user's failure, not a note
+    return CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}")
 
 
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:
@@ -454,8 +462,8 @@ def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: st
     try:
         return log_model(run, checkpoint_dirs, register)
     except Exception as exc:
-        if register:  # asked for by name: a model that cannot be registered is the user's failure
-            raise CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}") from None
+        if register:
+            raise _not_registered(register, exc) from None
         warn(f"note: no MLflow model logged on run {run.run_id} ({_first_line(exc)}); its checkpoints are there")
         return None
 
@@ -465,12 +473,10 @@ def logged_model(run: RunTracker, register: str | None = None) -> str | None:
     registered under `register`; None when the run has none."""
     if not run.client.list_artifacts(run.run_id, MODEL_ARTIFACT):
         return None
-    if not register:
-        return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
     try:
-        return register_model(run, register)
+        return _model_uri(run, register)
     except Exception as exc:
-        raise CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}") from None
+        raise _not_registered(register, exc) from None
 
 
 def register_model(run: RunTracker, name: str) -> str:

@@ -43,12 +43,11 @@ def test_each_searcher_is_seeded(name):
     assert first == again and first != other
 
 
-@pytest.mark.parametrize("name", ["optuna", "gp", "cmaes", "ga", "bohb"])
+@pytest.mark.parametrize("name", samplers.MODEL_BASED)
 def test_each_searcher_learns_from_finished_trials(name):
     """Over 30 trials, the later ones find lower losses than the earlier ones do, on average: the sampler
     uses what it was told."""
-    options = {**GA, "population": 6} if name == "ga" else None
-    values = [v for _, v in search(name, 0, 30, options)]
+    values = [v for _, v in search(name, 0, 30, GA if name == "ga" else None)]
     assert sum(values[-10:]) / 10 < sum(values[:10]) / 10, values
     assert min(values) < 0.3, min(values)
 
