@@ -209,7 +209,8 @@ register_option = click.option(
 @main.command()
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None,
-              help="Trials to sample [default 8]; with --search grid, repeats of the whole grid [default 1].")
+              help="Trials to sample [default 8]; with --search grid, repeats of the whole grid [default 1]. "
+                   "With --resume, more than the sweep had adds trials to it (its searcher goes on learning).")
 @click.option("--search", "searcher", type=click.Choice(["random", "grid", "optuna", "gp", "cmaes", "ga", "bohb"]),
               default=None, help="Searcher [default random; grid for a grid settings.json]: optuna (TPE), gp (Bayesian "
                                  "optimisation), cmaes (CMA-ES), ga (genetic, NSGA-II), bohb (TPE with Hyperband brackets).")
@@ -234,6 +235,9 @@ register_option = click.option(
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
 @click.option("--metric", default=None, help="Default: the experiment's metric.")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
+@click.option("--warm-start", "warm_start", multiple=True, metavar="SWEEP[,SWEEP]",
+              help="Give the searcher (optuna, gp, bohb) the finished trials of earlier sweeps over the same keys "
+                   "as evaluated points, so it starts informed.")
 @click.option("--full-space", is_flag=True,
               help="With --smoke: search the full-size keys a smoke search leaves out too (the experiment's "
                    "Smoke.fixed, e.g. NT3's conv layouts), to check that every configuration builds and trains.")
@@ -241,7 +245,7 @@ register_option = click.option(
 @_sweep_options("trial")
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob, mutation_prob, space_file, scheduler,
-         checkpoint_every_s, grace_period, seed, cv_folds, metric, mode, full_space, **run):
+         checkpoint_every_s, grace_period, seed, cv_folds, metric, mode, warm_start, full_space, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
@@ -256,12 +260,13 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
     searcher = searcher or "random"
-    num_samples = num_samples or (1 if searcher == "grid" else 8)
+    if not run["resume"]:  # a resumed sweep keeps its budget unless --num-samples raises it
+        num_samples = num_samples or (1 if searcher == "grid" else 8)
     ga = {"population": population, "crossover_prob": crossover_prob, "mutation_prob": mutation_prob}
     if searcher != "ga" and any(v is not None for v in ga.values()):
         given = ", ".join("--" + k.replace("_", "-") for k, v in ga.items() if v is not None)
         raise UsageError(f"{given}: settings of a genetic search; add --search ga, or drop them")
-    if searcher == "ga":
+    if searcher == "ga" and not run["resume"]:
         from dataclasses import asdict
 
         from candle_ray.samplers import GASettings
@@ -274,6 +279,7 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
         experiment, run, searcher=searcher, scheduler=scheduler,
         num_samples=num_samples, seed=seed, metric=metric, mode=mode, space=space,
         searcher_options=ga if searcher == "ga" else None,
+        warm_start=tuple(name for given in warm_start for name in given.split(",") if name),
         checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 

@@ -11,8 +11,6 @@ on the other). No Ray and no MLflow here; the caller logs what this returns.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -85,10 +83,9 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     if Path(record["experiment_file"]) != Path(experiment_path):
         raise UsageError(f"sweep {sweep!r} searched {record['experiment_file']}, not {experiment_path}; "
                          f"build the ensemble from the same experiment file")
-    results = store.path(sweep, "results.csv")
-    if not store.exists(results):
+    rows = store.read_results(sweep)
+    if rows is None:
         raise UsageError(f"sweep {sweep!r} has no results.csv yet; let it finish (or resume it) first")
-    rows = list(csv.DictReader(io.StringIO(store.read_text(results))))
     configs = top_configs(rows, record["sweep"]["metric"], record["sweep"]["mode"], top, sweep)
     return [{**config, "rng_seed": base_seed + i} for config in configs for i in range(replicas)], record
 

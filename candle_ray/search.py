@@ -173,11 +173,11 @@ class MembersSearcher(ray.tune.search.Searcher):
 
 
 def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None,
-                  options: dict | None = None):
+                  options: dict | None = None, warm=None):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
     optuna, gp, cmaes, ga, bohb: an Optuna sampler (candle_ray.samplers), seeded, limited to the trials that
-    run at once so it learns from finished ones; members: exactly the given configurations (an
-    ensemble's members, a cv's folds)."""
+    run at once so it learns from finished ones, its study holding `warm`'s points (a WarmStart) as
+    trials already evaluated; members: exactly the given configurations (an ensemble's members, a cv's folds)."""
     if name == "members":
         return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
     if name in samplers.MODEL_BASED:
@@ -185,7 +185,9 @@ def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: 
         from ray.tune.search.optuna import OptunaSearch
 
         return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode,
-                                               sampler=samplers.sampler(name, seed, options)),
+                                               sampler=samplers.sampler(name, seed, options),
+                                               points_to_evaluate=warm.points if warm else None,
+                                               evaluated_rewards=warm.values if warm else None),
                                   max_concurrent=max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
@@ -272,8 +274,9 @@ def max_epochs(space: dict, default: int) -> int:
 
 
 def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, resume: bool,
-                points: list[dict] | None = None):
-    """A new Tuner, or the sweep's own Tuner restored from its experiment state."""
+                points: list[dict] | None = None, warm=None):
+    """A new Tuner (its searcher warm-started with `warm`, a WarmStart), or the sweep's own Tuner restored
+    from its experiment state, with as many trials as the sweep now asks for (`tune --resume --num-samples`)."""
     # One bundle per worker: bundle 0 is the trial actor itself (rank 0), the others host its peers.
     # An elastic trial's actor only drives Ray Train, whose workers have their own placement group.
     trial = sweep.trial_plan
@@ -288,6 +291,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     callbacks = [DriverCallbacks(sweep.name, callbacks)]  # registers this driver's callbacks under the name
     if resume:
         _repair_checkpoint_references(store, sweep.name)
+        raise_trial_budget(store, sweep.name, sweep.num_samples)
         tuner = ray.tune.Tuner.restore(store.path(sweep.name) if store.remote else store.display(sweep.name),
                                        trainable=trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False, storage_filesystem=filesystem)
@@ -304,7 +308,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             # start; the cluster's resources still bound how many run at once.
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
                                      sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
-                                     points, sweep.searcher_options),
+                                     points, sweep.searcher_options, warm),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed, grace=sweep.grace,
                                      brackets=samplers.BOHB_BRACKETS if sweep.searcher == "bohb" else 1),
@@ -353,3 +357,46 @@ def _repair_checkpoint_references(store, name: str) -> list[str]:
                                     source_filesystem=store.fs, destination_filesystem=store.fs)
                     repaired.append(f"{trial_path}/{missing}")
     return repaired
+
+
+def raise_trial_budget(store, name: str, num_samples: int) -> int:
+    """Grow a sweep to `num_samples` trials: Tune keeps its trial budget in the searcher's saved state (newest
+    file by name, as Tune reads it), which a restored Tuner takes over; raised there, the restored searcher
+    (its history included) goes on proposing. Returns the trials added (0 when the budget already holds)."""
+    import pyarrow.fs as pafs
+    import ray.cloudpickle as cloudpickle
+
+    found = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path(name), allow_not_found=True))
+             if i.base_name.startswith(("search_gen_state-", "basic-variant-state-"))]
+    if not found:
+        return 0  # no snapshot yet: the restored Tuner starts from its own (first) budget
+    path = max(found, key=lambda p: p.rsplit("/", 1)[-1])
+    with store.fs.open_input_stream(path) as f:
+        state = cloudpickle.loads(f.readall())
+    added = _raise_budget(state, num_samples)
+    if added:
+        temporary = f"{path}.tmp-grow"
+        with store.fs.open_output_stream(temporary) as f:
+            f.write(cloudpickle.dumps(state))
+        store.fs.move(temporary, path)
+    return added
+
+
+def _raise_budget(state: dict, num_samples: int) -> int:
+    """A searcher's saved state with a budget of `num_samples`: a SearchGenerator counts trials; the variant
+    generator (random, grid) counts samples of its spec (whole grids with grid search) in its iterators."""
+    if "total_samples" in state:
+        added = max(0, num_samples - state["total_samples"])
+        state["total_samples"] += added
+        state["finished"] = state["finished"] and not added
+        return added
+    iterators = state["_iterators"]
+    samples = sum(it.num_samples for it in iterators)
+    extra = max(0, num_samples - samples)
+    per_sample = state["_total_samples"] // max(1, samples)  # 1, or a grid's combinations
+    if extra:
+        iterators[-1].num_samples += extra
+        iterators[-1].num_samples_left += extra
+        state["_total_samples"] += extra * per_sample
+        state["_finished"] = False
+    return extra * per_sample

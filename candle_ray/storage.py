@@ -104,6 +104,14 @@ class Storage:
             raise UsageError("; ".join(part for part in (missing, listing, fix) if part))
         return json.loads(self.read_text(self.path(name, SWEEP_FILE)))
 
+    def read_results(self, name: str) -> list[dict] | None:
+        """The rows of sweep `name`'s results.csv (written when it ended), None before it has one."""
+        import csv
+        import io
+
+        path = self.path(name, "results.csv")
+        return list(csv.DictReader(io.StringIO(self.read_text(path)))) if self.exists(path) else None
+
     def write_sweep(self, name: str, record: dict) -> None:
         self.write_text(self.path(name, SWEEP_FILE), json.dumps(record, indent=1, sort_keys=True))
 

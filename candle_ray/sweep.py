@@ -59,7 +59,7 @@ class SweepSettings:
     resume: bool = False
     searcher: str = "random"
     scheduler: str = "asha"
-    num_samples: int = 8
+    num_samples: int | None = 8  # with resume: None keeps the sweep's own; more grows it
     workers_per_trial: Workers = Workers(1, 1)
     cpus_per_worker: float = 1.0
     max_concurrent: int | None = None
@@ -85,6 +85,7 @@ class SweepSettings:
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
     model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
     searcher_options: dict | None = None  # a GA's population and probabilities (candle_ray.samplers.GASettings)
+    warm_start: tuple = ()  # earlier sweeps whose finished trials the searcher starts from (candle_ray.warm_start)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class _Resolved:
     stamp: str
     config: dict
     space: dict
+    warm: object = None  # the searcher's evaluated points (candle_ray.warm_start.WarmStart)
+    grown: bool = False  # a resumed sweep's trial budget was raised: its record is written again
 
 
 def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
@@ -122,9 +125,11 @@ def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
 def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
     """Phase 1, resolve or resume: the config and search space, with a resumed sweep's own settings."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    record = None
+    record = grown = None
     if settings.resume:
         record = read_record(store, settings.name, experiment.path)
+        grown = _grown(record, settings, echo)
+        record = grown or record
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
         settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
                            smoke=record["smoke"], full_space=record.get("full_space", False),
@@ -157,7 +162,27 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         if said := note(settings.searcher, space, settings.num_samples, settings.searcher_options):
             echo(said)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
-    return _Resolved(settings, record, name, stamp, config, space)
+    warm = None
+    if settings.warm_start:
+        from candle_ray import warm_start
+
+        warm_start.check_searcher(settings.searcher, settings.resume)
+        warm = warm_start.load(store, list(settings.warm_start), experiment.path, space, settings.metric,
+                               settings.mode, settings.smoke, echo)
+        echo(warm.line(settings.searcher))
+    return _Resolved(settings, record, name, stamp, config, space, warm, grown is not None)
+
+
+def _grown(record: dict, settings: SweepSettings, echo) -> dict | None:
+    """A resumed sweep's record with its trial budget raised to `--num-samples`, when that asks for more."""
+    had, wanted = record["sweep"]["num_samples"], settings.num_samples
+    if wanted is None or wanted == had or settings.kind != "sweep":
+        return None
+    if wanted < had:
+        raise UsageError(f"sweep {settings.name} has a budget of {had} trials and a sweep cannot shrink; "
+                         f"resume it without --num-samples, or with more than {had} to add trials")
+    echo(f"growing sweep {settings.name} from {had} to {wanted} trials")
+    return {**record, "sweep": {**record["sweep"], "num_samples": wanted}}
 
 
 def _check_data(experiment, resolved: _Resolved, prepare):
@@ -217,18 +242,25 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
             "candle_ray.kind": s.kind, "candle_ray.sweep": sweep.name}
     if s.resume:
         parent.reopen()
+        if resolved.grown:  # the record holds the new budget before Tune's state does (search.raise_trial_budget)
+            store.write_sweep(sweep.name, resolved.record)
+            parent.set_tags({"candle_ray.num_samples": sweep.num_samples})
         return parent, tags
     # MLflow shows the worker count as the CLI spells it (1-4); sweep.json keeps the record's ints.
     shown = {**sweep.record(), "workers_per_trial": str(sweep.workers)}
     parent.start(sweep.name, {**{f"sweep.{k}": v for k, v in shown.items()}, **resolved.config,
                               "model_name": experiment.model, "dataset": entry.name}, tags)
     parent.log_dataset(tracking.dataset_input(entry))
+    if resolved.warm:
+        parent.set_tags({"candle_ray.warm_start": f"{','.join(resolved.warm.sweeps)} ({len(resolved.warm.points)} trials)"})
     store.write_sweep(sweep.name, {
         "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": s.tracking_uri,
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
-        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial})
+        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
+        "warm_start": {"sweeps": list(resolved.warm.sweeps), "points": len(resolved.warm.points)}
+        if resolved.warm else None})
     return parent, tags
 
 
@@ -268,7 +300,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                               parent if not s.resume else None) if s.baseline else {}
         tuner = search.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
                                                                                 work_dir, cv_assignment),
-                                 store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members)
+                                 store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members,
+                                 warm=resolved.warm)
         t_fit = time.monotonic()
         with _interrupt_watch() as tune_was_interrupted:
             tuner.fit()

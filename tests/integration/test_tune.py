@@ -252,7 +252,8 @@ def test_hyperband_pauses_and_resumes_trials_from_their_newest_epoch(ray_cluster
 
 def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     """TPE proposes every trial (list-valued choices included) and the median rule follows each trial's
-    best epoch; the record and results.csv agree on what ran."""
+    best epoch; the record and results.csv agree on what ran. The finished sweep then grows by two trials
+    (`--resume --num-samples 7`), and a GP sweep is warm-started from it (`--warm-start`)."""
     r = tune(TINY, "--smoke", "--num-samples", 5, "--search", "optuna", "--scheduler", "median", "--name", "tpe",
              "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline")
     assert r.exit_code == 0, r.output
@@ -264,6 +265,31 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     assert len(rows) == 5 and all(row["status"] in ("completed", "stopped early") for row in rows)
     rates = [float(row["config.learning_rate"]) for row in rows]
     assert len(set(rates)) == 5 and all(1e-3 <= lr <= 1e-1 for lr in rates)
+
+    # Grown to 7 trials: the 5 stay as they were, 2 more under the same MLflow parent, one child each.
+    r = tune(TINY, "--name", "tpe", "--resume", "--num-samples", 7)
+    assert r.exit_code == 0, r.output
+    assert "growing sweep tpe from 5 to 7 trials" in r.output and "7 trials:" in r.output, r.output
+    assert json.loads(Path("candle-ray-sweeps/tpe/sweep.json").read_text())["sweep"]["num_samples"] == 7
+    with open("candle-ray-sweeps/tpe/results.csv") as f:
+        grown = {row["trial_id"]: row for row in csv.DictReader(f)}
+    assert len(grown) == 7 and all(grown[row["trial_id"]]["epochs"] == row["epochs"] for row in rows)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_id == record["parent_run_id"]
+    assert sorted(run.data.tags["candle_ray.trial_id"] for run in runs if run not in parents) == sorted(grown)
+    r = tune(TINY, "--name", "tpe", "--resume", "--num-samples", 3)
+    assert r.exit_code == 2 and "a sweep cannot shrink" in r.output, r.output
+
+    # A new GP sweep starts from those 7 evaluated trials.
+    r = tune(TINY, "--smoke", "--num-samples", 2, "--search", "gp", "--scheduler", "fifo", "--name", "warm",
+             "--set", "epochs=4", "--warm-start", "tpe", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    finished = sum(row["status"] in ("completed", "stopped early") for row in grown.values())
+    assert f"warm start: {finished} finished trials of tpe given to the gp searcher" in r.output, r.output
+    assert json.loads(Path("candle-ray-sweeps/warm/sweep.json").read_text())["warm_start"] == \
+        {"sweeps": ["tpe"], "points": finished}
 
 
 def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
