@@ -233,8 +233,12 @@ register_option = click.option(
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searcher and scheduler.")
 @click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
-@click.option("--metric", default=None, help="Default: the experiment's metric.")
-@click.option("--mode", type=click.Choice(["min", "max"]), default=None, help="Default: the experiment's mode.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Default: the experiment's metric. Repeated (each with its --mode): a multi-objective search "
+                   "over every reported metric and n_params or epoch_time_s; the first picks each trial's best "
+                   "epoch and drives early stopping, the end shows the Pareto front.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["min", "max"]),
+              help="Default: the experiment's mode; one per --metric when there are several.")
 @click.option("--warm-start", "warm_start", multiple=True, metavar="SWEEP[,SWEEP]",
               help="Give the searcher (optuna, gp, bohb) the finished trials of earlier sweeps over the same keys "
                    "as evaluated points, so it starts informed.")
@@ -245,11 +249,12 @@ register_option = click.option(
 @_sweep_options("trial")
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob, mutation_prob, space_file, scheduler,
-         checkpoint_every_s, grace_period, seed, cv_folds, metric, mode, warm_start, full_space, **run):
+         checkpoint_every_s, grace_period, seed, cv_folds, metrics, modes, warm_start, full_space, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
                          "cannot be combined with it")
+    metric, mode, also = _objectives(metrics, modes)
     experiment = _load(experiment_file)
     space = None
     if space_file:
@@ -277,11 +282,31 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
                          "real data always uses the whole space: add --smoke or drop --full-space")
     ctx.exit(_run_sweep(
         experiment, run, searcher=searcher, scheduler=scheduler,
-        num_samples=num_samples, seed=seed, metric=metric, mode=mode, space=space,
+        num_samples=num_samples, seed=seed, metric=metric, mode=mode, also=also, space=space,
         searcher_options=ga if searcher == "ga" else None,
         warm_start=tuple(name for given in warm_start for name in given.split(",") if name),
         checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
+
+
+def _objectives(metrics: tuple, modes: tuple) -> tuple:
+    """--metric/--mode as (metric, mode, more objectives): one mode per metric when there are several."""
+    if len(metrics) < 2:
+        if len(modes) > 1:
+            raise UsageError(f"--mode given {len(modes)} times for {len(metrics)} --metric; give one --mode per --metric")
+        return (metrics[0] if metrics else None), (modes[0] if modes else None), ()
+    if len(modes) != len(metrics):
+        raise UsageError(f"{len(metrics)} --metric need a --mode each, in the same order (got {len(modes)}): e.g. "
+                         f"--metric val_loss --mode min --metric n_params --mode min")
+    if len(set(metrics)) < len(metrics):
+        raise UsageError(f"--metric {' '.join(metrics)}: each objective once")
+    return metrics[0], modes[0], tuple(zip(metrics[1:], modes[1:]))
+
+
+pick_option = click.option(
+    "--pick", default=None, metavar="knee|N",
+    help="From a multi-objective sweep: its Pareto front's knee, or its Nth member (as the end of the sweep "
+         "numbers them) instead of the best by the first metric.")
 
 
 @main.command()
@@ -289,11 +314,12 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
 @click.option("--members", type=click.IntRange(min=1), default=None,
               help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
 @click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many configurations --from-sweep takes.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="How many configurations --from-sweep takes [default 5].")
+@pick_option
 @register_option
 @_sweep_options("member")
 @click.pass_context
-def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
+def ensemble(ctx, experiment_file, members, from_sweep, top, pick, **run):
     """Train an ensemble of EXPERIMENT (seed replicas, or a sweep's best configurations) and measure its
     uncertainty on the validation split: one MLflow parent run, one child run per member."""
     from candle_ray import ensemble as ensembles
@@ -301,11 +327,14 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, **run):
     experiment = _load(experiment_file)
     base_seed = int(experiment.defaults.get("rng_seed", 0))
     chosen = None
+    if pick and (top or not from_sweep):
+        raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; " +
+                         ("drop --top" if top else "add --from-sweep NAME"))
     if run["resume"]:
         pass  # Tune restores the members; sweep.json keeps the rest
     elif from_sweep:
-        chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top, members or 1, base_seed,
-                                                      experiment.path)
+        chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top or 5, members or 1, base_seed,
+                                                      experiment.path, pick)
         # The configurations were trained with the sweep's fixed overrides and data.
         run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
                    smoke=run["smoke"] or record["smoke"])
@@ -352,30 +381,34 @@ def report(sweep_name, storage):
     sweep.report_command(storage, sweep_name, click.echo)
 
 
-def _checkpoints(model: str, tracking_uri: str | None, storage: str, top: int | None, scratch: Path) -> list[Path]:
+def _checkpoints(model: str, tracking_uri: str | None, storage: str, top: int | None, scratch: Path,
+                 pick: str | None = None) -> list[Path]:
     """MODEL as checkpoint folders/files: a path, an MLflow run id, or a sweep, ensemble or cv name."""
     import re
 
     from candle_ray import tracking
     from candle_ray.storage import Storage
 
+    if top is not None and pick:
+        raise UsageError(f"--top {top} pools a sweep's best trials, --pick {pick} takes one front member: pass one")
+    choice = "--top" if top is not None else "--pick" if pick else None
     if Path(model).exists():
-        if top is not None:
-            raise UsageError(f"--top picks among a sweep's trials; {model} is a checkpoint path: drop --top")
+        if choice:
+            raise UsageError(f"{choice} picks among a sweep's trials; {model} is a checkpoint path: drop {choice}")
         return [Path(model)]
     if model.startswith(("models:/", "runs:/")):
-        if top is not None:
-            raise UsageError(f"--top picks among a sweep's trials; {model} is an MLflow model: drop --top")
+        if choice:
+            raise UsageError(f"{choice} picks among a sweep's trials; {model} is an MLflow model: drop {choice}")
         return tracking.model_checkpoints(tracking.check_uri(tracking_uri or tracking.default_tracking_uri()), model,
                                           scratch)
     if re.fullmatch(r"[0-9a-f]{32}", model):
         return tracking.run_checkpoints(tracking.check_uri(tracking_uri or tracking.default_tracking_uri()), model,
-                                        scratch, top)
+                                        scratch, top, pick)
     store = Storage.parse(storage)
     if store.has_sweep(model):  # its record names its parent run and where that was logged
         record = store.read_sweep(model, f"no sweep named {model!r}")
         return tracking.run_checkpoints(tracking.check_uri(tracking_uri or record["tracking_uri"]),
-                                        record["parent_run_id"], scratch, top)
+                                        record["parent_run_id"], scratch, top, pick)
     known = store.sweeps()
     raise UsageError(f"MODEL {model!r} is not a checkpoint path, an MLflow run id (32 hex digits), a models:/ URI or a sweep under "
                      f"{store.display()}" + (f" (sweeps there: {', '.join(known)})" if known else "")
@@ -412,13 +445,14 @@ def _write_table(frame, out: Path) -> None:
 @click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
               help="MODEL is a sweep: pool its K best trials as an ensemble [default: its best trial].")
+@pick_option
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="Where MODEL's run id was logged [default: a sweep's own record, else sqlite:///mlflow.db].")
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
               help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
-def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, top, tracking_uri,
-            storage, force_cpu):
+def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, top, pick,
+            tracking_uri, storage, force_cpu):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
     id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
@@ -432,7 +466,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     device = "cuda" if torch.cuda.is_available() and not force_cpu else "cpu"
     with tempfile.TemporaryDirectory(prefix="candle-ray-predict-") as scratch:
         members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, storage, top,
-                                                                              Path(scratch))]
+                                                                              Path(scratch), pick)]
     info = members[0].data
     X, _, ids = read_for_prediction(data_file, info)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731

@@ -66,16 +66,20 @@ def top_rows(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> 
     return done[:top]
 
 
-def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
-    """The settings of the `top` best finished trials, best first."""
+def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str, pick: str | None = None) -> list[dict]:
+    """The settings of the `top` best finished trials, best first (or of the front member `pick` names)."""
+    from candle_ray.summary import picked_row
+
+    chosen = [picked_row(rows, pick, sweep)] if pick else top_rows(rows, metric, mode, top, sweep)
     return [{k[len("config."):]: _value(v) for k, v in r.items() if k.startswith("config.") and v != ""}
-            for r in top_rows(rows, metric, mode, top, sweep)]
+            for r in chosen]
 
 
 def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_seed: int,
-                       experiment_path: Path) -> tuple[list[dict], dict]:
-    """The K best configurations of a finished sweep, each trained `replicas` times with different seeds,
-    and the sweep's record (its fixed --set overrides and smoke flag belong to those configurations)."""
+                       experiment_path: Path, pick: str | None = None) -> tuple[list[dict], dict]:
+    """The K best configurations of a finished sweep (or its Pareto front's member `pick`), each trained
+    `replicas` times with different seeds, and the sweep's record (its fixed --set overrides and smoke flag
+    belong to those configurations)."""
     from candle_ray.storage import Storage
 
     store = Storage.parse(storage)
@@ -86,7 +90,7 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     rows = store.read_results(sweep)
     if rows is None:
         raise UsageError(f"sweep {sweep!r} has no results.csv yet; let it finish (or resume it) first")
-    configs = top_configs(rows, record["sweep"]["metric"], record["sweep"]["mode"], top, sweep)
+    configs = top_configs(rows, record["sweep"]["metric"], record["sweep"]["mode"], top, sweep, pick)
     return [{**config, "rng_seed": base_seed + i} for config in configs for i in range(replicas)], record
 
 

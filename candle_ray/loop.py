@@ -396,7 +396,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
                    "lr": optimizer.param_groups[0]["lr"]}
         if test_feed is not None:  # CANDLE's P1B3 reports test loss and accuracy every epoch too
             metrics.update({f"test_{k[len('val_'):]}": v for k, v in evaluate(test_feed).items() if k.startswith("val_")})
-        metrics.update(epoch_time_s=time.perf_counter() - t0,
+        metrics.update(epoch_time_s=time.perf_counter() - t0, n_params=sum(p.numel() for p in model.parameters()),
                        samples_per_s=totals[1].item() / train_s if train_s > 0 else 0.0,
                        **(usage.sample() if usage else {}))
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):

@@ -3,7 +3,9 @@
 - learning curves of every trial (the early-stopped ones end in an x, failed ones in red);
 - parameter importance (permutation importance of a random forest fitted from config to result);
 - parallel coordinates of the configuration against the metric;
-- the best trial's curves.
+- the best trial's curves;
+- with several objectives, the Pareto front (two: a scatter of every trial with the front joined; more:
+  parallel coordinates of the front's members), its knee starred.
 Data come from the sweep's MLflow runs; the files are attached to the sweep's parent run. Every trial
 is worth its best epoch (candle_ray.summary), as in the sweep's summary; the linear baseline's metrics,
 when the sweep fitted one, are drawn as dashed lines.
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candle_ray.summary import best_of, finite, history_best
+from candle_ray.summary import best_of, finite, history_best, knee, pareto_front
 
 COLORS = {"completed": "#1f77b4", "stopped early": "#9a9a9a", "failed": "#d62728"}
 
@@ -189,6 +191,61 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) ->
     plt.close(fig)
 
 
+def objective_values(trial: dict, objectives) -> tuple | None:
+    """A trial's objectives at its best epoch by the first one (the epoch its checkpoint holds)."""
+    (metric, mode), history = objectives[0], trial["history"]
+    best = history_best(history.get(metric, []), mode)
+    if best is None or trial["status"] == "failed":
+        return None
+    at = [dict(history.get(m, [])).get(best[0]) for m, _ in objectives[1:]]
+    return (best[1], *at) if all(finite(v) for v in at) else None
+
+
+def pareto_plot(trials, objectives, path: Path) -> list[dict]:
+    """The front (returned, first objective best first) drawn against every trial."""
+    plt = _plt()
+    modes = tuple(m for _, m in objectives)
+    scored = [(t, v) for t in trials if (v := objective_values(t, objectives)) is not None]
+    front = sorted(pareto_front(scored, lambda s: s[1], modes), key=lambda s: s[1][0] * (1 if modes[0] == "min" else -1))
+    if not front:
+        return []
+    k = knee([v for _, v in front], modes)
+    names = [m for m, _ in objectives]
+    if len(objectives) == 2:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        ax.scatter([v[0] for _, v in scored], [v[1] for _, v in scored], color="#9a9a9a", s=22, label="trials")
+        ax.plot([v[0] for _, v in front], [v[1] for _, v in front], "-o", color="#1f77b4", label="Pareto front")
+        for t, v in front:
+            ax.annotate(t["trial_id"], v, fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.plot(*front[k][1], marker="*", markersize=16, color="#ff7f0e", markeredgecolor="black", linestyle="",
+                label=f"knee: trial {front[k][0]['trial_id']}")
+        ax.set(xlabel=f"{names[0]} ({modes[0]})", ylabel=f"{names[1]} ({modes[1]})")
+        for k, set_scale in enumerate((ax.set_xscale, ax.set_yscale)):  # model sizes span decades
+            column = [v[k] for _, v in scored]
+            if min(column) > 0 and max(column) / min(column) > 100:
+                set_scale("log")
+    else:
+        fig, ax = plt.subplots(figsize=(max(7, 2 * len(objectives)), 5.5))
+        data = np.array([v for _, v in front], dtype=float)
+        lo, hi = data.min(axis=0), data.max(axis=0)
+        scaled = (data - lo) / np.where(hi > lo, hi - lo, 1.0)
+        for i, (t, _) in enumerate(front):
+            ax.plot(range(len(names)), scaled[i], "-o", color="#ff7f0e" if i == k else "#1f77b4",
+                    linewidth=3 if i == k else 1.4, label=f"knee: trial {t['trial_id']}" if i == k else None)
+        for x in range(len(names)):
+            ax.text(x + 0.03, 0, f"{lo[x]:.3g}", fontsize=8)
+            ax.text(x + 0.03, 1, f"{hi[x]:.3g}", fontsize=8)
+        ax.set_xticks(range(len(names)), [f"{n} ({m})" for n, m in objectives])
+        ax.set_yticks([])
+    ax.set_title(f"Pareto front: {len(front)} of {len(scored)} trials")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [t for t, _ in front]
+
+
 def best_curves(best: dict, path: Path, baseline: dict | None = None) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -212,9 +269,10 @@ def best_curves(best: dict, path: Path, baseline: dict | None = None) -> None:
 
 
 def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, space_keys: list[str], out: Path,
-                 log_keys=(), baseline: dict | None = None) -> list[Path]:
+                 log_keys=(), baseline: dict | None = None, also=()) -> list[Path]:
     """Write the PNGs and report.html into `out`; return the files written. `log_keys`: keys sampled on a
-    log scale; `baseline`: the linear baseline's metrics (val_loss, val_accuracy, ...)."""
+    log scale; `baseline`: the linear baseline's metrics (val_loss, val_accuracy, ...); `also`: a
+    multi-objective sweep's other objectives, [(metric, mode), ...]."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
     curves = out / "learning_curves.png"
@@ -232,6 +290,8 @@ def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, spac
     if best:
         best_curves(best, out / "best_trial.png", baseline)
         files.append(out / "best_trial.png")
+    if also and pareto_plot(trials, ((metric, mode), *map(tuple, also)), out / "pareto_front.png"):
+        files.append(out / "pareto_front.png")
     files.append(_html(trials, sweep=sweep, metric=metric, mode=mode, keys=keys, best=best, scores=scores,
                        images=[f.name for f in files], out=out, baseline=baseline))
     return files

@@ -16,7 +16,6 @@ OptunaSearch, each seeded by `--seed`, and the schedulers each is sound with.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 from candle_ray.errors import UsageError
@@ -47,10 +46,6 @@ def sampler(name: str, seed: int, options: dict | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
-    # Every CANDLE space has list-valued choices (dense, conv); the warning is about storing them in a
-    # database, and this study lives in memory (Tune saves it with the sweep).
-    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be a tuple",
-                            category=UserWarning)
     # Each sampler says once per trial that a key falls back to random sampling; the sweep says it once.
     quiet = {"warn_independent_sampling": False}
     if name == "optuna":
@@ -62,7 +57,7 @@ def sampler(name: str, seed: int, options: dict | None = None):
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, **quiet)
     if name == "ga":
-        from candle_ray.optuna_ga import NSGAIISampler
+        from candle_ray.optuna_search import NSGAIISampler
 
         ga = GASettings(**(options or {}))
         return NSGAIISampler(seed=seed, population_size=ga.population, crossover_prob=ga.crossover_prob,

@@ -47,6 +47,9 @@ class Sweep:
     checkpoint_every_s: float = 30.0
     grace_period: int = 0  # epochs before a scheduler may stop a trial; 0 = grace_period_rule(max_epochs)
     searcher_options: dict = field(default_factory=dict)  # a GA's population and probabilities (samplers.GASettings)
+    # Objectives beyond `metric`, [[metric, mode], ...]: the searcher optimises them all, the sweep reports their
+    # Pareto front; `metric` alone picks each trial's best epoch and drives the schedulers.
+    also: list = field(default_factory=list)
 
     @classmethod
     def from_record(cls, record: dict) -> Sweep:
@@ -67,6 +70,10 @@ class Sweep:
     def trial_plan(self) -> runtime.Plan:
         """One trial's resources: its workers, each with the sweep's CPUs and GPUs per worker."""
         return runtime.Plan.sized(self.workers, self.cpus_per_worker, self.gpus_per_worker)
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        return ((self.metric, self.mode), *(tuple(pair) for pair in self.also))
 
     @property
     def grace(self) -> int:
@@ -173,18 +180,23 @@ class MembersSearcher(ray.tune.search.Searcher):
 
 
 def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None,
-                  options: dict | None = None, warm=None):
+                  options: dict | None = None, warm=None, also=()):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
     optuna, gp, cmaes, ga, bohb: an Optuna sampler (candle_ray.samplers), seeded, limited to the trials that
     run at once so it learns from finished ones, its study holding `warm`'s points (a WarmStart) as
-    trials already evaluated; members: exactly the given configurations (an ensemble's members, a cv's folds)."""
+    trials already evaluated, and optimising `also`'s objectives ([(metric, mode), ...]) too; members: exactly
+    the given configurations (an ensemble's members, a cv's folds)."""
     if name == "members":
         return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
     if name in samplers.MODEL_BASED:
         from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(metric=followed_metric(metric), mode=mode,
+        from candle_ray.optuna_search import LabelledChoices
+
+        objectives = [(metric, mode), *also]
+        return ConcurrencyLimiter(LabelledChoices(metric=[followed_metric(m) for m, _ in objectives] if also else
+                                               followed_metric(metric),
+                                               mode=[d for _, d in objectives] if also else mode,
                                                sampler=samplers.sampler(name, seed, options),
                                                points_to_evaluate=warm.points if warm else None,
                                                evaluated_rewards=warm.values if warm else None),
@@ -220,12 +232,18 @@ class WithinSpace:
         return config
 
 
-def validate(searcher: str, scheduler: str, space: dict) -> None:
-    """Refuse, before anything starts, a space that the searcher or scheduler cannot use."""
+def validate(searcher: str, scheduler: str, space: dict, objectives: int = 1) -> None:
+    """Refuse, before anything starts, a space, scheduler or number of objectives the searcher cannot use."""
     if searcher == "grid":
         grid_space(space)
     if scheduler == "pbt":
+        if objectives > 1:
+            raise UsageError("PBT clones the weights of the trials best on one metric; with several --metric use "
+                             "--scheduler asha, median or fifo")
         pbt_mutations(space)
+    if objectives > 1 and searcher == "cmaes":
+        raise UsageError("--search cmaes optimises one metric; with several --metric use --search optuna, gp, ga, "
+                         "bohb or random")
     samplers.check(searcher, scheduler, space)
 
 
@@ -308,7 +326,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             # start; the cluster's resources still bound how many run at once.
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
                                      sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
-                                     points, sweep.searcher_options, warm),
+                                     points, sweep.searcher_options, warm, sweep.also),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed, grace=sweep.grace,
                                      brackets=samplers.BOHB_BRACKETS if sweep.searcher == "bohb" else 1),

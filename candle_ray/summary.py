@@ -18,6 +18,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 PREFIX = "best_"
+# What a trial costs, reported with every epoch and kept with its best epoch: objectives a multi-objective
+# search may trade the fit against (model size, training time).
+PER_TRIAL = ("n_params", "epoch_time_s")
 
 
 def finite(value) -> bool:
@@ -84,7 +87,7 @@ class BestEpoch:
 
     def fields(self) -> dict:
         kept = {k: v for k, v in self.best.items()
-                if (k.startswith(("val_", "test_")) or k == "loss") and finite(v)}
+                if (k.startswith(("val_", "test_")) or k in ("loss", *PER_TRIAL)) and finite(v)}
         return {"best_epoch": self.best["epoch"], **{PREFIX + k: v for k, v in kept.items()}}
 
 
@@ -121,3 +124,67 @@ def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str) ->
              f"{json.dumps(best['config'], default=str)}"]
     return lines + comparison("best trial", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
                               baseline, task)
+
+
+# ------------------------------------------------------------------ several objectives: the Pareto front
+# A multi-objective sweep (`tune --metric A --mode .. --metric B --mode ..`) ranks, stops and checkpoints by
+# its first metric, as any sweep; a trial's other objectives are their values at that same best epoch (the
+# model its checkpoint holds). The front is the trials no other trial beats on every objective at once.
+
+
+def dominates(a: tuple, b: tuple, modes: tuple) -> bool:
+    """`a` is at least as good as `b` on every objective and better on one."""
+    better = [x < y if m == "min" else x > y for x, y, m in zip(a, b, modes)]
+    worse = [x > y if m == "min" else x < y for x, y, m in zip(a, b, modes)]
+    return any(better) and not any(worse)
+
+
+def pareto_front(items: Iterable[T], values: Callable[[T], tuple | None], modes: tuple) -> list[T]:
+    """The non-dominated items with finite values on every objective, in their given order (equal values
+    on every objective: the first item stands for them)."""
+    scored = [(i, v, item) for i, item in enumerate(items)
+              if (v := values(item)) is not None and all(finite(x) for x in v)]
+    # In lexicographic order of the objectives (each turned to "smaller is better"), no item can dominate one
+    # before it: each item is compared with the front so far only (fast for 10^4 trials).
+    scored.sort(key=lambda s: (tuple(x if m == "min" else -x for x, m in zip(s[1], modes)), s[0]))
+    front: list = []
+    for i, v, item in scored:
+        if not any(w == v or dominates(w, v, modes) for _, w, _ in front):
+            front.append((i, v, item))
+    return [item for _, _, item in sorted(front, key=lambda s: s[0])]
+
+
+def knee(points: list[tuple], modes: tuple) -> int:
+    """The index of the front's knee: after scaling each objective to [0, 1] over the front (0 = its best
+    value there), the point nearest the ideal point that is best at everything (the first on a tie)."""
+    scaled = []
+    for k, mode in enumerate(modes):
+        column = [p[k] for p in points]
+        lo, hi = min(column), max(column)
+        span = (hi - lo) or 1.0
+        scaled.append([(x - lo) / span if mode == "min" else (hi - x) / span for x in column])
+    distances = [math.fsum(s[i] ** 2 for s in scaled) for i in range(len(points))]
+    return distances.index(min(distances))
+
+
+def front_rows(rows: list[dict]) -> list[dict]:
+    """A multi-objective sweep's front from its results.csv rows (best first by the first metric)."""
+    return [r for r in rows if str(r.get("pareto")) in ("1", "True")]
+
+
+def picked_row(rows: list[dict], pick: str, sweep: str) -> dict:
+    """The front member `--pick` names: `knee`, or its place on the front (1 = best by the first metric)."""
+    from candle_ray.errors import UsageError
+
+    if rows and "pareto" not in rows[0]:
+        raise UsageError(f"--pick chooses from a multi-objective sweep's Pareto front, and sweep {sweep!r} has one "
+                         f"metric: use --top K (or nothing: its best trial)")
+    front = front_rows(rows)
+    if not front:
+        raise UsageError(f"sweep {sweep!r} has no Pareto front (no finished trial); finish or resume it first")
+    if pick == "knee":
+        return next(r for r in front if str(r.get("knee")) in ("1", "True"))
+    if not pick.isdigit() or not 1 <= int(pick) <= len(front):
+        raise UsageError(f"--pick {pick}: give knee or a front member's place, 1 to {len(front)} (the end of the "
+                         f"sweep lists them; so does the pareto column of its results.csv)")
+    return front[int(pick) - 1]

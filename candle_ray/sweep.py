@@ -86,6 +86,7 @@ class SweepSettings:
     model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
     searcher_options: dict | None = None  # a GA's population and probabilities (candle_ray.samplers.GASettings)
     warm_start: tuple = ()  # earlier sweeps whose finished trials the searcher starts from (candle_ray.warm_start)
+    also: tuple = ()  # more objectives, ((metric, mode), ...): a multi-objective search (search.Sweep.also)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                            smoke=record["smoke"], full_space=record.get("full_space", False),
                            kind=record.get("kind", "sweep"), cv=record.get("cv"),
                            baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"],
-                           model_per_trial=record.get("model_per_trial", False))
+                           model_per_trial=record.get("model_per_trial", False), metric=record["sweep"]["metric"],
+                           mode=record["sweep"]["mode"], also=tuple(map(tuple, record["sweep"].get("also", []))))
         echo(f"resuming sweep {settings.name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
              f"{record['sweep']['num_samples']} samples)")
     name = settings.name or f"{experiment.name}-{stamp}"
@@ -156,7 +158,10 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         check_space(space, config, sets, experiment.name)
         from candle_ray import search
 
-        search.validate(settings.searcher, settings.scheduler, space)
+        search.validate(settings.searcher, settings.scheduler, space, 1 + len(settings.also))
+        if settings.also and settings.scheduler in ("asha", "hyperband", "median"):
+            echo(f"note: {settings.scheduler} stops trials on {settings.metric or experiment.metric} alone, the "
+                 f"first --metric; the searcher and the Pareto front use every --metric")
         from candle_ray.samplers import note
 
         if said := note(settings.searcher, space, settings.num_samples, settings.searcher_options):
@@ -166,6 +171,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
     if settings.warm_start:
         from candle_ray import warm_start
 
+        if settings.also:
+            raise UsageError("--warm-start gives the searcher one value per earlier trial; a search over several "
+                             "--metric cannot take them: drop --warm-start or keep one --metric")
         warm_start.check_searcher(settings.searcher, settings.resume)
         warm = warm_start.load(store, list(settings.warm_start), experiment.path, space, settings.metric,
                                settings.mode, settings.smoke, echo)
@@ -200,6 +208,12 @@ def _check_data(experiment, resolved: _Resolved, prepare):
     reported = known_metrics(resolved.config, entry)
     if s.metric not in reported:
         raise UsageError(f"metric {s.metric!r} is not reported by training; use one of {', '.join(reported)}")
+    from candle_ray.summary import PER_TRIAL
+
+    for metric, _ in s.also:  # another objective may be what a trial costs, not only how well it fits
+        if metric not in (*reported, *PER_TRIAL):
+            raise UsageError(f"--metric {metric!r} is not reported by training; use one of "
+                             f"{', '.join((*reported, *PER_TRIAL))}")
     return entry, cv_assignment
 
 
@@ -222,6 +236,7 @@ def _make_sweep(resolved: _Resolved, store):
                       searcher_options=dict(s.searcher_options or {}),
                       workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
                       gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,
+                      also=[list(pair) for pair in s.also],
                       mode=s.mode, max_failures=s.max_failures,
                       max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
@@ -390,7 +405,8 @@ def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, pare
     _write_results(work_dir, store, summary, parent, sweep)
     log_keys = resolved.record.get("log_keys", ()) if resolved.record else log_scaled_keys(resolved.space)
     try:
-        files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(resolved.space), log_keys)
+        files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(resolved.space), log_keys,
+                            sweep.also)
         echo(f"report: {files[-1]}")
     except Exception as exc:  # pictures are a bonus: never fail a finished search over them
         echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
@@ -405,6 +421,9 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
+    if summary["front"]:
+        for line in front_lines(summary["front"], sweep.objectives, sweep.name, summary["total"]):
+            echo(line)
     if summary["best"]:
         # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
@@ -421,6 +440,20 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def front_lines(front: list[dict], objectives, name: str, total: int, shown: int = 20) -> list[str]:
+    """The Pareto front at the end of a multi-objective sweep, numbered as --pick takes it."""
+    lines = [f"Pareto front over {', '.join(f'{m} ({d})' for m, d in objectives)}: {len(front)} of {total} trials, "
+             f"best first by {objectives[0][0]}:"]
+    for place, row in enumerate(front[:shown], 1):
+        values = ", ".join(f"{m} {row[m]:.4g}" for m, _ in objectives)
+        lines.append(f"  {place}. trial {row['trial_id']}: {values}" + (" (knee)" if row["knee"] else ""))
+    if len(front) > shown:
+        lines.append(f"  ... and {len(front) - shown} more (the pareto column of results.csv)")
+    lines.append(f"pick one with --pick N or --pick knee: candle-ray predict {name} --pick knee ..., "
+                 f"candle-ray ensemble EXPERIMENT --from-sweep {name} --pick knee")
+    return lines
 
 
 def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None) -> dict:
@@ -517,15 +550,17 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, li
 
 
 def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str],
-                log_keys=()) -> list[Path]:
+                log_keys=(), also=()) -> list[Path]:
     """Draw the sweep's pictures from its MLflow runs (the linear baseline from the parent's
     baseline_* metrics), keep them with the sweep and on its parent run."""
     from candle_ray import report, tracking
 
-    metrics = tuple(dict.fromkeys((*tracking.REPORTED_METRICS, metric)))  # the sweep's metric, whatever it is
+    # the sweep's objectives, whatever they are
+    metrics = tuple(dict.fromkeys((*tracking.REPORTED_METRICS, metric, *(m for m, _ in also))))
     baseline = {k[len("baseline_"):]: v for k, v in parent.metrics().items() if k.startswith("baseline_")}
     files = report.write_report(tracking.sweep_trials(parent, metrics), sweep=name, metric=metric, mode=mode,
-                                space_keys=space_keys, out=work_dir / "report", log_keys=log_keys, baseline=baseline)
+                                space_keys=space_keys, out=work_dir / "report", log_keys=log_keys, baseline=baseline,
+                                also=also)
     for path in files:
         parent.log_artifact(path, "report")
         store.upload(path, store.path(name, "report", path.name))
@@ -543,7 +578,7 @@ def report_command(storage: str, name: str, echo) -> list[Path]:
     sweep = record["sweep"]
     work_dir = store.work_dir(name)
     files = make_report(parent, work_dir, store, name, sweep["metric"], sweep["mode"], record["space_keys"],
-                        record.get("log_keys", ()))
+                        record.get("log_keys", ()), sweep.get("also", ()))
     echo(f"report: {files[-1]} ({len(files) - 1} pictures), attached to MLflow run {parent.run_id}")
     return files
 
@@ -604,13 +639,31 @@ def summarize(sweep, progress, interrupted: bool = False) -> dict:
     succeeded = counts.get("completed", 0) + counts.get("stopped early", 0)
     return {"rows": rows, "counts": counts, "best": best, "total": len(trials), "unfinished": unfinished,
             "interrupted": interrupted or unfinished > 0, "succeeded": succeeded > 0,
-            "compute_s": sum(progress.epoch_seconds.values())}
+            "compute_s": sum(progress.epoch_seconds.values()), "front": _mark_front(rows, sweep.objectives)}
+
+
+def _mark_front(rows: list[dict], objectives) -> list[dict]:
+    """With several objectives: the rows on the Pareto front (best first), each row marked `pareto` (on the
+    front) and `knee` (the front's knee, candle_ray.summary.knee). One objective: no front."""
+    from candle_ray.summary import knee, pareto_front
+
+    if len(objectives) < 2:
+        return []
+    modes = tuple(mode for _, mode in objectives)
+    values = lambda row: tuple(row.get(m) for m, _ in objectives) if row["status"] != "failed" else None  # noqa: E731
+    front = pareto_front(rows, values, modes)
+    chosen = front[knee([values(r) for r in front], modes)] if front else None
+    on_front = {id(r) for r in front}
+    for row in rows:
+        row["pareto"], row["knee"] = int(id(row) in on_front), int(row is chosen)
+    return front
 
 
 def _write_results(work_dir: Path, store, summary: dict, parent, sweep) -> None:
     """results.csv and best_config.json with the sweep and on the parent run."""
     rows = summary["rows"]
-    first = ["trial_id", "status", "epochs", "best_epoch", sweep.metric, f"last_{sweep.metric}"]
+    first = ["trial_id", "status", "epochs", "best_epoch", sweep.metric, f"last_{sweep.metric}",
+             *(["pareto", "knee"] if len(sweep.objectives) > 1 else [])]
     columns = first + sorted({k for row in rows for k in row} - set(first), key=lambda k: (k.startswith("config."), k))
     path = work_dir / "results.csv"
     with open(path, "w", newline="") as f:
@@ -626,6 +679,9 @@ def _write_results(work_dir: Path, store, summary: dict, parent, sweep) -> None:
         parent.log_epoch({"epoch": 0, **{f"best_{k}": v for k, v in best["metrics"].items()},
                           f"best_{sweep.metric}": best["value"]})
         parent.set_tags({"candle_ray.best_trial": best["trial_id"], "candle_ray.best_epoch": best["epoch"]})
+    if summary["front"]:
+        parent.log_epoch({"epoch": 0, "pareto_front_size": float(len(summary["front"]))})
+        parent.set_tags({"candle_ray.knee_trial": next(r["trial_id"] for r in summary["front"] if r["knee"])})
     for file in files:
         parent.log_artifact(file)
         store.upload(file, store.path(sweep.name, file.name))

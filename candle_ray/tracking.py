@@ -373,10 +373,10 @@ def require_store(uri: str) -> None:
                          f"MLFLOW_TRACKING_URI) to the store the run was logged to")
 
 
-def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None) -> list[Path]:
+def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, pick: str | None = None) -> list[Path]:
     """Local folders holding the best checkpoints `predict` pools for MLflow run `run_id`: a sweep's best
-    trial (its `top` best with `top`, ranked as the sweep's results.csv), every finished member of an
-    ensemble or fold of a cv, or the run itself; downloaded from the runs' artifacts."""
+    trial (its `top` best with `top`, ranked as the sweep's results.csv; its Pareto front's member `pick`),
+    every finished member of an ensemble or fold of a cv, or the run itself; downloaded from the runs' artifacts."""
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
@@ -390,13 +390,14 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None) -
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
                                   max_results=50000)
     kind = run.data.tags.get("candle_ray.kind")
-    if top is not None and not (kind == "sweep" and children):
+    choice = f"--top {top}" if top is not None else f"--pick {pick}" if pick else None
+    if choice and not (kind == "sweep" and children):
         what = {"ensemble": "an ensemble", "cv": "a cv"}.get(kind, "a single run")
-        raise UsageError(f"--top {top} picks among a sweep's trials, and MLflow run {run_id} is {what}: "
-                         f"predict with all of it, without --top")
+        raise UsageError(f"{choice} picks among a sweep's trials, and MLflow run {run_id} is {what}: "
+                         f"predict with all of it, without {choice.split()[0]}")
     runs = [c for c in children if c.info.status == "FINISHED"] if children else [run]
     if kind == "sweep" and children:
-        runs = _best_trials(client, run, runs, top or 1, dest)
+        runs = _best_trials(client, run, runs, top or 1, dest, pick)
     folders = []
     for source in runs:
         names = [a.path for a in client.list_artifacts(source.info.run_id, "checkpoints")]
@@ -410,11 +411,13 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None) -
     return folders
 
 
-def _best_trials(client, parent, finished: list, top: int, dest: Path) -> list:
-    """The child runs of a sweep's `top` best trials, best first, by the sweep's own ranking (results.csv)."""
+def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str | None = None) -> list:
+    """The child runs of a sweep's `top` best trials, best first, by the sweep's own ranking (results.csv), or
+    of its Pareto front's member `pick`."""
     import csv
 
     from candle_ray.ensemble import top_rows
+    from candle_ray.summary import picked_row
 
     name = parent.data.tags.get("candle_ray.sweep", parent.info.run_id)
     if not any(a.path == "results.csv" for a in client.list_artifacts(parent.info.run_id)):
@@ -423,7 +426,8 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path) -> list:
     with open(client.download_artifacts(parent.info.run_id, "results.csv", str(dest / "results"))) as f:
         rows = list(csv.DictReader(f))
     params = parent.data.params
-    ranked = top_rows(rows, params["sweep.metric"], params["sweep.mode"], top, name)
+    ranked = [picked_row(rows, pick, name)] if pick else top_rows(rows, params["sweep.metric"], params["sweep.mode"],
+                                                                   top, name)
     by_trial = {run.data.tags.get(SweepTracker.TRIAL_TAG): run for run in finished}
     return [by_trial[row["trial_id"]] for row in ranked if row["trial_id"] in by_trial]
 

@@ -60,6 +60,7 @@ experiment = Experiment(
     smoke=Smoke(rows=(192, 48), features=1000,
                 overrides={"epochs": 3, "conv": [16, 20, 1, 16, 10, 1], "dense": [32, 8], "learning_rate": 0.01},
                 fixed=("conv", "batch_size"),
-                # conv [100, 100, 100, 100, 100, 1] (stride 100, then kernel 100) needs 10,000 features.
-                full_space_features=10_000),
+                # conv [100, 100, 100, 100, 100, 1] (stride 100, then kernel 100 and pool 10) needs 10,900
+                # features: 109 after the first layer, 10 after the second, 1 after its pooling.
+                full_space_features=11_000),
 )

@@ -47,6 +47,9 @@ def conv_stack(input_dim, conv, pool, activation_name):
         channels, length = filters, (length - kernel) // stride + 1
         size = int(pool[i]) if i < len(pool) else 0
         if size > 1:
+            if length < size:
+                raise ValueError(f"pooling {size} after conv layer {i + 1} is longer than its output ({length}); "
+                                 f"shorten `conv` or `pool`, or use more features")
             layers.append(nn.MaxPool1d(size))
             length = (length - size) // size + 1
     return layers, channels, length

@@ -68,10 +68,18 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
 
 
 def test_from_sweep_top_configurations(ray_cluster, workdir):
-    r = cli("tune", TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--name", "src", "--set", "epochs=2")
+    """A two-objective sweep (val_loss, then epoch time: it ranks, checkpoints and picks by val_loss as any
+    sweep, and marks its Pareto front); its best configurations as an ensemble; predict by its name, with
+    --top K or a front member (--pick)."""
+    r = cli("tune", TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--name", "src", "--set", "epochs=2",
+            "--metric", "val_loss", "--mode", "min", "--metric", "epoch_time_s", "--mode", "min")
     assert r.exit_code == 0, r.output
     results = pd.read_csv(workdir / "candle-ray-sweeps" / "src" / "results.csv")
     best_two = results.sort_values("val_loss")["config.learning_rate"].head(2).tolist()
+    front = results[results["pareto"] == 1]
+    assert "Pareto front over val_loss (min), epoch_time_s (min): " in r.output, r.output
+    assert results["knee"].sum() == 1 and 1 <= len(front) <= 3 and front["trial_id"].iloc[0] == results["trial_id"].iloc[0]
+    assert (workdir / "candle-ray-sweeps" / "src" / "report" / "pareto_front.png").exists()
 
     r = cli("ensemble", TINY, "--from-sweep", "src", "--top", 4, "--name", "bad")
     assert r.exit_code == 2 and "--top 4 but sweep 'src' has only 3 finished trial(s)" in r.output
@@ -93,12 +101,19 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
         "val_loss")["trial_id"].iloc[0])
     data = next(p for p in sorted((workdir / "cache" / "synthetic").rglob("*.csv")) if "test" in p.name)
     tables = {}
-    for model, extra in (("src", ()), (parent.info.run_id, ()), (best_run, ()), ("src", ("--top", 2))):
+    knee_run = next(c.info.run_id for c in children
+                    if c.data.tags["candle_ray.trial_id"] == results[results["knee"] == 1]["trial_id"].iloc[0])
+    assert parent.data.tags["candle_ray.knee_trial"] == results[results["knee"] == 1]["trial_id"].iloc[0]
+    assert parent.data.metrics["pareto_front_size"] == len(front)
+    for model, extra in (("src", ()), (parent.info.run_id, ()), (best_run, ()), ("src", ("--top", 2)),
+                         ("src", ("--pick", "1")), ("src", ("--pick", "knee")), (knee_run, ())):
         out = workdir / f"pred-{len(tables)}.tsv"
         r = cli("predict", model, "--data", data, "--out", out, "--member-columns", *extra)
         assert r.exit_code == 0, r.output
         tables[(model, *extra)] = pd.read_csv(out, sep="\t")
     assert tables[("src",)].equals(tables[(best_run,)]) and tables[(parent.info.run_id,)].equals(tables[(best_run,)])
+    assert tables[("src", "--pick", "1")].equals(tables[("src",)])  # the front's first: the best by val_loss
+    assert tables[("src", "--pick", "knee")].equals(tables[(knee_run,)])
     assert "member_0" in tables[("src",)] and "member_1" not in tables[("src",)]
     pooled = tables[("src", "--top", 2)]
     assert {"member_0", "member_1"} <= set(pooled) and "member_2" not in pooled
@@ -107,6 +122,10 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
     assert r.exit_code == 2 and "--top 4 but sweep 'src' has only 3 finished trial(s)" in r.output
     r = cli("predict", "top2", "--data", data, "--out", workdir / "x.tsv", "--top", 1)
     assert r.exit_code == 2 and "is a ensemble" not in r.output and "is an ensemble" in r.output
+    r = cli("predict", "src", "--data", data, "--out", workdir / "x.tsv", "--pick", len(front) + 1)
+    assert r.exit_code == 2 and f"give knee or a front member's place, 1 to {len(front)}" in r.output, r.output
+    r = cli("predict", "top2", "--data", data, "--out", workdir / "x.tsv", "--pick", "knee")
+    assert r.exit_code == 2 and "--pick knee picks among a sweep's trials" in r.output, r.output
     r = cli("predict", "nope", "--data", data, "--out", workdir / "x.tsv")
     assert r.exit_code == 2 and "'nope' is not a checkpoint path" in r.output and "sweeps there: src, top2" in r.output
 

@@ -107,3 +107,18 @@ def test_notes_before_the_first_trial():
     assert "batch_size (categorical) are drawn at random" in samplers.note("cmaes", SPACE, 16, None)
     assert "one random generation" in samplers.note("ga", SPACE, 8, {"population": 8})
     assert samplers.note("ga", SPACE, 40, {"population": 8}) is None and samplers.note("gp", SPACE, 8, None) is None
+
+
+@pytest.mark.parametrize("name", samplers.MODEL_BASED)
+def test_list_valued_choices_come_back_as_the_lists(name):
+    """CANDLE's `dense` and `conv` are lists: past the GA's first generation, NSGA-II's crossover turned them
+    into numpy arrays (which then failed to compare); every searcher must hand back the choices themselves."""
+    choices = [[8], [64], [512, 128]]
+    searcher = make_searcher(name, "val_loss", "min", 0, max_concurrent=1, options={**GA, "population": 4})
+    searcher.set_search_properties(None, None, {"learning_rate": SPACE["learning_rate"],
+                                                "dense": tune.choice(choices)})
+    for i in range(16):
+        config = searcher.suggest(f"t{i}")
+        assert type(config["dense"]) is list and config["dense"] in choices, config
+        searcher.on_trial_complete(f"t{i}", {"best_val_loss": abs(math.log10(config["learning_rate"]) + 2)
+                                             + len(config["dense"])})

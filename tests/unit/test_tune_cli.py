@@ -143,5 +143,20 @@ def test_full_space_smoke_is_as_wide_as_its_layouts_need():
 
     nt3 = load_experiment(NT3)
     wide = nt3.full_space_smoke()
-    assert wide.smoke.features == 10_000 and nt3.smoke.features == 1000  # the experiment itself is unchanged
+    assert wide.smoke.features == 11_000 and nt3.smoke.features == 1000  # the experiment itself is unchanged
     assert wide.search_space is nt3.search_space and wide.path == nt3.path
+
+
+def test_every_conv_layout_builds_at_its_full_space_smoke_width():
+    """Each searched conv layout of the conv nets builds on the data `--smoke --full-space` makes (a layout
+    that does not fit fails at build time in one line, not as a zero-sized tensor mid-epoch)."""
+    import models
+    from candle_ray.experiment import load_experiment
+
+    for name in ("nt3", "tc1"):
+        experiment = load_experiment(ROOT / "experiments" / f"{name}.py")
+        features = experiment.full_space_smoke().smoke.features
+        for conv in experiment.search_space["conv"].categories if "conv" in experiment.search_space else []:
+            models.build(name, {**experiment.defaults, "conv": conv, "input_dim": features, "classes": 2})
+    with pytest.raises(ValueError, match="pooling 10 after conv layer 2 is longer than its output"):
+        models.build("nt3", {"conv": [100, 100, 100, 100, 100, 1], "pool": [1, 10], "input_dim": 10_000, "classes": 2})
