@@ -7,5 +7,5 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 for script in ("p1_loop_throughput.py", "p3_data_load.py", "startup.py", "p2_trial_overhead.py",
-               "p4_asha_efficiency.py", "p5_concurrency.py", "stream_memory.py", "joined_memory.py"):
+               "p4_search_efficiency.py", "p5_concurrency.py", "stream_memory.py", "joined_memory.py"):
     subprocess.run([sys.executable, str(HERE / script)], check=True, cwd=HERE)

@@ -71,7 +71,8 @@ def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str, 
     from candle_ray.summary import picked_row
 
     chosen = [picked_row(rows, pick, sweep)] if pick else top_rows(rows, metric, mode, top, sweep)
-    return [{k[len("config."):]: _value(v) for k, v in r.items() if k.startswith("config.") and v != ""}
+    # An empty cell: a key the trial did not search (candle_ray.conditional); the member does not either.
+    return [{k[len("config."):]: None if v in ("", None) else _value(v) for k, v in r.items() if k.startswith("config.")}
             for r in chosen]
 
 

@@ -85,6 +85,7 @@ class Job:
     cv_assignment: object = None  # `tune --cv`: the fold of each train+val row
     cv_folds: int | None = None  # `tune --cv K`: every trial trains K folds in lockstep
     ddp_timeout_s: float = 300.0  # a DDP peer that dies fails the others within this
+    conditional: tuple = ()  # keys a sweep searches under a condition: None there keeps the default
 
     def __post_init__(self):
         # Scripts and tests write the fields as plain values: workers=2, or "1-4".

@@ -25,28 +25,66 @@ class NSGAIISampler(optuna.samplers.NSGAIISampler):
 
 
 class LabelledChoices(OptunaSearch):
-    """OptunaSearch whose study sees every list-valued choice (CANDLE's `dense`, `conv`) as its label, the
-    text results.csv shows ("[512, 128]"), and whose suggestions carry the lists themselves. Optuna wants
-    choices to be plain values: NSGA-II's crossover turns list choices into numpy arrays (which then fail to
-    compare), and every sampler warns about them."""
+    """OptunaSearch in candle-ray's terms:
+
+    - every list-valued choice (CANDLE's `dense`, `conv`) reaches the study as its label, the text results.csv
+      shows ("[512, 128]"), and suggestions carry the lists themselves: Optuna wants plain choices (NSGA-II's
+      crossover turned list choices into numpy arrays, which then failed to compare);
+    - a conditional key (candle_ray.conditional) is asked for only when its condition holds, so TPE models it
+      on the trials that searched it; the others get None (training keeps the default)."""
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        self._labels = {}
-        labelled = dict(config)
+        from candle_ray.conditional import Conditional, order
+
+        self._labels, self._conditions = {}, {}
+        plain = dict(config)
         for key, domain in config.items():
+            if isinstance(domain, Conditional):
+                self._conditions[key], domain = domain, domain.then
             if isinstance(domain, Categorical) and any(isinstance(c, (list, tuple, dict)) for c in domain.categories):
                 self._labels[key] = {str(c): c for c in domain.categories}
-                labelled[key] = ray.tune.choice(list(self._labels[key]))
-        return super().set_search_properties(metric, mode, labelled, **spec)
+                domain = ray.tune.choice(list(self._labels[key]))
+            plain[key] = domain
+        self._order = order(config) if self._conditions else list(config)
+        return super().set_search_properties(metric, mode, plain, **spec)
 
     def suggest(self, trial_id: str):
+        if getattr(self, "_conditions", None) and trial_id not in self._ot_trials and isinstance(self._space, dict):
+            self._ot_trials[trial_id] = self._ask_conditionally()
         config = super().suggest(trial_id)
         if isinstance(config, dict):
-            for key, choices in getattr(self, "_labels", {}).items():
-                if key in config:
-                    config[key] = copy.deepcopy(choices[config[key]])
+            config = self._decoded(config)
+            config.update({key: None for key in getattr(self, "_conditions", {}) if key not in config})
         return config
 
+    def _decoded(self, params: dict) -> dict:
+        labels = getattr(self, "_labels", {})
+        return {k: copy.deepcopy(labels[k][v]) if k in labels else v for k, v in params.items()}
+
+    def _ask_conditionally(self):
+        """A new study trial asked key by key: a conditional key only when its condition holds."""
+        trial = self._ot_study.ask()
+        for key in self._order:
+            condition = self._conditions.get(key)
+            if condition is None or condition.holds(self._decoded(trial.params)):
+                _suggest(trial, key, self._space[key])
+        return trial
+
     def add_evaluated_point(self, parameters: dict, value, **kwargs):
-        labelled = {k: str(v) if k in getattr(self, "_labels", {}) else v for k, v in parameters.items()}
-        return super().add_evaluated_point(labelled, value, **kwargs)
+        labels = getattr(self, "_labels", {})
+        labelled = {k: str(v) if k in labels else v for k, v in parameters.items() if v is not None}
+        if len(labelled) == len(parameters):
+            return super().add_evaluated_point(labelled, value, **kwargs)
+        # An earlier trial that did not search a conditional key: a study trial without it.
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            value=value, params=labelled, distributions={k: self._space[k] for k in labelled}))
+
+
+def _suggest(trial, name: str, distribution):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)

@@ -34,10 +34,12 @@ def _plt():
 
 
 def _numeric(values: list[str]):
+    """Numbers (NaN where a conditional key was not searched: "None") and whether the values are numbers."""
     try:
-        return [float(v) for v in values], True
+        numbers = [float("nan") if v in ("", "None") else float(v) for v in values]
     except ValueError:
         return values, False
+    return (numbers, True) if any(math.isfinite(v) for v in numbers) else (values, False)
 
 
 def worth(trial: dict, metric: str, mode: str) -> float | None:
@@ -91,7 +93,8 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
 
 def _log_axis(key: str, arr: np.ndarray, log_keys) -> bool:
     """A key sampled on a log scale, or positive values spanning two decades or more, is shown in log10."""
-    return arr.min() > 0 and (key in log_keys or arr.max() / arr.min() >= 100)
+    low, high = np.nanmin(arr), np.nanmax(arr)
+    return low > 0 and (key in log_keys or high / low >= 100)
 
 
 def _design(trials, keys, log_keys=()):
@@ -104,7 +107,7 @@ def _design(trials, keys, log_keys=()):
             arr = np.array(values, dtype=float)
             if _log_axis(key, arr, log_keys):
                 arr = np.log10(arr)
-            columns.append(arr)
+            columns.append(np.where(np.isnan(arr), np.nanmin(arr) - 1, arr))  # not searched: below the range
             owners.append(key)
         else:
             for level in sorted(set(values)):
@@ -155,7 +158,7 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) ->
             arr = np.array(raw, dtype=float)
             log = _log_axis(key, arr, log_keys)
             shown = np.log10(arr) if log else arr
-            lo, hi = shown.min(), shown.max()
+            lo, hi = np.nanmin(shown), np.nanmax(shown)  # a trial that did not search the key: no point there
             axes_data.append((shown - lo) / (hi - lo) if hi > lo else np.full_like(shown, 0.5))
             fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.3g}")
             tick_labels.append([(0.0, fmt(lo)), (1.0, fmt(hi))])

@@ -16,6 +16,7 @@ OptunaSearch, each seeded by `--seed`, and the schedulers each is sound with.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 from candle_ray.errors import UsageError
@@ -50,8 +51,10 @@ def sampler(name: str, seed: int, options: dict | None = None):
     quiet = {"warn_independent_sampling": False}
     if name == "optuna":
         return optuna.samplers.TPESampler(seed=seed)
-    if name == "bohb":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "bohb":  # grouped: keys searched in some trials only (candle_ray.conditional) get their own model
+        warnings.filterwarnings("ignore", message="Argument ``group`` is an experimental feature",
+                                category=optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, **quiet)
     if name == "cmaes":

@@ -16,7 +16,7 @@ import ray  # noqa: E402
 import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
-from candle_ray import samplers  # noqa: E402
+from candle_ray import conditional, samplers  # noqa: E402
 from candle_ray.callbacks import DriverCallbacks  # noqa: E402
 from candle_ray.errors import UsageError  # noqa: E402
 from candle_ray.job import Workers  # noqa: E402
@@ -234,6 +234,7 @@ class WithinSpace:
 
 def validate(searcher: str, scheduler: str, space: dict, objectives: int = 1) -> None:
     """Refuse, before anything starts, a space, scheduler or number of objectives the searcher cannot use."""
+    conditional.check(space, searcher, scheduler)
     if searcher == "grid":
         grid_space(space)
     if scheduler == "pbt":

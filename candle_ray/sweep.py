@@ -101,6 +101,17 @@ class _Resolved:
     warm: object = None  # the searcher's evaluated points (candle_ray.warm_start.WarmStart)
     grown: bool = False  # a resumed sweep's trial budget was raised: its record is written again
 
+    @property
+    def conditional_keys(self) -> tuple:
+        """Keys searched under a condition (candle_ray.conditional): a resumed sweep's record names them."""
+        if self.record is not None:
+            return tuple(self.record.get("conditional_keys", ()))
+        if self.settings.members is not None:  # members of a conditional sweep: None where theirs searched none
+            return tuple(k for k in self.space if any(m.get(k) is None for m in self.settings.members))
+        from candle_ray.conditional import conditions
+
+        return tuple(conditions(self.space))
+
 
 def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     """Run (or resume) a sweep; returns the exit code: 0 when it finished with at least one good trial.
@@ -154,7 +165,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
     else:
         space = dict(settings.space if settings.space is not None else experiment.search_space)
         if settings.smoke and not settings.full_space:  # some keys only make sense at full size (NT3's conv)
-            space = {k: v for k, v in space.items() if k not in experiment.smoke.fixed}
+            from candle_ray.conditional import without_orphans
+
+            space = without_orphans({k: v for k, v in space.items() if k not in experiment.smoke.fixed})
         check_space(space, config, sets, experiment.name)
         from candle_ray import search
 
@@ -274,6 +287,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
         "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
+        "conditional_keys": list(resolved.conditional_keys),
         "warm_start": {"sweeps": list(resolved.warm.sweeps), "points": len(resolved.warm.points)}
         if resolved.warm else None})
     return parent, tags
@@ -288,6 +302,7 @@ def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv
                     workers=sweep.workers, cpus_per_worker=sweep.cpus_per_worker,
                     use_gpu=bool(sweep.gpus_per_worker), threads=sweep.trial_plan.threads,
                     tune_checkpoint_s=sweep.checkpoint_every_s, cv_assignment=cv_assignment,
+                    conditional=resolved.conditional_keys,
                     cv_folds=int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None)
 
 
@@ -484,7 +499,10 @@ def log_scaled_keys(space: dict) -> list[str]:
     """Search-space keys sampled on a log scale (the report draws their axes in log)."""
     from ray.tune.search.sample import Float, Integer, LogUniform
 
-    return [k for k, v in space.items() if isinstance(v, (Float, Integer)) and isinstance(v.get_sampler(), LogUniform)]
+    from candle_ray.conditional import Conditional
+
+    plain = {k: v.then if isinstance(v, Conditional) else v for k, v in space.items()}
+    return [k for k, v in plain.items() if isinstance(v, (Float, Integer)) and isinstance(v.get_sampler(), LogUniform)]
 
 
 def fold_assignment(entry, cv: dict):

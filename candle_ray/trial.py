@@ -132,7 +132,9 @@ def run_trial(config: dict, base_job) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = Path(base_job.work_dir) / "trials" / trial_id
-    job = replace(base_job, config={**base_job.config, **config}, run_dir=str(run_dir))
+    # A conditional key this trial did not search (candle_ray.conditional) keeps the experiment's value.
+    searched = {k: v for k, v in config.items() if v is not None or k not in base_job.conditional}
+    job = replace(base_job, config={**base_job.config, **searched}, run_dir=str(run_dir))
     if "cv_fold" in config:  # `candle-ray cv`: this trial is one fold of the driver's fold assignment
         job = replace(job, cv={"assignment": base_job.cv_assignment, "fold": int(config["cv_fold"])})
     ckpt_dirs = _checkpoint_dirs(job)

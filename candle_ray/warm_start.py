@@ -86,30 +86,44 @@ def _check_record(name: str, record: dict, space: dict, metric: str, mode: str, 
 
 
 def fitted_point(row: dict, space: dict) -> dict | None:
-    """A results.csv row's configuration as values of `space` (None when one lies outside it)."""
-    from ray.tune.search.sample import Categorical, Domain, Float, Integer
+    """A results.csv row's configuration as values of `space` (None when one lies outside it). A conditional
+    key (candle_ray.conditional) is None where its condition fails, as the searcher itself would leave it."""
+    from ray.tune.search.sample import Domain
+
+    from candle_ray.conditional import Conditional, conditions
 
     point = {}
     for key, domain in space.items():
         if not isinstance(domain, Domain):  # a constant: not searched, not a point's coordinate
             continue
         text = row.get(f"config.{key}", "")
-        if isinstance(domain, Categorical):
-            choices = {str(c): c for c in domain.categories}
-            if text not in choices:
-                return None
-            point[key] = choices[text]
+        if isinstance(domain, Conditional) and text in ("", "None"):
+            point[key] = None
             continue
-        try:
-            value = float(text)
-        except ValueError:
+        value = _within(domain.then if isinstance(domain, Conditional) else domain, text)
+        if value is _OUTSIDE:
             return None
-        if isinstance(domain, Integer):  # Tune's randint excludes its upper bound
-            if value != int(value) or not domain.lower <= value < domain.upper:
-                return None
-            point[key] = int(value)
-        elif isinstance(domain, Float) and domain.lower <= value <= domain.upper:
-            point[key] = value
-        else:
-            return None
+        point[key] = value
+    if any((point[key] is not None) != condition.holds(point) for key, condition in conditions(space).items()):
+        return None  # searched where this space would not search it, or the other way round
     return point
+
+
+_OUTSIDE = object()
+
+
+def _within(domain, text: str):
+    """`text` (a results.csv cell) as a value of `domain`, or _OUTSIDE."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, Categorical):
+        return {str(c): c for c in domain.categories}.get(text, _OUTSIDE)
+    try:
+        value = float(text)
+    except ValueError:
+        return _OUTSIDE
+    if isinstance(domain, Integer):  # Tune's randint excludes its upper bound
+        return int(value) if value == int(value) and domain.lower <= value < domain.upper else _OUTSIDE
+    if isinstance(domain, Float) and domain.lower <= value <= domain.upper:
+        return value
+    return _OUTSIDE

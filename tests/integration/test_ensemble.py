@@ -80,6 +80,10 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
     assert "Pareto front over val_loss (min), epoch_time_s (min): " in r.output, r.output
     assert results["knee"].sum() == 1 and 1 <= len(front) <= 3 and front["trial_id"].iloc[0] == results["trial_id"].iloc[0]
     assert (workdir / "candle-ray-sweeps" / "src" / "report" / "pareto_front.png").exists()
+    values = results[["val_loss", "epoch_time_s"]].to_numpy()  # the front: every trial none beats, no other
+    beaten = [any((values[j] <= values[i]).all() and (values[j] < values[i]).any() for j in range(len(values)))
+              for i in range(len(values))]
+    assert set(front["trial_id"]) == set(results["trial_id"][[not b for b in beaten]])
 
     r = cli("ensemble", TINY, "--from-sweep", "src", "--top", 4, "--name", "bad")
     assert r.exit_code == 2 and "--top 4 but sweep 'src' has only 3 finished trial(s)" in r.output

@@ -300,3 +300,31 @@ def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
     assert "up to 3 at once" in r.output and "3 trials: 3 completed" in r.output
     r = tune(TINY, "--smoke", "--autoscale", "--name", "grow2")
     assert r.exit_code == 2 and "--autoscale needs --max-concurrent" in r.output
+
+
+def test_a_conditional_key_is_searched_only_where_its_condition_holds(ray_cluster, workdir):
+    """momentum is searched in sgd trials only (TPE asks for it there); adam trials train with the default
+    momentum and show none; an ensemble of the two best keeps each member's own."""
+    from candle_ray.predict import load_member
+
+    cond = ROOT / "tests" / "support" / "cond_nt3.py"
+    r = tune(cond, "--smoke", "--num-samples", 4, "--search", "optuna", "--scheduler", "fifo", "--name", "cond",
+             "--set", "epochs=1", "--seed", 1, "--no-baseline")
+    assert r.exit_code == 0, r.output
+    with open("candle-ray-sweeps/cond/results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["config.optimizer"] for row in rows} == {"adam", "sgd"}, rows
+    for row in rows:
+        trained = load_member(Path("candle-ray-sweeps/cond/trials") / row["trial_id"] / "checkpoints").config
+        if row["config.optimizer"] == "sgd":
+            assert 0.5 <= float(row["config.momentum"]) <= 0.99 and trained["momentum"] == float(row["config.momentum"])
+        else:
+            assert row["config.momentum"] == "" and trained["momentum"] == 0.0  # nt3's default
+    r = CliRunner().invoke(main, ["ensemble", str(cond), "--from-sweep", "cond", "--top", 4, "--name", "cond-all",
+                                  "--no-baseline"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with open("candle-ray-sweeps/cond-all/results.csv") as f:
+        members = {(row["config.optimizer"], row["config.momentum"]) for row in csv.DictReader(f)}
+    assert members == {(row["config.optimizer"], row["config.momentum"]) for row in rows}
+    r = tune(cond, "--smoke", "--search", "gp", "--name", "cond-gp")
+    assert r.exit_code == 2 and "--search gp searches every key in every trial, and momentum" in r.output, r.output

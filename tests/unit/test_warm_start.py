@@ -104,8 +104,10 @@ def test_a_warm_started_searcher_starts_near_the_known_optimum(name):
         config = searcher.suggest(f"t{i}")
         warm_values.append(loss(config))
         searcher.on_trial_complete(f"t{i}", {"best_val_loss": warm_values[-1]})
-    cold_values = [v for _, v in search(name, 0, 5)]
+    cold = search(name, 0, 5)
+    cold_values = [v for _, v in cold]
     assert sum(warm_values) < sum(cold_values), (warm_values, cold_values)
+    assert loss(cold[0][0]) != warm_values[0]  # the same seed's first proposal differs: the points reached it
     assert min(warm_values) < 0.5, warm_values
 
 

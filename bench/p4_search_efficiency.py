@@ -1,0 +1,82 @@
+"""P4: how fast each search method reaches a good model, against random search, over several seeds.
+
+Every method gets the same budget on NT3's smoke task (the NT3 file format and smoke search space:
+optimizer, dropout, learning rate): `--trials` trials of up to `--epochs` epochs. Random search (FIFO)
+trains every trial to the end; ASHA and BOHB stop weak trials early; TPE and GP (FIFO) train every trial
+to the end but choose what to try from what finished.
+
+The target is random search's median best val_loss over the seeds (at its full budget). For each method
+and seed, the epochs spent (in time order, over all trials) until the first epoch at or below the target;
+printed per method: the median over seeds, divided by random search's median (target: ASHA <= 0.33, BOHB
+<= 0.25), with the per-seed range; and the median best val_loss at the method's full budget (TPE and GP,
+which spend random's epochs, should end lower).
+"""
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from _sweep import NT3, run_sweep
+
+METHODS = {"random": ("random", "fifo"), "asha": ("random", "asha"), "tpe": ("optuna", "fifo"),
+           "gp": ("gp", "fifo"), "bohb": ("bohb", "asha")}
+GOALS = {"asha": "ratio <= 0.33", "bohb": "ratio <= 0.25", "tpe": "median best < random's",
+         "gp": "median best < random's"}
+
+
+def epochs_to(values: list[float], target: float) -> int | None:
+    """Epochs spent (1-based, time order) until the first value at or below `target`; None if never."""
+    return next((i for i, v in enumerate(values, 1) if v <= target), None)
+
+
+def middle(values: list) -> float | None:
+    """The median, a method that never got there counting as the slowest (None when most never did)."""
+    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+    middle_value = ordered[(len(ordered) - 1) // 2]  # the lower median: never between a number and None
+    return None if middle_value is None else float(middle_value)
+
+
+def run(args) -> dict:
+    """{method: [(epochs' val_loss in time order, epochs spent), one per seed]}"""
+    runs = {m: [] for m in args.methods}
+    with tempfile.TemporaryDirectory(prefix="p4-", dir="/tmp") as tmp:
+        for seed in range(args.seeds):
+            for method in args.methods:
+                searcher, scheduler = METHODS[method]
+                done = run_sweep(Path(tmp), str(NT3), "--smoke", "--num-samples", str(args.trials), "--set",
+                                 f"epochs={args.epochs}", "--seed", str(seed), "--search", searcher, "--scheduler",
+                                 scheduler, "--name", f"{method}-{seed}", "--no-baseline")
+                values = [v for *_, v in done["epochs"]]
+                runs[method].append(values)
+                print(f"  seed {seed} {method:6s}: {len(values)} epochs, best val_loss {min(values):.4f} "
+                      f"({done['wall_s']:.0f}s)", flush=True)
+    return runs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = parser.parse_args()
+    runs = run(args)
+    target = statistics.median(min(values) for values in runs["random"])
+    reach = {m: [epochs_to(values, target) for values in runs[m]] for m in runs}
+    random_median = middle(reach["random"])
+    print(f"P4 search efficiency: target val_loss {target:.4f} (random search's median best), {args.trials} trials "
+          f"x up to {args.epochs} epochs, {args.seeds} seeds")
+    for method in runs:
+        spent = middle(reach[method])
+        ratios = [None if r is None else r / random_median for r in reach[method]]
+        shown = [f"{r:.2f}" if r is not None else "never" for r in ratios]
+        best = statistics.median(min(values) for values in runs[method])
+        ratio = f"{spent / random_median:.2f}" if spent is not None else "n/a (most seeds never reached it)"
+        print(f"P4 {method:6s}: epochs to target median {spent if spent is not None else 'never'} -> ratio {ratio} "
+              f"(per seed {', '.join(shown)}); median epochs run {statistics.median(map(len, runs[method])):.0f}; "
+              f"median best val_loss {best:.4f}" + (f"  [goal: {GOALS[method]}]" if method in GOALS else ""))
+
+
+if __name__ == "__main__":
+    main()
