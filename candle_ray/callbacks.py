@@ -98,10 +98,13 @@ class MLflowSweepCallback(Callback):
     """
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
-                 dataset: dict | None = None, model_per_trial: bool = False):
+                 dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
         self.model_per_trial = model_per_trial  # each finished trial's best epoch as an MLflow model too
+        # --keep-checkpoints: which finished trials keep their weights (candle_ray.retention), and how the
+        # files of one that does not are deleted; only the worker thread touches either.
+        self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
         self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
@@ -162,10 +165,21 @@ class MLflowSweepCallback(Callback):
 
     def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint, last: dict) -> None:
         child = self._child(trial_id, config)
+        drops = self.retention.finished(trial_id, last, status == "FAILED") if self.retention else []
         best = best_metrics(last)
         if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
             child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}})
             tags = {**tags, "candle_ray.best_epoch": last["best_epoch"]}
+        if trial_id in drops:  # it can never be picked: its weights are not worth a copy in MLflow
+            tags = {**tags, **self._dropped_tag()}
+        else:
+            self._log_best(child, trial_id, status, tune_checkpoint)
+        child.set_tags(tags)
+        child.finish(status)
+        self._drop(drops, logged_now=trial_id)
+
+    def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
+        """The trial's best checkpoint (one per fold with `tune --cv`) as artifacts of its run."""
         with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
             # The trial's last Tune checkpoint is in the sweep's storage (a shared folder or a bucket), so
             # it is there wherever the trial ran; the trial's own folder, when this driver can see it, may
@@ -186,8 +200,58 @@ class MLflowSweepCallback(Callback):
                 from candle_ray import tracking
 
                 tracking.log_model_or_warn(child, logged, warn=self.model_notes.append)
-        child.set_tags(tags)
-        child.finish(status)
+
+    # ------------------------------------------------------------------ --keep-checkpoints
+
+    def _dropped_tag(self) -> dict:
+        from candle_ray.retention import WEIGHTS_TAG
+
+        return {WEIGHTS_TAG: f"dropped: not among the sweep's {self.retention.keep} best (--keep-checkpoints)"}
+
+    def _drop(self, trial_ids: list[str], logged_now: str | None = None) -> None:
+        """Delete the weights of trials that can no longer be picked: their files, their MLflow copies."""
+        from candle_ray import tracking
+
+        for trial_id in trial_ids:
+            self.drop_files(trial_id)
+            if trial_id == logged_now:
+                continue  # never uploaded; already tagged
+            run_id = self.sweep.child_run_id(trial_id)
+            if run_id:
+                run = self.sweep.children.get(trial_id) or tracking.RunTracker(self.sweep.parent.uri, "", run_id)
+                run.delete_artifacts("checkpoints")
+                run.set_tags(self._dropped_tag())
+
+    def _seed(self, finished: list[tuple]) -> None:
+        """A resumed sweep: the trials that finished before it, as retention saw them (dropped ones stay so)."""
+        from candle_ray.retention import WEIGHTS_TAG
+
+        self._seeded = True
+        gone = self.sweep.tagged_children(WEIGHTS_TAG, "dropped")
+        self.retention.dropped |= gone
+        for trial_id, last, failed in finished:
+            if trial_id not in gone:
+                self._drop(self.retention.finished(trial_id, last, failed))
+            self.retention.seen.add(trial_id)
+
+    def _at_end(self, finished: list[tuple]) -> None:
+        if not self._seeded:
+            self._seed(finished)
+        self._drop(self.retention.at_end())
+
+    def _finished_before(self, trials, this=None) -> list[tuple]:
+        return [(t.trial_id, dict(t.last_result or {}), t.status == "ERROR") for t in trials
+                if t.status in ("TERMINATED", "ERROR") and t is not this]
+
+    def _seed_once(self, trials, trial) -> None:
+        if not self._seeded:  # the first trial to end in this driver: what ended before it counts too
+            self._submit("trials finished before a resume", self._seed, self._finished_before(trials, trial))
+            self._seeded = True
+
+    def end_retention(self, trials) -> None:
+        """After the sweep: drop what no longer has a chance (a PBT sweep's donors, trials a resume found)."""
+        if self.retention is not None:
+            self._submit("dropping weights outside the best", self._at_end, self._finished_before(trials))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._submit(f"trial {trial.trial_id}'s run", self._child, trial.trial_id, dict(trial.config))
@@ -197,11 +261,13 @@ class MLflowSweepCallback(Callback):
                      dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._seed_once(trials, trial)
         self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FINISHED",
                      {"candle_ray.trial_status": _ended(trial, self.max_epochs)}, trial.checkpoint,
                      dict(trial.last_result or {}))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._seed_once(trials, trial)
         self._submit(f"trial {trial.trial_id}'s end", self._end, trial.trial_id, dict(trial.config), "FAILED",
                      {"candle_ray.trial_status": "failed", "candle_ray.error": _error_line(trial)}, trial.checkpoint,
                      dict(trial.last_result or {}))

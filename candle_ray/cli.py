@@ -245,11 +245,15 @@ register_option = click.option(
 @click.option("--full-space", is_flag=True,
               help="With --smoke: search the full-size keys a smoke search leaves out too (the experiment's "
                    "Smoke.fixed, e.g. NT3's conv layouts), to check that every configuration builds and trains.")
+@click.option("--keep-checkpoints", type=click.IntRange(min=0), default=20, show_default=True, metavar="K",
+              help="Keep the weights of the K best finished trials (and of every Pareto front member) and the "
+                   "running ones; the others' are deleted once they cannot be picked. 0 keeps every trial's.")
 @register_option
 @_sweep_options("trial")
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob, mutation_prob, space_file, scheduler,
-         checkpoint_every_s, grace_period, seed, cv_folds, metrics, modes, warm_start, full_space, **run):
+         checkpoint_every_s, grace_period, seed, cv_folds, metrics, modes, warm_start, full_space, keep_checkpoints,
+         **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
@@ -285,6 +289,7 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
         num_samples=num_samples, seed=seed, metric=metric, mode=mode, also=also, space=space,
         searcher_options=ga if searcher == "ga" else None,
         warm_start=tuple(name for given in warm_start for name in given.split(",") if name),
+        keep_checkpoints=keep_checkpoints,
         checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 

@@ -50,6 +50,7 @@ class Sweep:
     # Objectives beyond `metric`, [[metric, mode], ...]: the searcher optimises them all, the sweep reports their
     # Pareto front; `metric` alone picks each trial's best epoch and drives the schedulers.
     also: list = field(default_factory=list)
+    keep_checkpoints: int = 0  # finished trials whose weights are kept, the best (candle_ray.retention); 0: all
 
     @classmethod
     def from_record(cls, record: dict) -> Sweep:

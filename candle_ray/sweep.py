@@ -85,6 +85,7 @@ class SweepSettings:
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
     model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
     searcher_options: dict | None = None  # a GA's population and probabilities (candle_ray.samplers.GASettings)
+    keep_checkpoints: int = 0  # a sweep keeps the weights of its K best finished trials (candle_ray.retention)
     warm_start: tuple = ()  # earlier sweeps whose finished trials the searcher starts from (candle_ray.warm_start)
     also: tuple = ()  # more objectives, ((metric, mode), ...): a multi-objective search (search.Sweep.also)
 
@@ -250,6 +251,8 @@ def _make_sweep(resolved: _Resolved, store):
                       workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
                       gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,
                       also=[list(pair) for pair in s.also],
+                      # --model-per-trial wants every trial's model; an ensemble or a cv pools every member
+                      keep_checkpoints=0 if s.model_per_trial or s.kind != "sweep" else s.keep_checkpoints,
                       mode=s.mode, max_failures=s.max_failures,
                       max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
@@ -318,7 +321,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
                                                sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry),
-                                               model_per_trial=resolved.settings.model_per_trial)
+                                               model_per_trial=resolved.settings.model_per_trial,
+                                               **_retention(sweep, store, work_dir))
     device = f"{sweep.workers} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers} x {sweep.cpus_per_worker:g} CPU worker(s)"
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
@@ -337,7 +341,11 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             tuner.fit()
             interrupted = tune_was_interrupted()
         fit_s = time.monotonic() - t_fit
+        mlflow_callback.end_retention(progress.trials or [])
         failure = mlflow_callback.close()
+        if mlflow_callback.retention and mlflow_callback.retention.dropped:
+            echo(f"weights kept for the {sweep.keep_checkpoints} best trials and the running ones; "
+                 f"{len(mlflow_callback.retention.dropped)} others' dropped (--keep-checkpoints)")
         if mlflow_callback.model_notes:  # e.g. a multi-task model, which no trial can serve
             more = len(mlflow_callback.model_notes) - 1
             echo(mlflow_callback.model_notes[0] + (f" (and {more} more trials)" if more else ""))
@@ -368,6 +376,19 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                 child.finish("KILLED")
         parent.finish(status)
     return summary, fit_s, linear
+
+
+def _retention(sweep, store, work_dir: Path) -> dict:
+    """--keep-checkpoints: what the MLflow callback needs to drop the weights of trials that cannot be picked."""
+    if not sweep.keep_checkpoints:
+        return {}
+    from functools import partial
+
+    from candle_ray.retention import Retention, drop_files
+
+    # PBT clones a donor's newest checkpoint at any time: its sweep drops weights only once it is over.
+    return {"retention": Retention(sweep.keep_checkpoints, sweep.objectives, defer=sweep.scheduler == "pbt"),
+            "drop_files": partial(drop_files, store, sweep.name, work_dir)}
 
 
 def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:

@@ -287,6 +287,13 @@ class RunTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def delete_artifacts(self, path: str) -> None:
+        """Remove the run's artifacts under `path` from its artifact store (a sweep dropping a trial's weights)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        call_with_retry(self.uri, get_artifact_repository(uri).delete_artifacts, path, what=f"deleting {path}")
+
     def log_dict(self, data: dict, name: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), name)
 
@@ -332,6 +339,13 @@ class SweepTracker:
         return [r.info.run_id for r in p.client.search_runs(
             [p.experiment_id()],
             filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{self.TRIAL_TAG}` = '{trial_id}'")]
+
+    def tagged_children(self, tag: str, value: str) -> set[str]:
+        """The trial ids of the children whose `tag` starts with `value` (one query, whatever the sweep's size)."""
+        p = self.parent
+        runs = p.client.search_runs([p.experiment_id()], max_results=50000,
+                                    filter_string=f"tags.mlflow.parentRunId = '{p.run_id}' and tags.`{tag}` LIKE '{value}%'")
+        return {r.data.tags.get(self.TRIAL_TAG) for r in runs}
 
     def stale_children(self) -> list[RunTracker]:
         """Children still RUNNING (their trial was cut off by an interrupted driver)."""
@@ -429,7 +443,15 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
     ranked = [picked_row(rows, pick, name)] if pick else top_rows(rows, params["sweep.metric"], params["sweep.mode"],
                                                                    top, name)
     by_trial = {run.data.tags.get(SweepTracker.TRIAL_TAG): run for run in finished}
-    return [by_trial[row["trial_id"]] for row in ranked if row["trial_id"] in by_trial]
+    chosen = [by_trial[row["trial_id"]] for row in ranked if row["trial_id"] in by_trial]
+    dropped = [run.data.tags[SweepTracker.TRIAL_TAG] for run in chosen
+               if run.data.tags.get("candle_ray.weights", "").startswith("dropped")]
+    if dropped:
+        kept = params.get("sweep.keep_checkpoints", "K")
+        raise UsageError(f"sweep {name} kept the weights of its {kept} best trials (--keep-checkpoints), and trial "
+                         f"{dropped[0]} is not among them; " + (f"use --top {kept} or fewer" if not pick else
+                                                                  "pick another front member, or train it again"))
+    return chosen
 
 
 MODEL_ARTIFACT = "model"

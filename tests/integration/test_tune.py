@@ -253,9 +253,10 @@ def test_hyperband_pauses_and_resumes_trials_from_their_newest_epoch(ray_cluster
 def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     """TPE proposes every trial (list-valued choices included) and the median rule follows each trial's
     best epoch; the record and results.csv agree on what ran. The finished sweep then grows by two trials
-    (`--resume --num-samples 7`), and a GP sweep is warm-started from it (`--warm-start`)."""
+    (`--resume --num-samples 7`), and a GP sweep is warm-started from it (`--warm-start`). Throughout, only
+    the 2 best finished trials keep their weights (`--keep-checkpoints 2`)."""
     r = tune(TINY, "--smoke", "--num-samples", 5, "--search", "optuna", "--scheduler", "median", "--name", "tpe",
-             "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline")
+             "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline", "--keep-checkpoints", 2)
     assert r.exit_code == 0, r.output
     assert "5 trials:" in r.output and "0 failed" in r.output
     record = json.loads(Path("candle-ray-sweeps/tpe/sweep.json").read_text())
@@ -265,6 +266,7 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     assert len(rows) == 5 and all(row["status"] in ("completed", "stopped early") for row in rows)
     rates = [float(row["config.learning_rate"]) for row in rows]
     assert len(set(rates)) == 5 and all(1e-3 <= lr <= 1e-1 for lr in rates)
+    assert_two_best_keep_weights(rows, workdir)
 
     # Grown to 7 trials: the 5 stay as they were, 2 more under the same MLflow parent, one child each.
     r = tune(TINY, "--name", "tpe", "--resume", "--num-samples", 7)
@@ -279,6 +281,10 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     assert len(parents) == 1 and parents[0].info.run_id == record["parent_run_id"]
     assert sorted(run.data.tags["candle_ray.trial_id"] for run in runs if run not in parents) == sorted(grown)
+    assert_two_best_keep_weights(list(grown.values()), workdir)
+    data = next(p for p in sorted((workdir / "cache" / "synthetic").rglob("*.csv")) if "test" in p.name)
+    r = CliRunner().invoke(main, ["predict", "tpe", "--data", str(data), "--out", "p.tsv", "--top", 3])
+    assert r.exit_code == 2 and "kept the weights of its 2 best trials" in r.output, r.output
     r = tune(TINY, "--name", "tpe", "--resume", "--num-samples", 3)
     assert r.exit_code == 2 and "a sweep cannot shrink" in r.output, r.output
 
@@ -290,6 +296,22 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     assert f"warm start: {finished} finished trials of tpe given to the gp searcher" in r.output, r.output
     assert json.loads(Path("candle-ray-sweeps/warm/sweep.json").read_text())["warm_start"] == \
         {"sweeps": ["tpe"], "points": finished}
+
+
+def assert_two_best_keep_weights(rows: list[dict], workdir: Path) -> None:
+    """The sweep's 2 best trials (results.csv is ranked) keep their weights in the trial folder, in Tune's
+    checkpoints and in MLflow; the others' are gone, and their runs say so."""
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    sweep = workdir / "candle-ray-sweeps" / "tpe"
+    runs = {run.data.tags.get("candle_ray.trial_id"): run for run in
+            client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id], "tags.`candle_ray.sweep` = 'tpe'")}
+    for place, row in enumerate(rows):
+        trial, kept = row["trial_id"], place < 2
+        assert (sweep / "trials" / trial / "checkpoints").exists() == kept, (place, row)
+        assert any((sweep / trial).glob("checkpoint_*")) == kept, (place, row)
+        assert bool(client.list_artifacts(runs[trial].info.run_id, "checkpoints")) == kept, (place, row)
+        assert runs[trial].data.tags.get("candle_ray.weights", "").startswith("dropped") == (not kept)
+        assert (sweep / "trials" / trial / "ranks").exists()  # the rest of its record stays
 
 
 def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
