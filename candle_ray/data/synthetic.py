@@ -115,8 +115,9 @@ def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features
                seed: int = 0) -> Dataset | ReaderDataset:
     """Write deterministic synthetic files in the format of `ds` and return a dataset spec reading them.
 
-    Files go to `<out_dir>/<name>-smoke/` under the real files' names; they are not rewritten when
-    already there with the same parameters. Without a val file in `ds` only a train file (rows[0]
+    Files go to `<out_dir>/<name>-smoke-<rows>x<features>/` under the real files' names (one folder per
+    shape: a smoke and a `--full-space` smoke run of one experiment, or two experiments on one dataset,
+    never rewrite each other's files); they are not rewritten when already there with the same parameters. Without a val file in `ds` only a train file (rows[0]
     rows) is written and the split comes from `val_fraction` as usual.
     """
     if isinstance(ds, ReaderDataset):
@@ -130,7 +131,7 @@ def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features
         drop = ("sample_id",)  # the id column the real tables have must be dropped to read the file
     if ds.format == "table" and label_name in drop:
         raise UsageError(f"dataset {ds.name!r} drops its own label column {label_name!r}; remove it from drop")
-    out = Path(out_dir) / f"{ds.name}-smoke"
+    out = Path(out_dir) / f"{ds.name}-smoke-{'+'.join(map(str, rows))}x{features}"
     names = {"train": _safe_name(ds.train.url, "train.csv")}
     if ds.val is not None:
         names["val"] = _safe_name(ds.val.url, "val.csv")
@@ -171,7 +172,7 @@ def _synthesize_reader(ds: ReaderDataset, out_dir, *, rows, features: int, seed:
     """The reader's synthetic files under the real files' names, written once per parameter set.
 
     The generator writes into a fresh temporary folder; the files are then renamed into
-    `<out_dir>/<name>-smoke/` and a stamp (written last) records their sizes and digests, so an
+    `<out_dir>/<name>-smoke-<rows>x<features>/` and a stamp (written last) records their sizes and digests, so an
     interrupted run never leaves a half-written set that a later run would trust.
     """
     from candle_ray.data import registry
@@ -179,7 +180,7 @@ def _synthesize_reader(ds: ReaderDataset, out_dir, *, rows, features: int, seed:
     total = int(sum(rows)) if isinstance(rows, (tuple, list)) else int(rows)
     if total < 4 or features < 1:
         raise UsageError(f"synthesize needs at least 4 rows and features >= 1, got rows={rows!r}, features={features!r}")
-    out = Path(out_dir) / f"{ds.name}-smoke"
+    out = Path(out_dir) / f"{ds.name}-smoke-{total}x{features}"
     names = {role: _safe_name(src.url, f"{role}.txt") for role, src in ds.sources.items()}
     params = {"generator": GENERATOR_VERSION, "reader": ds.reader, "reader_version": registry.version(ds.reader),
               "options": registry.options(ds.reader, ds.options), "seed": seed, "rows": total,

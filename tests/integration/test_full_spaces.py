@@ -40,7 +40,7 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
             "--name", f"{name}-full", "--no-baseline", "--seed", 3)
     assert r.exit_code == 0, r.output
     assert f"2 x {searcher} / {scheduler} over" in r.output, r.output
-    assert "2 trials: 2 completed" in r.output, r.output
+    assert "2 trials: " in r.output and " 0 failed" in r.output, r.output  # asha may stop one early
     results = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-full" / "results.csv")
     assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
     for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each

@@ -115,3 +115,13 @@ def test_regression_writes_numeric_targets(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(UsageError):
         synthesize(NT3, tmp_path, rows=(1, 4))
+
+
+def test_each_smoke_shape_has_its_own_files(tmp_path):
+    """A smoke and a --full-space smoke run of one experiment (or two experiments on one dataset) write
+    different widths: neither rewrites the other's files, so both stay true to their checksums."""
+    narrow = synthesize(NT3, tmp_path, rows=(30, 10), features=20)
+    wide = synthesize(NT3, tmp_path, rows=(30, 10), features=40)
+    assert path_of(narrow.train).parent != path_of(wide.train).parent and narrow.name == wide.name == "nt3-smoke"
+    for smoke in (narrow, wide):
+        assert smoke.train.sha256 == hashlib.sha256(path_of(smoke.train).read_bytes()).hexdigest()
