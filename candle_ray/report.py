@@ -223,8 +223,8 @@ def pareto_plot(trials, objectives, path: Path) -> list[dict]:
         ax.plot(*front[k][1], marker="*", markersize=16, color="#ff7f0e", markeredgecolor="black", linestyle="",
                 label=f"knee: trial {front[k][0]['trial_id']}")
         ax.set(xlabel=f"{names[0]} ({modes[0]})", ylabel=f"{names[1]} ({modes[1]})")
-        for k, set_scale in enumerate((ax.set_xscale, ax.set_yscale)):  # model sizes span decades
-            column = [v[k] for _, v in scored]
+        for axis, set_scale in enumerate((ax.set_xscale, ax.set_yscale)):  # model sizes span decades
+            column = [v[axis] for _, v in scored]
             if min(column) > 0 and max(column) / min(column) > 100:
                 set_scale("log")
     else:

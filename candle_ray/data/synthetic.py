@@ -115,7 +115,7 @@ def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features
                seed: int = 0) -> Dataset | ReaderDataset:
     """Write deterministic synthetic files in the format of `ds` and return a dataset spec reading them.
 
-    Files go to `<out_dir>/<name>-smoke-<rows>x<features>/` under the real files' names (one folder per
+    Files go to `<out_dir>/<name>-smoke-<train>x<val>x<features>/` under the real files' names (one folder per
     shape: a smoke and a `--full-space` smoke run of one experiment, or two experiments on one dataset,
     never rewrite each other's files); they are not rewritten when already there with the same parameters. Without a val file in `ds` only a train file (rows[0]
     rows) is written and the split comes from `val_fraction` as usual.
@@ -131,7 +131,7 @@ def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features
         drop = ("sample_id",)  # the id column the real tables have must be dropped to read the file
     if ds.format == "table" and label_name in drop:
         raise UsageError(f"dataset {ds.name!r} drops its own label column {label_name!r}; remove it from drop")
-    out = Path(out_dir) / f"{ds.name}-smoke-{'+'.join(map(str, rows))}x{features}"
+    out = Path(out_dir) / f"{ds.name}-smoke-{rows[0]}x{rows[1]}x{features}"  # plain characters: it goes into URLs
     names = {"train": _safe_name(ds.train.url, "train.csv")}
     if ds.val is not None:
         names["val"] = _safe_name(ds.val.url, "val.csv")

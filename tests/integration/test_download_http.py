@@ -165,7 +165,7 @@ def test_prepare_from_http_end_to_end(tmp_path):
     smoke = synthesize(Dataset(name="nt3", train="x/nt_train2.csv", val="x/nt_test2.csv", classes=2), tmp_path / "syn",
                        rows=(40, 12), features=30)
     cache = Cache(tmp_path / "cache")
-    with serve_directory(tmp_path / "syn" / "nt3-smoke") as base:
+    with serve_directory(sources.local_path(smoke.train.url).parent) as base:
         ds = dataclasses.replace(
             smoke,
             train=Source(f"{base}/nt_train2.csv", sha256=smoke.train.sha256),

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from candle_ray.cli import main
+from candle_ray.data.sources import local_path
 from candle_ray.data.synthetic import synthesize
 from candle_ray.experiment import load_experiment
 from tests.conftest import ROOT
@@ -32,7 +33,7 @@ def served_nt3(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     nt3 = load_experiment(ROOT / "experiments" / "nt3.py")
     local = synthesize(nt3.dataset, root / "files", rows=(96, 32), features=300, seed=3)
-    train, val = Path(local.train.url[7:]), Path(local.val.url[7:])
+    train, val = local_path(local.train.url), local_path(local.val.url)
     assert train.parent == val.parent
     with serve_directory(train.parent) as base:
         exp = root / "nt3_http.py"
