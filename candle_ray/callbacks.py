@@ -227,7 +227,8 @@ class MLflowSweepCallback(Callback):
         from candle_ray.retention import WEIGHTS_TAG
 
         self._seeded = True
-        gone = self.sweep.tagged_children(WEIGHTS_TAG, "dropped")
+        # a fresh sweep's first trial to end has nothing before it: no query
+        gone = self.sweep.tagged_children(WEIGHTS_TAG, "dropped") if finished else set()
         self.retention.dropped |= gone
         for trial_id, last, failed in finished:
             if trial_id not in gone:

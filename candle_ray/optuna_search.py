@@ -33,6 +33,10 @@ class LabelledChoices(OptunaSearch):
     - a conditional key (candle_ray.conditional) is asked for only when its condition holds, so TPE models it
       on the trials that searched it; the others get None (training keeps the default)."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._labels, self._conditions, self._order = {}, {}, []  # set from the space (set_search_properties)
+
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         from candle_ray.conditional import Conditional, order
 
@@ -49,17 +53,16 @@ class LabelledChoices(OptunaSearch):
         return super().set_search_properties(metric, mode, plain, **spec)
 
     def suggest(self, trial_id: str):
-        if getattr(self, "_conditions", None) and trial_id not in self._ot_trials and isinstance(self._space, dict):
+        if self._conditions and trial_id not in self._ot_trials:
             self._ot_trials[trial_id] = self._ask_conditionally()
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config = self._decoded(config)
-            config.update({key: None for key in getattr(self, "_conditions", {}) if key not in config})
+            config.update({key: None for key in self._conditions if key not in config})
         return config
 
     def _decoded(self, params: dict) -> dict:
-        labels = getattr(self, "_labels", {})
-        return {k: copy.deepcopy(labels[k][v]) if k in labels else v for k, v in params.items()}
+        return {k: copy.deepcopy(self._labels[k][v]) if k in self._labels else v for k, v in params.items()}
 
     def _ask_conditionally(self):
         """A new study trial asked key by key: a conditional key only when its condition holds."""
@@ -71,8 +74,7 @@ class LabelledChoices(OptunaSearch):
         return trial
 
     def add_evaluated_point(self, parameters: dict, value, **kwargs):
-        labels = getattr(self, "_labels", {})
-        labelled = {k: str(v) if k in labels else v for k, v in parameters.items() if v is not None}
+        labelled = {k: str(v) if k in self._labels else v for k, v in parameters.items() if v is not None}
         if len(labelled) == len(parameters):
             return super().add_evaluated_point(labelled, value, **kwargs)
         # An earlier trial that did not search a conditional key: a study trial without it.

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from candle_ray.summary import finite, pareto_front, trial_value
 
-DEFAULT_KEEP = 20
 WEIGHTS_TAG = "candle_ray.weights"  # on the MLflow run of a trial whose weights were dropped
 
 

@@ -431,6 +431,7 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
     import csv
 
     from candle_ray.ensemble import top_rows
+    from candle_ray.retention import WEIGHTS_TAG
     from candle_ray.summary import picked_row
 
     name = parent.data.tags.get("candle_ray.sweep", parent.info.run_id)
@@ -445,7 +446,7 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
     by_trial = {run.data.tags.get(SweepTracker.TRIAL_TAG): run for run in finished}
     chosen = [by_trial[row["trial_id"]] for row in ranked if row["trial_id"] in by_trial]
     dropped = [run.data.tags[SweepTracker.TRIAL_TAG] for run in chosen
-               if run.data.tags.get("candle_ray.weights", "").startswith("dropped")]
+               if run.data.tags.get(WEIGHTS_TAG, "").startswith("dropped")]
     if dropped:
         kept = params.get("sweep.keep_checkpoints", "K")
         raise UsageError(f"sweep {name} kept the weights of its {kept} best trials (--keep-checkpoints), and trial "

@@ -17,7 +17,6 @@ from candle_ray.errors import UsageError
 # Samplers that model every finished trial of their study. CMA-ES and NSGA-II build generations from
 # trials they proposed themselves, so points added to the study would be ignored.
 SEARCHERS = ("optuna", "gp", "bohb")
-FINISHED = ("completed", "stopped early")
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,8 @@ def check_searcher(searcher: str, resume: bool) -> None:
 def load(store, names: list[str], experiment_path: Path, space: dict, metric: str, mode: str, smoke: bool,
          echo) -> WarmStart:
     """The finished trials of sweeps `names` (in `store`) as evaluated points of `space`."""
+    from candle_ray import ensemble
+
     points, values, outside = [], [], 0
     for name in names:
         record = store.read_sweep(name, f"--warm-start {name!r}: no such sweep", "pass --storage where it ran")
@@ -56,7 +57,7 @@ def load(store, names: list[str], experiment_path: Path, space: dict, metric: st
         if rows is None:
             raise UsageError(f"--warm-start {name!r} has no results.csv yet; let it finish (or resume it) first")
         for row in rows:
-            if row.get("status") not in FINISHED or row.get(metric) in (None, ""):
+            if row.get("status") not in ensemble.FINISHED or row.get(metric) in (None, ""):
                 continue
             point = fitted_point(row, space)
             if point is None:
