@@ -239,7 +239,7 @@ def _make_sweep(resolved: _Resolved, store):
     if resolved.record is None and store.has_sweep(name):  # before Ray starts
         raise UsageError(f"a sweep named {name!r} already exists in {store.uri}; resume it with --name {name} "
                          f"--resume, or pick another --name")
-    cluster = runtime.connect(s.address)
+    cluster = runtime.connect(s.address, ray_train=s.workers_per_trial.elastic)
     if resolved.record is not None:
         return search.Sweep.from_record(resolved.record["sweep"])
     use_gpu = (s.force_gpu or bool(cluster.get("GPU"))) and not s.force_cpu

@@ -8,7 +8,7 @@ import csv
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,8 +47,8 @@ class TrainResult:
 class Progress:
     """Per-epoch handler in the driver: one terminal line, one MLflow log_batch, one CSV row."""
 
-    def __init__(self, csv_path: Path, tracker, epochs: int, t_start: float, echo):
-        self.csv_path, self.tracker, self.epochs, self.t_start, self.echo = csv_path, tracker, epochs, t_start, echo
+    def __init__(self, csv_path: Path, opened_run: Future, epochs: int, t_start: float, echo):
+        self.csv_path, self.opened_run, self.epochs, self.t_start, self.echo = csv_path, opened_run, epochs, t_start, echo
         self.history: dict[int, dict] = {}
         self.startup_s = self.compute_s = 0.0
         self.stop_reason: str | None = None
@@ -61,7 +61,6 @@ class Progress:
             self.startup_s = time.monotonic() - self.t_start - metrics["epoch_time_s"]
         self.history[epoch] = metrics
         self.compute_s += metrics["epoch_time_s"]
-        self.tracker.log_epoch(metrics)
         # Every metric the objective reports (AUROC, per-task accuracy, UQ heads...), bookkeeping aside.
         fields = [k for k, v in metrics.items() if k not in _BOOKKEEPING and isinstance(v, (int, float))
                   and not isinstance(v, bool) and not k.startswith("system/")]  # system/: MLflow's tab only
@@ -72,6 +71,7 @@ class Progress:
             self.stop_reason = metrics["stop_reason"]
             self.echo(f"stopped: {metrics['stop_reason']}")
         self._write_row(["epoch", *fields, "epoch_time_s"], metrics)
+        self.opened_run.result().log_epoch(metrics)  # the first epoch may wait here for the run to open
 
     def _write_row(self, columns: list[str], metrics: dict) -> None:
         new = not self.csv_path.exists()
@@ -110,9 +110,12 @@ def finish_run(tracker, run_dir: Path, status: str, warn=print) -> None:
         tracker.finish(status)
 
 
-def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: str, run_dir: Path, smoke: bool):
-    """Start Ray and the MLflow run together: MLflow's import and store set-up (~1.8 s) overlap ray.init
-    (~3 s); ray.init stays in the main thread, where it installs its signal handlers."""
+def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: str, run_dir: Path, smoke: bool,
+              mlflow_thread: ThreadPoolExecutor):
+    """Start Ray here and the MLflow run in `mlflow_thread`; return the cluster's resources and the run's
+    future. Nothing waits for the run: MLflow's import and store set-up (~3 s) overlap ray.init, the
+    workers' start and the first epoch, which waits only to be logged. ray.init stays in the main thread,
+    where it installs its signal handlers."""
     from candle_ray import runtime, tracking
 
     def start_run():
@@ -130,15 +133,21 @@ def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: 
         return tracker
 
     runtime.probe(options.address)  # an unreachable --address fails here, before an MLflow run is opened
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(start_run)
-        try:
-            cluster = runtime.connect(options.address)
-        except BaseException:
-            if pending.exception() is None:
-                pending.result().finish("FAILED")
-            raise
-        return cluster, pending.result()
+    opened = mlflow_thread.submit(start_run)
+    try:
+        ray_train = options.workers.elastic or options.launcher == "ray-train"
+        return runtime.connect(options.address, ray_train=ray_train), opened
+    except BaseException:
+        if opened.exception() is None:
+            opened.result().finish("FAILED")
+        raise
+
+
+def _logged(opened: Future, params: dict):
+    """The opened run, once `params` are logged on it (in the MLflow thread, after the run's start)."""
+    tracker = opened.result()
+    tracker.log_params(params)
+    return tracker
 
 
 def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path):
@@ -160,28 +169,31 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     run_name = options.run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     run_dir = (Path(options.output_dir) / experiment.name / run_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cluster, tracker = _open_run(experiment, config, entry, options, run_name, run_dir, smoke)
-    status = "FAILED"
-    try:
-        plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
-                            cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
-        tracker.log_params({"workers": plan.describe(), "use_gpu": plan.use_gpu, "cpus_per_worker": plan.cpus_per_worker})
-        job = _job(experiment, config, entry, options, run_dir)
-        (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))
-        echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
-             f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val rows, "
-             f"{entry.num_features} features; MLflow run {tracker.run_id}")
-        progress = Progress(run_dir / "training.log", tracker, int(config["epochs"]), started, echo)
-        launch.run(job, plan, on_epoch=progress, max_failures=options.max_failures, storage_path=str(run_dir / "ray"),
-                    run_name=run_name, launcher=options.launcher, log=warn)
-        if progress.stop_reason == "non-finite loss":
-            raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
-                                f"lower learning_rate (now {config['learning_rate']}) or check the data")
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        finish_run(tracker, run_dir, status, warn)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow") as mlflow_thread:
+        cluster, opened = _open_run(experiment, config, entry, options, run_name, run_dir, smoke, mlflow_thread)
+        status = "FAILED"
+        try:
+            plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
+                                cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
+            opened = mlflow_thread.submit(_logged, opened, {"workers": plan.describe(), "use_gpu": plan.use_gpu,
+                                                            "cpus_per_worker": plan.cpus_per_worker})
+            job = _job(experiment, config, entry, options, run_dir)
+            (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))
+            echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
+                 f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val "
+                 f"rows, {entry.num_features} features")
+            progress = Progress(run_dir / "training.log", opened, int(config["epochs"]), started, echo)
+            launch.run(job, plan, on_epoch=progress, max_failures=options.max_failures,
+                       storage_path=str(run_dir / "ray"), run_name=run_name, launcher=options.launcher, log=warn)
+            if progress.stop_reason == "non-finite loss":
+                raise TrainingError(f"training diverged (non-finite loss at epoch {max(progress.history)}); "
+                                    f"lower learning_rate (now {config['learning_rate']}) or check the data")
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker = opened.result()  # a run that never opened raises its own error: there is nothing to finish
+            finish_run(tracker, run_dir, status, warn)
     return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
                        progress.startup_s, progress.compute_s)
