@@ -44,8 +44,8 @@ def _numeric(values: list[str]):
 
 def worth(trial: dict, metric: str, mode: str) -> float | None:
     """A trial's best epoch's value of `metric` (None without a finite one)."""
-    best = history_best(trial["history"].get(metric, []), mode)
-    return best[1] if best else None
+    value = trial["best"].get(metric)
+    return value if finite(value) else None
 
 
 def _best(trials: list[dict], metric: str, mode: str) -> dict | None:
@@ -71,7 +71,7 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
         ax.plot(steps, values, **style)
         if t["status"] in ("stopped early", "failed"):
             ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
-    if best:
+    if best and best["history"].get(metric):
         steps, values = zip(*best["history"][metric])
         epoch, value = history_best(best["history"][metric], mode)
         ax.plot(steps, values, color="#ff7f0e", linewidth=2.8,
@@ -83,7 +83,9 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
     finite = [v for t in trials for _, v in t["history"].get(metric, []) if math.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 50:
         ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel=metric, title=f"Learning curves of {len(trials)} trials ({metric})")
+    drawn = sum(1 for t in trials if t["history"].get(metric))
+    which = f"{len(trials)} trials" if drawn == len(trials) else f"the {drawn} best of {len(trials)} trials"
+    ax.set(xlabel="epoch", ylabel=metric, title=f"Learning curves of {which} ({metric})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
@@ -116,15 +118,20 @@ def _design(trials, keys, log_keys=()):
     return np.column_stack(columns), owners
 
 
+IMPORTANCE_ROWS = 2000
+
+
 def importance(trials, keys, metric, mode: str = "min", log_keys=()) -> dict[str, float]:
     """Permutation importance (drop in R^2 when a parameter is shuffled) of a random forest that
     predicts each trial's best `metric` from its configuration."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.inspection import permutation_importance
 
-    scored = [t for t in trials if t["history"].get(metric) and all(math.isfinite(v) for _, v in t["history"][metric])]
+    scored = [t for t in trials if worth(t, metric, mode) is not None]
     if len(scored) < 4 or not keys:
         return {}
+    if len(scored) > IMPORTANCE_ROWS:  # the forest and its permutations grow with the rows: a seeded sample
+        scored = [scored[i] for i in sorted(np.random.default_rng(0).choice(len(scored), IMPORTANCE_ROWS, replace=False))]
     X, owners = _design(scored, keys, log_keys)
     y = np.array([worth(t, metric, mode) for t in scored])
     forest = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=2).fit(X, y)
@@ -149,7 +156,9 @@ def importance_plot(scores: dict[str, float], metric: str, path: Path) -> None:
 
 def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) -> None:
     plt = _plt()
-    scored = [t for t in trials if t["history"].get(metric)]
+    from matplotlib.collections import LineCollection
+
+    scored = [t for t in trials if metric in t["best"]]
     values = np.array([np.nan if (w := worth(t, metric, mode)) is None else w for t in scored])
     axes_data, tick_labels = [], []
     for key in keys:
@@ -179,9 +188,13 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) ->
     fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(axes_data)), 5.5))
     cmap = plt.get_cmap("viridis")  # dark purple (0) = best
     xs = np.arange(len(axes_data))
-    for i in np.argsort(-goodness):  # best drawn last, on top
-        ax.plot(xs, [col[i] for col in axes_data], color=cmap(goodness[i]) if finite[i] else "#d62728",
-                alpha=0.8, linewidth=2.2 - goodness[i])
+    order = np.argsort(-goodness)  # best drawn last, on top; one collection draws 10,000 trials in a second
+    ys = np.column_stack(axes_data)[order]
+    ax.add_collection(LineCollection([np.column_stack([xs, y]) for y in ys], alpha=0.8,
+                                     colors=[cmap(goodness[i]) if finite[i] else "#d62728" for i in order],
+                                     linewidths=2.2 - goodness[order]))
+    ax.set_xlim(-0.1, len(axes_data) - 0.6)
+    ax.set_ylim(-0.05, 1.05)
     for x, ticks in zip(xs, tick_labels):
         ax.axvline(x, color="black", linewidth=0.8)
         for y, text in ticks:
@@ -196,12 +209,10 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) ->
 
 def objective_values(trial: dict, objectives) -> tuple | None:
     """A trial's objectives at its best epoch by the first one (the epoch its checkpoint holds)."""
-    (metric, mode), history = objectives[0], trial["history"]
-    best = history_best(history.get(metric, []), mode)
-    if best is None or trial["status"] == "failed":
+    if trial["status"] == "failed":
         return None
-    at = [dict(history.get(m, [])).get(best[0]) for m, _ in objectives[1:]]
-    return (best[1], *at) if all(finite(v) for v in at) else None
+    values = tuple(trial["best"].get(m) for m, _ in objectives)
+    return values if all(finite(v) for v in values) else None
 
 
 def pareto_plot(trials, objectives, path: Path) -> list[dict]:
@@ -286,7 +297,7 @@ def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, spac
     if scores:
         importance_plot(scores, metric, out / "parameter_importance.png")
         files.append(out / "parameter_importance.png")
-    if keys and any(t["history"].get(metric) for t in trials):
+    if keys and any(metric in t["best"] for t in trials):
         parallel_coordinates(trials, keys, metric, mode, out / "parallel_coordinates.png", log_keys)
         files.append(out / "parallel_coordinates.png")
     best = _best(trials, metric, mode)
@@ -306,18 +317,19 @@ def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path,
     counts = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    top = [(t, history_best(t["history"][metric], mode)) for t in rank(trials, lambda t: worth(t, metric, mode), mode)]
+    top = rank(trials, lambda t: worth(t, metric, mode), mode)[:20]  # their histories are read (tracking.CURVES)
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t["trial_id"], t["status"], len(t["history"][metric]), epoch, f"{value:.4g}",
+            t["trial_id"], t["status"], len(t["history"].get(metric, ())),
+            (history_best(t["history"].get(metric, []), mode) or ("",))[0], f"{worth(t, metric, mode):.4g}",
             *(t["params"].get(k, "") for k in keys))) + "</tr>"
-        for t, (epoch, value) in top[:20])
+        for t in top)
     header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", "best epoch", f"best {metric}", *keys))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     best_text = "no successful trial"
     if best:
-        epoch, value = history_best(best["history"][metric], mode)
-        best_text = f"best {metric} {value:.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
+        epoch = (history_best(best["history"].get(metric, []), mode) or ("?",))[0]
+        best_text = f"best {metric} {worth(best, metric, mode):.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
     if baseline and finite(baseline.get(metric)):
         best_text += f"; linear baseline {metric} {baseline[metric]:.6g}"
     importance_text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "too few trials to estimate"

@@ -51,6 +51,13 @@ def history_best(points: list[tuple[int, float]], mode: str) -> tuple[int, float
     return best_of(sorted(points), lambda p: p[1], mode)
 
 
+def best_epoch_of(history: dict[str, list[tuple[int, float]]], metric: str, mode: str) -> dict:
+    """Every metric's value at the best epoch of `metric`, from per-epoch histories {key: [(epoch, value)]}
+    ({} without a finite value of `metric`)."""
+    top = history_best(history.get(metric, []), mode)
+    return {} if top is None else {k: dict(points).get(top[0]) for k, points in history.items()}
+
+
 def trial_value(result: dict | None, metric: str) -> float | None:
     """A trial's worth from its last reported result: the best epoch's value (older results without
     `best_<metric>`: the result's own value)."""

@@ -13,7 +13,7 @@ from candle_ray.report import pareto_plot, write_report
 from candle_ray.search import make_searcher, validate
 from candle_ray.summary import BestEpoch, dominates, knee, pareto_front, picked_row
 from candle_ray.sweep import _mark_front, front_lines
-from tests.unit.test_report import fake_trials
+from tests.unit.test_report import fake_trials, with_best
 
 MIN2 = ("min", "min")
 
@@ -130,7 +130,7 @@ def two_objective_trials():
     trials = fake_trials()
     for i, t in enumerate(trials):
         t["history"]["n_params"] = [(e, float(10 ** (3 + i % 4))) for e, _ in t["history"]["val_loss"]]
-    return trials
+    return with_best(trials)
 
 
 def test_the_report_draws_the_front(tmp_path):
@@ -140,7 +140,7 @@ def test_the_report_draws_the_front(tmp_path):
     three = two_objective_trials()
     for t in three:
         t["history"]["epoch_time_s"] = [(e, 1.0 + len(t["trial_id"]) / e) for e, _ in t["history"]["val_loss"]]
-    files = write_report(three, sweep="s", metric="val_loss", mode="min", space_keys=["learning_rate"], out=tmp_path,
+    files = write_report(with_best(three), sweep="s", metric="val_loss", mode="min", space_keys=["learning_rate"], out=tmp_path,
                          also=[["n_params", "min"], ["epoch_time_s", "min"]])
     assert "pareto_front.png" in {f.name for f in files}
 

@@ -3,6 +3,14 @@
 import numpy as np
 
 from candle_ray.report import importance, write_report
+from candle_ray.summary import best_epoch_of
+
+
+def with_best(trials, metric="val_loss", mode="min"):
+    """Each trial's best-epoch metrics from its history, as a finished trial logs them (tracking.sweep_trials)."""
+    for t in trials:
+        t["best"] = best_epoch_of(t["history"], metric, mode)
+    return trials
 
 
 def fake_trials(n=16):
@@ -23,7 +31,7 @@ def fake_trials(n=16):
                                   "epochs": "9"}})
     trials.append({"trial_id": "tfail", "status": "failed", "params": {"learning_rate": "1e12", "dropout": "0.1",
                    "optimizer": "sgd"}, "history": {"val_loss": [(1, float("nan"))]}})
-    return trials
+    return with_best(trials)
 
 
 def test_importance_finds_the_parameter_that_matters():

@@ -11,6 +11,7 @@ from candle_ray import summary
 from candle_ray.ensemble import top_configs
 from candle_ray.job import Workers
 from candle_ray.report import _best
+from tests.unit.test_report import with_best
 from candle_ray.sweep import summarize
 from candle_ray.search import Sweep, grace_period_rule
 
@@ -75,8 +76,9 @@ def test_report_picks_the_same_trial_as_the_summary():
     trials = [{"trial_id": "late", "status": "completed", "history": history([0.8, 0.6, 0.45, 0.44, 0.43])},
               {"trial_id": "early", "status": "stopped early", "history": history([0.5, 0.2, 0.9])},
               {"trial_id": "tie", "status": "completed", "history": history([0.3, 0.2])}]
-    assert _best(trials, "val_loss", "min")["trial_id"] == "early"  # the first of a tie, as summarize
-    assert _best(trials, "val_loss", "max")["trial_id"] == "early"  # 0.9 is the best epoch when higher is better
+    assert _best(with_best(trials), "val_loss", "min")["trial_id"] == "early"  # the first of a tie, as summarize
+    # 0.9 is the best epoch when higher is better
+    assert _best(with_best(trials, mode="max"), "val_loss", "max")["trial_id"] == "early"
 
 
 @pytest.mark.parametrize("epochs,grace", [(1, 1), (3, 1), (8, 1), (9, 2), (20, 3), (60, 8), (100, 13)])
