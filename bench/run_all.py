@@ -6,6 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("p1_loop_throughput.py", "p3_data_load.py", "startup.py", "p2_trial_overhead.py",
-               "p4_search_efficiency.py", "p5_concurrency.py", "stream_memory.py", "joined_memory.py"):
-    subprocess.run([sys.executable, str(HERE / script)], check=True, cwd=HERE)
+for script, *args in (("p1_loop_throughput.py",), ("p3_data_load.py",), ("startup.py",), ("p2_trial_overhead.py",),
+                      ("p4_search_efficiency.py",), ("p5_concurrency.py",), ("stream_memory.py",), ("joined_memory.py",),
+                      ("scale.py", "--trials", "1000")):
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True, cwd=HERE)

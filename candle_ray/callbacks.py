@@ -9,7 +9,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from candle_ray import checkpoint
-from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value
+from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
 
@@ -160,7 +160,7 @@ class MLflowSweepCallback(Callback):
         child, epoch = self._child(trial_id, config), int(result.get("epoch", 0))
         if epoch and epoch not in self.logged[trial_id]:
             # The epoch's own metrics; the best-epoch copies every result carries are logged once, at the end.
-            child.log_epoch({k: v for k, v in result.items() if not k.startswith(PREFIX) and k != HYPERBAND_TIME})
+            child.log_epoch({k: v for k, v in unpacked(result).items() if not k.startswith(PREFIX) and k != HYPERBAND_TIME})
             self.logged[trial_id].add(epoch)
 
     def _end(self, trial_id: str, config: dict, status: str, tags: dict, tune_checkpoint, last: dict) -> None:
@@ -334,7 +334,7 @@ class ProgressCallback(Callback):
             self.echo("\n".join([self.table(trials), *self.running_rows(trials)]))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(result.get("epoch_time_s", 0.0))
+        self.epoch_seconds[(trial.trial_id, int(result.get("epoch", 0)))] = float(unpacked(result).get("epoch_time_s", 0.0))
 
     def scored(self, last: dict) -> str:
         """A trial's latest metric and its best epoch so far (the trial's worth), with R² for regressors."""

@@ -51,6 +51,30 @@ def history_best(points: list[tuple[int, float]], mode: str) -> tuple[int, float
     return best_of(sorted(points), lambda p: p[1], mode)
 
 
+# A trial's per-epoch metrics that only its MLflow run and the sweep's tables read reach the driver packed in
+# one value of its Tune result. Tune keeps running statistics (min, max, last, windowed means) of every
+# numeric key of every trial's results, in the driver's memory and in its experiment state, about 2 KB per
+# key and trial; schedulers and searchers follow only the epoch, the objective and the best epoch's values.
+PACKED = "epoch_metrics"
+
+
+def packed(result: dict, metric: str) -> dict:
+    """A trial's result as it goes to Tune: the epoch, `metric` and every best_* value as they are, the
+    other numbers in PACKED (key, value) pairs."""
+    kept = ("epoch", metric)
+    out = {k: v for k, v in result.items() if k in kept or k.startswith(PREFIX)}
+    out[PACKED] = tuple((k, v) for k, v in result.items() if k not in out)
+    return out
+
+
+def unpacked(result: dict | None) -> dict:
+    """A result as the trial reported it (a packed one's pairs back in place; they come back as lists
+    from a resumed sweep's saved state)."""
+    result = dict(result or {})
+    pairs = result.pop(PACKED, ())
+    return {**result, **dict(pairs)}
+
+
 def best_epoch_of(history: dict[str, list[tuple[int, float]]], metric: str, mode: str) -> dict:
     """Every metric's value at the best epoch of `metric`, from per-epoch histories {key: [(epoch, value)]}
     ({} without a finite value of `metric`)."""

@@ -546,9 +546,9 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
     model: its best checkpoint), on the parent run."""
     import numpy as np
 
-    from candle_ray.summary import best_metrics, comparison
+    from candle_ray.summary import best_metrics, comparison, unpacked
 
-    finals = [{**t.last_result, **best_metrics(t.last_result)} for t in trials
+    finals = [{**unpacked(t.last_result), **best_metrics(t.last_result)} for t in trials
               if t.status == "TERMINATED" and t.last_result]
     keys = sorted({k for r in finals for k, v in r.items() if k.startswith(("val_", "loss", "accuracy"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)})

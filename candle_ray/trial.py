@@ -68,7 +68,7 @@ def _report_epochs(job, epochs) -> None:
     experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
     trials need. A kill then re-runs at most `tune_checkpoint_s` of a trial.
     """
-    from candle_ray.summary import BestEpoch
+    from candle_ray.summary import BestEpoch, packed
 
     ckpt_dirs = _checkpoint_dirs(job)
     every_s, handed_at = float(job.tune_checkpoint_s), None
@@ -77,7 +77,8 @@ def _report_epochs(job, epochs) -> None:
     for metrics in BestEpoch(job.metric, job.mode)(epochs):
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
-        result = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        result = packed({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        job.metric)
         if hyperband_unit:
             result[HYPERBAND_TIME] = metrics["epoch"] / hyperband_unit
         written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())

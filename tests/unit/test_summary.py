@@ -116,3 +116,21 @@ def test_comparison_with_the_linear_baseline():
     assert len(fine) == 1
     below_mean = summary.comparison("best trial", {"val_loss": 4.0, "val_r2": -1.6}, "val_loss", "min", {}, "regression")
     assert "worse than predicting the training mean" in below_mean[-1]
+
+
+def test_packed_results_keep_what_tune_follows_and_lose_nothing():
+    """Tune tracks statistics of every numeric key of a result (memory and saved state per trial): a trial
+    hands it the epoch, the objective and the best epoch's values; the rest travels packed, whole."""
+    import json
+
+    epoch = {"epoch": 3, "val_loss": 0.4, "loss": 0.3, "val_accuracy": 0.8, "system/cpu_utilization_percentage": 50.0,
+             "samples_per_s": 900.0, "n_params": 1234, "best_epoch": 2, "best_val_loss": 0.35, "best_n_params": 1234}
+    sent = summary.packed(epoch, "val_loss")
+    numbers = {k for k, v in sent.items() if isinstance(v, (int, float))}
+    assert numbers == {"epoch", "val_loss", "best_epoch", "best_val_loss", "best_n_params"}
+    assert summary.unpacked(sent) == epoch
+    resumed = json.loads(json.dumps(sent))  # a resumed sweep reads results back from Tune's JSON state
+    assert summary.unpacked(resumed) == epoch
+    assert summary.best_metrics(sent) == {"val_loss": 0.35, "n_params": 1234}
+    assert summary.trial_value(sent, "val_loss") == 0.35
+    assert summary.unpacked(None) == {} and summary.unpacked({"epoch": 1}) == {"epoch": 1}
