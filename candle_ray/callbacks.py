@@ -338,6 +338,7 @@ class ProgressCallback(Callback):
 
     def scored(self, last: dict) -> str:
         """A trial's latest metric and its best epoch so far (the trial's worth), with R² for regressors."""
+        last = unpacked(last)
         value, best = last.get(self.metric), trial_value(last, self.metric)
         text = f"{self.metric} {_short(value)}" if isinstance(value, float) else f"{self.metric} -"
         if isinstance(best, float):

@@ -67,6 +67,7 @@ class Job:
     entry: str  # absolute path of the prepared cache entry
     metric: str  # the objective (best checkpoint, early stopping)
     mode: str
+    followed: tuple = ()  # a sweep's other objectives, which its searcher follows too
     run_dir: str = ""  # absolute; checkpoints go to run_dir/checkpoints
     data: dict | None = None  # features, scaler, classes: what prediction needs, kept in checkpoints
     precision: str = "auto"  # auto | fp32 | bf16 | fp16

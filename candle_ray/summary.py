@@ -58,12 +58,12 @@ def history_best(points: list[tuple[int, float]], mode: str) -> tuple[int, float
 PACKED = "epoch_metrics"
 
 
-def packed(result: dict, metric: str) -> dict:
-    """A trial's result as it goes to Tune: the epoch, `metric` and every best_* value as they are, the
-    other numbers in PACKED (key, value) pairs."""
-    kept = ("epoch", metric)
-    out = {k: v for k, v in result.items() if k in kept or k.startswith(PREFIX)}
-    out[PACKED] = tuple((k, v) for k, v in result.items() if k not in out)
+def packed(result: dict, followed: tuple[str, ...]) -> dict:
+    """A trial's result as it goes to Tune: the epoch, the best epoch and the `followed` metrics (the sweep's
+    objectives), each as reported and at the best epoch, as they are; the other numbers in PACKED pairs."""
+    kept = {"epoch", "best_epoch", *followed, *(PREFIX + m for m in followed)}
+    out = {k: v for k, v in result.items() if k in kept}
+    out[PACKED] = tuple((k, v) for k, v in result.items() if k not in kept)
     return out
 
 
@@ -92,7 +92,7 @@ def trial_value(result: dict | None, metric: str) -> float | None:
 
 def best_metrics(result: dict | None) -> dict:
     """The best epoch's metrics from a result, under their own names (best_val_r2 -> val_r2)."""
-    return {k[len(PREFIX):]: v for k, v in (result or {}).items()
+    return {k[len(PREFIX):]: v for k, v in unpacked(result).items()
             if k.startswith(PREFIX) and k != "best_epoch" and finite(v)}
 
 

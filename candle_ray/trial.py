@@ -78,7 +78,7 @@ def _report_epochs(job, epochs) -> None:
         if metrics.get("replayed"):  # restored trials: Tune already holds these epochs
             continue
         result = packed({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                        job.metric)
+                        (job.metric, *job.followed))
         if hyperband_unit:
             result[HYPERBAND_TIME] = metrics["epoch"] / hyperband_unit
         written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())

@@ -106,9 +106,13 @@ def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
     # NT3's smoke space (optimizer, dropout, learning rate) spreads the scores; 4 trials run at once (0.5 CPU
     # each) for 12 epochs, so that their epochs overlap and PBT has a population to rank. (PBT ranks only
     # unfinished trials: with 8 epochs of 0.1 s a trial could finish before another's actor had started.)
+    # --keep-checkpoints 1: a PBT sweep keeps every donor's weights while it runs and drops the rest at its end.
     r = tune(ROOT / "experiments" / "nt3.py", "--smoke", "--num-samples", 4, "--scheduler", "pbt",
-             "--set", "epochs=12", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt")
+             "--set", "epochs=12", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt", "--keep-checkpoints", 1)
     assert r.exit_code == 0, r.output
+    assert "4 completed, 0 failed" in r.output  # no clone found its donor's checkpoint gone
+    trials = workdir / "candle-ray-sweeps" / "pbt" / "trials"
+    assert len([d for d in trials.iterdir() if any((d / "checkpoints").glob("*.pt"))]) == 1
     restores = [json.loads(line) | {"trial": path.parent.name}
                 for path in (workdir / "candle-ray-sweeps" / "pbt" / "trials").glob("*/restores.jsonl")
                 for line in path.read_text().splitlines()]
@@ -350,3 +354,27 @@ def test_a_conditional_key_is_searched_only_where_its_condition_holds(ray_cluste
     assert members == {(row["config.optimizer"], row["config.momentum"]) for row in rows}
     r = tune(cond, "--smoke", "--search", "gp", "--name", "cond-gp")
     assert r.exit_code == 2 and "--search gp searches every key in every trial, and momentum" in r.output, r.output
+
+
+def test_a_300_trial_sweep_loses_no_trial(ray_cluster, workdir):
+    """Every one of 300 one-epoch trials ends with exactly one MLflow child run and one results.csv row, which
+    names that run; only the kept trials hold weights. (bench/scale.py measures the costs; nothing here is timed.)"""
+    from mlflow.tracking import MlflowClient
+
+    r = tune(TINY, "--smoke", "--num-samples", 300, "--scheduler", "fifo", "--set", "epochs=1", "--name", "many",
+             "--no-baseline", "--keep-checkpoints", 3)
+    assert r.exit_code == 0, r.output
+    assert "300 trials: 300 completed, 0 failed" in r.output
+    with open(workdir / "candle-ray-sweeps" / "many" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("tiny_nt3")
+    runs = client.search_runs([exp.experiment_id], "tags.`candle_ray.sweep` = 'many'", max_results=1000)
+    children = {run.data.tags["candle_ray.trial_id"]: run for run in runs if "mlflow.parentRunId" in run.data.tags}
+    assert len(runs) == 301 and len(children) == 300 and len(rows) == 300
+    assert {row["trial_id"]: row["run_id"] for row in rows} == {t: run.info.run_id for t, run in children.items()}
+    assert all(run.info.status == "FINISHED" and "best_val_loss" in run.data.metrics for run in children.values())
+    trials = workdir / "candle-ray-sweeps" / "many" / "trials"
+    kept = {d.name for d in trials.iterdir() if any((d / "checkpoints").glob("*.pt"))}
+    value = {row["trial_id"]: float(row["val_loss"]) for row in rows}  # results.csv ranks by the best epoch
+    assert len(kept) == 3 and max(value[t] for t in kept) <= float(rows[2]["val_loss"])  # the 3 best (ties aside)

@@ -125,9 +125,11 @@ def test_packed_results_keep_what_tune_follows_and_lose_nothing():
 
     epoch = {"epoch": 3, "val_loss": 0.4, "loss": 0.3, "val_accuracy": 0.8, "system/cpu_utilization_percentage": 50.0,
              "samples_per_s": 900.0, "n_params": 1234, "best_epoch": 2, "best_val_loss": 0.35, "best_n_params": 1234}
-    sent = summary.packed(epoch, "val_loss")
+    sent = summary.packed(epoch, ("val_loss",))
     numbers = {k for k, v in sent.items() if isinstance(v, (int, float))}
-    assert numbers == {"epoch", "val_loss", "best_epoch", "best_val_loss", "best_n_params"}
+    assert numbers == {"epoch", "val_loss", "best_epoch", "best_val_loss"}
+    two = summary.packed(epoch, ("val_loss", "n_params"))  # a 2-objective sweep's searcher follows both
+    assert {k for k, v in two.items() if isinstance(v, (int, float))} == numbers | {"n_params", "best_n_params"}
     assert summary.unpacked(sent) == epoch
     resumed = json.loads(json.dumps(sent))  # a resumed sweep reads results back from Tune's JSON state
     assert summary.unpacked(resumed) == epoch
