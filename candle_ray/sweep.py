@@ -628,7 +628,7 @@ def _report_trials(rows: list[dict]) -> list[dict]:
              "params": {k[len("config."):]: v for k, v in row.items() if k.startswith("config.")},
              "best": {k: v for k, text in row.items() if k not in _NOT_BEST and not k.startswith(("config.", "last_"))
                       and (v := number(text)) is not None}}
-            for row in rows]
+            for row in sorted(rows, key=lambda row: row["trial_id"])]  # as tracking.sweep_trials: ties go to the first
 
 
 def report_command(storage: str, name: str, echo) -> list[Path]:

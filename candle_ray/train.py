@@ -170,8 +170,8 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     run_dir = (Path(options.output_dir) / experiment.name / run_name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow") as mlflow_thread:
-        cluster, opened = _open_run(experiment, config, entry, options, run_name, run_dir, smoke, mlflow_thread)
-        status = "FAILED"
+        cluster, started_run = _open_run(experiment, config, entry, options, run_name, run_dir, smoke, mlflow_thread)
+        opened, status = started_run, "FAILED"
         try:
             plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
                                 cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
@@ -193,7 +193,7 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
             status = "KILLED"
             raise
         finally:
-            tracker = opened.result()  # a run that never opened raises its own error: there is nothing to finish
+            tracker = started_run.result()  # a run that never opened raises its own error: nothing to finish
             finish_run(tracker, run_dir, status, warn)
     return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
                        progress.startup_s, progress.compute_s)
