@@ -119,7 +119,7 @@ def _mlflow_children(db: Path, sweep: str) -> int:
 
 
 def plain(workdir: Path, trials: int) -> dict:
-    out, watch, _ = _run_driver([sys.executable, __file__, "--plain-child", str(trials), "--out",
+    _, watch, _ = _run_driver([sys.executable, __file__, "--plain-child", str(trials), "--out",
                                  str(workdir / "plain.json")], workdir)
     result = json.loads((workdir / "plain.json").read_text())
     return {**result, "rss": watch, "storage": _du(workdir / "plain-tune")}

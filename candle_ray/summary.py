@@ -61,7 +61,8 @@ PACKED = "epoch_metrics"
 def packed(result: dict, followed: tuple[str, ...]) -> dict:
     """A trial's result as it goes to Tune: the epoch, the best epoch and the `followed` metrics (the sweep's
     objectives), each as reported and at the best epoch, as they are; the other numbers in PACKED pairs."""
-    kept = {"epoch", "best_epoch", *followed, *(PREFIX + m for m in followed)}
+    kept = {"epoch", *followed}
+    kept |= {PREFIX + k for k in kept}  # best_epoch among them
     out = {k: v for k, v in result.items() if k in kept}
     out[PACKED] = tuple((k, v) for k, v in result.items() if k not in kept)
     return out

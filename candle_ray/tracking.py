@@ -414,7 +414,7 @@ def read_curves(parent: RunTracker, trials: list[dict], metric: str, mode: str, 
                     trial["history"][key] = points
 
     for trial in trials:
-        if metric not in trial["best"]:
+        if metric not in trial["best"] and trial["status"] != "failed":  # a failed trial logs its best if it had one
             read(trial, metrics)
             trial["best"] = best_epoch_of(trial["history"], metric, mode)
     for trial in ranked(trials, lambda t: t["best"].get(metric), mode)[:curves]:
