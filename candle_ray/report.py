@@ -119,27 +119,44 @@ def _design(trials, keys, log_keys=()):
 
 
 IMPORTANCE_ROWS = 2000
+# A forest fitted to fewer finished trials than this ranks noise: the report says "too few trials" instead.
+IMPORTANCE_MIN_TRIALS = 10
+IMPORTANCE_REPEATS = 20
 
 
 def importance(trials, keys, metric, mode: str = "min", log_keys=()) -> dict[str, float]:
     """Permutation importance (drop in R^2 when a parameter is shuffled) of a random forest that
     predicts each trial's best `metric` from its configuration."""
     from sklearn.ensemble import RandomForestRegressor
-    from sklearn.inspection import permutation_importance
 
     scored = [t for t in trials if worth(t, metric, mode) is not None]
-    if len(scored) < 4 or not keys:
+    if len(scored) < IMPORTANCE_MIN_TRIALS or not keys:
         return {}
     if len(scored) > IMPORTANCE_ROWS:  # the forest and its permutations grow with the rows: a seeded sample
         scored = [scored[i] for i in sorted(np.random.default_rng(0).choice(len(scored), IMPORTANCE_ROWS, replace=False))]
     X, owners = _design(scored, keys, log_keys)
     y = np.array([worth(t, metric, mode) for t in scored])
     forest = RandomForestRegressor(n_estimators=200, random_state=0, min_samples_leaf=2).fit(X, y)
-    result = permutation_importance(forest, X, y, n_repeats=20, random_state=0)
     scores: dict[str, float] = {}
-    for owner, value in zip(owners, result.importances_mean):
+    for owner, value in zip(owners, _r2_drops(forest, X, y, np.random.default_rng(0))):
         scores[owner] = scores.get(owner, 0.0) + max(0.0, float(value))
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
+
+
+def _r2_drops(forest, X: np.ndarray, y: np.ndarray, rng) -> np.ndarray:
+    """Each column's mean loss of R² over IMPORTANCE_REPEATS shuffles (sklearn's permutation_importance),
+    with one forest prediction per column instead of one per shuffle: a forest's predict has a fixed
+    cost per tree that dominates on a sweep's few rows."""
+    from sklearn.metrics import r2_score
+
+    base = r2_score(y, forest.predict(X))
+    drops = np.zeros(X.shape[1])
+    for col in range(X.shape[1]):
+        shuffled = np.tile(X, (IMPORTANCE_REPEATS, 1))
+        shuffled[:, col] = np.concatenate([rng.permutation(X[:, col]) for _ in range(IMPORTANCE_REPEATS)])
+        predicted = forest.predict(shuffled).reshape(IMPORTANCE_REPEATS, len(y))
+        drops[col] = base - np.mean([r2_score(y, p) for p in predicted])
+    return drops
 
 
 def importance_plot(scores: dict[str, float], metric: str, path: Path) -> None:

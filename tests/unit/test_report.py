@@ -55,3 +55,6 @@ def test_report_with_too_few_trials(tmp_path):
     files = write_report(fake_trials(2)[:2], sweep="s", metric="val_loss", mode="min",
                          space_keys=["learning_rate"], out=tmp_path)
     assert "parameter_importance.png" not in {f.name for f in files}  # not estimated from 2 trials
+    # nor from 9 finished trials (a failed one does not count): a forest on so few ranks noise
+    assert importance(fake_trials(9), ["learning_rate", "dropout"], "val_loss") == {}
+    assert "too few trials to estimate" in (tmp_path / "report.html").read_text()
