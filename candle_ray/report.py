@@ -349,7 +349,8 @@ def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path,
         best_text = f"best {metric} {worth(best, metric, mode):.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
     if baseline and finite(baseline.get(metric)):
         best_text += f"; linear baseline {metric} {baseline[metric]:.6g}"
-    importance_text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "too few trials to estimate"
+    importance_text = (", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                       or f"too few trials to estimate (it needs {IMPORTANCE_MIN_TRIALS} finished)")
     figures = "".join(f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>' for name in images)
     page = out / "report.html"
     page.write_text(f"""<!doctype html>
