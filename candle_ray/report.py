@@ -151,11 +151,12 @@ def _r2_drops(forest, X: np.ndarray, y: np.ndarray, rng) -> np.ndarray:
 
     base = r2_score(y, forest.predict(X))
     drops = np.zeros(X.shape[1])
+    stacked = np.tile(X, (IMPORTANCE_REPEATS, 1))  # the repeats, one below the other; one column shuffled at a time
     for col in range(X.shape[1]):
-        shuffled = np.tile(X, (IMPORTANCE_REPEATS, 1))
-        shuffled[:, col] = np.concatenate([rng.permutation(X[:, col]) for _ in range(IMPORTANCE_REPEATS)])
-        predicted = forest.predict(shuffled).reshape(IMPORTANCE_REPEATS, len(y))
+        stacked[:, col] = np.concatenate([rng.permutation(X[:, col]) for _ in range(IMPORTANCE_REPEATS)])
+        predicted = forest.predict(stacked).reshape(IMPORTANCE_REPEATS, len(y))
         drops[col] = base - np.mean([r2_score(y, p) for p in predicted])
+        stacked[:, col] = np.tile(X[:, col], IMPORTANCE_REPEATS)
     return drops
 
 
