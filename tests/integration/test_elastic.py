@@ -55,7 +55,7 @@ def test_train_grows_when_a_node_joins_and_shrinks_when_it_leaves(head_only, wor
     env = {"CANDLE_RAY_ELASTIC_RESIZE_S": RESIZE_S}
     # Stop by time (the loop's `timeout`, counted in training time): the run must outlast both changes.
     proc = candle_ray("train", SLOW, "--smoke", "--workers", "1-2", "--cpus-per-worker", 1, "--max-failures", 3,
-                      "--set", "epochs=1000", "--set", "timeout=40", "--run-name", "el",
+                      "--set", "epochs=1000", "--set", "timeout=30", "--run-name", "el",
                       "--address", head_only.address, cwd=workdir, env=env)
     log = workdir / "runs" / "slow_nt3" / "el" / "training.log"
     seen: dict[int, float] = {}
