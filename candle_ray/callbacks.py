@@ -75,6 +75,26 @@ for _hook in ("setup", "on_step_begin", "on_step_end", "on_trial_start", "on_tri
     setattr(DriverCallbacks, _hook, _forward(_hook))
 
 
+class ForgetEndedTrialStatistics(Callback):
+    """Drops Tune's running statistics of a trial that has ended (its `metric_analysis`: max, min, mean
+    and last-5/last-10 means of every number it reported, with two deques per number). Nothing in a
+    sweep reads them once the trial is over: the best trial is candle_ray.summary's, from `last_result`,
+    which stays. They were the largest share of the driver's memory per trial (measured with
+    tracemalloc over trials 100-400 of a smoke sweep: 25.7 KB of 54.4 KB), and Tune re-encodes them
+    into every experiment-state snapshot."""
+
+    @staticmethod
+    def _forget(trial) -> None:
+        trial.run_metadata.metric_analysis = {}  # attribute assignment also drops Tune's cached JSON
+        trial.run_metadata.metric_n_steps = {}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._forget(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._forget(trial)
+
+
 def newest_best(folders: list[Path | None]) -> Path | None:
     """Of checkpoint folders holding the same trial's best checkpoint (Tune's copy, the trial's own), the
     one whose best is from the latest epoch: a best only ever moves forward in a trial."""

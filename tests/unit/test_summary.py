@@ -69,6 +69,30 @@ def test_summary_results_and_top_k_agree_with_the_checkpoints(tmp_path):
     assert [c["learning_rate"] for c in picked] == [0.01, 0.1]
 
 
+def test_an_ended_trials_tune_statistics_are_dropped_and_the_summary_is_unchanged():
+    from ray.tune.experiment import Trial
+
+    from candle_ray.callbacks import ForgetEndedTrialStatistics
+
+    trials = []
+    for trial_id, values, status in (("late", [0.8, 0.6, 0.45], "TERMINATED"), ("early", [0.5, 0.2, 0.9], "TERMINATED"),
+                                     ("failed", [0.1], "ERROR")):
+        trial = Trial("__fake", stub=True, trial_id=trial_id, config={"epochs": 3})
+        for result in stream(values):
+            trial.update_last_result(summary.packed(result, ("val_loss",)))
+        trial.set_status(status)
+        trials.append(trial)
+    progress = SimpleNamespace(trials=trials, epoch_seconds={})
+    before, snapshot = summarize(fake_sweep(), progress), len(trials[0].run_metadata.get_json_state())
+    forget = ForgetEndedTrialStatistics()
+    forget.on_trial_complete(0, trials, trials[0])
+    forget.on_trial_complete(0, trials, trials[1])
+    forget.on_trial_error(0, trials, trials[2])
+    assert all(t.metric_analysis == {} and t.metric_n_steps == {} for t in trials)
+    assert len(trials[0].run_metadata.get_json_state()) < snapshot / 2  # the experiment state's share shrinks
+    assert summarize(fake_sweep(), progress) == before and before["best"]["trial_id"] == "early"
+
+
 def test_report_picks_the_same_trial_as_the_summary():
     def history(values):
         return {"val_loss": list(enumerate(values, 1))}
