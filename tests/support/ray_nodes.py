@@ -73,13 +73,16 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
     return out.decode()
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
-    """Poll `predicate()` until it returns something truthy; fail with `what` past `timeout`."""
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5, proc: subprocess.Popen | None = None):
+    """Poll `predicate()` until it returns something truthy; fail with `what` past `timeout`, or as soon as
+    `proc` (the run being watched) has ended without it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"candle-ray ended (exit {proc.returncode}) before {what}")
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
