@@ -36,6 +36,22 @@ def test_help_is_fast_and_imports_no_heavy_module():
     assert time.perf_counter() - t0 < 5  # generous: the point is no torch/ray import (checked above)
 
 
+def test_the_installed_command_exits_with_its_status_and_delivers_all_its_output(workdir):
+    """`candle-ray` leaves without the interpreter's teardown: piped (block-buffered) output still arrives
+    whole, and each outcome keeps its exit code."""
+    rows = good_rows()
+    rows[3][5] = "nan"
+    failing = write_experiment(workdir, write_csv(workdir / "t.csv", rows).as_uri(), classes=2)
+    exe = str(Path(sys.executable).parent / "candle-ray")
+    for args, code in ((["--help"], 0), (["train", workdir / "missing.py"], 2), (["train"], 2), (["train", failing], 1)):
+        done = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        if code == 0:
+            assert done.stdout.rstrip().endswith(invoke("--help").output.rstrip().splitlines()[-1]), done.stdout
+        else:
+            assert "Traceback" not in done.stderr and ("error:" in done.stderr or "Error:" in done.stderr), done.stderr
+
+
 def test_models_lists_reference_counts():
     r = invoke("models")
     assert r.exit_code == 0 and "154,922,918" in r.output and "mlp" in r.output
