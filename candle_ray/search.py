@@ -17,7 +17,7 @@ import ray.tune  # noqa: E402
 import ray.tune.search  # noqa: E402
 
 from candle_ray import conditional, samplers  # noqa: E402
-from candle_ray.callbacks import DriverCallbacks  # noqa: E402
+from candle_ray.callbacks import DriverCallbacks, ForgetEndedTrialStatistics  # noqa: E402
 from candle_ray.errors import UsageError  # noqa: E402
 from candle_ray.job import Workers  # noqa: E402
 from candle_ray.trial import HYPERBAND_TIME, run_trial  # noqa: E402
@@ -314,7 +314,8 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     # With a filesystem object Tune wants paths without the s3:// prefix; the object (endpoint
     # included) is pickled to every trial.
     filesystem = store.fs if store.remote else None
-    callbacks = [DriverCallbacks(sweep.name, callbacks)]  # registers this driver's callbacks under the name
+    # Registers this driver's callbacks under the name, with one that frees each ended trial's Tune statistics.
+    callbacks = [DriverCallbacks(sweep.name, [*callbacks, ForgetEndedTrialStatistics()])]
     if resume:
         _repair_checkpoint_references(store, sweep.name)
         raise_trial_budget(store, sweep.name, sweep.num_samples)
