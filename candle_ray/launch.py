@@ -57,9 +57,8 @@ def sized(job, plan: Plan):
 
 
 def run(job, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, run_name: str,
-        launcher: str = "auto", log=print, while_starting=lambda: None) -> None:
-    """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included), and
-    `while_starting()` once a task launcher's rank 0 is on its way (this process's slow set-up overlaps it).
+        launcher: str = "auto", log=print) -> None:
+    """Train; call `on_epoch(metrics)` in this process for each epoch (replays after a resume included).
 
     launcher "auto" runs the ranks as a Ray task and peer actors (candle_ray.ddp), and an elastic run on
     Ray Train; "ray-train" forces Ray Train (to compare both); "task" needs workers == 1.
@@ -68,13 +67,13 @@ def run(job, plan: Plan, *, on_epoch, max_failures: int = 1, storage_path: str, 
     if launcher == "task" and plan.workers.max != 1:
         raise UsageError(f"the task launcher runs one worker, not {plan.workers}; use --launcher auto")
     if launcher != "ray-train" and not plan.workers.elastic:
-        _run_ranks(job, plan, on_epoch=on_epoch, max_failures=max_failures, log=log, while_starting=while_starting)
+        _run_ranks(job, plan, on_epoch=on_epoch, max_failures=max_failures, log=log)
     else:
         for metrics in ddp_epochs(job, plan, max_failures=max_failures, storage_path=storage_path, run_name=run_name):
             on_epoch(metrics)
 
 
-def _run_ranks(job, plan, *, on_epoch, max_failures, log, while_starting):
+def _run_ranks(job, plan, *, on_epoch, max_failures, log):
     """Rank 0 as a streaming task in bundle 0 of the run's placement group (its peers take the other
     bundles); a failed attempt starts again from rank 0's last checkpoint. The group is held across
     attempts, so rank 0 comes back on the node that holds its checkpoints."""
@@ -90,9 +89,7 @@ def _run_ranks(job, plan, *, on_epoch, max_failures, log, while_starting):
     try:
         while True:
             try:
-                epochs = task.remote(job)
-                while_starting()
-                for ref in epochs:
+                for ref in task.remote(job):
                     on_epoch(ray.get(ref))
                 return
             except Exception as exc:  # RayTaskError, WorkerCrashedError, ...
