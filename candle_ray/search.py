@@ -260,7 +260,10 @@ def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space:
         return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
                                         brackets=brackets, **common)
     if name == "hyperband":
-        return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME},
+        # stop_last_trials=False: a trial of the last round trains on to its own last epoch instead of being
+        # paused there for its bracket, which Ray 2.60 never stopped when the bracket's last trial ended on its
+        # own (on_trial_remove skips a finished bracket's clean-up): the sweep then waited forever.
+        return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME}, stop_last_trials=False,
                                              max_t=max(1, math.ceil(max_epochs / grace)), reduction_factor=3)
     if name == "median":
         return schedulers.MedianStoppingRule(grace_period=grace, min_samples_required=3, **common)
