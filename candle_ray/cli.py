@@ -674,7 +674,7 @@ def run() -> None:
     runs first, as in a normal exit."""
     import atexit
 
-    status = [1]  # an uncaught exception prints its traceback, then exits 1 as usual
+    status = 1  # an uncaught exception prints its traceback, then exits 1 as usual
 
     def leave() -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -682,11 +682,11 @@ def run() -> None:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe or stream: nothing left to deliver
                 pass
-        os._exit(status[0])
+        os._exit(status)
 
     atexit.register(leave)  # registered before anything else (import candle_ray.cli registers none): runs last
     try:
         main()
     except SystemExit as exc:
-        status[0] = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         raise

@@ -334,8 +334,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                               parent if not s.resume else None) if s.baseline else {}
         tuner = search.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
                                                                                 work_dir, cv_assignment),
-                                 store=store, resume=s.resume, points=s.members, warm=resolved.warm,
-                                 callbacks=[mlflow_callback, progress])
+                                 store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members,
+                                 warm=resolved.warm)
         t_fit = time.monotonic()
         with _interrupt_watch() as tune_was_interrupted:
             tuner.fit()

@@ -37,8 +37,8 @@ def test_help_is_fast_and_imports_no_heavy_module():
 
 
 def test_the_installed_command_exits_with_its_status_and_delivers_all_its_output(workdir):
-    """`candle-ray` leaves without the interpreter's teardown: piped (block-buffered) output still arrives
-    whole, and each outcome keeps its exit code."""
+    """`candle-ray` leaves without the interpreter's teardown: piped output still arrives whole and each
+    outcome keeps its exit code."""
     rows = good_rows()
     rows[3][5] = "nan"
     failing = write_experiment(workdir, write_csv(workdir / "t.csv", rows).as_uri(), classes=2)

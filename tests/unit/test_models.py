@@ -44,6 +44,10 @@ def test_contract(name):
     torch.manual_seed(0)
     again = models.build(name, config).eval()
     assert torch.equal(_flat(again(x)), out)  # same seed, same weights, same output
+    # as a checkpoint rebuilds it (no tensor of the model may live outside its state dict)
+    restored = models.build_with_weights(name, config, model.state_dict()).eval()
+    assert not any(t.is_meta for t in [*restored.parameters(), *restored.buffers()])
+    assert torch.equal(_flat(restored(x)), out)
     out.sum().backward()  # trainable end to end
     assert all(p.grad is not None for p in model.parameters())
 
