@@ -14,6 +14,7 @@ fewer when a node leaves. Each restart resumes from the newest checkpoint any ra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue as queue_lib
 import threading
@@ -106,6 +107,15 @@ def _run_ranks(job, plan, *, on_epoch, max_failures, log):
         remove_placement_group(group)
 
 
+def _drain(progress, outcome: dict):
+    """Rank 0's metrics from the progress queue until the fit is done and the queue is empty."""
+    while not outcome.get("done") or not progress.empty():
+        try:
+            yield progress.get(timeout=0.5)
+        except queue_lib.Empty:
+            continue
+
+
 def _progress_callback(progress_queue):
     """A Train callback that forwards rank 0's per-epoch metrics from the controller to the driver."""
     from ray.train import UserCallback  # Ray Train's import costs ~2 s: only multi-worker jobs pay it
@@ -119,6 +129,42 @@ def _progress_callback(progress_queue):
 
 def elastic_resize_s() -> float:
     return float(os.environ.get("CANDLE_RAY_ELASTIC_RESIZE_S", "60"))
+
+
+# Ray Train V2's elastic policy sizes the worker group from the nodes that Ray's AutoscalingCoordinator
+# actor last saw, and that actor looks at the cluster only every 20 s. A joined node waited up to 20 s
+# more to be used, and after a node left, Train tried groups that counted it, each until a start-up
+# timeout (node removed: 35 s to the next epoch). Asking it to recompute (a `ray.nodes()` call) every
+# few seconds keeps its view as fresh as Ray's own node health. The actor's name and its `recompute`
+# argument are Ray internals (2.60): if they change, the refresh stops and the run goes on as Ray has it.
+_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
+_CLUSTER_VIEW_REFRESH_S = 2.0
+
+
+@contextlib.contextmanager
+def _fresh_cluster_view(every_s: float = _CLUSTER_VIEW_REFRESH_S):
+    """While the block runs, have the AutoscalingCoordinator re-read the cluster's nodes every `every_s`."""
+    stop = threading.Event()
+
+    def refresh():
+        coordinator = None
+        while not stop.wait(every_s):
+            try:
+                coordinator = coordinator or ray.get_actor(_COORDINATOR[0], namespace=_COORDINATOR[1])
+            except ValueError:  # Train's controller has not created it yet
+                continue
+            try:
+                ray.get(coordinator.get_reserved_resources.remote("candle-ray-refresh", recompute=True),
+                        timeout=10)
+            except Exception:  # noqa: BLE001 - an internal API changed, or the run is ending
+                return
+
+    thread = threading.Thread(target=refresh, name="candle-ray-cluster-view", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
@@ -174,12 +220,8 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
     thread = threading.Thread(target=fit, name="candle-ray-fit", daemon=True)
     thread.start()
     try:
-        while not outcome.get("done") or not progress.empty():
-            try:
-                metrics = progress.get(timeout=0.5)
-            except queue_lib.Empty:
-                continue
-            yield metrics
+        with _fresh_cluster_view() if plan.elastic else contextlib.nullcontext():
+            yield from _drain(progress, outcome)
     finally:
         # Cut short (Ctrl-C, an error in on_epoch): waiting for fit() would wait for the whole run. The
         # thread is a daemon; the Train run's controller belongs to this driver and ends with it.
