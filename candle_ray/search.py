@@ -14,6 +14,7 @@ runtime.set_env_defaults()  # before ray.tune reads its switches
 
 import ray  # noqa: E402
 import ray.tune  # noqa: E402
+import ray.tune.schedulers  # noqa: E402
 import ray.tune.search  # noqa: E402
 
 from candle_ray import conditional, samplers  # noqa: E402
@@ -249,16 +250,58 @@ def validate(searcher: str, scheduler: str, space: dict, objectives: int = 1) ->
     samplers.check(searcher, scheduler, space)
 
 
+class SkipEndedTrials:
+    """Mixin for Tune's FIFO, ASHA and median schedulers: the same choice of the next trial (the first PENDING
+    one, else the first PAUSED one, in Tune's order) without walking every ended trial at each of Tune's steps.
+    Tune's walk made the driver's bookkeeping grow with the sweep (10,000 trials: its share of the driver's
+    CPU 3.5 % early, 13.1 % late). Ended trials never run again within a Tune run, so the ones at the head
+    of Tune's list (it only appends, and moves a retried trial to the end) are skipped once."""
+
+    _ENDED = ("TERMINATED", "ERROR")
+
+    def choose_trial_to_run(self, tune_controller):
+        trials = tune_controller.get_trials()
+        # The position belongs to this list: another controller's (a restored sweep's) starts at its head.
+        owner, start = getattr(self, "_ended_head", (None, 0))
+        start = start if owner == id(trials) and start <= len(trials) else 0
+        while start < len(trials) and trials[start].status in self._ENDED:
+            start += 1
+        self._ended_head = (id(trials), start)
+        for wanted in ("PENDING", "PAUSED"):
+            for i in range(start, len(trials)):
+                if trials[i].status == wanted:
+                    return trials[i]
+        return None
+
+    def __getstate__(self):  # pickled with the Tuner or saved by ASHA: the position belongs to this process
+        state = dict(self.__dict__)
+        state.pop("_ended_head", None)
+        return state
+
+
+# Named at module level: Tune pickles the scheduler with the sweep's Tuner, for --resume.
+class FIFOScheduler(SkipEndedTrials, ray.tune.schedulers.FIFOScheduler):
+    pass
+
+
+class ASHAScheduler(SkipEndedTrials, ray.tune.schedulers.ASHAScheduler):
+    pass
+
+
+class MedianStoppingRule(SkipEndedTrials, ray.tune.schedulers.MedianStoppingRule):
+    pass
+
+
 def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space: dict, seed: int, grace: int = 1,
                    brackets: int = 1):
     from ray.tune import schedulers
 
     common = {"metric": followed_metric(metric, name), "mode": mode, "time_attr": "epoch"}
     if name == "fifo":
-        return schedulers.FIFOScheduler()
+        return FIFOScheduler()
     if name == "asha":
-        return schedulers.ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
-                                        brackets=brackets, **common)
+        return ASHAScheduler(max_t=max_epochs, grace_period=min(grace, max_epochs), reduction_factor=3,
+                             brackets=brackets, **common)
     if name == "hyperband":
         # stop_last_trials=False: a trial of the last round trains on to its own last epoch instead of being
         # paused there for its bracket, which Ray 2.60 never stopped when the bracket's last trial ended on its
@@ -266,7 +309,7 @@ def make_scheduler(name: str, metric: str, mode: str, *, max_epochs: int, space:
         return schedulers.HyperBandScheduler(**{**common, "time_attr": HYPERBAND_TIME}, stop_last_trials=False,
                                              max_t=max(1, math.ceil(max_epochs / grace)), reduction_factor=3)
     if name == "median":
-        return schedulers.MedianStoppingRule(grace_period=grace, min_samples_required=3, **common)
+        return MedianStoppingRule(grace_period=grace, min_samples_required=3, **common)
     mutations = pbt_mutations(space)
     interval = max(1, max_epochs // 4)
     import random

@@ -53,3 +53,47 @@ def test_hyperband_never_leaves_a_trial_paused_at_its_last_epoch():
     for seed in range(200):
         scheduler = make_scheduler("hyperband", "val_loss", "min", max_epochs=6, space={}, seed=0)
         assert _run(scheduler, random.Random(seed)) == [], seed
+
+
+def test_skipping_ended_trials_chooses_what_tunes_fifo_chooses():
+    """candle-ray's FIFO/ASHA/median pick the next trial without walking the ended ones: the same pick as
+    Tune's own FIFO at every step of a sweep whose trials start, pause, retry (moved to the end) and end."""
+    import pickle
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler as TuneFIFO
+
+    from candle_ray.search import FIFOScheduler
+
+    class Controller:
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self):
+            return self.trials
+
+    rng = random.Random(0)
+    ours, theirs = FIFOScheduler(), TuneFIFO()
+    trials = []
+    controller = Controller(trials)
+    for _ in range(3000):
+        if rng.random() < 0.3:
+            trials.append(Trial("__fake", stub=True))
+        live = [t for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+        if live and rng.random() < 0.6:
+            trial = rng.choice(live)
+            move = rng.random()
+            if move < 0.6:
+                trial.set_status(rng.choice([Trial.TERMINATED, Trial.ERROR]))
+            elif move < 0.8:
+                trial.set_status(rng.choice([Trial.RUNNING, Trial.PAUSED]))
+            else:  # Tune's retry of a failed trial: PENDING again, at the end of the list
+                trial.set_status(Trial.PENDING)
+                trials.remove(trial)
+                trials.append(trial)
+        chosen = theirs.choose_trial_to_run(controller)
+        assert ours.choose_trial_to_run(controller) is chosen
+        if chosen is not None and rng.random() < 0.5:
+            chosen.set_status(Trial.RUNNING)
+    assert ours._ended_head[1] > 100  # it did skip the ended head of the list
+    assert not hasattr(pickle.loads(pickle.dumps(ours)), "_ended_head")  # a restored sweep starts afresh
