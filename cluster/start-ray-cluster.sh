@@ -222,18 +222,25 @@ print(sum(1 for n in ray.nodes() if n["Alive"]))
 EOF
 }
 
+# Every node counted alive by the GCS (one Python driver per look, ~2 s here). It looks as soon as every
+# node's log says its runtime started, and at least every 4 s whatever the logs say (a launcher may hold
+# the line in a buffer); between looks it checks each launcher is still running, twice a second.
 cr_wait_for_nodes() {
-  local want=${#CR_NODES[@]} have=0 deadline=$((SECONDS + ${RAY_JOIN_TIMEOUT:-300}))
+  local want=${#CR_NODES[@]} have=0 deadline=$((SECONDS + ${RAY_JOIN_TIMEOUT:-300})) next_look=$((SECONDS + 4))
   while ((SECONDS < deadline)); do
-    local i
+    local i started=0
     for i in "${!CR_PIDS[@]}"; do
       kill -0 "${CR_PIDS[$i]}" 2>/dev/null ||
         cr_die 1 "ray start on node $i (${CR_NODES[$i]}) exited; see $CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log"
+      grep -qs "Ray runtime started" "$CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log" && started=$((started + 1))
     done
-    have=$(cr_alive_nodes) || have=0
-    [[ "$have" =~ ^[0-9]+$ ]] || have=0
-    if ((have >= want)); then cr_log "all $want node(s) joined"; return 0; fi
-    sleep 2
+    if ((started >= want || SECONDS >= next_look)); then
+      have=$(cr_alive_nodes) || have=0
+      [[ "$have" =~ ^[0-9]+$ ]] || have=0
+      if ((have >= want)); then cr_log "all $want node(s) joined"; return 0; fi
+      next_look=$((SECONDS + 4))
+    fi
+    sleep 0.5
   done
   cr_die 1 "only $have of $want node(s) joined Ray within ${RAY_JOIN_TIMEOUT:-300} s; see the logs in $CR_LOG_DIR"
 }
