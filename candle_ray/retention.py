@@ -39,10 +39,19 @@ class Retention:
         value = None if failed else trial_value(result, self.objectives[0][0])
         if not finite(value):
             return self._drop([trial_id]) if not self.defer else []  # a failed trial is never picked
-        bisect.insort(self.ranked, (self._key(value), trial_id))
+        entry = (self._key(value), trial_id)
+        index = bisect.bisect(self.ranked, entry)
+        self.ranked.insert(index, entry)
         if len(self.objectives) > 1:
             self.values[trial_id] = tuple(trial_value(result, m) for m, _ in self.objectives)
-        return [] if self.defer else self._drop(self._outside())
+        if self.defer:
+            return []
+        if len(self.objectives) == 1:
+            # Each trial that fell past the K best was dropped then: now at most one is past them and kept,
+            # this trial or the one it pushed out (no walk of all the ranked trials per trial).
+            past = self.ranked[max(index, self.keep)][1] if len(self.ranked) > self.keep else None
+            return self._drop([past]) if past is not None and past not in self.dropped else []
+        return self._drop(self._outside())
 
     def at_end(self) -> list[str]:
         """What may go once the sweep is over (a PBT sweep decides only then)."""

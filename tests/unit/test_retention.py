@@ -24,6 +24,25 @@ def test_the_k_best_finished_trials_keep_their_weights():
     assert keep.at_end() == [] and keep.dropped == {"b", "c", "e"}
 
 
+
+def test_each_finished_trial_drops_exactly_what_falls_past_the_k_best():
+    """Ties, failures and repeats in a random order: after every trial, the dropped trials are exactly the
+    finished ones outside the K best (the single-objective path looks at one trial, not at all of them)."""
+    import random
+
+    rng = random.Random(1)
+    keep, values = Retention(5, LOSS), {}
+    for i in range(2000):
+        trial = f"t{rng.randrange(1500)}"
+        failed = rng.random() < 0.05
+        value = round(rng.random(), 2)  # ties
+        keep.finished(trial, None if failed else result(value), failed=failed)
+        if trial not in values:
+            values[trial] = None if failed else value
+        done = sorted((v, t) for t, v in values.items() if v is not None)
+        assert keep.dropped == {t for _, t in done[5:]} | {t for t, v in values.items() if v is None}, i
+
+
 def test_max_mode_and_keeping_everything():
     keep = Retention(1, (("val_auroc", "max"),))
     assert keep.finished("a", {"best_val_auroc": 0.7}) == [] and keep.finished("b", {"best_val_auroc": 0.9}) == ["a"]
