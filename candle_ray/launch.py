@@ -137,20 +137,20 @@ def elastic_resize_s() -> float:
 # timeout (node removed: 35 s to the next epoch). Asking it to recompute (a `ray.nodes()` call) every
 # few seconds keeps its view as fresh as Ray's own node health. The actor's name and its `recompute`
 # argument are Ray internals (2.60): if they change, the refresh stops and the run goes on as Ray has it.
-_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
+_COORDINATOR = "AutoscalingCoordinator"  # the actor's name, and its namespace's
 _CLUSTER_VIEW_REFRESH_S = 2.0
 
 
 @contextlib.contextmanager
-def _fresh_cluster_view(every_s: float = _CLUSTER_VIEW_REFRESH_S):
-    """While the block runs, have the AutoscalingCoordinator re-read the cluster's nodes every `every_s`."""
+def _fresh_cluster_view():
+    """While the block runs, have the AutoscalingCoordinator re-read the cluster's nodes every few seconds."""
     stop = threading.Event()
 
     def refresh():
         coordinator = None
-        while not stop.wait(every_s):
+        while not stop.wait(_CLUSTER_VIEW_REFRESH_S):
             try:
-                coordinator = coordinator or ray.get_actor(_COORDINATOR[0], namespace=_COORDINATOR[1])
+                coordinator = coordinator or ray.get_actor(_COORDINATOR, namespace=_COORDINATOR)
             except ValueError:  # Train's controller has not created it yet
                 continue
             try:

@@ -222,7 +222,7 @@ print(sum(1 for n in ray.nodes() if n["Alive"]))
 EOF
 }
 
-# Every node counted alive by the GCS (one Python driver per look, ~2 s here). It looks as soon as every
+# Every node counted alive by the GCS (one Python driver per look, 1.2-1.5 s here). It looks as soon as every
 # node's log says its runtime started, and at least every 4 s whatever the logs say (a launcher may hold
 # the line in a buffer); between looks it checks each launcher is still running, twice a second.
 cr_wait_for_nodes() {
