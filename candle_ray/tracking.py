@@ -76,6 +76,8 @@ _log = logging.getLogger("candle_ray.tracking")
 _outages: dict[str, float] = {}  # tracking URI -> when its calls started failing (monotonic)
 _answered: set[str] = set()  # URIs that have answered in this process
 _outage_lock = threading.Lock()
+_calls = None  # the thread that runs the main thread's MLflow calls (_whole)
+_calls_lock = threading.Lock()
 FIRST_CONTACT_S = 10.0  # a store never reached (a wrong --tracking-uri) fails after this, not the full budget
 
 
@@ -102,6 +104,22 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
+def _whole(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`; called from the main thread, it runs on a helper thread, so that Ctrl-C (a
+    KeyboardInterrupt, raised only in the main thread) stops the wait, never the call. Cut inside SQLAlchemy,
+    a call left its SQLite connection holding the store's write lock, and every later call of the process
+    (ending the run as KILLED) waited out "database is locked" until the process was killed."""
+    global _calls
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    with _calls_lock:
+        if _calls is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candle-ray-mlflow-call")
+    return _calls.submit(fn, *args, **kwargs).result()
+
+
 def call_with_retry(uri: str, fn, *args, what: str = "an MLflow call", **kwargs):
     """`fn(*args, **kwargs)`, retried with backoff (0.5 s doubling to 10 s) while `uri` is unreachable.
 
@@ -112,7 +130,7 @@ def call_with_retry(uri: str, fn, *args, what: str = "an MLflow call", **kwargs)
     delay = 0.5
     while True:
         try:
-            result = fn(*args, **kwargs)
+            result = _whole(fn, *args, **kwargs)
         except Exception as exc:
             if _permanent(exc):
                 raise
@@ -174,7 +192,7 @@ def _client(uri: str):
     with open(uri[len("sqlite:///"):] + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        _whole(client.search_experiments, max_results=1)
     return _RetryingClient(client, uri)
 
 

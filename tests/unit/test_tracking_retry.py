@@ -1,6 +1,10 @@
 """Tracking calls survive a store that stops answering for a while, refuse to retry what cannot succeed,
 and, past the budget, say what was not logged (tests/integration/test_faults.py restarts a real server)."""
 
+import signal
+import threading
+import time
+
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -63,6 +67,26 @@ def test_sqlite_client_retries_through_the_proxy(tmp_path, monkeypatch, mlflow_s
     assert run.logged_steps("loss") == {1}
     assert isinstance(run.client, tracking._RetryingClient)
     run.finish()
+
+
+def test_ctrl_c_stops_the_wait_not_the_call(tmp_path, monkeypatch, mlflow_schema):
+    """A Ctrl-C while the main thread logs an epoch: the batch is still written whole, and the run then ends
+    KILLED. Cut inside SQLAlchemy, a write kept the SQLite store locked and the run's end hung."""
+    run = tracking.RunTracker(mlflow_store(mlflow_schema, tmp_path), "exp")
+    run.start("r", {}, {})
+    real = run.client._client.log_batch
+
+    def ctrl_c_during_the_write(*args, **kwargs):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.3)  # where the interrupt would have landed, had this run in the main thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run.client._client, "log_batch", ctrl_c_during_the_write)
+    with pytest.raises(KeyboardInterrupt):
+        run.log_epoch({"epoch": 1, "loss": 0.5})
+    run.finish("KILLED")
+    assert run.logged_steps("loss") == {1}
+    assert run.client.get_run(run.run_id).info.status == "KILLED"
 
 
 def test_a_lost_answer_does_not_make_a_second_child(tmp_path, monkeypatch, mlflow_schema):
