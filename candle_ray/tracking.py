@@ -76,7 +76,7 @@ _log = logging.getLogger("candle_ray.tracking")
 _outages: dict[str, float] = {}  # tracking URI -> when its calls started failing (monotonic)
 _answered: set[str] = set()  # URIs that have answered in this process
 _outage_lock = threading.Lock()
-_calls = None  # the thread that runs the main thread's MLflow calls (_whole)
+_calls = None  # (pid, the executor whose thread runs the main thread's MLflow calls): see _whole
 _calls_lock = threading.Lock()
 FIRST_CONTACT_S = 10.0  # a store never reached (a wrong --tracking-uri) fails after this, not the full budget
 
@@ -113,11 +113,11 @@ def _whole(fn, *args, **kwargs):
     if threading.current_thread() is not threading.main_thread():
         return fn(*args, **kwargs)
     with _calls_lock:
-        if _calls is None:
+        if _calls is None or _calls[0] != os.getpid():  # a forked child has the executor but not its thread
             from concurrent.futures import ThreadPoolExecutor
 
-            _calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candle-ray-mlflow-call")
-    return _calls.submit(fn, *args, **kwargs).result()
+            _calls = os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="candle-ray-mlflow-call")
+    return _calls[1].submit(fn, *args, **kwargs).result()
 
 
 def call_with_retry(uri: str, fn, *args, what: str = "an MLflow call", **kwargs):
