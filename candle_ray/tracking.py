@@ -76,7 +76,7 @@ _log = logging.getLogger("candle_ray.tracking")
 _outages: dict[str, float] = {}  # tracking URI -> when its calls started failing (monotonic)
 _answered: set[str] = set()  # URIs that have answered in this process
 _outage_lock = threading.Lock()
-_calls = None  # (pid, the executor whose thread runs the main thread's MLflow calls): see _whole
+_calls = None  # the executor whose thread runs the main thread's MLflow calls: see _whole
 _calls_lock = threading.Lock()
 FIRST_CONTACT_S = 10.0  # a store never reached (a wrong --tracking-uri) fails after this, not the full budget
 
@@ -113,11 +113,19 @@ def _whole(fn, *args, **kwargs):
     if threading.current_thread() is not threading.main_thread():
         return fn(*args, **kwargs)
     with _calls_lock:
-        if _calls is None or _calls[0] != os.getpid():  # a forked child has the executor but not its thread
+        if _calls is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _calls = os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="candle-ray-mlflow-call")
-    return _calls[1].submit(fn, *args, **kwargs).result()
+            _calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candle-ray-mlflow-call")
+    return _calls.submit(fn, *args, **kwargs).result()
+
+
+def _forget_the_call_thread() -> None:
+    global _calls
+    _calls = None
+
+
+os.register_at_fork(after_in_child=_forget_the_call_thread)  # a forked child has the executor, not its thread
 
 
 def call_with_retry(uri: str, fn, *args, what: str = "an MLflow call", **kwargs):
