@@ -11,7 +11,9 @@ A new user's path through README "Your own matrix", automated as subprocesses of
      (and the same with the sweep's best trial's checkpoint folder)
 
 and compares the held-out (test.csv) scores with a scikit-learn linear baseline trained on train.csv only:
-standardised features + LogisticRegressionCV (stratified CV on the train rows) or RidgeCV.
+standardised features + LogisticRegressionCV (stratified CV on the train rows) or RidgeCV. The "pooled/base"
+column is a what-if, not candle-ray's output: the ensemble's test probabilities (or predictions) averaged half
+and half with the baseline's, the score a protocol in which the linear model joins the ensemble would get.
 
 Datasets (installed at run time from PyPI with --no-deps, read from the package files, never copied into
 the repo; see bench/_real_datasets.py): NCI-60 tissue of origin, Khan SRBCT, GSE1992 ER status
@@ -87,6 +89,9 @@ SETTINGS = {
     "baseline_Cs": list(np.logspace(-4, 3, 8)),
     "baseline_alphas": list(np.logspace(-3, 5, 17)),
     "baseline_max_folds": 5,
+    # A what-if, not candle-ray's output: the ensemble's test output averaged with the baseline's at this weight
+    # (class probabilities, or regression predictions), i.e. a protocol in which the linear model joins the ensemble.
+    "pool_weight": 0.5,
 }
 TARGET_RATIO = 1.00
 TARGET_COVERAGE = (0.85, 0.95)
@@ -198,13 +203,15 @@ def linear_baseline(ds, paths: dict, seed: int) -> dict:
                                         scoring="neg_log_loss", max_iter=2000, tol=1e-5, **extra)
             model = make_pipeline(StandardScaler(), RowSpan(), head).fit(x_tr, y_tr)
             score = float(accuracy_score(y_te, model.predict(x_te)))
+            output = pd.DataFrame(model.predict_proba(x_te), columns=[str(c) for c in model.classes_])
             chosen = f"C {float(np.ravel(model[-1].C_)[0]):.3g}, {k}-fold CV"
         else:
             y_tr, y_te = train[ds.label].to_numpy(float), test[ds.label].to_numpy(float)
             model = make_pipeline(StandardScaler(), RidgeCV(alphas=SETTINGS["baseline_alphas"])).fit(x_tr, y_tr)
-            score = float(r2_score(y_te, model.predict(x_te)))
+            output = pd.DataFrame({"prediction": model.predict(x_te)})
+            score = float(r2_score(y_te, output["prediction"]))
             chosen = f"alpha {float(model[-1].alpha_):.3g}"
-    return {"score": score, "chosen": chosen, "seconds": time.monotonic() - t0}
+    return {"score": score, "chosen": chosen, "seconds": time.monotonic() - t0}, output
 
 
 class RowSpan:
@@ -365,6 +372,20 @@ def score_predictions(ds, pred_path: Path, test_path: Path) -> dict:
     return out
 
 
+def score_pooled(ds, pred_path: Path, test_path: Path, base_output: pd.DataFrame) -> dict:
+    """The what-if of SETTINGS["pool_weight"]: the ensemble's test output averaged with the baseline's."""
+    pred, test, w = pd.read_csv(pred_path, sep="\t", keep_default_na=False), pd.read_csv(test_path), SETTINGS["pool_weight"]
+    if ds.task == "classification":
+        classes = list(base_output.columns)
+        probs = (1 - w) * pred[[f"p_{c}" for c in classes]].to_numpy(float) + w * base_output.to_numpy(float)
+        picked = np.asarray(classes)[probs.argmax(axis=1)]
+        return {"score": float(np.mean(picked == test[ds.label].astype(str).to_numpy())), "weight": w}
+    from sklearn.metrics import r2_score
+
+    mean = (1 - w) * pred["prediction"].to_numpy(float) + w * base_output["prediction"].to_numpy(float)
+    return {"score": float(r2_score(test[ds.label].to_numpy(float), mean)), "weight": w}
+
+
 # ----------------------------------------------------------------------------------------- one run
 def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str | None, wd: bool, keep: bool) -> dict:
     run_dir = data_dir / "runs" / f"{ds.name}-split{split}-seed{seed}"
@@ -390,7 +411,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     exp = run_dir / "experiment.py"
     exp.write_text(experiment_source(f"real_{ds.name}", ds.label, ds.task, defaults, space))
 
-    base = linear_baseline(ds, paths, seed)
+    base, base_output = linear_baseline(ds, paths, seed)
     result["baseline"] = base
     log(f"    linear baseline: {base['score']:.4f} on test ({base['chosen']}; {base['seconds']:.1f}s)")
 
@@ -432,6 +453,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
         run_command([cli, "predict", parent, "--data", str(paths["test"]), "--out", str(run_dir / "pred_ensemble.tsv"),
                      *conformal], log_path=logs / "predict_ensemble.log", what="predict (ensemble)", **go)
         result["ensemble"] = score_predictions(ds, run_dir / "pred_ensemble.tsv", paths["test"])
+        result["pooled"] = score_pooled(ds, run_dir / "pred_ensemble.tsv", paths["test"], base_output)
     except CommandFailed as exc:
         result["status"] = f"failed: {exc}"
     except Exception as exc:  # the script's own trouble: record it, go on with the next run
@@ -441,9 +463,12 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     ens, best = result.get("ensemble", {}), result.get("best_trial", {})
     if "score" in ens:
         result["ratio"] = ens["score"] / base["score"] if base["score"] > 0 else math.nan
+    if "pooled" in result:
+        result["pooled_ratio"] = result["pooled"]["score"] / base["score"] if base["score"] > 0 else math.nan
     log(f"    => baseline {base['score']:.4f}, best trial {fmt(best.get('score'))}, ensemble {fmt(ens.get('score'))}, "
         f"coverage {fmt(ens.get('coverage'))} (mean {'set size' if ds.task == 'classification' else 'width'} "
-        f"{fmt(ens.get('set_size', ens.get('width')), 2)}), ratio {fmt(result.get('ratio'))}; {result['wall_s']:.0f}s "
+        f"{fmt(ens.get('set_size', ens.get('width')), 2)}), ratio {fmt(result.get('ratio'))} "
+        f"(pooled with the baseline: {fmt(result.get('pooled_ratio'))}); {result['wall_s']:.0f}s "
         f"[{result['status']}]")
     (logs / "result.json").write_text(json.dumps(result, indent=1, default=str))
     if not keep:
@@ -493,6 +518,7 @@ def summarize(ds, results: list[dict]) -> dict:
            "metric": "accuracy" if ds.task == "classification" else "R2"}
     for key, keys in (("baseline", ("baseline", "score")), ("best_trial", ("best_trial", "score")),
                       ("ensemble", ("ensemble", "score")), ("ratio", ("ratio",)),
+                      ("pooled_ratio", ("pooled_ratio",)),
                       ("coverage", ("ensemble", "coverage")), ("best_trial_coverage", ("best_trial", "coverage")),
                       ("set_size", ("ensemble", "set_size")), ("width", ("ensemble", "width")),
                       ("wall_s", ("wall_s",))):
@@ -515,13 +541,14 @@ def _dig(result: dict, keys):
 
 def print_table(rows: list[dict]) -> None:
     header = ["dataset", "n tr/va/te", "feat", "cls", "metric", "baseline", "best trial", "ensemble", "ens/base",
-              "coverage@0.9", "set/width", "wall/split s", "ok"]
+              "pooled/base", "coverage@0.9", "set/width", "wall/split s", "ok"]
     lines = []
     for r in rows:
         n = r["n"] or {}
         lines.append([r["dataset"], f"{n.get('train', '-')}/{n.get('val', '-')}/{n.get('test', '-')}", str(r["features"]),
                       str(r["classes"] or "-"), r["metric"], pm(r["baseline"]["values"]), pm(r["best_trial"]["values"]),
-                      pm(r["ensemble"]["values"]), pm(r["ratio"]["values"]), pm(r["coverage"]["values"]),
+                      pm(r["ensemble"]["values"]), pm(r["ratio"]["values"]),
+                      pm(r["pooled_ratio"]["values"]), pm(r["coverage"]["values"]),
                       pm(r["set_size" if r["metric"] == "accuracy" else "width"]["values"]),
                       f"{r['wall_s']['mean']:.0f}" if r["wall_s"]["mean"] is not None else "-",
                       f"{r['splits'] - r['failed']}/{r['splits']}"])
