@@ -171,8 +171,11 @@ experiment = Experiment(
 
 
 # ------------------------------------------------------------------------------------------ baseline
-def linear_baseline(ds, paths: dict, seed: int) -> dict:
-    """Standardised features + LogisticRegressionCV / RidgeCV fitted on train.csv, scored on test.csv."""
+def linear_baseline(ds, paths: dict, seed: int) -> tuple[dict, pd.DataFrame]:
+    """Standardised features + LogisticRegressionCV / RidgeCV fitted on train.csv, scored on test.csv.
+
+    Returns its score and its test output: class probabilities (a column per class) or a "prediction" column.
+    """
     import inspect
 
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
@@ -347,11 +350,14 @@ def free_ports(count: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------- scoring
-def score_predictions(ds, pred_path: Path, test_path: Path) -> dict:
+def score_predictions(ds, pred_path: Path, test_path: Path, pool_with: pd.DataFrame | None = None) -> dict:
+    """The held-out score (and coverage) of a predict table; with `pool_with` (the baseline's test output) also
+    "pooled": the score of the table's output averaged with it at SETTINGS["pool_weight"], a what-if."""
     pred = pd.read_csv(pred_path, sep="\t", keep_default_na=False)
     test = pd.read_csv(test_path)
     if "id" in pred.columns and list(pred["id"].astype(str)) != list(test["sample"].astype(str)):
         raise CommandFailed(f"{pred_path.name}: prediction rows are not in test.csv's order")
+    w = SETTINGS["pool_weight"]
     if ds.task == "classification":
         truth = test[ds.label].astype(str).to_numpy()
         out = {"score": float(np.mean(pred["prediction"].astype(str).to_numpy() == truth))}
@@ -359,6 +365,10 @@ def score_predictions(ds, pred_path: Path, test_path: Path) -> dict:
             sets = [set(s.split("|")) if s else set() for s in pred["prediction_set"].astype(str)]
             out["coverage"] = float(np.mean([t in s for t, s in zip(truth, sets)]))
             out["set_size"] = float(np.mean([len(s) for s in sets]))
+        if pool_with is not None:
+            classes = list(pool_with.columns)
+            probs = (1 - w) * pred[[f"p_{c}" for c in classes]].to_numpy(float) + w * pool_with.to_numpy(float)
+            out["pooled"] = float(np.mean(np.asarray(classes)[probs.argmax(axis=1)] == truth))
     else:
         from sklearn.metrics import r2_score
 
@@ -369,21 +379,9 @@ def score_predictions(ds, pred_path: Path, test_path: Path) -> dict:
             lo, hi = pred["lower"].to_numpy(float), pred["upper"].to_numpy(float)
             out["coverage"] = float(np.mean((lo <= truth) & (truth <= hi)))
             out["width"] = float(np.mean(hi - lo))
+        if pool_with is not None:
+            out["pooled"] = float(r2_score(truth, (1 - w) * mean + w * pool_with["prediction"].to_numpy(float)))
     return out
-
-
-def score_pooled(ds, pred_path: Path, test_path: Path, base_output: pd.DataFrame) -> dict:
-    """The what-if of SETTINGS["pool_weight"]: the ensemble's test output averaged with the baseline's."""
-    pred, test, w = pd.read_csv(pred_path, sep="\t", keep_default_na=False), pd.read_csv(test_path), SETTINGS["pool_weight"]
-    if ds.task == "classification":
-        classes = list(base_output.columns)
-        probs = (1 - w) * pred[[f"p_{c}" for c in classes]].to_numpy(float) + w * base_output.to_numpy(float)
-        picked = np.asarray(classes)[probs.argmax(axis=1)]
-        return {"score": float(np.mean(picked == test[ds.label].astype(str).to_numpy())), "weight": w}
-    from sklearn.metrics import r2_score
-
-    mean = (1 - w) * pred["prediction"].to_numpy(float) + w * base_output["prediction"].to_numpy(float)
-    return {"score": float(r2_score(test[ds.label].to_numpy(float), mean)), "weight": w}
 
 
 # ----------------------------------------------------------------------------------------- one run
@@ -452,8 +450,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
             raise CommandFailed("the ensemble's output names no 'MLflow parent run <id>'")
         run_command([cli, "predict", parent, "--data", str(paths["test"]), "--out", str(run_dir / "pred_ensemble.tsv"),
                      *conformal], log_path=logs / "predict_ensemble.log", what="predict (ensemble)", **go)
-        result["ensemble"] = score_predictions(ds, run_dir / "pred_ensemble.tsv", paths["test"])
-        result["pooled"] = score_pooled(ds, run_dir / "pred_ensemble.tsv", paths["test"], base_output)
+        result["ensemble"] = score_predictions(ds, run_dir / "pred_ensemble.tsv", paths["test"], pool_with=base_output)
     except CommandFailed as exc:
         result["status"] = f"failed: {exc}"
     except Exception as exc:  # the script's own trouble: record it, go on with the next run
@@ -463,8 +460,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     ens, best = result.get("ensemble", {}), result.get("best_trial", {})
     if "score" in ens:
         result["ratio"] = ens["score"] / base["score"] if base["score"] > 0 else math.nan
-    if "pooled" in result:
-        result["pooled_ratio"] = result["pooled"]["score"] / base["score"] if base["score"] > 0 else math.nan
+        result["pooled_ratio"] = ens["pooled"] / base["score"] if base["score"] > 0 else math.nan
     log(f"    => baseline {base['score']:.4f}, best trial {fmt(best.get('score'))}, ensemble {fmt(ens.get('score'))}, "
         f"coverage {fmt(ens.get('coverage'))} (mean {'set size' if ds.task == 'classification' else 'width'} "
         f"{fmt(ens.get('set_size', ens.get('width')), 2)}), ratio {fmt(result.get('ratio'))} "
