@@ -11,9 +11,9 @@ A new user's path through README "Your own matrix", automated as subprocesses of
      (and the same with the sweep's best trial's checkpoint folder)
 
 and compares the held-out (test.csv) scores with a scikit-learn linear baseline trained on train.csv only:
-standardised features + LogisticRegressionCV (stratified CV on the train rows) or RidgeCV. The "pooled/base"
-column is a what-if, not candle-ray's output: the ensemble's test probabilities (or predictions) averaged half
-and half with the baseline's, the score a protocol in which the linear model joins the ensemble would get.
+standardised features + LogisticRegressionCV (stratified CV on the train rows) or RidgeCV. The ensemble pools
+its own linear baseline (README "The linear baseline joins the ensemble"); the "nets/base" column scores its
+networks alone (`predict --no-baseline`), what the ensemble would be without it.
 
 Datasets (installed at run time from PyPI with --no-deps, read from the package files, never copied into
 the repo; see bench/_real_datasets.py): NCI-60 tissue of origin, Khan SRBCT, GSE1992 ER status
@@ -89,9 +89,6 @@ SETTINGS = {
     "baseline_Cs": list(np.logspace(-4, 3, 8)),
     "baseline_alphas": list(np.logspace(-3, 5, 17)),
     "baseline_max_folds": 5,
-    # A what-if, not candle-ray's output: the ensemble's test output averaged with the baseline's at this weight
-    # (class probabilities, or regression predictions), i.e. a protocol in which the linear model joins the ensemble.
-    "pool_weight": 0.5,
 }
 TARGET_RATIO = 1.00
 TARGET_COVERAGE = (0.85, 0.95)
@@ -171,11 +168,8 @@ experiment = Experiment(
 
 
 # ------------------------------------------------------------------------------------------ baseline
-def linear_baseline(ds, paths: dict, seed: int) -> tuple[dict, pd.DataFrame]:
-    """Standardised features + LogisticRegressionCV / RidgeCV fitted on train.csv, scored on test.csv.
-
-    Returns its score and its test output: class probabilities (a column per class) or a "prediction" column.
-    """
+def linear_baseline(ds, paths: dict, seed: int) -> dict:
+    """Standardised features + LogisticRegressionCV / RidgeCV fitted on train.csv, scored on test.csv."""
     import inspect
 
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
@@ -206,15 +200,13 @@ def linear_baseline(ds, paths: dict, seed: int) -> tuple[dict, pd.DataFrame]:
                                         scoring="neg_log_loss", max_iter=2000, tol=1e-5, **extra)
             model = make_pipeline(StandardScaler(), RowSpan(), head).fit(x_tr, y_tr)
             score = float(accuracy_score(y_te, model.predict(x_te)))
-            output = pd.DataFrame(model.predict_proba(x_te), columns=[str(c) for c in model.classes_])
             chosen = f"C {float(np.ravel(model[-1].C_)[0]):.3g}, {k}-fold CV"
         else:
             y_tr, y_te = train[ds.label].to_numpy(float), test[ds.label].to_numpy(float)
             model = make_pipeline(StandardScaler(), RidgeCV(alphas=SETTINGS["baseline_alphas"])).fit(x_tr, y_tr)
-            output = pd.DataFrame({"prediction": model.predict(x_te)})
-            score = float(r2_score(y_te, output["prediction"]))
+            score = float(r2_score(y_te, model.predict(x_te)))
             chosen = f"alpha {float(model[-1].alpha_):.3g}"
-    return {"score": score, "chosen": chosen, "seconds": time.monotonic() - t0}, output
+    return {"score": score, "chosen": chosen, "seconds": time.monotonic() - t0}
 
 
 class RowSpan:
@@ -350,14 +342,12 @@ def free_ports(count: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------- scoring
-def score_predictions(ds, pred_path: Path, test_path: Path, pool_with: pd.DataFrame | None = None) -> dict:
-    """The held-out score (and coverage) of a predict table; with `pool_with` (the baseline's test output) also
-    "pooled": the score of the table's output averaged with it at SETTINGS["pool_weight"], a what-if."""
+def score_predictions(ds, pred_path: Path, test_path: Path) -> dict:
+    """The held-out score (and coverage) of a predict table."""
     pred = pd.read_csv(pred_path, sep="\t", keep_default_na=False)
     test = pd.read_csv(test_path)
     if "id" in pred.columns and list(pred["id"].astype(str)) != list(test["sample"].astype(str)):
         raise CommandFailed(f"{pred_path.name}: prediction rows are not in test.csv's order")
-    w = SETTINGS["pool_weight"]
     if ds.task == "classification":
         truth = test[ds.label].astype(str).to_numpy()
         out = {"score": float(np.mean(pred["prediction"].astype(str).to_numpy() == truth))}
@@ -365,10 +355,6 @@ def score_predictions(ds, pred_path: Path, test_path: Path, pool_with: pd.DataFr
             sets = [set(s.split("|")) if s else set() for s in pred["prediction_set"].astype(str)]
             out["coverage"] = float(np.mean([t in s for t, s in zip(truth, sets)]))
             out["set_size"] = float(np.mean([len(s) for s in sets]))
-        if pool_with is not None:
-            classes = list(pool_with.columns)
-            probs = (1 - w) * pred[[f"p_{c}" for c in classes]].to_numpy(float) + w * pool_with.to_numpy(float)
-            out["pooled"] = float(np.mean(np.asarray(classes)[probs.argmax(axis=1)] == truth))
     else:
         from sklearn.metrics import r2_score
 
@@ -379,8 +365,6 @@ def score_predictions(ds, pred_path: Path, test_path: Path, pool_with: pd.DataFr
             lo, hi = pred["lower"].to_numpy(float), pred["upper"].to_numpy(float)
             out["coverage"] = float(np.mean((lo <= truth) & (truth <= hi)))
             out["width"] = float(np.mean(hi - lo))
-        if pool_with is not None:
-            out["pooled"] = float(r2_score(truth, (1 - w) * mean + w * pool_with["prediction"].to_numpy(float)))
     return out
 
 
@@ -409,7 +393,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     exp = run_dir / "experiment.py"
     exp.write_text(experiment_source(f"real_{ds.name}", ds.label, ds.task, defaults, space))
 
-    base, base_output = linear_baseline(ds, paths, seed)
+    base = linear_baseline(ds, paths, seed)
     result["baseline"] = base
     log(f"    linear baseline: {base['score']:.4f} on test ({base['chosen']}; {base['seconds']:.1f}s)")
 
@@ -450,7 +434,11 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
             raise CommandFailed("the ensemble's output names no 'MLflow parent run <id>'")
         run_command([cli, "predict", parent, "--data", str(paths["test"]), "--out", str(run_dir / "pred_ensemble.tsv"),
                      *conformal], log_path=logs / "predict_ensemble.log", what="predict (ensemble)", **go)
-        result["ensemble"] = score_predictions(ds, run_dir / "pred_ensemble.tsv", paths["test"], pool_with=base_output)
+        result["ensemble"] = score_predictions(ds, run_dir / "pred_ensemble.tsv", paths["test"])
+        run_command([cli, "predict", parent, "--no-baseline", "--data", str(paths["test"]),
+                     "--out", str(run_dir / "pred_networks.tsv")], log_path=logs / "predict_networks.log",
+                    what="predict (the ensemble's networks)", **go)
+        result["networks"] = score_predictions(ds, run_dir / "pred_networks.tsv", paths["test"])
     except CommandFailed as exc:
         result["status"] = f"failed: {exc}"
     except Exception as exc:  # the script's own trouble: record it, go on with the next run
@@ -460,11 +448,12 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     ens, best = result.get("ensemble", {}), result.get("best_trial", {})
     if "score" in ens:
         result["ratio"] = ens["score"] / base["score"] if base["score"] > 0 else math.nan
-        result["pooled_ratio"] = ens["pooled"] / base["score"] if base["score"] > 0 else math.nan
+        nets = result.get("networks", {}).get("score", math.nan)
+        result["networks_ratio"] = nets / base["score"] if base["score"] > 0 else math.nan
     log(f"    => baseline {base['score']:.4f}, best trial {fmt(best.get('score'))}, ensemble {fmt(ens.get('score'))}, "
         f"coverage {fmt(ens.get('coverage'))} (mean {'set size' if ds.task == 'classification' else 'width'} "
         f"{fmt(ens.get('set_size', ens.get('width')), 2)}), ratio {fmt(result.get('ratio'))} "
-        f"(pooled with the baseline: {fmt(result.get('pooled_ratio'))}); {result['wall_s']:.0f}s "
+        f"(its networks alone: {fmt(result.get('networks_ratio'))}); {result['wall_s']:.0f}s "
         f"[{result['status']}]")
     (logs / "result.json").write_text(json.dumps(result, indent=1, default=str))
     if not keep:
@@ -514,7 +503,7 @@ def summarize(ds, results: list[dict]) -> dict:
            "metric": "accuracy" if ds.task == "classification" else "R2"}
     for key, keys in (("baseline", ("baseline", "score")), ("best_trial", ("best_trial", "score")),
                       ("ensemble", ("ensemble", "score")), ("ratio", ("ratio",)),
-                      ("pooled_ratio", ("pooled_ratio",)),
+                      ("networks_ratio", ("networks_ratio",)),
                       ("coverage", ("ensemble", "coverage")), ("best_trial_coverage", ("best_trial", "coverage")),
                       ("set_size", ("ensemble", "set_size")), ("width", ("ensemble", "width")),
                       ("wall_s", ("wall_s",))):
@@ -537,14 +526,14 @@ def _dig(result: dict, keys):
 
 def print_table(rows: list[dict]) -> None:
     header = ["dataset", "n tr/va/te", "feat", "cls", "metric", "baseline", "best trial", "ensemble", "ens/base",
-              "pooled/base", "coverage@0.9", "set/width", "wall/split s", "ok"]
+              "nets/base", "coverage@0.9", "set/width", "wall/split s", "ok"]
     lines = []
     for r in rows:
         n = r["n"] or {}
         lines.append([r["dataset"], f"{n.get('train', '-')}/{n.get('val', '-')}/{n.get('test', '-')}", str(r["features"]),
                       str(r["classes"] or "-"), r["metric"], pm(r["baseline"]["values"]), pm(r["best_trial"]["values"]),
                       pm(r["ensemble"]["values"]), pm(r["ratio"]["values"]),
-                      pm(r["pooled_ratio"]["values"]), pm(r["coverage"]["values"]),
+                      pm(r["networks_ratio"]["values"]), pm(r["coverage"]["values"]),
                       pm(r["set_size" if r["metric"] == "accuracy" else "width"]["values"]),
                       f"{r['wall_s']['mean']:.0f}" if r["wall_s"]["mean"] is not None else "-",
                       f"{r['splits'] - r['failed']}/{r['splits']}"])

@@ -4,7 +4,9 @@ Standardised features + logistic regression (classification) or ridge regression
 chosen by cross-validation on the training rows only, scored on the validation split, or on each fold of a
 cross-validation assignment and then averaged, with the training loop's metric names and definitions
 (candle_ray.objectives: val_loss, val_accuracy, val_auroc, val_aupr; val_loss, val_r2, val_mae, val_corr).
-A sweep fits it before its first trial and logs `baseline_<metric>` on its parent run.
+A sweep fits it before its first trial and logs `baseline_<metric>` on its parent run. Fitted on the train split
+(not under CV), it is also one affine map of the cache's features (`Baseline.linear`), which `checkpoint_state`
+turns into an `mlp` checkpoint without hidden layers: an ensemble pools it with its networks (candle_ray.predict).
 
 Data over a budget (`max_cells` float32 cells, `max_rows` rows of training matrix) are sampled: a seeded
 random sample of the training rows (and at most MAX_VAL_ROWS validation rows) is gathered chunk by chunk,
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -38,6 +40,7 @@ C_GRID = np.logspace(-4, 3, 8)  # one per decade: standardised wide data usually
 ALPHA_GRID = np.logspace(-3, 5, 17)
 MAX_ITER = 1000
 TOL = 1e-5  # lbfgs gradient tolerance: 1e-3 stopped weak-penalty fits early (192 x 1000: val_loss 0.42, not 0.34)
+ABSENT_LOGIT = -1e4  # a class absent from the training rows: softmax gives it 0, as predict_proba does
 PROB_FLOOR = 1e-15  # the probability a class absent from the training rows gets before the log
 INNER_FOLDS = 5
 POOLED = ("train", "val")  # the pooled row order of candle_ray.data.folds: train rows, then val rows
@@ -49,6 +52,8 @@ class Baseline:
     """A fitted baseline's validation metrics (plain floats; the mean over folds under CV) and what it was.
 
     rows_used / rows_total: the training rows one fit used / had (the largest fold under CV).
+    linear: (weights [outputs, features], bias [outputs]) of the fit on the train split, in the cache's feature
+    units (its standardisation folded in): a classifier's logits or a regressor's prediction; None under CV.
     """
 
     metrics: dict[str, float]
@@ -57,6 +62,7 @@ class Baseline:
     rows_total: int
     sampled: bool = False
     note: str | None = None
+    linear: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 def why_not(entry) -> str | None:
@@ -96,11 +102,12 @@ def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, m
             fit_rows, score_rows = _sample(rng, train_rows, cap), _sample(rng, val_rows, MAX_VAL_ROWS)
             sizes.append((len(fit_rows), len(train_rows), len(score_rows), len(val_rows)))
             fits.append(_fit_one(data, manifest, fit_rows, score_rows, seed))
-    metrics = {key: float(np.mean([m[key] for m, _ in fits])) for key in fits[0][0]}
+    metrics = {key: float(np.mean([m[key] for m, _, _ in fits])) for key in fits[0][0]}
     used, total = max(s[0] for s in sizes), max(s[1] for s in sizes)
     sampled = any(s[0] < s[1] or s[2] < s[3] for s in sizes)
-    return Baseline(metrics=metrics, model=_describe([choice for _, choice in fits]), rows_used=used,
-                    rows_total=total, sampled=sampled, note=_note(sizes) if sampled else None)
+    return Baseline(metrics=metrics, model=_describe([choice for _, choice, _ in fits]), rows_used=used,
+                    rows_total=total, sampled=sampled, note=_note(sizes) if sampled else None,
+                    linear=fits[0][2] if cv_assignment is None else None)
 
 
 # --------------------------------------------------------------------------- data
@@ -190,14 +197,15 @@ def _quiet_single_thread():
 
 
 def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np.ndarray, seed: int):
-    """Fit on `fit_rows`, score on `score_rows`: (metrics, (model name, parameter, value, how chosen))."""
+    """Fit on `fit_rows`, score on `score_rows`: (metrics, (model name, parameter, value, how chosen),
+    the fitted model as (weights, bias) of the raw features)."""
     x, y = data.gather(fit_rows), data.labels[fit_rows]
     if manifest["task"] == "regression":
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHA_GRID)).fit(x, y.astype(np.float64))
         del x
         predicted = np.concatenate([model.predict(chunk) for _, chunk in data.chunks(score_rows)])
         choice = ("ridge regression", "alpha", float(model[-1].alpha_), "leave-one-out CV")
-        return _regression_metrics(predicted, data.labels[score_rows]), choice
+        return _regression_metrics(predicted, data.labels[score_rows]), choice, _affine(model, [0], 1)
     num_classes = int(manifest["num_classes"])
     model, choice = _classifier(y, seed)
     model.fit(x, y)
@@ -208,7 +216,8 @@ def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np
         # Classes absent from the training rows have no column: they keep probability 0 (floored in the loss).
         proba[done : done + len(part), model.classes_] = model.predict_proba(chunk)
         done += len(part)
-    return _class_metrics(proba, data.labels[score_rows], num_classes), choice(model)
+    return (_class_metrics(proba, data.labels[score_rows], num_classes), choice(model),
+            _affine(model, model.classes_, num_classes))
 
 
 def _classifier(y: np.ndarray, seed: int):
@@ -251,6 +260,45 @@ class _RowSpace(TransformerMixin, BaseEstimator):
 
     def transform(self, x):
         return x if self.basis_ is None else np.asarray(x, dtype=np.float64) @ self.basis_
+
+
+def _affine(model, present, outputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted pipeline (scaler, row basis, linear head; or a constant prior) as (weights [outputs, d], bias
+    [outputs]) of the unscaled features: with z = ((x - mu) / sd) V, z.c + b = x.(V c / sd) + (b - mu.(V c / sd)).
+    Classes absent from the training rows (not in `present`) get a logit that softmax turns into 0."""
+    head = model[-1]
+    if not hasattr(head, "coef_"):  # DummyClassifier: the training rows' class prior, whatever the features
+        d = int(head.n_features_in_)
+        coef, intercept = np.zeros((len(present), d)), np.log(head.class_prior_)
+    else:
+        coef, intercept = np.atleast_2d(head.coef_).astype(float), np.atleast_1d(head.intercept_).astype(float)
+        basis = getattr(model[-2], "basis_", None) if len(model) > 2 else None
+        if basis is not None:
+            coef = coef @ basis.T
+        scaler = model[0]
+        coef = coef / scaler.scale_
+        intercept = intercept - coef @ scaler.mean_
+    if len(present) == 2 and coef.shape[0] == 1:  # a binary logistic head: one logit, of the second class
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    weights, bias = np.zeros((outputs, coef.shape[1])), np.full(outputs, ABSENT_LOGIT)
+    weights[np.asarray(present)], bias[np.asarray(present)] = coef, intercept
+    return weights.astype(np.float32), bias.astype(np.float32)
+
+
+def checkpoint_state(fitted: Baseline, entry, share: float, metric: str = "val_loss") -> dict:
+    """`fitted.linear` as a candle-ray checkpoint state (candle_ray.checkpoint.save): model `mlp` with no
+    hidden layer, the dataset's description, and `pool_share`, the share of an ensemble's pooled output it
+    takes (candle_ray.predict.pool_weights)."""
+    import torch
+
+    from candle_ray.data.features import describe
+    from candle_ray.experiment import model_shape
+
+    weights, bias = fitted.linear
+    return {"model": "mlp", "config": {"dense": [], "dropout": 0.0}, "model_shape": model_shape(entry),
+            "weights": {"net.0.weight": torch.from_numpy(weights), "net.0.bias": torch.from_numpy(bias)},
+            "epoch": 0, "best": {"metric": metric, "value": fitted.metrics.get(metric), "epoch": 0},
+            "origin": f"linear baseline: {fitted.model}", "pool_share": float(share), "data": describe(entry)}
 
 
 def _class_metrics(proba: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -320,11 +320,14 @@ pick_option = click.option(
               help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
 @click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
 @click.option("--top", type=click.IntRange(min=1), default=None, help="How many configurations --from-sweep takes [default 5].")
+@click.option("--baseline-share", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="The share of the pooled output the linear baseline takes (the members split the rest); 0 keeps "
+                   "it out of the pool, as --no-baseline does. Small data: a tuned network alone often loses to it.")
 @pick_option
 @register_option
 @_sweep_options("member")
 @click.pass_context
-def ensemble(ctx, experiment_file, members, from_sweep, top, pick, **run):
+def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_share, **run):
     """Train an ensemble of EXPERIMENT (seed replicas, or a sweep's best configurations) and measure its
     uncertainty on the validation split: one MLflow parent run, one child run per member."""
     from candle_ray import ensemble as ensembles
@@ -349,7 +352,8 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, **run):
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
-                        seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble"))
+                        seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble",
+                        baseline_share=0.0 if run["no_baseline"] else baseline_share))
 
 
 @main.command()
@@ -456,8 +460,9 @@ def _write_table(frame, out: Path) -> None:
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
               help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
+@click.option("--no-baseline", is_flag=True, help="An ensemble's networks alone, without the linear baseline it pools.")
 def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, top, pick,
-            tracking_uri, storage, force_cpu):
+            tracking_uri, storage, force_cpu, no_baseline):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
     id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
@@ -472,6 +477,8 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     with tempfile.TemporaryDirectory(prefix="candle-ray-predict-") as scratch:
         members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, storage, top,
                                                                               Path(scratch), pick)]
+    if no_baseline:
+        members = [m for m in members if m.share is None] or members
     info = members[0].data
     X, _, ids = read_for_prediction(data_file, info)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
@@ -489,7 +496,9 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
                        f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
     frame = predicting.table(run(X), info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
     _write_table(frame, Path(out))
-    how = f"{len(members)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")
+    shares = [m.share for m in members if m.share is not None]
+    how = (f"{len(members) - len(shares)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")
+           + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
     cal = f"; conformal {1 - alpha:.0%} from {len(y_cal)} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
 

@@ -110,75 +110,112 @@ def _val_rows(entry, batch: int = 1024):
 
 
 def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float = 0.1, seed: int = 0) -> tuple[dict, list[Path]]:
-    """Pool the members on the validation split: (metrics, PNG/TSV files) to attach to the ensemble's run."""
+    """Pool the members on the validation split: (metrics, PNG/TSV files) to attach to the ensemble's run.
+
+    A linear baseline among `checkpoint_dirs` (a checkpoint with a `pool_share`, candle_ray.baseline) joins the
+    pool when its head is the networks' (a classifier's probabilities, a plain regressor's prediction): then
+    `ensemble_baseline_share` is its share and `members_val_*` score the networks alone."""
     from candle_ray import predict as predicting
-    from candle_ray import uq, uq_plots
 
     members = [predicting.load_member(path) for path in checkpoint_dirs]
+    networks = [m for m in members if m.share is None]
+    if not networks:
+        raise UsageError(f"no ensemble member among {len(members)} checkpoint(s), only a linear baseline; train members first")
+    linear = [m for m in members if m.share is not None and m.head == networks[0].head][:1]
     batches, y = _val_rows(entry)
-    pred = predicting.predict(members, batches, seed=seed)
+    pred = predicting.predict(networks + linear, batches, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"ensemble_members": float(len(members)), "ensemble_val_rows": float(len(y))}
-    files: list[Path] = []
+    metrics = {"ensemble_members": float(len(networks)), "ensemble_val_rows": float(len(y)),
+               "ensemble_baseline_share": float(linear[0].share) if linear else 0.0}
+    if linear:  # what the networks score without it
+        alone = _scores(predicting.predict(networks, batches, seed=seed), y)
+        metrics.update({k.replace("ensemble_", "members_"): v for k, v in alone.items()})
+    metrics.update(_scores(pred, y))
     # Conformal check: calibrate on a seeded half of the validation rows, measure on the other half.
     order = np.random.default_rng(seed).permutation(len(y))
-    cal, test = order[: len(y) // 2], order[len(y) // 2:]
-    if pred.probs is not None:
-        labels = y.astype(np.int64)
-        metrics.update({
-            "ensemble_val_accuracy": float((pred.probs.argmax(1) == labels).mean()),
-            "ensemble_val_nll": uq.categorical_nll(pred.probs, labels),
-            "ensemble_val_brier": uq.brier_score(pred.probs, labels),
-            "ensemble_val_ece": uq.expected_calibration_error(pred.probs, labels),
-            "ensemble_val_prob_std": float(pred.prob_std.max(axis=1).mean()),
-        })
-        if pred.abstain is not None:
-            metrics["ensemble_val_abstain_mean"] = float(pred.abstain.mean())
-        files.append(uq_plots.reliability_diagram(pred.probs, labels, out_dir / "reliability.png",
-                                                  title=f"Reliability, {len(members)}-member ensemble"))
-        calibrator = _conformal(predicting.Prediction(head=pred.head, samples=pred.samples[:, cal], probs=pred.probs[cal]),
-                                labels[cal], alpha)
-        if calibrator is not None:
-            sets = calibrator.predict(pred.probs[test])
-            metrics["conformal_val_coverage"] = uq.set_coverage(sets, labels[test])
-            metrics["conformal_val_set_size"] = uq.mean_set_size(sets)
-    else:
-        target = y.astype(np.float64).reshape(len(y), -1)[:, 0]
-        err = target - pred.mean
-        metrics.update({"ensemble_val_mse": float(np.mean(err ** 2)), "ensemble_val_mae": float(np.mean(np.abs(err))),
-                        "ensemble_val_r2": float(1 - np.sum(err ** 2) / max(np.sum((target - target.mean()) ** 2), 1e-12))})
-        sigma = pred.sigma
-        if sigma is not None and np.all(sigma > 0):
-            lower, upper = uq.gaussian_interval(pred.mean, sigma, alpha)
-            metrics.update({
-                "ensemble_val_nll": uq.gaussian_nll(target, pred.mean, sigma),
-                f"ensemble_val_coverage_{round(100 * (1 - alpha))}": uq.interval_coverage(target, lower, upper),
-                "ensemble_val_interval_width": uq.mean_interval_width(lower, upper),
-                "ensemble_val_aleatoric_std": float(np.sqrt(pred.aleatoric).mean()),
-                "ensemble_val_epistemic_std": float(np.sqrt(pred.epistemic).mean()),
-            })
-            nominal = np.linspace(0.05, 0.95, 19)
-            curves = {"Gaussian (ensemble σ)": uq.gaussian_coverage_curve(target, pred.mean, sigma, nominal)}
-            files.append(uq_plots.coverage_plot(nominal, curves, out_dir / "coverage.png"))
-            files.append(uq_plots.error_vs_sigma(target, pred.mean, sigma, out_dir / "error_vs_sigma.png"))
-        part = lambda a, rows: None if a is None else a[rows]  # noqa: E731
-        calibrator = _conformal(predicting.Prediction(
-            head=pred.head, samples=pred.samples[:, cal], mean=pred.mean[cal], aleatoric=part(pred.aleatoric, cal),
-            epistemic=part(pred.epistemic, cal), q_low=part(pred.q_low, cal), q_high=part(pred.q_high, cal)),
-            target[cal], alpha)
-        if calibrator is not None:
-            held = predicting.Prediction(head=pred.head, samples=pred.samples[:, test], mean=pred.mean[test],
-                                         aleatoric=part(pred.aleatoric, test), epistemic=part(pred.epistemic, test),
-                                         q_low=part(pred.q_low, test), q_high=part(pred.q_high, test))
-            lower, upper = predicting.interval(held, calibrator)
-            metrics["conformal_val_coverage"] = uq.interval_coverage(target[test], lower, upper)
-            metrics["conformal_val_interval_width"] = uq.mean_interval_width(lower, upper)
-    table = predicting.table(pred, members[0].data, alpha=alpha, member_columns=True)
+    halves = order[: len(y) // 2], order[len(y) // 2:]
+    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, halves, alpha, out_dir)
+    metrics.update(uq_metrics)
+    table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
     table.insert(0, "target", y if y.ndim == 1 else list(map(list, y)))
     path = out_dir / "val_predictions.tsv"
     table.to_csv(path, sep="\t", index=False)
-    files.append(path)
+    return metrics, [*files, path]
+
+
+def _scores(pred, y: np.ndarray) -> dict:
+    """The pooled prediction's fit: accuracy (classifiers) or MSE, MAE and R² (regressors)."""
+    if pred.probs is not None:
+        return {"ensemble_val_accuracy": float((pred.probs.argmax(1) == y.astype(np.int64)).mean())}
+    target = y.astype(np.float64).reshape(len(y), -1)[:, 0]
+    err = target - pred.mean
+    return {"ensemble_val_mse": float(np.mean(err ** 2)), "ensemble_val_mae": float(np.mean(np.abs(err))),
+            "ensemble_val_r2": float(1 - np.sum(err ** 2) / max(np.sum((target - target.mean()) ** 2), 1e-12))}
+
+
+def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple[dict, list[Path]]:
+    """A classifier ensemble's calibration (NLL, Brier, ECE, reliability diagram) and conformal sets."""
+    from candle_ray import predict as predicting
+    from candle_ray import uq, uq_plots
+
+    labels, (cal, test) = y.astype(np.int64), halves
+    metrics = {
+        "ensemble_val_nll": uq.categorical_nll(pred.probs, labels),
+        "ensemble_val_brier": uq.brier_score(pred.probs, labels),
+        "ensemble_val_ece": uq.expected_calibration_error(pred.probs, labels),
+        "ensemble_val_prob_std": float(pred.prob_std.max(axis=1).mean()),
+    }
+    if pred.abstain is not None:
+        metrics["ensemble_val_abstain_mean"] = float(pred.abstain.mean())
+    files = [uq_plots.reliability_diagram(pred.probs, labels, out_dir / "reliability.png",
+                                         title="Reliability, pooled ensemble")]
+    calibrator = _conformal(predicting.Prediction(head=pred.head, samples=pred.samples[:, cal], probs=pred.probs[cal]),
+                            labels[cal], alpha)
+    if calibrator is not None:
+        sets = calibrator.predict(pred.probs[test])
+        metrics["conformal_val_coverage"] = uq.set_coverage(sets, labels[test])
+        metrics["conformal_val_set_size"] = uq.mean_set_size(sets)
     return metrics, files
+
+
+def _regression_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple[dict, list[Path]]:
+    """A regressor ensemble's Gaussian intervals, their coverage and the uncertainty split, plots, and the
+    conformal intervals' coverage."""
+    from candle_ray import predict as predicting
+    from candle_ray import uq, uq_plots
+
+    target, metrics, files = y.astype(np.float64).reshape(len(y), -1)[:, 0], {}, []
+    sigma = pred.sigma
+    if sigma is not None and np.all(sigma > 0):
+        lower, upper = uq.gaussian_interval(pred.mean, sigma, alpha)
+        metrics.update({
+            "ensemble_val_nll": uq.gaussian_nll(target, pred.mean, sigma),
+            f"ensemble_val_coverage_{round(100 * (1 - alpha))}": uq.interval_coverage(target, lower, upper),
+            "ensemble_val_interval_width": uq.mean_interval_width(lower, upper),
+            "ensemble_val_aleatoric_std": float(np.sqrt(pred.aleatoric).mean()),
+            "ensemble_val_epistemic_std": float(np.sqrt(pred.epistemic).mean()),
+        })
+        nominal = np.linspace(0.05, 0.95, 19)
+        curves = {"Gaussian (ensemble σ)": uq.gaussian_coverage_curve(target, pred.mean, sigma, nominal)}
+        files.append(uq_plots.coverage_plot(nominal, curves, out_dir / "coverage.png"))
+        files.append(uq_plots.error_vs_sigma(target, pred.mean, sigma, out_dir / "error_vs_sigma.png"))
+    cal, test = (_rows(pred, rows) for rows in halves)
+    calibrator = _conformal(cal, target[halves[0]], alpha)
+    if calibrator is not None:
+        lower, upper = predicting.interval(test, calibrator)
+        metrics["conformal_val_coverage"] = uq.interval_coverage(target[halves[1]], lower, upper)
+        metrics["conformal_val_interval_width"] = uq.mean_interval_width(lower, upper)
+    return metrics, files
+
+
+def _rows(pred, rows: np.ndarray):
+    """A regression Prediction restricted to `rows`."""
+    from candle_ray import predict as predicting
+
+    part = lambda a: None if a is None else a[rows]  # noqa: E731
+    return predicting.Prediction(head=pred.head, samples=pred.samples[:, rows], mean=pred.mean[rows],
+                                 aleatoric=part(pred.aleatoric), epistemic=part(pred.epistemic),
+                                 q_low=part(pred.q_low), q_high=part(pred.q_high))
 
 
 def _conformal(pred, labels, alpha: float):

@@ -2,8 +2,9 @@
 and `mlflow models serve` use.
 
 The model's artifacts are the members' checkpoint folders (weights, config, feature scaler, target
-scaler, class names: everything `candle_ray.predict` needs); its `predict(frame, params)` returns the
-columns `candle-ray predict` writes for the same rows. Params: `alpha` (miscoverage of the Gaussian
+scaler, class names: everything `candle_ray.predict` needs; an ensemble's linear baseline is one more member,
+whose checkpoint holds its pool share); its `predict(frame, params)` returns the columns `candle-ray predict`
+writes for the same rows. Params: `alpha` (miscoverage of the Gaussian
 intervals of regressors with a spread) and `mc_dropout` (stochastic passes). Conformal sets and intervals
 need labelled calibration rows, so they stay with `candle-ray predict --conformal`.
 

@@ -8,7 +8,9 @@ set), (mean, σ²) for heteroscedastic heads (`loss: het`, CANDLE's interleaved 
 
 Uncertainty: members (an ensemble) and stochastic passes (MC dropout) are pooled into one sample of
 predictions per row; `uq.ensemble_moments` splits the spread into aleatoric (het heads) and
-epistemic (between members and passes) parts.
+epistemic (between members and passes) parts. Members weigh the same, except one whose checkpoint
+holds a `pool_share` (an ensemble's linear baseline, candle_ray.baseline): it takes that share of the
+pooled output, and the others split the rest.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Member:
     @property
     def data(self) -> dict:
         return self.state.get("data") or {}
+
+    @property
+    def share(self) -> float | None:
+        """The share of a pooled output this member takes (an ensemble's linear baseline), or None (equal parts)."""
+        return self.state.get("pool_share")
 
     @property
     def head(self) -> str:
@@ -146,6 +153,7 @@ class Prediction:
     abstain [rows] (probability of the abstain unit) or None.
     regression: mean [rows], aleatoric and epistemic variances [rows]; q_low/q_high for quantile heads.
     samples: every member's (and pass's) point prediction [samples, rows] or probs [samples, rows, classes].
+    names: each sample's column name in `table(member_columns=True)` [default member_0, member_1, ...].
     """
 
     head: str
@@ -158,6 +166,7 @@ class Prediction:
     epistemic: np.ndarray | None = None
     q_low: np.ndarray | None = None
     q_high: np.ndarray | None = None
+    names: list[str] | None = None
 
     @property
     def sigma(self) -> np.ndarray | None:
@@ -168,39 +177,60 @@ class Prediction:
         return np.sqrt(self.aleatoric + self.epistemic)
 
 
-def pool(head: str, outputs: list[np.ndarray]) -> Prediction:
-    """Combine members' raw outputs (each [passes, rows, outputs]) into one Prediction."""
+def pool_weights(members: list[Member], passes: list[int]) -> np.ndarray | None:
+    """Each sample's weight in the pooled output (members x passes), or None when all weigh the same: a member
+    with a `share` takes it, the others split the rest equally, and a member's passes split its part."""
+    fixed = sum(m.share for m in members if m.share is not None)
+    if not fixed:
+        return None
+    free = sum(m.share is None for m in members)
+    parts = [(m.share if free else m.share / fixed) if m.share is not None else (1 - fixed) / free for m in members]
+    return np.concatenate([np.full(n, part / n) for part, n in zip(parts, passes)])
+
+
+def _mean_std(values: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (weighted) mean and population spread over the leading sample axis."""
+    mean = np.average(values, axis=0, weights=weights)
+    return mean, np.sqrt(np.average((values - mean) ** 2, axis=0, weights=weights))
+
+
+def pool(head: str, outputs: list[np.ndarray], weights: np.ndarray | None = None, names: list[str] | None = None
+         ) -> Prediction:
+    """Combine members' raw outputs (each [passes, rows, outputs]) into one Prediction, each sample weighing
+    `weights` (pool_weights; None: the same)."""
     raw = np.concatenate(outputs, axis=0)  # [members x passes, rows, outputs]
     if head in ("classification", "abstention"):
         probs = _softmax(raw)
         abstain = None
         if head == "abstention":  # the last unit abstains; renormalise the class probabilities
-            abstain = probs[..., -1].mean(axis=0)
+            abstain = np.average(probs[..., -1], axis=0, weights=weights)
             probs = probs[..., :-1] / probs[..., :-1].sum(axis=-1, keepdims=True).clip(min=1e-12)
-        return Prediction(head=head, samples=probs, probs=probs.mean(axis=0), prob_std=probs.std(axis=0),
-                          abstain=abstain)
+        mean, spread = _mean_std(probs, weights)
+        return Prediction(head=head, samples=probs, probs=mean, prob_std=spread, abstain=abstain, names=names)
     if raw.shape[-1] not in (1, 2, 3):
         raise UsageError(f"a {head} model with {raw.shape[-1]} outputs per row cannot be pooled; one target is supported")
     if head == "het":
         mu, var = uq.split_heteroscedastic(raw)
         mu, var = mu[..., 0], var[..., 0]
-        moments = uq.ensemble_moments(mu, var)
+        moments = uq.ensemble_moments(mu, var, weights)
         return Prediction(head=head, samples=mu, mean=moments.mean, aleatoric=moments.aleatoric,
-                          epistemic=moments.epistemic)
+                          epistemic=moments.epistemic, names=names)
     if head == "qtl":
         q50, lo, hi = (q[..., 0] for q in uq.split_quantiles(raw))
-        moments = uq.ensemble_moments(q50)
+        moments = uq.ensemble_moments(q50, weights=weights)
         return Prediction(head=head, samples=q50, mean=moments.mean, aleatoric=moments.aleatoric,
-                          epistemic=moments.epistemic, q_low=lo.mean(axis=0), q_high=hi.mean(axis=0))
+                          epistemic=moments.epistemic, q_low=np.average(lo, axis=0, weights=weights),
+                          q_high=np.average(hi, axis=0, weights=weights), names=names)
     point = raw[..., 0]
-    moments = uq.ensemble_moments(point)
+    moments = uq.ensemble_moments(point, weights=weights)
     return Prediction(head=head, samples=point, mean=moments.mean, aleatoric=moments.aleatoric,
-                      epistemic=moments.epistemic)
+                      epistemic=moments.epistemic, names=names)
 
 
 def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]], *, mc_passes: int = 0,
             device="cpu", seed: int = 0) -> Prediction:
-    """Every member over the same rows (with `mc_passes` dropout passes each), pooled."""
+    """Every member over the same rows (with `mc_passes` dropout passes each; a member with a fixed share, a
+    linear baseline, has no dropout and passes once), pooled."""
     if not members:
         raise UsageError("no model to predict with")
     check_compatible(members)
@@ -208,13 +238,17 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     if head == "multitask":
         raise UsageError("predicting from a multi-task model (P3B1) is not supported yet; evaluate it with "
                          "`candle-ray train`, whose per-task accuracies are in MLflow")
-    outputs = []
+    outputs, names = [], []
     for i, member in enumerate(members):
-        if mc_passes:
+        stochastic = bool(mc_passes) and member.share is None
+        if stochastic:
             enable_mc_dropout(member.model, member.source)
-        raw = raw_outputs(member.model, batches, passes=max(1, mc_passes), device=device, seed=seed + i)
+        raw = raw_outputs(member.model, batches, passes=max(1, mc_passes) if stochastic else 1, device=device,
+                          seed=seed + i)
         outputs.append(member.in_target_units(raw))
-    return pool(head, outputs)
+        done = sum(n.startswith("member_") for n in names)
+        names += ["baseline"] * len(raw) if member.share is not None else [f"member_{done + k}" for k in range(len(raw))]
+    return pool(head, outputs, pool_weights(members, [len(o) for o in outputs]), names)
 
 
 def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac"):
@@ -267,8 +301,8 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
             columns["prediction_set"] = ["|".join(n for n, inside in zip(names, row) if inside) for row in sets]
             columns["set_size"] = sets.sum(axis=1)
         if member_columns:
-            for m in range(pred.samples.shape[0]):
-                columns[f"member_{m}"] = [names[i] for i in pred.samples[m].argmax(axis=1)]
+            for m, column in enumerate(_sample_names(pred)):
+                columns[column] = [names[i] for i in pred.samples[m].argmax(axis=1)]
     else:
         columns["prediction"] = pred.mean
         sigma = pred.sigma
@@ -283,6 +317,10 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
         elif sigma is not None and np.any(sigma > 0):
             columns["lower"], columns["upper"] = uq.gaussian_interval(pred.mean, sigma, alpha)
         if member_columns:
-            for m in range(pred.samples.shape[0]):
-                columns[f"member_{m}"] = pred.samples[m]
+            for m, column in enumerate(_sample_names(pred)):
+                columns[column] = pred.samples[m]
     return pd.DataFrame(columns)
+
+
+def _sample_names(pred: Prediction) -> list[str]:
+    return pred.names or [f"member_{m}" for m in range(pred.samples.shape[0])]

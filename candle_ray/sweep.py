@@ -21,6 +21,8 @@ from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
 from candle_ray.summary import best_lines
 
+BASELINE_DIR = "baseline"  # in an ensemble's folder: the linear baseline's checkpoint it pools
+
 
 def known_metrics(config: dict, entry) -> tuple[str, ...]:
     """What training reports for this config and dataset (the objective decides: AUROC, per-task...)."""
@@ -80,6 +82,7 @@ class SweepSettings:
     cv: dict | None = None
     autoscale: bool = False
     baseline: bool = True
+    baseline_share: float = 0.5  # an ensemble pools its linear baseline at this share of the output (0: not)
     grace_period: int = 0
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
@@ -147,7 +150,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
                            smoke=record["smoke"], full_space=record.get("full_space", False),
                            kind=record.get("kind", "sweep"), cv=record.get("cv"),
-                           baseline=record.get("baseline", True), tracking_uri=record["tracking_uri"],
+                           baseline=record.get("baseline", True), baseline_share=record.get("baseline_share", 0.0),
+                           tracking_uri=record["tracking_uri"],
                            model_per_trial=record.get("model_per_trial", False), metric=record["sweep"]["metric"],
                            mode=record["sweep"]["mode"], also=tuple(map(tuple, record["sweep"].get("also", []))))
         echo(f"resuming sweep {settings.name} ({record['sweep']['searcher']} / {record['sweep']['scheduler']}, "
@@ -289,7 +293,8 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
-        "baseline": s.baseline, "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
+        "baseline": s.baseline, "baseline_share": s.baseline_share if s.kind == "ensemble" else 0.0,
+        "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
         "conditional_keys": list(resolved.conditional_keys),
         "warm_start": {"sweeps": list(resolved.warm.sweeps), "points": len(resolved.warm.points)}
         if resolved.warm else None})
@@ -330,8 +335,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
          f"MLflow parent run {parent.run_id}")
     status = "FAILED"
     try:
+        pooled = work_dir / BASELINE_DIR if s.kind == "ensemble" and s.baseline_share > 0 else None
         linear = fit_baseline(entry, cv_assignment, int(s.cv["folds"]) if s.cv else None, echo,
-                              parent if not s.resume else None) if s.baseline else {}
+                              parent if not s.resume else None, pooled, s.baseline_share) if s.baseline else {}
         tuner = search.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
                                                                                 work_dir, cv_assignment),
                                  store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members,
@@ -494,10 +500,12 @@ def front_lines(front: list[dict], objectives, name: str, total: int, shown: int
     return lines
 
 
-def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None) -> dict:
+def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None, pooled: Path | None = None,
+                 share: float = 0.0) -> dict:
     """The linear baseline (logistic / ridge, candle_ray.baseline) on the trials' split (their folds
-    with --cv), before the first trial; its metrics go on the parent run as baseline_<metric>. A
-    baseline that cannot be fitted never stops the sweep."""
+    with --cv), before the first trial; its metrics go on the parent run as baseline_<metric>. With `pooled`
+    (an ensemble's), its checkpoint is written there, to be pooled at `share`. A baseline that cannot be
+    fitted never stops the sweep."""
     t0 = time.monotonic()
     try:
         from candle_ray import baseline
@@ -512,6 +520,10 @@ def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None) -> 
     shown = ", ".join(f"{k} {v:.4g}" for k, v in fitted.metrics.items())
     echo(f"linear baseline ({fitted.model}; {time.monotonic() - t0:.1f}s): {shown}"
          + (f"; {fitted.note}" if fitted.note else ""))
+    if pooled is not None and fitted.linear is not None:
+        from candle_ray import checkpoint
+
+        checkpoint.save(pooled, baseline.checkpoint_state(fitted, entry, share), kinds=("best",))
     if parent is not None:
         parent.log_epoch({"epoch": 0, **{f"baseline_{k}": v for k, v in fitted.metrics.items()}})
         parent.set_tags({"candle_ray.baseline": fitted.model + (f"; {fitted.note}" if fitted.note else "")})
@@ -566,28 +578,50 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
 
 
 def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict) -> None:
-    """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) on the
-    validation split; metrics and plots go on the parent run and into the sweep folder."""
+    """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) and the
+    linear baseline's (fit_baseline's, when it was written) on the validation split; metrics and plots go on
+    the parent run and into the sweep folder, and a pooled baseline's checkpoint on the parent run, where
+    `predict` and the ensemble's MLflow model find it."""
     import tempfile
 
     from candle_ray import ensemble, tracking
 
+    own = [work_dir / BASELINE_DIR] if (work_dir / BASELINE_DIR / "best.json").exists() else []
     with tempfile.TemporaryDirectory(prefix="candle-ray-members-") as scratch:
-        folders = tracking.run_checkpoints(parent.uri, parent.run_id, Path(scratch))
-        metrics, files = ensemble.evaluate(folders, entry, work_dir / "uq")
+        folders = tracking.run_checkpoints(parent.uri, parent.run_id, Path(scratch), baseline=False)
+        metrics, files = ensemble.evaluate(folders + own, entry, work_dir / "uq")
+    share = metrics.pop("ensemble_baseline_share")
+    if share:
+        for path in sorted(own[0].iterdir()):
+            parent.log_artifact(path, tracking.BASELINE)
     parent.log_epoch({"epoch": 0, **metrics})
     for path in files:
         parent.log_artifact(path, "uq")
         store.upload(path, store.path(name, "uq", path.name))
-    shown = {k: v for k, v in metrics.items() if k not in ("ensemble_members", "ensemble_val_rows")}
-    echo(f"ensemble of {int(metrics['ensemble_members'])} on {int(metrics['ensemble_val_rows'])} validation rows: "
-         + ", ".join(f"{k.replace('ensemble_val_', '')} {v:.4g}" for k, v in shown.items()))
+    echo(_ensemble_line(metrics, share, bool(own)))
     from candle_ray.summary import comparison, headline
 
-    task, pooled = entry.manifest["task"], {k.replace("ensemble_", ""): v for k, v in metrics.items()}
+    task, pooled = entry.manifest["task"], {k.replace("ensemble_", ""): v for k, v in metrics.items()
+                                            if k.startswith("ensemble_")}
     if headline(task):
         for line in comparison("ensemble", pooled, headline(task), "max", linear, task):
             echo(line)
+
+
+def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:
+    """`ensemble of 5 and the linear baseline (share 0.5) on 17 validation rows: accuracy ...; the 5 networks
+    alone: accuracy ...`."""
+    members, rows = int(metrics["ensemble_members"]), int(metrics["ensemble_val_rows"])
+    pooled = {k.replace("ensemble_val_", ""): v for k, v in metrics.items()
+              if k not in ("ensemble_members", "ensemble_val_rows") and not k.startswith("members_")}
+    line = (f"ensemble of {members}" + (f" and the linear baseline (share {share:g})" if share else "")
+            + f" on {rows} validation rows: " + ", ".join(f"{k} {v:.4g}" for k, v in pooled.items()))
+    alone = {k[len("members_val_"):]: v for k, v in metrics.items() if k.startswith("members_val_")}
+    if alone:
+        line += f"; the {members} networks alone: " + ", ".join(f"{k} {v:.4g}" for k, v in alone.items())
+    elif fitted:
+        line += " (the linear baseline is not pooled: its head is not the networks')"
+    return line
 
 
 def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str],

@@ -457,10 +457,12 @@ def require_store(uri: str) -> None:
                          f"MLFLOW_TRACKING_URI) to the store the run was logged to")
 
 
-def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, pick: str | None = None) -> list[Path]:
+def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, pick: str | None = None, *,
+                    baseline: bool = True) -> list[Path]:
     """Local folders holding the best checkpoints `predict` pools for MLflow run `run_id`: a sweep's best
     trial (its `top` best with `top`, ranked as the sweep's results.csv; its Pareto front's member `pick`),
-    every finished member of an ensemble or fold of a cv, or the run itself; downloaded from the runs' artifacts."""
+    every finished member of an ensemble (and the linear baseline it pools, unless not `baseline`) or fold
+    of a cv, or the run itself; downloaded from the runs' artifacts."""
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
@@ -488,6 +490,9 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, p
         if not any(n.endswith("best.json") for n in names):
             continue
         folders.append(Path(client.download_artifacts(source.info.run_id, "checkpoints", str(dest / source.info.run_id))))
+    if folders and baseline and kind == "ensemble" and \
+            any(a.path == f"{BASELINE}/best.json" for a in client.list_artifacts(run_id, BASELINE)):
+        folders.append(Path(client.download_artifacts(run_id, BASELINE, str(dest / f"{run_id}-{BASELINE}"))))
     if not folders:
         raise UsageError(f"none of the {len(children)} child runs of MLflow run {run_id} holds a best checkpoint (no "
                          f"trial or member finished); run it again" if children else
@@ -526,6 +531,7 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
 
 
 MODEL_ARTIFACT = "model"
+BASELINE = "baseline"  # an ensemble's parent run: the linear baseline's checkpoint, which it pools
 
 
 def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None) -> str:

@@ -127,8 +127,8 @@ class EnsembleMoments:
         return np.sqrt(self.variance)
 
 
-def ensemble_moments(means, variances=None) -> EnsembleMoments:
-    """Mean and variance of the equal-weight mixture of M Gaussian members N(μ_m, σ²_m).
+def ensemble_moments(means, variances=None, weights=None) -> EnsembleMoments:
+    """Mean and variance of the mixture of M Gaussian members N(μ_m, σ²_m), of equal weight or of `weights` (M,).
 
     means, variances: shape (M, rows[, outputs]). Law of total variance:
         Var = E_m[σ²_m] + Var_m[μ_m] = aleatoric + epistemic,
@@ -145,9 +145,9 @@ def ensemble_moments(means, variances=None) -> EnsembleMoments:
     else:
         var = positive(finite_array(variances, "variances"), "variances")
         same_shape(means=mu, variances=var)
-        aleatoric = var.mean(axis=0)
-    center = mu.mean(axis=0)
-    epistemic = ((mu - center) ** 2).mean(axis=0)
+        aleatoric = np.average(var, axis=0, weights=weights)
+    center = np.average(mu, axis=0, weights=weights)
+    epistemic = np.average((mu - center) ** 2, axis=0, weights=weights)
     return EnsembleMoments(mean=center, aleatoric=aleatoric, epistemic=epistemic, members=mu.shape[0])
 
 

@@ -45,26 +45,40 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     r = cli("ensemble", TINY, "--smoke", "--members", 3, "--name", "ens3", "--set", "epochs=4",
             "--set", "learning_rate=0.05")
     assert r.exit_code == 0, r.output
-    assert "3 trials: 3 completed" in r.output and "ensemble of 3 on" in r.output
+    assert "3 trials: 3 completed" in r.output and "ensemble of 3 and the linear baseline (share 0.5) on" in r.output
+    assert "; the 3 networks alone: accuracy" in r.output
     (parent,), children = runs_of("ens3")
     assert len(children) == 3 and parent.data.tags["candle_ray.kind"] == "ensemble"
     assert sorted(int(c.data.params["rng_seed"]) for c in children) == [7102, 7103, 7104]
     m = parent.data.metrics
     assert m["ensemble_members"] == 3 and 0 <= m["ensemble_val_ece"] <= 1 and m["ensemble_val_accuracy"] > 0.5
+    assert 0 <= m["members_val_accuracy"] <= 1 and "baseline_val_accuracy" in m
     assert_conformal_near_nominal(m)
     assert m["conformal_val_set_size"] >= 1
-    files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
+    client = MlflowClient()
+    files = {f.path for f in client.list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/reliability.png", "uq/val_predictions.tsv"} <= files
+    assert "baseline/best.json" in {f.path for f in client.list_artifacts(parent.info.run_id, "baseline")}
+    model_members = {f.path for f in client.list_artifacts(parent.info.run_id, "model/artifacts")}
+    assert model_members == {f"model/artifacts/member-{k}" for k in range(4)}  # the MLflow model pools it too
 
-    # predict with the ensemble's run id: one column per member
+    # predict with the ensemble's run id: one column per member, and the baseline's, at half the weight
     smoke_files = sorted((workdir / "cache" / "synthetic").rglob("*.csv"))
     data = next(p for p in smoke_files if "test" in p.name)
     out = workdir / "ens.tsv"
     r = cli("predict", parent.info.run_id, "--data", data, "--out", out, "--member-columns")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(out, sep="\t")
-    assert [c for c in table if c.startswith("member_")] == ["member_0", "member_1", "member_2"]
+    assert [c for c in table if c.startswith("member_") or c == "baseline"] == ["member_0", "member_1", "member_2",
+                                                                                  "baseline"]
     assert np.allclose(table.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+    r = cli("predict", parent.info.run_id, "--data", data, "--out", workdir / "nets.tsv", "--member-columns",
+            "--no-baseline")
+    assert r.exit_code == 0 and "(3 member(s))" in r.output, r.output
+    nets = pd.read_csv(workdir / "nets.tsv", sep="\t")
+    assert "baseline" not in nets and not np.allclose(nets.filter(like="p_"), table.filter(like="p_"))
+    r = cli("ensemble", TINY, "--smoke", "--members", 1, "--name", "bad", "--baseline-share", 1)
+    assert r.exit_code == 2 and "--baseline-share" in r.output
 
 
 def test_from_sweep_top_configurations(ray_cluster, workdir):
@@ -193,6 +207,8 @@ def test_heteroscedastic_ensemble_splits_uncertainty(ray_cluster, workdir):
     assert r.exit_code == 0, r.output
     (parent,), children = runs_of_experiment("p1b3", "het2")
     m = parent.data.metrics
+    assert "(the linear baseline is not pooled: its head is not the networks')" in r.output
+    assert "ensemble_baseline_share" not in m and "members_val_r2" not in m
     assert m["ensemble_val_aleatoric_std"] > 0 and m["ensemble_val_epistemic_std"] > 0
     assert 0 <= m["ensemble_val_coverage_90"] <= 1 and m["ensemble_val_interval_width"] > 0
     assert_conformal_near_nominal(m)

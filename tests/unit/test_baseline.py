@@ -249,3 +249,41 @@ def test_training_rows_of_one_class_give_the_constant_prior(tmp_path):
     result = baseline.fit(matrix_entry(tmp_path, "one", (X, np.zeros_like(y)), (Xv, yv), classes=2))
     assert result.model == "constant class prior (the training rows hold one class)"
     assert result.metrics["val_accuracy"] == 0.5 and result.metrics["val_auroc"] == 0.5
+
+
+# ----------------------------------------------------------------------------- the baseline as a checkpoint
+@pytest.mark.parametrize("case", ["three classes", "more features than rows", "binary", "a class absent from training",
+                                  "one training class", "regression"])
+def test_the_baseline_as_a_checkpoint_predicts_what_it_scored(tmp_path, case):
+    """The fitted pipeline folded into one linear layer (scaler and row basis included) and saved as an `mlp`
+    checkpoint: `candle-ray predict`'s pooling of it alone gives the baseline's own validation metrics."""
+    from candle_ray import checkpoint
+    from candle_ray import predict as predicting
+
+    train, val, task, classes = {
+        "three classes": (blobs(90, 12, 3, 1, spread=2.0), blobs(30, 12, 3, 2, spread=2.0), "classification", 3),
+        "more features than rows": (blobs(20, 50, 3, 1, spread=2.0), blobs(30, 50, 3, 2, spread=2.0), "classification", 3),
+        "binary": (blobs(60, 5, 2, 1, spread=2.0), blobs(40, 5, 2, 2, spread=2.0), "classification", 2),
+        "a class absent from training": ((blobs(60, 5, 2, 1, spread=2.0)[0], blobs(60, 5, 2, 1)[1] * 2),
+                                         blobs(40, 5, 3, 2, spread=2.0), "classification", 3),
+        "one training class": ((blobs(20, 4, 2, 1)[0], np.zeros(20, int)), blobs(10, 4, 2, 2), "classification", 2),
+        "regression": (linear(80, 6, 1), linear(30, 6, 2), "regression", None),
+    }[case]
+    entry = matrix_entry(tmp_path, "case", train, val, task=task, classes=classes)
+    fitted = baseline.fit(entry)
+    checkpoint.save(tmp_path / "ckpt", baseline.checkpoint_state(fitted, entry, share=0.5), kinds=("best",))
+    member = predicting.load_member(tmp_path / "ckpt")
+    assert member.share == 0.5 and member.state["model"] == "mlp" and member.head in ("classification", "regression")
+    X, y = (np.asarray(a) for a in open_split(entry, "val"))
+    pred = predicting.predict([member], predicting.array_batches(X))
+    if task == "regression":
+        assert np.mean((pred.mean - y.ravel()) ** 2) == pytest.approx(fitted.metrics["val_loss"], rel=1e-4)
+    else:
+        scored = baseline._class_metrics(pred.probs, y, classes)
+        assert scored == pytest.approx(fitted.metrics, rel=1e-4, abs=1e-6, nan_ok=True)
+
+
+def test_no_single_model_under_cv(tmp_path):
+    entry = matrix_entry(tmp_path, "cv", blobs(60, 5, 2, 1), blobs(30, 5, 2, 2), classes=2)
+    assignment = folds.assign(90, 3, seed=0)
+    assert baseline.fit(entry, cv_assignment=assignment, folds=3).linear is None

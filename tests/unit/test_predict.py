@@ -143,6 +143,8 @@ def test_pool_regression_heads():
     assert q.mean[0] == 1.0 and np.isclose(q.sigma[0], 1.0)
     plain = predicting.pool("regression", [np.ones((3, 2, 1))])
     assert np.all(plain.epistemic == 0)
+    weighted = predicting.pool("regression", [np.zeros((1, 2, 1)), np.ones((1, 2, 1))], weights=np.array([0.25, 0.75]))
+    assert np.allclose(weighted.mean, 0.75) and np.allclose(weighted.epistemic, 0.25 * 0.75 ** 2 + 0.75 * 0.25 ** 2)
 
 
 def test_members_must_match():
@@ -150,3 +152,32 @@ def test_members_must_match():
     b = predicting.Member(model=None, state={"config": {}, "data": {"fingerprint": "b", "num_features": 3, "task": "regression"}}, source="b")
     with pytest.raises(UsageError, match="disagree on fingerprint"):
         predicting.check_compatible([a, b])
+
+
+def test_a_member_with_a_share_takes_it_and_the_others_split_the_rest(table, tmp_path):
+    """An ensemble's linear baseline (a checkpoint with pool_share) takes its share of the pooled
+    probabilities whatever the members' count or MC passes; it passes once (no dropout) and has its own
+    column; alone, it is the whole prediction."""
+    from candle_ray import baseline, checkpoint
+
+    tmp, entry = table
+    nets = [predicting.load_member(train(entry, tmp_path / f"net{i}", rng_seed=i)) for i in range(2)]
+    fitted = baseline.fit(entry)
+    checkpoint.save(tmp_path / "linear", baseline.checkpoint_state(fitted, entry, share=0.25), kinds=("best",))
+    linear = predicting.load_member(tmp_path / "linear")
+    X, _, _ = read_for_prediction(tmp / "new.csv", describe(entry))
+    batches = predicting.array_batches(X)
+    alone = [predicting.predict([m], batches).probs for m in (*nets, linear)]
+    pooled = predicting.predict([*nets, linear], batches)
+    assert np.allclose(pooled.probs, 0.75 * (alone[0] + alone[1]) / 2 + 0.25 * alone[2], atol=1e-6)
+    assert pooled.names == ["member_0", "member_1", "baseline"]
+    mc = predicting.predict([*nets, linear], batches, mc_passes=3)
+    assert mc.samples.shape[0] == 7 and mc.names[-2:] == ["member_5", "baseline"]
+    assert np.allclose(mc.probs, 0.75 * mc.samples[:6].mean(axis=0) + 0.25 * alone[2], atol=1e-6)
+    assert np.allclose(predicting.predict([linear], batches).probs, alone[2])
+    frame = predicting.table(pooled, describe(entry), member_columns=True)
+    assert list(frame.columns[-3:]) == ["member_0", "member_1", "baseline"]
+    weights = predicting.pool_weights([*nets, linear], [1, 1, 1])
+    assert np.allclose(weights, [0.375, 0.375, 0.25])
+    spread = np.sqrt(np.average((pooled.samples - pooled.probs) ** 2, axis=0, weights=weights))
+    assert np.allclose(pooled.prob_std, spread)
