@@ -140,7 +140,9 @@ def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict,
     worse = [k for k in keys if finite(baseline.get(k)) and improves(baseline[k], values[k], mode if k == metric else direction(k))]
     if worse:
         lines.append(f"warning: {label} is worse than a linear baseline on the same split ({', '.join(worse)}); "
-                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs")
+                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs"
+                     + ("; or `candle-ray ensemble --from-sweep NAME`, which pools the networks with the baseline"
+                        if label == "best trial" else ""))
     r2 = values.get("val_r2")
     if task == "regression" and finite(r2) and r2 < 0:
         lines.append(f"warning: {label} has val_r2 {r2:.3g}, worse than predicting the training mean (R² 0)")

@@ -135,6 +135,7 @@ def test_comparison_with_the_linear_baseline():
                                {"val_loss": 0.5, "val_accuracy": 0.85}, "classification")
     assert lines[0] == "best trial val_loss 0.6 vs linear baseline 0.5, val_accuracy 0.8 vs linear baseline 0.85"
     assert lines[1].startswith("warning: best trial is worse than a linear baseline") and "val_accuracy" in lines[1]
+    assert lines[1].endswith("`candle-ray ensemble --from-sweep NAME`, which pools the networks with the baseline")
     fine = summary.comparison("best trial", {"val_loss": 0.4, "val_r2": 0.3}, "val_loss", "min", {"val_r2": 0.2},
                               "regression")
     assert len(fine) == 1
