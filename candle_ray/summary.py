@@ -128,9 +128,10 @@ def headline(task: str) -> str | None:
     return {"classification": "val_accuracy", "regression": "val_r2"}.get(task)
 
 
-def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str) -> list[str]:
+def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "") -> list[str]:
     """`<label> val_accuracy 0.87 vs linear baseline 0.86`, and a warning when the model is worse than
-    the linear baseline on the sweep's metric or, for a regressor, than predicting the mean (R² < 0)."""
+    the linear baseline on the sweep's metric (ending with `hint`, a further remedy) or, for a regressor,
+    than predicting the mean (R² < 0)."""
     from candle_ray.objectives import direction
 
     keys = list(dict.fromkeys(k for k in (metric, headline(task)) if k and finite(values.get(k))))
@@ -140,24 +141,23 @@ def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict,
     worse = [k for k in keys if finite(baseline.get(k)) and improves(baseline[k], values[k], mode if k == metric else direction(k))]
     if worse:
         lines.append(f"warning: {label} is worse than a linear baseline on the same split ({', '.join(worse)}); "
-                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs"
-                     + ("; or `candle-ray ensemble --from-sweep NAME`, which pools the networks with the baseline"
-                        if label == "best trial" else ""))
+                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs{hint}")
     r2 = values.get("val_r2")
     if task == "regression" and finite(r2) and r2 < 0:
         lines.append(f"warning: {label} has val_r2 {r2:.3g}, worse than predicting the training mean (R² 0)")
     return lines
 
 
-def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str) -> list[str]:
-    """What the end of a sweep says about its best trial (and the linear baseline beside it)."""
+def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "") -> list[str]:
+    """What the end of a sweep says about its best trial (and the linear baseline beside it; `hint`: see
+    comparison)."""
     import json
 
     epoch = f"epoch {best['epoch']}" + (f" of {best['epochs_run']}" if best.get("epochs_run") else "")
     lines = [f"best {metric} {best['value']:.4g} (trial {best['trial_id']}, {epoch}): "
              f"{json.dumps(best['config'], default=str)}"]
     return lines + comparison("best trial", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
-                              baseline, task)
+                              baseline, task, hint)
 
 
 # ------------------------------------------------------------------ several objectives: the Pareto front

@@ -468,13 +468,15 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
     if summary["front"]:
         for line in front_lines(summary["front"], sweep.objectives, sweep.name, summary["total"]):
             echo(line)
-    if summary["best"]:
-        # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
-        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
-                               entry.manifest["task"]):
-            echo(line)
     # --storage only where the sweep is not under the default folder
     storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
+    if summary["best"]:
+        # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
+        hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
+                f"networks with the baseline") if s.kind == "sweep" else ""
+        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
+                               entry.manifest["task"], hint):
+            echo(line)
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
         best = summary["best"]
         echo(f"best trial's MLflow run {best['run_id']}, checkpoints {best['checkpoints']}; predict with: "

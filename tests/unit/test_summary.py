@@ -132,10 +132,10 @@ def test_schedulers_follow_the_grace_period_and_the_best_epoch():
 
 def test_comparison_with_the_linear_baseline():
     lines = summary.comparison("best trial", {"val_loss": 0.6, "val_accuracy": 0.8}, "val_loss", "min",
-                               {"val_loss": 0.5, "val_accuracy": 0.85}, "classification")
+                               {"val_loss": 0.5, "val_accuracy": 0.85}, "classification", "; or pool them")
     assert lines[0] == "best trial val_loss 0.6 vs linear baseline 0.5, val_accuracy 0.8 vs linear baseline 0.85"
     assert lines[1].startswith("warning: best trial is worse than a linear baseline") and "val_accuracy" in lines[1]
-    assert lines[1].endswith("`candle-ray ensemble --from-sweep NAME`, which pools the networks with the baseline")
+    assert lines[1].endswith("or more epochs; or pool them")
     fine = summary.comparison("best trial", {"val_loss": 0.4, "val_r2": 0.3}, "val_loss", "min", {"val_r2": 0.2},
                               "regression")
     assert len(fine) == 1
