@@ -58,6 +58,23 @@ def recovery(times: dict[int, float], event: float) -> dict:
             "lost_s": times[last + 1] - times[last] - usual, "rerun_s": event - times[last]}
 
 
+def reservable_cpus() -> tuple[float, float]:
+    """(CPUs Ray's AutoscalingCoordinator reserves at once to a new request for all of them, the cluster's
+    CPUs): less while an earlier elastic run's request still holds some (candle_ray.launch._release_reservation).
+    The coordinator's name and methods are Ray 2.60 internals, as in launch.py."""
+    import ray
+
+    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    total = ray.cluster_resources()["CPU"]
+    probe = "candle-ray-test-probe"
+    ray.get(coordinator.request_resources.remote(probe, [{"CPU": 1}] * int(total), expire_after_s=30))
+    try:
+        reserved = ray.get(coordinator.get_reserved_resources.remote(probe, recompute=True))
+    finally:
+        ray.get(coordinator.cancel_request.remote(probe))
+    return sum(node.get("CPU", 0) for node in reserved.values()), total
+
+
 def test_train_grows_when_a_node_joins_and_shrinks_when_it_leaves(head_only, workdir):
     env = {"CANDLE_RAY_ELASTIC_RESIZE_S": RESIZE_S}
     # Stopped by Ctrl-C once it has trained after the node left (an epoch or time budget would have to outlast
@@ -98,6 +115,8 @@ def test_train_grows_when_a_node_joins_and_shrinks_when_it_leaves(head_only, wor
     phases = [size for i, size in enumerate(sizes) if i == 0 or size != sizes[i - 1]]
     assert phases == ["1", "2", "1"], sizes
 
+    reserved, total = reservable_cpus()
+    assert reserved == total, f"a Ctrl-C'd elastic run still holds {total - reserved:g} of {total:g} CPUs reserved"
     Path(os.environ.get("CANDLE_RAY_TEST_OUTPUT", workdir / "output.txt")).write_text(out)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     assert _run(uri, "el").info.status == "KILLED"
