@@ -127,10 +127,10 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"ensemble_members": float(len(networks)), "ensemble_val_rows": float(len(y)),
                "ensemble_baseline_share": float(linear[0].share) if linear else 0.0}
-    if linear:  # what the networks score without it
-        alone = _scores(predicting.predict(networks, batches, seed=seed), y)
+    if linear:  # what the networks score without it: their samples' plain mean, no second pass over the rows
+        alone = _scores(pred.samples[[name != "baseline" for name in pred.names]].mean(axis=0), y)
         metrics.update({k.replace("ensemble_", "members_"): v for k, v in alone.items()})
-    metrics.update(_scores(pred, y))
+    metrics.update(_scores(pred.probs if pred.probs is not None else pred.mean, y))
     # Conformal check: calibrate on a seeded half of the validation rows, measure on the other half.
     order = np.random.default_rng(seed).permutation(len(y))
     halves = order[: len(y) // 2], order[len(y) // 2:]
@@ -143,12 +143,13 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     return metrics, [*files, path]
 
 
-def _scores(pred, y: np.ndarray) -> dict:
-    """The pooled prediction's fit: accuracy (classifiers) or MSE, MAE and R² (regressors)."""
-    if pred.probs is not None:
-        return {"ensemble_val_accuracy": float((pred.probs.argmax(1) == y.astype(np.int64)).mean())}
+def _scores(point: np.ndarray, y: np.ndarray) -> dict:
+    """A pooled prediction's fit: accuracy of class probabilities [rows, classes], or MSE, MAE and R² of a
+    regressor's predictions [rows]."""
+    if point.ndim == 2:
+        return {"ensemble_val_accuracy": float((point.argmax(1) == y.astype(np.int64)).mean())}
     target = y.astype(np.float64).reshape(len(y), -1)[:, 0]
-    err = target - pred.mean
+    err = target - point
     return {"ensemble_val_mse": float(np.mean(err ** 2)), "ensemble_val_mae": float(np.mean(np.abs(err))),
             "ensemble_val_r2": float(1 - np.sum(err ** 2) / max(np.sum((target - target.mean()) ** 2), 1e-12))}
 

@@ -238,7 +238,7 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     if head == "multitask":
         raise UsageError("predicting from a multi-task model (P3B1) is not supported yet; evaluate it with "
                          "`candle-ray train`, whose per-task accuracies are in MLflow")
-    outputs, names = [], []
+    outputs, names, networks = [], [], 0
     for i, member in enumerate(members):
         stochastic = bool(mc_passes) and member.share is None
         if stochastic:
@@ -246,8 +246,11 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
         raw = raw_outputs(member.model, batches, passes=max(1, mc_passes) if stochastic else 1, device=device,
                           seed=seed + i)
         outputs.append(member.in_target_units(raw))
-        done = sum(n.startswith("member_") for n in names)
-        names += ["baseline"] * len(raw) if member.share is not None else [f"member_{done + k}" for k in range(len(raw))]
+        if member.share is not None:
+            names += ["baseline"] * len(raw)
+        else:
+            names += [f"member_{networks + k}" for k in range(len(raw))]
+            networks += len(raw)
     return pool(head, outputs, pool_weights(members, [len(o) for o in outputs]), names)
 
 
