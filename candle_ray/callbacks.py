@@ -187,14 +187,15 @@ class MLflowSweepCallback(Callback):
         child = self._child(trial_id, config)
         drops = self.retention.finished(trial_id, last, status == "FAILED") if self.retention else []
         best = best_metrics(last)
-        if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
-            child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}})
-            tags = {**tags, "candle_ray.best_epoch": last["best_epoch"]}
         if trial_id in drops:  # it can never be picked: its weights are not worth a copy in MLflow
             tags = {**tags, **self._dropped_tag()}
         else:
             self._log_best(child, trial_id, status, tune_checkpoint)
-        child.set_tags(tags)
+        if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
+            child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}},
+                            tags={**tags, "candle_ray.best_epoch": last["best_epoch"]})
+        else:
+            child.set_tags(tags)
         child.finish(status)
         self._drop(drops, logged_now=trial_id)
 

@@ -209,6 +209,12 @@ def _unusable(uri: str, exc: Exception) -> CandleRayError:
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check --tracking-uri")
 
 
+def _run_tags(tags: dict) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(key, str(value)) for key, value in tags.items()]
+
+
 class RunTracker:
     """One MLflow run: created (or reopened by id) and ended once. Pickles as (uri, experiment, run id),
     so Ray Tune can keep it in its experiment state and a resumed sweep finds the same run."""
@@ -219,6 +225,7 @@ class RunTracker:
         self.run_id = run_id
         self.reopened = False  # set when a resumed sweep continues this run
         self._client = client  # another tracker's, for the same store; made on first use otherwise
+        self._experiment_id: str | None = None  # asked of MLflow once: a sweep asks it per child and per query
 
     @property
     def client(self):
@@ -230,6 +237,11 @@ class RunTracker:
         return {**self.__dict__, "_client": None}
 
     def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._find_experiment_id()
+        return self._experiment_id
+
+    def _find_experiment_id(self) -> str:
         if self.run_id is not None:  # an existing run knows its experiment
             return self.client.get_run(self.run_id).info.experiment_id
         exp = self.client.get_experiment_by_name(self.experiment_name)
@@ -262,7 +274,7 @@ class RunTracker:
             self.run_id = call_with_retry(self.uri, create, what=f"the creation of run {run_name!r}")
         except Exception as exc:
             raise _unusable(self.uri, exc) from None
-        self.log_params(params)
+        self._log_params(params, have={})  # a new run has none yet: no need to ask
         return self.run_id
 
     def reopen(self) -> None:
@@ -274,22 +286,25 @@ class RunTracker:
         self.reopened = True
 
     def log_params(self, params: dict) -> None:
+        """The params the run lacks (MLflow refuses to change a logged one)."""
+        self._log_params(params, have=self.client.get_run(self.run_id).data.params if self.run_id else {})
+
+    def _log_params(self, params: dict, have: dict) -> None:
         from mlflow.entities import Param
 
-        have = self.client.get_run(self.run_id).data.params if self.run_id else {}
         items = [Param(k, v[:6000]) for k, v in flatten_params(params).items() if k not in have]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_epoch(self, metrics: dict) -> None:
-        """One epoch's metrics in one batch; retried while the store is unreachable (the same points:
-        a batch the server took before its answer was lost is not logged twice)."""
+    def log_epoch(self, metrics: dict, tags: dict | None = None) -> None:
+        """One epoch's metrics (and `tags`, when given) in one batch; retried while the store is unreachable
+        (the same points: a batch the server took before its answer was lost is not logged twice)."""
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(metrics["epoch"])
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        call_with_retry(self.uri, self.client._client.log_batch, self.run_id, metrics=items,
+        call_with_retry(self.uri, self.client._client.log_batch, self.run_id, metrics=items, tags=_run_tags(tags or {}),
                         what=f"epoch {step}'s metrics of run {self.run_id}")
 
     def log_dataset(self, dataset: dict, context: str = "training") -> None:
@@ -307,8 +322,7 @@ class RunTracker:
         return {m.step for m in self.client.get_metric_history(self.run_id, metric)}
 
     def set_tags(self, tags: dict) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        self.client.log_batch(self.run_id, tags=_run_tags(tags))  # one call, not one per tag
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -363,6 +377,7 @@ class SweepTracker:
         earlier = self._earlier_runs().get(trial_id)
         # one client for the sweep: a new one costs a store check (~4 ms) per trial
         child = RunTracker(p.uri, p.experiment_name, earlier, client=p.client)
+        child._experiment_id = p.experiment_id()
         if earlier:
             child.reopen()
         else:  # one child per trial, even when the server took a creation but its answer was lost
