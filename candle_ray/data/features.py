@@ -127,13 +127,15 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
             if len(names) != width:
                 raise DataError(f"{source} has {len(names)} feature columns but the model takes {width}; "
                                 f"pass the features in training order")
-        missing = [n for n in names if n not in set(columns)]
+        present = set(columns)  # one set: built per name, it made this quadratic (minutes at NT3's 60,483 columns)
+        missing = [n for n in names if n not in present]
         if missing:
             raise DataError(f"{source} lacks {len(missing)} of the model's {width} features, e.g. {missing[:3]}; "
                             f"it needs the training columns by name (any order)")
         if label and label in columns:
             y = frame[label].to_numpy()
-        others = [c for c in columns if c not in set(names) and c != label]
+        features = set(names)
+        others = [c for c in columns if c not in features and c != label]
         if others and not pd.api.types.is_numeric_dtype(frame[others[0]]):
             ids = frame[others[0]].astype(str).tolist()  # the first non-feature text column names the rows
         X = frame[names]
