@@ -156,7 +156,6 @@ def _scores(point: np.ndarray, y: np.ndarray) -> dict:
 
 def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple[dict, list[Path]]:
     """A classifier ensemble's calibration (NLL, Brier, ECE, reliability diagram) and conformal sets."""
-    from candle_ray import predict as predicting
     from candle_ray import uq, uq_plots
 
     labels, (cal, test) = y.astype(np.int64), halves
@@ -170,8 +169,7 @@ def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple
         metrics["ensemble_val_abstain_mean"] = float(pred.abstain.mean())
     files = [uq_plots.reliability_diagram(pred.probs, labels, out_dir / "reliability.png",
                                          title="Reliability, pooled ensemble")]
-    calibrator = _conformal(predicting.Prediction(head=pred.head, samples=pred.samples[:, cal], probs=pred.probs[cal]),
-                            labels[cal], alpha)
+    calibrator = _conformal(_rows(pred, cal), labels[cal], alpha)
     if calibrator is not None:
         sets = calibrator.predict(pred.probs[test])
         metrics["conformal_val_coverage"] = uq.set_coverage(sets, labels[test])
@@ -210,13 +208,12 @@ def _regression_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> 
 
 
 def _rows(pred, rows: np.ndarray):
-    """A regression Prediction restricted to `rows`."""
-    from candle_ray import predict as predicting
+    """The Prediction restricted to `rows` (its samples are [samples, rows, ...])."""
+    from dataclasses import replace
 
-    part = lambda a: None if a is None else a[rows]  # noqa: E731
-    return predicting.Prediction(head=pred.head, samples=pred.samples[:, rows], mean=pred.mean[rows],
-                                 aleatoric=part(pred.aleatoric), epistemic=part(pred.epistemic),
-                                 q_low=part(pred.q_low), q_high=part(pred.q_high))
+    per_row = ("probs", "prob_std", "abstain", "mean", "aleatoric", "epistemic", "q_low", "q_high")
+    return replace(pred, samples=pred.samples[:, rows],
+                   **{name: None if getattr(pred, name) is None else getattr(pred, name)[rows] for name in per_row})
 
 
 def _conformal(pred, labels, alpha: float):

@@ -82,7 +82,7 @@ class SweepSettings:
     cv: dict | None = None
     autoscale: bool = False
     baseline: bool = True
-    baseline_share: float = 0.5  # an ensemble pools its linear baseline at this share of the output (0: not)
+    baseline_share: float = 0.0  # an ensemble pools its linear baseline at this share of the output (0: not)
     grace_period: int = 0
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
@@ -293,7 +293,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
-        "baseline": s.baseline, "baseline_share": s.baseline_share if s.kind == "ensemble" else 0.0,
+        "baseline": s.baseline, "baseline_share": s.baseline_share,
         "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
         "conditional_keys": list(resolved.conditional_keys),
         "warm_start": {"sweeps": list(resolved.warm.sweeps), "points": len(resolved.warm.points)}
