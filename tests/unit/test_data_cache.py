@@ -494,3 +494,17 @@ def test_a_split_file_of_several_record_batches_is_still_readable(tmp_path, nt3)
     streamed = StreamFeed(path, 4, shuffle=False, chunk_rows=3)
     rows = np.concatenate([xb.numpy() for xb, _ in streamed.epoch(0)])
     np.testing.assert_array_equal(rows, X)
+
+
+def test_val_columns_in_another_order_are_aligned_to_train_and_other_columns_refused():
+    from candle_ray.data.cache import _align
+
+    want = [f"g{i}" for i in range(5)]
+    have = want[::-1]
+    X = np.arange(10, dtype=np.float32).reshape(2, 5)  # column j holds have[j]'s values
+    aligned = _align(X, have, want, "val.csv")
+    assert np.array_equal(aligned, X[:, ::-1])  # train's order
+    with pytest.raises(DataError, match=r"feature columns of val.csv differ from train's .*missing \['g0'\]"):
+        _align(X, ["x", *have[:-1]], want, "val.csv")
+    with pytest.raises(DataError, match=r"extra \['x'\]"):
+        _align(np.zeros((2, 6)), [*have, "x"], want, "val.csv")
