@@ -451,6 +451,10 @@ def _write_table(frame, out: Path) -> None:
               help="Miscoverage: intervals and sets aim at 1 - alpha coverage.")
 @click.option("--set-score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
               help="Conformal score for classifiers' prediction sets.")
+@click.option("--conservative-sets", is_flag=True,
+              help="Classifiers' sets by the rank rule: they cover at least 1 - alpha, up to 1/(n+1) more "
+                   "[default: smoothed conformal p-values, which cover 1 - alpha exactly in expectation and may "
+                   "leave an atypical row an empty set].")
 @click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
               help="MODEL is a sweep: pool its K best trials as an ensemble [default: its best trial].")
@@ -461,8 +465,8 @@ def _write_table(frame, out: Path) -> None:
               help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
 @click.option("--no-baseline", is_flag=True, help="An ensemble's networks alone, without the linear baseline it pools.")
-def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, member_columns, top, pick,
-            tracking_uri, storage, force_cpu, no_baseline):
+def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, conservative_sets, member_columns,
+            top, pick, tracking_uri, storage, force_cpu, no_baseline):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
     id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
@@ -486,10 +490,11 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     calibrator = None
     if calibration_file:
         X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
-        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score)
+        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=not conservative_sets)
         from candle_ray.conformal import quantile_rank
 
-        if quantile_rank(len(y_cal), alpha) >= len(y_cal):  # the threshold is the worst calibration row's score
+        # the threshold is the worst calibration row's score (smoothed sets have no such threshold)
+        if quantile_rank(len(y_cal), alpha) >= len(y_cal) and not getattr(calibrator, "smoothed", False):
             click.echo(f"note: with {len(y_cal)} calibration rows at alpha {alpha:g} the conformal threshold is the "
                        f"largest calibration score: sets and intervals are as wide as the worst row and cover "
                        f"up to {1 / (len(y_cal) + 1):.0%} more than {1 - alpha:.0%}; "

@@ -254,17 +254,19 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     return pool(head, outputs, pool_weights(members, [len(o) for o in outputs]), names)
 
 
-def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac"):
+def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac", smoothed: bool = True):
     """A split-conformal calibrator fitted on predictions of held-out labelled rows.
 
     Quantile heads get CQR; a model with a spread (het heads, several members, MC dropout) gets
     σ-normalised residuals, so intervals widen where the model is unsure; else absolute residuals.
-    Classifiers get prediction sets (LAC by default, APS on request).
+    Classifiers get prediction sets (LAC by default, APS on request) from smoothed p-values unless
+    `smoothed` is off: with the tens of calibration rows a small study has, the rank rule covers up to
+    1/(n+1) above 1 − α, and a model sure of every row covers 100 %.
     """
     from candle_ray import conformal
 
     if pred.probs is not None:
-        return conformal.ConformalClassifier(alpha, score=set_score).fit(pred.probs, y)
+        return conformal.ConformalClassifier(alpha, score=set_score, smoothed=smoothed).fit(pred.probs, y)
     if pred.q_low is not None:
         return conformal.ConformalQuantileRegressor(alpha).fit(y, pred.q_low, pred.q_high)
     sigma = pred.sigma

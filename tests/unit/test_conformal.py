@@ -122,18 +122,53 @@ def test_cqr_corrects_too_narrow_and_too_wide_quantile_heads(scale):
     assert (raw < 0.6 and shift > 0) if scale < 1 else (raw > 0.95 and shift < 0)
 
 
-@pytest.mark.parametrize("score, randomized", [("lac", False), ("aps", False), ("aps", True)])
-def test_prediction_sets_cover_90_percent(score, randomized):
+@pytest.mark.parametrize("score, randomized, smoothed",
+                         [("lac", False, False), ("aps", False, False), ("aps", True, False), ("lac", False, True)])
+def test_prediction_sets_cover_90_percent(score, randomized, smoothed):
     def run(rng, r):
         probs, labels = classification(rng, N_CAL)
         probs_test, labels_test = classification(rng, N_TEST)
-        sets = ConformalClassifier(ALPHA, score=score, randomized=randomized, seed=r).fit(probs, labels).predict(probs_test)
+        sets = ConformalClassifier(ALPHA, score=score, randomized=randomized, seed=r,
+                                   smoothed=smoothed).fit(probs, labels).predict(probs_test)
         return [set_coverage(sets, labels_test), mean_set_size(sets)]
 
     covered, size = repeated(run)
     assert 0.88 <= covered <= 0.92
     assert abs(covered - EXPECTED) < TOLERANCE
     assert 1.0 < size < 6.0  # informative: neither single labels nor every class
+
+
+def test_smoothed_sets_cover_exactly_with_few_calibration_rows():
+    """17 calibration rows (a small study's validation split): the rank rule covers 17/18 = 0.944, and 100 %
+    for a model sure of every row (tied scores); smoothed p-values cover 0.90 in both cases."""
+    def run(rng, r):
+        probs, labels = classification(rng, 17)
+        probs_test, labels_test = classification(rng, 50)
+        sure = np.eye(4)[rng.integers(0, 4, 67)] * 0.999 + 0.00025
+        sure_labels = sure.argmax(axis=1)
+        out = []
+        for smoothed in (False, True):
+            model = ConformalClassifier(ALPHA, seed=r, smoothed=smoothed)
+            out.append(set_coverage(model.fit(probs, labels).predict(probs_test), labels_test))
+            out.append(set_coverage(model.fit(sure[:17], sure_labels[:17]).predict(sure[17:]), sure_labels[17:]))
+        return out
+
+    rank, rank_sure, smooth, smooth_sure = repeated(run)
+    assert abs(rank - 17 / 18) < 0.01 and rank_sure == 1.0
+    assert abs(smooth - 0.9) < 0.01 and abs(smooth_sure - 0.9) < 0.01
+
+
+def test_smoothed_sets_by_hand():
+    """n = 9, α = 0.2: a class is in when #{s_i > s} + v·(#{s_i = s} + 1) > α(n+1) = 2."""
+    probs = np.column_stack([np.arange(9, 0, -1) / 10, np.arange(1, 10) / 10])  # true class 0: scores 0.1 … 0.9
+    model = ConformalClassifier(0.2, smoothed=True, seed=4).fit(probs, np.zeros(9, dtype=int))
+    np.testing.assert_allclose(model.tail, [0.7, 0.8, 0.9])  # the 3 largest: all that a p-value > 0.2 needs
+    # row 1, class 0 at 0.75: 2 above, 2 + v > 2 (v > 0); class 1 at 0.25: 3 above, in whatever v is
+    # row 2, class 0 at 0.95 and row 3 at 0.9 (a tie): 0 + v or 0 + 2v, never above 2
+    rows = np.array([[0.25, 0.75], [0.05, 0.95], [0.1, 0.9]])
+    assert model.predict(rows).tolist() == [[True, True], [False, True], [False, True]]
+    tied = np.tile([[0.2, 0.8]], (2000, 1))  # class 0 at 0.8: 1 above, 1 tie: in when 1 + 2v > 2, v > 1/2
+    assert 0.45 < model.predict(tied)[:, 0].mean() < 0.55
 
 
 def test_lac_gives_smaller_sets_than_aps():
@@ -202,11 +237,13 @@ def test_state_round_trips_through_json():
         (SplitConformalRegressor(0.2, score="normalized").fit(y, mean, sigma), (mean, sigma)),
         (ConformalQuantileRegressor(0.1).fit(y, mean - sigma, mean + sigma), (mean - sigma, mean + sigma)),
         (ConformalClassifier(0.1, score="aps", randomized=True, seed=9).fit(probs, labels), (probs,)),
+        (ConformalClassifier(0.1, smoothed=True, seed=9).fit(probs, labels), (probs,)),
     ]
     for model, inputs in fitted:
         state = json.loads(json.dumps(model.to_dict()))
         assert set(state) >= {"method", "version", "alpha", "calibration_rows", "quantile"}
-        assert len(json.dumps(state)) < 400  # small: no calibration data inside
+        # small: no calibration data inside, only the ~α·n largest scores a smoothed set depends on
+        assert len(state.get("tail", ())) <= 0.1 * 301 + 1 and len(json.dumps(state)) < 1200
         loaded = conformal_from_dict(state)
         assert type(loaded) is type(model) and loaded.to_dict() == model.to_dict()
         np.testing.assert_array_equal(np.asarray(loaded.predict(*inputs)), np.asarray(model.predict(*inputs)))
@@ -222,6 +259,9 @@ def test_bad_states_are_rejected():
         ConformalClassifier.from_dict(state)
     with pytest.raises(DataError, match="version 99"):
         conformal_from_dict({**state, "version": 99})
+    smoothed = ConformalClassifier(smoothed=True).fit(np.full((20, 2), 0.5), np.zeros(20, dtype=int)).to_dict()
+    with pytest.raises(DataError, match="smoothed conformal state lacks tail"):
+        conformal_from_dict({k: v for k, v in smoothed.items() if k != "tail"})
     with pytest.raises(UsageError, match=r"alpha must be in \(0, 1\), got 2"):
         conformal_from_dict({**state, "alpha": 2})
 
