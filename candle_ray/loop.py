@@ -91,7 +91,9 @@ def make_optimizer(name: str, params, lr: float, momentum: float = 0.0, weight_d
         "nadam": lambda: optim.NAdam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
                                      decoupled_weight_decay=bool(weight_decay)),
     }
-    return makers[name]()
+    from candle_ray.eager import eager_optimizer
+
+    return eager_optimizer(makers[name])
 
 
 OPTIMIZER_KEYS = ("learning_rate", "momentum", "weight_decay")
