@@ -506,6 +506,10 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
            + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
     cal = f"; conformal {1 - alpha:.0%} from {len(y_cal)} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
+    empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0
+    if empty:  # smoothed sets leave a row less typical than nearly every calibration row with none
+        click.echo(f"note: {empty} of {len(frame)} rows have an empty prediction set (set_size 0): no class is "
+                   f"plausible at alpha {alpha:g}; --conservative-sets gives them the rank rule's sets", err=True)
 
 
 @main.group()

@@ -133,6 +133,11 @@ def test_too_little_calibration_data(table, tmp_path):
     assert "19 or more rows" in r.output
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "threshold" not in r.output, r.output
+    # At alpha 0.9 most sets are empty (10 % coverage); the command counts them, as in the file.
+    r = CliRunner().invoke(main, [*args[:-1], "0.9"])
+    empty = int((pd.read_csv(tmp_path / "p.tsv", sep="\t")["set_size"] == 0).sum())
+    assert r.exit_code == 0 and empty > 0, r.output
+    assert f"note: {empty} of 60 rows have an empty prediction set (set_size 0)" in r.output, r.output
 
 
 def test_pool_regression_heads():
