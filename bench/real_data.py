@@ -63,7 +63,7 @@ SETTINGS = {
     "search_space": {
         "learning_rate": "tune.loguniform(3e-5, 1e-2)",
         "dropout": "tune.uniform(0.0, 0.6)",
-        "dense": "tune.choice([[64], [256], [256, 64], [512, 128]])",
+        "dense": "tune.choice([[], [64], [256], [256, 64], [512, 128]])",
         "batch_size": "tune.choice([16, 32, 64])",
     },
     # Added to defaults and space only when candle-ray accepts the key. With adam, candle-ray's weight decay

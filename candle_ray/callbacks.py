@@ -299,7 +299,7 @@ def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "[]"  # e.g. dense=[]: no hidden layer, a linear model
     return str(value)
 
 

@@ -11,5 +11,5 @@ experiment = Experiment(
               "dropout": 0.2, "weight_decay": 0.1, "activation": "relu", "rng_seed": 1},
     search_space={"learning_rate": tune.loguniform(3e-5, 1e-2), "dropout": tune.uniform(0.0, 0.6),
                   "weight_decay": tune.loguniform(1e-3, 3.0), "batch_size": tune.choice([16, 32, 64]),
-                  "dense": tune.choice([[64], [256], [256, 64], [512, 128]])},
+                  "dense": tune.choice([[], [64], [256], [256, 64], [512, 128]])},
 )
