@@ -37,8 +37,6 @@ def eager_optimizer(make):
     _skip_disable_wrappers(type(optimizer))
 
     def eager_step(self, *args, **kwargs):
-        import torch
-
         with torch.no_grad():
             return step(self, *args, **kwargs)
 
