@@ -451,10 +451,11 @@ def _write_table(frame, out: Path) -> None:
               help="Miscoverage: intervals and sets aim at 1 - alpha coverage.")
 @click.option("--set-score", type=click.Choice(["lac", "aps"]), default="lac", show_default=True,
               help="Conformal score for classifiers' prediction sets.")
-@click.option("--conservative-sets", is_flag=True,
-              help="Classifiers' sets by the rank rule: they cover at least 1 - alpha, up to 1/(n+1) more "
-                   "[default: smoothed conformal p-values, which cover 1 - alpha exactly in expectation and may "
-                   "leave an atypical row an empty set].")
+@click.option("--smoothed-sets", is_flag=True,
+              help="Classifiers' sets from smoothed conformal p-values: coverage exactly 1 - alpha in expectation "
+                   "(the default rank rule covers up to 1/(n+1) more), when the calibration rows are exchangeable "
+                   "with the predicted ones; never the validation rows a sweep selected on. A row less typical than "
+                   "nearly every calibration row gets an empty set.")
 @click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
               help="MODEL is a sweep: pool its K best trials as an ensemble [default: its best trial].")
@@ -465,7 +466,7 @@ def _write_table(frame, out: Path) -> None:
               help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
 @click.option("--no-baseline", is_flag=True, help="An ensemble's networks alone, without the linear baseline it pools.")
-def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, conservative_sets, member_columns,
+def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, smoothed_sets, member_columns,
             top, pick, tracking_uri, storage, force_cpu, no_baseline):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
@@ -490,7 +491,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     calibrator = None
     if calibration_file:
         X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
-        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=not conservative_sets)
+        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed_sets)
         from candle_ray.conformal import quantile_rank
 
         # the threshold is the worst calibration row's score (smoothed sets have no such threshold)
@@ -507,9 +508,9 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     cal = f"; conformal {1 - alpha:.0%} from {len(y_cal)} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
     empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0
-    if empty:  # smoothed sets leave a row less typical than nearly every calibration row with none
+    if empty:  # a row less typical than (nearly) every calibration row
         click.echo(f"note: {empty} of {len(frame)} rows have an empty prediction set (set_size 0): no class is "
-                   f"plausible at alpha {alpha:g}; --conservative-sets gives them the rank rule's sets", err=True)
+                   f"plausible at alpha {alpha:g}", err=True)
 
 
 @main.group()

@@ -254,14 +254,15 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     return pool(head, outputs, pool_weights(members, [len(o) for o in outputs]), names)
 
 
-def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac", smoothed: bool = True):
+def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac", smoothed: bool = False):
     """A split-conformal calibrator fitted on predictions of held-out labelled rows.
 
     Quantile heads get CQR; a model with a spread (het heads, several members, MC dropout) gets
     σ-normalised residuals, so intervals widen where the model is unsure; else absolute residuals.
-    Classifiers get prediction sets (LAC by default, APS on request) from smoothed p-values unless
-    `smoothed` is off: with the tens of calibration rows a small study has, the rank rule covers up to
-    1/(n+1) above 1 − α, and a model sure of every row covers 100 %.
+    Classifiers get prediction sets (LAC by default, APS on request) by the rank rule, or from smoothed
+    p-values with `smoothed`. The rank rule is the default because it stays at or above 1 − α when the
+    calibration rows are a little easier than the predicted ones, as validation rows that a sweep selected
+    on are: smoothed sets on them covered 0.81 and 0.86 on Khan's data (5 splits each; the rank rule 0.98).
     """
     from candle_ray import conformal
 

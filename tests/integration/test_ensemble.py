@@ -54,7 +54,7 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     assert m["ensemble_members"] == 3 and 0 <= m["ensemble_val_ece"] <= 1 and m["ensemble_val_accuracy"] > 0.5
     assert "baseline_val_accuracy" in m
     assert_conformal_near_nominal(m)
-    assert 0.5 <= m["conformal_val_set_size"] <= 2  # 2 classes; smoothed sets may leave a rare row empty
+    assert m["conformal_val_set_size"] >= 1
     client = MlflowClient()
     files = {f.path for f in client.list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/reliability.png", "uq/val_predictions.tsv"} <= files

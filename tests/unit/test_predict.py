@@ -88,8 +88,8 @@ def test_predict_cli_with_conformal_sets(table, tmp_path):
     assert [c for c in frame if c.startswith("member_")] == [f"member_{i}" for i in range(5)]
     truth = pd.read_csv(tmp / "held_out.csv")["cancer_type"]
     covered = [t in s.split("|") for t, s in zip(truth, frame["prediction_set"].fillna(""))]
-    # Smoothed split-conformal sets on exchangeable rows cover 0.8 in expectation; 400 test rows put one
-    # standard error near 0.02.
+    # Split conformal on 400 exchangeable calibration rows: coverage 0.8 to 0.8 + 1/401 in expectation;
+    # 400 test rows put one standard error near 0.02.
     assert abs(np.mean(covered) - 0.8) <= 0.06, np.mean(covered)
     assert frame["set_size"].mean() < 3  # informative sets, not every class
 
@@ -124,14 +124,14 @@ def test_too_little_calibration_data(table, tmp_path):
                                   "--conformal", str(tmp_path / "cal.csv"), "--alpha", "0.1"])
     assert r.exit_code == 1 and "calibration set has 5 rows, too few for alpha=0.1" in r.output
     # Enough rows to calibrate, too few for the rank rule's threshold to be anything but the worst row's
-    # score: said so. Smoothed sets (the default) have no such threshold and cover 90 % with 12 rows too.
+    # score: said so. Smoothed sets have no such threshold and cover 90 % with 12 exchangeable rows too.
     pd.read_csv(tmp / "new.csv").iloc[:12].to_csv(tmp_path / "cal12.csv", index=False)
     args = ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(tmp_path / "p.tsv"),
             "--conformal", str(tmp_path / "cal12.csv"), "--alpha", "0.1"]
-    r = CliRunner().invoke(main, [*args, "--conservative-sets"])
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "with 12 calibration rows at alpha 0.1 the conformal threshold is the largest" in r.output
     assert "19 or more rows" in r.output
-    r = CliRunner().invoke(main, args)
+    r = CliRunner().invoke(main, [*args, "--smoothed-sets"])
     assert r.exit_code == 0 and "threshold" not in r.output, r.output
     # At alpha 0.9 most sets are empty (10 % coverage); the command counts them, as in the file.
     r = CliRunner().invoke(main, [*args[:-1], "0.9"])
