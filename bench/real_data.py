@@ -18,8 +18,8 @@ networks alone (`predict --no-baseline`), what the ensemble would be without it.
 Datasets (installed at run time from PyPI with --no-deps, read from the package files, never copied into
 the repo; see bench/_real_datasets.py): NCI-60 tissue of origin, Khan SRBCT, GSE1992 ER status
 (classification) and GDSC LN_IC50 of the two most-tested drugs (regression). A dataset under 200 rows
-runs over several seeded splits (at least 5, and enough for 150 test rows in all: NCI-60 14, Khan 9,
-GSE1992 7), reported as mean ± sd.
+runs over several seeded splits (at least 5, and enough for 150 test rows in all: NCI-60 13, Khan 9,
+GSE1992 6), reported as mean ± sd.
 
     .venv/bin/python bench/real_data.py --datasets khan,gdsc --quick      # end-to-end check, ~minutes
     .venv/bin/python bench/real_data.py                                   # everything, full settings
@@ -116,7 +116,7 @@ def default_splits(n: int) -> int:
     """Repeated splits for a small dataset: at least splits_small, and enough for min_test_rows test rows."""
     if n >= SETTINGS["small_n"]:
         return SETTINGS["splits_large"]
-    test_rows = max(1, round(n * SETTINGS["fractions"][2]))
+    test_rows = max(1, math.ceil(n * SETTINGS["fractions"][2]))  # as train_test_split rounds a fraction
     return max(SETTINGS["splits_small"], math.ceil(SETTINGS["min_test_rows"] / test_rows))
 
 

@@ -265,8 +265,9 @@ class ConformalClassifier(_Conformal):
     def _smoothed_sets(self, scores: np.ndarray) -> np.ndarray:
         """p-value > α per class. Counting above `tail` alone is exact wherever it matters: a score below the
         tail has at least ⌊α(n+1)⌋+1 calibration scores above it, so it is in the set whatever v is."""
-        above = len(self.tail) - np.searchsorted(self.tail, scores, side="right")
-        ties = np.searchsorted(self.tail, scores, side="right") - np.searchsorted(self.tail, scores, side="left")
+        at_or_below = np.searchsorted(self.tail, scores, side="right")
+        above = len(self.tail) - at_or_below
+        ties = at_or_below - np.searchsorted(self.tail, scores, side="left")
         v = np.random.default_rng([self.seed, 2]).uniform(size=(scores.shape[0], 1))
         return above + v * (ties + 1) > self.alpha * (self.calibration_rows + 1)
 

@@ -219,13 +219,14 @@ class RunTracker:
     """One MLflow run: created (or reopened by id) and ended once. Pickles as (uri, experiment, run id),
     so Ray Tune can keep it in its experiment state and a resumed sweep finds the same run."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None, client=None):
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None, client=None,
+                 experiment_id: str | None = None):
         self.uri = check_uri(tracking_uri)
         self.experiment_name = experiment_name
         self.run_id = run_id
         self.reopened = False  # set when a resumed sweep continues this run
         self._client = client  # another tracker's, for the same store; made on first use otherwise
-        self._experiment_id: str | None = None  # asked of MLflow once: a sweep asks it per child and per query
+        self._experiment_id = experiment_id  # else asked of MLflow once: a sweep asks it per child and per query
 
     @property
     def client(self):
@@ -376,8 +377,7 @@ class SweepTracker:
         p = self.parent
         earlier = self._earlier_runs().get(trial_id)
         # one client for the sweep: a new one costs a store check (~4 ms) per trial
-        child = RunTracker(p.uri, p.experiment_name, earlier, client=p.client)
-        child._experiment_id = p.experiment_id()
+        child = RunTracker(p.uri, p.experiment_name, earlier, client=p.client, experiment_id=p.experiment_id())
         if earlier:
             child.reopen()
         else:  # one child per trial, even when the server took a creation but its answer was lost
