@@ -268,9 +268,8 @@ cr_stop_all() {
     kill -INT "$CR_DRIVER" 2>/dev/null
     local deadline=$((SECONDS + ${CR_DRIVER_GRACE:-120}))
     while kill -0 "$CR_DRIVER" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-    kill -TERM "$CR_DRIVER" 2>/dev/null
-    sleep 2
-    kill -KILL -- "-$CR_DRIVER" 2>/dev/null
+    kill -TERM "$CR_DRIVER" 2>/dev/null && sleep 2  # still running past the grace period
+    kill -KILL -- "-$CR_DRIVER" 2>/dev/null  # whatever it left in its process group
   fi
   ((${#CR_PIDS[@]})) || return 0
   cr_log "stopping Ray on ${#CR_PIDS[@]} node(s)"

@@ -1,6 +1,6 @@
 """Failures on real raylets (the session's two 1-CPU nodes on this machine), each bounded in time, each measured:
-a DDP worker killed with SIGKILL mid-epoch, the sweep driver killed and resumed, the MLflow server
-restarted mid-sweep, and a node removed mid-sweep. Time lost and epochs re-run are printed ("FAULT ...")."""
+a DDP worker killed with SIGKILL mid-epoch, the sweep driver killed and resumed, and a node removed while
+the MLflow server restarts, mid-sweep. Time lost and epochs re-run are printed ("FAULT ...")."""
 
 import json
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port, mlflow_store
-from tests.integration.test_elastic import logged_times, recovery
+from tests.integration.test_elastic import recovery
 from tests.support.ray_nodes import candle_ray, finish, read_json, training_log_rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,16 @@ def _one_child_per_trial(uri: str, trials: int, epochs: int):
     return client, children
 
 
-def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir):
-    """`train --workers 2` across both nodes; rank 1's process gets SIGKILL in the middle of an epoch."""
+def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir, mlflow_server):
+    """`train --workers 2` across both nodes, logging to a real MLflow server; rank 0 (the rank that writes
+    checkpoints) gets SIGKILL in the middle of an epoch. The run is read back through the server's REST API."""
     proc = candle_ray("train", SLOW, "--smoke", "--workers", 2, "--cpus-per-worker", 1, "--max-failures", 1,
-                      "--set", "epochs=8", "--run-name", "kill", "--address", two_nodes.address, cwd=workdir)
-    run_dir = workdir / "runs" / "slow_nt3" / "kill"
+                      "--set", "epochs=8", "--run-name", "worker-kill", "--tracking-uri", mlflow_server,
+                      "--address", two_nodes.address, cwd=workdir)
+    run_dir = workdir / "runs" / "slow_nt3" / "worker-kill"
     try:
         wait_for(lambda: len(training_log_rows(run_dir / "training.log")) >= 3, 180, "3 epochs")
-        victim = read_json(run_dir / "ranks" / "rank-1.json")
+        victim = read_json(run_dir / "ranks" / "rank-0.json")
         time.sleep(0.2)  # into the next epoch
         t_kill = time.time()
         os.kill(victim["pid"], signal.SIGKILL)
@@ -62,13 +64,29 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir):
         out = finish(proc, 300)
     assert proc.returncode == 0, out[-4000:]
     assert [int(r["epoch"]) for r in training_log_rows(run_dir / "training.log")] == list(range(1, 9))
-    assert read_json(run_dir / "ranks" / "rank-1.json")["pid"] != victim["pid"]  # a new worker took rank 1
-    times = logged_times(f"sqlite:///{workdir / 'mlflow.db'}", "kill")
-    r = recovery(times, t_kill)
+    assert read_json(run_dir / "ranks" / "rank-0.json")["pid"] != victim["pid"]  # a new worker took rank 0
+    run = _rest(mlflow_server, "runs/search", {"experiment_ids": [_rest(mlflow_server, "experiments/get-by-name?experiment_name=slow_nt3")["experiment"]["experiment_id"]],
+                                               "filter": "tags.mlflow.runName = 'worker-kill'"})["runs"]
+    assert len(run) == 1 and run[0]["info"]["status"] == "FINISHED"
+    run_id = run[0]["info"]["run_id"]
+    assert {p["key"]: p["value"] for p in run[0]["data"]["params"]}["workers"] == "2"
+    history = _rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_loss")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(1, 9))  # every epoch exactly once despite the restart
+    files = {f["path"] for f in _rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]}
+    assert {"training.log", "config.json", "checkpoints"} <= files
+    r = recovery({m["step"]: int(m["timestamp"]) / 1000 for m in history}, t_kill)
     assert r["last_epoch"] <= ckpt_at_kill  # it resumed from the last checkpoint, not from scratch
     print(f"\nFAULT worker SIGKILL: usual epoch {r['usual_s']:.2f}s; next new epoch {r['next_after_s']:.1f}s after the "
           f"kill; time lost {r['lost_s']:.1f}s; epochs re-run: at most 1, the partial epoch {ckpt_at_kill + 1} "
           f"(resumed from the epoch-{ckpt_at_kill} checkpoint)")
+
+
+def _rest(server: str, path: str, body: dict | None = None) -> dict:
+    """An MLflow REST call (GET, or POST with a JSON body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{server}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
 
 
 def test_driver_killed_then_resumed(two_nodes, workdir):
@@ -149,18 +167,37 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def test_mlflow_server_restart_loses_no_metric(two_nodes, workdir, tmp_path, mlflow_schema):
+def test_node_lost_and_mlflow_server_restarted_mid_sweep(two_nodes, workdir, tmp_path, mlflow_schema):
+    """Two faults in one sweep (each test here pays a sweep's start-up): the worker node's raylet is killed
+    while a trial runs there, and the MLflow server is stopped at once and restarted seconds later. Tune
+    retries the lost trial on the head node from its last checkpoint (--max-failures) while the driver queues
+    and retries its MLflow calls: every trial ends with one finished MLflow child holding every epoch's
+    metrics, those logged during the outage too."""
     root = tmp_path / "mlflow-server"
     root.mkdir()
     mlflow_store(mlflow_schema, root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _mlflow_server(root, port)
+    worker = next(n for n in two_nodes.worker_nodes)
     proc = candle_ray("tune", SLOW, "--smoke", "--num-samples", 2, "--max-concurrent", 2, "--scheduler", "fifo",
-                      "--set", "epochs=10", "--name", "outage", "--tracking-uri", url,
-                      "--address", two_nodes.address, cwd=workdir)
+                      "--set", "epochs=12", "--checkpoint-every", 0, "--max-failures", 2, "--name", "lost-node",
+                      "--tracking-uri", url, "--address", two_nodes.address, cwd=workdir)
+    trials = workdir / "candle-ray-sweeps" / "lost-node" / "trials"
+
+    def running_on_worker():
+        for rank in trials.glob("*/ranks/rank-0.json") if trials.exists() else []:
+            if read_json(rank)["node_id"] == worker.node_id:
+                trial = rank.parent.parent.name
+                for client, run in _children_safe(url):
+                    if run.data.tags.get("candle_ray.trial_id") == trial and len(_steps(client, run)) >= 3:
+                        return trial
+        return None
+
     try:
-        wait_for(lambda: [r for r in _children_safe(url) if len(_steps(*r)) >= 3], 240, "3 epochs logged")
+        trial = wait_for(running_on_worker, 240, "a trial with 3 epochs on the worker node")
+        t_kill = time.time()
+        two_nodes.remove_node(worker, allow_graceful=False)
         t_stop = time.monotonic()
         _stop(server)
         time.sleep(4)  # the server is away for this long, plus its start-up
@@ -168,61 +205,21 @@ def test_mlflow_server_restart_loses_no_metric(two_nodes, workdir, tmp_path, mlf
         outage = time.monotonic() - t_stop
         out = finish(proc, 400)
         assert proc.returncode == 0, out[-4000:]
-        assert "2 trials: 2 completed" in out
+        assert "2 trials: 2 completed, 0 failed" in out
         assert "not logged" not in out and "MLflow logging of some trials failed" not in out
-        _one_child_per_trial(url, 2, 10)  # every trial has every epoch's metrics, those of its end in the outage too
+        client, children = _one_child_per_trial(url, 2, 12)
+        run = next(c for c in children if c.data.tags["candle_ray.trial_id"] == trial)
+        times = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "val_loss")}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         _stop(server)
     noticed = [line.strip() for line in out.splitlines() if "MLflow at" in line]
-    print(f"\nFAULT MLflow server down for {outage:.1f}s mid-sweep: 0 metrics lost, 0 epochs re-run, no training time "
-          f"lost (calls queued and retried); the driver said: {noticed[:2]}")
-
-
-def _children_safe(uri):
-    try:
-        client, runs = _children(uri)
-    except Exception:
-        return []
-    return [(client, r) for r in runs]
-
-
-def test_node_removed_mid_sweep(two_nodes, workdir):
-    """The worker node's raylet is killed while a trial runs there: Tune retries the trial on the head node
-    from its last checkpoint (--max-failures) and every trial ends with one finished MLflow child."""
-    worker = next(n for n in two_nodes.worker_nodes)
-    proc = candle_ray("tune", SLOW, "--smoke", "--num-samples", 2, "--max-concurrent", 2, "--scheduler", "fifo",
-                      "--set", "epochs=12", "--checkpoint-every", 0, "--max-failures", 2, "--name", "lost-node",
-                      "--address", two_nodes.address, cwd=workdir)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    trials = workdir / "candle-ray-sweeps" / "lost-node" / "trials"
-
-    def running_on_worker():
-        for rank in trials.glob("*/ranks/rank-0.json") if trials.exists() else []:
-            if read_json(rank)["node_id"] == worker.node_id:
-                trial = rank.parent.parent.name
-                for client, run in _children_safe(uri):
-                    if run.data.tags.get("candle_ray.trial_id") == trial and len(_steps(client, run)) >= 3:
-                        return trial, client, run
-        return None
-
-    try:
-        trial, client, run = wait_for(running_on_worker, 240, "a trial with 3 epochs on the worker node")
-        t_kill = time.time()
-        two_nodes.remove_node(worker, allow_graceful=False)
-        out = finish(proc, 400)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-4000:]
-    assert "2 trials: 2 completed, 0 failed" in out
-    client, children = _one_child_per_trial(uri, 2, 12)
+    print(f"\nFAULT MLflow server down for {outage:.1f}s mid-sweep: 0 metrics lost (calls queued and retried); "
+          f"the driver said: {noticed[:2]}")
     restore = [json.loads(line) for line in (trials / trial / "restores.jsonl").read_text().splitlines()][-1]
     restored = int(restore["epoch"] or 0)
     assert read_json(trials / trial / "ranks" / "rank-0.json")["node_id"] != worker.node_id  # retried elsewhere
-    run = next(c for c in children if c.data.tags["candle_ray.trial_id"] == trial)
-    times = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "val_loss")}
     steps = sorted(times)
     usual = sorted(times[b] - times[a] for a, b in zip(steps, steps[1:]))[len(steps) // 2]
     reached = max([e for e in steps if times[e] <= t_kill], default=0)  # what the driver had logged at the kill
@@ -233,3 +230,11 @@ def test_node_removed_mid_sweep(two_nodes, workdir):
           f"epoch: at most the one partial epoch re-run); epoch {first} came {first_new:.1f}s after the kill: "
           f"time lost ~{first_new - usual:.1f}s (usual epoch {usual:.2f}s)")
     assert restored >= reached - 1
+
+
+def _children_safe(uri):
+    try:
+        client, runs = _children(uri)
+    except Exception:
+        return []
+    return [(client, r) for r in runs]

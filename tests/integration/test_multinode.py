@@ -1,5 +1,5 @@
-"""Multi-node on one machine: the session's two real raylets (1 CPU each), so a 2-worker DDP trial must
-span both."""
+"""Multi-node on one machine: the session's two real raylets (1 CPU each), so a 2-worker DDP trial (the trial
+actor rank 0, a peer actor rank 1, joined over gloo) must span both."""
 
 import pytest
 
@@ -19,7 +19,7 @@ def test_ddp_trials_span_two_nodes(two_nodes, workdir):
     out = finish(proc, 400)
     print(out[-3000:])
     assert proc.returncode == 0, out[-4000:]
-    assert "2 trials: 2 completed" in out
+    assert "2 trials: 2 completed" in out and "2 x 1 CPU worker(s) per trial, up to 1 at once" in out
     trials = sorted((workdir / "candle-ray-sweeps" / "mn" / "trials").iterdir())
     assert len(trials) == 2
     nodes = {n.node_id for n in two_nodes.list_all_nodes()}

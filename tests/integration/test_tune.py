@@ -201,16 +201,6 @@ def test_resume_after_ctrl_c(ray_cluster, workdir):
     assert any(r["epoch"] and r["epoch"] >= 1 for r in restores)  # the cut trial continued from its checkpoint
 
 
-def test_ddp_trials(ray_cluster, workdir):
-    """2-worker DDP trials: the trial actor is rank 0, a peer actor rank 1, joined over gloo."""
-    r = tune(TINY, "--smoke", "--num-samples", 2, "--workers-per-trial", 2, "--scheduler", "fifo",
-             "--set", "epochs=2", "--name", "ddp")
-    assert r.exit_code == 0, r.output
-    assert "2 trials: 2 completed" in r.output and "2 x 1 CPU worker(s) per trial, up to 1 at once" in r.output
-    ckpts = list((workdir / "candle-ray-sweeps" / "ddp" / "trials").glob("*/checkpoints/last.json"))
-    assert len(ckpts) == 2
-
-
 def test_best_checkpoint_is_the_trials_best_epoch(ray_cluster, workdir):
     """Trials hand Tune a checkpoint only every --checkpoint-every seconds; the MLflow child still gets the
     checkpoint of its best epoch, also when ASHA stopped it between two hand-overs."""
