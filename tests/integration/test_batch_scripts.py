@@ -56,7 +56,7 @@ def batch(tmp_path, mlflow_schema):
         return subprocess.run(["timeout", "-k", "20", str(limit), "bash", str(script), *args], cwd=tmp_path,
                               env={**env, **extra}, capture_output=True, text=True)
 
-    run.root = root
+    run.root, run.env = root, env
     yield run
     leftovers = _processes_under(root)
     for pid in leftovers:  # only after a failure: the scripts stop their nodes themselves
@@ -95,17 +95,6 @@ def test_slurm_script_runs_a_sweep_on_two_nodes_and_stops_them(batch, tmp_path):
     assert "launcher local" in result.stderr and "1 CPU + 0 GPU each" in result.stderr
     assert TINY.read_bytes() == before  # the experiment file is used as it is
     _no_ray_left(batch.root)  # no process of these two nodes survives
-
-
-def test_pbs_script_runs_a_sweep_on_two_nodes_and_stops_them(batch, tmp_path):
-    # PBS lists a host once per CPU/rank: four lines, two hosts (both this machine).
-    nodefile = tmp_path / "nodefile"
-    nodefile.write_text("localhost\nlocalhost\n127.0.0.1\n127.0.0.1\n")
-    result = batch(PBS, PBS_NODEFILE=str(nodefile), PBS_JOBID="77.pbs-server", NCPUS="1",
-                   PBS_O_WORKDIR=str(tmp_path), EXPERIMENT=str(TINY), CANDLE_RAY_ARGS="--smoke --num-samples 2")
-    _sweep_ran(result, tmp_path)
-    assert "2 node(s) (localhost 127.0.0.1)" in result.stderr
-    _no_ray_left(batch.root)
 
 
 @pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
@@ -165,21 +154,18 @@ def test_node_lists(tmp_path):
     assert _shell("cr_discover_nodes", CR_SCHEDULER="pbs").startswith("error: PBS_NODEFILE is not set")
 
 
-def test_a_signal_to_the_job_interrupts_the_sweep_and_stops_every_node(batch, tmp_path):
-    """scancel / walltime: SIGTERM to the batch script interrupts candle-ray as Ctrl-C would (Tune
-    saves the sweep) and stops Ray on every node."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_VARS)}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", RAY_TMPDIR=batch.root, RAY_AUTH_MODE="disabled",
-               CANDLE_RAY_HOME=str(ROOT), CR_LOG_DIR=str(tmp_path / "logs"), LAUNCHER="local",
-               CANDLE_RAY_CACHE=str(tmp_path / "cache"), CANDLE_RAY_STORAGE=str(tmp_path / "sweeps"),
-               CANDLE_RAY_OUTPUT=str(tmp_path / "runs"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
-               SLURM_JOB_ID="99", SLURM_JOB_NODELIST="localhost,localhost", SLURM_CPUS_ON_NODE="1",
-               SLURM_SUBMIT_DIR=str(tmp_path))
+def test_a_signal_to_the_pbs_job_interrupts_the_sweep_and_stops_every_node(batch, tmp_path):
+    """qdel or the walltime (SIGTERM to the batch script, as Slurm's scancel sends) interrupts candle-ray as
+    Ctrl-C would (Tune saves the sweep) and stops Ray on every node. The job is the PBS script's, as `qsub -v
+    EXPERIMENT=...,CANDLE_RAY_ARGS=...` runs it on a 2-node allocation whose node file lists each host once
+    per CPU; the Slurm script's test runs its sweep to the end through the same library."""
+    (tmp_path / "nodefile").write_text("localhost\nlocalhost\n127.0.0.1\n127.0.0.1\n")
+    env = {**batch.env, "PBS_NODEFILE": str(tmp_path / "nodefile"), "PBS_JOBID": "77.pbs-server", "NCPUS": "1",
+           "PBS_O_WORKDIR": str(tmp_path), "EXPERIMENT": str(TINY),
+           "CANDLE_RAY_ARGS": "--smoke --num-samples 2 --scheduler fifo --name long --set epochs=100000"}
     out = tmp_path / "out.log"
     with open(out, "w") as log:
-        proc = subprocess.Popen(["bash", str(SBATCH), str(TINY), "--smoke", "--num-samples", "2", "--scheduler", "fifo",
-                                 "--name", "long", "--set", "epochs=100000"],
-                                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["bash", str(PBS)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         # Both trials train once each has written where its rank runs (the live view says so only every 10 s).
         ranks = tmp_path / "sweeps" / "long" / "trials"
@@ -194,6 +180,7 @@ def test_a_signal_to_the_job_interrupts_the_sweep_and_stops_every_node(batch, tm
             proc.kill()
     text = out.read_text()
     assert rc == 143, text[-3000:]
+    assert "2 node(s) (localhost 127.0.0.1)" in text and "all 2 node(s) joined" in text
     assert "interrupting candle-ray" in text and "Ray stopped" in text
     assert (tmp_path / "sweeps" / "long" / "sweep.json").exists()  # the sweep's record, for --resume
     _no_ray_left(batch.root)
