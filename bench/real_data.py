@@ -439,7 +439,7 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
             result["best_trial"].update(score_predictions(ds, run_dir / "pred_best.tsv", paths["test"]))
         except CommandFailed as exc:
             result["best_trial"]["error"] = str(exc)
-        text = run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(SETTINGS["top"]),
+        text = run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(cfg["top"]),
                             "--members", str(cfg["members"]), "--name", "ensemble", *common],
                            log_path=logs / "ensemble.log", what="ensemble", **go)
         result["ensemble_run"] = parse_sweep(text)
@@ -574,6 +574,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help=f"[default {SETTINGS['defaults']['epochs']}]")
     p.add_argument("--num-samples", type=int, default=None, help=f"trials per sweep [default {SETTINGS['num_samples']}]")
     p.add_argument("--members", type=int, default=None, help=f"ensemble members [default {SETTINGS['members']}]")
+    p.add_argument("--top", type=int, default=None,
+                   help=f"the ensemble takes the sweep's TOP best configurations, --members seeds each [default {SETTINGS['top']}]")
     p.add_argument("--quick", action="store_true", help=f"fast end-to-end check: {SETTINGS['quick']} "
                                                         f"(explicit flags win)")
     p.add_argument("--seed", type=int, default=0, help="every seed derives from it [default 0]")
@@ -589,7 +591,7 @@ def main(argv=None) -> int:
     quick = SETTINGS["quick"] if args.quick else {}
     cfg = {"epochs": args.epochs or quick.get("epochs") or SETTINGS["defaults"]["epochs"],
            "num_samples": args.num_samples or quick.get("num_samples") or SETTINGS["num_samples"],
-           "members": args.members or quick.get("members") or SETTINGS["members"],
+           "members": args.members or quick.get("members") or SETTINGS["members"], "top": args.top or SETTINGS["top"],
            "splits": args.splits or quick.get("splits")}
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in _real_datasets.LOADERS]
