@@ -10,6 +10,7 @@ a Ray ensemble per experiment would add ~40 s of trainings that test_ensemble al
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
 from candle_ray import ensemble
 from candle_ray.cli import _prepare, main
@@ -51,11 +52,30 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
     for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each
         assert all((trial / f"fold-{k}" / "checkpoints" / "best.json").exists() for k in (0, 1)), trial
+    if name in TRAINED:
+        _cv_logged(r.output, name)
 
     if name in NOT_POOLED or name in TRAINED:
         _ensemble_trained(path, name, space, results, workdir)
     else:
         _ensemble_pooled_here(path, name, space, results, workdir)
+
+
+def _cv_logged(output: str, name: str):
+    """`tune --cv 2` in MLflow: each child's metric is the mean of its folds' and it holds both fold
+    models; the best trial's MLflow model pools them."""
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                              f"tags.`candle_ray.sweep` = '{name}-full'", max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    for child in children:
+        m = child.data.metrics
+        assert m["val_loss"] == pytest.approx((m["fold0_val_loss"] + m["fold1_val_loss"]) / 2)
+        files = {f.path for f in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert {"checkpoints/fold-0", "checkpoints/fold-1"} <= files
+    best = output.split("MLflow model: runs:/")[1].split("/")[0]
+    assert {f.path for f in client.list_artifacts(best, "model/artifacts")} == {f"model/artifacts/member-{k}" for k in (0, 1)}
 
 
 def _ensemble_trained(path, name, space, results, workdir):
