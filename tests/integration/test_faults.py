@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, mlflow_store
 from tests.integration.test_elastic import recovery
+from tests.integration.test_tune import rest
 from tests.support.ray_nodes import candle_ray, finish, read_json, training_log_rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -65,28 +66,20 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir, mlf
     assert proc.returncode == 0, out[-4000:]
     assert [int(r["epoch"]) for r in training_log_rows(run_dir / "training.log")] == list(range(1, 9))
     assert read_json(run_dir / "ranks" / "rank-0.json")["pid"] != victim["pid"]  # a new worker took rank 0
-    run = _rest(mlflow_server, "runs/search", {"experiment_ids": [_rest(mlflow_server, "experiments/get-by-name?experiment_name=slow_nt3")["experiment"]["experiment_id"]],
+    run = rest(mlflow_server, "runs/search", {"experiment_ids": [rest(mlflow_server, "experiments/get-by-name?experiment_name=slow_nt3")["experiment"]["experiment_id"]],
                                                "filter": "tags.mlflow.runName = 'worker-kill'"})["runs"]
     assert len(run) == 1 and run[0]["info"]["status"] == "FINISHED"
     run_id = run[0]["info"]["run_id"]
     assert {p["key"]: p["value"] for p in run[0]["data"]["params"]}["workers"] == "2"
-    history = _rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_loss")["metrics"]
+    history = rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_loss")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(1, 9))  # every epoch exactly once despite the restart
-    files = {f["path"] for f in _rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]}
+    files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]}
     assert {"training.log", "config.json", "checkpoints"} <= files
     r = recovery({m["step"]: int(m["timestamp"]) / 1000 for m in history}, t_kill)
     assert r["last_epoch"] <= ckpt_at_kill  # it resumed from the last checkpoint, not from scratch
     print(f"\nFAULT worker SIGKILL: usual epoch {r['usual_s']:.2f}s; next new epoch {r['next_after_s']:.1f}s after the "
           f"kill; time lost {r['lost_s']:.1f}s; epochs re-run: at most 1, the partial epoch {ckpt_at_kill + 1} "
           f"(resumed from the epoch-{ckpt_at_kill} checkpoint)")
-
-
-def _rest(server: str, path: str, body: dict | None = None) -> dict:
-    """An MLflow REST call (GET, or POST with a JSON body)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{server}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)
 
 
 def test_driver_killed_then_resumed(two_nodes, workdir):

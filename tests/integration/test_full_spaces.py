@@ -39,7 +39,8 @@ def cli(*args):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, name):
     path = ROOT / "experiments" / f"{name}.py"
-    space = load_experiment(path).search_space
+    experiment = load_experiment(path)
+    space = experiment.search_space
     one_epoch = () if "epochs" in space else ("--set", "epochs=1")  # attn and p3b1 search their epochs
     searcher, scheduler = PAIR[name]
     r = cli("tune", path, "--smoke", "--full-space", "--cv", 2, "--num-samples", 2, "--search", searcher,
@@ -58,7 +59,7 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     if name in NOT_POOLED or name in TRAINED:
         _ensemble_trained(path, name, space, results, workdir)
     else:
-        _ensemble_pooled_here(path, name, space, results, workdir)
+        _ensemble_pooled_here(experiment, name, space, results, workdir)
 
 
 def _cv_logged(output: str, name: str):
@@ -91,13 +92,14 @@ def _ensemble_trained(path, name, space, results, workdir):
         assert sorted(map(str, members[f"config.{key}"])) == sorted(map(str, results[f"config.{key}"])), key
 
 
-def _ensemble_pooled_here(path, name, space, results, workdir):
+def _ensemble_pooled_here(experiment, name, space, results, workdir):
     """What `ensemble --from-sweep NAME --top 2` would train, and the pooling of the sweep's two trials."""
-    members, record = ensemble.members_from_sweep(str(workdir / "candle-ray-sweeps"), f"{name}-full", 2, 1, 0, path)
+    members, record = ensemble.members_from_sweep(str(workdir / "candle-ray-sweeps"), f"{name}-full", 2, 1, 0,
+                                                  experiment.path)
     assert record["full_space"] is True  # the members would train on the sweep's full-space data
     for key in space:  # list values come back as lists, as the sweep ran them
         assert sorted(str(m[key]) for m in members) == sorted(map(str, results[f"config.{key}"])), key
-    entry = _prepare(load_experiment(path).full_space_smoke(), smoke=True, cache=Cache(workdir / "cache"),
+    entry = _prepare(experiment.full_space_smoke(), smoke=True, cache=Cache(workdir / "cache"),
                      log=lambda _: None)
     ensemble.check_poolable(entry)
     trials = sorted((workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir())
