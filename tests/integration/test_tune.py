@@ -110,11 +110,11 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
 
 def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
     # NT3's smoke space (optimizer, dropout, learning rate) spreads the scores; 4 trials run at once (0.5 CPU
-    # each) for 12 epochs, so that their epochs overlap and PBT has a population to rank. (PBT ranks only
-    # unfinished trials: with 8 epochs of 0.1 s a trial could finish before another's actor had started.)
+    # each) for 18 epochs, so that their epochs overlap and PBT has a population to rank. (PBT ranks only
+    # unfinished trials: with 12 epochs of 0.1 s, a loaded suite run once saw every trial finish alone.)
     # --keep-checkpoints 1: a PBT sweep keeps every donor's weights while it runs and drops the rest at its end.
     r = tune(ROOT / "experiments" / "nt3.py", "--smoke", "--num-samples", 4, "--scheduler", "pbt",
-             "--set", "epochs=12", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt", "--keep-checkpoints", 1)
+             "--set", "epochs=18", "--cpus-per-worker", 0.5, "--seed", 1, "--name", "pbt", "--keep-checkpoints", 1)
     assert r.exit_code == 0, r.output
     assert "4 completed, 0 failed" in r.output  # no clone found its donor's checkpoint gone
     trials = workdir / "candle-ray-sweeps" / "pbt" / "trials"
