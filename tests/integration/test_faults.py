@@ -51,7 +51,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir, mlf
     """`train --workers 2` across both nodes, logging to a real MLflow server; rank 0 (the rank that writes
     checkpoints) gets SIGKILL in the middle of an epoch. The run is read back through the server's REST API."""
     proc = candle_ray("train", SLOW, "--smoke", "--workers", 2, "--cpus-per-worker", 1, "--max-failures", 1,
-                      "--set", "epochs=8", "--run-name", "worker-kill", "--tracking-uri", mlflow_server,
+                      "--set", "epochs=6", "--run-name", "worker-kill", "--tracking-uri", mlflow_server,
                       "--address", two_nodes.address, cwd=workdir)
     run_dir = workdir / "runs" / "slow_nt3" / "worker-kill"
     try:
@@ -64,7 +64,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir, mlf
     finally:
         out = finish(proc, 300)
     assert proc.returncode == 0, out[-4000:]
-    assert [int(r["epoch"]) for r in training_log_rows(run_dir / "training.log")] == list(range(1, 9))
+    assert [int(r["epoch"]) for r in training_log_rows(run_dir / "training.log")] == list(range(1, 7))
     assert read_json(run_dir / "ranks" / "rank-0.json")["pid"] != victim["pid"]  # a new worker took rank 0
     run = rest(mlflow_server, "runs/search", {"experiment_ids": [rest(mlflow_server, "experiments/get-by-name?experiment_name=slow_nt3")["experiment"]["experiment_id"]],
                                                "filter": "tags.mlflow.runName = 'worker-kill'"})["runs"]
@@ -72,7 +72,7 @@ def test_worker_killed_mid_epoch_resumes_from_checkpoint(two_nodes, workdir, mlf
     run_id = run[0]["info"]["run_id"]
     assert {p["key"]: p["value"] for p in run[0]["data"]["params"]}["workers"] == "2"
     history = rest(mlflow_server, f"metrics/get-history?run_id={run_id}&metric_key=val_loss")["metrics"]
-    assert sorted(m["step"] for m in history) == list(range(1, 9))  # every epoch exactly once despite the restart
+    assert sorted(m["step"] for m in history) == list(range(1, 7))  # every epoch exactly once despite the restart
     files = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={run_id}")["files"]}
     assert {"training.log", "config.json", "checkpoints"} <= files
     r = recovery({m["step"]: int(m["timestamp"]) / 1000 for m in history}, t_kill)
@@ -118,8 +118,11 @@ def test_driver_killed_then_resumed(two_nodes, workdir):
         trial = child.data.tags["candle_ray.trial_id"]
         if before.get(trial, 0) in (0, 8):
             continue
-        restores = [json.loads(line) for line in (trials / trial / "restores.jsonl").read_text().splitlines()]
-        restored = restores[-1]["epoch"] or 0
+        # No restore record: Tune's last experiment snapshot (written every ~10 s) named no checkpoint of this
+        # trial yet, so it started over (its epochs are still logged once: the MLflow child skips known steps).
+        log = trials / trial / "restores.jsonl"
+        restores = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        restored = (restores[-1]["epoch"] if restores else 0) or 0
         times = {m.step: m.timestamp / 1000 for m in client.get_metric_history(child.info.run_id, "val_loss")}
         print(f"\nFAULT driver kill -9 + resume, trial {trial}: {before[trial]} epochs logged at the kill, resumed from "
               f"the epoch-{restored} checkpoint: {before[trial] - restored} epoch(s) re-run; kill -> resumed driver "
@@ -174,7 +177,7 @@ def test_node_lost_and_mlflow_server_restarted_mid_sweep(two_nodes, workdir, tmp
     server = _mlflow_server(root, port)
     worker = next(n for n in two_nodes.worker_nodes)
     proc = candle_ray("tune", SLOW, "--smoke", "--num-samples", 2, "--max-concurrent", 2, "--scheduler", "fifo",
-                      "--set", "epochs=12", "--checkpoint-every", 0, "--max-failures", 2, "--name", "lost-node",
+                      "--set", "epochs=8", "--checkpoint-every", 0, "--max-failures", 2, "--name", "lost-node",
                       "--tracking-uri", url, "--address", two_nodes.address, cwd=workdir)
     trials = workdir / "candle-ray-sweeps" / "lost-node" / "trials"
 
@@ -200,7 +203,7 @@ def test_node_lost_and_mlflow_server_restarted_mid_sweep(two_nodes, workdir, tmp
         assert proc.returncode == 0, out[-4000:]
         assert "2 trials: 2 completed, 0 failed" in out
         assert "not logged" not in out and "MLflow logging of some trials failed" not in out
-        client, children = _one_child_per_trial(url, 2, 12)
+        client, children = _one_child_per_trial(url, 2, 8)
         run = next(c for c in children if c.data.tags["candle_ray.trial_id"] == trial)
         times = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "val_loss")}
     finally:
