@@ -47,8 +47,9 @@ def sampler(name: str, seed: int, options: dict | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
-    # A resumed trial replays its epochs first (candle_ray.trial), and Optuna warns about each step it has.
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step`",
+    # A resumed trial replays its epochs first (candle_ray.trial), and Optuna warns about each step it has
+    # ("... because this `step=2` is already reported."; the pattern matches the message's start).
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=",
                             category=UserWarning)
     # Each sampler says once per trial that a key falls back to random sampling; the sweep says it once.
     quiet = {"warn_independent_sampling": False}

@@ -122,3 +122,19 @@ def test_list_valued_choices_come_back_as_the_lists(name):
         assert type(config["dense"]) is list and config["dense"] in choices, config
         searcher.on_trial_complete(f"t{i}", {"best_val_loss": abs(math.log10(config["learning_rate"]) + 2)
                                              + len(config["dense"])})
+
+
+def test_a_replayed_step_does_not_warn():
+    """A resumed trial reports its earlier epochs again; Optuna's warning about each ("... this `step=2` is
+    already reported.") is silenced, as the sweep's own output says what was resumed."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samplers.sampler("optuna", 0)
+        trial = optuna.create_study().ask()
+        trial.report(0.5, 2)
+        trial.report(0.5, 2)
+    assert not [w for w in caught if "already reported" in str(w.message)], [str(w.message) for w in caught]
