@@ -320,9 +320,11 @@ pick_option = click.option(
               help="Seed replicas [default 5; with --from-sweep 1 per configuration].")
 @click.option("--from-sweep", default=None, metavar="NAME", help="Train the --top best configurations of this finished sweep.")
 @click.option("--top", type=click.IntRange(min=1), default=None, help="How many configurations --from-sweep takes [default 5].")
-@click.option("--baseline-share", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+@click.option("--baseline-share", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="The share of the pooled output the linear baseline takes (the members split the rest); 0 keeps "
-                   "it out of the pool, as --no-baseline does. Small data: a tuned network alone often loses to it.")
+                   "it out of the pool, as --no-baseline does. Default: 0.5, or 0 where the networks clearly beat "
+                   "it on the validation rows (paired t >= 3 over 50 rows or more). Small data: a tuned network "
+                   "alone often loses to it.")
 @pick_option
 @register_option
 @_sweep_options("member")
@@ -353,7 +355,8 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
     run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
                         seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble",
-                        baseline_share=0.0 if run["no_baseline"] else baseline_share))
+                        baseline_share=0.0 if run["no_baseline"] else 0.5 if baseline_share is None else baseline_share,
+                        baseline_share_fixed=baseline_share is not None))
 
 
 @main.command()

@@ -83,6 +83,7 @@ class SweepSettings:
     autoscale: bool = False
     baseline: bool = True
     baseline_share: float = 0.0  # an ensemble pools its linear baseline at this share of the output (0: not)
+    baseline_share_fixed: bool = False  # the user chose it: pooled even where the networks clearly beat it
     grace_period: int = 0
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
@@ -151,6 +152,7 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                            smoke=record["smoke"], full_space=record.get("full_space", False),
                            kind=record.get("kind", "sweep"), cv=record.get("cv"),
                            baseline=record.get("baseline", True), baseline_share=record.get("baseline_share", 0.0),
+                           baseline_share_fixed=record.get("baseline_share_fixed", False),
                            tracking_uri=record["tracking_uri"],
                            model_per_trial=record.get("model_per_trial", False), metric=record["sweep"]["metric"],
                            mode=record["sweep"]["mode"], also=tuple(map(tuple, record["sweep"].get("also", []))))
@@ -293,7 +295,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
-        "baseline": s.baseline, "baseline_share": s.baseline_share,
+        "baseline": s.baseline, "baseline_share": s.baseline_share, "baseline_share_fixed": s.baseline_share_fixed,
         "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
         "conditional_keys": list(resolved.conditional_keys),
         "warm_start": {"sweeps": list(resolved.warm.sweeps), "points": len(resolved.warm.points)}
@@ -365,7 +367,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
                                    checkpoints=work_dir / "trials" / trial / "checkpoints")
         if s.kind == "ensemble" and summary["succeeded"]:
-            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear)
+            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear, s.baseline_share_fixed)
         best = summary["best"]
         if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
             _log_model(s, parent, best, echo)
@@ -579,11 +581,13 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
             echo(line)
 
 
-def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict) -> None:
+def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict,
+                       keep_baseline: bool = False) -> None:
     """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) and the
-    linear baseline's (fit_baseline's, when it was written) on the validation split; metrics and plots go on
-    the parent run and into the sweep folder, and a pooled baseline's checkpoint on the parent run, where
-    `predict` and the ensemble's MLflow model find it."""
+    linear baseline's (fit_baseline's, when it was written; left out where the networks clearly beat it and
+    `keep_baseline` is off) on the validation split; metrics and plots go on the parent run and into the sweep
+    folder, and a pooled baseline's checkpoint on the parent run, where `predict` and the ensemble's MLflow
+    model find it."""
     import tempfile
 
     from candle_ray import ensemble, tracking
@@ -591,7 +595,7 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, li
     own = [work_dir / BASELINE_DIR] if (work_dir / BASELINE_DIR / "best.json").exists() else []
     with tempfile.TemporaryDirectory(prefix="candle-ray-members-") as scratch:
         folders = tracking.run_checkpoints(parent.uri, parent.run_id, Path(scratch), baseline=False)
-        metrics, files = ensemble.evaluate(folders + own, entry, work_dir / "uq")
+        metrics, files = ensemble.evaluate(folders + own, entry, work_dir / "uq", keep_baseline=keep_baseline)
     share = metrics.pop("ensemble_baseline_share")
     if share:
         for path in sorted(own[0].iterdir()):
@@ -613,14 +617,21 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, li
 def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:
     """`ensemble of 5 and the linear baseline (share 0.5) on 17 validation rows: accuracy ...; the 5 networks
     alone: accuracy ...`."""
+    from candle_ray.ensemble import BEATEN_T
+
     members, rows = int(metrics["ensemble_members"]), int(metrics["ensemble_val_rows"])
+    t = metrics.get("ensemble_baseline_paired_t")
     pooled = {k.replace("ensemble_val_", ""): v for k, v in metrics.items()
-              if k not in ("ensemble_members", "ensemble_val_rows") and not k.startswith("members_")}
+              if k not in ("ensemble_members", "ensemble_val_rows", "ensemble_baseline_paired_t")
+              and not k.startswith("members_")}
     line = (f"ensemble of {members}" + (f" and the linear baseline (share {share:g})" if share else "")
             + f" on {rows} validation rows: " + ", ".join(f"{k} {v:.4g}" for k, v in pooled.items()))
     alone = {k[len("members_val_"):]: v for k, v in metrics.items() if k.startswith("members_val_")}
-    if alone:
+    if alone and share:
         line += f"; the {members} networks alone: " + ", ".join(f"{k} {v:.4g}" for k, v in alone.items())
+    elif alone:
+        line += (f" (the linear baseline is left out of the pool: the networks beat it on these rows, paired t "
+                 f"{t:.1f} >= {BEATEN_T:g}; --baseline-share 0.5 pools it anyway)")
     elif fitted:
         line += " (the linear baseline is not pooled: its head is not the networks')"
     return line
