@@ -129,7 +129,7 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     pred = predicting.predict(networks + linear, batches, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"ensemble_members": float(len(networks)), "ensemble_val_rows": float(len(y))}
-    if linear:  # what the networks score without it: their samples' plain mean, no second pass over the rows
+    if linear:  # what the networks score without it: their samples' plain mean (a second pass only if they pool alone)
         is_linear = np.array([name == "baseline" for name in pred.names])
         alone = pred.samples[~is_linear].mean(axis=0)
         metrics.update({k.replace("ensemble_", "members_"): v for k, v in _scores(alone, y).items()})
