@@ -355,7 +355,8 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
     run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
                         seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble",
-                        baseline_share=0.0 if run["no_baseline"] else 0.5 if baseline_share is None else baseline_share,
+                        baseline_share=0.0 if run["no_baseline"] else
+                        ensembles.BASELINE_SHARE if baseline_share is None else baseline_share,
                         baseline_share_fixed=baseline_share is not None))
 
 

@@ -157,6 +157,7 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
 # joins the ensemble").
 BEATEN_T = 3.0
 BEATEN_MIN_ROWS = 50
+BASELINE_SHARE = 0.5  # the baseline's share of the pool when the user names none (`ensemble --baseline-share`)
 
 
 def baseline_beaten(networks: np.ndarray, linear: np.ndarray, y: np.ndarray) -> tuple[bool, float]:

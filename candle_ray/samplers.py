@@ -41,16 +41,21 @@ class GASettings:
                    0.5 if crossover_prob is None else crossover_prob, mutation_prob)
 
 
+def quiet_replayed_steps() -> None:
+    """A restored trial replays its epochs first (candle_ray.trial), and Optuna warns about each step it already
+    has ("... because this `step=2` is already reported."; the pattern matches the message's start). Called
+    where a searcher is made, and where a resumed sweep's searcher is restored instead."""
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=",
+                            category=UserWarning)
+
+
 def sampler(name: str, seed: int, options: dict | None = None):
     """The Optuna sampler of a model-based searcher (`options`: a ga's GASettings fields). Optuna is imported
     here: every sweep validates its searcher through this module, and most use none of Optuna."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial beside the sweep's own lines
-    # A resumed trial replays its epochs first (candle_ray.trial), and Optuna warns about each step it has
-    # ("... because this `step=2` is already reported."; the pattern matches the message's start).
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=",
-                            category=UserWarning)
+    quiet_replayed_steps()
     # Each sampler says once per trial that a key falls back to random sampling; the sweep says it once.
     quiet = {"warn_independent_sampling": False}
     if name == "optuna":

@@ -364,6 +364,8 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
     # Registers this driver's callbacks under the name, with one that frees each ended trial's Tune statistics.
     callbacks = [DriverCallbacks(sweep.name, [*callbacks, ForgetEndedTrialStatistics()])]
     if resume:
+        if sweep.searcher in samplers.MODEL_BASED:  # restored from the sweep's state: sampler() is not called
+            samplers.quiet_replayed_steps()
         _repair_checkpoint_references(store, sweep.name)
         raise_trial_budget(store, sweep.name, sweep.num_samples)
         tuner = ray.tune.Tuner.restore(store.path(sweep.name) if store.remote else store.display(sweep.name),

@@ -617,7 +617,7 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, li
 def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:
     """`ensemble of 5 and the linear baseline (share 0.5) on 17 validation rows: accuracy ...; the 5 networks
     alone: accuracy ...`."""
-    from candle_ray.ensemble import BEATEN_T
+    from candle_ray.ensemble import BASELINE_SHARE, BEATEN_T
 
     members, rows = int(metrics["ensemble_members"]), int(metrics["ensemble_val_rows"])
     t = metrics.get("ensemble_baseline_paired_t")
@@ -631,7 +631,7 @@ def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:
         line += f"; the {members} networks alone: " + ", ".join(f"{k} {v:.4g}" for k, v in alone.items())
     elif alone:
         line += (f" (the linear baseline is left out of the pool: the networks beat it on these rows, paired t "
-                 f"{t:.1f} >= {BEATEN_T:g}; --baseline-share 0.5 pools it anyway)")
+                 f"{t:.1f} >= {BEATEN_T:g}; --baseline-share {BASELINE_SHARE:g} pools it anyway)")
     elif fitted:
         line += " (the linear baseline is not pooled: its head is not the networks')"
     return line
