@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -86,11 +87,11 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def candle_ray(workdir: Path, trials: int) -> dict:
+def candle_ray(workdir: Path, trials: int, tune_args: list[str]) -> dict:
     name = f"scale-{trials}"
     out, watch, ended = _run_driver([str(BIN / "candle-ray"), "tune", str(TINY), "--smoke", "--num-samples", str(trials),
                               "--scheduler", "fifo", "--search", "random", "--max-concurrent", str(CONCURRENCY),
-                              "--set", "epochs=1", "--name", name, "--no-baseline"], workdir)
+                              "--set", "epochs=1", "--name", name, "--no-baseline", *tune_args], workdir)
     m = re.search(r"(\d+) trials: .*; ([\d.]+)s wall \(([\d.]+)s in Tune\), ([\d.]+)s of epochs", out)
     with open(workdir / "candle-ray-sweeps" / name / "results.csv") as f:
         epoch_s = {row["trial_id"]: float(row["epoch_time_s"] or 0) for row in csv.DictReader(f)}
@@ -222,6 +223,7 @@ def report_size(trials: int, ours: dict, base: dict) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", default="1000,10000", help="comma-separated sweep sizes")
+    parser.add_argument("--tune-args", default="", help="more `candle-ray tune` options, e.g. '--no-model-per-trial'")
     parser.add_argument("--plain-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,7 +231,7 @@ def main():
         return plain_child(args.plain_child, args.out)
     for trials in (int(t) for t in args.trials.split(",")):
         with tempfile.TemporaryDirectory(prefix="scale-", dir=os.environ.get("SCALE_TMP", "/tmp")) as tmp:
-            ours = candle_ray(Path(tmp), trials)
+            ours = candle_ray(Path(tmp), trials, shlex.split(args.tune_args))
             base = plain(Path(tmp), trials)
             report_size(trials, ours, base)
 

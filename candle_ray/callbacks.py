@@ -121,7 +121,7 @@ class MLflowSweepCallback(Callback):
                  dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
-        self.model_per_trial = model_per_trial  # each finished trial's best epoch as an MLflow model too
+        self.model_per_trial = model_per_trial  # a finished trial's weights as its MLflow model, not plain files
         # --keep-checkpoints: which finished trials keep their weights (candle_ray.retention), and how the
         # files of one that does not are deleted; only the worker thread touches either.
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
@@ -200,7 +200,10 @@ class MLflowSweepCallback(Callback):
         self._drop(drops, logged_now=trial_id)
 
     def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
-        """The trial's best checkpoint (one per fold with `tune --cv`) as artifacts of its run."""
+        """The trial's best checkpoint (one per fold with `tune --cv`) in its run: a finished trial's as its
+        MLflow model (a cv trial's pools its folds), stored once (tracking.log_weights)."""
+        from candle_ray import tracking
+
         with tempfile.TemporaryDirectory(prefix="candle-ray-best-") as tmp:
             # The trial's last Tune checkpoint is in the sweep's storage (a shared folder or a bucket), so
             # it is there wherever the trial ran; the trial's own folder, when this driver can see it, may
@@ -209,18 +212,12 @@ class MLflowSweepCallback(Callback):
             own = self._trial_dir(trial_id)
             folds = sorted({p.name for root in (handed, own) if root is not None and root.is_dir()
                             for p in root.iterdir() if p.is_dir() and p.name.startswith("fold-")})
-            logged = []
-            for fold in folds or [""]:  # `tune --cv`: each fold's best under checkpoints/fold-k
-                ckpt_dir = newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
-                if ckpt_dir is not None:
-                    into = f"checkpoints/{fold}" if fold else "checkpoints"
-                    child.log_artifact(ckpt_dir / checkpoint.pointer(ckpt_dir, "best")["file"], into)
-                    child.log_artifact(ckpt_dir / "best.json", into)
-                    logged.append(ckpt_dir)
-            if self.model_per_trial and status == "FINISHED" and logged:  # a cv trial's model pools its folds
-                from candle_ray import tracking
-
-                tracking.log_model_or_warn(child, logged, warn=self.model_notes.append)
+            found = {fold: newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
+                     for fold in folds or [""]}
+            found = {fold: folder for fold, folder in found.items() if folder is not None}
+            if found:
+                tracking.log_weights(child, found, self.model_per_trial and status == "FINISHED",
+                                     warn=self.model_notes.append)
 
     # ------------------------------------------------------------------ --keep-checkpoints
 
@@ -240,7 +237,7 @@ class MLflowSweepCallback(Callback):
             run_id = self.sweep.child_run_id(trial_id)
             if run_id:
                 run = self.sweep.children.get(trial_id) or tracking.RunTracker(self.sweep.parent.uri, "", run_id)
-                run.delete_artifacts("checkpoints")
+                run.delete_artifacts(tracking.CHECKPOINTS, tracking.MODEL_ARTIFACT)  # whichever log_weights wrote
                 run.set_tags(self._dropped_tag())
 
     def _seed(self, finished: list[tuple]) -> None:

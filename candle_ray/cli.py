@@ -105,9 +105,9 @@ def _sweep_options(unit: str):
         click.option("--config-file", type=click.Path(dir_okay=False),
                      help="A CANDLE *_default_model.txt as fixed overrides."),
         click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast."),
-        click.option("--model-per-trial", is_flag=True,
-                     help=f"Log every finished {unit}'s best epoch as an MLflow model on its run, not only the result's "
-                          f"(a sweep's best trial, an ensemble's pooled members); stores each {unit}'s weights twice."),
+        click.option("--model-per-trial/--no-model-per-trial", default=True, show_default=True,
+                     help=f"Store each finished {unit}'s best weights as an MLflow model on its run (else as plain "
+                          f"checkpoint files; the result's model is logged either way)."),
         click.option("--no-baseline", is_flag=True,
                      help="Skip the linear baseline (logistic / ridge regression on the same split) fitted before "
                           f"the first {unit}."),

@@ -53,6 +53,21 @@ def predictions(members: list, frame, params: dict):
 def save(path: Path, checkpoint_dirs: list[Path]) -> None:
     """Write the MLflow model of these checkpoints' best epochs to `path` (a new folder), with a signature
     and an input example (the training data's centre row)."""
+    from candle_ray import predict
+    from candle_ray.data.features import typical_row
+
+    staged = _stage_best(checkpoint_dirs, path.parent / f".{path.name}-members")
+    members = [predict.load_member(d) for d in staged]
+    example = typical_row(members[0].data)
+    output = predictions(members, example, PARAMS)
+    key = _template_key(example, output, len(members))
+    if key in _TEMPLATES:
+        return _from_template(_TEMPLATES[key], path, staged)
+    _save_new(path, staged, example, output)
+    _keep_template(key, path)
+
+
+def _save_new(path: Path, staged: list[Path], example: pd.DataFrame, output: pd.DataFrame) -> None:
     import logging
     import os
 
@@ -60,23 +75,74 @@ def save(path: Path, checkpoint_dirs: list[Path]) -> None:
     import torch
     from mlflow.models import infer_signature
 
-    from candle_ray import __version__, predict
-    from candle_ray.data.features import typical_row
+    from candle_ray import __version__
 
-    staged = _stage_best(checkpoint_dirs, path.parent / f".{path.name}-members")
-    members = [predict.load_member(d) for d in staged]
-    example = typical_row(members[0].data)
-    signature = infer_signature(example, predictions(members, example, PARAMS), params=PARAMS)
+    signature = infer_signature(example, output, params=PARAMS)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
     logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example..."
     mlflow.pyfunc.save_model(
         # Models from code: this file is the model's code, so loading it unpickles nothing.
         str(path), python_model=__file__, artifacts={d.name: str(d) for d in staged},
         signature=signature, input_example=example,
-        metadata={"candle_ray_version": __version__, "members": len(members)},
+        metadata={"candle_ray_version": __version__, "members": len(staged)},
         # Explicit, so MLflow does not infer them (slow); candle-ray itself must be installed where it loads.
         pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                           f"numpy=={numpy.__version__}", f"pandas=={pd.__version__}"])
+
+
+# MLflow's save spends its time on the feature columns: ~15 s and 8 MB for NT3's 60,483 (the signature's
+# YAML, the input example's JSON and its validation), 0.2 s for 1,000. None of it depends on the weights, so
+# the models of one dataset and head (a sweep's trials) share it: the first save's files are kept, and each
+# later model is a copy of them with its own weights and identity (model_uuid, time, size).
+_TEMPLATES: dict[str, Path] = {}
+_IDENTITY = ("model_uuid", "utc_time_created", "model_size_bytes")  # top-level MLmodel keys each model owns
+_KEEP = 4  # templates held per process (a few datasets or heads; each is a model's files without weights)
+
+
+def _template_key(example: pd.DataFrame, output: pd.DataFrame, members: int) -> str:
+    import hashlib
+
+    values = example.to_numpy()  # one dtype: typical_row's float64
+    digest = hashlib.sha256(values.tobytes() + values.dtype.str.encode())
+    for part in (example.columns, output.columns, output.dtypes, [members]):
+        digest.update("\0".join(map(str, part)).encode() + b"\1")
+    return digest.hexdigest()
+
+
+def _keep_template(key: str, path: Path) -> None:
+    """Keep the model's files but its weights, where its MLmodel has the identity lines `_from_template` sets."""
+    import atexit
+    import re
+    import shutil
+    import tempfile
+
+    text = (path / "MLmodel").read_text()
+    if not all(re.search(rf"^{name}: ", text, re.M) for name in _IDENTITY):
+        return  # another MLflow's layout: every model is saved in full
+    while len(_TEMPLATES) >= _KEEP:
+        shutil.rmtree(_TEMPLATES.pop(next(iter(_TEMPLATES))), ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="candle-ray-model-template-"))
+    atexit.register(shutil.rmtree, folder, True)
+    shutil.copytree(path, folder, ignore=lambda where, names: ["artifacts"] if Path(where) == path else [],
+                    dirs_exist_ok=True)
+    _TEMPLATES[key] = folder
+
+
+def _from_template(template: Path, path: Path, staged: list[Path]) -> None:
+    import datetime
+    import re
+    import shutil
+    import uuid
+
+    shutil.copytree(template, path)
+    for folder in staged:
+        shutil.copytree(folder, path / "artifacts" / folder.name)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    text = (path / "MLmodel").read_text()
+    for name, value in zip(_IDENTITY, (uuid.uuid4().hex, f"'{now}'", size)):
+        text = re.sub(rf"^{name}: .*$", f"{name}: {value}", text, count=1, flags=re.M)
+    (path / "MLmodel").write_text(text)
 
 
 def _stage_best(checkpoint_dirs: list[Path], into: Path) -> list[Path]:

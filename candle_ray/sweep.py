@@ -87,7 +87,7 @@ class SweepSettings:
     grace_period: int = 0
     full_space: bool = False  # a smoke sweep searches Smoke.fixed keys too
     register: str | None = None  # Model Registry name for the best trial (sweep) or the members (ensemble)
-    model_per_trial: bool = False  # every trial's child run gets an MLflow model, not only the best one's
+    model_per_trial: bool = True  # a finished trial's weights are its child run's MLflow model (else plain files)
     searcher_options: dict | None = None  # a GA's population and probabilities (candle_ray.samplers.GASettings)
     keep_checkpoints: int = 0  # a sweep keeps the weights of its K best finished trials (candle_ray.retention)
     warm_start: tuple = ()  # earlier sweeps whose finished trials the searcher starts from (candle_ray.warm_start)
@@ -257,8 +257,7 @@ def _make_sweep(resolved: _Resolved, store):
                       workers=trial.workers, cpus_per_worker=trial.cpus_per_worker,
                       gpus_per_worker=trial.gpus_per_worker, max_concurrent=concurrent, seed=s.seed, metric=s.metric,
                       also=[list(pair) for pair in s.also],
-                      # --model-per-trial wants every trial's model; an ensemble or a cv pools every member
-                      keep_checkpoints=0 if s.model_per_trial or s.kind != "sweep" else s.keep_checkpoints,
+                      keep_checkpoints=0 if s.kind != "sweep" else s.keep_checkpoints,  # ensemble, cv: pool all
                       mode=s.mode, max_failures=s.max_failures,
                       max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
@@ -402,12 +401,12 @@ def _retention(sweep, store, work_dir: Path) -> dict:
 
 def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     """The MLflow model of a sweep's best trial (on its child run) or of an ensemble's finished members (on
-    the parent run), registered under --register. Every trial keeps its checkpoints as plain artifacts; a
-    model for every trial (--model-per-trial) stores each trial's weights twice, so it is asked for."""
+    the parent run), registered under --register. A sweep's trials hold their weights as their models (unless
+    --no-model-per-trial): the best one's is registered as it is, not logged again."""
     from candle_ray import tracking
 
     uri = None
-    if s.kind == "sweep" and s.model_per_trial:  # logged with the trial's checkpoints; registered here
+    if s.kind == "sweep" and s.model_per_trial:
         uri = tracking.logged_model(tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"]),
                                     s.register)
     uri = uri or _new_model(s, parent, best, echo)
@@ -435,7 +434,10 @@ def _new_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
                 raise
             echo(f"note: no MLflow model logged ({exc})")
             return None
-        return tracking.log_model_or_warn(run, folders, s.register, warn=echo)
+        uri = tracking.log_model_or_warn(run, folders, s.register, warn=echo)
+    if uri and s.kind == "sweep":  # the model holds the trial's weights now: one copy (tracking.log_weights)
+        run.delete_artifacts(tracking.CHECKPOINTS)
+    return uri
 
 
 def _trial_checkpoints(trial_dir: Path) -> list[Path]:

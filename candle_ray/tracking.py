@@ -328,12 +328,14 @@ class RunTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def delete_artifacts(self, path: str) -> None:
-        """Remove the run's artifacts under `path` from its artifact store (a sweep dropping a trial's weights)."""
+    def delete_artifacts(self, *paths: str) -> None:
+        """Remove the run's artifacts under each of `paths`, where there are any, from its artifact store (a
+        sweep dropping a trial's weights)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        uri = self.client.get_run(self.run_id).info.artifact_uri
-        call_with_retry(self.uri, get_artifact_repository(uri).delete_artifacts, path, what=f"deleting {path}")
+        repository = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri)
+        for path in paths:
+            call_with_retry(self.uri, repository.delete_artifacts, path, what=f"deleting {path}")
 
     def log_dict(self, data: dict, name: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), name)
@@ -501,10 +503,7 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, p
         runs = _best_trials(client, run, runs, top or 1, dest, pick)
     folders = []
     for source in runs:
-        names = [a.path for a in client.list_artifacts(source.info.run_id, "checkpoints")]
-        if not any(n.endswith("best.json") for n in names):
-            continue
-        folders.append(Path(client.download_artifacts(source.info.run_id, "checkpoints", str(dest / source.info.run_id))))
+        folders.extend(_run_weights(uri, client, source.info.run_id, dest / source.info.run_id))
     if folders and baseline and kind == "ensemble" and \
             any(a.path == f"{BASELINE}/best.json" for a in client.list_artifacts(run_id, BASELINE)):
         folders.append(Path(client.download_artifacts(run_id, BASELINE, str(dest / f"{run_id}-{BASELINE}"))))
@@ -513,6 +512,15 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, p
                          f"trial or member finished); run it again" if children else
                          f"MLflow run {run_id} holds no best checkpoint (it did not finish); train it again")
     return folders
+
+
+def _run_weights(uri: str, client, run_id: str, dest: Path) -> list[Path]:
+    """A run's best checkpoints as `log_weights` stored them: its model's members, or its `checkpoints/`."""
+    if client.list_artifacts(run_id, MODEL_ARTIFACT):
+        return model_checkpoints(uri, f"runs:/{run_id}/{MODEL_ARTIFACT}", dest)
+    if not any(a.path.endswith("best.json") for a in client.list_artifacts(run_id, CHECKPOINTS)):
+        return []
+    return [Path(client.download_artifacts(run_id, CHECKPOINTS, str(dest)))]
 
 
 def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str | None = None) -> list:
@@ -546,6 +554,7 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
 
 
 MODEL_ARTIFACT = "model"
+CHECKPOINTS = "checkpoints"  # a run's best weights where it has no model (`log_weights`)
 BASELINE = "baseline"  # an ensemble's parent run: the linear baseline's checkpoint, which it pools
 
 
@@ -574,6 +583,22 @@ def _not_registered(register: str, exc: Exception) -> CandleRayError:
     return CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}")
 
 
+def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=print) -> str | None:
+    """A finished run's best weights, stored once: as its MLflow model when `as_model` (the model holds the
+    weights, so `predict RUN_ID` and `_run_weights` read them there), else, or where no model can be made, as
+    `checkpoints/` artifacts. `folders`: checkpoint folders by fold name ("" for a run without folds; a `tune
+    --cv` trial's folds, which its model pools). Returns the model's URI, or None."""
+    from candle_ray import checkpoint
+
+    if as_model and (uri := log_model_or_warn(run, list(folders.values()), warn=warn)):
+        return uri
+    for fold, folder in folders.items():
+        into = f"{CHECKPOINTS}/{fold}" if fold else CHECKPOINTS
+        run.log_artifact(folder / checkpoint.pointer(folder, "best")["file"], into)
+        run.log_artifact(folder / "best.json", into)
+    return None
+
+
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:
     """`log_model`, or a warning naming why not: a model `predict` cannot serve (multi-task, joined
     tables) or a store that refused it must not fail the run whose checkpoints are already logged."""
@@ -582,13 +607,13 @@ def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: st
     except Exception as exc:
         if register:
             raise _not_registered(register, exc) from None
-        warn(f"note: no MLflow model logged on run {run.run_id} ({_first_line(exc)}); its checkpoints are there")
+        warn(f"note: no MLflow model logged on run {run.run_id} ({_first_line(exc)}); its checkpoints are logged")
         return None
 
 
 def logged_model(run: RunTracker, register: str | None = None) -> str | None:
-    """The MLflow model the run already holds (a `--model-per-trial` trial's, logged with its checkpoints),
-    registered under `register`; None when the run has none."""
+    """The MLflow model the run already holds (a trial's, from `log_weights`), registered under `register`;
+    None when the run has none."""
     if not run.client.list_artifacts(run.run_id, MODEL_ARTIFACT):
         return None
     try:

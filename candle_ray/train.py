@@ -91,21 +91,17 @@ class Progress:
 
 
 def finish_run(tracker, run_dir: Path, status: str, warn=print) -> None:
-    """Artifacts (best checkpoint, per-epoch log, resolved config; the MLflow model of a finished run),
+    """Artifacts (the best checkpoint, as the MLflow model of a finished run; per-epoch log, resolved config),
     then end the MLflow run once."""
     from candle_ray import checkpoint, tracking
 
     try:
         ckpt_dir = run_dir / "checkpoints"
-        best = checkpoint.pointer(ckpt_dir, "best")
-        if best:
-            tracker.log_artifact(ckpt_dir / best["file"], "checkpoints")
-            tracker.log_artifact(ckpt_dir / "best.json", "checkpoints")
+        if checkpoint.pointer(ckpt_dir, "best"):
+            tracking.log_weights(tracker, {"": ckpt_dir}, status == "FINISHED", warn=warn)
         for name in ("training.log", "config.json"):
             if (run_dir / name).exists():
                 tracker.log_artifact(run_dir / name)
-        if best and status == "FINISHED":
-            tracking.log_model_or_warn(tracker, [ckpt_dir], warn=warn)
     finally:
         tracker.finish(status)
 

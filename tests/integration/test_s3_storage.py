@@ -84,8 +84,9 @@ def test_sweep_on_s3(ray_cluster, workdir, s3_endpoint, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id])
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     assert len(children) == 3
-    for child in children:  # the best checkpoint came back from the bucket into MLflow
-        assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")} >= {"checkpoints/best.json"}
+    for child in children:  # the best checkpoint came back from the bucket into MLflow, as the trial's model
+        members = {a.path for a in client.list_artifacts(child.info.run_id, "model/artifacts/member-0")}
+        assert "model/artifacts/member-0/best.json" in members, members
 
     # A finished sweep resumes from the bucket without rerunning anything.
     again = tune(TINY, "--resume", "--name", "s3sweep", "--storage", storage)

@@ -77,7 +77,7 @@ def test_one_worker_downloads_trains_and_logs(ray_cluster, workdir, served_nt3):
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"training.log", "config.json", "checkpoints"} <= artifacts
+    assert {"training.log", "config.json", "model"} <= artifacts and "checkpoints" not in artifacts  # stored once
     run_dir = Path(run.data.tags["candle_ray.run_dir"])
     assert (run_dir / "checkpoints" / "best.json").exists() and (run_dir / "checkpoints" / "last.json").exists()
     log = (run_dir / "training.log").read_text().splitlines()

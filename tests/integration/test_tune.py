@@ -43,7 +43,7 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     epoch. Trials hand Tune a checkpoint only every --checkpoint-every seconds (here: at their end); each
     child still gets the checkpoint of its best epoch, also when ASHA stopped it between two hand-overs."""
     r = tune(TINY, "--smoke", "--num-samples", 4, "--scheduler", "asha", "--name", "asha4", "--set", "epochs=9",
-             "--checkpoint-every", 1000, "--tracking-uri", mlflow_server, "--model-per-trial")
+             "--checkpoint-every", 1000, "--tracking-uri", mlflow_server)
     assert r.exit_code == 0, r.output
     assert "4 trials:" in r.output and "best val_loss" in r.output
     exp = rest(mlflow_server, "experiments/get-by-name?experiment_name=tiny_nt3")["experiment"]
@@ -78,7 +78,8 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
         assert float(row["val_loss"]) == pytest.approx(best["value"]) and int(row["best_epoch"]) == best["step"]
         assert float(row["last_val_loss"]) == pytest.approx(max(history, key=lambda m: m["step"])["value"])
         assert tags(child)["candle_ray.best_epoch"] == str(best["step"])
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{child['info']['run_id']}/checkpoints/best.json",
+        best_json = f"runs:/{child['info']['run_id']}/model/artifacts/member-0/best.json"  # its weights: its model
+        local = mlflow.artifacts.download_artifacts(artifact_uri=best_json,
                                                     dst_path=str(workdir / child["info"]["run_id"]), tracking_uri=mlflow_server)
         assert json.loads(Path(local).read_text())["epoch"] == best["step"]
         worth[tags(child)["candle_ray.trial_id"]] = best["value"]
@@ -94,13 +95,15 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
     pictures = {f["path"] for f in rest(mlflow_server, f"artifacts/list?run_id={parents[0]['info']['run_id']}"
                                                        f"&path=report")["files"]}
     assert {"report/learning_curves.png", "report/parallel_coordinates.png", "report/report.html"} <= pictures
-    # --model-per-trial: every trial, stopped early or not, is an MLflow model that predicts; the best one's is
-    # the sweep's model (logged once, with its checkpoints)
+    # every trial, stopped early or not, holds its weights as an MLflow model that predicts (no checkpoints/
+    # copy beside it); the best one's is the sweep's model, not logged again
     assert f"MLflow model: runs:/{best_child['info']['run_id']}/model" in r.output
     stopped = next(c for c in children if tags(c)["candle_ray.trial_status"] == "stopped early")
     for child in children:
         listed = rest(mlflow_server, f"artifacts/list?run_id={child['info']['run_id']}&path=model")["files"]
         assert "model/MLmodel" in {f["path"] for f in listed}, child["info"]["run_id"]
+        stored = rest(mlflow_server, f"artifacts/list?run_id={child['info']['run_id']}")["files"]
+        assert "checkpoints" not in {f["path"] for f in stored}, stored
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{stopped['info']['run_id']}/model",
                                                 dst_path=str(workdir / "stopped"), tracking_uri=mlflow_server)
     model = mlflow.pyfunc.load_model(local)
@@ -235,9 +238,11 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
     """TPE proposes every trial (list-valued choices included) and the median rule follows each trial's
     best epoch; the record and results.csv agree on what ran. The finished sweep then grows by two trials
     (`--resume --num-samples 7`), and a GP sweep is warm-started from it (`--warm-start`). Throughout, only
-    the 2 best finished trials keep their weights (`--keep-checkpoints 2`)."""
+    the 2 best finished trials keep their weights (`--keep-checkpoints 2`), as plain checkpoints
+    (`--no-model-per-trial`) but for the best trial's, which the sweep's model holds."""
     r = tune(TINY, "--smoke", "--num-samples", 5, "--search", "optuna", "--scheduler", "median", "--name", "tpe",
-             "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline", "--keep-checkpoints", 2)
+             "--set", "epochs=4", "--grace-period", 1, "--seed", 5, "--no-baseline", "--keep-checkpoints", 2,
+             "--no-model-per-trial")
     assert r.exit_code == 0, r.output
     assert "5 trials:" in r.output and "0 failed" in r.output
     record = json.loads(Path("candle-ray-sweeps/tpe/sweep.json").read_text())
@@ -281,7 +286,8 @@ def test_optuna_search_with_median_stopping(ray_cluster, workdir):
 
 def assert_two_best_keep_weights(rows: list[dict], workdir: Path) -> None:
     """The sweep's 2 best trials (results.csv is ranked) keep their weights in the trial folder, in Tune's
-    checkpoints and in MLflow; the others' are gone, and their runs say so."""
+    checkpoints and in MLflow (the best as the sweep's model, not also as checkpoints); the others' are gone,
+    and their runs say so."""
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     sweep = workdir / "candle-ray-sweeps" / "tpe"
     runs = {run.data.tags.get("candle_ray.trial_id"): run for run in
@@ -290,7 +296,9 @@ def assert_two_best_keep_weights(rows: list[dict], workdir: Path) -> None:
         trial, kept = row["trial_id"], place < 2
         assert (sweep / "trials" / trial / "checkpoints").exists() == kept, (place, row)
         assert any((sweep / trial).glob("checkpoint_*")) == kept, (place, row)
-        assert bool(client.list_artifacts(runs[trial].info.run_id, "checkpoints")) == kept, (place, row)
+        stored = {f.path for f in client.list_artifacts(runs[trial].info.run_id)}
+        assert bool(stored & {"model", "checkpoints"}) == kept, (place, row, stored)
+        assert place or ("model" in stored and "checkpoints" not in stored), stored
         assert runs[trial].data.tags.get("candle_ray.weights", "").startswith("dropped") == (not kept)
         assert (sweep / "trials" / trial / "ranks").exists()  # the rest of its record stays
 

@@ -92,7 +92,7 @@ def test_a_model_predict_cannot_serve_is_a_note(tmp_path, mlflow_schema):
 
 
 def test_a_trials_own_model_is_registered_not_logged_again(trained, tmp_path, monkeypatch, mlflow_schema):
-    """`tune --model-per-trial`: the best trial's model was logged with its checkpoints; --register reuses it."""
+    """A trial's weights are its model (tracking.log_weights): --register reuses it, not logging it again."""
     tmp, members = trained
     uri = mlflow_store(mlflow_schema, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -106,3 +106,60 @@ def test_a_trials_own_model_is_registered_not_logged_again(trained, tmp_path, mo
     assert {f.path for f in run.client.list_artifacts(run.run_id, "model")} == files  # logged once
     assert len(run.client.search_model_versions("name='per-trial'")) == 1
     assert run.client.get_model_version_by_alias("per-trial", "best").run_id == run.run_id
+
+
+def test_a_runs_weights_are_stored_once_and_read_back_either_way(trained, tmp_path, monkeypatch, mlflow_schema):
+    """`log_weights`: a finished run's best checkpoint is its model, with no `checkpoints/` copy beside it; a run
+    without a model keeps `checkpoints/`; `predict RUN_ID` reads the weights back from either, and dropping a
+    trial's weights (`delete_artifacts`) leaves neither."""
+    tmp, members = trained
+    uri = mlflow_store(mlflow_schema, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for as_model in (True, False):
+        run = runs[as_model] = tracking.RunTracker(uri, "weights")
+        run.start(f"model-{as_model}", {}, {})
+        got = tracking.log_weights(run, {"": members[0]}, as_model)
+        assert got == (f"runs:/{run.run_id}/model" if as_model else None)
+        stored = {f.path for f in run.client.list_artifacts(run.run_id)}
+        assert stored == ({"model"} if as_model else {"checkpoints"}), stored
+        run.finish()
+        folders = tracking.run_checkpoints(uri, run.run_id, tmp_path / f"read-{as_model}")
+        assert len(folders) == 1 and (folders[0] / "best.json").exists(), folders
+        expected = (members[0] / "best.json").read_text()
+        assert (folders[0] / "best.json").read_text() == expected  # the same best epoch, read back
+    runs[True].delete_artifacts(tracking.CHECKPOINTS, tracking.MODEL_ARTIFACT)  # the one it has, the one it lacks
+    assert not runs[True].client.list_artifacts(runs[True].run_id)
+
+
+def test_models_of_one_dataset_share_their_signature_files_not_their_weights(trained, tmp_path, monkeypatch):
+    """The second model of the same data and head reuses the first's MLflow files (signature, input example,
+    environment), with its own weights and identity; it loads and predicts as its own checkpoint does. Another
+    head or member count is saved in full."""
+    from mlflow.models import Model
+
+    from candle_ray import mlflow_model
+
+    tmp, members = trained
+    monkeypatch.setattr(mlflow_model, "_TEMPLATES", {})
+    rows = pd.read_csv(tmp / "new.csv").drop(columns=["sample_id", "tissue"])
+    rows.to_csv(tmp / "features.csv", index=False)
+    saved = {}
+    for name, folders in (("first", members[:1]), ("second", members[1:]), ("pair", members)):
+        mlflow_model.save(tmp_path / name / "model", folders)
+        saved[name] = tmp_path / name / "model"
+        assert len(mlflow_model._TEMPLATES) == (1 if name != "pair" else 2), name
+    meta = {name: Model.load(folder) for name, folder in saved.items()}
+    assert meta["second"].signature == meta["first"].signature and meta["second"].metadata["members"] == 1
+    assert len({m.model_uuid for m in meta.values()}) == 3
+    for name in ("input_example.json", "serving_input_example.json", "requirements.txt", "mlflow_model.py"):
+        assert (saved["second"] / name).read_bytes() == (saved["first"] / name).read_bytes()
+    weights = sum(f.stat().st_size for f in (saved["second"] / "artifacts").rglob("*") if f.is_file())
+    assert weights < meta["second"].model_size_bytes < weights + 10**6
+    got = {}
+    for name, checkpoint_dir in (("first", members[0]), ("second", members[1])):
+        got[name] = mlflow.pyfunc.load_model(str(saved[name])).predict(rows)
+        own = cli_predict(checkpoint_dir, tmp, tmp_path / f"{name}.tsv")  # its own checkpoint, not the template's
+        assert np.allclose(got[name]["p_lung"], own["p_lung"], atol=1e-6), name
+    assert not np.allclose(got["first"]["p_lung"], got["second"]["p_lung"], atol=1e-3)  # two seeds, two models
+    assert meta["pair"].metadata["members"] == 2
