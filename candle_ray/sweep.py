@@ -368,7 +368,10 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         if s.kind == "ensemble" and summary["succeeded"]:
             _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear, s.baseline_share_fixed)
         best = summary["best"]
-        if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
+        # a best trial whose own model could not be made was noted above: no second try, no second note
+        modelled = s.kind == "ensemble" or (s.kind == "sweep" and best and best.get("run_id") and
+                                            best["trial_id"] not in mlflow_callback.unmodelled)
+        if best and not summary["interrupted"] and modelled:
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)

@@ -3,16 +3,17 @@ cluster, a `tune --cv 2` smoke sweep that searches every key (`--full-space`: li
 choices and the full-size layouts a plain smoke search leaves out, on smoke data as wide as they need), each
 trial two fold models; then the ensemble of its best two, or its one-line refusal for models whose outputs
 do not pool. NT3's ensemble trains through Ray (`ensemble --from-sweep --top 2`, on the sweep's full-space
-data); for the others, the members that command would train are checked against the sweep's configurations
-and the sweep's own two trials are pooled in this process (`ensemble.evaluate`, the ensemble's evaluation):
-a Ray ensemble per experiment would add ~40 s of trainings that test_ensemble already covers."""
+data); for the others, the members that command would train, and the space and searcher it hands Tune, are
+checked against the sweep's configurations, and the sweep's own two trials are pooled in this process
+(`ensemble.evaluate`, the ensemble's evaluation): a Ray ensemble per experiment adds ~4 s (measured), ~28 s
+for the seven, of trainings that the sweep itself and test_ensemble already run."""
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from candle_ray import ensemble
+from candle_ray import ensemble, search
 from candle_ray.cli import _prepare, main
 from candle_ray.data.cache import Cache
 from candle_ray.experiment import load_experiment
@@ -99,6 +100,11 @@ def _ensemble_pooled_here(experiment, name, space, results, workdir):
     assert record["full_space"] is True  # the members would train on the sweep's full-space data
     for key in space:  # list values come back as lists, as the sweep ran them
         assert sorted(str(m[key]) for m in members) == sorted(map(str, results[f"config.{key}"])), key
+    # what the ensemble hands Tune: a space of the members' values and a searcher that suggests each member whole
+    tune_space, searcher = search.members_space(members), search.make_searcher("members", "val_loss", "min", 0, 2,
+                                                                              points=members)
+    assert set(tune_space) == set(members[0])
+    assert [searcher.suggest(f"t{i}") for i in range(2)] == members and searcher.suggest("t2") == searcher.FINISHED
     entry = _prepare(experiment.full_space_smoke(), smoke=True, cache=Cache(workdir / "cache"),
                      log=lambda _: None)
     ensemble.check_poolable(entry)
