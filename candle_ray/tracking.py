@@ -590,8 +590,10 @@ def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=
     --cv` trial's folds, which its model pools). Returns the model's URI, or None."""
     from candle_ray import checkpoint
 
-    if as_model and (uri := log_model_or_warn(run, list(folders.values()), warn=warn)):
-        return uri
+    if as_model:
+        if uri := log_model_or_warn(run, list(folders.values()), warn=warn):
+            return uri
+        run.delete_artifacts(MODEL_ARTIFACT)  # what a failed upload left, which `_run_weights` would read first
     for fold, folder in folders.items():
         into = f"{CHECKPOINTS}/{fold}" if fold else CHECKPOINTS
         run.log_artifact(folder / checkpoint.pointer(folder, "best")["file"], into)
@@ -601,7 +603,7 @@ def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=
 
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:
     """`log_model`, or a warning naming why not: a model `predict` cannot serve (multi-task, joined
-    tables) or a store that refused it must not fail the run whose checkpoints are already logged."""
+    tables) or a store that refused it must not fail the run, whose weights stay as checkpoints."""
     try:
         return log_model(run, checkpoint_dirs, register)
     except Exception as exc:

@@ -163,3 +163,26 @@ def test_models_of_one_dataset_share_their_signature_files_not_their_weights(tra
         assert np.allclose(got[name]["p_lung"], own["p_lung"], atol=1e-6), name
     assert not np.allclose(got["first"]["p_lung"], got["second"]["p_lung"], atol=1e-3)  # two seeds, two models
     assert meta["pair"].metadata["members"] == 2
+
+
+def test_a_model_that_fails_midway_leaves_plain_checkpoints_only(trained, tmp_path, monkeypatch, mlflow_schema):
+    """An upload cut off after part of the model (a store that went away) is noted, its part removed, and the
+    weights logged as `checkpoints/`, which `predict RUN_ID` then reads."""
+    tmp, members = trained
+    uri = mlflow_store(mlflow_schema, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tracking.RunTracker(uri, "weights")
+    run.start("cut", {}, {})
+
+    def cut_off(run, checkpoint_dirs, register=None):
+        (tmp_path / "part").write_text("half a model")
+        run.log_artifact(tmp_path / "part", "model")
+        raise ConnectionError("the store went away")
+
+    monkeypatch.setattr(tracking, "log_model", cut_off)
+    notes = []
+    assert tracking.log_weights(run, {"": members[0]}, True, warn=notes.append) is None
+    assert len(notes) == 1 and "the store went away" in notes[0] and "checkpoints are logged" in notes[0]
+    assert {f.path for f in run.client.list_artifacts(run.run_id)} == {"checkpoints"}
+    run.finish()
+    assert [p.name for p in tracking.run_checkpoints(uri, run.run_id, tmp_path / "read")] == ["checkpoints"]
