@@ -126,15 +126,13 @@ class MLflowSweepCallback(Callback):
         # files of one that does not are deleted; only the worker thread touches either.
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
         self.model_notes: list[str] = []  # why a trial's model was not logged
-        self.unmodelled: set[str] = set()  # trials whose model could not be made (the notes say why)
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
         self.unlogged: list[str] = []  # what could not be logged, in order
         self._queue = self._thread = None
 
     def __getstate__(self):
-        return {**self.__dict__, "logged": {}, "unlogged": [], "model_notes": [], "unmodelled": set(), "_queue": None,
-                "_thread": None}
+        return {**self.__dict__, "logged": {}, "unlogged": [], "model_notes": [], "_queue": None, "_thread": None}
 
     def _submit(self, what: str, fn, *args) -> None:
         if self._thread is None:
@@ -217,9 +215,9 @@ class MLflowSweepCallback(Callback):
             found = {fold: newest_best([(handed / fold) if handed else None, own / fold / "checkpoints"])
                      for fold in folds or [""]}
             found = {fold: folder for fold, folder in found.items() if folder is not None}
-            as_model = self.model_per_trial and status == "FINISHED"
-            if found and not tracking.log_weights(child, found, as_model, warn=self.model_notes.append) and as_model:
-                self.unmodelled.add(trial_id)
+            if found:
+                tracking.log_weights(child, found, self.model_per_trial and status == "FINISHED",
+                                     warn=self.model_notes.append)
 
     # ------------------------------------------------------------------ --keep-checkpoints
 

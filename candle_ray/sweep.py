@@ -368,10 +368,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         if s.kind == "ensemble" and summary["succeeded"]:
             _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear, s.baseline_share_fixed)
         best = summary["best"]
-        # a best trial whose own model could not be made was noted above: no second try, no second note
-        modelled = s.kind == "ensemble" or (s.kind == "sweep" and best and best.get("run_id") and
-                                            best["trial_id"] not in mlflow_callback.unmodelled)
-        if best and not summary["interrupted"] and modelled:
+        if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
@@ -405,13 +402,16 @@ def _retention(sweep, store, work_dir: Path) -> dict:
 def _log_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     """The MLflow model of a sweep's best trial (on its child run) or of an ensemble's finished members (on
     the parent run), registered under --register. A sweep's trials hold their weights as their models (unless
-    --no-model-per-trial): the best one's is registered as it is, not logged again."""
+    --no-model-per-trial): the best one's is registered as it is, not logged again; where it has none, the
+    sweep's note said why, and only --register tries again (and fails in one line)."""
     from candle_ray import tracking
 
     uri = None
     if s.kind == "sweep" and s.model_per_trial:
         uri = tracking.logged_model(tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"]),
                                     s.register)
+        if uri is None and not s.register:
+            return None
     uri = uri or _new_model(s, parent, best, echo)
     if uri:
         echo(f"MLflow model: {uri}" + ("" if s.register else " (register it with --register NAME)"))

@@ -562,6 +562,7 @@ def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None
     """The checkpoints' best epochs as one MLflow pyfunc model (candle_ray.mlflow_model) in the run's
     `model` artifact; with `register`, a new version of that registered model, aliased `best`. Returns
     the model's URI."""
+    import contextlib
     import tempfile
 
     from candle_ray import mlflow_model
@@ -569,7 +570,12 @@ def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None
     with tempfile.TemporaryDirectory(prefix="candle-ray-model-") as tmp:
         folder = Path(tmp) / MODEL_ARTIFACT
         mlflow_model.save(folder, checkpoint_dirs)
-        run.client.log_artifacts(run.run_id, str(folder), MODEL_ARTIFACT)
+        try:
+            run.client.log_artifacts(run.run_id, str(folder), MODEL_ARTIFACT)
+        except Exception:
+            with contextlib.suppress(Exception):  # the upload's error is the one to report
+                run.delete_artifacts(MODEL_ARTIFACT)  # half a model, which `_run_weights` would read first
+            raise
     return _model_uri(run, register)
 
 
@@ -590,10 +596,8 @@ def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=
     --cv` trial's folds, which its model pools). Returns the model's URI, or None."""
     from candle_ray import checkpoint
 
-    if as_model:
-        if uri := log_model_or_warn(run, list(folders.values()), warn=warn):
-            return uri
-        run.delete_artifacts(MODEL_ARTIFACT)  # what a failed upload left, which `_run_weights` would read first
+    if as_model and (uri := log_model_or_warn(run, list(folders.values()), warn=warn)):
+        return uri
     for fold, folder in folders.items():
         into = f"{CHECKPOINTS}/{fold}" if fold else CHECKPOINTS
         run.log_artifact(folder / checkpoint.pointer(folder, "best")["file"], into)
