@@ -33,7 +33,7 @@ demo: $(STAMP)
 	@echo "browse it: $(BIN)/candle-ray ui  (MLflow UI on http://127.0.0.1:5000, this folder's mlflow.db)"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -39,6 +39,21 @@ os.environ.pop("RAY_ADDRESS", None)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers: one takes every integration test, in file order, so that
+    they share its one Ray cluster and never run beside each other; the other takes the unit tests, which
+    start no Ray, while the integration tests mostly wait on Ray (health checks, restarts, actor starts).
+    (xdist's own `--dist loadgroup` reads groups off node ids, which pytest 9.2 no longer lets it rename.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class IntegrationInOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "integration" if nodeid.startswith("tests/integration/") else super()._split_scope(nodeid)
+
+    return IntegrationInOneWorker(config, log)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
