@@ -1,7 +1,9 @@
 """Test environment: quiet Ray settings set before anything starts Ray; shared fixtures.
 
 One Ray cluster per test session (integration tests only), never one per test or module: starting
-one costs ~10 s here and a 2-worker trial ~3.5 GiB. MLflow always gets an explicit URI so nothing lands in the CWD.
+one costs ~10 s here and a 2-worker trial ~3.5 GiB. Under `make test` (pytest -n 2) the integration tests all
+run in one worker process and the unit tests in the other (`pytest_xdist_make_scheduler` below). MLflow
+always gets an explicit URI so nothing lands in the CWD.
 """
 
 import os
