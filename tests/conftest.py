@@ -56,6 +56,15 @@ def pytest_xdist_make_scheduler(config, log):
     return IntegrationInOneWorker(config, log)
 
 
+def pytest_runtest_setup(item):
+    """Unit tests that run beside the integration tests (pytest -n 2) use one torch thread: two would
+    spin against the Ray processes on this machine's two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and item.nodeid.startswith("tests/unit/"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_RAY_TMP, ignore_errors=True)
 
