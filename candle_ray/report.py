@@ -130,7 +130,7 @@ def importance(trials, keys, metric, mode: str = "min", log_keys=()) -> dict[str
     scored = [t for t in trials if worth(t, metric, mode) is not None]
     if len(scored) < IMPORTANCE_MIN_TRIALS or not keys:
         return {}
-    from sklearn.ensemble import RandomForestRegressor  # here: 1.5 s to import, which a small sweep's report skips
+    from sklearn.ensemble import RandomForestRegressor  # here: 1.1 s to import, which a small sweep's report skips
 
     if len(scored) > IMPORTANCE_ROWS:  # the forest and its permutations grow with the rows: a seeded sample
         scored = [scored[i] for i in sorted(np.random.default_rng(0).choice(len(scored), IMPORTANCE_ROWS, replace=False))]
