@@ -11,6 +11,7 @@ a call that still fails raises `TrackingUnavailable`, naming what was not logged
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -562,7 +563,6 @@ def log_model(run: RunTracker, checkpoint_dirs: list[Path], register: str | None
     """The checkpoints' best epochs as one MLflow pyfunc model (candle_ray.mlflow_model) in the run's
     `model` artifact; with `register`, a new version of that registered model, aliased `best`. Returns
     the model's URI."""
-    import contextlib
     import tempfile
 
     from candle_ray import mlflow_model

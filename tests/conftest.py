@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two pytest-xdist workers: one takes every integration test, in file order, so that
     they share its one Ray cluster and never run beside each other; the other takes the unit tests, which
-    start no Ray, while the integration tests mostly wait on Ray (health checks, restarts, actor starts).
+    start no Ray, at the same time (and the first helps with them once its integration tests are done).
     (xdist's own `--dist loadgroup` reads groups off node ids, which pytest 9.2 no longer lets it rename.)"""
     from xdist.scheduler import LoadScopeScheduling
 

@@ -5,8 +5,8 @@ trial two fold models; then the ensemble of its best two, or its one-line refusa
 do not pool. NT3's ensemble trains through Ray (`ensemble --from-sweep --top 2`, on the sweep's full-space
 data); for the others, the members that command would train, and the space and searcher it hands Tune, are
 checked against the sweep's configurations, and the sweep's own two trials are pooled in this process
-(`ensemble.evaluate`, the ensemble's evaluation): a Ray ensemble per experiment adds ~4 s (measured), ~28 s
-for the seven, of trainings that the sweep itself and test_ensemble already run."""
+(`ensemble.evaluate`, the ensemble's evaluation): a Ray ensemble per experiment adds 3-14 s (measured: +48 s for
+the seven, uno's full-size layouts 14 s of it), trainings that the sweep itself and test_ensemble already run."""
 
 import pandas as pd
 import pytest
