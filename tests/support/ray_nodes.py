@@ -67,10 +67,22 @@ def finish(proc: subprocess.Popen, timeout: float) -> str:
     try:
         out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
+        stacks = _stacks(proc.pid)
         os.killpg(proc.pid, 9)
         out = proc.communicate(timeout=30)[0]
-        raise AssertionError(f"candle-ray did not finish in {timeout:.0f}s:\n{out.decode()[-4000:]}")
+        raise AssertionError(f"candle-ray did not finish in {timeout:.0f}s:\n{out.decode()[-4000:]}\n"
+                             f"its threads when it was killed:\n{stacks}")
     return out.decode()
+
+
+def _stacks(pid: int) -> str:
+    """Every thread's stack of a hung process (py-spy, installed with Ray), to show where it waits."""
+    spy = Path(sys.executable).parent / "py-spy"
+    try:
+        dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stack dump: {exc})"
+    return (dump.stdout + dump.stderr)[-8000:]
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.5, proc: subprocess.Popen | None = None):
