@@ -24,6 +24,7 @@
 set -o pipefail  # not -u: bash 4.2 (RHEL 7) treats empty arrays as unset
 
 CR_PIDS=()
+CR_RETRIED=()
 CR_NODES=()
 CR_STOPPED=0
 CR_DRIVER=
@@ -162,7 +163,7 @@ cr_env_prefix() {
   echo "$out"
 }
 
-# cr_on_node INDEX HOST CMD... : run CMD on that node in the background; its pid goes to CR_PIDS.
+# cr_on_node INDEX HOST CMD... : run CMD on that node in the background; its pid is CR_PIDS[INDEX].
 cr_on_node() {
   local index=$1 host=$2; shift 2
   local log="$CR_LOG_DIR/node-$index-$host.log"
@@ -187,7 +188,7 @@ cr_on_node() {
       ;;
     *) cr_die 2 "LAUNCHER must be srun, pbsdsh, mpiexec, ssh or local, got $LAUNCHER" ;;
   esac
-  CR_PIDS+=($!)
+  CR_PIDS[$index]=$!
 }
 
 # cr_ray_start INDEX HOST [--head] : one `ray start --block` on that node.
@@ -213,6 +214,20 @@ cr_ray_start() {
   cr_on_node "$index" "$host" "${args[@]}"
 }
 
+# cr_start_again INDEX : a worker node whose `ray start` exited during start-up (its raylet not registered
+# within Ray's 30 s: a busy GCS, or a free port taken meanwhile) is started once more, with fresh ports under
+# LAUNCHER=local; the failed try's log is kept beside it. `--block` took that try's processes down with it
+# (Ray's fate-sharing). A node that had started, and the head (the others point at its port), are not retried.
+cr_start_again() {
+  local i=$1 log="$CR_LOG_DIR/node-$1-${CR_NODES[$1]}.log"
+  ((i > 0)) && [[ -z "${CR_RETRIED[$i]:-}" ]] || return 1
+  grep -qs "Ray runtime started" "$log" && return 1
+  CR_RETRIED[$i]=1
+  mv "$log" "$log.first-try"
+  cr_log "ray start on node $i (${CR_NODES[$i]}) exited during start-up ($(tail -n 1 "$log.first-try" | cut -c1-160)); starting it once more"
+  cr_ray_start "$i" "${CR_NODES[$i]}"
+}
+
 cr_alive_nodes() {
   timeout 60 python3 - "$CR_HEAD_IP:$RAY_PORT" <<'EOF' 2>/dev/null
 import logging, sys
@@ -230,7 +245,7 @@ cr_wait_for_nodes() {
   while ((SECONDS < deadline)); do
     local i started=0
     for i in "${!CR_PIDS[@]}"; do
-      kill -0 "${CR_PIDS[$i]}" 2>/dev/null ||
+      kill -0 "${CR_PIDS[$i]}" 2>/dev/null || cr_start_again "$i" ||
         cr_die 1 "ray start on node $i (${CR_NODES[$i]}) exited; see $CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log"
       grep -qs "Ray runtime started" "$CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log" && started=$((started + 1))
     done

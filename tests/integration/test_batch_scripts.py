@@ -74,9 +74,27 @@ def _sweep_ran(result, tmp_path, nodes: int = 2):
     assert "up to 2 at once" in out  # 2 nodes x 1 CPU: both raylets carry trials
     assert "2 trials:" in out and "0 failed" in out
     assert "Ray stopped" in out
-    logs = sorted((tmp_path / "logs").iterdir())
-    assert [p.name.split("-")[1] for p in logs if p.name.startswith("node-")] == ["0", "1"]
-    assert all("Ray runtime started" in p.read_text() for p in logs if p.name.startswith("node-"))
+    logs = sorted((tmp_path / "logs").glob("node-*.log"))
+    assert [p.name.split("-")[1] for p in logs] == ["0", "1"]
+    assert all("Ray runtime started" in p.read_text() for p in logs)
+
+
+def _failing_once(tmp_path: Path) -> dict:
+    """An activated venv (PATH, VIRTUAL_ENV) whose `ray` fails the first worker node's start as Ray's start-up
+    timeout does, once; every other call is Ray's own."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "ray").write_text(f"""#!/bin/bash
+if [[ "$1" == start && " $* " != *" --head "* && ! -e {shim}/failed ]]; then
+  touch {shim}/failed
+  echo "Exception: The current node timed out during startup. (the test's shim)" >&2
+  exit 1
+fi
+exec {Path(sys.executable).parent / "ray"} "$@"
+""")
+    (shim / "ray").chmod(0o755)
+    venv = Path(sys.executable).parent
+    return {"PATH": f"{shim}:{venv}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv.parent)}
 
 
 def _no_ray_left(env_root: str):
@@ -87,11 +105,16 @@ def _no_ray_left(env_root: str):
 
 
 def test_slurm_script_runs_a_sweep_on_two_nodes_and_stops_them(batch, tmp_path):
+    """The worker node's first `ray start` fails during start-up (the shim): the script starts it once more,
+    and the sweep runs on both nodes."""
     before = TINY.read_bytes()
     result = batch(SBATCH, str(TINY), "--smoke", "--num-samples", "2",
                    SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="localhost,localhost", SLURM_NNODES="2",
-                   SLURM_CPUS_ON_NODE="1", SLURM_SUBMIT_DIR=str(tmp_path))
+                   SLURM_CPUS_ON_NODE="1", SLURM_SUBMIT_DIR=str(tmp_path), **_failing_once(tmp_path))
     _sweep_ran(result, tmp_path)
+    assert "ray start on node 1 (localhost) exited during start-up (Exception: The current node timed out " \
+           "during startup. (the test's shim)); starting it once more" in result.stderr
+    assert (tmp_path / "logs" / "node-1-localhost.log.first-try").exists()
     assert "launcher local" in result.stderr and "1 CPU + 0 GPU each" in result.stderr
     assert TINY.read_bytes() == before  # the experiment file is used as it is
     _no_ray_left(batch.root)  # no process of these two nodes survives
