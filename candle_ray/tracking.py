@@ -91,13 +91,14 @@ def retry_budget_s() -> float:
 
 
 def _permanent(exc: Exception) -> bool:
-    """A refusal that no retry changes: a 4xx answer (bad request, no such run...), not 408/429."""
+    """A refusal that no retry changes: a 4xx answer (bad request, no such run...), not 408/429, or a local
+    file to upload that is gone (retried, it held a Ctrl-C'd driver for the whole budget)."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return 400 <= status < 500 and status not in (408, 429)
-    return isinstance(exc, (TypeError, ValueError, KeyError))
+    return isinstance(exc, (TypeError, ValueError, KeyError, FileNotFoundError))
 
 
 def _first_line(exc: Exception) -> str:
@@ -594,15 +595,30 @@ def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=
     weights, so `predict RUN_ID` and `_run_weights` read them there), else, or where no model can be made, as
     `checkpoints/` artifacts. `folders`: checkpoint folders by fold name ("" for a run without folds; a `tune
     --cv` trial's folds, which its model pools). Returns the model's URI, or None."""
-    from candle_ray import checkpoint
-
     if as_model and (uri := log_model_or_warn(run, list(folders.values()), warn=warn)):
         return uri
     for fold, folder in folders.items():
         into = f"{CHECKPOINTS}/{fold}" if fold else CHECKPOINTS
-        run.log_artifact(folder / checkpoint.pointer(folder, "best")["file"], into)
-        run.log_artifact(folder / "best.json", into)
+        best = _log_best_file(run, folder, into)
+        run.log_dict(best, f"{into}/best.json")  # the pointer read, which names the file uploaded
     return None
+
+
+def _log_best_file(run: RunTracker, folder: Path, into: str, tries: int = 5) -> dict:
+    """Upload the epoch file that `folder`'s best pointer names; return that pointer. A run cut short (Ctrl-C)
+    may still be training while its driver finishes: a newer best then replaces the pointer and deletes the
+    file it named, so the pointer is read again."""
+    from candle_ray import checkpoint
+
+    best = checkpoint.pointer(folder, "best")
+    for _ in range(tries - 1):
+        try:
+            run.log_artifact(folder / best["file"], into)
+            return best
+        except FileNotFoundError:
+            best = checkpoint.pointer(folder, "best")
+    run.log_artifact(folder / best["file"], into)
+    return best
 
 
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:

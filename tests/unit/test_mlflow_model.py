@@ -132,6 +132,38 @@ def test_a_runs_weights_are_stored_once_and_read_back_either_way(trained, tmp_pa
     assert not runs[True].client.list_artifacts(runs[True].run_id)
 
 
+def test_a_run_still_training_logs_its_best_file_and_the_pointer_that_names_it(trained, tmp_path, monkeypatch,
+                                                                              mlflow_schema):
+    """A Ctrl-C'd run's driver logs its best checkpoint while its workers may still train: a newer best that
+    replaces the pointer and deletes the file it named, as the upload starts, is read again. Its driver once
+    retried that vanished file for the whole MLflow retry budget (300 s) instead of exiting."""
+    import shutil
+
+    from candle_ray import checkpoint
+
+    tmp, members = trained
+    folder = shutil.copytree(members[0], tmp_path / "live")
+    uri = mlflow_store(mlflow_schema, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = tracking.RunTracker(uri, "live")
+    run.start("cut-short", {}, {})
+    upload, newer = run.log_artifact, []
+
+    def training_goes_on(path, artifact_path=None):
+        if not newer:  # the worker's next best lands between the driver's read of the pointer and its upload
+            state = checkpoint.load(folder, "best")
+            newer.append(checkpoint.save(folder, {**state, "epoch": state["epoch"] + 1}, kinds=("last", "best")))
+        return upload(path, artifact_path)
+
+    monkeypatch.setattr(run, "log_artifact", training_goes_on)
+    assert tracking.log_weights(run, {"": folder}, False) is None
+    logged = {f.path for f in run.client.list_artifacts(run.run_id, tracking.CHECKPOINTS)}
+    assert logged == {f"checkpoints/{newer[0].name}", "checkpoints/best.json"}
+    read = tracking.run_checkpoints(uri, run.run_id, tmp_path / "read")[0]
+    assert checkpoint.pointer(read, "best")["file"] == newer[0].name
+    assert checkpoint.load(read, "best")["epoch"] == checkpoint.pointer(members[0], "best")["epoch"] + 1  # sha256 checked
+
+
 def test_models_of_one_dataset_share_their_signature_files_not_their_weights(trained, tmp_path, monkeypatch):
     """The second model of the same data and head reuses the first's MLflow files (signature, input example,
     environment), with its own weights and identity; it loads and predicts as its own checkpoint does. Another

@@ -43,6 +43,14 @@ def test_a_refusal_is_not_retried(monkeypatch):
     assert fn.calls == 1
 
 
+def test_a_file_to_upload_that_is_gone_is_not_retried(monkeypatch):
+    monkeypatch.setenv(tracking.RETRY_ENV, "30")
+    fn = Flaky(5, FileNotFoundError(2, "No such file or directory", "checkpoints/epoch-0007.pt"))
+    with pytest.raises(FileNotFoundError):
+        tracking.call_with_retry("http://store-f", fn)
+    assert fn.calls == 1
+
+
 def test_past_the_budget_it_says_what_was_lost(monkeypatch):
     monkeypatch.setenv(tracking.RETRY_ENV, "1")
     assert tracking.call_with_retry("http://store-c", Flaky(0))[0] == "ok"  # it answered once
