@@ -492,29 +492,43 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     X, _, ids = read_for_prediction(data_file, info)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
                                           device=device)
-    calibrator = None
-    if calibration_file:
-        X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
-        calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed_sets)
-        from candle_ray.conformal import quantile_rank
-
-        # the threshold is the worst calibration row's score (smoothed sets have no such threshold)
-        if quantile_rank(len(y_cal), alpha) >= len(y_cal) and not getattr(calibrator, "smoothed", False):
-            click.echo(f"note: with {len(y_cal)} calibration rows at alpha {alpha:g} the conformal threshold is the "
-                       f"largest calibration score: sets and intervals are as wide as the worst row and cover "
-                       f"up to {1 / (len(y_cal) + 1):.0%} more than {1 - alpha:.0%}; "
-                       f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
+    calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets) \
+        if calibration_file else (None, 0)
     frame = predicting.table(run(X), info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
     _write_table(frame, Path(out))
     shares = [m.share for m in members if m.share is not None]
     how = (f"{len(members) - len(shares)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")
            + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
-    cal = f"; conformal {1 - alpha:.0%} from {len(y_cal)} calibration rows" if calibration_file else ""
+    cal = f"; conformal {1 - alpha:.0%} from {cal_rows} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
     empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0
     if empty:  # a row less typical than (nearly) every calibration row
         click.echo(f"note: {empty} of {len(frame)} rows have an empty prediction set (set_size 0): no class is "
                    f"plausible at alpha {alpha:g}", err=True)
+
+
+def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, smoothed: bool):
+    """(split-conformal calibrator, calibration rows) from labelled rows, with a note where coverage may
+    differ from 1 - alpha."""
+    from candle_ray import predict as predicting
+    from candle_ray.conformal import quantile_rank
+    from candle_ray.data.features import read_for_prediction, source_role
+
+    X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
+    calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
+    role = source_role(calibration_file, info)
+    if role:  # the guarantee needs calibration rows exchangeable with new ones: these are not
+        what = ("trained it" if role == "train" else "chose its epochs (in a sweep, its trial too)")
+        click.echo(f"note: {calibration_file} is this model's own {role} file: its rows {what}, so the model is "
+                   f"surer of them than of new rows and its sets or intervals may cover less than "
+                   f"{1 - alpha:.0%}; calibrate on labelled rows it never saw", err=True)
+    # the threshold is the worst calibration row's score (smoothed sets have no such threshold)
+    elif quantile_rank(len(y_cal), alpha) >= len(y_cal) and not getattr(calibrator, "smoothed", False):
+        click.echo(f"note: with {len(y_cal)} calibration rows at alpha {alpha:g} the conformal threshold is the "
+                   f"largest calibration score: sets and intervals are as wide as the worst row and cover "
+                   f"up to {1 / (len(y_cal) + 1):.0%} more than {1 - alpha:.0%}; "
+                   f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
+    return calibrator, len(y_cal)
 
 
 @main.group()

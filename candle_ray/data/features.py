@@ -1,9 +1,10 @@
 """What a model's input columns are, and reading new rows in that order for prediction.
 
 `describe(entry)` is stored in every checkpoint: the feature names (or count, for CANDLE's header-less
-files), the scaler fitted at preparation and the class names. `read_for_prediction` then turns a
-user's CSV / TSV / Parquet file into the exact matrix the model saw in training: the same columns in
-the same order, the same scaling, without the experiment file or the cache.
+files), the scaler fitted at preparation, the class names and the source files' checksums.
+`read_for_prediction` then turns a user's CSV / TSV / Parquet file into the exact matrix the model saw
+in training: the same columns in the same order, the same scaling, without the experiment file or the
+cache.
 """
 
 from __future__ import annotations
@@ -30,7 +31,20 @@ def describe(entry) -> dict:
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
         "num_classes": manifest.get("num_classes"), "label": pre.get("label"), "format": pre.get("format"),
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
+        "source_sha256": {role: src.get("sha256") for role, src in (manifest.get("sources") or {}).items()},
     }
+
+
+def source_role(path, info: dict) -> str | None:
+    """Which of the model's own data files `path` is, byte for byte ("train", "val"), or None. A model is
+    surer of the rows it was fitted or chosen on than of new ones, so they make a poor calibration set."""
+    from candle_ray.data.cache_format import file_sha256
+
+    hashes = {role: digest for role, digest in (info.get("source_sha256") or {}).items() if digest}
+    if not hashes:  # a checkpoint from before this record, or data with no file checksums
+        return None
+    digest = file_sha256(Path(path))
+    return next((role for role, known in hashes.items() if known == digest), None)
 
 
 def _delimiter(path: Path):

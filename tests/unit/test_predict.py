@@ -1,5 +1,7 @@
 """`candle-ray predict` without Ray: checkpoints carry what prediction needs (features, scaler, classes)."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,6 +140,28 @@ def test_too_little_calibration_data(table, tmp_path):
     empty = int((pd.read_csv(tmp_path / "p.tsv", sep="\t")["set_size"] == 0).sum())
     assert r.exit_code == 0 and empty > 0, r.output
     assert f"note: {empty} of 60 rows have an empty prediction set (set_size 0)" in r.output, r.output
+
+
+def test_calibrating_on_the_models_own_rows_is_said(table, tmp_path):
+    """Split conformal covers 1 - alpha for calibration rows exchangeable with new ones; a model is surer of
+    the rows it was fitted or chosen on, so predict says so when the calibration file is, byte for byte, one
+    of the files the model's data came from (here its val file, under another name, and its train file)."""
+    tmp, _ = table
+    spec = TableDataset(tmp / "train.csv", label="cancer_type", drop=("sample_id",), val=tmp / "calibration.csv")
+    run = train(Cache(tmp_path / "cache").prepare(spec, log=lambda *_: None), tmp_path / "run")
+    shutil.copy(tmp / "calibration.csv", tmp_path / "val_copy.csv")
+    pd.read_csv(tmp / "calibration.csv").iloc[:-1].to_csv(tmp_path / "fewer.csv", index=False)
+    args = ["predict", str(run), "--data", str(tmp / "held_out.csv"), "--out", str(tmp_path / "p.tsv"),
+            "--alpha", "0.2", "--conformal"]
+    r = CliRunner().invoke(main, [*args, str(tmp_path / "val_copy.csv")])
+    assert r.exit_code == 0, r.output
+    assert (f"note: {tmp_path / 'val_copy.csv'} is this model's own val file: its rows chose its epochs (in a "
+            f"sweep, its trial too), so the model is surer of them than of new rows and its sets or intervals may "
+            f"cover less than 80%; calibrate on labelled rows it never saw") in r.output, r.output
+    r = CliRunner().invoke(main, [*args, str(tmp / "train.csv")])
+    assert r.exit_code == 0 and "is this model's own train file: its rows trained it" in r.output, r.output
+    r = CliRunner().invoke(main, [*args, str(tmp_path / "fewer.csv")])  # other bytes: no such claim
+    assert r.exit_code == 0 and "is this model's own" not in r.output, r.output
 
 
 def test_pool_regression_heads():
