@@ -118,13 +118,15 @@ class MLflowSweepCallback(Callback):
     """
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
-                 dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None):
+                 dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None,
+                 drop_tune_copies=None):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
         self.model_per_trial = model_per_trial  # a finished trial's weights as its MLflow model, not plain files
         # --keep-checkpoints: which finished trials keep their weights (candle_ray.retention), and how the
         # files of one that does not are deleted; only the worker thread touches either.
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
+        self.drop_tune_copies = drop_tune_copies  # a finished trial's Tune checkpoints, once its best is logged
         self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
@@ -191,6 +193,8 @@ class MLflowSweepCallback(Callback):
             tags = {**tags, **self._dropped_tag()}
         else:
             self._log_best(child, trial_id, status, tune_checkpoint)
+            if status == "FINISHED" and self.drop_tune_copies:  # its weights are now in MLflow
+                self.drop_tune_copies(trial_id)
         if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
             child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}},
                             tags={**tags, "candle_ray.best_epoch": last["best_epoch"]})

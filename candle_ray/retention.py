@@ -74,13 +74,24 @@ def drop_files(store, sweep: str, work_dir: Path, trial_id: str) -> None:
     """Delete a trial's weights this driver can reach: its own checkpoint folders (one, one per --cv fold, or
     Ray Train's for an elastic trial) and the checkpoints it handed Tune in the sweep's storage (local or s3).
     Its other records stay."""
-    import pyarrow.fs as pafs
-
     trial = Path(work_dir) / "trials" / trial_id
     # ray-train: an elastic trial's Ray Train checkpoints (candle_ray.trial)
     for folder in [trial / "checkpoints", *trial.glob("fold-*/checkpoints"), trial / "ray-train"]:
         shutil.rmtree(folder, ignore_errors=True)
+    drop_tune_copies(store, sweep, trial_id)
+
+
+def drop_tune_copies(store, sweep: str, trial_id: str) -> None:
+    """Delete the checkpoints a trial handed Tune (copies of its checkpoint folder, in the sweep's storage).
+    Once the trial has finished and its best weights are in MLflow, nothing reads them: Tune restores
+    only unfinished trials, and `predict`, `ensemble` and the sweep's model read the trial's own folder or
+    MLflow. Each holds the best and the newest epoch with optimizer state (3x the weights with Adam)."""
+    import pyarrow.fs as pafs
+
     tune_dir = store.path(sweep, trial_id)
     for info in store.fs.get_file_info(pafs.FileSelector(tune_dir, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            store.fs.delete_dir(info.path)
+            try:
+                store.fs.delete_dir(info.path)
+            except FileNotFoundError:  # Tune's own retention (num_to_keep) got there first
+                pass

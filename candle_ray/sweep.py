@@ -387,15 +387,18 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
 
 
 def _retention(sweep, store, work_dir: Path) -> dict:
-    """--keep-checkpoints: what the MLflow callback needs to drop the weights of trials that cannot be picked."""
-    if not sweep.keep_checkpoints:
-        return {}
+    """What the MLflow callback needs to delete weights: the copies a finished trial handed Tune, once its
+    best is logged, and (--keep-checkpoints) every file of the trials that cannot be picked."""
     from functools import partial
 
-    from candle_ray.retention import Retention, drop_files
+    from candle_ray.retention import Retention, drop_files, drop_tune_copies
 
-    # PBT clones a donor's newest checkpoint at any time: its sweep drops weights only once it is over.
-    return {"retention": Retention(sweep.keep_checkpoints, sweep.objectives, defer=sweep.scheduler == "pbt"),
+    pbt = sweep.scheduler == "pbt"  # clones a donor's newest Tune checkpoint at any time, finished or not
+    needs = {} if pbt else {"drop_tune_copies": partial(drop_tune_copies, store, sweep.name)}
+    if not sweep.keep_checkpoints:
+        return needs
+    # A PBT sweep drops weights only once it is over.
+    return {**needs, "retention": Retention(sweep.keep_checkpoints, sweep.objectives, defer=pbt),
             "drop_files": partial(drop_files, store, sweep.name, work_dir)}
 
 
