@@ -2,6 +2,7 @@
 mode) started here: the cache entry, Tune's state and checkpoints, sweep.json, results and report go to
 the bucket; resume and report read them back."""
 
+import re
 import subprocess
 import sys
 import time
@@ -51,6 +52,12 @@ def keys(endpoint, prefix):
     return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 
 
+def s3_text(endpoint: str, key: str) -> str:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint).get_object(Bucket="sweeps", Key=key)["Body"].read().decode()
+
+
 def tune(*args):
     return CliRunner().invoke(main, ["tune", *map(str, args)], catch_exceptions=False)
 
@@ -67,8 +74,13 @@ def test_sweep_on_s3(ray_cluster, workdir, s3_endpoint, monkeypatch):
     for name in ("sweep.json", "results.csv", "best_config.json", "tuner.pkl", "report/learning_curves.png",
                  "report/report.html"):
         assert f"team/s3sweep/{name}" in found, sorted(found)[:40]
-    trial_ckpts = {k for k in found if k.endswith("/last.json") and "/checkpoint_" in k}
-    assert len({k.split("/")[2] for k in trial_ckpts}) == 3  # every trial checkpointed into the bucket
+    # Every trial handed Tune a checkpoint in the bucket: Tune's record names it (inside the pickled blobs of its
+    # experiment state). Once the trial's best was in MLflow, that copy went (retention.drop_tune_copies).
+    states = [k for k in found if k.rsplit("/", 1)[1].startswith("experiment_state-")]
+    state = "".join(s3_text(s3_endpoint, k) for k in states).replace('\\"', '"')
+    blobs = b"".join(bytes.fromhex(h) for h in re.findall(r'"value": "([0-9a-f]+)"', state))
+    assert len(set(re.findall(rb"s3sweep/([^/]+)/checkpoint_\d{6}", blobs))) == 3
+    assert not [k for k in found if "/checkpoint_" in k]
     assert not (workdir / "candle-ray-sweeps").exists()  # nothing written to the local default
     entries = {k.split("/")[2] for k in keys(s3_endpoint, "data/datasets/")}
     assert len(entries) == 1 and entries.pop().startswith("nt3-smoke-")  # the cache entry, with its manifest
