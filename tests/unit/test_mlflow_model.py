@@ -5,9 +5,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
-from candle_ray import tracking
+from candle_ray import checkpoint, tracking
 from candle_ray.cli import main
 from candle_ray.data.cache import Cache
 from candle_ray.data.features import describe
@@ -126,8 +127,15 @@ def test_a_runs_weights_are_stored_once_and_read_back_either_way(trained, tmp_pa
         run.finish()
         folders = tracking.run_checkpoints(uri, run.run_id, tmp_path / f"read-{as_model}")
         assert len(folders) == 1 and (folders[0] / "best.json").exists(), folders
-        expected = (members[0] / "best.json").read_text()
-        assert (folders[0] / "best.json").read_text() == expected  # the same best epoch, read back
+        if not as_model:  # the best epoch's file as it is
+            assert (folders[0] / "best.json").read_text() == (members[0] / "best.json").read_text()
+            continue
+        # the model holds the best epoch's weights without the optimizer's state, which only resuming needs
+        trial, served = checkpoint.load(members[0], "best"), checkpoint.load(folders[0], "best")  # sha256 checked
+        assert served["epoch"] == trial["epoch"] and "optimizer" in trial and "optimizer" not in served
+        assert all(torch.equal(served["weights"][k], v) for k, v in trial["weights"].items())
+        size = lambda folder: (folder / checkpoint.pointer(folder, "best")["file"]).stat().st_size  # noqa: E731
+        assert size(folders[0]) < size(members[0])
     runs[True].delete_artifacts(tracking.CHECKPOINTS, tracking.MODEL_ARTIFACT)  # the one it has, the one it lacks
     assert not runs[True].client.list_artifacts(runs[True].run_id)
 
