@@ -193,8 +193,6 @@ class MLflowSweepCallback(Callback):
             tags = {**tags, **self._dropped_tag()}
         else:
             self._log_best(child, trial_id, status, tune_checkpoint)
-            if status == "FINISHED" and self.drop_tune_copies:  # its weights are now in MLflow
-                self.drop_tune_copies(trial_id)
         if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
             child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}},
                             tags={**tags, "candle_ray.best_epoch": last["best_epoch"]})
@@ -202,6 +200,8 @@ class MLflowSweepCallback(Callback):
             child.set_tags(tags)
         child.finish(status)
         self._drop(drops, logged_now=trial_id)
+        if status == "FINISHED" and trial_id not in drops and self.drop_tune_copies:  # its best is in MLflow now
+            self.drop_tune_copies(trial_id)
 
     def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
         """The trial's best checkpoint (one per fold with `tune --cv`) in its run: a finished trial's as its
