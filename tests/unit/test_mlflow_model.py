@@ -147,8 +147,6 @@ def test_a_run_still_training_logs_its_best_file_and_the_pointer_that_names_it(t
     retried that vanished file for the whole MLflow retry budget (300 s) instead of exiting."""
     import shutil
 
-    from candle_ray import checkpoint
-
     tmp, members = trained
     folder = shutil.copytree(members[0], tmp_path / "live")
     uri = mlflow_store(mlflow_schema, tmp_path)
