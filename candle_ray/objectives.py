@@ -84,6 +84,17 @@ def weighted_cross_entropy(logits, target, weight=None):
     return (F.cross_entropy(logits, target, reduction="none") * weight[target]).mean()
 
 
+def cross_entropy_rows(logits, target):
+    """Each row's cross-entropy in float64, exact for confident rows: float32 rounds a row whose true class
+    leads by a logit margin above ~17 to exactly 0 (and float64's log-softmax above ~37), which would tie
+    every confident trial at val_loss 0 and leave "the best" to the order trials finished in.
+    With d = logits - the true class's logit, the loss is log Σ exp(d); where the true class leads
+    (max d = 0) that is log1p of the other classes' Σ exp(d), exact down to float64's smallest numbers."""
+    d = logits.double() - logits.double().gather(1, target[:, None])
+    others = torch.exp(d.clamp(max=0.0)).scatter(1, target[:, None], 0.0).sum(1)
+    return torch.where(d.max(1).values > 0, torch.logsumexp(d, 1), torch.log1p(others))
+
+
 def heteroscedastic_loss(out, target):
     """CANDLE's heteroscedastic_loss: mean(exp(-S)·(y - ŷ)² + S), heads interleaved (ŷ_0, S_0, ŷ_1, S_1, ...)
     with S = log σ²; the negative Gaussian log-likelihood up to constants."""
@@ -280,7 +291,7 @@ class CrossEntropy(Objective):
 
     def eval_sums(self, out, target):
         logits = out.float()
-        parts = [F.cross_entropy(logits, target, reduction="sum").double().reshape(1),
+        parts = [cross_entropy_rows(logits, target).sum().reshape(1),
                  torch.full((1,), float(target.shape[0]), dtype=torch.float64, device=logits.device),
                  _count(logits.argmax(1) == target)]
         if self.binary:
@@ -412,8 +423,9 @@ class MultiTaskCrossEntropy(Objective):
     def eval_sums(self, out, target):
         self._check(out, target)
         parts = []
-        for _, logits, y, mask, ce in self._per_task(out, target):
-            parts += [ce.sum().double().reshape(1), _count((logits.argmax(1) == y) & mask), _count(mask)]
+        for _, logits, y, mask, _ in self._per_task(out, target):
+            ce = cross_entropy_rows(logits, y.clamp(min=0)) * mask  # exact, as CrossEntropy's val_loss
+            parts += [ce.sum().reshape(1), _count((logits.argmax(1) == y) & mask), _count(mask)]
         return torch.cat(parts)
 
     def eval_metrics(self, sums) -> dict:

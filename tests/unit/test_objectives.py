@@ -29,6 +29,27 @@ def test_cross_entropy_by_hand():
     assert CrossEntropy(2).loss(logits, y).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_validation_loss_of_confident_rows_is_not_rounded_to_zero():
+    """Two trials right on every row with logit margins 20 and 40: float32 (and float64's log-softmax at 40)
+    would give both val_loss 0 and tie them; the exact loss ranks the surer one lower, as cross-entropy does."""
+    y = t([0, 2], torch.int64)
+    losses = []
+    for margin in (20.0, 40.0):
+        logits = t([[margin, 0.0, -1.0], [0.0, -3.0, margin]])
+        assert torch.nn.functional.cross_entropy(logits, y).item() == 0.0  # what the old sum reported
+        val_loss = CrossEntropy(3).eval_metrics(CrossEntropy(3).eval_sums(logits, y))["val_loss"]
+        expected = (math.log1p(math.exp(-margin) + math.exp(-margin - 1))
+                    + math.log1p(math.exp(-margin) + math.exp(-margin - 3))) / 2
+        assert val_loss == pytest.approx(expected, rel=1e-12)
+        losses.append(val_loss)
+    assert losses[0] > losses[1] > 0
+    # Ordinary rows, and a wrong one, agree with torch's float64 cross-entropy.
+    gen = torch.Generator().manual_seed(0)
+    logits, y = 3 * torch.randn(200, 4, generator=gen), torch.randint(0, 4, (200,), generator=gen)
+    assert (objectives.cross_entropy_rows(logits, y)
+            == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y, reduction="none"), abs=1e-12))
+
+
 def test_class_weighted_cross_entropy_is_keras_row_weighting():
     """Keras multiplies each row's loss by its class weight and averages over rows (not over weights)."""
     logits, y, w = t([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), t([0, 1, 1], torch.int64), t([0.5, 3.0])
