@@ -90,7 +90,8 @@ def cross_entropy_rows(logits, target):
     every confident trial at val_loss 0 and leave "the best" to the order trials finished in.
     With d = logits - the true class's logit, the loss is log Σ exp(d); where the true class leads
     (max d = 0) that is log1p of the other classes' Σ exp(d), exact down to float64's smallest numbers."""
-    d = logits.double() - logits.double().gather(1, target[:, None])
+    z = logits.double()
+    d = z - z.gather(1, target[:, None])
     others = torch.exp(d.clamp(max=0.0)).scatter(1, target[:, None], 0.0).sum(1)
     return torch.where(d.max(1).values > 0, torch.logsumexp(d, 1), torch.log1p(others))
 
@@ -394,14 +395,13 @@ class MultiTaskCrossEntropy(Objective):
     def _per_task(self, out, target):
         for t, logits in enumerate(out):
             y = target[:, t]
-            mask = y >= 0
-            ce = F.cross_entropy(logits.float(), y.clamp(min=0), reduction="none") * mask
-            yield t, logits, y, mask, ce
+            yield t, logits, y, y >= 0
 
     def loss(self, out, target):
         self._check(out, target)
         total = 0.0
-        for t, _, y, mask, ce in self._per_task(out, target):
+        for t, logits, y, mask in self._per_task(out, target):
+            ce = F.cross_entropy(logits.float(), y.clamp(min=0), reduction="none") * mask
             if self.weights[t] is not None:
                 ce = ce * self.weights[t][y.clamp(min=0)]
             total = total + ce.sum() / mask.sum().clamp(min=1)
@@ -409,7 +409,7 @@ class MultiTaskCrossEntropy(Objective):
 
     def train_sums(self, out, target, loss):
         parts = [super().train_sums(out, target, loss)]
-        for _, logits, y, mask, _ in self._per_task(out, target):
+        for _, logits, y, mask in self._per_task(out, target):
             parts += [_count((logits.argmax(1) == y) & mask), _count(mask)]
         return torch.cat(parts)
 
@@ -423,7 +423,7 @@ class MultiTaskCrossEntropy(Objective):
     def eval_sums(self, out, target):
         self._check(out, target)
         parts = []
-        for _, logits, y, mask, _ in self._per_task(out, target):
+        for _, logits, y, mask in self._per_task(out, target):
             ce = cross_entropy_rows(logits, y.clamp(min=0)) * mask  # exact, as CrossEntropy's val_loss
             parts += [ce.sum().reshape(1), _count((logits.argmax(1) == y) & mask), _count(mask)]
         return torch.cat(parts)
