@@ -422,7 +422,8 @@ def run_one(ds, split: int, seed: int, cfg: dict, data_dir: Path, address: str |
     try:
         text = run_command([cli, "tune", str(exp), "--num-samples", str(cfg["num_samples"]), "--search",
                             SETTINGS["search"], "--scheduler", SETTINGS["scheduler"], "--seed", str(seed),
-                            "--name", "sweep", *common], log_path=logs / "tune.log", what="tune", **go)
+                            "--name", "sweep", *(["--cv", str(cfg["cv"])] if cfg["cv"] else []), *common],
+                           log_path=logs / "tune.log", what="tune", **go)
         result["tune"] = parse_sweep(text)
         best = json.loads((storage / "sweep" / "best_config.json").read_text())
         result["best_trial"] = {"trial_id": best["trial_id"], "best_epoch": best.get("epoch"),
@@ -576,6 +577,9 @@ def parse_args(argv=None):
     p.add_argument("--members", type=int, default=None, help=f"ensemble members [default {SETTINGS['members']}]")
     p.add_argument("--top", type=int, default=None,
                    help=f"the ensemble takes the sweep's TOP best configurations, --members seeds each [default {SETTINGS['top']}]")
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="select the sweep's trials by K-fold cross-validation on the train+val rows (tune --cv K) "
+                        "[default: off, the val split]")
     p.add_argument("--quick", action="store_true", help=f"fast end-to-end check: {SETTINGS['quick']} "
                                                         f"(explicit flags win)")
     p.add_argument("--seed", type=int, default=0, help="every seed derives from it [default 0]")
@@ -592,7 +596,7 @@ def main(argv=None) -> int:
     cfg = {"epochs": args.epochs or quick.get("epochs") or SETTINGS["defaults"]["epochs"],
            "num_samples": args.num_samples or quick.get("num_samples") or SETTINGS["num_samples"],
            "members": args.members or quick.get("members") or SETTINGS["members"], "top": args.top or SETTINGS["top"],
-           "splits": args.splits or quick.get("splits")}
+           "splits": args.splits or quick.get("splits"), "cv": args.cv}
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in _real_datasets.LOADERS]
     if unknown:

@@ -92,6 +92,13 @@ def pointer(directory: str | Path, kind: str = "last") -> dict | None:
         raise CheckpointError(f"checkpoint pointer {path} is unreadable ({exc}); delete {path.parent} to start over") from None
 
 
+def trial_folders(trial_dir: Path) -> list[Path]:
+    """A trial's checkpoint folders: its `checkpoints/`, or one per fold with `tune --cv` (fold-k/checkpoints,
+    pooled as the trial's model); none when it has neither."""
+    folds = sorted(trial_dir.glob("fold-*/checkpoints"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return folds or ([trial_dir / "checkpoints"] if (trial_dir / "checkpoints").is_dir() else [])
+
+
 def resolve(path: str | Path, kind: str = "best") -> Path:
     """A checkpoint file from a run dir, a checkpoints dir, or a .pt file."""
     path = Path(path)

@@ -408,7 +408,9 @@ def _checkpoints(model: str, tracking_uri: str | None, storage: str, top: int | 
     if Path(model).exists():
         if choice:
             raise UsageError(f"{choice} picks among a sweep's trials; {model} is a checkpoint path: drop {choice}")
-        return [Path(model)]
+        from candle_ray.checkpoint import trial_folders
+
+        return (Path(model).is_dir() and trial_folders(Path(model))) or [Path(model)]  # a --cv trial: its folds
     if model.startswith(("models:/", "runs:/")):
         if choice:
             raise UsageError(f"{choice} picks among a sweep's trials; {model} is an MLflow model: drop {choice}")

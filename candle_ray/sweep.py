@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from candle_ray.checkpoint import trial_folders
 from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
 from candle_ray.summary import best_lines
@@ -431,7 +432,7 @@ def _new_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
         try:
             if s.kind == "sweep":
                 run = tracking.RunTracker(s.tracking_uri, parent.experiment_name, best["run_id"])
-                folders = _trial_checkpoints(Path(best["checkpoints"]).parent) or \
+                folders = trial_folders(Path(best["checkpoints"]).parent) or \
                     tracking.run_checkpoints(s.tracking_uri, best["run_id"], Path(scratch))  # it ran on another node
             else:
                 run, folders = parent, tracking.run_checkpoints(s.tracking_uri, parent.run_id, Path(scratch))
@@ -444,12 +445,6 @@ def _new_model(s: SweepSettings, parent, best: dict, echo) -> str | None:
     if uri and s.kind == "sweep":  # the model holds the trial's weights now: one copy (tracking.log_weights)
         run.delete_artifacts(tracking.CHECKPOINTS)
     return uri
-
-
-def _trial_checkpoints(trial_dir: Path) -> list[Path]:
-    """This node's checkpoint folders of a trial: one, or one per fold with `tune --cv` (pooled as its model)."""
-    folds = sorted(trial_dir.glob("fold-*/checkpoints"))
-    return folds or ([trial_dir / "checkpoints"] if (trial_dir / "checkpoints").is_dir() else [])
 
 
 def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, parent, run_ids: dict, interrupted: bool,

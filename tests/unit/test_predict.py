@@ -214,3 +214,35 @@ def test_a_member_with_a_share_takes_it_and_the_others_split_the_rest(table, tmp
     assert np.allclose(weights, [0.375, 0.375, 0.25])
     spread = np.sqrt(np.average((pooled.samples - pooled.probs) ** 2, axis=0, weights=weights))
     assert np.allclose(pooled.prob_std, spread)
+
+
+def test_a_cv_trial_folder_pools_its_fold_models(table, tmp_path):
+    """`tune --cv` leaves a trial's models in fold-k/checkpoints: predict on the trial folder pools them, as
+    the trial's MLflow model does, where it used to stop at 'no best checkpoint under' the folder."""
+    tmp, entry = table
+    trial = tmp_path / "trials" / "3fbc5e8d"
+    for k, seed in enumerate((1, 2)):
+        train(entry, trial / f"fold-{k}", rng_seed=seed)
+    single = []
+    for source in (trial, trial / "fold-0", trial / "fold-1"):
+        out = tmp_path / f"{source.name}.tsv"
+        r = CliRunner().invoke(main, ["predict", str(source), "--data", str(tmp / "new.csv"), "--out", str(out),
+                                      "--member-columns"])
+        assert r.exit_code == 0, r.output
+        single.append(pd.read_csv(out, sep="\t"))
+    pooled, fold0, fold1 = single
+    assert [c for c in pooled if c.startswith("member_")] == ["member_0", "member_1"]
+    probabilities = ["p_brain", "p_lung", "p_skin"]
+    assert not np.allclose(fold0[probabilities], fold1[probabilities], atol=1e-3)  # two different models
+    assert np.allclose(pooled[probabilities], (fold0[probabilities] + fold1[probabilities]) / 2, atol=1e-5)
+
+
+def test_trial_folders_are_its_folds_in_fold_order(tmp_path):
+    from candle_ray.checkpoint import trial_folders
+
+    assert trial_folders(tmp_path) == []
+    (tmp_path / "checkpoints").mkdir()
+    assert trial_folders(tmp_path) == [tmp_path / "checkpoints"]
+    for k in (10, 2, 0):
+        (tmp_path / f"fold-{k}" / "checkpoints").mkdir(parents=True)
+    assert trial_folders(tmp_path) == [tmp_path / f"fold-{k}" / "checkpoints" for k in (0, 2, 10)]
