@@ -62,6 +62,11 @@ KEY_RULES: dict[str, dict[str, Any]] = {
 # candle_ray.loop.make_optimizer for what it means with each optimizer), and each epoch's CPU, memory and
 # GPU use on the run (candle_ray.usage).
 COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "system_metrics": True}
+# Keys the objective reads on any experiment (candle_ray.objectives: the head, abstention, class weights,
+# target standardising), at the task's default unless the defaults, a config file or --set give one. So
+# `--set loss=het` works on every regression experiment, not only those whose defaults list `loss`. They
+# stay out of the config until set; each value here is the type a command-line value is read as.
+OBJECTIVE_KEYS: dict[str, Any] = {"loss": "mse", "abstention": False, "class_weight": "none", "target_scaling": "std"}
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,17 @@ class Experiment:
         if not isinstance(self.defaults, dict) or not self.defaults:
             raise UsageError(f"experiment {self.name!r}: defaults must be a non-empty dict of CANDLE keywords")
         self.defaults = {**COMMON_DEFAULTS, **self.defaults}
-        unknown_space = sorted(set(self.search_space) - set(self.defaults))
+        unknown_space = sorted(set(self.search_space) - set(self.known_keys))
         if unknown_space:
             raise UsageError(f"experiment {self.name!r}: search_space keys {unknown_space} are not in defaults; add them to defaults")
         for key, value in self.defaults.items():
             _check_rules(key, value)
+
+    @property
+    def known_keys(self) -> dict[str, Any]:
+        """The keys a config of this experiment may hold, each with a value of its type: the defaults, and
+        the objective's keys the defaults leave out."""
+        return {**OBJECTIVE_KEYS, **self.defaults}
 
     def full_space_smoke(self) -> "Experiment":
         """This experiment with the smoke width its full-size search keys need (`tune --smoke --full-space`)."""
@@ -113,15 +124,15 @@ class Experiment:
     def resolve_config(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
                        warn=print) -> dict[str, Any]:
         """Defaults < smoke overrides < CANDLE config file < --set, type-checked against the defaults."""
-        config = dict(self.defaults)
+        config, known = dict(self.defaults), self.known_keys
         if smoke:
-            config.update(coerce_overrides(self.defaults, dict(self.smoke.overrides), source="smoke overrides"))
+            config.update(coerce_overrides(known, dict(self.smoke.overrides), source="smoke overrides"))
         if config_file is not None:
-            values, ignored = read_candle_config(config_file, self.defaults)
+            values, ignored = read_candle_config(config_file, known)
             if ignored:
                 warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: {', '.join(ignored)}")
             config.update(values)
-        config.update(parse_sets(self.defaults, sets))
+        config.update(parse_sets(known, sets))
         return config
 
 

@@ -162,3 +162,26 @@ def test_config_file_not_ini(nt3, tmp_path):
     cfg.write_text("epochs = 3\n")
     with pytest.raises(UsageError, match="not a CANDLE INI file"):
         read_candle_config(cfg, nt3.defaults)
+
+
+def test_the_objectives_keys_can_be_set_on_any_experiment(tmp_path):
+    """README's `--set loss=het` on a "Your own matrix" experiment, whose defaults list no loss: it stopped
+    at "unknown key 'loss'". The objective's keys are known to every experiment and stay out of the config
+    until set; a space may search them."""
+    path = tmp_path / "mine.py"
+    path.write_text(textwrap.dedent("""
+        from ray import tune
+        from candle_ray import Experiment, TableDataset
+        experiment = Experiment(name="mine", dataset=TableDataset("m.csv", label="y", task="regression"),
+                                model="mlp", defaults={"epochs": 2, "learning_rate": 0.01},
+                                search_space={"loss": tune.choice(["mse", "het"])})
+    """))
+    exp = load_experiment(path)
+    assert "loss" not in exp.resolve_config() and "target_scaling" not in exp.resolve_config()
+    config = exp.resolve_config(sets=["loss=het", "target_scaling=none", "class_weight=none", "abstention=false"])
+    assert {k: config[k] for k in ("loss", "target_scaling", "class_weight", "abstention")} == \
+        {"loss": "het", "target_scaling": "none", "class_weight": "none", "abstention": False}
+    with pytest.raises(UsageError, match="did you mean loss"):
+        exp.resolve_config(sets=["los=het"])
+    with pytest.raises(UsageError, match="target_scaling='log' is not one of std, none"):
+        exp.resolve_config(sets=["target_scaling=log"])
