@@ -44,6 +44,7 @@ ABSENT_LOGIT = -1e4  # a class absent from the training rows: softmax gives it 0
 PROB_FLOOR = 1e-15  # the probability a class absent from the training rows gets before the log
 INNER_FOLDS = 5
 POOLED = ("train", "val")  # the pooled row order of candle_ray.data.folds: train rows, then val rows
+OWN_LOSS = {"classification": "categorical_crossentropy", "regression": "mse"}  # what its val_loss measures
 _CHUNK_CELLS = 1 << 22  # rows gathered or predicted at a time: 16 MB of float32
 
 
@@ -108,6 +109,18 @@ def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, m
     return Baseline(metrics=metrics, model=_describe([choice for _, choice, _ in fits]), rows_used=used,
                     rows_total=total, sampled=sampled, note=_note(sizes) if sampled else None,
                     linear=fits[0][2] if cv_assignment is None else None)
+
+
+def shares_val_loss(config: dict, task: str, searched=()) -> bool:
+    """Whether the trials' val_loss measures what the baseline's does (cross-entropy, squared error). Not
+    with het, qtl or mae heads or abstention, whose val_loss is another quantity (a Gaussian NLL of 1.43 is
+    not better than a squared error of 1.55), nor when the search varies the loss."""
+    from candle_ray.objectives import LOSS_ALIASES
+
+    if {"loss", "abstention"} & set(searched) or config.get("abstention"):
+        return False
+    name = config.get("loss") or OWN_LOSS.get(task)
+    return LOSS_ALIASES.get(name, name) == OWN_LOSS.get(task)
 
 
 # --------------------------------------------------------------------------- data

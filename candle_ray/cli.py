@@ -264,7 +264,7 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
     if space_file:
         from candle_ray.space import read_space_file
 
-        found = read_space_file(space_file, experiment.defaults)
+        found = read_space_file(space_file, experiment.known_keys)
         if found.searcher == "grid" and searcher not in (None, "grid"):
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples
@@ -496,13 +496,16 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
                                           device=device)
     calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets) \
         if calibration_file else (None, 0)
-    frame = predicting.table(run(X), info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
+    pred = run(X)
+    frame = predicting.table(pred, info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
     _write_table(frame, Path(out))
     shares = [m.share for m in members if m.share is not None]
     how = (f"{len(members) - len(shares)} member(s)" + (f" x {mc_passes} MC-dropout passes" if mc_passes else "")
            + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
     cal = f"; conformal {1 - alpha:.0%} from {cal_rows} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
+    if note := predicting.spread_only_note(pred, calibrator):
+        click.echo(note, err=True)
     empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0
     if empty:  # a row less typical than (nearly) every calibration row
         click.echo(f"note: {empty} of {len(frame)} rows have an empty prediction set (set_size 0): no class is "

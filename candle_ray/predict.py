@@ -176,6 +176,12 @@ class Prediction:
             return np.sqrt(uq.quantile_sigma(self.q_low, self.q_high).clip(min=0) ** 2 + self.epistemic)
         return np.sqrt(self.aleatoric + self.epistemic)
 
+    @property
+    def models_noise(self) -> bool:
+        """A regressor whose σ includes the data's noise (het or qtl heads), not only its members' or MC
+        passes' spread."""
+        return self.q_low is not None or (self.aleatoric is not None and bool(np.any(self.aleatoric > 0)))
+
 
 def pool_weights(members: list[Member], passes: list[int]) -> np.ndarray | None:
     """Each sample's weight in the pooled output (members x passes), or None when all weigh the same: a member
@@ -320,12 +326,24 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
             columns["lower"], columns["upper"] = interval(pred, calibrator)
         elif pred.q_low is not None:
             columns["lower"], columns["upper"] = pred.q_low, pred.q_high
-        elif sigma is not None and np.any(sigma > 0):
+        elif sigma is not None and np.any(sigma > 0) and pred.models_noise:  # see spread_only_note
             columns["lower"], columns["upper"] = uq.gaussian_interval(pred.mean, sigma, alpha)
         if member_columns:
             for m, column in enumerate(_sample_names(pred)):
                 columns[column] = pred.samples[m]
     return pd.DataFrame(columns)
+
+
+def spread_only_note(pred: Prediction, calibrator) -> str | None:
+    """Why a regressor's table has `std` but no interval bounds: its members' (or MC passes') spread leaves
+    out the data's noise. A Gaussian interval from it covered 0.19-0.20 of the rows at 90 % nominal on
+    GDSC (Nutlin-3a, 5 mse members: 170 held-out rows, and the ensemble's 169 validation rows)."""
+    if pred.mean is None or calibrator is not None or pred.models_noise or pred.sigma is None \
+            or not np.any(pred.sigma > 0):
+        return None
+    return ("note: no interval bounds: std is the spread of the members' predictions alone, which leaves out "
+            "the noise in the data (a 90% interval from it covered 19% of held-out GDSC rows); pass --conformal "
+            "LABELLED_ROWS for calibrated intervals, or train loss=het or loss=qtl heads")
 
 
 def _sample_names(pred: Prediction) -> list[str]:

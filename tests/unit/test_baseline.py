@@ -127,6 +127,35 @@ def test_regression_metrics_follow_fit_metrics():
     assert flat["val_corr"] == 0.0 and baseline._regression_metrics(pred, np.ones(4))["val_r2"] == 0.0
 
 
+@pytest.mark.parametrize("config, task, searched, shared", [
+    ({}, "regression", {}, True),
+    ({"loss": "mean_squared_error"}, "regression", {}, True),
+    ({"loss": "het"}, "regression", {}, False),  # a Gaussian NLL
+    ({"loss": "qtl"}, "regression", {}, False),  # a pinball loss
+    ({"loss": "mae"}, "regression", {}, False),
+    ({}, "regression", {"loss": None}, False),  # the search varies it
+    ({}, "classification", {}, True),
+    ({"class_weight": "balanced"}, "classification", {}, True),  # validation cross-entropy is unweighted
+    ({"abstention": True}, "classification", {}, False),
+    ({}, "classification", {"abstention": None}, False),
+])
+def test_val_loss_is_compared_only_where_the_trials_measure_what_the_baseline_does(config, task, searched, shared):
+    assert baseline.shares_val_loss(config, task, searched) is shared
+
+
+def test_a_het_sweep_logs_no_baseline_val_loss(tmp_path):
+    """A het sweep's val_loss is a Gaussian NLL: "best trial val_loss 1.426 vs linear baseline 1.554" (GDSC,
+    a squared error) said the trial was better where its R² was worse. Its other metrics stay."""
+    from candle_ray.sweep import fit_baseline
+
+    entry = matrix_entry(tmp_path, "lin", linear(200, 8, 1), linear(60, 8, 2), task="regression")
+    said = []
+    het = fit_baseline(entry, None, None, said.append, loss_of=({"loss": "het"}, {}))
+    assert set(het) == {"val_r2", "val_mae", "val_corr"} and "no val_loss: the trials' loss" in said[0]
+    assert set(fit_baseline(entry, None, None, said.append, loss_of=({"loss": "mse"}, {}))) == \
+        {"val_loss", "val_r2", "val_mae", "val_corr"}
+
+
 # ----------------------------------------------------------------------------- no baseline
 def test_autoencoder_entry_gets_no_baseline_and_a_one_line_reason(tmp_path):
     X, y = blobs(20, 4, 2, 1)

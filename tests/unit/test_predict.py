@@ -180,6 +180,24 @@ def test_pool_regression_heads():
     assert np.allclose(weighted.mean, 0.75) and np.allclose(weighted.epistemic, 0.25 * 0.75 ** 2 + 0.75 * 0.25 ** 2)
 
 
+def test_interval_bounds_only_where_sigma_holds_the_datas_noise():
+    """mse members' spread alone is no interval: a 90 % Gaussian one from it covered 19 % of GDSC's held-out
+    rows. Such a table has std, no bounds, and predict says why; het and qtl heads (and conformal) keep them."""
+    rng = np.random.default_rng(2)
+    mse = predicting.pool("regression", [rng.normal(size=(1, 6, 1)) for _ in range(5)])
+    frame = predicting.table(mse, {})
+    assert list(frame) == ["prediction", "std"] and (frame["std"] > 0).all()
+    assert "no interval bounds: std is the spread of the members' predictions alone" in \
+        predicting.spread_only_note(mse, None)
+    het = predicting.pool("het", [np.stack([np.stack([rng.normal(size=6), np.full(6, np.log(0.25))], axis=1)])
+                                  for _ in range(2)])
+    assert {"lower", "upper"} <= set(predicting.table(het, {})) and predicting.spread_only_note(het, None) is None
+    qtl = predicting.pool("qtl", [np.array([[[1.0, 0.0, 2.56]]])])
+    assert {"lower", "upper"} <= set(predicting.table(qtl, {})) and predicting.spread_only_note(qtl, None) is None
+    one = predicting.pool("regression", [np.ones((1, 6, 1))])  # one member, no spread: nothing to say
+    assert list(predicting.table(one, {})) == ["prediction"] and predicting.spread_only_note(one, None) is None
+
+
 def test_members_must_match():
     a = predicting.Member(model=None, state={"config": {}, "data": {"fingerprint": "a", "num_features": 3, "task": "regression"}}, source="a")
     b = predicting.Member(model=None, state={"config": {}, "data": {"fingerprint": "b", "num_features": 3, "task": "regression"}}, source="b")
