@@ -324,10 +324,13 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
                 columns["aleatoric_std"], columns["epistemic_std"] = np.sqrt(pred.aleatoric), np.sqrt(pred.epistemic)
         if calibrator is not None:
             columns["lower"], columns["upper"] = interval(pred, calibrator)
-        elif pred.q_low is not None:
-            columns["lower"], columns["upper"] = pred.q_low, pred.q_high
         elif sigma is not None and np.any(sigma > 0) and pred.models_noise:  # see spread_only_note
+            # at 1 - alpha, as the ensemble's coverage metric; qtl's own q10..q90 is an 80 % interval
             columns["lower"], columns["upper"] = uq.gaussian_interval(pred.mean, sigma, alpha)
+        if pred.q_low is not None:
+            from candle_ray.objectives import QUANTILES
+
+            columns[f"q{round(100 * QUANTILES[1])}"], columns[f"q{round(100 * QUANTILES[2])}"] = pred.q_low, pred.q_high
         if member_columns:
             for m, column in enumerate(_sample_names(pred)):
                 columns[column] = pred.samples[m]
