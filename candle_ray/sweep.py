@@ -476,11 +476,12 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
             echo(line)
     # --storage only where the sweep is not under the default folder
     storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
-    if summary["best"]:
-        # A cv's best fold was scored on its own rows, not on the baseline's (its mean over folds is compared above).
+    # A cv has no best trial: its folds score one configuration on different rows, and their mean is its
+    # result (compared with the baseline above), as the pooled members are an ensemble's.
+    if summary["best"] and s.kind != "cv":
         hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
                 f"networks with the baseline") if s.kind == "sweep" else ""
-        for line in best_lines(summary["best"], sweep.metric, sweep.mode, {} if s.kind == "cv" else linear,
+        for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear if s.kind == "sweep" else {},
                                entry.manifest["task"], hint):
             echo(line)
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":

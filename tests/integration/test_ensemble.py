@@ -47,6 +47,7 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     assert r.exit_code == 0, r.output
     assert "3 trials: 3 completed" in r.output and "ensemble of 3 and the linear baseline (share 0.5) on" in r.output
     assert "; the 3 networks alone: accuracy" in r.output
+    assert r.output.count("vs linear baseline") == 1  # the pooled ensemble meets the baseline, not its best member
     (parent,), children = runs_of("ens3")
     assert len(children) == 3 and parent.data.tags["candle_ray.kind"] == "ensemble"
     assert sorted(int(c.data.params["rng_seed"]) for c in children) == [7102, 7103, 7104]
@@ -155,6 +156,7 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     r = cli("cv", TINY, "--smoke", "--folds", 3, "--stratify", "--name", "cv3", "--set", "epochs=2")
     assert r.exit_code == 0, r.output
     assert "3 trials: 3 completed" in r.output and "cross-validation over 3 folds: val_loss" in r.output
+    assert not [line for line in r.output.splitlines() if line.startswith("best ")]  # its result: the folds' mean
     (parent,), children = runs_of("cv3")
     assert sorted(int(c.data.params["cv_fold"]) for c in children) == [0, 1, 2]
     m = parent.data.metrics
