@@ -71,6 +71,12 @@ def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
     return path
 
 
+def without_optimizer(state: dict) -> dict:
+    """A checkpoint's state for models and copies: only resuming a training reads the optimizer's state (from
+    the run's own folder), and Adam's is twice the size of the weights. `save` writes the format anew."""
+    return {k: v for k, v in state.items() if k not in ("optimizer", "format")}
+
+
 def _prune(directory: Path) -> None:
     keep = set()
     for kind in KINDS:

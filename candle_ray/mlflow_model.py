@@ -147,15 +147,15 @@ def _from_template(template: Path, path: Path, staged: list[Path]) -> None:
 
 def _stage_best(checkpoint_dirs: list[Path], into: Path) -> list[Path]:
     """Each member's best checkpoint alone in its own folder (member-0, ...): MLflow copies an artifact under
-    its folder's name, and every trial's folder is called `checkpoints`. Without the optimizer's state: only
-    resuming a training reads it, never a model, and Adam's is twice the size of the weights."""
+    its folder's name, and every trial's folder is called `checkpoints`. Without the optimizer's state
+    (checkpoint.without_optimizer)."""
     from candle_ray import checkpoint
 
     staged = []
     for i, source in enumerate(checkpoint_dirs):
         state = checkpoint.load(checkpoint.resolve(source, "best"))  # verified against its pointer
         folder = into / f"{MEMBER}{i}"
-        checkpoint.save(folder, {k: v for k, v in state.items() if k not in ("optimizer", "format")}, kinds=("best",))
+        checkpoint.save(folder, checkpoint.without_optimizer(state), kinds=("best",))
         staged.append(folder)
     return staged
 

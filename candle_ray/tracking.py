@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from candle_ray import __version__
-from candle_ray.errors import CandleRayError, UsageError
+from candle_ray.errors import CandleRayError, CheckpointError, UsageError
 
 # Metrics that are bookkeeping, not measurements.
 _NOT_METRICS = {"epoch", "replayed", "stop_reason", "best_epoch"}
@@ -605,20 +605,25 @@ def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=
 
 
 def _log_best_file(run: RunTracker, folder: Path, into: str, tries: int = 5) -> dict:
-    """Upload the epoch file that `folder`'s best pointer names; return that pointer. A run cut short (Ctrl-C)
-    may still be training while its driver finishes: a newer best then replaces the pointer and deletes the
-    file it named, so the pointer is read again."""
+    """Upload the epoch file that `folder`'s best pointer names, verified and without the optimizer's state
+    (checkpoint.without_optimizer: Uno's full-size smoke checkpoints 617 -> 309 MB); return the pointer to the
+    uploaded file. A run cut short (Ctrl-C) may still be training while its driver finishes: a newer best then
+    replaces the pointer and deletes the file it named, so the pointer is read again."""
+    import tempfile
+
     from candle_ray import checkpoint
 
-    best = checkpoint.pointer(folder, "best")
-    for _ in range(tries - 1):
+    for attempt in range(tries):
+        best = checkpoint.pointer(folder, "best")
         try:
-            run.log_artifact(folder / best["file"], into)
-            return best
-        except FileNotFoundError:
-            best = checkpoint.pointer(folder, "best")
-    run.log_artifact(folder / best["file"], into)
-    return best
+            state = checkpoint.load(folder / best["file"])
+        except CheckpointError:
+            if attempt == tries - 1 or (folder / best["file"]).exists():  # not replaced: a real fault
+                raise
+            continue
+        with tempfile.TemporaryDirectory(prefix="candle-ray-weights-") as scratch:
+            run.log_artifact(checkpoint.save(scratch, checkpoint.without_optimizer(state), kinds=("best",)), into)
+            return checkpoint.pointer(scratch, "best")
 
 
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:

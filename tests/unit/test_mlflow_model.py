@@ -127,10 +127,8 @@ def test_a_runs_weights_are_stored_once_and_read_back_either_way(trained, tmp_pa
         run.finish()
         folders = tracking.run_checkpoints(uri, run.run_id, tmp_path / f"read-{as_model}")
         assert len(folders) == 1 and (folders[0] / "best.json").exists(), folders
-        if not as_model:  # the best epoch's file as it is
-            assert (folders[0] / "best.json").read_text() == (members[0] / "best.json").read_text()
-            continue
-        # the model holds the best epoch's weights without the optimizer's state, which only resuming needs
+        # either holds the best epoch's weights without the optimizer's state, which only resuming needs (from
+        # the run's own folder)
         trial, served = checkpoint.load(members[0], "best"), checkpoint.load(folders[0], "best")  # sha256 checked
         assert served["epoch"] == trial["epoch"] and "optimizer" in trial and "optimizer" not in served
         assert all(torch.equal(served["weights"][k], v) for k, v in trial["weights"].items())
@@ -143,8 +141,9 @@ def test_a_runs_weights_are_stored_once_and_read_back_either_way(trained, tmp_pa
 def test_a_run_still_training_logs_its_best_file_and_the_pointer_that_names_it(trained, tmp_path, monkeypatch,
                                                                               mlflow_schema):
     """A Ctrl-C'd run's driver logs its best checkpoint while its workers may still train: a newer best that
-    replaces the pointer and deletes the file it named, as the upload starts, is read again. Its driver once
-    retried that vanished file for the whole MLflow retry budget (300 s) instead of exiting."""
+    replaces the pointer and deletes the file it named, between the driver's read of the pointer and of the
+    file, is read again. Its driver once retried that vanished file for the whole MLflow retry budget (300 s)
+    instead of exiting."""
     import shutil
 
     tmp, members = trained
@@ -153,15 +152,15 @@ def test_a_run_still_training_logs_its_best_file_and_the_pointer_that_names_it(t
     monkeypatch.chdir(tmp_path)
     run = tracking.RunTracker(uri, "live")
     run.start("cut-short", {}, {})
-    upload, newer = run.log_artifact, []
+    load, newer = checkpoint.load, []
 
-    def training_goes_on(path, artifact_path=None):
-        if not newer:  # the worker's next best lands between the driver's read of the pointer and its upload
-            state = checkpoint.load(folder, "best")
+    def training_goes_on(path, *args, **kwargs):
+        if not newer:  # the worker's next best lands between the driver's read of the pointer and of its file
+            state = load(folder, "best")
             newer.append(checkpoint.save(folder, {**state, "epoch": state["epoch"] + 1}, kinds=("last", "best")))
-        return upload(path, artifact_path)
+        return load(path, *args, **kwargs)
 
-    monkeypatch.setattr(run, "log_artifact", training_goes_on)
+    monkeypatch.setattr(checkpoint, "load", training_goes_on)
     assert tracking.log_weights(run, {"": folder}, False) is None
     logged = {f.path for f in run.client.list_artifacts(run.run_id, tracking.CHECKPOINTS)}
     assert logged == {f"checkpoints/{newer[0].name}", "checkpoints/best.json"}
