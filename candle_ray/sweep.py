@@ -477,7 +477,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
     # --storage only where the sweep is not under the default folder
     storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
     # A cv has no best trial: its folds score one configuration on different rows, and their mean is its
-    # result (compared with the baseline above), as the pooled members are an ensemble's.
+    # result. An ensemble's result is its pooled members; both met the baseline above, its best member does not.
     if summary["best"] and s.kind != "cv":
         hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
                 f"networks with the baseline") if s.kind == "sweep" else ""
