@@ -166,6 +166,17 @@ def epochs(job) -> Iterator[dict]:
     finally:
         for peer in peers:
             ray.kill(peer)
+        _settle(runs)
+
+
+def _settle(runs, timeout_s: float = 10.0) -> None:
+    """Read the stopped peers' outcomes. When rank 0 leaves early (a scheduler stopped the trial, an error),
+    the peers' all-reduce fails ("Connection closed by peer"), and Ray prints each failed result no one read
+    as an "Unhandled error" traceback, ~20 lines per peer of an ASHA-stopped trial, on the user's terminal."""
+    try:
+        ray.get(runs, timeout=timeout_s)
+    except Exception:  # their failure follows from rank 0's end, which the caller already has
+        pass
 
 
 def ray_train_worker(loop_config: dict) -> None:
