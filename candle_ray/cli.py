@@ -523,7 +523,8 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
     calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
     role = source_role(calibration_file, info)
     if role:  # the guarantee needs calibration rows exchangeable with new ones: these are not
-        what = ("trained it" if role == "train" else "chose its epochs (in a sweep, its trial too)")
+        what = ("trained it" if role == "train" or info.get("cv_fold") is not None  # fold models: train+val
+                else "chose its epochs (in a sweep, its trial too)")
         click.echo(f"note: {calibration_file} is this model's own {role} file: its rows {what}, so the model is "
                    f"surer of them than of new rows and its sets or intervals may cover less than "
                    f"{1 - alpha:.0%}; calibrate on labelled rows it never saw", err=True)

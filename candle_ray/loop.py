@@ -343,11 +343,14 @@ def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool
 
 
 def _prediction_data(job: Job, objective) -> dict | None:
-    """What prediction needs besides the weights: features, their scaler, classes, and a regressor's
-    target scaler (its outputs are standardised targets)."""
+    """What prediction needs besides the weights: features, their scaler, classes, a regressor's target
+    scaler (its outputs are standardised targets), and a cv fold model's fold (it trained on the other
+    folds of train+val, so predict knows the val file's rows trained it)."""
     data = job.data
     if data is not None and getattr(objective, "target_scaler", None):
         data = {**data, "target_scaler": objective.target_scaler}
+    if data is not None and job.cv:
+        data = {**data, "cv_fold": int(job.cv["fold"])}
     return data
 
 

@@ -39,12 +39,13 @@ def table(tmp_path_factory):
     return tmp, entry
 
 
-def train(entry, run_dir, **config):
+def train(entry, run_dir, cv=None, **config):
     base = {"epochs": 6, "batch_size": 16, "learning_rate": 0.01, "optimizer": "adam", "dense": [16],
             "dropout": 0.2, "activation": "relu", "rng_seed": 1, "timeout": -1}
     job = {"config": {**base, **config}, "model": "mlp", "task": "classification",
            "model_shape": {"input_dim": entry.num_features, "classes": entry.num_classes}, "entry": str(entry.path),
-           "run_dir": str(run_dir), "metric": "val_loss", "mode": "min", "threads": 1, "data": describe(entry)}
+           "run_dir": str(run_dir), "metric": "val_loss", "mode": "min", "threads": 1, "data": describe(entry),
+           "cv": cv}
     history = list(train_epochs(job, World()))
     assert history[-1]["val_accuracy"] > 0.6
     return run_dir
@@ -163,6 +164,21 @@ def test_calibrating_on_the_models_own_rows_is_said(table, tmp_path):
     assert r.exit_code == 0 and "is this model's own train file: its rows trained it" in r.output, r.output
     r = CliRunner().invoke(main, [*args, str(tmp_path / "fewer.csv")])  # other bytes: no such claim
     assert r.exit_code == 0 and "is this model's own" not in r.output, r.output
+
+
+def test_a_cv_fold_models_val_file_is_said_to_have_trained_it(table, tmp_path):
+    """A `tune --cv` or `cv` fold model trained on the other folds of train+val: its val file's rows trained
+    it, not only chose its epochs (a trial's folds, pooled, were each trained on most of them)."""
+    from candle_ray.data import folds
+
+    tmp, _ = table
+    spec = TableDataset(tmp / "train.csv", label="cancer_type", drop=("sample_id",), val=tmp / "calibration.csv")
+    entry = Cache(tmp_path / "cache").prepare(spec, log=lambda *_: None)
+    fold = {"assignment": folds.assign(180 + 400, 2, seed=0), "fold": 1}
+    run = train(entry, tmp_path / "fold-1", cv=fold)
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "held_out.csv"), "--out",
+                                  str(tmp_path / "p.tsv"), "--conformal", str(tmp / "calibration.csv")])
+    assert r.exit_code == 0 and "is this model's own val file: its rows trained it, so the model" in r.output, r.output
 
 
 def test_pool_regression_heads():
