@@ -466,9 +466,9 @@ class Regression(Objective):
     wastes the first epochs. A glorot kernel adds a random function of the inputs: on GDSC's 705
     standardised features it starts validation rows with variance 2.5 in z units, and 40 sweep trials of
     the `dense: []` linear model ended at a median val R² of -1.25 (ridge on the same 16 splits: 0.08..0.26,
-    median 0.15); 18 trials started from a zero kernel ended at 0.14. (Classifiers keep glorot: from a zero kernel, Khan and NCI-60 sweeps
-    gained no held-out accuracy, and Khan's conformal sets over-covered: 0.961, nominal 0.9, glorot 0.948.)
-    Unscaled targets make the loss scale, hence the useful learning rate, data-dependent.
+    median 0.15); 18 trials started from a zero kernel ended at 0.14. (Classifiers keep glorot: from a zero
+    kernel, Khan and NCI-60 sweeps gained no held-out accuracy, and Khan's conformal sets over-covered:
+    0.961, nominal 0.9, glorot 0.948.) Unscaled targets make the loss scale, hence the useful learning rate, data-dependent.
     """
 
     def __init__(self, loss: str = "mse", reconstruct: bool = False, target_stats: dict | None = None,

@@ -340,7 +340,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         pooled = work_dir / BASELINE_DIR if s.kind == "ensemble" and s.baseline_share > 0 else None
         linear = fit_baseline(entry, cv_assignment, int(s.cv["folds"]) if s.cv else None, echo,
                               parent if not s.resume else None, pooled, s.baseline_share,
-                              loss_of=(resolved.config, space)) if s.baseline else {}
+                              trials_config=resolved.config, searched=space) if s.baseline else {}
         tuner = search.build_tuner(sweep=sweep, space=space, base_job=_trial_job(experiment, resolved, sweep, entry,
                                                                                 work_dir, cv_assignment),
                                  store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members,
@@ -510,12 +510,12 @@ def front_lines(front: list[dict], objectives, name: str, total: int, shown: int
 
 
 def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None, pooled: Path | None = None,
-                 share: float = 0.0, loss_of: tuple[dict, dict] = ({}, {})) -> dict:
+                 share: float = 0.0, trials_config: dict | None = None, searched=()) -> dict:
     """The linear baseline (logistic / ridge, candle_ray.baseline) on the trials' split (their folds
     with --cv), before the first trial; its metrics go on the parent run as baseline_<metric>, val_loss only
-    where the trials' loss (`loss_of`: their base config and search space) is the baseline's. With `pooled`
-    (an ensemble's), its checkpoint is written there, to be pooled at `share`. A baseline that cannot be
-    fitted never stops the sweep."""
+    where the trials' loss (from their base config and the keys their search varies) is the baseline's.
+    With `pooled` (an ensemble's), its checkpoint is written there, to be pooled at `share`. A baseline that
+    cannot be fitted never stops the sweep."""
     t0 = time.monotonic()
     try:
         from candle_ray import baseline
@@ -528,11 +528,12 @@ def fit_baseline(entry, cv_assignment, folds: int | None, echo, parent=None, poo
         echo(f"linear baseline: none ({baseline.why_not(entry)})")
         return {}
     metrics = dict(fitted.metrics)
-    if not baseline.shares_val_loss(loss_of[0], entry.manifest["task"], loss_of[1]):
+    if not baseline.shares_val_loss(trials_config or {}, entry.manifest["task"], searched):
         metrics.pop("val_loss", None)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     echo(f"linear baseline ({fitted.model}; {time.monotonic() - t0:.1f}s): {shown}"
-         + ("" if "val_loss" in metrics else " (no val_loss: the trials' loss is not its cross-entropy or squared error)")
+         + ("" if "val_loss" in metrics else
+            " (no val_loss: the trials' loss is not its cross-entropy or squared error)")
          + (f"; {fitted.note}" if fitted.note else ""))
     if pooled is not None and fitted.linear is not None:
         from candle_ray import checkpoint

@@ -150,9 +150,9 @@ def test_a_het_sweep_logs_no_baseline_val_loss(tmp_path):
 
     entry = matrix_entry(tmp_path, "lin", linear(200, 8, 1), linear(60, 8, 2), task="regression")
     said = []
-    het = fit_baseline(entry, None, None, said.append, loss_of=({"loss": "het"}, {}))
+    het = fit_baseline(entry, None, None, said.append, trials_config={"loss": "het"})
     assert set(het) == {"val_r2", "val_mae", "val_corr"} and "no val_loss: the trials' loss" in said[0]
-    assert set(fit_baseline(entry, None, None, said.append, loss_of=({"loss": "mse"}, {}))) == \
+    assert set(fit_baseline(entry, None, None, said.append, trials_config={"loss": "mse"})) == \
         {"val_loss", "val_r2", "val_mae", "val_corr"}
 
 

@@ -174,7 +174,7 @@ def test_a_cv_fold_models_val_file_is_said_to_have_trained_it(table, tmp_path):
     tmp, _ = table
     spec = TableDataset(tmp / "train.csv", label="cancer_type", drop=("sample_id",), val=tmp / "calibration.csv")
     entry = Cache(tmp_path / "cache").prepare(spec, log=lambda *_: None)
-    fold = {"assignment": folds.assign(180 + 400, 2, seed=0), "fold": 1}
+    fold = {"assignment": folds.assign(len(folds.pooled_labels(entry)), 2, seed=0), "fold": 1}
     run = train(entry, tmp_path / "fold-1", cv=fold)
     r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "held_out.csv"), "--out",
                                   str(tmp_path / "p.tsv"), "--conformal", str(tmp / "calibration.csv")])
