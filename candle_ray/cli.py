@@ -336,7 +336,7 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
 
     experiment = _load(experiment_file)
     base_seed = int(experiment.defaults.get("rng_seed", 0))
-    chosen = None
+    chosen = metric = mode = None
     if pick and (top or not from_sweep):
         raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; " +
                          ("drop --top" if top else "add --from-sweep NAME"))
@@ -349,12 +349,13 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
         run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
                    smoke=run["smoke"] or record["smoke"])
         run["full_space"] = bool(record.get("full_space"))
+        metric, mode = ensembles.member_ranking(record)
     else:
         chosen = ensembles.seed_members(members or 5, base_seed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
-                        seed=0, metric=None, mode=None, space=None, members=chosen, kind="ensemble",
+                        seed=0, metric=metric, mode=mode, space=None, members=chosen, kind="ensemble",
                         baseline_share=0.0 if run["no_baseline"] else
                         ensembles.BASELINE_SHARE if baseline_share is None else baseline_share,
                         baseline_share_fixed=baseline_share is not None))

@@ -92,7 +92,31 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     if rows is None:
         raise UsageError(f"sweep {sweep!r} has no results.csv yet; let it finish (or resume it) first")
     configs = top_configs(rows, record["sweep"]["metric"], record["sweep"]["mode"], top, sweep, pick)
+    _check_one_head(configs, sweep)
     return [{**config, "rng_seed": base_seed + i} for config in configs for i in range(replicas)], record
+
+
+def member_ranking(record: dict) -> tuple[str | None, str | None]:
+    """The metric and mode that pick each member's epoch: the ones the sweep ranked its trials by (a val_r2
+    sweep's members keep their best val_r2 epoch), or the experiment's (None) when that was not a validation
+    metric (a cost such as n_params first in a multi-objective sweep)."""
+    ranked = record["sweep"]
+    return (ranked["metric"], ranked["mode"]) if ranked["metric"].startswith("val_") else (None, None)
+
+
+def _check_one_head(configs: list[dict], sweep: str) -> None:
+    """Refuse, before training them, configurations whose outputs do not pool: a sweep that searched the loss
+    (ranked by val_r2, say) can have a qtl trial and an mse trial among its best."""
+    from candle_ray.objectives import LOSS_ALIASES
+
+    names = [LOSS_ALIASES.get(str(c.get("loss")), str(c.get("loss") or "default")) for c in configs]
+    losses = [name + (" with abstention" if str(c.get("abstention")).lower() == "true" else "")
+              for name, c in zip(names, configs)]
+    if len(set(losses)) > 1:
+        same = next(i for i, loss in enumerate(losses) if loss != losses[0])
+        raise UsageError(f"the {len(configs)} best trials of sweep {sweep!r} use different losses ({', '.join(losses)}), "
+                         f"whose outputs do not pool; take --top {same} (the best that share one) or sweep with one "
+                         f"loss (--set loss=NAME)")
 
 
 # ---------------------------------------------------------------- evaluation of the pooled members

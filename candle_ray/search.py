@@ -250,6 +250,41 @@ def validate(searcher: str, scheduler: str, space: dict, objectives: int = 1) ->
     samplers.check(searcher, scheduler, space)
 
 
+# Keys whose value changes what val_loss measures (a Gaussian NLL, a pinball loss, an abstention loss are not
+# squared errors or cross-entropies): trials that differ in them cannot be ranked by it.
+# Each with what it is where it is not set (a conditional key not searched in a trial, no value in the config).
+LOSS_KEYS = {"loss": "default", "abstention": "False"}
+
+
+def _values(domain, default) -> set | None:
+    """The values a space entry can take (`default` where a conditional key is not searched), or None when
+    they cannot be listed."""
+    from ray.tune.search.sample import Categorical, Domain
+
+    if isinstance(domain, conditional.Conditional):
+        inner = _values(domain.then, default)
+        return None if inner is None else {default, *inner}
+    if isinstance(domain, Categorical):
+        return {str(v) for v in domain.categories}
+    return None if isinstance(domain, Domain) else {str(domain)}
+
+
+def check_ranked_losses(space: dict, config: dict, metrics) -> None:
+    """Refuse a search that ranks trials by val_loss while it varies what val_loss is."""
+    from candle_ray.objectives import LOSS_ALIASES
+
+    ranked = [m for m in metrics if m in ("val_loss", "loss")]
+    for key in (k for k in LOSS_KEYS if k in space and ranked):
+        values = _values(space[key], str(config.get(key, LOSS_KEYS[key])))
+        if key == "loss" and values is not None:
+            values = {LOSS_ALIASES.get(v, v) for v in values}
+        if values is None or len(values) > 1:
+            shown = ", ".join(sorted(values)) if values else "a range"
+            raise UsageError(f"the search varies {key} ({shown}), so the trials' {ranked[0]} values are different "
+                             f"losses and cannot be ranked; rank by another metric (e.g. --metric val_r2 --mode max "
+                             f"or --metric val_accuracy --mode max) or fix it with --set {key}=VALUE")
+
+
 class SkipEndedTrials:
     """Mixin for Tune's FIFO, ASHA and median schedulers: the same choice of the next trial (the first PENDING
     one, else the first PAUSED one, in Tune's order) without walking every ended trial at each of Tune's steps.

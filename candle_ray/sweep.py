@@ -180,6 +180,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         from candle_ray import search
 
         search.validate(settings.searcher, settings.scheduler, space, 1 + len(settings.also))
+        ranked_by = [settings.metric or experiment.metric, *(m for m, _ in settings.also)]
+        search.check_ranked_losses(space, config, ranked_by)
         if settings.also and settings.scheduler in ("asha", "hyperband", "median"):
             echo(f"note: {settings.scheduler} stops trials on {settings.metric or experiment.metric} alone, the "
                  f"first --metric; the searcher and the Pareto front use every --metric")
@@ -709,10 +711,13 @@ def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:
     if not space:
         raise UsageError(f"experiment {experiment_name!r} has an empty search space; add search_space keys "
                          f"or pass --space FILE")
-    unknown = sorted(set(space) - set(config))
+    from candle_ray.experiment import OBJECTIVE_KEYS
+
+    known = {*config, *OBJECTIVE_KEYS}  # the objective's keys are known on every experiment, set or not
+    unknown = sorted(set(space) - known)
     if unknown:
         raise UsageError(f"search-space keys {unknown} are not in the experiment's config; "
-                         f"known keys: {', '.join(sorted(config))}")
+                         f"known keys: {', '.join(sorted(known))}")
     for item in sets:  # a key both fixed by --set and searched would be silently overridden by the search
         if item.partition("=")[0] in space:
             raise UsageError(f"--set {item} fixes a key the search varies; drop it from --set or from the space")

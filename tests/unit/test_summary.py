@@ -161,3 +161,22 @@ def test_packed_results_keep_what_tune_follows_and_lose_nothing():
     assert summary.best_metrics(sent) == {"val_loss": 0.35, "n_params": 1234}
     assert summary.trial_value(sent, "val_loss") == 0.35
     assert summary.unpacked(None) == {} and summary.unpacked({"epoch": 1}) == {"epoch": 1}
+
+
+def test_members_from_a_sweep_keep_its_ranking_and_share_one_loss(tmp_path):
+    """A sweep that searched the loss and ranked by val_r2: its members keep the best val_r2 epoch, and best
+    trials with different losses (outputs that do not pool) are refused before any trains."""
+    from candle_ray.ensemble import member_ranking, members_from_sweep
+    from candle_ray.errors import UsageError
+    from tests.unit.test_warm_start import write_sweep
+
+    trials = [{"trial_id": f"t{i}", "status": "completed", "val_r2": r2, "config.loss": loss,
+               "config.learning_rate": lr} for i, (r2, loss, lr) in
+              enumerate([(0.27, "qtl", 0.005), (0.24, "mse", 0.007), (0.26, "qtl", 0.002)])]
+    write_sweep(tmp_path, "lossy", trials, metric="val_r2", mode="max", keys=("loss", "learning_rate"))
+    members, record = members_from_sweep(str(tmp_path), "lossy", 2, 1, 0, "e.py")
+    assert [m["learning_rate"] for m in members] == [0.005, 0.002] and member_ranking(record) == ("val_r2", "max")
+    with pytest.raises(UsageError, match=r"3 best trials of sweep 'lossy' use different losses \(qtl, qtl, mse\), "
+                                         r"whose outputs do not pool; take --top 2"):
+        members_from_sweep(str(tmp_path), "lossy", 3, 1, 0, "e.py")
+    assert member_ranking({"sweep": {"metric": "n_params", "mode": "min"}}) == (None, None)  # a cost: the experiment's

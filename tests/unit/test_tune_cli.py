@@ -160,3 +160,31 @@ def test_every_conv_layout_builds_at_its_full_space_smoke_width():
             models.build(name, {**experiment.defaults, "conv": conv, "input_dim": features, "classes": 2})
     with pytest.raises(ValueError, match="pooling 10 after conv layer 2 is longer than its output"):
         models.build("nt3", {"conv": [100, 100, 100, 100, 100, 1], "pool": [1, 10], "input_dim": 10_000, "classes": 2})
+
+
+def test_a_search_over_abstention_is_not_ranked_by_val_loss(workdir, tmp_path):
+    """An abstention model's val_loss is its abstention loss, not a cross-entropy: trials with and without it
+    cannot be ranked by val_loss."""
+    space = tmp_path / "abstain.json"
+    space.write_text(json.dumps([{"name": "abstention", "type": "categorical", "values": [True, False]}]))
+    r = tune(TINY, "--smoke", "--space", space)
+    assert r.exit_code == 2 and "the search varies abstention (False, True)" in error_line(r)
+    assert "--metric val_accuracy --mode max" in error_line(r)
+
+
+def test_only_a_loss_that_changes_what_val_loss_is_refuses_a_val_loss_ranking():
+    from ray import tune as ray_tune
+
+    from candle_ray import when
+    from candle_ray.errors import UsageError
+    from candle_ray.search import check_ranked_losses
+
+    config = {"loss": "mse", "abstention": False, "optimizer": "adam"}
+    check_ranked_losses({"loss": ray_tune.choice(["mse", "mean_squared_error"])}, config, ["val_loss"])  # aliases
+    check_ranked_losses({"loss": ray_tune.choice(["mse", "het"])}, config, ["val_r2"])  # not ranked by val_loss
+    check_ranked_losses({"loss": "het"}, config, ["val_loss"])  # a constant: one loss
+    sgd_qtl = {"loss": when(optimizer="sgd", then=ray_tune.choice(["qtl"]))}  # the config's loss elsewhere
+    for space, base, shown in [({"loss": ray_tune.choice(["mse", "het", "qtl"])}, config, "het, mse, qtl"),
+                               (sgd_qtl, config, "mse, qtl"), (sgd_qtl, {"optimizer": "adam"}, "default, qtl")]:
+        with pytest.raises(UsageError, match=rf"varies loss \({shown}\), so the trials' val_loss values"):
+            check_ranked_losses(space, base, ["val_r2", "val_loss"])  # any ranked metric counts
