@@ -4,7 +4,7 @@
 configuration, or the K best configurations of a finished sweep (DeepHyper's recipe), each possibly
 replicated over seeds. After training, `evaluate` pools the members' best checkpoints on the
 validation split and measures the ensemble's uncertainty: accuracy or fit of the pooled prediction,
-NLL, Brier and ECE (classifiers), interval coverage and width, the aleatoric/epistemic split (het
+NLL, Brier and ECE (classifiers), interval coverage and width, the aleatoric/epistemic split (het or qtl
 heads), and a split-conformal check (calibrate on one half of the validation rows, measure coverage
 on the other). No Ray and no MLflow here; the caller logs what this returns.
 """

@@ -7,10 +7,10 @@ set), (mean, σ²) for heteroscedastic heads (`loss: het`, CANDLE's interleaved 
 (q50, q10, q90) for quantile heads (`loss: qtl`), the output itself for plain regressors.
 
 Uncertainty: members (an ensemble) and stochastic passes (MC dropout) are pooled into one sample of
-predictions per row; `uq.ensemble_moments` splits the spread into aleatoric (het heads) and
-epistemic (between members and passes) parts. Members weigh the same, except one whose checkpoint
-holds a `pool_share` (an ensemble's linear baseline, candle_ray.baseline): it takes that share of the
-pooled output, and the others split the rest.
+predictions per row; `uq.ensemble_moments` splits the spread into aleatoric (het heads; for qtl heads
+the pooled inter-decile range's) and epistemic (between members and passes) parts. Members weigh the
+same, except one whose checkpoint holds a `pool_share` (an ensemble's linear baseline,
+candle_ray.baseline): it takes that share of the pooled output, and the others split the rest.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class Prediction:
 
     classification: probs [rows, classes] (mean over members and passes), prob_std (their spread),
     abstain [rows] (probability of the abstain unit) or None.
-    regression: mean [rows], aleatoric and epistemic variances [rows]; q_low/q_high for quantile heads.
+    regression: mean [rows], aleatoric (het heads' σ², quantile heads' from q10..q90) and epistemic variances
+    [rows]; q_low/q_high for quantile heads.
     samples: every member's (and pass's) point prediction [samples, rows] or probs [samples, rows, classes].
     names: each sample's column name in `table(member_columns=True)` [default member_0, member_1, ...].
     """
@@ -172,8 +173,6 @@ class Prediction:
     def sigma(self) -> np.ndarray | None:
         if self.mean is None:
             return None
-        if self.q_low is not None:  # CANDLE's σ from the inter-decile range, plus the members' spread
-            return np.sqrt(uq.quantile_sigma(self.q_low, self.q_high).clip(min=0) ** 2 + self.epistemic)
         return np.sqrt(self.aleatoric + self.epistemic)
 
     @property
@@ -224,9 +223,11 @@ def pool(head: str, outputs: list[np.ndarray], weights: np.ndarray | None = None
     if head == "qtl":
         q50, lo, hi = (q[..., 0] for q in uq.split_quantiles(raw))
         moments = uq.ensemble_moments(q50, weights=weights)
-        return Prediction(head=head, samples=q50, mean=moments.mean, aleatoric=moments.aleatoric,
-                          epistemic=moments.epistemic, q_low=np.average(lo, axis=0, weights=weights),
-                          q_high=np.average(hi, axis=0, weights=weights), names=names)
+        lo, hi = np.average(lo, axis=0, weights=weights), np.average(hi, axis=0, weights=weights)
+        # The data's noise as CANDLE reads it off the pooled inter-decile range (a crossed pair: none).
+        noise = uq.quantile_sigma(lo, hi).clip(min=0) ** 2
+        return Prediction(head=head, samples=q50, mean=moments.mean, aleatoric=noise, epistemic=moments.epistemic,
+                          q_low=lo, q_high=hi, names=names)
     point = raw[..., 0]
     moments = uq.ensemble_moments(point, weights=weights)
     return Prediction(head=head, samples=point, mean=moments.mean, aleatoric=moments.aleatoric,

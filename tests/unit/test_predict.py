@@ -191,6 +191,9 @@ def test_pool_regression_heads():
     qtl = [np.array([[[1.0, 0.0, 2.56]]])]
     q = predicting.pool("qtl", qtl)
     assert q.mean[0] == 1.0 and np.isclose(q.sigma[0], 1.0)
+    # two qtl members: their noise is the pooled q10..q90's σ (CANDLE's / 2.56), their spread the epistemic part
+    q = predicting.pool("qtl", [np.array([[[1.0, 0.0, 2.56]]]), np.array([[[3.0, 0.0, 7.68]]])])
+    assert np.isclose(q.aleatoric[0], 4.0) and np.isclose(q.epistemic[0], 1.0) and np.isclose(q.sigma[0], 5 ** 0.5)
     plain = predicting.pool("regression", [np.ones((3, 2, 1))])
     assert np.all(plain.epistemic == 0)
     weighted = predicting.pool("regression", [np.zeros((1, 2, 1)), np.ones((1, 2, 1))], weights=np.array([0.25, 0.75]))
