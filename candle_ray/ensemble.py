@@ -114,8 +114,8 @@ def _check_one_head(configs: list[dict], sweep: str) -> None:
               for name, c in zip(names, configs)]
     if len(set(losses)) > 1:
         same = next(i for i, loss in enumerate(losses) if loss != losses[0])
-        raise UsageError(f"the {len(configs)} best trials of sweep {sweep!r} use different losses ({', '.join(losses)}), "
-                         f"whose outputs do not pool; take --top {same} (the best that share one) or sweep with one "
+        raise UsageError(f"the {len(configs)} best trials of sweep {sweep!r} use different losses "
+                         f"({', '.join(losses)}), whose outputs do not pool; take --top {same} (the best that share one) or sweep with one "
                          f"loss (--set loss=NAME)")
 
 

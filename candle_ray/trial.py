@@ -129,8 +129,10 @@ def _mean_over_folds(job, device):
 def run_trial(config: dict, base_job) -> None:
     """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
     (with this trial's hyperparameters), a fresh trial starts from scratch."""
-    # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep.
+    # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep; so is each
+    # restore on this (reused) actor: a PBT sweep of 8 Khan trials printed 8 "Restored on ... from checkpoint".
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = Path(base_job.work_dir) / "trials" / trial_id
     # A conditional key this trial did not search (candle_ray.conditional) keeps the experiment's value.

@@ -82,6 +82,12 @@ def test_pbt_perturbations_stay_inside_the_searched_ranges():
     assert up == {"dropout": 0.9, "learning_rate": 0.01, "batch_size": 128, "optimizer": "adam"}
     down, _ = _explore({**config, "learning_rate": 1.1e-4}, pbt._hyperparam_mutations, 0.0, (0.8,), pbt._custom_explore_fn)
     assert down["learning_rate"] == 1e-4 and down["dropout"] == pytest.approx(0.68) and down["batch_size"] == 96
+    # a choice moves to a neighbouring value, never to one the space does not hold (64 * 1.2 = 77)
+    choices = {**space, "batch_size": ray_tune.choice([16, 32, 64])}
+    pbt = make_scheduler("pbt", "val_loss", "min", max_epochs=8, space=choices, seed=0)
+    seen = {_explore({**config, "batch_size": 64}, pbt._hyperparam_mutations, 0.0, (factor,), pbt._custom_explore_fn)[0]
+            ["batch_size"] for factor in (0.8, 1.2) for _ in range(8)}
+    assert seen == {32, 64}, seen  # Ray's shift: left to 32, or right past the end, where it stays at 64
 
 
 def test_ga_settings_need_a_genetic_search(workdir):
