@@ -2,7 +2,8 @@
 
 Supported, as Supervisor writes them:
   - GA JSON (workflows/GA/data/*_param_space*.json): a list of {"name", "type": categorical | ordered |
-    int | float | logical | constant, "values" / "lower" + "upper" / "value", "element_type", "sigma"};
+    int | float | logical | constant, "values" / "lower" + "upper" / "value", "element_type", "sigma"}, and
+    "log": true (ours, not Supervisor's) for an int or float range sampled log-uniformly;
   - random settings.json: {"parameters": {key: [low, high]}, "samples": {"num": [N]}};
   - grid settings.json: {"parameters": {key: [v1, v2, ...]}}.
 Values are converted to the experiment's types ("500 100 50" becomes [500, 100, 50] for a list key).
@@ -54,14 +55,30 @@ def _number_range(key: str, defaults: dict, low, high, path: Path, integer: bool
     return tune.uniform(float(low), float(high))
 
 
+# A GA entry's fields: Supervisor's, and "log" (ours: sample an int or float range log-uniformly).
+GA_FIELDS = ("name", "type", "values", "lower", "upper", "value", "element_type", "sigma", "log")
+
+
+def _log_range(key: str, item: dict, path: Path, integer: bool):
+    low, high = item.get("lower"), item.get("upper")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not 0 < low < high:
+        raise UsageError(f"{path}: {key} with \"log\": true needs numbers 0 < lower < upper, got {low!r}, {high!r}")
+    return tune.lograndint(int(low), int(high) + 1) if integer else tune.loguniform(float(low), float(high))
+
+
 def _ga(items: list, defaults: dict, path: Path) -> dict:
     space = {}
     for item in items:
         if not isinstance(item, dict) or "name" not in item or "type" not in item:
             raise UsageError(f"{path}: every GA entry needs 'name' and 'type', got {item!r}")
+        if unknown := sorted(set(item) - set(GA_FIELDS)):
+            raise UsageError(f"{path}: {item['name']} has unknown field(s) {', '.join(unknown)}; a GA entry takes "
+                             f"{', '.join(GA_FIELDS)}")
         key, kind = _key(item["name"], defaults, path), item["type"]
         if kind in ("categorical", "ordered"):
             space[key] = tune.choice(_values(key, defaults, item.get("values"), path))
+        elif kind in ("int", "float") and item.get("log"):
+            space[key] = _log_range(key, item, path, kind == "int")
         elif kind in ("int", "float"):
             space[key] = _number_range(key, defaults, item.get("lower"), item.get("upper"), path, kind == "int")
         elif kind == "logical":
@@ -105,3 +122,17 @@ def read_space_file(path: str | Path, defaults: dict) -> SpaceFile:
     if not space:
         raise UsageError(f"space file {path} defines no parameters")
     return SpaceFile(space, searcher, samples)
+
+
+def wide_uniform_note(space: dict) -> str | None:
+    """A note on keys drawn uniformly over three decades or more (Supervisor's GA files give learning_rate
+    [1e-5, 0.1] that way): nine draws in ten land in the top decade, so small values are hardly tried."""
+    from ray.tune.search.sample import Float, Uniform
+
+    wide = {k: d for k, d in space.items() if isinstance(d, Float) and isinstance(d.get_sampler(), Uniform)
+            and 0 < d.lower and d.upper >= 1000 * d.lower}
+    if not wide:
+        return None
+    ranges = ", ".join(f"{k} [{d.lower:g}, {d.upper:g}]" for k, d in wide.items())
+    return (f"note: {ranges} drawn uniformly: 9 in 10 draws land in the top decade; sample them log-uniformly "
+            f"(tune.loguniform in the experiment, \"log\": true in a GA space file)")

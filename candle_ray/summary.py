@@ -140,7 +140,7 @@ def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict,
     lines = [f"{label} {shown}"] if shown else []
     worse = [k for k in keys if finite(baseline.get(k)) and improves(baseline[k], values[k], mode if k == metric else direction(k))]
     if worse:
-        lines.append(f"warning: {label} is worse than a linear baseline on the same split ({', '.join(worse)}); "
+        lines.append(f"warning: {label} is worse than a linear baseline on the same rows ({', '.join(worse)}); "
                      f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs{hint}")
     r2 = values.get("val_r2")
     if task == "regression" and finite(r2) and r2 < 0:

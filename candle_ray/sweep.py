@@ -187,8 +187,12 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                  f"first --metric; the searcher and the Pareto front use every --metric")
         from candle_ray.samplers import note
 
-        if said := note(settings.searcher, space, settings.num_samples, settings.searcher_options):
-            echo(said)
+        from candle_ray.space import wide_uniform_note
+
+        for said in (note(settings.searcher, space, settings.num_samples, settings.searcher_options),
+                     wide_uniform_note(space)):
+            if said:
+                echo(said)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
     warm = None
     if settings.warm_start:

@@ -56,6 +56,8 @@ def test_grid_settings(tmp_path):
     ([{"name": "epochs", "type": "int", "lower": 9, "upper": 2}], "lower <= upper"),
     ([{"name": "epochs", "type": "poisson"}], "unknown type"),
     ([{"type": "int"}], "needs 'name' and 'type'"),
+    ([{"name": "epochs", "type": "int", "lower": 2, "upper": 9, "lg": True}], "epochs has unknown field.s. lg; a GA entry takes name, type, values"),
+    ([{"name": "dropout", "type": "float", "lower": 0.0, "upper": 0.9, "log": True}], "needs numbers 0 < lower"),
     ({"parameters": {"epochs": [1, 2, 3]}, "samples": {"num": [4]}}, "need [low, high]"),
     ({"something": 1}, "neither a GA list"),
     ([], "defines no parameters"),
@@ -70,3 +72,24 @@ def test_not_json(tmp_path):
     path.write_text("{oops")
     with pytest.raises(UsageError, match="is not JSON"):
         read_space_file(path, DEFAULTS)
+
+
+def test_log_ranges_and_the_note_on_wide_uniform_ones(tmp_path):
+    """Supervisor's GA files draw learning_rate uniformly over [1e-5, 0.1]; "log": true draws it log-uniformly,
+    and a sweep says when a range over three decades or more is drawn uniformly."""
+    from ray.tune.search.sample import LogUniform
+
+    from candle_ray.space import wide_uniform_note
+
+    entries = [{"name": "learning_rate", "type": "float", "lower": 1e-5, "upper": 0.1},
+               {"name": "epochs", "type": "int", "lower": 2, "upper": 64, "log": True},
+               {"name": "dropout", "type": "float", "lower": 0.0, "upper": 0.9}]
+    space = read_space_file(write(tmp_path, entries), DEFAULTS).space
+    epochs = space["epochs"]
+    assert isinstance(epochs.get_sampler(), LogUniform) and (epochs.lower, epochs.upper) == (2, 65)  # inclusive 64
+    assert wide_uniform_note(space) == ("note: learning_rate [1e-05, 0.1] drawn uniformly: 9 in 10 draws land in the "
+                                        "top decade; sample them log-uniformly (tune.loguniform in the experiment, "
+                                        "\"log\": true in a GA space file)")
+    entries[0]["log"] = True
+    space = read_space_file(write(tmp_path, entries), DEFAULTS).space
+    assert isinstance(space["learning_rate"].get_sampler(), LogUniform) and wide_uniform_note(space) is None
