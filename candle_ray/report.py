@@ -172,28 +172,35 @@ def importance_plot(scores: dict[str, float], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def parallel_axis(key: str, cells: list, log_keys=()) -> tuple[np.ndarray, list, str]:
+    """One key's axis: each trial's position in [0, 1], the (position, text) ticks, and the axis name. A log
+    axis is labelled with its values and named "(log)"; a category axis has a tick per value."""
+    raw, numeric = _numeric(cells)
+    if not numeric:
+        levels = sorted(set(raw))
+        pos = {lv: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, lv in enumerate(levels)}
+        return np.array([pos[v] for v in raw]), [(p, lv[:14]) for lv, p in pos.items()], key
+    arr = np.array(raw, dtype=float)
+    log = _log_axis(key, arr, log_keys)
+    shown = np.log10(arr) if log else arr
+    lo, hi = np.nanmin(shown), np.nanmax(shown)  # a trial that did not search the key: no point there
+    positions = (shown - lo) / (hi - lo) if hi > lo else np.full_like(shown, 0.5)
+    value = (lambda v: 10 ** v) if log else (lambda v: v)
+    return positions, [(0.0, f"{value(lo):.3g}"), (1.0, f"{value(hi):.3g}")], f"{key}\n(log)" if log else key
+
+
 def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) -> None:
     plt = _plt()
     from matplotlib.collections import LineCollection
 
     scored = [t for t in trials if metric in t["best"]]
     values = np.array([np.nan if (w := worth(t, metric, mode)) is None else w for t in scored])
-    axes_data, tick_labels = [], []
+    axes_data, tick_labels, names = [], [], []
     for key in keys:
-        raw, numeric = _numeric([t["params"].get(key, "") for t in scored])
-        if numeric:
-            arr = np.array(raw, dtype=float)
-            log = _log_axis(key, arr, log_keys)
-            shown = np.log10(arr) if log else arr
-            lo, hi = np.nanmin(shown), np.nanmax(shown)  # a trial that did not search the key: no point there
-            axes_data.append((shown - lo) / (hi - lo) if hi > lo else np.full_like(shown, 0.5))
-            fmt = (lambda v: f"1e{v:.1f}") if log else (lambda v: f"{v:.3g}")
-            tick_labels.append([(0.0, fmt(lo)), (1.0, fmt(hi))])
-        else:
-            levels = sorted(set(raw))
-            pos = {lv: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, lv in enumerate(levels)}
-            axes_data.append(np.array([pos[v] for v in raw]))
-            tick_labels.append([(p, lv[:14]) for lv, p in pos.items()])
+        positions, ticks, name = parallel_axis(key, [t["params"].get(key, "") for t in scored], log_keys)
+        axes_data.append(positions)
+        tick_labels.append(ticks)
+        names.append(name)
     finite = np.isfinite(values)
     lo, hi = (values[finite].min(), values[finite].max()) if finite.any() else (0, 1)
     norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
@@ -217,7 +224,7 @@ def parallel_coordinates(trials, keys, metric, mode, path: Path, log_keys=()) ->
         ax.axvline(x, color="black", linewidth=0.8)
         for y, text in ticks:
             ax.text(x + 0.03, y, text, fontsize=8, va="center")
-    ax.set_xticks(xs, [*keys, f"best {metric}"])
+    ax.set_xticks(xs, [*names, f"best {metric}"])
     ax.set_yticks([])
     ax.set_title("Parallel coordinates: configuration against result (dark = better rank)")
     fig.tight_layout()

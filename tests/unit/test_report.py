@@ -58,3 +58,15 @@ def test_report_with_too_few_trials(tmp_path):
     # nor from 9 finished trials (a failed one does not count): a forest on so few ranks noise
     assert importance(fake_trials(9), ["learning_rate", "dropout"], "val_loss") == {}
     assert "too few trials to estimate" in (tmp_path / "report.html").read_text()
+
+
+def test_parallel_axes_of_log_keys_are_log_and_labelled_with_values():
+    from candle_ray.report import parallel_axis
+
+    positions, ticks, name = parallel_axis("learning_rate", ["1e-4", "1e-3", "1e-2"], log_keys=("learning_rate",))
+    assert np.allclose(positions, [0, 0.5, 1]) and ticks == [(0.0, "0.0001"), (1.0, "0.01")]
+    assert name == "learning_rate\n(log)"
+    positions, ticks, name = parallel_axis("weight_decay", ["0.01", "0.1", "0.05"])  # sampled uniformly: linear
+    assert np.allclose(positions, [0, 1, 4 / 9]) and ticks == [(0.0, "0.01"), (1.0, "0.1")] and name == "weight_decay"
+    positions, ticks, _ = parallel_axis("loss", ["qtl", "mse", "het", "mse"])
+    assert list(positions) == [1.0, 0.5, 0.0, 0.5] and [t for _, t in ticks] == ["het", "mse", "qtl"]
