@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from candle_ray.errors import DataError
@@ -150,11 +151,21 @@ def _split_columns(names: list[str], label, drop, path: Path) -> tuple[str, list
     return label_name, features
 
 
+# Label cells that mean "no label" (pandas reads them as NaN): a CSV label column is read as text, where an
+# empty cell was a class of its own ("") and made a regression target "not a number".
+MISSING_LABELS = ("", "NA", "N/A", "NaN", "nan", "null", "NULL")
+
+
 def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     """Raw label values: numbers when every value is numeric (int64 when all integral), else strings."""
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"label column {name!r} of {path} is empty at row {row}; fill it in or remove the row")
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        missing |= pc.is_in(pc.utf8_trim_whitespace(column), value_set=pa.array(MISSING_LABELS)).to_numpy(
+            zero_copy_only=False)
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise DataError(f"label column {name!r} of {path} is empty at row {int(rows[0])} ({rows.size} of {len(missing)} "
+                        f"rows have no label); fill them in or remove those rows")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         try:
             column = column.cast(pa.float64())

@@ -241,6 +241,18 @@ def test_table_missing_label_suggests_close_matches(tmp_path):
     assert "'cancer_typ'" in one_line(error) and "did you mean 'cancer_type'" in str(error.value)
 
 
+@pytest.mark.parametrize("task, missing", [("classification", ""), ("classification", "NA"), ("regression", ""),
+                                           ("regression", " nan ")])
+def test_a_row_without_a_label_is_refused(tmp_path, task, missing):
+    """An empty label cell was a class of its own ("") and made a regression column 'not numbers'."""
+    labels = ["x", "y", missing, "x", "y"] if task == "classification" else ["0.5", "1.5", "2.5", missing, "0.1"]
+    path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [[f"r{i}", v, i] for i, v in enumerate(labels)])
+    with pytest.raises(DataError) as error:
+        Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), task=task), log=quiet)
+    row = labels.index(missing)
+    assert f"label column 'label' of {path} is empty at row {row} (1 of 5 rows have no label)" in one_line(error)
+
+
 def test_table_non_numeric_feature_names_the_column(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [["a", 0, 1], ["b", 1, 2]])
     with pytest.raises(DataError) as error:
