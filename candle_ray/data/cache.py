@@ -167,6 +167,20 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
     return out, ds.classes or len(names), names.tolist()
 
 
+def _unused_classes_note(ds: Dataset, y: dict, num_classes, class_names) -> str | None:
+    """Integer labels are class indices (CANDLE's rule): labels 1..4 (Khan's own coding) make 5 classes, the
+    first with no rows. Said, not changed: a file's labels may leave out a class that exists."""
+    if not has_class_labels(ds.task) or class_names is not None or ds.classes is not None or not num_classes:
+        return None
+    seen = np.unique(np.concatenate([labels.ravel() for labels in y.values()]))
+    unused = sorted(set(range(num_classes)) - set(seen.tolist()))
+    if not unused:
+        return None
+    return (f"note: integer labels are class indices 0..{num_classes - 1}; class(es) {', '.join(map(str, unused[:5]))}"
+            f"{' ...' if len(unused) > 5 else ''} have no rows, and the model will still have an output for them; "
+            f"relabel from 0, or give the labels as names")
+
+
 def _need_rows(split: str, n: int, ds: Dataset) -> None:
     if n < 2:
         fix = "raise val_fraction or add rows" if ds.val is None else "check the file"
@@ -371,6 +385,8 @@ class Cache:
         X, y, names = _read_splits(ds, fetched, urls, log)
         _check_features(X, urls, names)
         y, num_classes, class_names = _labels(ds, y, urls)
+        if note := _unused_classes_note(ds, y, num_classes, class_names):
+            log(note)
         if "val" not in X:
             _hold_out_val(ds, X, y)
         for split in SPLITS:

@@ -253,6 +253,22 @@ def test_a_row_without_a_label_is_refused(tmp_path, task, missing):
     assert f"label column 'label' of {path} is empty at row {row} (1 of 5 rows have no label)" in one_line(error)
 
 
+def test_labels_from_1_say_that_class_0_has_no_rows(tmp_path):
+    """Integer labels are class indices, as in CANDLE's files: Khan's own coding 1..4 makes 5 outputs."""
+    path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [[f"r{i}", 1 + i % 4, i] for i in range(12)])
+    said = []
+    entry = Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), val_fraction=0.25),
+                                          log=said.append)
+    assert entry.num_classes == 5 and [line for line in said if line.startswith("note:")] == [
+        "note: integer labels are class indices 0..4; class(es) 0 have no rows, and the model will still have an "
+        "output for them; relabel from 0, or give the labels as names"]
+    zero_based = write_csv(tmp_path / "z.csv", ["id", "label", "g1"], [[f"r{i}", i % 4, i] for i in range(12)])
+    said.clear()
+    Cache(tmp_path / "c").prepare(TableDataset(str(zero_based), label="label", drop=("id",), val_fraction=0.25),
+                                  log=said.append)
+    assert said and not [line for line in said if line.startswith("note:")]
+
+
 def test_table_non_numeric_feature_names_the_column(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [["a", 0, 1], ["b", 1, 2]])
     with pytest.raises(DataError) as error:
