@@ -161,6 +161,7 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
         else:
             raise DataError(f"{source} has {frame.shape[1]} columns but the model takes {width} features "
                             f"(or {width + 1} with the label first); pass data in the training format")
+    columns = [str(c) for c in X.columns] if header else None
     try:
         X = X.to_numpy(dtype=np.float32)
     except (TypeError, ValueError):
@@ -170,8 +171,9 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
         raise DataError(f"{source} has no rows to predict")
     if not np.isfinite(X).all():
         row, col = map(int, np.argwhere(~np.isfinite(X))[0])
-        raise DataError(f"{source} has a missing or non-finite value at row {row + 1}, feature {col + 1}; "
-                        f"fill or drop it before predicting")
+        where = f"column {columns[col]!r}" if columns else f"feature {col + 1}"
+        raise DataError(f"{source} has a missing or non-finite value at row {row + 1} (the first data row is 1), "
+                        f"{where}; fill or drop it before predicting")
     if need_labels and y is None:
         raise DataError(f"{source} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")
     if info.get("scaler"):
