@@ -167,18 +167,29 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
     return out, ds.classes or len(names), names.tolist()
 
 
-def _unused_classes_note(ds: Dataset, y: dict, num_classes, class_names) -> str | None:
-    """Integer labels are class indices (CANDLE's rule): labels 1..4 (Khan's own coding) make 5 classes, the
-    first with no rows. Said, not changed: a file's labels may leave out a class that exists."""
-    if not has_class_labels(ds.task) or class_names is not None or ds.classes is not None or not num_classes:
-        return None
-    seen = np.unique(np.concatenate([labels.ravel() for labels in y.values()]))
-    unused = sorted(set(range(num_classes)) - set(seen.tolist()))
-    if not unused:
-        return None
-    return (f"note: integer labels are class indices 0..{num_classes - 1}; class(es) {', '.join(map(str, unused[:5]))}"
-            f"{' ...' if len(unused) > 5 else ''} have no rows, and the model will still have an output for them; "
-            f"relabel from 0, or give the labels as names")
+def _class_notes(ds: Dataset, y: dict, num_classes, class_names) -> list[str]:
+    """What a classifier's labels leave out, said, not changed (a file may lack a class that exists):
+    integer labels are class indices (CANDLE's rule), so labels 1..4 (Khan's own coding) make 5 classes, the
+    first with no rows; and a class with val rows but no train rows is one the model cannot learn."""
+    if not has_class_labels(ds.task) or not num_classes or y["train"].ndim > 1:
+        return []
+    train, val = (set(np.unique(y[split]).tolist()) for split in ("train", "val"))
+
+    def shown(indices) -> str:
+        named = [repr(class_names[i]) if class_names else str(i) for i in sorted(indices)]
+        return ", ".join(named[:5]) + (" ..." if len(named) > 5 else "")
+
+    notes = []
+    unused = set(range(num_classes)) - train - val
+    if unused and class_names is None and ds.classes is None:
+        notes.append(f"note: integer labels are class indices 0..{num_classes - 1}; class(es) {shown(unused)} have "
+                     f"no rows, and the model will still have an output for them; relabel from 0, or give the labels "
+                     f"as names")
+    if val_only := val - train:
+        rows = int(np.isin(y["val"], list(val_only)).sum())
+        notes.append(f"note: class(es) {shown(val_only)} have {rows} val row(s) but no train rows: the model cannot "
+                     f"learn them, and those rows count against it")
+    return notes
 
 
 def _need_rows(split: str, n: int, ds: Dataset) -> None:
@@ -385,10 +396,10 @@ class Cache:
         X, y, names = _read_splits(ds, fetched, urls, log)
         _check_features(X, urls, names)
         y, num_classes, class_names = _labels(ds, y, urls)
-        if note := _unused_classes_note(ds, y, num_classes, class_names):
-            log(note)
         if "val" not in X:
             _hold_out_val(ds, X, y)
+        for note in _class_notes(ds, y, num_classes, class_names):
+            log(note)
         for split in SPLITS:
             _need_rows(split, len(y[split]), ds)
         num_features = X["train"].shape[1]

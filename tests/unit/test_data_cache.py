@@ -253,8 +253,9 @@ def test_a_row_without_a_label_is_refused(tmp_path, task, missing):
     assert f"label column 'label' of {path} is empty at row {row} (1 of 5 rows have no label)" in one_line(error)
 
 
-def test_labels_from_1_say_that_class_0_has_no_rows(tmp_path):
-    """Integer labels are class indices, as in CANDLE's files: Khan's own coding 1..4 makes 5 outputs."""
+def test_labels_that_leave_a_class_out_are_noted(tmp_path):
+    """Integer labels are class indices, as in CANDLE's files: Khan's own coding 1..4 makes 5 outputs. A class
+    with val rows only cannot be learnt."""
     path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [[f"r{i}", 1 + i % 4, i] for i in range(12)])
     said = []
     entry = Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), val_fraction=0.25),
@@ -267,6 +268,13 @@ def test_labels_from_1_say_that_class_0_has_no_rows(tmp_path):
     Cache(tmp_path / "c").prepare(TableDataset(str(zero_based), label="label", drop=("id",), val_fraction=0.25),
                                   log=said.append)
     assert said and not [line for line in said if line.startswith("note:")]
+    val = write_csv(tmp_path / "v.csv", ["id", "label", "g1"], [["v0", "z", 0], ["v1", "a", 1], ["v2", "z", 2]])
+    train = write_csv(tmp_path / "tr.csv", ["id", "label", "g1"], [[f"r{i}", "ab"[i % 2], i] for i in range(6)])
+    said.clear()
+    Cache(tmp_path / "c").prepare(TableDataset(str(train), label="label", drop=("id",), val=str(val)), log=said.append)
+    assert [line for line in said if line.startswith("note:")] == [
+        "note: class(es) 'z' have 2 val row(s) but no train rows: the model cannot learn them, and those rows count "
+        "against it"]
 
 
 def test_table_non_numeric_feature_names_the_column(tmp_path):
