@@ -243,13 +243,36 @@ def _check_features(X: dict[str, np.ndarray], urls: dict[str, str], names: list[
 
 
 def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> None:
-    """CANDLE-style hold-out when there is no val file: a seeded shuffle of train, whose last
-    val_fraction rows become val (X and y are updated in place)."""
+    """The hold-out when there is no val file: a seeded shuffle of train, whose last val_fraction rows become
+    val (X and y are updated in place); for a classifier, stratified (`stratified_holdout`)."""
     n = len(y["train"])
-    order = np.random.default_rng(ds.seed).permutation(n)
     n_val = int(round(n * ds.val_fraction))
+    if ds.task == "classification" and y["train"].ndim == 1:
+        order, n_val = stratified_holdout(y["train"], n_val, ds.seed)
+    else:
+        order = np.random.default_rng(ds.seed).permutation(n)
     X["train"], X["val"] = X["train"][order[: n - n_val]], X["train"][order[n - n_val :]]
     y["train"], y["val"] = y["train"][order[: n - n_val]], y["train"][order[n - n_val :]]
+
+
+def stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, int]:
+    """(row order, val rows): the order's last rows are the val split, about `n_val` of them (fewer only where
+    classes of one row each would have to give theirs up). Each class's share of val is its share of the rows
+    (largest remainders), every class keeps a train row, and both splits are in seeded-shuffled order. A plain
+    shuffle of a small, uneven table gave Khan's class sizes (23, 20, 12, 8 of 63 rows, 13 held out) 0 to 6 val
+    rows of the rarest class, none in 155 of 1,000 seeds: a val split that says nothing about that class."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n_val / len(labels)
+    take = np.minimum(np.floor(exact).astype(int), counts - 1)
+    for i in np.argsort(-(exact - take), kind="stable"):  # the rows left over, to the largest remainders
+        if take.sum() >= n_val:
+            break
+        take[i] += take[i] < counts[i] - 1
+    val = np.zeros(len(labels), dtype=bool)
+    for label, k in zip(classes, take):
+        val[rng.permutation(np.flatnonzero(labels == label))[:k]] = True
+    return np.concatenate([rng.permutation(np.flatnonzero(~val)), rng.permutation(np.flatnonzero(val))]), int(val.sum())
 
 
 def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> dict:

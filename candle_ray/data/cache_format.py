@@ -134,6 +134,9 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
         # The split fraction and seed only shape the data when val is carved out of train.
         "val_fraction": ds.val_fraction if from_fraction else None,
         "seed": ds.seed if from_fraction else None,
+        # A classifier's hold-out is stratified (cache.stratified_holdout); entries of the plain shuffle before
+        # it keep their own fingerprint.
+        **({"holdout": "stratified"} if from_fraction and ds.task == "classification" else {}),
         "sources": {split: _source_key(src) for split, src in ds.sources().items()},
     })
 

@@ -74,7 +74,7 @@ class Dataset:
       - "candle_noheader": CANDLE's NT3/TC1 CSV: no header, column 0 the integer label, the rest features.
       - "table": a CSV, TSV or Parquet file with a header, a label column and feature columns.
     val: a second file (CANDLE passes the test file as validation data), or None to hold out the
-      last `val_fraction` of the (seeded-shuffled) train rows.
+      last `val_fraction` of the (seeded-shuffled) train rows, stratified by class for a classifier.
     scaling: CANDLE's vocabulary (maxabs, minmax, std, log, none); `scaling_fit` "train+val" is
       CANDLE's transductive rule (fit on train and test concatenated), "train" the inductive one.
     """

@@ -170,8 +170,8 @@ def test_lookup_and_entries(tmp_path, nt3):
 
 def test_val_split_from_fraction_is_a_seeded_shuffle(tmp_path):
     X, y = data(40, 3)
-    train = write_noheader(tmp_path / "all.csv", X, y)
-    ds = Dataset(name="frac", train=str(train), scaling="none", val_fraction=0.25, seed=7)
+    train = write_noheader(tmp_path / "all.csv", X, y.astype(float) / 3)
+    ds = Dataset(name="frac", train=str(train), scaling="none", val_fraction=0.25, seed=7, task="regression")
     entry = Cache(tmp_path / "c").prepare(ds, log=quiet)
     assert entry.rows == {"train": 30, "val": 10}
     assert entry.manifest["preprocessing"]["val_fraction"] == 0.25 and "val" not in entry.manifest["sources"]
@@ -180,7 +180,28 @@ def test_val_split_from_fraction_is_a_seeded_shuffle(tmp_path):
     order = np.random.default_rng(7).permutation(40)
     np.testing.assert_array_equal(Xt[:, 0], order[:30])
     np.testing.assert_array_equal(Xv[:, 0], order[30:])
-    np.testing.assert_array_equal(yv, y[order[30:]])
+    np.testing.assert_allclose(yv, (y[order[30:]] / 3).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_classifiers_val_split_from_fraction_is_stratified(tmp_path, seed):
+    """Khan-like: 63 rows of 4 uneven classes (8 to 23 rows), 20 % held out: each class's share of val is its
+    share of the rows, and every class keeps train rows (a plain shuffle held out 0 to 6 of the rarest's 8)."""
+    y = np.repeat([0, 1, 2, 3], [23, 20, 12, 8])
+    X = np.column_stack([np.arange(63), np.ones(63)]).astype(np.float32)
+    path = write_noheader(tmp_path / "all.csv", X, y)
+    ds = Dataset(name="khanlike", train=str(path), scaling="none", val_fraction=0.2, seed=seed)
+    entry = Cache(tmp_path / "c").prepare(ds, log=quiet)
+    (Xt, yt), (Xv, yv) = open_split(entry.path, "train"), open_split(entry.path, "val")
+    assert entry.rows == {"train": 50, "val": 13} and sorted(np.concatenate([Xt[:, 0], Xv[:, 0]])) == list(range(63))
+    assert np.bincount(yv, minlength=4).tolist() == [5, 4, 2, 2]  # 4.6, 4.1, 2.5, 1.6 by largest remainders
+    assert np.array_equal(y[Xv[:, 0].astype(int)], yv)  # rows keep their labels
+    again = Cache(tmp_path / "d").prepare(ds, log=quiet)
+    assert np.array_equal(open_split(again.path, "val")[0], Xv)  # seeded
+    from candle_ray.data.cache import stratified_holdout
+
+    order, n_val = stratified_holdout(np.array([0, 0, 0, 1, 2, 3]), 3, seed)  # one-row classes keep theirs
+    assert n_val == 2 and sorted(order) == list(range(6)) and set(order[-2:]) < {0, 1, 2}
 
 
 def test_regression_targets_are_float32(tmp_path):
