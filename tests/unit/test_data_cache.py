@@ -195,6 +195,7 @@ def test_a_classifiers_val_split_from_fraction_is_stratified(tmp_path, seed):
     (Xt, yt), (Xv, yv) = open_split(entry.path, "train"), open_split(entry.path, "val")
     assert entry.rows == {"train": 50, "val": 13} and sorted(np.concatenate([Xt[:, 0], Xv[:, 0]])) == list(range(63))
     assert np.bincount(yv, minlength=4).tolist() == [5, 4, 2, 2]  # 4.6, 4.1, 2.5, 1.6 by largest remainders
+    assert np.bincount(yt, minlength=4).tolist() == [18, 16, 10, 6]
     assert np.array_equal(y[Xv[:, 0].astype(int)], yv)  # rows keep their labels
     again = Cache(tmp_path / "d").prepare(ds, log=quiet)
     assert np.array_equal(open_split(again.path, "val")[0], Xv)  # seeded
