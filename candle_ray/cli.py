@@ -364,7 +364,8 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
 @main.command()
 @click.argument("experiment_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="K: each fold validates once.")
-@click.option("--stratify", is_flag=True, help="Keep each class's share in every fold (classifiers).")
+@click.option("--stratify/--no-stratify", default=None,
+              help="Keep each class's share in every fold [default: on for a classifier without --group-by].")
 @click.option("--group-by", default=None, metavar="COLUMN",
               help="Keep each value of COLUMN in one fold: leave-drugs-out (drug1_id), leave-cells-out (cell_id).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
@@ -380,7 +381,8 @@ def cv(ctx, experiment_file, folds, stratify, group_by, seed, **run):
     run["name"] = run["name"] or f"{experiment.name}-cv-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=folds, seed=0,
                         metric=None, mode=None, space=None, kind="cv", members=None if run["resume"] else [{"cv_fold": k} for k in range(folds)],
-                        cv={"folds": folds, "stratify": stratify, "group_by": group_by, "seed": seed}))
+                        cv={"folds": folds, "stratify": "auto" if stratify is None else stratify, "group_by": group_by,
+                            "seed": seed}))
 
 
 @main.command()

@@ -567,7 +567,7 @@ def fold_assignment(entry, cv: dict):
 
     labels = folds.pooled_labels(entry)
     stratify = cv.get("stratify")
-    if stratify == "auto":  # `tune --cv`: classifiers keep their class mix in every fold
+    if stratify == "auto":  # `tune --cv`, `cv` by default: classifiers keep their class mix in every fold
         stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not cv.get("group_by")
     return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),
                         labels=labels if stratify else None,

@@ -153,7 +153,7 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
 
 
 def test_cross_validation_stratified(ray_cluster, workdir):
-    r = cli("cv", TINY, "--smoke", "--folds", 3, "--stratify", "--name", "cv3", "--set", "epochs=2")
+    r = cli("cv", TINY, "--smoke", "--folds", 3, "--name", "cv3", "--set", "epochs=2")  # stratified: a classifier
     assert r.exit_code == 0, r.output
     assert "3 trials: 3 completed" in r.output and "cross-validation over 3 folds: val_loss" in r.output
     assert not [line for line in r.output.splitlines() if line.startswith("best ")]  # its result: the folds' mean

@@ -41,3 +41,26 @@ def test_bad_fold_requests():
         assign(10, 3, groups=np.array(["a", "b"] * 5, dtype=object))
     with pytest.raises(UsageError, match="cannot be combined"):
         assign(10, 2, labels=np.zeros(10), groups=np.zeros(10))
+
+
+def test_cv_stratifies_a_classifier_unless_told_otherwise(tmp_path):
+    """`cv` and `tune --cv` by default ("auto"): a classifier's folds keep its class mix, a regressor's are plain;
+    `cv --no-stratify` gives plain folds to a classifier too."""
+    import pandas as pd
+
+    from candle_ray.data import folds
+    from candle_ray.data.cache import Cache
+    from candle_ray.data.spec import TableDataset
+    from candle_ray.sweep import fold_assignment
+
+    labels = np.array([0] * 90 + [1] * 10)
+    frame = pd.DataFrame({"y": labels, "g": np.arange(100.0)})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    entry = Cache(tmp_path / "c").prepare(TableDataset(str(tmp_path / "t.csv"), label="y", val_fraction=0.2),
+                                          log=lambda *_: None)
+    pooled = folds.pooled_labels(entry)
+    cv = {"folds": 5, "group_by": None, "seed": 0}
+    auto = fold_assignment(entry, {**cv, "stratify": "auto"})
+    assert [int(np.sum(pooled[auto == k] == 1)) for k in range(5)] == [2] * 5
+    plain = [fold_assignment(entry, {**cv, "seed": s, "stratify": False}) for s in range(10)]
+    assert [int(np.sum(pooled[a == 0] == 1)) for a in plain] != [2] * 10
