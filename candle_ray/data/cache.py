@@ -156,7 +156,13 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
         if num_classes < 2:
             raise DataError(f"all labels of {urls['train']} are 0; a classifier needs at least 2 classes: check the label column")
         return {s: y.astype(np.int64) for s, y in y_by_split.items()}, num_classes, None
-    # Names (or non-integral numbers): class index = position in the sorted distinct values of train+val.
+    if any(y.dtype.kind == "f" for y in y_by_split.values()):  # a numeric target read as class names
+        split, y = next((s, y) for s, y in y_by_split.items() if y.dtype.kind == "f")
+        odd = [v for v in y.tolist() if v != round(v)][:3]
+        raise DataError(f"{split} labels of {urls[split]} are numbers that are not whole (e.g. "
+                        f"{', '.join(f'{v:g}' for v in odd)}), and task='classification' would make each value a "
+                        f"class; pass task='regression' for a numeric target, or give class labels")
+    # Names: class index = position in the sorted distinct values of train+val.
     values = {s: y.astype(str) for s, y in y_by_split.items()}
     names = np.unique(np.concatenate(list(values.values())))
     if ds.classes is not None and len(names) > ds.classes:

@@ -275,6 +275,15 @@ def test_a_row_without_a_label_is_refused(tmp_path, task, missing):
     assert f"label column 'label' of {path} is empty at row {row} (1 of 5 rows have no label)" in one_line(error)
 
 
+def test_a_numeric_target_without_task_regression_is_refused(tmp_path):
+    """A drug response column under the default task: each value would be a class of one row."""
+    path = write_csv(tmp_path / "t.csv", ["id", "ln_ic50", "g1"], [[f"r{i}", 0.25 + i / 3, i] for i in range(20)])
+    with pytest.raises(DataError) as error:
+        Cache(tmp_path / "c").prepare(TableDataset(str(path), label="ln_ic50", drop=("id",)), log=quiet)
+    assert "are numbers that are not whole (e.g. 0.25, 0.583333, 0.916667), and task='classification'" in str(error.value)
+    assert "pass task='regression'" in str(error.value)
+
+
 def test_labels_that_leave_a_class_out_are_noted(tmp_path):
     """Integer labels are class indices, as in CANDLE's files: Khan's own coding 1..4 makes 5 outputs. A class
     with val rows only cannot be learnt."""
