@@ -115,8 +115,8 @@ def _check_one_head(configs: list[dict], sweep: str) -> None:
     if len(set(losses)) > 1:
         same = next(i for i, loss in enumerate(losses) if loss != losses[0])
         raise UsageError(f"the {len(configs)} best trials of sweep {sweep!r} use different losses "
-                         f"({', '.join(losses)}), whose outputs do not pool; take --top {same} (the best that share one) or sweep with one "
-                         f"loss (--set loss=NAME)")
+                         f"({', '.join(losses)}), whose outputs do not pool; take --top {same} (the best that share "
+                         f"one) or sweep with one loss (--set loss=NAME)")
 
 
 # ---------------------------------------------------------------- evaluation of the pooled members

@@ -257,8 +257,8 @@ def validate(searcher: str, scheduler: str, space: dict, objectives: int = 1) ->
 
 
 # Keys whose value changes what val_loss measures (a Gaussian NLL, a pinball loss, an abstention loss are not
-# squared errors or cross-entropies): trials that differ in them cannot be ranked by it.
-# Each with what it is where it is not set (a conditional key not searched in a trial, no value in the config).
+# squared errors or cross-entropies): trials that differ in them cannot be ranked by it. Each maps to what it
+# is where it is not set (a conditional key a trial did not search, a key the config leaves out).
 LOSS_KEYS = {"loss": "default", "abstention": "False"}
 
 

@@ -186,7 +186,6 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
             echo(f"note: {settings.scheduler} stops trials on {settings.metric or experiment.metric} alone, the "
                  f"first --metric; the searcher and the Pareto front use every --metric")
         from candle_ray.samplers import note
-
         from candle_ray.space import wide_uniform_note
 
         for said in (note(settings.searcher, space, settings.num_samples, settings.searcher_options),

@@ -164,8 +164,8 @@ def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
             zero_copy_only=False)
     if missing.any():
         rows = np.flatnonzero(missing)
-        raise DataError(f"label column {name!r} of {path} is empty at row {int(rows[0])} ({rows.size} of {len(missing)} "
-                        f"rows have no label); fill them in or remove those rows")
+        raise DataError(f"label column {name!r} of {path} is empty at row {int(rows[0])} ({rows.size} of "
+                        f"{len(missing)} rows have no label); fill them in or remove those rows")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         try:
             column = column.cast(pa.float64())
