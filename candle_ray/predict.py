@@ -83,8 +83,8 @@ def check_compatible(members: list[Member]) -> None:
                 raise UsageError(f"ensemble members disagree on {key}: {first.source} has {first.data.get(key)!r}, "
                                  f"{other.source} has {other.data.get(key)!r}; combine models trained on the same data")
         if other.head != first.head:
-            raise UsageError(f"ensemble members have different heads ({first.head} vs {other.head}); "
-                             f"combine models trained with the same loss")
+            raise UsageError(f"ensemble members have different heads ({first.head} vs {other.head}), whose outputs "
+                             f"do not pool; combine models trained with the same loss (a sweep's --top K: fewer)")
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:

@@ -294,3 +294,12 @@ def test_trial_folders_are_its_folds_in_fold_order(tmp_path):
     for k in (10, 2, 0):
         (tmp_path / f"fold-{k}" / "checkpoints").mkdir(parents=True)
     assert trial_folders(tmp_path) == [tmp_path / f"fold-{k}" / "checkpoints" for k in (0, 2, 10)]
+
+
+def test_members_with_different_heads_are_not_pooled():
+    data = {"fingerprint": "f", "num_features": 3, "task": "regression"}
+    qtl, mse = (predicting.Member(model=None, state={"config": {"loss": loss}, "data": data}, source=loss)
+                for loss in ("qtl", "mse"))
+    predicting.check_compatible([qtl, qtl])
+    with pytest.raises(UsageError, match=r"different heads \(qtl vs regression\), whose outputs do not pool; .* --top K"):
+        predicting.check_compatible([qtl, mse])
