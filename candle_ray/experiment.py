@@ -153,6 +153,39 @@ def _check_rules(key: str, value):
             raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
 
 
+def check_space_rules(space: dict) -> None:
+    """Refuse, before any trial, a search space that can draw a value the key's rule forbids (dropout over
+    [0, 1.2] failed only the trials that drew 1 or more). A float range may touch an exclusive bound (a
+    learning rate from 0): it is drawn with probability 0."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from candle_ray.conditional import Conditional
+
+    for key, domain in space.items():
+        domain = domain.then if isinstance(domain, Conditional) else domain
+        if isinstance(domain, Categorical):
+            values, shown = list(domain.categories), None
+        elif isinstance(domain, dict) and "grid_search" in domain:
+            values, shown = list(domain["grid_search"]), None
+        elif isinstance(domain, (Float, Integer)):
+            high = domain.upper - 1 if isinstance(domain, Integer) else domain.upper
+            rule = KEY_RULES.get(key, {})
+            low = domain.lower
+            if isinstance(domain, Float) and low == rule.get("min_exclusive"):
+                low = None  # never drawn
+            if isinstance(domain, Float) and high == rule.get("max_exclusive"):
+                high = None
+            values, shown = [low, high], f"[{domain.lower:g}, {domain.upper:g}]"
+        else:
+            values, shown = [domain], None
+        try:
+            for value in values:
+                _check_rules(key, value)
+        except UsageError as exc:
+            where = f"search-space range {key} {shown}" if shown else "search space"
+            raise UsageError(f"{where}: {exc}; narrow the search space") from None
+
+
 _TRUE = {"true", "t", "yes", "y", "1", "on"}
 _FALSE = {"false", "f", "no", "n", "0", "off"}
 

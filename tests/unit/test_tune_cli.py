@@ -1,6 +1,7 @@
 """`candle-ray tune` refuses bad input before starting anything: one line, exit 2."""
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -194,3 +195,22 @@ def test_only_a_loss_that_changes_what_val_loss_is_refuses_a_val_loss_ranking():
                                (sgd_qtl, config, "mse, qtl"), (sgd_qtl, {"optimizer": "adam"}, "default, qtl")]:
         with pytest.raises(UsageError, match=rf"varies loss \({shown}\), so the trials' val_loss values"):
             check_ranked_losses(space, base, ["val_r2", "val_loss"])  # any ranked metric counts
+
+
+def test_a_range_past_a_keys_limit_is_refused_before_any_trial():
+    """dropout over [0, 1.2] failed only the trials that drew 1 or more; a range may touch an exclusive bound."""
+    from ray import tune as ray_tune
+
+    from candle_ray import when
+    from candle_ray.errors import UsageError
+    from candle_ray.experiment import check_space_rules
+
+    check_space_rules({"dropout": ray_tune.uniform(0.0, 1.0), "learning_rate": ray_tune.uniform(0.0, 0.1),
+                       "batch_size": ray_tune.randint(1, 65), "epochs": {"grid_search": [1, 2]}})
+    for space, message in [
+            ({"dropout": ray_tune.uniform(0.0, 1.2)}, "search-space range dropout [0, 1.2]: dropout=1.2 must be < 1.0"),
+            ({"batch_size": ray_tune.randint(0, 64)}, "range batch_size [0, 64]: batch_size=0 must be >= 1"),
+            ({"optimizer": ray_tune.choice(["adam", "lion"])}, "search space: optimizer='lion' is not one of"),
+            ({"momentum": when(optimizer="sgd", then=ray_tune.uniform(-0.5, 0.9))}, "momentum=-0.5 must be >= 0.0")]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            check_space_rules(space)
