@@ -238,7 +238,8 @@ register_option = click.option(
                    "over every reported metric and n_params or epoch_time_s; the first picks each trial's best "
                    "epoch and drives early stopping, the end shows the Pareto front.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["min", "max"]),
-              help="Default: the experiment's mode; one per --metric when there are several.")
+              help="Default: the experiment's mode for its own metric, else the metric's direction (max for "
+                   "accuracy, AUROC, R²; min for losses, errors, n_params); one per --metric when there are several.")
 @click.option("--warm-start", "warm_start", multiple=True, metavar="SWEEP[,SWEEP]",
               help="Give the searcher (optuna, gp, bohb) the finished trials of earlier sweeps over the same keys "
                    "as evaluated points, so it starts informed.")

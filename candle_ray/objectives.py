@@ -191,8 +191,10 @@ def aupr_from_histogram(neg, pos) -> float:
 
 
 def direction(metric: str) -> str:
-    """Whether a metric improves downwards ("min": losses, errors, abstention) or upwards ("max")."""
-    lower = ("loss", "mae", "mse", "abstention_fraction", "mean_sigma")
+    """Whether a metric improves downwards ("min": losses, errors, abstention, calibration error, interval
+    width, a trial's size and time) or upwards ("max": accuracy, AUROC, R², correlation, coverage)."""
+    lower = ("loss", "mae", "mse", "abstention_fraction", "mean_sigma", "nll", "brier", "ece", "width", "n_params",
+             "time_s")
     return "min" if any(metric.endswith(s) for s in lower) else "max"
 
 

@@ -192,7 +192,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                      wide_uniform_note(space)):
             if said:
                 echo(said)
-    settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or experiment.mode)
+    settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or default_mode(
+        settings.metric, experiment))
     warm = None
     if settings.warm_start:
         from candle_ray import warm_start
@@ -205,6 +206,15 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                                settings.mode, settings.smoke, echo)
         echo(warm.line(settings.searcher))
     return _Resolved(settings, record, name, stamp, config, space, warm, grown is not None)
+
+
+def default_mode(metric: str | None, experiment) -> str:
+    """The mode of a --metric given without --mode: the experiment's for its own metric, else the metric's
+    natural direction. The experiment's mode for any metric had `--metric val_accuracy` on an experiment
+    ranked by val_loss minimise accuracy (NCI-60: "best" val_accuracy 0.15 of 0.46 to 0.77)."""
+    from candle_ray.objectives import direction
+
+    return experiment.mode if metric in (None, experiment.metric) else direction(metric)
 
 
 def _grown(record: dict, settings: SweepSettings, echo) -> dict | None:

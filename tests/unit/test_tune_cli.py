@@ -214,3 +214,15 @@ def test_a_range_past_a_keys_limit_is_refused_before_any_trial():
             ({"momentum": when(optimizer="sgd", then=ray_tune.uniform(-0.5, 0.9))}, "momentum=-0.5 must be >= 0.0")]:
         with pytest.raises(UsageError, match=re.escape(message)):
             check_space_rules(space)
+
+
+def test_a_metric_without_a_mode_is_ranked_in_its_own_direction():
+    """--metric val_accuracy on an experiment ranked by val_loss (min) minimised accuracy: NCI-60's "best"
+    trial had val_accuracy 0.15 where the others had 0.46 to 0.77."""
+    from candle_ray.experiment import load_experiment
+    from candle_ray.sweep import default_mode
+
+    nt3 = load_experiment(NT3)  # val_loss, min
+    assert [default_mode(m, nt3) for m in (None, "val_loss", "val_accuracy", "val_auroc", "val_r2", "n_params",
+                                           "epoch_time_s", "val_ece", "conformal_val_interval_width")] == \
+        ["min", "min", "max", "max", "max", "min", "min", "min", "min"]
