@@ -194,6 +194,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                 echo(said)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or default_mode(
         settings.metric, experiment))
+    if record is None:
+        for metric, mode in ((settings.metric, settings.mode), *settings.also):
+            check_mode(metric, mode)
     warm = None
     if settings.warm_start:
         from candle_ray import warm_start
@@ -215,6 +218,19 @@ def default_mode(metric: str | None, experiment) -> str:
     from candle_ray.objectives import direction
 
     return experiment.mode if metric in (None, experiment.metric) else direction(metric)
+
+
+# Metrics whose direction is beyond doubt: ranking them the other way calls the worst trial the best.
+_SURE = {"min": ("loss", "_mae", "_mse"), "max": ("accuracy", "auroc", "aupr", "_r2", "_corr")}
+
+
+def check_mode(metric: str, mode: str) -> None:
+    """Refuse a --mode that ranks a loss upwards or an accuracy downwards."""
+    for natural, endings in _SURE.items():
+        if mode != natural and metric.endswith(endings):
+            raise UsageError(f"--mode {mode} would rank {metric} the wrong way and call the worst trial the best; "
+                             f"{metric} improves {'down' if natural == 'min' else 'up'}wards: pass --mode {natural} "
+                             f"or leave --mode out")
 
 
 def _grown(record: dict, settings: SweepSettings, echo) -> dict | None:

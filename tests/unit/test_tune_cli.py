@@ -226,3 +226,12 @@ def test_a_metric_without_a_mode_is_ranked_in_its_own_direction():
     assert [default_mode(m, nt3) for m in (None, "val_loss", "val_accuracy", "val_auroc", "val_r2", "n_params",
                                            "epoch_time_s", "val_ece", "conformal_val_interval_width")] == \
         ["min", "min", "max", "max", "max", "min", "min", "min", "min"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--mode", "max"), "--mode max would rank val_loss the wrong way and call the worst trial the best"),
+    (("--metric", "val_accuracy", "--mode", "min"), "val_accuracy improves upwards: pass --mode max"),
+    (("--metric", "val_loss", "--mode", "min", "--metric", "val_auroc", "--mode", "min"), "rank val_auroc the wrong way")])
+def test_a_mode_against_the_metrics_direction_is_refused(workdir, args, message):
+    r = tune(TINY, "--smoke", *args)
+    assert r.exit_code == 2 and message in error_line(r), r.output
