@@ -101,6 +101,9 @@ class Experiment:
             raise UsageError(f"experiment {self.name!r}: dataset must be a candle_ray Dataset or ReaderDataset, got {type(self.dataset).__name__}")
         if self.mode not in ("min", "max"):
             raise UsageError(f"experiment {self.name!r}: mode must be 'min' or 'max', got {self.mode!r}")
+        if natural_mode(self.metric) not in (None, self.mode):
+            raise UsageError(f"experiment {self.name!r}: mode={self.mode!r} ranks {self.metric} the wrong way (the "
+                             f"worst trial would be the best); set mode={natural_mode(self.metric)!r}")
         if not isinstance(self.defaults, dict) or not self.defaults:
             raise UsageError(f"experiment {self.name!r}: defaults must be a non-empty dict of CANDLE keywords")
         self.defaults = {**COMMON_DEFAULTS, **self.defaults}
@@ -151,6 +154,15 @@ def _check_rules(key: str, value):
             raise UsageError(f"{key}={value!r} must be <= {rule['max']}")
         if "max_exclusive" in rule and value >= rule["max_exclusive"]:
             raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
+
+
+# Metrics whose direction is beyond doubt: ranking them the other way calls the worst trial the best.
+_SURE_DIRECTION = {"min": ("loss", "_mae", "_mse"), "max": ("accuracy", "auroc", "aupr", "_r2", "_corr")}
+
+
+def natural_mode(metric: str) -> str | None:
+    """"min" for a loss or error, "max" for an accuracy, AUROC, AUPR, R² or correlation, None when unsure."""
+    return next((mode for mode, endings in _SURE_DIRECTION.items() if metric.endswith(endings)), None)
 
 
 def check_space_rules(space: dict) -> None:

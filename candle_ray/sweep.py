@@ -220,17 +220,14 @@ def default_mode(metric: str | None, experiment) -> str:
     return experiment.mode if metric in (None, experiment.metric) else direction(metric)
 
 
-# Metrics whose direction is beyond doubt: ranking them the other way calls the worst trial the best.
-_SURE = {"min": ("loss", "_mae", "_mse"), "max": ("accuracy", "auroc", "aupr", "_r2", "_corr")}
-
-
 def check_mode(metric: str, mode: str) -> None:
     """Refuse a --mode that ranks a loss upwards or an accuracy downwards."""
-    for natural, endings in _SURE.items():
-        if mode != natural and metric.endswith(endings):
-            raise UsageError(f"--mode {mode} would rank {metric} the wrong way and call the worst trial the best; "
-                             f"{metric} improves {'down' if natural == 'min' else 'up'}wards: pass --mode {natural} "
-                             f"or leave --mode out")
+    from candle_ray.experiment import natural_mode
+
+    if (natural := natural_mode(metric)) not in (None, mode):
+        raise UsageError(f"--mode {mode} would rank {metric} the wrong way and call the worst trial the best; "
+                         f"{metric} improves {'down' if natural == 'min' else 'up'}wards: pass --mode {natural} "
+                         f"or leave --mode out")
 
 
 def _grown(record: dict, settings: SweepSettings, echo) -> dict | None:

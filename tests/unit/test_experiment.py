@@ -185,3 +185,14 @@ def test_the_objectives_keys_can_be_set_on_any_experiment(tmp_path):
         exp.resolve_config(sets=["los=het"])
     with pytest.raises(UsageError, match="target_scaling='log' is not one of std, none"):
         exp.resolve_config(sets=["target_scaling=log"])
+
+
+@pytest.mark.parametrize("metric, mode", [("val_loss", "max"), ("val_accuracy", "min"), ("val_r2", "min")])
+def test_an_experiment_ranked_the_wrong_way_is_refused(metric, mode):
+    from candle_ray import Experiment, TableDataset
+
+    with pytest.raises(UsageError, match=rf"mode='{mode}' ranks {metric} the wrong way"):
+        Experiment(name="mine", dataset=TableDataset("m.csv", label="y"), model="mlp", defaults={"epochs": 1},
+                   metric=metric, mode=mode)
+    Experiment(name="mine", dataset=TableDataset("m.csv", label="y"), model="mlp", defaults={"epochs": 1},
+               metric=metric, mode="min" if mode == "max" else "max")
