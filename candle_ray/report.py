@@ -58,10 +58,16 @@ def _baseline_line(ax, baseline: dict, key: str, **style) -> None:
                    label=f"linear baseline {key} {baseline[key]:.4g}")
 
 
-def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = None) -> None:
+# A cv's folds and an ensemble's members are not rival configurations: no "best" among them is drawn or named.
+MEMBERS = {"cv": "fold", "ensemble": "member"}
+
+
+def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = None, noun: str | None = None) -> None:
+    """Every trial's curve; the best trial's drawn over them, unless the trials are a cv's folds or an
+    ensemble's members (`noun`: what they are)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    best = _best(trials, metric, mode)
+    best = None if noun else _best(trials, metric, mode)
     for t in trials:
         points = t["history"].get(metric)
         if not points:
@@ -84,7 +90,8 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
     if finite and min(finite) > 0 and max(finite) / min(finite) > 50:
         ax.set_yscale("log")
     drawn = sum(1 for t in trials if t["history"].get(metric))
-    which = f"{len(trials)} trials" if drawn == len(trials) else f"the {drawn} best of {len(trials)} trials"
+    plural = f"{noun or 'trial'}s"
+    which = f"{len(trials)} {plural}" if drawn == len(trials) else f"the {drawn} best of {len(trials)} {plural}"
     ax.set(xlabel="epoch", ylabel=metric, title=f"Learning curves of {which} ({metric})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
@@ -308,14 +315,15 @@ def best_curves(best: dict, path: Path, baseline: dict | None = None) -> None:
 
 
 def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, space_keys: list[str], out: Path,
-                 log_keys=(), baseline: dict | None = None, also=()) -> list[Path]:
+                 log_keys=(), baseline: dict | None = None, also=(), kind: str = "sweep") -> list[Path]:
     """Write the PNGs and report.html into `out`; return the files written. `log_keys`: keys sampled on a
     log scale; `baseline`: the linear baseline's metrics (val_loss, val_accuracy, ...); `also`: a
-    multi-objective sweep's other objectives, [(metric, mode), ...]."""
+    multi-objective sweep's other objectives, [(metric, mode), ...]; `kind`: sweep, cv or ensemble."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
     curves = out / "learning_curves.png"
-    learning_curves(trials, metric, mode, curves, baseline)
+    noun = MEMBERS.get(kind)
+    learning_curves(trials, metric, mode, curves, baseline, noun)
     files.append(curves)
     keys = [k for k in space_keys if any(k in t["params"] for t in trials)]
     scores = importance(trials, keys, metric, mode, log_keys)
@@ -325,18 +333,19 @@ def write_report(trials: list[dict], *, sweep: str, metric: str, mode: str, spac
     if keys and any(metric in t["best"] for t in trials):
         parallel_coordinates(trials, keys, metric, mode, out / "parallel_coordinates.png", log_keys)
         files.append(out / "parallel_coordinates.png")
-    best = _best(trials, metric, mode)
+    best = None if noun else _best(trials, metric, mode)
     if best:
         best_curves(best, out / "best_trial.png", baseline)
         files.append(out / "best_trial.png")
     if also and pareto_plot(trials, ((metric, mode), *map(tuple, also)), out / "pareto_front.png"):
         files.append(out / "pareto_front.png")
     files.append(_html(trials, sweep=sweep, metric=metric, mode=mode, keys=keys, best=best, scores=scores,
-                       images=[f.name for f in files], out=out, baseline=baseline))
+                       images=[f.name for f in files], out=out, baseline=baseline, noun=noun))
     return files
 
 
-def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path, baseline: dict | None = None) -> Path:
+def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path, baseline: dict | None = None,
+          noun: str | None = None) -> Path:
     from candle_ray.summary import ranked as rank
 
     counts = {}
@@ -351,8 +360,11 @@ def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path,
         for t in top)
     header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", "best epoch", f"best {metric}", *keys))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    values = [w for t in trials if (w := worth(t, metric, mode)) is not None and finite(w)]
     best_text = "no successful trial"
-    if best:
+    if noun and values:  # folds or members: their spread, no winner
+        best_text = f"{metric} of the {noun}s {min(values):.6g} to {max(values):.6g} (mean {np.mean(values):.6g})"
+    elif best:
         epoch = (history_best(best["history"].get(metric, []), mode) or ("?",))[0]
         best_text = f"best {metric} {worth(best, metric, mode):.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
     if baseline and finite(baseline.get(metric)):
@@ -366,7 +378,7 @@ def _html(trials, *, sweep, metric, mode, keys, best, scores, images, out: Path,
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} img{{max-width:100%;border:1px solid #ddd}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head>
 <body><h1>Sweep {html.escape(sweep)}</h1>
-<p>{len(trials)} trials: {html.escape(summary)}; {best_text}.</p>
+<p>{len(trials)} {noun or "trial"}s: {html.escape(summary)}; {best_text}.</p>
 <p>Parameter importance: {html.escape(importance_text)}.</p>
 {figures}
 <h2>Top trials</h2><table><tr>{header}</tr>{rows}</table>

@@ -484,7 +484,7 @@ def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, pare
     log_keys = resolved.record.get("log_keys", ()) if resolved.record else log_scaled_keys(resolved.space)
     try:
         files = make_report(parent, work_dir, store, sweep.name, sweep.metric, sweep.mode, list(resolved.space), log_keys,
-                            sweep.also)
+                            sweep.also, resolved.settings.kind)
         echo(f"report: {files[-1]}")
     except Exception as exc:  # pictures are a bonus: never fail a finished search over them
         echo(f"warning: the sweep report could not be drawn ({type(exc).__name__}: {exc})")
@@ -677,7 +677,7 @@ def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:
 
 
 def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str, space_keys: list[str],
-                log_keys=(), also=()) -> list[Path]:
+                log_keys=(), also=(), kind: str = "sweep") -> list[Path]:
     """Draw the sweep's pictures from its MLflow runs (the linear baseline from the parent's
     baseline_* metrics), keep them with the sweep and on its parent run."""
     from candle_ray import report, tracking
@@ -692,7 +692,7 @@ def make_report(parent, work_dir: Path, store, name: str, metric: str, mode: str
     tracking.read_curves(parent, trials, metric, mode, metrics)
     files = report.write_report(trials, sweep=name, metric=metric, mode=mode,
                                 space_keys=space_keys, out=work_dir / "report", log_keys=log_keys, baseline=baseline,
-                                also=also)
+                                also=also, kind=kind)
     for path in files:
         parent.log_artifact(path, "report")
         store.upload(path, store.path(name, "report", path.name))
@@ -728,7 +728,7 @@ def report_command(storage: str, name: str, echo) -> list[Path]:
     sweep = record["sweep"]
     work_dir = store.work_dir(name)
     files = make_report(parent, work_dir, store, name, sweep["metric"], sweep["mode"], record["space_keys"],
-                        record.get("log_keys", ()), sweep.get("also", ()))
+                        record.get("log_keys", ()), sweep.get("also", ()), record.get("kind", "sweep"))
     echo(f"report: {files[-1]} ({len(files) - 1} pictures), attached to MLflow run {parent.run_id}")
     return files
 

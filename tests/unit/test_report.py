@@ -70,3 +70,13 @@ def test_parallel_axes_of_log_keys_are_log_and_labelled_with_values():
     assert np.allclose(positions, [0, 1, 4 / 9]) and ticks == [(0.0, "0.01"), (1.0, "0.1")] and name == "weight_decay"
     positions, ticks, _ = parallel_axis("loss", ["qtl", "mse", "het", "mse"])
     assert list(positions) == [1.0, 0.5, 0.0, 0.5] and [t for _, t in ticks] == ["het", "mse", "qtl"]
+
+
+def test_a_cvs_folds_have_no_best(tmp_path):
+    """A cv's folds (an ensemble's members) are not rival configurations: no best is crowned or drawn."""
+    files = write_report(fake_trials(), sweep="cv", metric="val_loss", mode="min", space_keys=["learning_rate"],
+                         out=tmp_path, kind="cv")
+    assert "best_trial.png" not in {f.name for f in files}
+    page = (tmp_path / "report.html").read_text()
+    summary = page.split("<p>")[1].split("</p>")[0]
+    assert summary.startswith(f"{len(fake_trials())} folds:") and "val_loss of the folds" in summary and "(trial" not in summary
