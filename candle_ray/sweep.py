@@ -246,6 +246,7 @@ def _check_data(experiment, resolved: _Resolved, prepare):
     """The cache entry, the cv fold assignment and the metric, checked before Ray starts."""
     s = resolved.settings
     entry = prepare(experiment, s.smoke)
+    check_same_data(resolved.record, entry, resolved.name)
     if s.kind == "ensemble":
         from candle_ray.ensemble import check_poolable
 
@@ -264,6 +265,17 @@ def _check_data(experiment, resolved: _Resolved, prepare):
             raise UsageError(f"--metric {metric!r} is not reported by training; use one of "
                              f"{', '.join((*reported, *PER_TRIAL))}")
     return entry, cv_assignment
+
+
+def check_same_data(record: dict | None, entry, name: str) -> None:
+    """Refuse to resume a sweep on other data than it started on: its files changed, or how candle-ray prepares
+    them (a classifier's hold-out became stratified), and the new trials would be ranked against old ones
+    measured on other rows. Records from before the fingerprint was kept are not checked."""
+    started = (record or {}).get("dataset_fingerprint")
+    if started and started != entry.fingerprint:
+        raise UsageError(f"sweep {name!r} started on dataset {entry.name} {started}, and the experiment now prepares "
+                         f"{entry.fingerprint} (its files or their preparation changed); its trials would be compared "
+                         f"on different rows: start a new sweep (another --name)")
 
 
 def _make_sweep(resolved: _Resolved, store):
@@ -323,6 +335,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
         "config_file": str(s.config_file) if s.config_file else None,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
+        "dataset_fingerprint": entry.fingerprint,
         "baseline": s.baseline, "baseline_share": s.baseline_share, "baseline_share_fixed": s.baseline_share_fixed,
         "log_keys": log_scaled_keys(resolved.space), "model_per_trial": s.model_per_trial,
         "conditional_keys": list(resolved.conditional_keys),

@@ -235,3 +235,17 @@ def test_a_metric_without_a_mode_is_ranked_in_its_own_direction():
 def test_a_mode_against_the_metrics_direction_is_refused(workdir, args, message):
     r = tune(TINY, "--smoke", *args)
     assert r.exit_code == 2 and message in error_line(r), r.output
+
+
+def test_a_sweep_resumes_only_on_the_data_it_started_on():
+    from types import SimpleNamespace
+
+    from candle_ray.errors import UsageError
+    from candle_ray.sweep import check_same_data
+
+    entry = SimpleNamespace(name="khan", fingerprint="b" * 16)
+    check_same_data(None, entry, "s")  # a new sweep
+    check_same_data({"sweep": {}}, entry, "s")  # a record from before fingerprints were kept
+    check_same_data({"dataset_fingerprint": "b" * 16}, entry, "s")
+    with pytest.raises(UsageError, match=r"sweep 's' started on dataset khan aaaa.*now prepares bbbb.*another --name"):
+        check_same_data({"dataset_fingerprint": "a" * 16}, entry, "s")
