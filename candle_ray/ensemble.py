@@ -105,15 +105,17 @@ def member_ranking(record: dict) -> tuple[str | None, str | None]:
 
 
 def _check_one_head(configs: list[dict], sweep: str) -> None:
-    """Refuse, before training them, configurations whose outputs do not pool: a sweep that searched the loss
-    (ranked by val_r2, say) can have a qtl trial and an mse trial among its best."""
+    """Refuse, before training them, configurations whose outputs do not pool (predict's rule: an mse and an
+    mae member pool, a qtl one does not): a sweep that searched the loss (ranked by val_r2, say) can have a
+    qtl trial and an mse trial among its best."""
     from candle_ray.objectives import LOSS_ALIASES
+    from candle_ray.predict import pooled_head
 
-    names = [LOSS_ALIASES.get(str(c.get("loss")), str(c.get("loss") or "default")) for c in configs]
-    losses = [name + (" with abstention" if str(c.get("abstention")).lower() == "true" else "")
-              for name, c in zip(names, configs)]
-    if len(set(losses)) > 1:
-        same = next(i for i, loss in enumerate(losses) if loss != losses[0])
+    heads = [pooled_head(c) for c in configs]
+    if len(set(heads)) > 1:
+        names = [LOSS_ALIASES.get(str(c.get("loss")), str(c.get("loss") or "default")) for c in configs]
+        losses = [name + (" with abstention" if head == "abstention" else "") for name, head in zip(names, heads)]
+        same = next(i for i, head in enumerate(heads) if head != heads[0])
         raise UsageError(f"the {len(configs)} best trials of sweep {sweep!r} use different losses "
                          f"({', '.join(losses)}), whose outputs do not pool; take --top {same} (the best that share "
                          f"one) or sweep with one loss (--set loss=NAME)")

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from candle_ray.data.spec import Dataset, ReaderDataset
 from candle_ray.errors import UsageError
+from candle_ray.summary import natural_mode
 
 # CANDLE spells some keys two ways across benchmarks and Supervisor HPO files.
 CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs"}
@@ -156,19 +157,10 @@ def _check_rules(key: str, value):
             raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
 
 
-# Metrics whose direction is beyond doubt: ranking them the other way calls the worst trial the best.
-_SURE_DIRECTION = {"min": ("loss", "_mae", "_mse"), "max": ("accuracy", "auroc", "aupr", "_r2", "_corr")}
-
-
-def natural_mode(metric: str) -> str | None:
-    """"min" for a loss or error, "max" for an accuracy, AUROC, AUPR, R² or correlation, None when unsure."""
-    return next((mode for mode, endings in _SURE_DIRECTION.items() if metric.endswith(endings)), None)
-
-
 def check_space_rules(space: dict) -> None:
     """Refuse, before any trial, a search space that can draw a value the key's rule forbids (dropout over
-    [0, 1.2] failed only the trials that drew 1 or more). A float range may touch an exclusive bound (a
-    learning rate from 0): it is drawn with probability 0."""
+    [0, 1.2] was accepted; the trials that drew 1 or more would fail). A float range may touch an exclusive
+    bound (a learning rate from 0): it is drawn with probability 0."""
     from ray.tune.search.sample import Categorical, Float, Integer
 
     from candle_ray.conditional import Conditional

@@ -30,7 +30,7 @@ from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
-from candle_ray.summary import improves
+from candle_ray.summary import direction, improves
 from candle_ray.usage import EpochUsage
 
 
@@ -216,7 +216,7 @@ def _monitored(config: dict, metric: str, mode: str, objective) -> tuple[str, st
         if value not in reported:
             raise UsageError(f"{key}={value!r} is not reported by training with this loss and dataset; "
                              f"use one of {', '.join(reported)}")
-    return name, mode if name == metric else objectives.direction(name)
+    return name, mode if name == metric else direction(name)
 
 
 def _prepare_device(device) -> None:

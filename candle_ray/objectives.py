@@ -190,14 +190,6 @@ def aupr_from_histogram(neg, pos) -> float:
     return float((pos[has] / n_pos * tp[has] / (tp[has] + fp[has])).sum())
 
 
-def direction(metric: str) -> str:
-    """Whether a metric improves downwards ("min": losses, errors, abstention, calibration error, interval
-    width, a trial's size and time) or upwards ("max": accuracy, AUROC, R², correlation, coverage)."""
-    lower = ("loss", "mae", "mse", "abstention_fraction", "mean_sigma", "nll", "brier", "ece", "width", "n_params",
-             "time_s")
-    return "min" if any(metric.endswith(s) for s in lower) else "max"
-
-
 def _split_head(out, target, k: int):
     """The k interleaved heads of CANDLE's het/qtl outputs, each [B, n_targets]."""
     rows = out.shape[0]
@@ -470,7 +462,8 @@ class Regression(Objective):
     the `dense: []` linear model ended at a median val R² of -1.25 (ridge on the same 16 splits: 0.08..0.26,
     median 0.15); 18 trials started from a zero kernel ended at 0.14. (Classifiers keep glorot: from a zero
     kernel, Khan and NCI-60 sweeps gained no held-out accuracy, and Khan's conformal sets over-covered:
-    0.961, nominal 0.9, glorot 0.948.) Unscaled targets make the loss scale, hence the useful learning rate, data-dependent.
+    0.961, nominal 0.9, glorot 0.948.) Unscaled targets make the loss scale, hence the useful learning rate,
+    data-dependent.
     """
 
     def __init__(self, loss: str = "mse", reconstruct: bool = False, target_stats: dict | None = None,

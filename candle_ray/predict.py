@@ -48,13 +48,12 @@ class Member:
     @property
     def head(self) -> str:
         """classification | abstention | regression | het | qtl | multitask."""
-        task = self.data.get("task")
         if isinstance(self.data.get("num_classes"), list):
             return "multitask"
-        if task == "classification":
-            return "abstention" if self.config.get("abstention") else "classification"
-        loss = str(self.config.get("loss", "mse")).lower()
-        return loss if loss in ("het", "qtl") else "regression"
+        kind = pooled_head(self.config)
+        if self.data.get("task") == "classification":
+            return "abstention" if kind == "abstention" else "classification"
+        return kind if kind in ("het", "qtl") else "regression"
 
     def in_target_units(self, raw: np.ndarray) -> np.ndarray:
         """A regressor's raw outputs (standardised targets when it was trained so) in the targets' units."""
@@ -72,6 +71,15 @@ def load_member(path, kind: str = "best") -> Member:
         raise UsageError(f"checkpoint {path} does not describe its training data (written by an older candle-ray); "
                          f"retrain it to predict from files")
     return Member(model=model, state=state, source=str(checkpoint.resolve(path, kind)))
+
+
+def pooled_head(config: dict) -> str:
+    """What decides, from a configuration alone, whether members' outputs pool: an abstention unit, het or qtl
+    heads, or a plain output (a classifier's logits, an mse or mae regressor's value)."""
+    if str(config.get("abstention")).lower() == "true":
+        return "abstention"
+    loss = str(config.get("loss", "mse")).lower()
+    return loss if loss in ("het", "qtl") else "plain"
 
 
 def check_compatible(members: list[Member]) -> None:

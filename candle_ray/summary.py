@@ -27,6 +27,22 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Which way a metric improves. Beyond doubt for these: ranking them the other way calls the worst trial the best.
+SURE_DIRECTION = {"min": ("loss", "_mae", "_mse"), "max": ("accuracy", "auroc", "aupr", "_r2", "_corr")}
+# These improve downwards too: errors, abstention, calibration error, interval width, a trial's size and time.
+_LOWER = ("mae", "mse", "abstention_fraction", "mean_sigma", "nll", "brier", "ece", "width", "n_params", "time_s")
+
+
+def natural_mode(metric: str) -> str | None:
+    """"min" for a loss or error, "max" for an accuracy, AUROC, AUPR, R² or correlation, None when unsure."""
+    return next((mode for mode, endings in SURE_DIRECTION.items() if metric.endswith(endings)), None)
+
+
+def direction(metric: str) -> str:
+    """Whether a metric improves downwards ("min") or upwards ("max": also coverage and anything unknown)."""
+    return natural_mode(metric) or ("min" if metric.endswith(_LOWER) else "max")
+
+
 def improves(value, best, mode: str) -> bool:
     """Whether `value` is strictly better than `best` (None: nothing yet); a tie keeps the earlier."""
     if not finite(value):
@@ -132,8 +148,6 @@ def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict,
     """`<label> val_accuracy 0.87 vs linear baseline 0.86`, and a warning when the model is worse than
     the linear baseline on the sweep's metric (ending with `hint`, a further remedy) or, for a regressor,
     than predicting the mean (R² < 0)."""
-    from candle_ray.objectives import direction
-
     keys = list(dict.fromkeys(k for k in (metric, headline(task)) if k and finite(values.get(k))))
     shown = ", ".join(f"{k} {values[k]:.4g}" + (f" vs linear baseline {baseline[k]:.4g}" if finite(baseline.get(k)) else "")
                       for k in keys)

@@ -215,14 +215,14 @@ def default_mode(metric: str | None, experiment) -> str:
     """The mode of a --metric given without --mode: the experiment's for its own metric, else the metric's
     natural direction. The experiment's mode for any metric had `--metric val_accuracy` on an experiment
     ranked by val_loss minimise accuracy (NCI-60: "best" val_accuracy 0.15 of 0.46 to 0.77)."""
-    from candle_ray.objectives import direction
+    from candle_ray.summary import direction
 
     return experiment.mode if metric in (None, experiment.metric) else direction(metric)
 
 
 def check_mode(metric: str, mode: str) -> None:
     """Refuse a --mode that ranks a loss upwards or an accuracy downwards."""
-    from candle_ray.experiment import natural_mode
+    from candle_ray.summary import natural_mode
 
     if (natural := natural_mode(metric)) not in (None, mode):
         raise UsageError(f"--mode {mode} would rank {metric} the wrong way and call the worst trial the best; "

@@ -130,7 +130,7 @@ def run_trial(config: dict, base_job) -> None:
     """One trial. Tune's checkpoint is the truth: a restored or PBT-cloned trial continues from it
     (with this trial's hyperparameters), a fresh trial starts from scratch."""
     # Ray logs every persisted checkpoint at INFO: one line per trial epoch is noise in a sweep; so is each
-    # restore on this (reused) actor: a PBT sweep of 8 Khan trials printed 8 "Restored on ... from checkpoint".
+    # restore on this (reused) actor: a PBT sweep of 8 Khan trials printed 6 "Restored on ... from checkpoint".
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
     trial_id = ray.tune.get_context().get_trial_id()

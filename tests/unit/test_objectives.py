@@ -10,6 +10,7 @@ import torch
 from candle_ray import models, objectives
 from candle_ray.errors import DataError, UsageError
 from candle_ray.experiment import KEY_RULES
+from candle_ray.summary import direction
 from candle_ray.objectives import (
     Abstention, CrossEntropy, MultiTaskCrossEntropy, Regression, abstention_loss, adapt_alpha, auc_histogram,
     aupr_from_histogram, auroc_from_histogram, balanced_class_weights, head_shape, heteroscedastic_loss, make,
@@ -248,8 +249,8 @@ def test_make_reads_train_labels_only_for_balanced_weights():
 
 
 def test_metric_directions():
-    assert [objectives.direction(m) for m in ("val_loss", "val_mae", "val_abstention_fraction", "val_auroc",
-                                               "val_r2", "val_accuracy_1")] == ["min", "min", "min", "max", "max", "max"]
+    assert [direction(m) for m in ("val_loss", "val_mae", "val_abstention_fraction", "val_auroc",
+                                   "val_r2", "val_accuracy_1")] == ["min", "min", "min", "max", "max", "max"]
 
 
 # ---------------------------------------------------------------- regression metrics on the UQ heads

@@ -180,3 +180,6 @@ def test_members_from_a_sweep_keep_its_ranking_and_share_one_loss(tmp_path):
                                          r"whose outputs do not pool; take --top 2"):
         members_from_sweep(str(tmp_path), "lossy", 3, 1, 0, "e.py")
     assert member_ranking({"sweep": {"metric": "n_params", "mode": "min"}}) == (None, None)  # a cost: the experiment's
+    plain = [dict(t, **{"config.loss": loss}) for t, loss in zip(trials, ("mse", "mae", "mse"))]
+    write_sweep(tmp_path, "plain", plain, metric="val_r2", mode="max", keys=("loss", "learning_rate"))
+    assert len(members_from_sweep(str(tmp_path), "plain", 3, 1, 0, "e.py")[0]) == 3  # mse and mae outputs pool
