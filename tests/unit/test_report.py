@@ -35,12 +35,29 @@ def fake_trials(n=16):
 
 
 def test_importance_finds_the_parameter_that_matters():
-    scores = importance(fake_trials(), ["learning_rate", "dropout", "optimizer"], "val_loss")
-    assert list(scores)[0] == "learning_rate"
+    found = importance(fake_trials(), ["learning_rate", "dropout", "optimizer"], "val_loss")
+    assert list(found.scores)[0] == "learning_rate" and found.oob_r2 > 0.5 and found.trials == 16
+
+
+def test_no_importance_where_the_configurations_do_not_predict_the_result(tmp_path):
+    """The metric is noise: a forest still memorises it, so shuffling its own training rows would rank the keys
+    (by how well it memorised each); the report shows no ranking and says why."""
+    trials = fake_trials()
+    noise = np.random.default_rng(1).normal(size=len(trials))
+    for t, value in zip(trials, noise):
+        t["history"]["val_loss"] = [(1, float(value))]
+    found = importance(with_best(trials), ["learning_rate", "dropout", "optimizer"], "val_loss")
+    assert found.scores == {} and found.oob_r2 <= 0 and found.trials == 17
+    files = write_report(trials, sweep="s", metric="val_loss", mode="min",
+                         space_keys=["learning_rate", "dropout", "optimizer"], out=tmp_path)
+    assert "parameter_importance.png" not in {f.name for f in files}
+    assert "do not predict best val_loss on trials the forest did not see" in (tmp_path / "report.html").read_text()
 
 
 def test_write_report(tmp_path):
-    files = write_report(fake_trials(), sweep="s", metric="val_loss", mode="min",
+    trials = fake_trials()
+    trials[3]["params"]["learning_rate"] = "0.0010000000000000002"
+    files = write_report(trials, sweep="s", metric="val_loss", mode="min",
                          space_keys=["learning_rate", "dropout", "optimizer"], out=tmp_path)
     names = {f.name for f in files}
     assert names == {"learning_curves.png", "parameter_importance.png", "parallel_coordinates.png",
@@ -49,6 +66,8 @@ def test_write_report(tmp_path):
         assert f.stat().st_size > 1000
     page = (tmp_path / "report.html").read_text()
     assert "learning_curves.png" in page and "best val_loss" in page and "1 failed" in page
+    assert "out-of-bag R" in page  # how far to trust the importance
+    assert "<td>0.001</td>" in page and "0.0010000000000000002" not in page  # float noise: 4 digits shown
 
 
 def test_report_with_too_few_trials(tmp_path):
@@ -56,7 +75,7 @@ def test_report_with_too_few_trials(tmp_path):
                          space_keys=["learning_rate"], out=tmp_path)
     assert "parameter_importance.png" not in {f.name for f in files}  # not estimated from 2 trials
     # nor from 9 finished trials (a failed one does not count): a forest on so few ranks noise
-    assert importance(fake_trials(9), ["learning_rate", "dropout"], "val_loss") == {}
+    assert importance(fake_trials(9), ["learning_rate", "dropout"], "val_loss").scores == {}
     assert "too few trials to estimate" in (tmp_path / "report.html").read_text()
 
 
