@@ -234,12 +234,12 @@ register_option = click.option(
 @click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
               help="Each trial trains K folds of train+val (stratified for classifiers); the search sees their mean.")
 @click.option("--metric", "metrics", multiple=True,
-              help="Default: the experiment's metric. Repeated (each with its --mode): a multi-objective search "
+              help="Default: the experiment's metric. Repeated: a multi-objective search "
                    "over every reported metric and n_params or epoch_time_s; the first picks each trial's best "
                    "epoch and drives early stopping, the end shows the Pareto front.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["min", "max"]),
               help="Default: the experiment's mode for its own metric, else the metric's direction (max for "
-                   "accuracy, AUROC, R²; min for losses, errors, n_params); one per --metric when there are several.")
+                   "accuracy, AUROC, R²; min for losses, errors, n_params); with several --metric, one each or none.")
 @click.option("--warm-start", "warm_start", multiple=True, metavar="SWEEP[,SWEEP]",
               help="Give the searcher (optuna, gp, bohb) the finished trials of earlier sweeps over the same keys "
                    "as evaluated points, so it starts informed.")
@@ -296,16 +296,19 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
 
 
 def _objectives(metrics: tuple, modes: tuple) -> tuple:
-    """--metric/--mode as (metric, mode, more objectives): one mode per metric when there are several."""
+    """--metric/--mode as (metric, mode, more objectives): with several metrics, one mode per metric or none
+    (None: each metric's natural direction, sweep.default_mode)."""
     if len(metrics) < 2:
         if len(modes) > 1:
             raise UsageError(f"--mode given {len(modes)} times for {len(metrics)} --metric; give one --mode per --metric")
         return (metrics[0] if metrics else None), (modes[0] if modes else None), ()
-    if len(modes) != len(metrics):
-        raise UsageError(f"{len(metrics)} --metric need a --mode each, in the same order (got {len(modes)}): e.g. "
-                         f"--metric val_loss --mode min --metric n_params --mode min")
+    if modes and len(modes) != len(metrics):
+        raise UsageError(f"{len(metrics)} --metric take a --mode each, in the same order, or none for each one's "
+                         f"natural direction (got {len(modes)}): e.g. --metric val_loss --mode min --metric n_params "
+                         f"--mode min")
     if len(set(metrics)) < len(metrics):
         raise UsageError(f"--metric {' '.join(metrics)}: each objective once")
+    modes = modes or (None,) * len(metrics)
     return metrics[0], modes[0], tuple(zip(metrics[1:], modes[1:]))
 
 

@@ -193,7 +193,7 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
             if said:
                 echo(said)
     settings = replace(settings, metric=settings.metric or experiment.metric, mode=settings.mode or default_mode(
-        settings.metric, experiment))
+        settings.metric, experiment), also=tuple((m, mode or default_mode(m, experiment)) for m, mode in settings.also))
     if record is None:
         for metric, mode in ((settings.metric, settings.mode), *settings.also):
             check_mode(metric, mode)
@@ -512,11 +512,12 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
-    if summary["front"]:
-        for line in front_lines(summary["front"], sweep.objectives, sweep.name, summary["total"]):
-            echo(line)
     # --storage only where the sweep is not under the default folder
     storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
+    if summary["front"]:
+        for line in front_lines(summary["front"], sweep.objectives, sweep.name, summary["total"],
+                                experiment.path, storage):
+            echo(line)
     # A cv has no best trial: its folds score one configuration on different rows, and their mean is its
     # result. An ensemble's result is its pooled members; both met the baseline above, its best member does not.
     if summary["best"] and s.kind != "cv":
@@ -536,8 +537,10 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
     return 0 if summary["succeeded"] else 1
 
 
-def front_lines(front: list[dict], objectives, name: str, total: int, shown: int = 20) -> list[str]:
-    """The Pareto front at the end of a multi-objective sweep, numbered as --pick takes it."""
+def front_lines(front: list[dict], objectives, name: str, total: int, experiment_path="EXPERIMENT", storage: str = "",
+                shown: int = 20) -> list[str]:
+    """The Pareto front at the end of a multi-objective sweep, numbered as --pick takes it; `storage`: the
+    sweep's --storage option where it is not the default folder."""
     lines = [f"Pareto front over {', '.join(f'{m} ({d})' for m, d in objectives)}: {len(front)} of {total} trials, "
              f"best first by {objectives[0][0]}:"]
     for place, row in enumerate(front[:shown], 1):
@@ -545,8 +548,8 @@ def front_lines(front: list[dict], objectives, name: str, total: int, shown: int
         lines.append(f"  {place}. trial {row['trial_id']}: {values}" + (" (knee)" if row["knee"] else ""))
     if len(front) > shown:
         lines.append(f"  ... and {len(front) - shown} more (the pareto column of results.csv)")
-    lines.append(f"pick one with --pick N or --pick knee: candle-ray predict {name} --pick knee ..., "
-                 f"candle-ray ensemble EXPERIMENT --from-sweep {name} --pick knee")
+    lines.append(f"pick one with --pick N or --pick knee: candle-ray predict {name} --pick knee{storage} ..., "
+                 f"candle-ray ensemble {experiment_path} --from-sweep {name} --pick knee{storage}")
     return lines
 
 

@@ -72,6 +72,9 @@ def test_a_sweeps_rows_are_marked_and_picked():
     lines = front_lines(front, (("val_loss", "min"), ("n_params", "min")), "s", len(table))
     assert lines[0].startswith("Pareto front over val_loss (min), n_params (min): 4 of 6 trials")
     assert lines[2] == "  2. trial t2: val_loss 0.31, n_params 1.2e+05 (knee)"
+    picking = front_lines(front, (("val_loss", "min"),), "s", 6, "exp.py", " --storage /data/sweeps")[-1]
+    assert picking.endswith("candle-ray predict s --pick knee --storage /data/sweeps ..., "
+                            "candle-ray ensemble exp.py --from-sweep s --pick knee --storage /data/sweeps")
     assert _mark_front(table, (("val_loss", "min"),)) == []
 
 
@@ -79,7 +82,9 @@ def test_objectives_from_the_command_line():
     assert _objectives((), ()) == (None, None, ())
     assert _objectives(("val_auroc",), ("max",)) == ("val_auroc", "max", ())
     assert _objectives(("val_loss", "n_params"), ("min", "min")) == ("val_loss", "min", (("n_params", "min"),))
-    with pytest.raises(UsageError, match="2 --metric need a --mode each"):
+    # no --mode: each its natural direction, which the sweep resolves (sweep.default_mode)
+    assert _objectives(("val_r2", "n_params"), ()) == ("val_r2", None, (("n_params", None),))
+    with pytest.raises(UsageError, match="2 --metric take a --mode each, in the same order, or none"):
         _objectives(("val_loss", "n_params"), ("min",))
     with pytest.raises(UsageError, match="each objective once"):
         _objectives(("val_loss", "val_loss"), ("min", "min"))
