@@ -498,7 +498,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     if no_baseline:
         members = [m for m in members if m.share is None] or members
     info = members[0].data
-    X, _, ids = read_for_prediction(data_file, info)
+    X, y, ids = read_for_prediction(data_file, info)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
                                           device=device)
     calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets) \
@@ -511,6 +511,8 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
            + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
     cal = f"; conformal {1 - alpha:.0%} from {cal_rows} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
+    if scored := predicting.labelled_line(frame, y, info, alpha):
+        click.echo(scored)
     if note := predicting.spread_only_note(pred, calibrator):
         click.echo(note, err=True)
     empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0

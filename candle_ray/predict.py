@@ -358,5 +358,38 @@ def spread_only_note(pred: Prediction, calibrator) -> str | None:
             "LABELLED_ROWS for calibrated intervals, or train loss=het or loss=qtl heads")
 
 
+def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str | None:
+    """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
+    accuracy, or R² and MAE; the coverage and size of conformal sets or intervals. None without labels."""
+    from candle_ray.data.features import UNLABELLED
+
+    if y is None:
+        return None
+    labelled = (y != UNLABELLED) if info["task"] == "classification" else np.isfinite(y)
+    n = int(labelled.sum())
+    if n == 0:
+        return None
+    rows = frame[labelled]
+    if info["task"] == "classification":
+        names = np.array([str(c) for c in (info.get("class_names") or range(int(info["num_classes"])))])
+        truth = names[y[labelled]]
+        hits = rows["prediction"].astype(str).to_numpy() == truth
+        said = [f"accuracy {hits.mean():.3f} ({int(hits.sum())}/{n})"]
+        if "prediction_set" in rows:
+            covered = np.mean([t in s.split("|") for t, s in zip(truth, rows["prediction_set"])])
+            said.append(f"{1 - alpha:.0%} set coverage {covered:.3f} (mean size {rows['set_size'].mean():.2f})")
+    else:
+        truth, err = y[labelled], y[labelled] - rows["prediction"].to_numpy(np.float64)
+        spread = np.sum((truth - truth.mean()) ** 2)
+        said = ([f"R² {1 - np.sum(err ** 2) / spread:.3f}"] if n > 1 and spread > 0 else []) + [f"MAE {np.abs(err).mean():.4g}"]
+        if "lower" in rows:
+            lower, upper = rows["lower"].to_numpy(np.float64), rows["upper"].to_numpy(np.float64)
+            said.append(f"{1 - alpha:.0%} interval coverage {uq.interval_coverage(truth, lower, upper):.3f} "
+                        f"(mean width {uq.mean_interval_width(lower, upper):.4g})")
+    left = len(y) - n
+    return (f"on the {n} rows labelled in the file ({info.get('label') or 'first column'}): " + ", ".join(said)
+            + (f"; {left} of {len(y)} rows left out: their label is empty or one the model does not know" if left else ""))
+
+
 def _sample_names(pred: Prediction) -> list[str]:
     return pred.names or [f"member_{m}" for m in range(pred.samples.shape[0])]

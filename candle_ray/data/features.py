@@ -83,23 +83,52 @@ def _has_header(path: Path, names: list[str] | None) -> bool:
         return True
 
 
-def _labels(values, info: dict) -> np.ndarray:
-    """Labels as the model's class indices (classification) or floats (regression)."""
+UNLABELLED = -1  # the class index of a row to predict whose label is empty or a class the model never saw
+
+
+def _labels(values, info: dict, *, strict: bool) -> np.ndarray:
+    """Labels as the model's class indices (classification) or floats (regression). `strict` (calibration
+    rows): every row needs one, of a class seen in training. Otherwise (rows to predict, which need no label)
+    an empty or unseen label is UNLABELLED (regression: NaN): new rows often carry an empty label column."""
+    import pandas as pd
+
+    values = pd.Series(np.asarray(values, dtype=object))
+    missing = values.isna() | (values.astype(str).str.strip() == "")
     if info["task"] != "classification":
-        return np.asarray(values, dtype=np.float64)
-    names = info.get("class_names")
-    if names:
-        index = {str(n): i for i, n in enumerate(names)}
-        keys = [str(v) for v in values]
-        unknown = sorted({k for k in keys if k not in index})
-        if unknown:
-            raise DataError(f"labels {unknown[:5]} were not classes in training ({', '.join(map(str, names[:10]))}); "
-                            f"fix the label column or drop those rows")
-        return np.array([index[k] for k in keys], dtype=np.int64)
-    y = np.asarray(values)
-    if not np.issubdtype(y.dtype, np.number) or np.any(y != np.round(y)):
-        raise DataError(f"labels must be class indices 0..{info['num_classes'] - 1} for this model, got {y[:3].tolist()}")
-    return y.astype(np.int64)
+        y = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(y)
+        if strict and bad.any():
+            raise DataError(f"{int(bad.sum())} of {len(y)} calibration labels are empty or not numbers, e.g. row "
+                            f"{int(np.argmax(bad)) + 1} ({values[int(np.argmax(bad))]!r}); calibration rows need a label each")
+        return y
+    y = _class_indices(values, missing, info)
+    if strict and (y == UNLABELLED).any():
+        if missing.any():
+            raise DataError(f"{int(missing.sum())} of {len(y)} calibration rows have no label, e.g. row "
+                            f"{int(np.argmax(missing.to_numpy())) + 1}; calibration rows need a label each")
+        unknown = sorted({str(v) for v, i in zip(values, y) if i == UNLABELLED})
+        names = info.get("class_names")
+        known = ", ".join(map(str, names[:10])) if names else f"class indices 0..{int(info['num_classes']) - 1}"
+        raise DataError(f"labels {unknown[:5]} were not classes in training ({known}); fix the label column or "
+                        f"drop those rows")
+    return y
+
+
+def _class_indices(values, missing, info: dict) -> np.ndarray:
+    """Each label's class index by name, or as an integer index where the classes have no names; UNLABELLED
+    where it is missing or no class."""
+    import pandas as pd
+
+    if info.get("class_names"):
+        index = {str(n): i for i, n in enumerate(info["class_names"])}
+        # a label column with an empty cell is read as floats: 2.0 is class "2"
+        key = lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)  # noqa: E731
+        return np.array([UNLABELLED if gone else index.get(key(v), UNLABELLED) for v, gone in zip(values, missing)],
+                        dtype=np.int64)
+    numbers = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(numbers) & (numbers == np.round(numbers)) & (numbers >= 0) & (numbers < int(info["num_classes"]))
+    return np.where(ok, numbers, UNLABELLED).astype(np.int64)
 
 
 def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, list | None]:
@@ -180,7 +209,7 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
         from candle_ray.data.transforms import apply_scaler
 
         X = apply_scaler(info["scaler"], X)
-    return X, (_labels(y, info) if y is not None else None), ids
+    return X, (_labels(y, info, strict=need_labels) if y is not None else None), ids
 
 
 def typical_row(info: dict):

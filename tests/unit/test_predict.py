@@ -101,6 +101,47 @@ def test_predict_cli_with_conformal_sets(table, tmp_path):
     # 400 test rows put one standard error near 0.02.
     assert abs(np.mean(covered) - 0.8) <= 0.06, np.mean(covered)
     assert frame["set_size"].mean() < 3  # informative sets, not every class
+    # the file's own labels score the predictions: the line matches the table
+    hits = (frame["prediction"] == truth).sum()
+    assert (f"on the 400 rows labelled in the file (cancer_type): accuracy {hits / 400:.3f} ({hits}/400), "
+            f"80% set coverage {np.mean(covered):.3f} (mean size {frame['set_size'].mean():.2f})") in r.output
+
+
+def test_rows_to_predict_need_no_label_but_calibration_rows_do(table, tmp_path):
+    """New rows often carry an empty label column, or a class the model never saw: predict scores the rows
+    it can and leaves the others out; calibration refuses them."""
+    tmp, entry = table
+    run = train(entry, tmp_path / "run")
+    rows = pd.read_csv(tmp / "new.csv").iloc[:10]
+    rows.loc[:2, "cancer_type"] = ""
+    rows.loc[3, "cancer_type"] = "kidney"
+    rows.to_csv(tmp_path / "partly.csv", index=False)
+    _, y, _ = read_for_prediction(tmp_path / "partly.csv", describe(entry))
+    assert list(y[:4]) == [-1] * 4 and (y[4:] >= 0).all()
+    out = tmp_path / "p.tsv"
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp_path / "partly.csv"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(out, sep="\t")) == 10
+    assert "on the 6 rows labelled in the file (cancer_type): accuracy " in r.output
+    assert "4 of 10 rows left out: their label is empty or one the model does not know" in r.output
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(out),
+                                  "--conformal", str(tmp_path / "partly.csv")])
+    assert r.exit_code == 1 and "3 of 10 calibration rows have no label, e.g. row 1" in r.output, r.output
+    rows.loc[:2, "cancer_type"] = "lung"
+    rows.to_csv(tmp_path / "unseen.csv", index=False)
+    r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(out),
+                                  "--conformal", str(tmp_path / "unseen.csv")])
+    assert r.exit_code == 1 and "labels ['kidney'] were not classes in training" in r.output, r.output
+
+
+def test_a_regressors_labelled_rows_are_scored_in_the_targets_units():
+    frame = pd.DataFrame({"prediction": [1.0, 2.0, 3.0, 4.0], "lower": [0.0, 1.5, 3.5, 3.0], "upper": [2.0, 2.5, 4.5, 5.0]})
+    y = np.array([1.5, 2.0, 3.0, np.nan])  # the last row has no label
+    line = predicting.labelled_line(frame, y, {"task": "regression", "label": "ln_ic50"}, alpha=0.1)
+    # R² = 1 - 0.25 / 1.1667; MAE 0.5 / 3; rows 1 and 2 inside their bounds, row 3 not; widths 2, 1, 1
+    assert line == ("on the 3 rows labelled in the file (ln_ic50): R² 0.786, MAE 0.1667, 90% interval coverage 0.667 "
+                    "(mean width 1.333); 1 of 4 rows left out: their label is empty or one the model does not know")
+    assert predicting.labelled_line(frame, np.full(4, np.nan), {"task": "regression"}, alpha=0.1) is None
 
 
 def test_mc_dropout_needs_dropout(table, tmp_path):
