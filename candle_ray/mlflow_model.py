@@ -102,8 +102,9 @@ _KEEP = 4  # templates held per process (a few datasets or heads; each is a mode
 def _template_key(example: pd.DataFrame, output: pd.DataFrame, members: int) -> str:
     import hashlib
 
-    values = example.to_numpy()  # one dtype: typical_row's float64
-    digest = hashlib.sha256(values.tobytes() + values.dtype.str.encode())
+    values = example.to_numpy()  # typical_row's float64, or objects beside a categorical column's text
+    raw = values.tobytes() if values.dtype != object else "\0".join(map(str, values.ravel())).encode()
+    digest = hashlib.sha256(raw + values.dtype.str.encode())
     for part in (example.columns, output.columns, output.dtypes, [members]):
         digest.update("\0".join(map(str, part)).encode() + b"\1")
     return digest.hexdigest()

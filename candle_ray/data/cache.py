@@ -218,26 +218,35 @@ def _read_splits(ds: Dataset, fetched: dict, urls: dict[str, str], log):
             X[split], y[split] = formats.read_candle_noheader(got.path, ds.feature_subsample, label_dtype=label_dtype)
             split_names = None
         else:
-            X[split], y[split], split_names = formats.read_table(got.path, ds.label, ds.drop)
+            X[split], y[split], split_names = formats.read_table(got.path, ds.label, ds.drop, ds.categorical)
             if ds.feature_subsample:
                 X[split], split_names = X[split][:, : ds.feature_subsample], split_names[: ds.feature_subsample]
         if names is not None and split_names is not None and split_names != names:
-            X[split] = _align(X[split], split_names, names, urls[split])
+            X[split] = _align(X[split], split_names, names, urls[split], ds.categorical)
         names = names or split_names
         log(f"read {split}: {X[split].shape[0]:,} rows x {X[split].shape[1]:,} features from {got.path}")
     return X, y, names
 
 
-def _align(X: np.ndarray, have: list[str], want: list[str], url: str) -> np.ndarray:
-    """Reorder a val table's columns to train's order; DataError if the column sets differ."""
+def _align(X: np.ndarray, have: list[str], want: list[str], url: str, categorical=()) -> np.ndarray:
+    """Reorder a val table's columns to train's order; DataError if the column sets differ. A categorical
+    column's values may differ: one train lacks is no category (dropped), one val lacks a column of zeros."""
+    from candle_ray.data.formats import category_column
+
     have_set, want_set = set(have), set(want)  # built once: per name, a 60,000-column table took minutes
-    missing = [n for n in want if n not in have_set]
-    extra = [n for n in have if n not in want_set]
+    encoded = tuple(category_column(c, "") for c in categorical)
+    missing = [n for n in want if n not in have_set and not (encoded and n.startswith(encoded))]
+    extra = [n for n in have if n not in want_set and not (encoded and n.startswith(encoded))]
     if missing or extra:
         detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}"
         raise DataError(f"the feature columns of {url} differ from train's ({len(have)} vs {len(want)} columns, {detail}); both files need the same feature columns")
     position = {n: i for i, n in enumerate(have)}
-    return X[:, [position[n] for n in want]]
+    present = [j for j, n in enumerate(want) if n in position]
+    if len(present) == len(want):
+        return X[:, [position[n] for n in want]]
+    out = np.zeros((len(X), len(want)), dtype=np.float32)
+    out[:, present] = X[:, [position[want[j]] for j in present]]
+    return out
 
 
 def _check_features(X: dict[str, np.ndarray], urls: dict[str, str], names: list[str] | None) -> None:
@@ -259,6 +268,24 @@ def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray
         order = np.random.default_rng(ds.seed).permutation(n)
     X["train"], X["val"] = X["train"][order[: n - n_val]], X["train"][order[n - n_val :]]
     y["train"], y["val"] = y["train"][order[: n - n_val]], y["train"][order[n - n_val :]]
+
+
+def _drop_categories_train_lacks(X: dict[str, np.ndarray], names: list[str], categorical, log) -> list[str]:
+    """Leave out the one-hot columns of categories no train row has (held out into val, or only in the val
+    file): the network could not learn them, and their untrained input weights would add noise to the rows
+    that have them. Those rows become 'no category', as at prediction."""
+    from candle_ray.data.formats import category_column
+
+    encoded = tuple(category_column(c, "") for c in categorical)
+    unseen = [j for j, n in enumerate(names) if n.startswith(encoded) and not X["train"][:, j].any()]
+    if not unseen:
+        return names
+    log(f"note: {len(unseen)} categories appear in no train row, e.g. {names[unseen[0]]!r}: their val rows are "
+        f"encoded as no category")
+    keep = np.setdiff1d(np.arange(len(names)), unseen)
+    for split in X:
+        X[split] = np.ascontiguousarray(X[split][:, keep])
+    return [names[j] for j in keep]
 
 
 def stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, int]:
@@ -314,6 +341,7 @@ def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
         "scaler_file": _SCALER,
         "scaler_sha256": scaler_sha256,
         "feature_subsample": ds.feature_subsample,
+        "categorical": list(ds.categorical),
         "val_fraction": ds.val_fraction if ds.val is None else None,
         "seed": ds.seed if ds.val is None else None,
         "format": ds.format,
@@ -427,6 +455,8 @@ class Cache:
         y, num_classes, class_names = _labels(ds, y, urls)
         if "val" not in X:
             _hold_out_val(ds, X, y)
+        if ds.categorical:
+            names = _drop_categories_train_lacks(X, names, ds.categorical, log)
         for note in _class_notes(ds, y, num_classes, class_names):
             log(note)
         for split in SPLITS:

@@ -126,6 +126,7 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
         "format": ds.format,
         "label": ds.label,
         "drop": list(ds.drop),
+        **({"categorical": list(ds.categorical)} if ds.categorical else {}),  # entries from before keep theirs
         "task": ds.task,
         "classes": ds.classes,
         "scaling": ds.scaling,

@@ -30,6 +30,7 @@ def describe(entry) -> dict:
         "kind": manifest.get("kind", "matrix"), "num_features": manifest["num_features"],
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
         "num_classes": manifest.get("num_classes"), "label": pre.get("label"), "format": pre.get("format"),
+        "categorical": pre.get("categorical") or [],
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
         "source_sha256": {role: src.get("sha256") for role, src in (manifest.get("sources") or {}).items()},
     }
@@ -54,14 +55,17 @@ def _delimiter(path: Path):
     return _FORMATS[suffix]
 
 
-def _read_frame(path: Path, header: bool):
+def _read_frame(path: Path, header: bool, text_columns=()):
+    """The file as a DataFrame; `text_columns` (categorical ones) read as written, as preparation read them
+    (a stage column with an empty cell would otherwise become floats: 1.0, not "1")."""
     import pandas as pd
 
     delimiter = _delimiter(path)
     try:
         if delimiter is None:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=delimiter, header=0 if header else None, low_memory=False)
+        return pd.read_csv(path, sep=delimiter, header=0 if header else None, low_memory=False,
+                           dtype={c: str for c in text_columns} or None)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read {path}: {first}; check that it is a readable {path.suffix} file") from None
@@ -143,7 +147,8 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
     _refuse_joined(info)
     header = _has_header(path, info.get("feature_names"))
-    return frame_for_prediction(_read_frame(path, header), info, header=header, source=str(path), need_labels=need_labels)
+    frame = _read_frame(path, header, info.get("categorical") or ())
+    return frame_for_prediction(frame, info, header=header, source=str(path), need_labels=need_labels)
 
 
 def _refuse_joined(info: dict) -> None:
@@ -163,7 +168,7 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
     label = info.get("label") if isinstance(info.get("label"), str) else None
     ids, y = None, None
     if header:
-        frame = frame.rename(columns=str)  # the caller's frame stays as it was
+        frame = _one_hot_categories(frame.rename(columns=str), info, source)  # the caller's frame stays as it was
         columns = list(frame.columns)
         if names is None:  # trained on a header-less file: take the numeric columns but the label
             names = [c for c in columns if c != label]
@@ -212,6 +217,29 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
     return X, (_labels(y, info, strict=need_labels) if y is not None else None), ids
 
 
+def _one_hot_categories(frame, info: dict, source: str):
+    """`frame` with each categorical column replaced by the one-hot columns the model takes (formats.one_hot:
+    a value the training rows did not have, or an empty cell, is no category)."""
+    import pandas as pd
+
+    from candle_ray.data.formats import category_column, one_hot
+
+    categorical = info.get("categorical") or ()
+    if not categorical:
+        return frame
+    absent = [c for c in categorical if c not in frame.columns]
+    if absent:
+        raise DataError(f"{source} lacks the categorical column {absent[0]!r} the model was trained with; add it "
+                        f"(an empty cell is no category)")
+    blocks = []
+    for column in categorical:
+        prefix = category_column(column, "")
+        categories = [n[len(prefix):] for n in info["feature_names"] if n.startswith(prefix)]
+        blocks.append(pd.DataFrame(one_hot(frame[column].tolist(), categories), index=frame.index,
+                                   columns=[category_column(column, c) for c in categories]))
+    return pd.concat([frame.drop(columns=list(categorical)), *blocks], axis=1)
+
+
 def typical_row(info: dict):
     """One row at the centre of the training data, in the input's own units (the scaler's mean or the
     middle of its range; 0 where the scaling keeps no centre), named as the model's features: an MLflow
@@ -224,4 +252,11 @@ def typical_row(info: dict):
     values = centre() if centre else np.zeros(width)
     names = info.get("feature_names") or [str(i) for i in range(width)]
     # float64: what a user's frame holds; one 2-D block, not a column per feature (60k columns: 1.7 s -> ms)
-    return pd.DataFrame(values.astype(np.float64)[None, :], columns=names)
+    row = pd.DataFrame(values.astype(np.float64)[None, :], columns=names)
+    for column in info.get("categorical") or ():  # the raw column, at its most frequent training value
+        from candle_ray.data.formats import category_column
+
+        encoded = [n for n in names if n.startswith(category_column(column, ""))]
+        top = max(encoded, key=lambda n: row[n].iloc[0]) if encoded else ""
+        row = row.drop(columns=encoded).assign(**{column: top[len(category_column(column, "")):]})
+    return row

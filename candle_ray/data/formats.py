@@ -128,8 +128,8 @@ def _missing(what: str, wanted, names: list[str], path: Path) -> DataError:
     return DataError(f"{what} {wanted!r} is not a column of {path}; {suggestion}")
 
 
-def _split_columns(names: list[str], label, drop, path: Path) -> tuple[str, list[str]]:
-    """(label column name, feature column names) after checking label and drop against the header."""
+def _split_columns(names: list[str], label, drop, path: Path, categorical=()) -> tuple[str, list[str]]:
+    """(label column name, feature column names) after checking label, drop and categorical against the header."""
     if isinstance(label, int) and not isinstance(label, bool):
         if not -len(names) <= label < len(names):
             raise DataError(f"label column index {label} is out of range for {path}, which has {len(names)} columns; use an index below {len(names)} or the column name")
@@ -141,6 +141,12 @@ def _split_columns(names: list[str], label, drop, path: Path) -> tuple[str, list
     for column in drop:
         if column not in names:
             raise _missing("drop column", column, names, path)
+    for column in categorical:
+        if column not in names:
+            raise _missing("categorical column", column, names, path)
+        if column == label_name or column in drop:
+            raise DataError(f"column {column!r} of {path} is both categorical and the label or dropped; "
+                            f"name it in one place")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"{path} has the column name {dup!r} more than once; make the header names unique")
@@ -181,36 +187,37 @@ def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object).astype(str)
 
 
-def read_table(path, label, drop=()) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A CSV / TSV (.tsv, .txt) / Parquet file with a header: one label column, feature columns, dropped columns.
+def read_table(path, label, drop=(), categorical=()) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A CSV / TSV (.tsv, .txt) / Parquet file with a header: one label column, feature columns, dropped columns,
+    and `categorical` columns, each one-hot encoded in its place as columns "<column>=<value>" (one per value
+    the file holds; an empty cell is none of them).
 
     Returns (X float32 [n, d], raw label values, feature names). Non-numeric feature columns and
-    unknown label/drop names raise DataError naming the column.
+    unknown label/drop/categorical names raise DataError naming the column.
     """
     path = Path(path)
-    drop = tuple(drop)
+    drop, categorical = tuple(drop), tuple(categorical)
     delimiter = _delimiter(path)
     if delimiter is None:
-        return _read_parquet(path, label, drop)
+        return _read_parquet(path, label, drop, categorical)
     names = next(csv.reader([_first_line(path)], delimiter=delimiter))
-    label_name, features = _split_columns(names, label, drop, path)
-    types = {name: pa.float32() for name in features}
+    label_name, features = _split_columns(names, label, drop, path, categorical)
+    types = {name: pa.string() if name in categorical else pa.float32() for name in features}
     types[label_name] = pa.string()
     try:
         table = _read_csv(path, delimiter, header=True, names=names, types=types, include=[label_name, *features])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        hint = "features must be numbers; add non-numeric columns (ids, names) to drop=(...)"
-        raise _conversion_error(path, e, names, hint) from None
+        raise _conversion_error(path, e, names, NOT_NUMERIC) from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {_one_line(e)}; check that the file exists and is readable") from None
     if table.num_rows == 0:
         raise DataError(f"{path} has a header but no rows; check the file")
     y = _labels(table.column(label_name), path, label_name)
-    X = _matrix([table.column(name) for name in features], path)
-    return X, y, features
+    X, names = _features(table, features, categorical, path)
+    return X, y, names
 
 
-def _read_parquet(path: Path, label, drop: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_parquet(path: Path, label, drop: tuple, categorical: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import pyarrow.parquet as pq
 
     try:
@@ -218,14 +225,69 @@ def _read_parquet(path: Path, label, drop: tuple) -> tuple[np.ndarray, np.ndarra
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot read Parquet file {path}: {_one_line(e)}; check that it exists and is a Parquet file") from None
     names = list(schema.names)
-    label_name, features = _split_columns(names, label, drop, path)
+    label_name, features = _split_columns(names, label, drop, path, categorical)
     for name in features:
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
-            raise DataError(f"feature column {name!r} of {path} is not numeric ({kind}); add it to drop=(...) or convert it to numbers")
+        if name not in categorical and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                                            or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
+            raise DataError(f"feature column {name!r} of {path} is not numeric ({kind}); {NOT_NUMERIC}")
     table = pq.read_table(str(path), columns=[label_name, *features])
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; check the file")
     y = _labels(table.column(label_name), path, label_name)
-    X = _matrix([table.column(name) for name in features], path)
-    return X, y, features
+    X, names = _features(table, features, categorical, path)
+    return X, y, names
+
+
+NOT_NUMERIC = ("features must be numbers; add non-numeric columns to drop=(...) (ids, names) or to categorical=(...) "
+               "(tissue, stage: one-hot encoded)")
+# A categorical column with more values than this, most of them on one row each, names rows: an id.
+ID_LIKE_CATEGORIES = 50
+
+
+def _features(table: pa.Table, features: list[str], categorical: tuple, path: Path) -> tuple[np.ndarray, list[str]]:
+    """The feature matrix in the header's order, each categorical column replaced by its one-hot block."""
+    if not categorical:
+        return _matrix([table.column(name) for name in features], path), features
+    blocks, names = [], []
+    for name in features:
+        if name in categorical:
+            values = table.column(name).cast(pa.string()).to_pylist()
+            categories = categories_in(values, name, path)
+            blocks.append(one_hot(values, categories))
+            names += [category_column(name, c) for c in categories]
+        else:
+            blocks.append(_matrix([table.column(name)], path))
+            names.append(name)
+    return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32), names
+
+
+def category_column(column: str, value: str) -> str:
+    """The name of a categorical column's one-hot column for `value` (what predict rebuilds from the raw column)."""
+    return f"{column}={value}"
+
+
+def _category(value) -> str | None:
+    text = None if value is None else str(value).strip()
+    return None if text is None or text in MISSING_LABELS else text
+
+
+def categories_in(values: list, column: str, path) -> list[str]:
+    """A categorical column's values (sorted; empty cells are none)."""
+    categories = sorted({c for v in values if (c := _category(v)) is not None})
+    if len(categories) > ID_LIKE_CATEGORIES and len(categories) > len(values) / 2:
+        raise DataError(f"categorical column {column!r} of {path} has {len(categories)} different values in "
+                        f"{len(values)} rows, e.g. {categories[:3]}: it names rows rather than groups them; add it "
+                        f"to drop=(...)")
+    return categories
+
+
+def one_hot(values: list, categories: list[str]) -> np.ndarray:
+    """float32 [rows, len(categories)]: 1 where a row holds that category; a row whose value is empty or not
+    among `categories` (a category the training rows did not have) is all zeros."""
+    index = {c: i for i, c in enumerate(categories)}
+    out = np.zeros((len(values), len(categories)), dtype=np.float32)
+    for row, value in enumerate(values):
+        if (i := index.get(_category(value))) is not None:
+            out[row, i] = 1.0
+    return out

@@ -85,6 +85,7 @@ class Dataset:
     format: str = "candle_noheader"
     label: str | int = 0
     drop: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()  # "table" columns one-hot encoded (formats.read_table), e.g. ("tissue",)
     task: str = "classification"
     classes: int | None = None
     scaling: str = "maxabs"
@@ -98,6 +99,11 @@ class Dataset:
         object.__setattr__(self, "train", _as_source(self.train))
         object.__setattr__(self, "val", _as_source(self.val))
         object.__setattr__(self, "drop", tuple(self.drop))
+        categorical = (self.categorical,) if isinstance(self.categorical, str) else tuple(self.categorical)
+        object.__setattr__(self, "categorical", categorical)
+        if categorical and self.format != "table":
+            raise UsageError(f"dataset categorical={list(categorical)} needs format='table' (columns by name); "
+                             f"encode the columns in the file or use TableDataset")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise UsageError(f"dataset name must be letters, digits, '-', '_' or '.', got {self.name!r}")
         checks = (("format", FORMATS), ("scaling", SCALINGS), ("scaling_fit", SCALING_FITS), ("task", TASKS))
