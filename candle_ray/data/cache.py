@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -120,15 +121,16 @@ def verify(entry: Entry) -> None:
 
 
 # --------------------------------------------------------------------------- preparation steps
-def _check_finite(X: np.ndarray, split: str, url: str, names: list[str] | None) -> None:
+def _check_finite(X: np.ndarray, split: str, url: str, names: list[str] | None, missing_allowed: bool = False) -> None:
     for start in range(0, len(X), 4096):
         block = X[start : start + 4096]
-        bad = ~np.isfinite(block)
+        bad = np.isinf(block) if missing_allowed else ~np.isfinite(block)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             kind = "NaN" if np.isnan(block[row, col]) else "inf"
             column = f"feature column {col}" + (f" ({names[col]!r})" if names else "")
-            raise DataError(f"{split} data has {kind} at row {start + row}, {column} of {url}; fix the source file or impute missing values (e.g. with the column mean) before preparing")
+            raise DataError(f"{split} data has {kind} at row {start + row}, {column} of {url}; fix the source file, or "
+                            f"fill missing values: impute='mean' (the train rows' column means) or impute='median'")
 
 
 def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]):
@@ -249,12 +251,34 @@ def _align(X: np.ndarray, have: list[str], want: list[str], url: str, categorica
     return out
 
 
-def _check_features(X: dict[str, np.ndarray], urls: dict[str, str], names: list[str] | None) -> None:
-    """Train and val have the same width, and every value is finite."""
+def _check_features(X: dict[str, np.ndarray], urls: dict[str, str], names: list[str] | None, impute=None) -> None:
+    """Train and val have the same width, and every value is finite (or missing, where `impute` fills it)."""
     if "val" in X and X["val"].shape[1] != X["train"].shape[1]:
         raise DataError(f"train has {X['train'].shape[1]} features but val has {X['val'].shape[1]} ({urls['train']} vs {urls['val']}); both files need the same feature columns")
     for split in X:
-        _check_finite(X[split], split, urls[split], names)
+        _check_finite(X[split], split, urls[split], names, missing_allowed=impute is not None)
+
+
+def _impute(ds: Dataset, X: dict[str, np.ndarray], names: list[str] | None, log) -> np.ndarray | None:
+    """Fill every split's missing values with the train rows' column mean or median (`ds.impute`); the fill
+    values, which predict uses too (they go into scaler.json). A column with no train value is filled with 0."""
+    if ds.impute is None:
+        return None
+    with warnings.catch_warnings():  # an all-missing column's "mean of empty slice": filled with 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill = (np.nanmean if ds.impute == "mean" else np.nanmedian)(X["train"].astype(np.float64), axis=0)
+    empty = np.flatnonzero(np.isnan(fill))
+    fill[empty] = 0.0
+    counts = {split: int(np.isnan(X[split]).sum()) for split in X}
+    if any(counts.values()):
+        where = ", ".join(f"{n:,} in {split}" for split, n in counts.items())
+        log(f"imputed {sum(counts.values()):,} missing values ({where}) with the train rows' column {ds.impute}"
+            + (f"; {len(empty)} columns have no train value, e.g. {names[empty[0]] if names else empty[0]!r}: "
+               f"filled with 0" if len(empty) else ""))
+    for split in X:
+        rows, cols = np.nonzero(np.isnan(X[split]))
+        X[split][rows, cols] = fill[cols]
+    return fill
 
 
 def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> None:
@@ -315,8 +339,9 @@ def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> dict:
     return write_batch_file(path, pa.record_batch([x, pa.array(y, type=schema.field("y").type)], schema=schema))
 
 
-def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], out: Path) -> dict:
-    """Fit the scaler, write each scaled split and scaler.json into `out`; the splits' manifest records.
+def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], out: Path, fill=None) -> dict:
+    """Fit the scaler, write each scaled split and scaler.json into `out` (with the imputation's `fill`
+    values, which predict applies before scaling); the splits' manifest records.
 
     Each raw split is dropped from `X` once scaled, so that at most one split exists twice in memory.
     """
@@ -324,6 +349,8 @@ def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray
 
     fit_on = [X["train"], X["val"]] if ds.scaling_fit == "train+val" else X["train"]
     params = transforms.fit_scaler(ds.scaling, fit_on)
+    if fill is not None:
+        params["fill"] = fill.tolist()
     splits = {}
     for split in SPLITS:
         scaled = transforms.apply_scaler(params, X.pop(split))
@@ -342,6 +369,7 @@ def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
         "scaler_sha256": scaler_sha256,
         "feature_subsample": ds.feature_subsample,
         "categorical": list(ds.categorical),
+        "impute": ds.impute,
         "val_fraction": ds.val_fraction if ds.val is None else None,
         "seed": ds.seed if ds.val is None else None,
         "format": ds.format,
@@ -451,18 +479,19 @@ class Cache:
         fetched = {split: fetch(src, self.downloads / ds.name, log=log) for split, src in ds.sources().items()}
         urls = {split: redact(src.url) for split, src in ds.sources().items()}
         X, y, names = _read_splits(ds, fetched, urls, log)
-        _check_features(X, urls, names)
+        _check_features(X, urls, names, ds.impute)
         y, num_classes, class_names = _labels(ds, y, urls)
         if "val" not in X:
             _hold_out_val(ds, X, y)
         if ds.categorical:
             names = _drop_categories_train_lacks(X, names, ds.categorical, log)
+        fill = _impute(ds, X, names, log)
         for note in _class_notes(ds, y, num_classes, class_names):
             log(note)
         for split in SPLITS:
             _need_rows(split, len(y[split]), ds)
         num_features = X["train"].shape[1]
-        splits = _write_scaled(ds, X, y, out)
+        splits = _write_scaled(ds, X, y, out, fill)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": ds.name,

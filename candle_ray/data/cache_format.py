@@ -127,6 +127,7 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
         "label": ds.label,
         "drop": list(ds.drop),
         **({"categorical": list(ds.categorical)} if ds.categorical else {}),  # entries from before keep theirs
+        **({"impute": ds.impute} if ds.impute else {}),
         "task": ds.task,
         "classes": ds.classes,
         "scaling": ds.scaling,

@@ -203,6 +203,9 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
         raise DataError(f"feature column {bad!r} of {source} is not numeric; features must be numbers") from None
     if len(X) == 0:
         raise DataError(f"{source} has no rows to predict")
+    fill = (info.get("scaler") or {}).get("fill")
+    if fill is not None and np.isnan(X).any():  # the dataset's impute=: the train rows' column means or medians
+        X = np.where(np.isnan(X), np.asarray(fill, dtype=np.float32), X)  # a new array: X may view the caller's frame
     if not np.isfinite(X).all():
         row, col = map(int, np.argwhere(~np.isfinite(X))[0])
         where = f"column {columns[col]!r}" if columns else f"feature {col + 1}"

@@ -13,6 +13,7 @@ from candle_ray.errors import UsageError
 
 FORMATS = ("candle_noheader", "table")
 SCALINGS = ("maxabs", "minmax", "std", "log", "none")
+IMPUTES = ("mean", "median")  # what fills a missing feature value (cache._impute); None: refused
 SCALING_FITS = ("train+val", "train")
 # "autoencoder": the model reconstructs its input (P1B1); the labels (e.g. cancer types) are kept as
 # classes for conditional models and plots.
@@ -86,6 +87,7 @@ class Dataset:
     label: str | int = 0
     drop: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()  # "table" columns one-hot encoded (formats.read_table), e.g. ("tissue",)
+    impute: str | None = None  # fill missing feature values with the train rows' column mean or median
     task: str = "classification"
     classes: int | None = None
     scaling: str = "maxabs"
@@ -110,6 +112,9 @@ class Dataset:
         for key, allowed in checks:
             if getattr(self, key) not in allowed:
                 raise UsageError(f"dataset {key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.impute is not None and self.impute not in IMPUTES:
+            raise UsageError(f"dataset impute {self.impute!r} is not one of {', '.join(IMPUTES)} (or None: missing "
+                             f"values are refused)")
         if self.classes is not None and (not isinstance(self.classes, int) or self.classes < 2):
             raise UsageError(f"dataset classes must be an integer >= 2, got {self.classes!r}")
         if self.val is None and not 0.0 < self.val_fraction < 1.0:

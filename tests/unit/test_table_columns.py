@@ -1,5 +1,5 @@
-"""Categorical feature columns (tissue, stage): one-hot encoded at preparation, rebuilt from the raw column by
-predict, without Ray."""
+"""A table's text and missing feature values, without Ray: categorical columns (tissue, stage) one-hot encoded at
+preparation and rebuilt from the raw column by predict; missing values filled from the train rows (impute=)."""
 
 import numpy as np
 import pandas as pd
@@ -116,3 +116,35 @@ def test_predict_rebuilds_the_encoding_from_the_raw_column(tmp_path):
     assert r.exit_code == 1 and "lacks the categorical column 'tissue' the model was trained with" in r.output
     example = typical_row(describe(entry))  # an MLflow model's input example: the raw column, its commonest value
     assert list(example.columns) == ["g0", "g1", "g2", "tissue"] and example["tissue"].iloc[0] in TISSUES
+
+
+def test_missing_values_are_filled_from_the_train_rows_where_asked(tmp_path):
+    """impute='mean' fills every split's missing values with the train rows' column means (median alike), and
+    predict fills its own the same way; without it they are refused, as before."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"y": rng.normal(size=40), "a": np.arange(40.0), "b": rng.normal(size=40),
+                          "empty": np.nan})
+    frame.loc[[3, 30], "a"] = np.nan
+    frame.iloc[:30].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[30:].to_csv(tmp_path / "val.csv", index=False)
+    spec = dict(label="y", task="regression", val=tmp_path / "val.csv", scaling="none")
+    with pytest.raises(DataError, match=r"train data has NaN at row 0, feature column 2 \('empty'\).*impute='mean'"):
+        Cache(tmp_path / "c").prepare(TableDataset(tmp_path / "train.csv", **spec), log=lambda *_: None)
+    said = []
+    entry = Cache(tmp_path / "c").prepare(TableDataset(tmp_path / "train.csv", impute="mean", **spec), log=said.append)
+    from candle_ray.data.cache import open_split
+
+    train_mean = np.mean([v for v in range(30) if v != 3])  # of the train rows' values only
+    X = {split: open_split(entry.path, split)[0] for split in ("train", "val")}
+    assert X["train"][3, 0] == pytest.approx(train_mean) and X["val"][0, 0] == pytest.approx(train_mean)
+    assert (X["train"][:, 2] == 0).all()  # a column with no train value: 0
+    assert any("imputed 42 missing values (31 in train, 11 in val) with the train rows' column mean; 1 columns "
+               "have no train value, e.g. 'empty': filled with 0" in s for s in said), said
+    pd.DataFrame({"a": [np.nan], "b": [1.0], "empty": [np.nan]}).to_csv(tmp_path / "new.csv", index=False)
+    X_new, _, _ = read_for_prediction(tmp_path / "new.csv", describe(entry))
+    assert X_new[0].tolist() == pytest.approx([train_mean, 1.0, 0.0])
+    median = Cache(tmp_path / "c").prepare(TableDataset(tmp_path / "train.csv", impute="median", **spec),
+                                           log=lambda *_: None)
+    assert median.fingerprint != entry.fingerprint
+    with pytest.raises(UsageError, match="dataset impute 'zero' is not one of mean, median"):
+        TableDataset(tmp_path / "train.csv", impute="zero", **spec)
