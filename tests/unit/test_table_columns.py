@@ -116,6 +116,13 @@ def test_predict_rebuilds_the_encoding_from_the_raw_column(tmp_path):
     assert r.exit_code == 1 and "lacks the categorical column 'tissue' the model was trained with" in r.output
     example = typical_row(describe(entry))  # an MLflow model's input example: the raw column, its commonest value
     assert list(example.columns) == ["g0", "g1", "g2", "tissue"] and example["tissue"].iloc[0] in TISSUES
+    import mlflow
+
+    from candle_ray import mlflow_model
+
+    mlflow_model.save(tmp_path / "model", [tmp_path / "run"])
+    served = mlflow.pyfunc.load_model(str(tmp_path / "model")).predict(new.iloc[2:].drop(columns=["sample"]))
+    assert served["prediction"].tolist() == known["prediction"].tolist()
 
 
 def test_missing_values_are_filled_from_the_train_rows_where_asked(tmp_path):
