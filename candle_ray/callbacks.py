@@ -9,7 +9,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from candle_ray import checkpoint
-from candle_ray.summary import PREFIX, best_metrics, best_of, trial_value, unpacked
+from candle_ray.summary import PREFIX, best_metrics, best_of, trial_tie, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
 
@@ -320,7 +320,7 @@ class ProgressCallback(Callback):
     def best(self, trials):
         """(value, trial) of the best trial so far by its best epoch (candle_ray.summary), or None."""
         pick = best_of([t for t in trials if t.status != "ERROR"], lambda t: trial_value(t.last_result, self.metric),
-                       self.mode)
+                       self.mode, lambda t: trial_tie(t.last_result, self.metric))
         return None if pick is None else (trial_value(pick.last_result, self.metric), pick)
 
     def table(self, trials) -> str:

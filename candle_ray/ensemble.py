@@ -53,10 +53,11 @@ def _value(text: str):
 def top_rows(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> list[dict]:
     """The `top` best finished trials (rows of a sweep's results.csv, whose `metric` column is each
     trial's best epoch: candle_ray.summary), best first."""
-    from candle_ray.summary import ranked
+    from candle_ray.summary import TIE_BREAK, ranked
 
     done = ranked([r for r in rows if r.get("status") in FINISHED and r.get(metric) not in (None, "")],
-                  lambda r: float(r[metric]), mode)
+                  lambda r: float(r[metric]), mode,
+                  lambda r: float(r[TIE_BREAK]) if metric != TIE_BREAK and r.get(TIE_BREAK) not in (None, "") else None)
     if top < 1:
         raise UsageError(f"--top must be >= 1, got {top}")
     if top > len(done):

@@ -30,7 +30,7 @@ from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
-from candle_ray.summary import direction, improves
+from candle_ray.summary import direction, improves, tie_value
 from candle_ray.usage import EpochUsage
 
 
@@ -409,9 +409,10 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
         if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
             plateau.step(metrics[plateau_metric])
         objective.end_epoch(epoch, metrics)
-        improved = improves(metrics.get(metric), best["value"], mode)
+        improved = improves(metrics.get(metric), best["value"], mode, tie_value(metrics, metric), best.get("tie"))
         if improved:
-            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch}, 0
+            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch,
+                                "tie": tie_value(metrics, metric)}, 0
         else:
             bad_epochs += 1
         elapsed = time.monotonic() - t_start

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candle_ray.summary import best_of, finite, history_best, knee, pareto_front
+from candle_ray.summary import best_of, finite, history_best, knee, pareto_front, tie_value
 
 COLORS = {"completed": "#1f77b4", "stopped early": "#9a9a9a", "failed": "#d62728"}
 
@@ -51,7 +51,8 @@ def worth(trial: dict, metric: str, mode: str) -> float | None:
 
 
 def _best(trials: list[dict], metric: str, mode: str) -> dict | None:
-    return best_of([t for t in trials if t["status"] != "failed"], lambda t: worth(t, metric, mode), mode)
+    return best_of([t for t in trials if t["status"] != "failed"], lambda t: worth(t, metric, mode), mode,
+                   lambda t: tie_value(t["best"], metric))
 
 
 def _baseline_line(ax, baseline: dict, key: str, **style) -> None:
@@ -81,7 +82,7 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
             ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
     if best and best["history"].get(metric):
         steps, values = zip(*best["history"][metric])
-        epoch, value = history_best(best["history"][metric], mode)
+        epoch, value = history_best(best["history"], metric, mode)
         ax.plot(steps, values, color="#ff7f0e", linewidth=2.8,
                 label=f"best: trial {best['trial_id']} ({metric} {value:.4g} at epoch {epoch})")
         ax.plot(epoch, value, marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black")
@@ -389,11 +390,11 @@ def _html(trials, *, sweep, metric, mode, keys, best, found: Importance, images,
     counts = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    top = rank(trials, lambda t: worth(t, metric, mode), mode)[:20]  # their histories are read (tracking.CURVES)
+    top = rank(trials, lambda t: worth(t, metric, mode), mode, lambda t: tie_value(t["best"], metric))[:20]
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
             t["trial_id"], t["status"], len(t["history"].get(metric, ())),
-            (history_best(t["history"].get(metric, []), mode) or ("",))[0], f"{worth(t, metric, mode):.4g}",
+            (history_best(t["history"], metric, mode) or ("",))[0], f"{worth(t, metric, mode):.4g}",
             *(_shown(t["params"].get(k, "")) for k in keys))) + "</tr>"
         for t in top)
     header = "".join(f"<th>{html.escape(h)}</th>" for h in ("trial", "status", "epochs", "best epoch", f"best {metric}", *keys))
@@ -403,7 +404,7 @@ def _html(trials, *, sweep, metric, mode, keys, best, found: Importance, images,
     if noun and values:  # folds or members: their spread, no winner
         best_text = f"{metric} of the {noun}s {min(values):.6g} to {max(values):.6g} (mean {np.mean(values):.6g})"
     elif best:
-        epoch = (history_best(best["history"].get(metric, []), mode) or ("?",))[0]
+        epoch = (history_best(best["history"], metric, mode) or ("?",))[0]
         best_text = f"best {metric} {worth(best, metric, mode):.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"
     if baseline and finite(baseline.get(metric)):
         best_text += f"; linear baseline {metric} {baseline[metric]:.6g}"

@@ -10,10 +10,11 @@ the driver callback (candle_ray.callbacks) deletes the files and tags the MLflow
 from __future__ import annotations
 
 import bisect
+import math
 import shutil
 from pathlib import Path
 
-from candle_ray.summary import finite, pareto_front, trial_value
+from candle_ray.summary import finite, pareto_front, trial_tie, trial_value
 
 WEIGHTS_TAG = "candle_ray.weights"  # on the MLflow run of a trial whose weights were dropped
 
@@ -23,7 +24,7 @@ class Retention:
 
     def __init__(self, keep: int, objectives, defer: bool = False):
         self.keep, self.objectives, self.defer = keep, tuple(objectives), defer
-        self.ranked: list[tuple[float, str]] = []  # finished trials with a value: (key, id), best first
+        self.ranked: list[tuple[float, float, str]] = []  # finished trials with a value: (key, tie, id), best first
         self.values: dict[str, tuple] = {}  # several objectives: each finished trial's values
         self.dropped: set[str] = set()
         self.seen: set[str] = set()
@@ -39,7 +40,8 @@ class Retention:
         value = None if failed else trial_value(result, self.objectives[0][0])
         if not finite(value):
             return self._drop([trial_id]) if not self.defer else []  # a failed trial is never picked
-        entry = (self._key(value), trial_id)
+        tie = trial_tie(result, self.objectives[0][0])  # equal values: as summary.ranked orders them
+        entry = (self._key(value), tie if finite(tie) else math.inf, trial_id)
         index = bisect.bisect(self.ranked, entry)
         self.ranked.insert(index, entry)
         if len(self.objectives) > 1:
@@ -49,7 +51,7 @@ class Retention:
         if len(self.objectives) == 1:
             # Each trial that fell past the K best was dropped then: now at most one is past them and kept,
             # this trial or the one it pushed out (no walk of all the ranked trials per trial).
-            past = self.ranked[max(index, self.keep)][1] if len(self.ranked) > self.keep else None
+            past = self.ranked[max(index, self.keep)][-1] if len(self.ranked) > self.keep else None
             return self._drop([past]) if past is not None and past not in self.dropped else []
         return self._drop(self._outside())
 
@@ -58,7 +60,7 @@ class Retention:
         return self._drop(self._outside()) if self.keep else []
 
     def _outside(self) -> list[str]:
-        outside = [t for _, t in self.ranked[self.keep:] if t not in self.dropped]
+        outside = [t for *_, t in self.ranked[self.keep:] if t not in self.dropped]
         if outside and len(self.objectives) > 1:  # a Pareto front member can still be picked (--pick)
             modes = tuple(mode for _, mode in self.objectives)
             front = set(pareto_front(list(self.values), self.values.get, modes))

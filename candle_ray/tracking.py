@@ -447,7 +447,7 @@ def read_curves(parent: RunTracker, trials: list[dict], metric: str, mode: str, 
     trials, every metric for the best finished one; and for trials without a logged best epoch (still
     running), whose `best` then comes from their history. One query per run and metric: a 10,000-trial
     report reads ~60 histories instead of 80,000."""
-    from candle_ray.summary import best_epoch_of, best_of, ranked
+    from candle_ray.summary import best_epoch_of, best_of, ranked, tie_value
 
     client = parent.client
 
@@ -462,9 +462,10 @@ def read_curves(parent: RunTracker, trials: list[dict], metric: str, mode: str, 
         if metric not in trial["best"] and trial["status"] != "failed":  # a failed trial logs its best if it had one
             read(trial, metrics)
             trial["best"] = best_epoch_of(trial["history"], metric, mode)
-    for trial in ranked(trials, lambda t: t["best"].get(metric), mode)[:curves]:
+    tie = lambda t: tie_value(t["best"], metric)  # noqa: E731
+    for trial in ranked(trials, lambda t: t["best"].get(metric), mode, tie)[:curves]:
         read(trial, (metric,))
-    best = best_of([t for t in trials if t["status"] != "failed"], lambda t: t["best"].get(metric), mode)
+    best = best_of([t for t in trials if t["status"] != "failed"], lambda t: t["best"].get(metric), mode, tie)
     if best is not None:
         read(best, metrics)
 

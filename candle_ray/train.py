@@ -82,9 +82,10 @@ class Progress:
             writer.writerow([metrics.get(c, "") for c in columns])
 
     def best(self, metric: str, mode: str) -> dict:
-        from candle_ray.summary import best_of
+        from candle_ray.summary import best_of, tie_value
 
-        found = best_of([m for _, m in sorted(self.history.items()) if metric in m], lambda m: m[metric], mode)
+        found = best_of([m for _, m in sorted(self.history.items()) if metric in m], lambda m: m[metric], mode,
+                        lambda m: tie_value(m, metric))
         if found is None:
             raise CandleRayError(f"training reported no {metric!r}; check the experiment's metric")
         return found

@@ -46,6 +46,9 @@ def test_each_finished_trial_drops_exactly_what_falls_past_the_k_best():
 def test_max_mode_and_keeping_everything():
     keep = Retention(1, (("val_auroc", "max"),))
     assert keep.finished("a", {"best_val_auroc": 0.7}) == [] and keep.finished("b", {"best_val_auroc": 0.9}) == ["a"]
+    # an equal value: the lower val_loss stays, as the sweep ranks them (summary.TIE_BREAK)
+    assert keep.finished("c", {"best_val_auroc": 0.9, "best_val_loss": 0.2}) == ["b"]
+    assert keep.finished("d", {"best_val_auroc": 0.9, "best_val_loss": 0.3}) == ["d"]
     everything = Retention(0, LOSS)
     assert all(everything.finished(t, result(i)) == [] for i, t in enumerate("abcdef")) and everything.at_end() == []
 

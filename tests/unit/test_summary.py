@@ -105,6 +105,42 @@ def test_report_picks_the_same_trial_as_the_summary():
     assert _best(with_best(trials, mode="max"), "val_loss", "max")["trial_id"] == "early"
 
 
+def test_equal_accuracies_are_ranked_by_val_loss_everywhere(tmp_path):
+    """Ranked by val_accuracy on a few val rows, epochs and trials tie often: the lower val_loss wins the tie
+    (the epoch the checkpoint keeps, the trial the sweep, results.csv, --top K and the report pick), and with
+    no val_loss the earlier one stays."""
+    def acc_stream(pairs):
+        results = [{"epoch": e, "val_accuracy": a, "val_loss": v} for e, (a, v) in enumerate(pairs, 1)]
+        return list(summary.BestEpoch("val_accuracy", "max")(results))
+
+    epochs = acc_stream([(0.8, 0.9), (0.94, 0.6), (0.94, 0.3), (0.94, 0.4), (0.88, 0.2)])
+    assert epochs[-1]["best_epoch"] == 3 and epochs[-1]["best_val_loss"] == 0.3
+    history = {"val_accuracy": [(e, a) for e, a in enumerate([0.8, 0.94, 0.94, 0.94], 1)],
+               "val_loss": [(e, v) for e, v in enumerate([0.9, 0.6, 0.3, 0.4], 1)]}
+    assert summary.history_best(history, "val_accuracy", "max") == (3, 0.94)
+    assert summary.history_best({"val_accuracy": history["val_accuracy"]}, "val_accuracy", "max") == (2, 0.94)
+    assert summary.improves(0.94, 0.94, "max", tie=0.2, best_tie=0.3)
+    assert not summary.improves(0.94, 0.94, "max", tie=0.3, best_tie=0.3) and not summary.improves(0.94, 0.94, "max")
+    assert not summary.improves(0.3, 0.3, "min", tie=None, best_tie=0.1)  # val_loss itself: no tie-break
+
+    def trial(trial_id, pairs):
+        return SimpleNamespace(trial_id=trial_id, status="TERMINATED", last_result=summary.packed(
+            acc_stream(pairs)[-1], ("val_accuracy",)), config={"epochs": len(pairs), "trial": trial_id})
+
+    trials = [trial("a", [(0.94, 0.5)]), trial("b", [(0.94, 0.2)]), trial("c", [(0.9, 0.1)]), trial("d", [(0.94, 0.3)])]
+    result = summarize(fake_sweep("val_accuracy", "max"), SimpleNamespace(trials=trials, epoch_seconds={}))
+    assert result["best"]["trial_id"] == "b" and [r["trial_id"] for r in result["rows"]] == ["b", "d", "a", "c"]
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in result["rows"] for k in r}))
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    assert [c["trial"] for c in top_configs(list(csv.DictReader(open(path))), "val_accuracy", "max", 2, "s")] == ["b", "d"]
+    reported = [{"trial_id": t, "status": "completed", "best": {"val_accuracy": 0.94, "val_loss": v}, "history": {}}
+                for t, v in (("a", 0.5), ("b", 0.2))]
+    assert _best(reported, "val_accuracy", "max")["trial_id"] == "b"
+
+
 @pytest.mark.parametrize("epochs,grace", [(1, 1), (3, 1), (8, 1), (9, 2), (20, 3), (60, 8), (100, 13)])
 def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
     assert grace_period_rule(epochs) == grace
