@@ -409,10 +409,9 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
         if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
             plateau.step(metrics[plateau_metric])
         objective.end_epoch(epoch, metrics)
-        improved = improves(metrics.get(metric), best["value"], mode, tie_value(metrics, metric), best.get("tie"))
+        improved = improves(metrics.get(metric), best["value"], mode, tie := tie_value(metrics, metric), best.get("tie"))
         if improved:
-            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch,
-                                "tie": tie_value(metrics, metric)}, 0
+            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch, "tie": tie}, 0
         else:
             bad_epochs += 1
         elapsed = time.monotonic() - t_start
