@@ -9,7 +9,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from candle_ray import checkpoint
-from candle_ray.summary import PREFIX, best_metrics, best_of, trial_tie, trial_value, unpacked
+from candle_ray.summary import PREFIX, best_metrics, best_of, finite, trial_tie, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
 
@@ -305,10 +305,13 @@ def _short(value) -> str:
 
 
 class ProgressCallback(Callback):
-    """The live view: a status line with counts and the best result so far, and a line per finished trial."""
+    """The live view: a status line with counts and the best result so far, and a line per finished trial.
+    A cv's folds or an ensemble's members (`noun`: "fold", "member") are not rivals: their line gives the
+    spread of their values so far instead of a best one, as the end of the run and its report do."""
 
-    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0):
+    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0, noun: str | None = None):
         self.metric, self.mode, self.max_epochs, self.echo, self.every_s = metric, mode, max_epochs, echo, every_s
+        self.noun = noun
         self.t0 = time.monotonic()
         self.last_line = 0.0
         self.trials = None  # Tune's trials as last seen: the sweep's summary reads them
@@ -330,10 +333,16 @@ class ProgressCallback(Callback):
             counts[s] = counts.get(s, 0) + 1
         order = ("running", "pending", "completed", "stopped early", "failed", "paused")
         parts = [f"{name} {counts.get(name, 0)}" for name in order if counts.get(name) or name in order[:5]]
+        return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {self._best_text(trials)}"
+
+    def _best_text(self, trials) -> str:
+        if self.noun:
+            values = [v for t in trials if t.status != "ERROR" and finite(v := trial_value(t.last_result, self.metric))]
+            return (f"{self.metric} of the {self.noun}s {min(values):.4g} to {max(values):.4g}" if values
+                    else f"{self.metric} of the {self.noun}s -")
         best = self.best(trials)
-        best_text = f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('best_epoch')})" \
+        return f"best {self.metric} {best[0]:.4g} ({best[1].trial_id}, epoch {best[1].last_result.get('best_epoch')})" \
             if best else f"best {self.metric} -"
-        return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {best_text}"
 
     def running_rows(self, trials, limit: int = 8) -> list[str]:
         """One line per running trial: its epoch, its latest metric and its configuration."""

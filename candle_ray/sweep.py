@@ -366,7 +366,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
     work_dir.mkdir(parents=True, exist_ok=True)
     sweep_tracker = tracking.SweepTracker(parent)
-    progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo)
+    from candle_ray.report import MEMBERS
+
+    progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo, noun=MEMBERS.get(s.kind))
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
                                                sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry),
                                                model_per_trial=resolved.settings.model_per_trial,

@@ -141,6 +141,16 @@ def test_equal_accuracies_are_ranked_by_val_loss_everywhere(tmp_path):
     assert _best(reported, "val_accuracy", "max")["trial_id"] == "b"
 
 
+def test_the_live_view_names_no_best_fold_or_member():
+    from candle_ray.callbacks import ProgressCallback
+
+    trials = [fake_trial("a", [0.5, 0.3]), fake_trial("b", [0.4, 0.6]), fake_trial("c", [0.1], status="ERROR")]
+    assert ProgressCallback("val_loss", "min", 2, print)._best_text(trials) == "best val_loss 0.3 (a, epoch 2)"
+    assert ProgressCallback("val_loss", "min", 2, print, noun="fold")._best_text(trials) == \
+        "val_loss of the folds 0.3 to 0.4"
+    assert ProgressCallback("val_loss", "min", 2, print, noun="member")._best_text([]) == "val_loss of the members -"
+
+
 @pytest.mark.parametrize("epochs,grace", [(1, 1), (3, 1), (8, 1), (9, 2), (20, 3), (60, 8), (100, 13)])
 def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
     assert grace_period_rule(epochs) == grace
