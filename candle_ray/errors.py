@@ -4,6 +4,12 @@ Exit codes: 1 = the work failed (data, download, training), 2 = bad usage (a wro
 """
 
 
+def data_row(index) -> str:
+    """A row of a data file as every message names it: counted from 1, a header line not counted (0-based
+    `index` 3 is "data row 4", the 5th line of a CSV with a header)."""
+    return f"data row {int(index) + 1}"
+
+
 class CandleRayError(Exception):
     """A failure of the work: exit code 1. The message says what is wrong and what to do."""
 

@@ -42,7 +42,7 @@ from candle_ray.data.cache_format import (DEFAULT_REBUILD, FORMAT_VERSION, MANIF
                                           verify_downloads, write_batch_file, write_manifest)
 from candle_ray.data.sources import fetch, local_path, redact
 from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels
-from candle_ray.errors import CacheError, DataError, UsageError
+from candle_ray.errors import CacheError, DataError, UsageError, data_row
 
 SPLITS = ("train", "val")
 _SCALER = "scaler.json"
@@ -128,8 +128,8 @@ def _check_finite(X: np.ndarray, split: str, url: str, names: list[str] | None, 
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             kind = "NaN" if np.isnan(block[row, col]) else "inf"
-            column = f"feature column {col}" + (f" ({names[col]!r})" if names else "")
-            raise DataError(f"{split} data has {kind} at row {start + row}, {column} of {url}; fix the source file, or "
+            column = f"column {names[col]!r}" if names else f"feature {col + 1}"  # as predict names them
+            raise DataError(f"{split} data has {kind} at {data_row(start + row)}, {column} of {url}; fix the source file, or "
                             f"fill missing values: impute='mean' (the train rows' column means) or impute='median'")
 
 
@@ -143,7 +143,7 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
             y = y.astype(np.float32)
             if not np.isfinite(y).all():
                 row = int(np.flatnonzero(~np.isfinite(y))[0])
-                raise DataError(f"{split} label at row {row} of {urls[split]} is {y[row]}; fix the source file or drop the row")
+                raise DataError(f"{split} label at {data_row(row)} of {urls[split]} is {y[row]}; fix the source file or drop the row")
             out[split] = y
         return out, None, None
     if all(y.dtype.kind in "iu" for y in y_by_split.values()):
@@ -153,7 +153,7 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
             if bad.size:
                 row = int(bad[0])
                 allowed = f"[0, {limit})" if limit else "0, 1, 2, ..."
-                raise DataError(f"{split} label {int(y[row])} at row {row} of {urls[split]} is out of range for classes={limit}; labels must be integers in {allowed}: fix the labels or set classes")
+                raise DataError(f"{split} label {int(y[row])} at {data_row(row)} of {urls[split]} is out of range for classes={limit}; labels must be integers in {allowed}: fix the labels or set classes")
         num_classes = ds.classes or int(max(int(y.max()) for y in y_by_split.values())) + 1
         if num_classes < 2:
             raise DataError(f"all labels of {urls['train']} are 0; a classifier needs at least 2 classes: check the label column")

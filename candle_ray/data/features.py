@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candle_ray.errors import DataError, UsageError
+from candle_ray.errors import DataError, UsageError, data_row
 
 _FORMATS = {".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
 
@@ -209,7 +209,7 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
     if not np.isfinite(X).all():
         row, col = map(int, np.argwhere(~np.isfinite(X))[0])
         where = f"column {columns[col]!r}" if columns else f"feature {col + 1}"
-        raise DataError(f"{source} has a missing or non-finite value at row {row + 1} (the first data row is 1), "
+        raise DataError(f"{source} has a missing or non-finite value at {data_row(row)}, "
                         f"{where}; fill or drop it before predicting")
     if need_labels and y is None:
         raise DataError(f"{source} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")

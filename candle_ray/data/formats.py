@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from candle_ray.errors import DataError
+from candle_ray.errors import DataError, data_row
 
 _BLOCK = 1 << 26  # pyarrow needs a whole row per block; NT3 rows are ~0.5 MB, keep plenty of room.
 _COLUMN_IN_ERROR = re.compile(r"column #(\d+)")
@@ -100,12 +100,12 @@ def read_candle_noheader(path, feature_subsample: int = 0, *, label_dtype=np.int
     labels = table.column(0)
     if labels.null_count:
         row = int(np.flatnonzero(labels.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{path} has an empty label at row {row}; fill it in or remove the row")
+        raise DataError(f"{path} has an empty label at {data_row(row)}; fill it in or remove the row")
     raw = labels.to_numpy()
     if np.issubdtype(np.dtype(label_dtype), np.integer):
         bad = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))
         if bad.size:
-            raise DataError(f"{path} has a non-integer label {float(raw[bad[0]])!r} at row {int(bad[0])}; CANDLE labels are class indices 0, 1, ...; fix the file or use task='regression'")
+            raise DataError(f"{path} has a non-integer label {float(raw[bad[0]])!r} at {data_row(bad[0])}; CANDLE labels are class indices 0, 1, ...; fix the file or use task='regression'")
     y = raw.astype(label_dtype)
     X = _matrix(table.columns[1:], path)
     return X, y
@@ -170,7 +170,7 @@ def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
             zero_copy_only=False)
     if missing.any():
         rows = np.flatnonzero(missing)
-        raise DataError(f"label column {name!r} of {path} is empty at row {int(rows[0])} ({rows.size} of "
+        raise DataError(f"label column {name!r} of {path} is empty at {data_row(rows[0])} ({rows.size} of "
                         f"{len(missing)} rows have no label); fill them in or remove those rows")
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         try:

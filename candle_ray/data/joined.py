@@ -81,7 +81,7 @@ def impute_and_scale(values: np.ndarray, columns: list[str], scaling: str, what:
     `what` names the table (file) for the error raised when no column has any value.
     """
     from candle_ray.data import transforms
-    from candle_ray.errors import DataError
+    from candle_ray.errors import DataError, data_row
 
     values = np.asarray(values, dtype=np.float64)
     present = ~np.isnan(values)
@@ -98,6 +98,6 @@ def impute_and_scale(values: np.ndarray, columns: list[str], scaling: str, what:
         values[rows, cols] = means[cols]
     if not np.isfinite(values).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
-        raise DataError(f"{what} has an infinite value at row {row}, column {columns[col]!r}; fix the file")
+        raise DataError(f"{what} has an infinite value at {data_row(row)}, column {columns[col]!r}; fix the file")
     params = transforms.fit_scaler(scaling, values)
     return transforms.apply_scaler(params, values), columns

@@ -44,10 +44,12 @@ def _nonzero(scale: np.ndarray) -> np.ndarray:
     return scale
 
 
-def _check_nonnegative(block: np.ndarray, offset: int) -> None:
+def _check_nonnegative(block: np.ndarray) -> None:
     if (block < 0).any():
         row, col = np.argwhere(block < 0)[0]
-        raise DataError(f"scaling 'log' (log1p) needs non-negative features, found {float(block[row, col])!r} at row {offset + int(row)}, column {int(col)}; choose another scaling (e.g. 'std') or fix the data")
+        # the feature, not the row: preparation scales the train split after its seeded shuffle
+        raise DataError(f"scaling 'log' (log1p) needs non-negative features, found {float(block[row, col])!r} in "
+                        f"feature {int(col) + 1}; choose another scaling (e.g. 'std') or fix the data")
 
 
 def fit_scaler(kind: str, X: np.ndarray | Sequence[np.ndarray]) -> dict:
@@ -62,10 +64,8 @@ def fit_scaler(kind: str, X: np.ndarray | Sequence[np.ndarray]) -> dict:
     if kind == "none":
         return {"kind": "none"}
     if kind == "log":
-        offset = 0
         for block in _blocks(X):
-            _check_nonnegative(block, offset)
-            offset += len(block)
+            _check_nonnegative(block)
         return {"kind": "log"}
     if _rows(X) == 0:
         raise DataError(f"cannot fit scaling {kind!r} on zero rows; the split is empty")
@@ -105,7 +105,7 @@ def apply_scaler(params: dict, X: np.ndarray) -> np.ndarray:
     if kind == "log":
         for start in range(0, len(X), _ROWS):
             block = X[start : start + _ROWS]
-            _check_nonnegative(block, start)
+            _check_nonnegative(block)
             out[start : start + _ROWS] = np.log1p(block.astype(np.float64))
         return out
     scale = np.asarray(params["scale"], dtype=np.float64)

@@ -181,10 +181,10 @@ def test_row_counts_and_widths_must_match(tmp_path):
 
 def test_labels_must_be_binarised(tmp_path):
     paths = write(tmp_path / "a.h5", edit=lambda k, f: f.assign(AUC=np.float32(0.73)) if k == "y_val" else f)
-    with pytest.raises(DataError, match=r"AUC is 0.730\d* at row 0; ATTN's AUC must be binarised to 0 or 1"):
+    with pytest.raises(DataError, match=r"AUC is 0.730\d* at data row 1; ATTN's AUC must be binarised to 0 or 1"):
         attn.read(paths)
     paths = write(tmp_path / "b.h5", edit=lambda k, f: f.assign(AUC=np.float32("nan")) if k == "y_test" else f)
-    with pytest.raises(DataError, match="AUC is nan at row 0"):
+    with pytest.raises(DataError, match="AUC is nan at data row 1"):
         attn.read(paths)
 
 
@@ -195,7 +195,7 @@ def test_missing_id(tmp_path):
             frame.loc[2, "Sample"] = None
         return frame
 
-    with pytest.raises(DataError, match="Sample is missing at row 2; every row needs a Sample"):
+    with pytest.raises(DataError, match="Sample is missing at data row 3; every row needs a Sample"):
         attn.read(write(tmp_path / "a.h5", edit=edit), {"chunk_rows": 1})
 
 

@@ -272,7 +272,7 @@ def test_a_row_without_a_label_is_refused(tmp_path, task, missing):
     with pytest.raises(DataError) as error:
         Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), task=task), log=quiet)
     row = labels.index(missing)
-    assert f"label column 'label' of {path} is empty at row {row} (1 of 5 rows have no label)" in one_line(error)
+    assert f"label column 'label' of {path} is empty at data row {row + 1} (1 of 5 rows have no label)" in one_line(error)
 
 
 def test_a_numeric_target_without_task_regression_is_refused(tmp_path):
@@ -332,13 +332,14 @@ def test_non_finite_features_name_split_row_and_column(tmp_path, nt3, bad, kind)
     with pytest.raises(DataError) as error:
         Cache(tmp_path / "c").prepare(ds, log=quiet)
     message = one_line(error)
-    assert kind in message and "val" in message and "row 3" in message and "column 2" in message and "impute" in message
+    # counted from 1, as a person counts the file's data rows: the 4th row, its 3rd feature
+    assert kind in message and "val" in message and "data row 4, feature 3" in message and "impute" in message
 
 
 def test_empty_cell_is_nan(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("0,1.0,2.0\n1,,3.0\n0,1.0,2.0\n1,1.0,2.0\n")
-    with pytest.raises(DataError, match=r"NaN at row 1, feature column 0"):
+    with pytest.raises(DataError, match=r"NaN at data row 2, feature 1"):
         Cache(tmp_path / "c").prepare(Dataset(name="t", train=str(path), val=str(path)), log=quiet)
 
 
@@ -350,7 +351,7 @@ def test_label_out_of_range_for_classes(tmp_path, nt3):
     with pytest.raises(DataError) as error:
         Cache(tmp_path / "c").prepare(ds, log=quiet)
     message = one_line(error)
-    assert "label 5" in message and "row 4" in message and "classes=2" in message and "[0, 2)" in message
+    assert "label 5" in message and "data row 5" in message and "classes=2" in message and "[0, 2)" in message
 
 
 def test_negative_label_without_classes(tmp_path, nt3):
@@ -358,7 +359,7 @@ def test_negative_label_without_classes(tmp_path, nt3):
 
     ds, (Xt, yt, Xv, yv) = nt3
     write_noheader(ds.val.url[7:], Xv, np.where(np.arange(len(yv)) == 1, -1, yv))
-    with pytest.raises(DataError, match="label -1 at row 1"):
+    with pytest.raises(DataError, match="label -1 at data row 2"):
         Cache(tmp_path / "c").prepare(replace(ds, classes=None), log=quiet)
 
 
@@ -374,7 +375,7 @@ def test_non_integer_label_in_candle_format(tmp_path):
     path.write_text("0,1.0\n0.5,2.0\n")
     with pytest.raises(DataError) as error:
         Cache(tmp_path / "c").prepare(Dataset(name="t", train=str(path), val=str(path)), log=quiet)
-    assert "non-integer label 0.5 at row 1" in one_line(error)
+    assert "non-integer label 0.5 at data row 2" in one_line(error)
 
 
 def test_non_numeric_cell_in_candle_format(tmp_path):

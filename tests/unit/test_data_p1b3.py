@@ -201,7 +201,7 @@ def test_non_numeric_and_duplicated_values_are_refused(files):
     with pytest.raises(DataError, match="lists id 'BR.A' twice"):
         read(files, cell_features=["mirna"])
     files["dose_response"].write_text("NSC,CELLNAME,LOG_CONCENTRATION,GROWTH\n1,BR:A,-4.5,lots\n")
-    with pytest.raises(DataError, match="column GROWTH has a non-numeric value 'lots' at row 0"):
+    with pytest.raises(DataError, match="column GROWTH has a non-numeric value 'lots' at data row 1"):
         read(files)
 
 

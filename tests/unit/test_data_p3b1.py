@@ -136,7 +136,7 @@ def test_labels_must_align_and_be_class_indices(tmp_path):
     with pytest.raises(DataError, match="task0_0_train_label.csv has 2 labels for the 3 rows of task0_0_train_feature.csv"):
         p3b1.read(write_tar(tmp_path / "a.tar.gz", files))
     files = dict(tiny_files(), **{"task1_0_test_label.csv": csv_bytes([[0.5]])})
-    with pytest.raises(DataError, match="has the label 0.5 at row 0; P3B1 labels are class indices"):
+    with pytest.raises(DataError, match="has the label 0.5 at data row 1; P3B1 labels are class indices"):
         p3b1.read(write_tar(tmp_path / "b.tar.gz", files))
     files = dict(tiny_files(), **{"task0_0_train_label.csv": csv_bytes([[2, 1], [0, 1], [1, 1]])})
     with pytest.raises(DataError, match="has 2 columns; a P3B1 label file has one class index per line"):
@@ -154,7 +154,7 @@ def test_missing_member_empty_split_and_non_finite_features(tmp_path):
     with pytest.raises(DataError, match="task1_0_test_feature.csv in .* has no rows; the val split of task 1 would be empty"):
         p3b1.read(write_tar(tmp_path / "b.tar.gz", files))
     files = dict(tiny_files(), **{"task0_0_train_feature.csv": csv_bytes(np.full((3, 3), np.nan))})
-    with pytest.raises(DataError, match=r"task0_0_train_feature.csv in .* has the non-finite value nan at row 0, column 0"):
+    with pytest.raises(DataError, match=r"task0_0_train_feature.csv in .* has the non-finite value nan at data row 1, column 0"):
         p3b1.read(write_tar(tmp_path / "c.tar.gz", files))
     files = dict(tiny_files(), **{"task0_0_train_feature.csv": b"a,b,c\n1,2,3\n4,5,6\n7,8,9\n"})
     with pytest.raises(DataError, match="cannot parse task0_0_train_feature.csv in .*headerless comma-separated numbers"):

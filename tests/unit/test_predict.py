@@ -73,7 +73,7 @@ def test_feature_mismatch_is_refused(table):
     frame = pd.read_csv(tmp / "new.csv")
     frame.loc[2, "g7"] = np.nan
     frame.to_csv(tmp / "gap.csv", index=False)
-    with pytest.raises(DataError, match=r"missing or non-finite value at row 3 \(the first data row is 1\), column 'g7'"):
+    with pytest.raises(DataError, match=r"missing or non-finite value at data row 3, column 'g7'"):
         read_for_prediction(tmp / "gap.csv", describe(entry))
     pd.DataFrame(np.zeros((3, 5))).to_csv(tmp / "narrow.csv", index=False, header=False)
     info = {**describe(entry), "feature_names": None}

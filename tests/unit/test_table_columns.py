@@ -135,7 +135,7 @@ def test_missing_values_are_filled_from_the_train_rows_where_asked(tmp_path):
     frame.iloc[:30].to_csv(tmp_path / "train.csv", index=False)
     frame.iloc[30:].to_csv(tmp_path / "val.csv", index=False)
     spec = dict(label="y", task="regression", val=tmp_path / "val.csv", scaling="none")
-    with pytest.raises(DataError, match=r"train data has NaN at row 0, feature column 2 \('empty'\).*impute='mean'"):
+    with pytest.raises(DataError, match=r"train data has NaN at data row 1, column 'empty'.*impute='mean'"):
         Cache(tmp_path / "c").prepare(TableDataset(tmp_path / "train.csv", **spec), log=lambda *_: None)
     said = []
     entry = Cache(tmp_path / "c").prepare(TableDataset(tmp_path / "train.csv", impute="mean", **spec), log=said.append)

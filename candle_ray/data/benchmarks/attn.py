@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
-from candle_ray.errors import DataError, UsageError
+from candle_ray.errors import DataError, UsageError, data_row
 
 VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -154,7 +154,7 @@ def _labels(auc: pd.Series, where: str, start: int) -> np.ndarray:
     values = auc.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)))
     if bad.size:
-        raise DataError(f"{where}: {LABEL} is {float(values[bad[0]])!r} at row {start + int(bad[0])}; ATTN's {LABEL} "
+        raise DataError(f"{where}: {LABEL} is {float(values[bad[0]])!r} at {data_row(start + int(bad[0]))}; ATTN's {LABEL} "
                         f"must be binarised to 0 or 1 (CANDLE's export does this): fix the file")
     return values.astype(np.int64)
 
@@ -162,7 +162,7 @@ def _labels(auc: pd.Series, where: str, start: int) -> np.ndarray:
 def _ids(column: pd.Series, name: str, where: str, start: int) -> np.ndarray:
     missing = column.isna().to_numpy()
     if missing.any():
-        raise DataError(f"{where}: {name} is missing at row {start + int(np.flatnonzero(missing)[0])}; every row "
+        raise DataError(f"{where}: {name} is missing at {data_row(start + int(np.flatnonzero(missing)[0]))}; every row "
                         f"needs a {name} to find its features: fix the file")
     return column.astype(str).to_numpy(dtype=object)
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot, impute_and_scale
-from candle_ray.errors import DataError, UsageError
+from candle_ray.errors import DataError, UsageError, data_row
 
 VERSION = 1
 FILES = {
@@ -142,8 +142,8 @@ def read_dose_response(path: Path) -> pd.DataFrame:
     for column in ("LOG_CONCENTRATION", "GROWTH"):
         if not pd.api.types.is_numeric_dtype(frame[column]):
             bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
-            raise DataError(f"{path}: column {column} has a non-numeric value {frame[column][bad].iloc[0]!r} at row "
-                            f"{int(np.flatnonzero(bad.to_numpy())[0])}; fix the file")
+            raise DataError(f"{path}: column {column} has a non-numeric value {frame[column][bad].iloc[0]!r} at "
+                            f"{data_row(np.flatnonzero(bad.to_numpy())[0])}; fix the file")
     return frame
 
 

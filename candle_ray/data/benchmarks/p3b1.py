@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
-from candle_ray.errors import DataError, UsageError
+from candle_ray.errors import DataError, UsageError, data_row
 
 VERSION = 1
 ROLE = "archive"
@@ -130,7 +130,7 @@ def _labels(values: np.ndarray, name: str, path: Path) -> np.ndarray:
     labels = values[:, 0]
     bad = np.flatnonzero(~np.isfinite(labels) | (labels < 0) | (labels != np.round(labels)))
     if bad.size:
-        raise DataError(f"{name} in {path} has the label {float(labels[bad[0]])!r} at row {int(bad[0])}; P3B1 labels are "
+        raise DataError(f"{name} in {path} has the label {float(labels[bad[0]])!r} at {data_row(bad[0])}; P3B1 labels are "
                         f"class indices 0, 1, ...: fix the file")
     return labels.astype(np.int64)
 
@@ -177,7 +177,7 @@ def read(paths: dict[str, Path], options: dict | None = None, seed: int = 0) -> 
                                 f"labels: fix the archive")
             if not np.isfinite(X).all():
                 row, column = (int(v[0]) for v in np.nonzero(~np.isfinite(X)))
-                raise DataError(f"{feature_name} in {path} has the non-finite value {float(X[row, column])!r} at row {row}, "
+                raise DataError(f"{feature_name} in {path} has the non-finite value {float(X[row, column])!r} at {data_row(row)}, "
                                 f"column {column}; P3B1 features are used as read (no imputation): fix the file")
             start = sum(len(b) for b in blocks)
             blocks.append(X.astype(np.float32))
