@@ -52,6 +52,24 @@ def test_each_searcher_learns_from_finished_trials(name):
     assert min(values) < 0.3, min(values)
 
 
+@pytest.mark.parametrize("name", [n for n in samplers.MODEL_BASED if n != "cmaes"])  # cmaes refuses this space
+def test_no_searcher_repeats_a_configuration(name):
+    """NSGA-II's children copy parents whole (a GDSC ga sweep ran 12 configurations in 16 trials; here, before,
+    ga 8 in 20, optuna, gp and bohb 16): a repeat is told its twin's value and the searcher asks again, then takes
+    an untried configuration, so trials train new configurations while any are left."""
+    space = {"dense": tune.choice([[], [64], [256, 64]]), "batch_size": tune.choice([16, 32, 64]),
+             "learning_rate": tune.choice([1e-4, 1e-3, 1e-2])}  # 27 configurations
+    searcher = make_searcher(name, "val_loss", "min", 0, max_concurrent=1, options=GA if name == "ga" else None)
+    searcher.set_search_properties("best_val_loss", "min", dict(space))
+    seen = []
+    for i in range(20):
+        config = searcher.suggest(f"t{i}")
+        seen.append(str(sorted(config.items())))
+        value = (config["learning_rate"] - 1e-3) ** 2 + len(config["dense"])
+        searcher.on_trial_complete(f"t{i}", {"best_val_loss": value})
+    assert len(set(seen)) == 20, len(set(seen))
+
+
 def test_samplers_are_the_documented_ones():
     import optuna
 
