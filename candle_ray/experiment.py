@@ -84,6 +84,16 @@ class Smoke:
     full_space_features: int | None = None
 
 
+def _named_after_experiment(dataset, experiment: str):
+    """A table dataset named after a split's file ("train.csv" -> "train") takes the experiment's name."""
+    from candle_ray.data.spec import SPLIT_NAMES, file_name, safe_name
+
+    if isinstance(dataset, Dataset) and dataset.format == "table" and dataset.name.lower() in SPLIT_NAMES \
+            and dataset.name == file_name(dataset.train) and safe_name(experiment):
+        return replace(dataset, name=safe_name(experiment))
+    return dataset
+
+
 @dataclass
 class Experiment:
     name: str
@@ -100,6 +110,7 @@ class Experiment:
     def __post_init__(self):
         if not isinstance(self.dataset, (Dataset, ReaderDataset)):
             raise UsageError(f"experiment {self.name!r}: dataset must be a candle_ray Dataset or ReaderDataset, got {type(self.dataset).__name__}")
+        self.dataset = _named_after_experiment(self.dataset, self.name)
         if self.mode not in ("min", "max"):
             raise UsageError(f"experiment {self.name!r}: mode must be 'min' or 'max', got {self.mode!r}")
         if natural_mode(self.metric) not in (None, self.mode):

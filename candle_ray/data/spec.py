@@ -194,6 +194,23 @@ class ReaderDataset:
         return replace(self, sources={role: src.resolved(base_dir) for role, src in self.sources.items()})
 
 
+# File names that say which split a table is, not what it holds: a dataset named after one is named after
+# its experiment instead (Experiment), or every own matrix in a shared cache and in MLflow is "train".
+SPLIT_NAMES = ("train", "training", "data", "dataset", "table", "all", "full", "input")
+
+
+def file_name(source: Source) -> str:
+    """A dataset name from a file's name: its stem, in the characters a dataset name may hold."""
+    stem = source.basename
+    for suffix in (".gz", ".csv", ".tsv", ".txt", ".parquet"):
+        stem = stem.removesuffix(suffix)
+    return safe_name(stem) or "table"
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def TableDataset(path, label: str, *, name: str | None = None, val=None, **options) -> Dataset:
     """A user's own matrix: a CSV, TSV or Parquet file with a header and a label column.
 
@@ -201,10 +218,7 @@ def TableDataset(path, label: str, *, name: str | None = None, val=None, **optio
     """
     source = _as_source(path)
     if name is None:
-        stem = source.basename
-        for suffix in (".gz", ".csv", ".tsv", ".txt", ".parquet"):
-            stem = stem.removesuffix(suffix)
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "table"
+        name = file_name(source)
     options.setdefault("scaling", "std")
     options.setdefault("scaling_fit", "train")
     return Dataset(name=name, train=source, val=val, format="table", label=label, **options)

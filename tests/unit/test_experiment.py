@@ -196,3 +196,16 @@ def test_an_experiment_ranked_the_wrong_way_is_refused(metric, mode):
                    metric=metric, mode=mode)
     Experiment(name="mine", dataset=TableDataset("m.csv", label="y"), model="mlp", defaults={"epochs": 1},
                metric=metric, mode="min" if mode == "max" else "max")
+
+
+def test_a_table_named_after_its_split_file_takes_the_experiments_name():
+    """Every own matrix in a shared cache (and in MLflow's dataset input) was "train": the file's name says
+    which split it is, not what it holds."""
+    from candle_ray import Experiment, TableDataset
+
+    def named(path, experiment="GSE1992 ER", **options):
+        return Experiment(name=experiment, dataset=TableDataset(path, label="y", **options), model="mlp",
+                          defaults={"epochs": 1}).dataset.name
+
+    assert named("data/train.csv") == named("Train.tsv") == "GSE1992_ER"
+    assert named("expression.csv") == "expression" and named("train.csv", name="khan") == "khan"
