@@ -102,14 +102,15 @@ def _labels(values, info: dict, *, strict: bool) -> np.ndarray:
         y = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(np.float64)
         bad = ~np.isfinite(y)
         if strict and bad.any():
-            raise DataError(f"{int(bad.sum())} of {len(y)} calibration labels are empty or not numbers, e.g. row "
-                            f"{int(np.argmax(bad)) + 1} ({values[int(np.argmax(bad))]!r}); calibration rows need a label each")
+            first = int(np.argmax(bad))
+            raise DataError(f"{int(bad.sum())} of {len(y)} calibration labels are empty or not numbers, e.g. "
+                            f"{data_row(first)} ({values[first]!r}); calibration rows need a label each")
         return y
     y = _class_indices(values, missing, info)
     if strict and (y == UNLABELLED).any():
         if missing.any():
-            raise DataError(f"{int(missing.sum())} of {len(y)} calibration rows have no label, e.g. row "
-                            f"{int(np.argmax(missing.to_numpy())) + 1}; calibration rows need a label each")
+            raise DataError(f"{int(missing.sum())} of {len(y)} calibration rows have no label, e.g. "
+                            f"{data_row(np.argmax(missing.to_numpy()))}; calibration rows need a label each")
         unknown = sorted({str(v) for v, i in zip(values, y) if i == UNLABELLED})
         names = info.get("class_names")
         known = ", ".join(map(str, names[:10])) if names else f"class indices 0..{int(info['num_classes']) - 1}"
@@ -259,7 +260,8 @@ def typical_row(info: dict):
     for column in info.get("categorical") or ():  # the raw column, at its most frequent training value
         from candle_ray.data.formats import category_column
 
-        encoded = [n for n in names if n.startswith(category_column(column, ""))]
-        top = max(encoded, key=lambda n: row[n].iloc[0]) if encoded else ""
-        row = row.drop(columns=encoded).assign(**{column: top[len(category_column(column, "")):]})
+        prefix = category_column(column, "")
+        encoded = [n for n in names if n.startswith(prefix)]
+        top = max(encoded, key=lambda n: row[n].iloc[0]) if encoded else prefix
+        row = row.drop(columns=encoded).assign(**{column: top[len(prefix):]})
     return row

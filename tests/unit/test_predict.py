@@ -126,7 +126,7 @@ def test_rows_to_predict_need_no_label_but_calibration_rows_do(table, tmp_path):
     assert "4 of 10 rows left out: their label is empty or one the model does not know" in r.output
     r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(out),
                                   "--conformal", str(tmp_path / "partly.csv")])
-    assert r.exit_code == 1 and "3 of 10 calibration rows have no label, e.g. row 1" in r.output, r.output
+    assert r.exit_code == 1 and "3 of 10 calibration rows have no label, e.g. data row 1" in r.output, r.output
     rows.loc[:2, "cancer_type"] = "lung"
     rows.to_csv(tmp_path / "unseen.csv", index=False)
     r = CliRunner().invoke(main, ["predict", str(run), "--data", str(tmp / "new.csv"), "--out", str(out),
