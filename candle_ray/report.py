@@ -277,14 +277,17 @@ def objective_values(trial: dict, objectives) -> tuple | None:
 
 
 def pareto_plot(trials, objectives, path: Path) -> list[dict]:
-    """The front (returned, first objective best first) drawn against every trial."""
+    """The front (returned, first objective best first) drawn against every trial: the one results.csv marks
+    (`front`, `knee`: sweep._mark_front, which also picks among trials of equal values), else computed."""
     plt = _plt()
     modes = tuple(m for _, m in objectives)
     scored = [(t, v) for t in trials if (v := objective_values(t, objectives)) is not None]
-    front = sorted(pareto_front(scored, lambda s: s[1], modes), key=lambda s: s[1][0] * (1 if modes[0] == "min" else -1))
+    marked = bool(scored) and all("front" in t for t, _ in scored)
+    front = [s for s in scored if s[0]["front"]] if marked else pareto_front(scored, lambda s: s[1], modes)
+    front.sort(key=lambda s: s[1][0] * (1 if modes[0] == "min" else -1))
     if not front:
         return []
-    k = knee([v for _, v in front], modes)
+    k = next((i for i, (t, _) in enumerate(front) if t["knee"]), 0) if marked else knee([v for _, v in front], modes)
     names = [m for m, _ in objectives]
     if len(objectives) == 2:
         fig, ax = plt.subplots(figsize=(8, 5.5))

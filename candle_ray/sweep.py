@@ -729,6 +729,7 @@ def _report_trials(rows: list[dict]) -> list[dict]:
             return None
 
     return [{"trial_id": row["trial_id"], "run_id": row["run_id"], "status": row["status"], "history": {},
+             **({"front": row["pareto"] == "1", "knee": row["knee"] == "1"} if row.get("pareto") else {}),
              "params": {k[len("config."):]: v for k, v in row.items() if k.startswith("config.")},
              "best": {k: v for k, text in row.items() if k not in _NOT_BEST and not k.startswith(("config.", "last_"))
                       and (v := number(text)) is not None}}

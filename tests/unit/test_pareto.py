@@ -150,6 +150,21 @@ def test_the_report_draws_the_front(tmp_path):
     assert "pareto_front.png" in {f.name for f in files}
 
 
+def test_the_report_draws_the_front_results_csv_marks(tmp_path):
+    """Two trials of equal values: results.csv's front holds the one its ranking put first (sweep._mark_front);
+    the report, which reads trials in trial-id order, drew the other."""
+    def trial(trial_id, loss, size, front, knee):
+        return {"trial_id": trial_id, "status": "completed", "history": {}, "front": front, "knee": knee,
+                "best": {"val_loss": loss, "n_params": size}}
+
+    trials = [trial("a", 0.3, 706, False, False), trial("b", 0.3, 706, True, False), trial("c", 0.2, 5000, True, True)]
+    front = pareto_plot(trials, (("val_loss", "min"), ("n_params", "min")), tmp_path / "p.png")
+    assert [t["trial_id"] for t in front] == ["c", "b"]
+    unmarked = [{k: v for k, v in t.items() if k not in ("front", "knee")} for t in trials]
+    assert [t["trial_id"] for t in pareto_plot(unmarked, (("val_loss", "min"), ("n_params", "min")),
+                                               tmp_path / "q.png")] == ["c", "a"]  # computed: the first stands
+
+
 def test_an_ensemble_from_a_front_member(tmp_path):
     from candle_ray.ensemble import members_from_sweep
     from tests.unit.test_warm_start import write_sweep
