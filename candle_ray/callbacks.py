@@ -9,7 +9,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from candle_ray import checkpoint
-from candle_ray.summary import PREFIX, best_metrics, best_of, finite, trial_tie, trial_value, unpacked
+from candle_ray.summary import PREFIX, best_metrics, finite, ranked_trials, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
 
@@ -322,8 +322,7 @@ class ProgressCallback(Callback):
 
     def best(self, trials):
         """(value, trial) of the best trial so far by its best epoch (candle_ray.summary), or None."""
-        pick = best_of([t for t in trials if t.status != "ERROR"], lambda t: trial_value(t.last_result, self.metric),
-                       self.mode, lambda t: trial_tie(t.last_result, self.metric))
+        pick = next(iter(ranked_trials([t for t in trials if t.status != "ERROR"], self.metric, self.mode)), None)
         return None if pick is None else (trial_value(pick.last_result, self.metric), pick)
 
     def table(self, trials) -> str:

@@ -308,7 +308,7 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
     if ids is not None:
         columns["id"] = ids
     if pred.probs is not None:
-        names = [str(n) for n in (info.get("class_names") or range(pred.probs.shape[1]))]
+        names = class_names(info, pred.probs.shape[1])
         top = pred.probs.argmax(axis=1)
         columns["prediction"] = [names[i] for i in top]
         columns["probability"] = pred.probs[np.arange(len(top)), top]
@@ -346,6 +346,11 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
     return pd.DataFrame(columns)
 
 
+def class_names(info: dict, count: int) -> list[str]:
+    """The classes as predict writes them: their names, or their indices where the labels were indices."""
+    return [str(n) for n in (info.get("class_names") or range(count))]
+
+
 def spread_only_note(pred: Prediction, calibrator) -> str | None:
     """Why a regressor's table has `std` but no interval bounds: its members' (or MC passes') spread leaves
     out the data's noise. On GDSC (Nutlin-3a, 5 mse members) a 90 % Gaussian interval from it covered 0.19 of
@@ -371,8 +376,7 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str 
         return None
     rows = frame[labelled]
     if info["task"] == "classification":
-        names = np.array([str(c) for c in (info.get("class_names") or range(int(info["num_classes"])))])
-        truth = names[y[labelled]]
+        truth = np.array(class_names(info, int(info["num_classes"])))[y[labelled]]
         hits = rows["prediction"].astype(str).to_numpy() == truth
         said = [f"accuracy {hits.mean():.3f} ({int(hits.sum())}/{n})"]
         if "prediction_set" in rows:

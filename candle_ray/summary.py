@@ -134,6 +134,11 @@ def trial_tie(result: dict | None, metric: str) -> float | None:
     return None if metric == TIE_BREAK else best_metrics(result).get(TIE_BREAK)
 
 
+def ranked_trials(trials: Iterable[T], metric: str, mode: str) -> list[T]:
+    """Tune trials with a value, best first, each worth its best epoch (equal values: TIE_BREAK)."""
+    return ranked(trials, lambda t: trial_value(t.last_result, metric), mode, lambda t: trial_tie(t.last_result, metric))
+
+
 def best_metrics(result: dict | None) -> dict:
     """The best epoch's metrics from a result, under their own names (best_val_r2 -> val_r2)."""
     return {k[len(PREFIX):]: v for k, v in unpacked(result).items()

@@ -787,13 +787,12 @@ def _interrupt_watch():
 def summarize(sweep, progress, interrupted: bool = False, run_ids: dict | None = None) -> dict:
     """Counts, the best trial and one row per trial (best first), from Tune's trials as the driver saw
     them. A trial is worth its best epoch (candle_ray.summary): its row holds that epoch's metrics."""
-    from candle_ray.summary import best_metrics, best_of, ranked, trial_tie, trial_value
+    from candle_ray.summary import best_metrics, ranked_trials, trial_value
     from candle_ray.callbacks import trial_status
 
     trials = progress.trials or []
     rows, counts = [], {}
-    worth, tie = (lambda t: trial_value(t.last_result, sweep.metric)), (lambda t: trial_tie(t.last_result, sweep.metric))
-    order = ranked(trials, worth, sweep.mode, tie)
+    order = ranked_trials(trials, sweep.metric, sweep.mode)
     for trial in order + [t for t in trials if t not in order]:  # trials with no value last
         status = trial_status(trial, sweep.max_epochs)
         counts[status] = counts.get(status, 0) + 1
@@ -804,8 +803,7 @@ def summarize(sweep, progress, interrupted: bool = False, run_ids: dict | None =
                      sweep.metric: trial_value(last, sweep.metric), f"last_{sweep.metric}": last.get(sweep.metric),
                      **{f"config.{k}": v for k, v in trial.config.items()}})
     best = None
-    candidates = [t for t in trials if t.status != "ERROR"]
-    pick = best_of(candidates, worth, sweep.mode, tie)
+    pick = next((t for t in order if t.status != "ERROR"), None)  # the first of the ranking that did not fail
     if pick is not None:
         best = {"trial_id": pick.trial_id, "value": trial_value(pick.last_result, sweep.metric),
                 "epoch": pick.last_result.get("best_epoch"), "epochs_run": pick.last_result.get("epoch"),
