@@ -177,8 +177,8 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
     started = time.monotonic()
     experiment = _load(experiment_file)
-    config = experiment.resolve_config(config_file=config_file, sets=list(sets), smoke=smoke,
-                                       warn=lambda m: click.echo(m, err=True))
+    experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
+                                            warn=lambda m: click.echo(m, err=True))
     from candle_ray import tracking
 
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())

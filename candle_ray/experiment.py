@@ -23,6 +23,10 @@ from candle_ray.summary import natural_mode
 CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs"}
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
+# The learning rate a CANDLE file's `learning_rate=None` means: the optimizer's tf.keras default. CANDLE's Uno,
+# Combo and P1B1 build their optimizer by name with Keras' defaults and set the rate only when one is given.
+KERAS_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001, "adagrad": 0.001, "adadelta": 0.001,
+                        "adamax": 0.001, "nadam": 0.001}
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -138,17 +142,52 @@ class Experiment:
 
     def resolve_config(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
                        warn=print) -> dict[str, Any]:
-        """Defaults < smoke overrides < CANDLE config file < --set, type-checked against the defaults."""
+        """The run's config alone (`resolve` also applies a CANDLE file's data options to the dataset)."""
+        return self.resolve(config_file=config_file, sets=sets, smoke=smoke, warn=warn)[1]
+
+    def resolve(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
+                warn=print) -> tuple["Experiment", dict[str, Any]]:
+        """This experiment with the data options a CANDLE config file sets for its reader (CANDLE's files mix
+        data and model settings: uno_auc_model.txt sets agg_dose='AUC'), and the run's config: defaults <
+        smoke overrides < config file < --set, type-checked against the defaults."""
         config, known = dict(self.defaults), self.known_keys
         if smoke:
             config.update(coerce_overrides(known, dict(self.smoke.overrides), source="smoke overrides"))
+        file = CandleFile({}, (), {}, [])
         if config_file is not None:
-            values, ignored = read_candle_config(config_file, known)
-            if ignored:
-                warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: {', '.join(ignored)}")
-            config.update(values)
-        config.update(parse_sets(known, sets))
-        return config
+            file = read_candle_config(config_file, known, model=self.model, reader_options=self._reader_options())
+            if file.ignored:
+                warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: "
+                     f"{', '.join(file.ignored)}")
+            config.update(file.values)
+        overrides = parse_sets(known, sets)
+        config.update(overrides)
+        if others := [k for k in file.unset if k != "learning_rate"]:
+            warn(f"note: {config_file}: {', '.join(others)} = None: the experiment's default kept")
+        if "learning_rate" in file.unset and "learning_rate" not in overrides:
+            config["learning_rate"] = KERAS_LEARNING_RATES[config["optimizer"]]
+            warn(f"note: {config_file}: learning_rate = None: {config['optimizer']}'s Keras default, "
+                 f"{config['learning_rate']:g}")
+        return self._with_data_options(file.data_options, config_file, warn), config
+
+    def _reader_options(self) -> dict[str, Any]:
+        """The options this experiment's reader takes, at its CANDLE defaults ({} for a file dataset)."""
+        if not isinstance(self.dataset, ReaderDataset):
+            return {}
+        from candle_ray.data import registry
+
+        return dict(getattr(registry.module(self.dataset.reader), "OPTIONS", None) or {})
+
+    def _with_data_options(self, options: dict[str, Any], config_file, warn) -> "Experiment":
+        if not options:
+            return self
+        current = {**self._reader_options(), **self.dataset.options}
+        changed = {k: v for k, v in options.items() if current.get(k) != v}
+        if not changed:
+            return self
+        warn(f"{config_file}: dataset {self.dataset.name} read with " +
+             ", ".join(f"{k}={v!r}" for k, v in changed.items()) + f" (options of reader {self.dataset.reader})")
+        return replace(self, dataset=replace(self.dataset, options={**self.dataset.options, **changed}))
 
 
 def _check_rules(key: str, value):
@@ -245,7 +284,15 @@ def _literal(text: str):
 
 
 def _as_list(key: str, default, value) -> list:
-    """Lists as Python literals ("[128, 20, 1]") or CANDLE/Supervisor strings ("128 20 1", "128,20,1")."""
+    """Lists as Python literals ("[128, 20, 1]") or CANDLE/Supervisor strings ("128 20 1", "128,20,1"); a list
+    of numbers may also be CANDLE's list of lists, one per ':'-separated part (P3B1's per-task towers
+    "2400, 1200:2400, 1200") or nested literals."""
+    element = next((d for d in default), None)
+    numeric = isinstance(element, (int, float)) and not isinstance(element, bool)
+    if numeric and isinstance(value, str) and ":" in value:
+        return [_as_list(key, default, part) for part in value.split(":")]
+    if numeric and isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        return [_as_list(key, default, list(part)) for part in value]
     if isinstance(value, str):
         parsed = _literal(value)
         if isinstance(parsed, (list, tuple)):
@@ -258,8 +305,7 @@ def _as_list(key: str, default, value) -> list:
         items = list(value)
     else:
         raise UsageError(f"{key}={value!r} is not a list; write it like {' '.join(map(str, default))!r}")
-    element = next((d for d in default), None)
-    if isinstance(element, (int, float)) and not isinstance(element, bool):
+    if numeric:
         bad = [i for i in items if isinstance(i, bool) or not isinstance(i, (int, float))]
         if bad or not items:
             raise UsageError(f"{key}={value!r} must be a list of numbers like {' '.join(map(str, default))!r}")
@@ -299,11 +345,22 @@ def parse_sets(defaults: Mapping[str, Any], sets) -> dict[str, Any]:
     return result
 
 
-def read_candle_config(path: str | Path, defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+@dataclass(frozen=True)
+class CandleFile:
+    """What a CANDLE `*_default_model.txt` says to an experiment."""
+    values: dict[str, Any]  # typed values of the config keys the experiment knows
+    unset: tuple[str, ...]  # known keys the file sets to None: CANDLE's "not given", the code's own default
+    data_options: dict[str, Any]  # typed values of its reader's options
+    ignored: list[str]  # every other key, sorted
+
+
+def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: str | None = None,
+                       reader_options: Mapping[str, Any] = {}) -> CandleFile:
     """Read a CANDLE `*_default_model.txt` (INI, Python-literal values, sections flattened, first wins).
 
-    Returns the typed values for keys the experiment knows (aliases such as drop → dropout applied)
-    and the sorted list of keys it ignored. Values are parsed with ast.literal_eval, never eval.
+    Keys the experiment knows (aliases such as drop → dropout applied) become typed config values, after
+    `model`'s own reading of CANDLE's spelling (candle_ray.models.from_candle_file); keys of the reader's
+    `reader_options` become data options. Values are parsed with ast.literal_eval, never eval.
     """
     path = Path(path)
     if not path.is_file():
@@ -319,18 +376,34 @@ def read_candle_config(path: str | Path, defaults: Mapping[str, Any]) -> tuple[d
     for section in parser.sections():
         for key, value in parser.items(section):
             raw.setdefault(key, value)
-    values, ignored = {}, []
+    literal, data, ignored = {}, {}, []
     for key, text in raw.items():
         name = key if key in defaults else CANDLE_ALIASES.get(key, key)
-        if name not in defaults:
+        if name in defaults:
+            literal[name] = _literal(text)
+        elif key in reader_options:
+            data[key] = _literal(text)
+        else:
             ignored.append(key)
-            continue
-        value = _literal(text)
-        try:
-            values[name] = coerce(name, defaults[name], value)
-        except UsageError as exc:
-            raise UsageError(f"{path}: {exc}") from None
-    return values, sorted(ignored)
+    try:
+        literal = _from_candle_file(model, literal)
+        values = {k: coerce(k, defaults[k], v) for k, v in literal.items() if v is not None}
+        data = {k: coerce(k, reader_options[k], v) for k, v in data.items()}
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    return CandleFile(values, tuple(k for k, v in literal.items() if v is None), data, sorted(ignored))
+
+
+def _from_candle_file(model: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` in the model's own terms, where its CANDLE file spells a key otherwise (attn's output layer)."""
+    from candle_ray import models
+
+    if model not in models.NAMES:
+        return values
+    try:
+        return models.from_candle_file(model, values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -100,6 +100,7 @@ class _Resolved:
     """A sweep's settings after a resume has put back what it started with, and what they resolve to."""
     settings: SweepSettings
     record: dict | None  # sweep.json of a resumed sweep
+    experiment: object  # with the data options its config file sets (Experiment.resolve)
     name: str
     stamp: str
     config: dict
@@ -129,6 +130,7 @@ def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     t0 = time.monotonic()
     store = Storage.parse(settings.storage)
     resolved = _resolve(experiment, settings, store, echo)
+    experiment = resolved.experiment
     if resolved.settings.full_space:  # the smoke data its full-size keys fit (Smoke.full_space_features)
         experiment = experiment.full_space_smoke()
     entry, cv_assignment = _check_data(experiment, resolved, prepare)
@@ -161,7 +163,8 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
              f"{record['sweep']['num_samples']} samples)")
     name = settings.name or f"{experiment.name}-{stamp}"
     sets = list(settings.sets)
-    config = experiment.resolve_config(config_file=settings.config_file, sets=sets, smoke=settings.smoke, warn=echo)
+    experiment, config = experiment.resolve(config_file=settings.config_file, sets=sets, smoke=settings.smoke,
+                                            warn=echo)
     if record is not None:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
     elif settings.members is not None:
@@ -208,7 +211,7 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         warm = warm_start.load(store, list(settings.warm_start), experiment.path, space, settings.metric,
                                settings.mode, settings.smoke, echo)
         echo(warm.line(settings.searcher))
-    return _Resolved(settings, record, name, stamp, config, space, warm, grown is not None)
+    return _Resolved(settings, record, experiment, name, stamp, config, space, warm, grown is not None)
 
 
 def default_mode(metric: str | None, experiment) -> str:

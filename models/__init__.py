@@ -1,5 +1,6 @@
 """The model registry. Each `models/<name>.py` holds DEFAULTS, DESCRIPTION, REFERENCE_PARAMS and
 `build(config) -> nn.Module`; `input_dim` and `classes` (outputs) come from the data at training time.
+A module may define `from_candle_file(values) -> values`, where CANDLE's own config file spells its keys otherwise.
 
 Installed as `candle_ray.models`, so no generic top-level `models` package lands in site-packages.
 Importing this module is cheap; a model's module (and torch) is imported on first use.
@@ -33,6 +34,14 @@ def _module(name: str):
 def info(name: str) -> ModelInfo:
     m = _module(name)
     return ModelInfo(name, m.DESCRIPTION, dict(m.DEFAULTS), m.REFERENCE_PARAMS)
+
+
+def from_candle_file(name: str, values: dict) -> dict:
+    """Config values read from a CANDLE `*_default_model.txt`, in model `name`'s own terms: a model whose
+    CANDLE file spells a key otherwise defines `from_candle_file(values)` (attn: its output layer); ValueError
+    for what the model cannot take."""
+    translate = getattr(_module(name), "from_candle_file", None)
+    return translate(values) if translate else values
 
 
 def build(name: str, config: dict):

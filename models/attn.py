@@ -69,6 +69,24 @@ class Attn(nn.Module):
         return self.out(self.tail(self.a(x) * self.b(x)))
 
 
+def from_candle_file(values: dict) -> dict:
+    """CANDLE's attn_default_model.txt lists the output layer too: dense=[..., 30, 2] and one activation per
+    entry, [..., 'relu', 'softmax'] (its code asserts equal lengths). Here `dense` holds the hidden widths
+    (the output width is the data's classes) and `activation` one name for them; the attention weights are
+    softmax whatever the name."""
+    acts, dense = values.get("activation"), values.get("dense")
+    if not isinstance(acts, (list, tuple)):
+        return values
+    if not isinstance(dense, (list, tuple)) or len(dense) != len(acts):
+        raise ValueError(f"activation lists {len(acts)} layers but dense {dense!r} does not: CANDLE's attn file "
+                         f"gives one activation per dense entry, the output layer's last")
+    hidden = [name for i, name in enumerate(acts[:-1]) if i != 2]
+    if len(acts) < 4 or acts[2] != "softmax" or len(set(hidden)) != 1:
+        raise ValueError(f"activation={list(acts)}: attn takes one activation for every hidden layer and softmax "
+                         f"for the attention weights (the third entry); write one name, e.g. activation='relu'")
+    return {**values, "dense": list(dense)[:-1], "activation": hidden[0]}
+
+
 def build(config: dict) -> nn.Module:
     c = {**DEFAULTS, **{k: v for k, v in config.items() if k in DEFAULTS}}
     return Attn(c["input_dim"], c["classes"], c["dense"], c["activation"], c["dropout"])

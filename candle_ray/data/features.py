@@ -154,7 +154,7 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple
 
 def _refuse_joined(info: dict) -> None:
     if info.get("kind") == "joined":
-        raise UsageError(f"dataset {info['dataset']} joins cell and drug tables; predict from a flat file needs a "
+        raise UsageError(f"dataset {info['dataset']} is built by a reader from joined tables; predict from a flat file needs a "
                          f"single-matrix dataset (use `candle-ray ensemble`/`cv`, which evaluate on the cached splits)")
 
 

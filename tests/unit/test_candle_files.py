@@ -1,0 +1,136 @@
+"""CANDLE's own `*_default_model.txt` files through `--config-file`, as the Benchmarks repository ships them:
+learning_rate=None, data options beside the model's, P3B1's per-task towers, attn's per-layer lists."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from candle_ray import models
+from candle_ray.errors import UsageError
+from candle_ray.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def experiment(name):
+    return load_experiment(ROOT / "experiments" / f"{name}.py")
+
+
+def candle_file(tmp_path, name, text) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# Pilot1/Uno/uno_default_model.txt (the keys that matter here) and uno_defaultUQ_model.txt's data keys.
+UNO = """
+    [Global_Params]
+    {sources}
+    test_sources=['train']
+    cell_types=None
+    dense=[1000, 1000, 1000]
+    optimizer='{optimizer}'
+    scaling='std'
+    learning_rate=None
+    base_lr=None
+    rng_seed=2018
+    {more}
+"""
+
+
+def uno_file(optimizer: str, sources: str = "train_sources=['GDSC', 'CTRP', 'ALMANAC']", more: str = "") -> str:
+    return UNO.format(optimizer=optimizer, sources=sources, more=more)
+
+
+def test_learning_rate_none_is_the_optimizers_keras_default(tmp_path):
+    """Uno, Combo and P1B1's own files say learning_rate=None: the optimizer's default (CANDLE builds it by name
+    with tf.keras defaults and sets a rate only when given). It stopped at "learning_rate=None is not a number"."""
+    uno, notes = experiment("uno"), []
+    config = uno.resolve_config(config_file=candle_file(tmp_path, "a.txt", uno_file(optimizer="adam")),
+                                warn=notes.append)
+    assert config["learning_rate"] == 0.001 and config["rng_seed"] == 2018
+    assert any("learning_rate = None: adam's Keras default, 0.001" in n for n in notes), notes
+    sgd = candle_file(tmp_path, "b.txt", uno_file(optimizer="sgd"))
+    assert uno.resolve_config(config_file=sgd, warn=notes.append)["learning_rate"] == 0.01
+    # --set wins; an optimizer set on the command line takes its own default
+    assert uno.resolve_config(config_file=sgd, sets=["learning_rate=0.05"], warn=notes.append)["learning_rate"] == 0.05
+    assert uno.resolve_config(config_file=sgd, sets=["optimizer=rmsprop"], warn=notes.append)["learning_rate"] == 0.001
+
+
+def test_a_files_data_options_reach_the_reader(tmp_path):
+    """uno_defaultUQ_model.txt trains on gCSI's AUC (agg_dose='AUC', train_sources=['gCSI']): those are reader
+    options, once listed among the ignored keys while the run trained on growth from three other studies."""
+    uno, notes = experiment("uno"), []
+    path = candle_file(tmp_path, "uq.txt", uno_file(optimizer="sgd", sources="train_sources=['gCSI']",
+                                                    more="agg_dose='AUC'\n    partition_by='cell'"))
+    with_file, config = uno.resolve(config_file=path, warn=notes.append)
+    options = with_file.dataset.options
+    assert (options["train_sources"], options["agg_dose"], options["partition_by"]) == (["gCSI"], "AUC", "cell")
+    assert options["drug_features"] == uno.dataset.options["drug_features"]  # the rest as the experiment had them
+    assert "train_sources" not in config and uno.dataset.options["agg_dose"] is None  # the experiment is unchanged
+    said = [n for n in notes if "options of reader uno" in n]
+    assert len(said) == 1 and "agg_dose='AUC'" in said[0] and "test_sources" not in said[0], notes  # only changes
+    ignored = next(n for n in notes if n.startswith("warning"))
+    assert "cell_types" in ignored and "base_lr" in ignored and "agg_dose" not in ignored and "scaling" not in ignored
+    same, _ = uno.resolve(config_file=candle_file(tmp_path, "d.txt", uno_file(optimizer="adam")), warn=print)
+    assert same is uno  # nothing to change: the same dataset, the same cache entry
+
+
+def test_a_bad_data_option_names_the_file(tmp_path):
+    uno = experiment("uno")
+    path = candle_file(tmp_path, "bad.txt", uno_file(optimizer="adam", more="single='often'"))
+    with pytest.raises(UsageError, match=r"bad.txt: single='often' is not a boolean"):
+        uno.resolve(config_file=path)
+
+
+def test_p3b1s_per_task_towers(tmp_path):
+    """Pilot3/P3B1/p3b1_default_model.txt writes ind_nnet_spec as CANDLE's list of lists, ':' between tasks."""
+    p3b1 = experiment("p3b1")
+    path = candle_file(tmp_path, "p3b1.txt", """
+        [Global_Params]
+        shared_nnet_spec = [1200, 2400, 3600, 3600, 3600, 3600, 3600, 3600, 3600, 2400]
+        ind_nnet_spec = '2400, 2400, 1200, 1200:2400, 1200:600'
+        feature_names = 'Primary site:Tumor laterality:Histological grade'
+    """)
+    towers = p3b1.resolve_config(config_file=path, warn=print)["ind_nnet_spec"]
+    assert towers == [[2400, 2400, 1200, 1200], [2400, 1200], [600]]
+    model = models.build("p3b1", {"input_dim": 400, "classes": [13, 2, 4], "ind_nnet_spec": towers,
+                                  "shared_nnet_spec": [32]})
+    widths = [[m.out_features for m in tower.modules() if isinstance(m, torch.nn.Linear)][:-1] for tower in model.towers]
+    assert widths == towers
+    with pytest.raises(UsageError, match=r"p3b1.txt: ind_nnet_spec='1200 x' must be a list of numbers"):
+        p3b1.resolve_config(config_file=candle_file(tmp_path, "p3b1.txt", """
+            [Global_Params]
+            ind_nnet_spec = '2400:1200 x'
+        """))
+
+
+ATTN = """
+    [Global_Params]
+    model_name='attn'
+    dense=[1000, 1000, 1000, 500, 250, 125, 60, 30, 2]
+    activation={activation}
+    dropout=0.2
+"""
+
+
+def test_attns_file_lists_its_output_layer(tmp_path):
+    """Pilot1/Attn/attn_default_model.txt gives dense with the output width and one activation per layer; it
+    stopped at "activation=[...] is not a string", and its dense would have added a hidden layer of 2 units."""
+    attn = experiment("attn")
+    acts = "['relu', 'relu', 'softmax', 'relu', 'relu', 'relu', 'relu', 'relu', 'softmax']"
+    config = attn.resolve_config(config_file=candle_file(tmp_path, "attn.txt", ATTN.format(activation=acts)))
+    assert config["dense"] == [1000, 1000, 1000, 500, 250, 125, 60, 30] and config["activation"] == "relu"
+    # the reference's parameter count (Keras: 8,893,437 for 6,212 inputs and 2 classes)
+    assert models.count_parameters("attn", {**config, "input_dim": 6212, "classes": 2}) == 8_893_437
+
+
+@pytest.mark.parametrize("activation, says", [
+    ("['tanh', 'relu', 'softmax', 'relu', 'relu', 'relu', 'relu', 'relu', 'softmax']", "one activation for every"),
+    ("['relu', 'relu', 'softmax', 'relu', 'softmax']", "activation lists 5 layers but dense"),
+])
+def test_attn_refuses_what_it_cannot_build(tmp_path, activation, says):
+    with pytest.raises(UsageError, match=rf"attn.txt: .*{says}"):
+        experiment("attn").resolve_config(config_file=candle_file(tmp_path, "attn.txt", ATTN.format(activation=activation)))
