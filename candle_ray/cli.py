@@ -266,6 +266,8 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
         from candle_ray.space import read_space_file
 
         found = read_space_file(space_file, experiment.known_keys)
+        if said := found.left_out_line(space_file, experiment.name, experiment.reader_options()):
+            click.echo(said, err=True)
         if found.searcher == "grid" and searcher not in (None, "grid"):
             raise UsageError(f"{space_file} is a grid settings file; use --search grid (or leave --search out)")
         space, searcher, num_samples = found.space, searcher or found.searcher, num_samples or found.num_samples

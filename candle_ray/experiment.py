@@ -36,7 +36,7 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "epochs": {"min": 1},
     "batch_size": {"min": 1},
     "learning_rate": {"min_exclusive": 0.0},
-    "momentum": {"min": 0.0},
+    "momentum": {"min": 0.0, "max_exclusive": 1.0},  # 1 or more diverges (Supervisor's GA files say [0, 10])
     "dropout": {"min": 0.0, "max_exclusive": 1.0},
     "optimizer": {"choices": OPTIMIZERS},
     "activation": {"choices": ACTIVATIONS},
@@ -155,7 +155,7 @@ class Experiment:
             config.update(coerce_overrides(known, dict(self.smoke.overrides), source="smoke overrides"))
         file = CandleFile({}, (), {}, [])
         if config_file is not None:
-            file = read_candle_config(config_file, known, model=self.model, reader_options=self._reader_options())
+            file = read_candle_config(config_file, known, model=self.model, reader_options=self.reader_options())
             if file.ignored:
                 warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: "
                      f"{', '.join(file.ignored)}")
@@ -170,7 +170,7 @@ class Experiment:
                  f"{config['learning_rate']:g}")
         return self._with_data_options(file.data_options, config_file, warn), config
 
-    def _reader_options(self) -> dict[str, Any]:
+    def reader_options(self) -> dict[str, Any]:
         """The options this experiment's reader takes, at its CANDLE defaults ({} for a file dataset)."""
         if not isinstance(self.dataset, ReaderDataset):
             return {}
@@ -181,7 +181,7 @@ class Experiment:
     def _with_data_options(self, options: dict[str, Any], config_file, warn) -> "Experiment":
         if not options:
             return self
-        current = {**self._reader_options(), **self.dataset.options}
+        current = {**self.reader_options(), **self.dataset.options}
         changed = {k: v for k, v in options.items() if current.get(k) != v}
         if not changed:
             return self

@@ -375,6 +375,8 @@ def max_epochs(space: dict, default: int) -> int:
         return int(domain.upper)
     if isinstance(domain, dict) and "grid_search" in domain:
         return int(max(domain["grid_search"]))
+    if isinstance(domain, (int, float)) and not isinstance(domain, bool):  # a constant (a GA file's "constant")
+        return int(domain)
     return default
 
 

@@ -26,6 +26,9 @@ NOT_POOLED = {"p1b1": "trains an autoencoder", "p3b1": "is multi-task"}
 PAIRS = (("gp", "fifo"), ("cmaes", "asha"), ("ga", "fifo"), ("bohb", "asha"), ("optuna", "fifo"), ("gp", "asha"),
          ("cmaes", "fifo"), ("ga", "asha"), ("optuna", "asha"), ("random", "asha"))
 PAIR = {name: PAIRS[i % len(PAIRS)] for i, name in enumerate(EXPERIMENTS)}
+# A CANDLE config file as uno_default_model.txt writes it: a data option of the reader beside a model key set
+# to None. The sweep's data, its resume and the ensemble's data all follow the file (checked on the manifest).
+CANDLE_FILES = {"uno": "[Global_Params]\nval_split=0.25\nlearning_rate=None\nrng_seed=2018\n"}
 
 
 def cli(*args):
@@ -39,8 +42,12 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     space = experiment.search_space
     one_epoch = () if "epochs" in space else ("--set", "epochs=1")  # attn and p3b1 search their epochs
     searcher, scheduler = PAIR[name]
+    config_file = ()
+    if name in CANDLE_FILES:
+        (workdir / "candle.txt").write_text(CANDLE_FILES[name])
+        config_file = ("--config-file", workdir / "candle.txt")
     r = cli("tune", path, "--smoke", "--full-space", "--cv", 2, "--num-samples", 2, "--search", searcher,
-            "--scheduler", scheduler, *one_epoch,
+            "--scheduler", scheduler, *one_epoch, *config_file,
             "--name", f"{name}-full", "--no-baseline", "--seed", 3)
     assert r.exit_code == 0, r.output
     assert f"2 x {searcher} / {scheduler} over" in r.output, r.output
@@ -52,6 +59,18 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     if name == "nt3":
         _cv_logged(r.output, name)
     _ensemble_trained(path, name, space, results, workdir)
+    if config_file:
+        _data_follows_the_file(workdir, name, r.output)
+
+
+def _data_follows_the_file(workdir, name, output):
+    assert "read with val_split=0.25 (options of reader uno)" in output and "adam's Keras default, 0.001" in output
+    sweeps = workdir / "candle-ray-sweeps"
+    prints = {json.loads((sweeps / s / "sweep.json").read_text())["dataset_fingerprint"] for s in (f"{name}-full",
+                                                                                                   f"{name}-top2")}
+    assert len(prints) == 1, prints  # the ensemble trained on the sweep's data
+    manifest = next((workdir / "cache" / "datasets").glob(f"*-{prints.pop()}")) / "manifest.json"
+    assert json.loads(manifest.read_text())["reader"]["options"]["val_split"] == 0.25
 
 
 def _cv_logged(output: str, name: str):

@@ -45,10 +45,14 @@ def test_empty_space(workdir, tmp_path):
 
 
 def test_space_key_not_in_config(workdir, tmp_path):
+    """A key the experiment does not read is left out (a Supervisor file's clipnorm); a likely typo is refused."""
     space = tmp_path / "ga.json"
     space.write_text(json.dumps([{"name": "clipnorm", "type": "float", "lower": 1e-4, "upper": 10.0}]))
     r = tune(NT3, "--smoke", "--space", space)
-    assert r.exit_code == 2 and "'clipnorm' is not in the experiment's config" in error_line(r)
+    assert r.exit_code == 2 and "defines no parameters the experiment reads (it does not read clipnorm)" in error_line(r)
+    space.write_text(json.dumps([{"name": "dropuot", "type": "float", "lower": 0.0, "upper": 0.5}]))
+    r = tune(NT3, "--smoke", "--space", space)
+    assert r.exit_code == 2 and "'dropuot' is not in the experiment's config; did you mean dropout?" in error_line(r)
 
 
 def test_metric_not_reported(workdir):
