@@ -7,8 +7,8 @@ the same tables (the model shares their encoders). Options are CANDLE's uno_defa
 CombinedDataLoader defaults: growth / 100, dose = -log10(M), the drug response filter, std scaling of
 descriptors and RNA-seq, unscaled fingerprints, RNA-seq source and response source one-hots, groups by
 drug or drug pair split 80/20 with ShuffleSplit(seed 2018). RNA-seq is the lincs1000 file (CANDLE's
-use_landmark_genes=True, as in the README runs). For the AUC model add
-sources["agg_response"] = Source(f"{BASE}/combined_single_response_agg") and options agg_dose="AUC".
+use_landmark_genes=True, as in the README runs). The AUC model (agg_dose="AUC", as uno_auc_model.txt
+sets it) reads the aggregated-response file too, which only then is downloaded.
 The model's input widths (cell/drug feature dims, response-source width, single, agg_dose) come from
 the prepared data.
 Training defaults: Adam 0.001 (CANDLE's learning_rate None), batch 32, 10 epochs, MSE, 3 x 1000
@@ -32,8 +32,7 @@ experiment = Experiment(
     dataset=ReaderDataset(
         name="uno",
         reader="uno",
-        # The aggregated-response file (agg_response) is read only with agg_dose, which this run leaves off.
-        sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items() if role != "agg_response"},
+        sources={role: Source(f"{BASE}/{name}") for role, name in FILES.items()},
         # Every option at CANDLE's default: OPTIONS in candle_ray/data/benchmarks/uno.py lists them with
         # their values. To change one, write e.g. {**OPTIONS, "train_sources": ["GDSC"]}.
         options=OPTIONS,

@@ -118,7 +118,8 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
             # Defaults filled in: writing an option at its default value names the same entry.
             "options": registry.options(ds.reader, ds.options),
             "seed": ds.seed,
-            "sources": {role: _source_key(src) for role, src in ds.sources.items()},
+            "sources": {role: _source_key(src)
+                        for role, src in registry.needed_sources(ds.reader, ds.sources, ds.options).items()},
         }, default=str)
     from_fraction = ds.val is None
     return _digest({

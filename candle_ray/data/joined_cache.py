@@ -165,7 +165,8 @@ def build(cache, ds, fp: str, out: Path, rebuild_hint: str, log) -> dict:
     start = time.monotonic()
     log(f"preparing dataset {ds.name} (reader {ds.reader}, fingerprint {fp}) in {out.parent.parent}")
     options = registry.options(ds.reader, ds.options)
-    fetched = {role: fetch(src, cache.downloads / ds.name, log=log) for role, src in ds.sources.items()}
+    fetched = {role: fetch(src, cache.downloads / ds.name, log=log)
+               for role, src in registry.needed_sources(ds.reader, ds.sources, ds.options).items()}
     jt = registry.read(ds.reader, {role: got.path for role, got in fetched.items()}, options, ds.seed)
     if not isinstance(jt, JoinedTables):
         raise UsageError(f"the {ds.reader} reader returned a {type(jt).__name__}, not candle_ray.data.joined.JoinedTables")

@@ -2,7 +2,8 @@
 
 A reader module defines `read(paths, options, seed) -> JoinedTables` and
 `synthesize(out_dir, options, seed, rows, features) -> dict[role, Path]`, optionally `OPTIONS` (every
-option with its CANDLE default) and `VERSION` (bumped when its output changes); see
+option with its CANDLE default), `OPTIONAL_ROLES` (source roles read only when an option is set) and
+`VERSION` (bumped when its output changes); see
 `candle_ray.data.spec.ReaderDataset` for the full contract. Modules are imported on first use, so
 naming a reader costs nothing until data is prepared. A dotted name imports that module instead
 (a user's own reader outside this package).
@@ -55,6 +56,15 @@ def options(reader: str, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def version(reader: str) -> int:
     return int(getattr(module(reader), "VERSION", 1))
+
+
+def needed_sources(reader: str, sources: Mapping[str, Any], given_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The sources a prepare fetches and a fingerprint names: all of them but the reader's OPTIONAL_ROLES
+    (role -> option) whose option is off. Uno's aggregated-response file is read only with agg_dose, so an
+    experiment can list it and a growth run neither downloads it nor changes its entry."""
+    optional = getattr(module(reader), "OPTIONAL_ROLES", {})
+    chosen = options(reader, given_options)
+    return {role: src for role, src in sources.items() if role not in optional or chosen.get(optional[role])}
 
 
 def read(reader: str, paths: Mapping[str, Path], given_options: Mapping[str, Any], seed: int):

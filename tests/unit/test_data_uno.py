@@ -383,3 +383,30 @@ def test_prepared_entry_gives_the_model_every_width_it_needs(tmp_path):
     assert shape["response_source_dim"] == 7 and shape["single"] is False and shape["agg_dose"] is None
     assert shape["drug_features"] == ["descriptors", "fingerprints"] and shape["input_dim"] == entry.num_features
     uno_model.build({**exp.defaults, "dense": [8], "dense_feature_layers": [4], **shape})
+
+
+def test_the_aggregated_file_is_fetched_only_with_agg_dose(tmp_path):
+    """experiments/uno.py lists the aggregated-response file so that CANDLE's uno_auc_model.txt (agg_dose='AUC',
+    train_sources=['CCLE']) runs through --config-file; a growth run neither fetches it nor changes its entry,
+    and the smoke files hold the CCLE rows that file trains on."""
+    from dataclasses import replace
+
+    from candle_ray.data.cache import Cache
+    from candle_ray.data.cache_format import fingerprint
+    from candle_ray.data.synthetic import synthesize
+    from candle_ray.experiment import load_experiment, model_shape
+    from tests.conftest import ROOT
+
+    growth = load_experiment(ROOT / "experiments" / "uno.py").dataset
+    assert "agg_response" in growth.sources
+    without = replace(growth, sources={k: v for k, v in growth.sources.items() if k != "agg_response"})
+    assert fingerprint(growth) == fingerprint(without)  # the entries users have already prepared
+    auc = replace(growth, options={**growth.options, "agg_dose": "AUC", "train_sources": ["CCLE"], "single": True})
+    assert fingerprint(auc) != fingerprint(replace(auc, sources=without.sources))
+    cache = Cache(tmp_path / "cache")
+    entry = cache.prepare(synthesize(auc, tmp_path / "auc", rows=(800, 200), features=24, seed=1), log=lambda *_: None)
+    assert model_shape(entry)["agg_dose"] == "AUC" and "agg_response" in entry.manifest["sources"]
+    assert entry.manifest["splits"]["train"]["rows"] >= 20  # CCLE's own rows, aggregated per cell and drug
+    entry = cache.prepare(synthesize(growth, tmp_path / "growth", rows=(300, 100), features=24, seed=1),
+                          log=lambda *_: None)
+    assert "agg_response" not in entry.manifest["sources"]

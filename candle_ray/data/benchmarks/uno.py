@@ -87,6 +87,8 @@ FILES = {
     "nci60_pfp": "NCI60_dragon7_PFP.tsv",
     "nci60_ecfp": "NCI60_dragon7_ECFP.tsv",
 }
+# The aggregated-response file is read only with agg_dose (CANDLE downloads it only then too).
+OPTIONAL_ROLES = {"agg_response": "agg_dose"}
 # CANDLE's uno_default_model.txt / CombinedDataLoader.load defaults.
 OPTIONS = {
     "train_sources": ["GDSC", "CTRP", "ALMANAC"],
@@ -516,13 +518,21 @@ _GDSC_CELLS = ["22RV1", "5637", "A101D", "A172", "A204", "A375"]
 _CTRP_CELLS = ["A549", "BT-474", "CAL-51", "HCC1937", "HT-29", "JURKAT"]
 
 
+def _extra_studies(options: dict) -> list[str]:
+    """The single-drug studies `train_sources` names beyond those the synthetic files always hold."""
+    return [s for s in options.get("train_sources") or () if s not in ("GDSC", "CTRP", "NCI60", "all")
+            and not s.startswith("ALMANAC")]
+
+
 def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int) -> dict[str, Path]:
     """Every Uno file (all roles of FILES) with about `rows` response rows, tables at most `features` wide.
 
     GDSC and CTRP single-drug rows (their drugs keyed by study ids, mapped to PubChem compounds through
     drug_info, one compound shared by both studies), NCI60 single-drug rows and ALMANAC pairs (NSC ids,
     NCI60 cells named through the cell map), an aggregated-response file for agg_dose, RNA-seq for
-    every response cell plus two CCLE samples without responses.
+    every response cell plus two CCLE samples without responses. Another study `train_sources` names
+    (uno_auc_model.txt's CCLE, uno_defaultUQ_model.txt's gCSI) gets single-drug rows of its own, as in the
+    real files; without one the files are as they always were.
     """
     from candle_ray.data.benchmarks import drug_synthetic as syn
 
@@ -530,14 +540,21 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     rng = np.random.default_rng([seed, 11])
     width = max(4, int(features))
     nci60 = syn.NCI60_CELLS[:8]
+    extra = _extra_studies(options)
+    # an extra study measures 12 cells: its aggregated file (one row per cell and drug) is not a handful of rows
+    cells = {"GDSC": _GDSC_CELLS, "CTRP": _CTRP_CELLS, **{x: _GDSC_CELLS + _CTRP_CELLS for x in extra}}
     samples = ([f"GDSC.{c}" for c in _GDSC_CELLS] + [f"CTRP.{c}" for c in _CTRP_CELLS]
-               + [f"NCI60.{c}" for c in nci60] + ["CCLE.SW480", "CCLE.LNCAP"])
+               + [f"NCI60.{c}" for c in nci60] + ["CCLE.SW480", "CCLE.LNCAP"]
+               + [f"{x}.{c}" for x in extra for c in cells[x]])
     cell_profiles = syn.latent(rng, len(samples))
     cell_shift = syn.potency(rng, cell_profiles)
     n_compounds, n_nsc = 8, 8
     cids = [str(5330286 + 977 * k) for k in range(n_compounds)]
-    study_ids = [f"GDSC.{1001 + k}" for k in range(5)] + [f"CTRP.{k + 1}" for k in range(5)]
-    study_cid = [cids[k] for k in range(5)] + [cids[0]] + [cids[k] for k in range(4, 8)]  # GDSC.1001 = CTRP.1
+    study_ids = ([f"GDSC.{1001 + k}" for k in range(5)] + [f"CTRP.{k + 1}" for k in range(5)]
+                 + [f"{x}.{k + 1}" for x in extra for k in range(5)])
+    study_cid = ([cids[k] for k in range(5)] + [cids[0]] + [cids[k] for k in range(4, 8)]  # GDSC.1001 = CTRP.1
+                 + [cids[k] for _ in extra for k in range(2, 7)])
+    first_id = {study: 5 * i for i, study in enumerate(["GDSC", "CTRP", *extra])}  # its drugs in study_ids
     nsc = [f"NSC.{n}" for n in (740, 752, 755, 3053, 26271, 123127, 125973, 226080)][:n_nsc]
     compound_profiles = syn.latent(rng, n_compounds)
     nsc_profiles = syn.latent(rng, n_nsc)
@@ -548,7 +565,8 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     files: dict[str, Path] = {}
     # single-drug responses: GDSC, CTRP on their drugs, NCI60 on NSC drugs
     n_single = max(40, int(rows * 0.55))
-    source = rng.choice(["GDSC", "CTRP", "NCI60"], n_single, p=[0.4, 0.4, 0.2])
+    weights = np.array([0.4, 0.4, 0.2] + [0.4] * len(extra))
+    source = rng.choice(["GDSC", "CTRP", "NCI60", *extra], n_single, p=weights / weights.sum())
     records = []
     for s in source:
         if s == "NCI60":
@@ -556,8 +574,8 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
             d = int(rng.integers(n_nsc))
             drug, shift = nsc[d], nsc_shift[d]
         else:
-            cell = f"{s}.{rng.choice(_GDSC_CELLS if s == 'GDSC' else _CTRP_CELLS)}"
-            k = int(rng.integers(5)) + (0 if s == "GDSC" else 5)
+            cell = f"{s}.{rng.choice(cells[s])}"
+            k = int(rng.integers(5)) + first_id[s]
             drug, shift = study_ids[k], compound_shift[cids.index(study_cid[k])]
         logc = float(rng.choice(syn.SINGLE_LOG_CONCENTRATIONS))
         g = syn.growth_fraction(-logc - 6.0 + shift + cell_shift[sample_index[cell]]) + 0.03 * rng.normal()
@@ -585,8 +603,9 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
         "Einf": np.round(rng.uniform(0, 1, n), 3), "HS": np.round(rng.uniform(0.5, 3, n), 3),
         "AAC1": np.round(1 - auc, 4), "AUC1": np.round(auc, 4), "DSS1": np.round(rng.uniform(0, 0.5, n), 4)}))
 
-    # genes + the 4 source one-hots CANDLE embeds stay within `features`
-    files["rnaseq"] = syn.write_rnaseq(out_dir / FILES["rnaseq"], rng, samples, cell_profiles, width - 4)
+    # genes + the source one-hots CANDLE embeds (GDSC, CTRP, NCI60, CCLE and any other study) stay within `features`
+    studies = len({sample.split(".")[0] for sample in samples})
+    files["rnaseq"] = syn.write_rnaseq(out_dir / FILES["rnaseq"], rng, samples, cell_profiles, width - studies)
     files["drug_info"] = syn.write_tsv(out_dir / FILES["drug_info"], pd.DataFrame({
         "ID": study_ids, "NAME": [f"drug_{k}" for k in range(len(study_ids))],
         "CLEAN_NAME": [f"DRUG{k}" for k in range(len(study_ids))], "PUBCHEM": study_cid}))
