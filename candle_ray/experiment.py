@@ -155,7 +155,8 @@ class Experiment:
             config.update(coerce_overrides(known, dict(self.smoke.overrides), source="smoke overrides"))
         file = CandleFile({}, (), {}, [])
         if config_file is not None:
-            file = read_candle_config(config_file, known, model=self.model, reader_options=self.reader_options())
+            file = read_candle_config(config_file, known, model=self.model, reader_options=self.reader_options(),
+                                      reader_negated=self._reader_attribute("CANDLE_NEGATED"))
             if file.ignored:
                 warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: "
                      f"{', '.join(file.ignored)}")
@@ -172,11 +173,14 @@ class Experiment:
 
     def reader_options(self) -> dict[str, Any]:
         """The options this experiment's reader takes, at its CANDLE defaults ({} for a file dataset)."""
+        return self._reader_attribute("OPTIONS")
+
+    def _reader_attribute(self, name: str) -> dict[str, Any]:
         if not isinstance(self.dataset, ReaderDataset):
             return {}
         from candle_ray.data import registry
 
-        return dict(getattr(registry.module(self.dataset.reader), "OPTIONS", None) or {})
+        return dict(getattr(registry.module(self.dataset.reader), name, None) or {})
 
     def _with_data_options(self, options: dict[str, Any], config_file, warn) -> "Experiment":
         if not options:
@@ -355,12 +359,13 @@ class CandleFile:
 
 
 def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: str | None = None,
-                       reader_options: Mapping[str, Any] = {}) -> CandleFile:
+                       reader_options: Mapping[str, Any] = {}, reader_negated: Mapping[str, str] = {}) -> CandleFile:
     """Read a CANDLE `*_default_model.txt` (INI, Python-literal values, sections flattened, first wins).
 
     Keys the experiment knows (aliases such as drop → dropout applied) become typed config values, after
     `model`'s own reading of CANDLE's spelling (candle_ray.models.from_candle_file); keys of the reader's
-    `reader_options` become data options. Values are parsed with ast.literal_eval, never eval.
+    `reader_options` become data options, and CANDLE's negative flags (`reader_negated`: no_feature_source=True)
+    their opposite option. Values are parsed with ast.literal_eval, never eval.
     """
     path = Path(path)
     if not path.is_file():
@@ -383,15 +388,25 @@ def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: 
             literal[name] = _literal(text)
         elif key in reader_options:
             data[key] = _literal(text)
+        elif key in reader_negated:
+            data[reader_negated[key]] = _Negated(key, _literal(text))
         else:
             ignored.append(key)
     try:
         literal = _from_candle_file(model, literal)
         values = {k: coerce(k, defaults[k], v) for k, v in literal.items() if v is not None}
-        data = {k: coerce(k, reader_options[k], v) for k, v in data.items()}
+        data = {k: not coerce(v.flag, False, v.value) if isinstance(v, _Negated) else coerce(k, reader_options[k], v)
+                for k, v in data.items()}
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
     return CandleFile(values, tuple(k for k, v in literal.items() if v is None), data, sorted(ignored))
+
+
+@dataclass(frozen=True)
+class _Negated:
+    """A CANDLE flag whose value is the opposite of a reader option's."""
+    flag: str
+    value: Any
 
 
 def _from_candle_file(model: str | None, values: dict[str, Any]) -> dict[str, Any]:

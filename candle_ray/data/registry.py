@@ -2,7 +2,8 @@
 
 A reader module defines `read(paths, options, seed) -> JoinedTables` and
 `synthesize(out_dir, options, seed, rows, features) -> dict[role, Path]`, optionally `OPTIONS` (every
-option with its CANDLE default), `OPTIONAL_ROLES` (source roles read only when an option is set) and
+option with its CANDLE default), `CANDLE_NEGATED` (CANDLE flags that are the opposite of an option, for
+config files), `OPTIONAL_ROLES` (source roles read only when an option is set) and
 `VERSION` (bumped when its output changes); see
 `candle_ray.data.spec.ReaderDataset` for the full contract. Modules are imported on first use, so
 naming a reader costs nothing until data is prepared. A dotted name imports that module instead

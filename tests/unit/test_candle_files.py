@@ -64,10 +64,13 @@ def test_a_files_data_options_reach_the_reader(tmp_path):
     options, once listed among the ignored keys while the run trained on growth from three other studies."""
     uno, notes = experiment("uno"), []
     path = candle_file(tmp_path, "uq.txt", uno_file(optimizer="sgd", sources="train_sources=['gCSI']",
-                                                    more="agg_dose='AUC'\n    partition_by='cell'"))
+                                                    more="agg_dose='AUC'\n    partition_by='cell'\n"
+                                                         "    no_feature_source=True"))
     with_file, config = uno.resolve(config_file=path, warn=notes.append)
     options = with_file.dataset.options
     assert (options["train_sources"], options["agg_dose"], options["partition_by"]) == (["gCSI"], "AUC", "cell")
+    assert options["embed_feature_source"] is False  # CANDLE's no_feature_source=True
+    assert options["encode_response_source"] is True  # not in the file: the experiment's
     assert options["drug_features"] == uno.dataset.options["drug_features"]  # the rest as the experiment had them
     assert "train_sources" not in config and uno.dataset.options["agg_dose"] is None  # the experiment is unchanged
     said = [n for n in notes if "options of reader uno" in n]

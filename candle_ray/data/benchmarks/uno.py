@@ -87,6 +87,8 @@ FILES = {
     "nci60_pfp": "NCI60_dragon7_PFP.tsv",
     "nci60_ecfp": "NCI60_dragon7_ECFP.tsv",
 }
+# CANDLE's negative flags, which a config file may set: no_feature_source=True is embed_feature_source=False.
+CANDLE_NEGATED = {"no_feature_source": "embed_feature_source", "no_response_source": "encode_response_source"}
 # The aggregated-response file is read only with agg_dose (CANDLE downloads it only then too).
 OPTIONAL_ROLES = {"agg_response": "agg_dose"}
 # CANDLE's uno_default_model.txt / CombinedDataLoader.load defaults.
