@@ -461,6 +461,20 @@ def _user_line(exc: BaseException, path: Path) -> str:
     return f" at line {line}" if line else ""
 
 
+def check_model_builds(model: str, config: dict, entry) -> None:
+    """Build the model for this data on the meta device (no memory) before anything starts: a config the data
+    cannot take (P1B3's conv_model file on 179 smoke features: a kernel of 10 over 3 inputs) is bad usage,
+    not a worker failure that is retried and logged as a FAILED run."""
+    from candle_ray import models
+
+    shape = model_shape(entry)
+    try:
+        models.count_parameters(model, {**config, **shape})
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"model {model} cannot be built for {entry.manifest['name']} ({shape['input_dim']} "
+                         f"features): {exc}; change the config (--set, --config-file) or the data") from None
+
+
 def model_shape(entry) -> dict:
     """What a model is built for, from a cache entry: its input width and its number of outputs
     (the classes of a classifier, 1 for a regressor, the input width for an autoencoder)."""
