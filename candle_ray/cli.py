@@ -353,6 +353,7 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
                                                       experiment.path, pick)
         # The configurations were trained with the sweep's fixed overrides and data.
         run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
+                   config_text=None if run["config_file"] else record.get("config_text"),
                    smoke=run["smoke"] or record["smoke"])
         run["full_space"] = bool(record.get("full_space"))
         metric, mode = ensembles.member_ranking(record)

@@ -146,17 +146,18 @@ class Experiment:
         return self.resolve(config_file=config_file, sets=sets, smoke=smoke, warn=warn)[1]
 
     def resolve(self, *, config_file: str | Path | None = None, sets: list[str] = (), smoke: bool = False,
-                warn=print) -> tuple["Experiment", dict[str, Any]]:
+                warn=print, config_text: str | None = None) -> tuple["Experiment", dict[str, Any]]:
         """This experiment with the data options a CANDLE config file sets for its reader (CANDLE's files mix
         data and model settings: uno_auc_model.txt sets agg_dose='AUC'), and the run's config: defaults <
-        smoke overrides < config file < --set, type-checked against the defaults."""
+        smoke overrides < config file < --set, type-checked against the defaults. `config_text` is the file's
+        text as a sweep recorded it, read instead of the file."""
         config, known = dict(self.defaults), self.known_keys
         if smoke:
             config.update(coerce_overrides(known, dict(self.smoke.overrides), source="smoke overrides"))
         file = CandleFile({}, (), {}, [])
         if config_file is not None:
             file = read_candle_config(config_file, known, model=self.model, reader_options=self.reader_options(),
-                                      reader_negated=self._reader_attribute("CANDLE_NEGATED"))
+                                      reader_negated=self._reader_attribute("CANDLE_NEGATED"), text=config_text)
             if file.ignored:
                 warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: "
                      f"{', '.join(file.ignored)}")
@@ -358,22 +359,29 @@ class CandleFile:
     ignored: list[str]  # every other key, sorted
 
 
+def config_file_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}; pass the path of a CANDLE *_default_model.txt")
+    return path.read_text()
+
+
 def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: str | None = None,
-                       reader_options: Mapping[str, Any] = {}, reader_negated: Mapping[str, str] = {}) -> CandleFile:
+                       reader_options: Mapping[str, Any] = {}, reader_negated: Mapping[str, str] = {},
+                       text: str | None = None) -> CandleFile:
     """Read a CANDLE `*_default_model.txt` (INI, Python-literal values, sections flattened, first wins).
 
     Keys the experiment knows (aliases such as drop → dropout applied) become typed config values, after
     `model`'s own reading of CANDLE's spelling (candle_ray.models.from_candle_file); keys of the reader's
     `reader_options` become data options, and CANDLE's negative flags (`reader_negated`: no_feature_source=True)
-    their opposite option. Values are parsed with ast.literal_eval, never eval.
+    their opposite option. `text` is the file's text when it was read before (a sweep's record). Values are
+    parsed with ast.literal_eval, never eval.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file not found: {path}; pass the path of a CANDLE *_default_model.txt")
+    text = config_file_text(path) if text is None else text
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
     parser.optionxform = str  # keep the keys' case
     try:
-        parser.read(path)
+        parser.read_string(text, source=str(path))
     except configparser.Error as exc:
         first = str(exc).splitlines()[0]
         raise UsageError(f"config file {path} is not a CANDLE INI file: {first}") from None

@@ -72,6 +72,7 @@ class SweepSettings:
     max_failures: int = 0
     sets: tuple = ()
     config_file: str | None = None
+    config_text: str | None = None  # the config file as the sweep read it first: a resume reads this, not the file
     smoke: bool = False
     space: dict | None = None
     address: str | None = None
@@ -151,7 +152,9 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
         grown = _grown(record, settings, echo)
         record = grown or record
         # A resumed sweep keeps what it started with: overrides, smoke data and its MLflow store.
+        _note_a_changed_config_file(record, echo)
         settings = replace(settings, sets=tuple(record["sets"]), config_file=record["config_file"],
+                           config_text=record.get("config_text"),
                            smoke=record["smoke"], full_space=record.get("full_space", False),
                            kind=record.get("kind", "sweep"), cv=record.get("cv"),
                            baseline=record.get("baseline", True), baseline_share=record.get("baseline_share", 0.0),
@@ -163,8 +166,12 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
              f"{record['sweep']['num_samples']} samples)")
     name = settings.name or f"{experiment.name}-{stamp}"
     sets = list(settings.sets)
+    if settings.config_file and settings.config_text is None:  # read once: a later edit of the file changes nothing
+        from candle_ray.experiment import config_file_text
+
+        settings = replace(settings, config_text=config_file_text(settings.config_file))
     experiment, config = experiment.resolve(config_file=settings.config_file, sets=sets, smoke=settings.smoke,
-                                            warn=echo)
+                                            warn=echo, config_text=settings.config_text)
     if record is not None:  # Tune restores the sweep's own space; only its keys are needed here
         space = dict.fromkeys(record["space_keys"])
     elif settings.members is not None:
@@ -212,6 +219,14 @@ def _resolve(experiment, settings: SweepSettings, store, echo) -> _Resolved:
                                settings.mode, settings.smoke, echo)
         echo(warm.line(settings.searcher))
     return _Resolved(settings, record, experiment, name, stamp, config, space, warm, grown is not None)
+
+
+def _note_a_changed_config_file(record: dict, echo) -> None:
+    """A resumed sweep keeps the config file's values it started with; say so when the file has changed since."""
+    path, text = record.get("config_file"), record.get("config_text")
+    if path and text is not None and Path(path).is_file() and Path(path).read_text() != text:
+        echo(f"note: {path} has changed since sweep {record['sweep']['name']} started; it keeps the values it "
+             f"started with (sweep.json)")
 
 
 def default_mode(metric: str | None, experiment) -> str:
@@ -336,7 +351,7 @@ def _open_parent(experiment, resolved: _Resolved, sweep, store, entry):
     store.write_sweep(sweep.name, {
         "experiment_file": str(experiment.path), "parent_run_id": parent.run_id, "tracking_uri": s.tracking_uri,
         "sweep": sweep.record(), "space_keys": list(resolved.space), "sets": list(s.sets),
-        "config_file": str(s.config_file) if s.config_file else None,
+        "config_file": str(s.config_file) if s.config_file else None, "config_text": s.config_text,
         "smoke": s.smoke, "full_space": s.full_space, "created": resolved.stamp, "kind": s.kind, "cv": s.cv,
         "dataset_fingerprint": entry.fingerprint,
         "baseline": s.baseline, "baseline_share": s.baseline_share, "baseline_share_fixed": s.baseline_share_fixed,

@@ -137,3 +137,24 @@ def test_attns_file_lists_its_output_layer(tmp_path):
 def test_attn_refuses_what_it_cannot_build(tmp_path, activation, says):
     with pytest.raises(UsageError, match=rf"attn.txt: .*{says}"):
         experiment("attn").resolve_config(config_file=candle_file(tmp_path, "attn.txt", ATTN.format(activation=activation)))
+
+
+def test_a_recorded_text_is_read_instead_of_the_file(tmp_path):
+    """A sweep records its config file's text (sweep.json "config_text"): a resume or `ensemble --from-sweep`
+    reads that, so an edited or deleted file changes nothing; the resume says when the file changed."""
+    from candle_ray.sweep import _note_a_changed_config_file
+
+    path = candle_file(tmp_path, "uno.txt", uno_file(optimizer="sgd"))
+    recorded = path.read_text()
+    path.write_text(uno_file(optimizer="adam"))
+    assert experiment("uno").resolve_config(config_file=path, warn=print)["optimizer"] == "adam"
+    _, config = experiment("uno").resolve(config_file=path, warn=print, config_text=recorded)
+    assert (config["optimizer"], config["learning_rate"]) == ("sgd", 0.01)
+    said = []
+    record = {"config_file": str(path), "config_text": recorded, "sweep": {"name": "s1"}}
+    _note_a_changed_config_file(record, said.append)
+    assert said == [f"note: {path} has changed since sweep s1 started; it keeps the values it started with (sweep.json)"]
+    path.unlink()
+    _note_a_changed_config_file(record, said.append)
+    assert len(said) == 1
+    assert experiment("uno").resolve(config_file=path, warn=print, config_text=recorded)[1]["optimizer"] == "sgd"
