@@ -30,10 +30,11 @@ KERAS_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001, "adagrad":
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# CANDLE training features a config file may switch on that candle-ray does not implement (Uno's and Combo's
-# files: warmup_lr=True in 2, clr_flag=True in 1): named on their own line, not lost in the ignored keys.
+# What a CANDLE config file may ask for that candle-ray does not implement (Uno's files: warmup_lr=True in 2,
+# clr_flag=True in 1, by_drug='paclitaxel' in 1): named on their own line, not lost among the ignored keys.
 NOT_DONE = {"warmup_lr": "learning-rate warm-up", "clr_flag": "cyclic learning rate",
-            "batch_normalization": "batch normalization", "use_tensorboard": "TensorBoard logs"}
+            "batch_normalization": "batch normalization", "use_tensorboard": "TensorBoard logs",
+            "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
 KEY_RULES: dict[str, dict[str, Any]] = {
@@ -166,8 +167,9 @@ class Experiment:
                 warn(f"warning: {config_file}: keys not used by experiment {self.name!r} ignored: "
                      f"{', '.join(file.ignored)}")
             if file.not_done:
-                warn(f"warning: {config_file} turns on " + ", ".join(f"{k} ({NOT_DONE[k]})" for k in file.not_done) +
-                     f", not implemented for experiment {self.name!r}: the run trains without "
+                warn(f"warning: {config_file} asks for " +
+                     ", ".join(f"{k}={v!r} ({NOT_DONE[k]})" for k, v in file.not_done.items()) +
+                     f", not implemented for experiment {self.name!r}: the run goes without "
                      f"{'it' if len(file.not_done) == 1 else 'them'}")
             config.update(file.values)
         overrides = parse_sets(known, sets)
@@ -365,7 +367,7 @@ class CandleFile:
     unset: tuple[str, ...]  # known keys the file sets to None: CANDLE's "not given", the code's own default
     data_options: dict[str, Any]  # typed values of its reader's options
     ignored: list[str]  # every other key, sorted
-    not_done: tuple[str, ...] = ()  # ignored keys that switch on a CANDLE feature candle-ray lacks (NOT_DONE)
+    not_done: dict[str, Any] = field(default_factory=dict)  # ignored keys asking for what candle-ray lacks (NOT_DONE)
 
 
 def config_file_text(path: str | Path) -> str:
@@ -416,7 +418,7 @@ def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: 
                 for k, v in data.items()}
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
-    not_done = tuple(k for k in ignored if k in NOT_DONE and _literal(raw[k]) is True)
+    not_done = {k: _literal(raw[k]) for k in ignored if k in NOT_DONE and _literal(raw[k]) not in (None, False, 0, "")}
     return CandleFile(values, tuple(k for k, v in literal.items() if v is None), data, sorted(ignored), not_done)
 
 

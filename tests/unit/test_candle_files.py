@@ -161,14 +161,19 @@ def test_a_recorded_text_is_read_instead_of_the_file(tmp_path):
 
 
 def test_a_candle_feature_switched_on_but_not_done_is_named(tmp_path):
-    """uno_auc_model.txt sets warmup_lr=True, uno_auc_clr_model.txt clr_flag=True: features candle-ray does not
-    implement, once only among two dozen ignored keys."""
+    """uno_auc_model.txt sets warmup_lr=True, uno_auc_clr_model.txt clr_flag=True, uno_by_drug_example.txt
+    by_drug='paclitaxel': what candle-ray does not implement, once only among two dozen ignored keys."""
     notes = []
     path = candle_file(tmp_path, "uno.txt", uno_file(optimizer="adam", more="warmup_lr=True\n    clr_flag=False\n"
                                                                            "    batch_normalization=False"))
     experiment("uno").resolve(config_file=path, warn=notes.append)
-    assert f"warning: {path} turns on warmup_lr (learning-rate warm-up), not implemented for experiment 'uno': the run " \
-           f"trains without it" in notes, notes
+    assert f"warning: {path} asks for warmup_lr=True (learning-rate warm-up), not implemented for experiment 'uno': " \
+           f"the run goes without it" in notes, notes
     notes.clear()
     experiment("uno").resolve(config_file=candle_file(tmp_path, "b.txt", uno_file(optimizer="adam")), warn=notes.append)
-    assert not [n for n in notes if "turns on" in n]
+    assert not [n for n in notes if "asks for" in n]
+    notes.clear()  # uno_by_drug_example.txt: the run trains on every drug
+    path = candle_file(tmp_path, "c.txt", uno_file(optimizer="adam", more="by_drug='paclitaxel'\n    warmup_lr=True"))
+    experiment("uno").resolve(config_file=path, warn=notes.append)
+    assert [n for n in notes if "asks for by_drug='paclitaxel' (one drug's rows only), warmup_lr=True" in n
+            and n.endswith("goes without them")], notes
