@@ -418,7 +418,8 @@ def read_candle_config(path: str | Path, defaults: Mapping[str, Any], *, model: 
                 for k, v in data.items()}
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
-    not_done = {k: _literal(raw[k]) for k in ignored if k in NOT_DONE and _literal(raw[k]) not in (None, False, 0, "")}
+    asked = {k: _literal(raw[k]) for k in ignored if k in NOT_DONE}
+    not_done = {k: v for k, v in asked.items() if v}  # None, False, 0: the feature is off
     return CandleFile(values, tuple(k for k, v in literal.items() if v is None), data, sorted(ignored), not_done)
 
 
@@ -479,20 +480,6 @@ def _user_line(exc: BaseException, path: Path) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     return f" at line {line}" if line else ""
-
-
-def check_model_builds(model: str, config: dict, entry) -> None:
-    """Build the model for this data on the meta device (no memory) before anything starts: a config the data
-    cannot take (P1B3's conv_model file on 179 smoke features: a kernel of 10 over 3 inputs) is bad usage,
-    not a worker failure that is retried and logged as a FAILED run."""
-    from candle_ray import models
-
-    shape = model_shape(entry)
-    try:
-        models.count_parameters(model, {**config, **shape})
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"model {model} cannot be built for {entry.manifest['name']} ({shape['input_dim']} "
-                         f"features): {exc}; change the config (--set, --config-file) or the data") from None
 
 
 def model_shape(entry) -> dict:

@@ -35,13 +35,15 @@ def _rank0(job):
 
 
 def _user_error(exc: BaseException) -> CandleRayError | None:
-    """The candle-ray error a worker raised (bad data, corrupt cache...), which no retry can fix."""
+    """The candle-ray error a worker raised (bad data, corrupt cache...), which no retry can fix: the error
+    itself, not Ray's wrapper of it (a RayTaskError is also an instance of the error it wraps, and its text is
+    the worker's traceback: the one-line message was "error: ray::_rank0() (pid=..., ip=...)")."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, CandleRayError):
-            return exc
         cause = getattr(exc, "cause", None)
+        if isinstance(exc, CandleRayError) and not isinstance(cause, BaseException):
+            return exc
         exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
     return None
 

@@ -262,7 +262,12 @@ def _build_model(job: Job, objective, device):
     if task == "autoencoder" and config.get("model") == "cvae":  # condition on the class, appended to the input
         condition = int(read_manifest(job.entry)["num_classes"])
         shape = {**shape, "input_dim": shape["input_dim"] + condition, "condition_dim": condition}
-    model = models.build(job.model, {**config, **shape}).to(device)
+    try:
+        model = models.build(job.model, {**config, **shape}).to(device)
+    except ValueError as exc:  # the config does not fit the data: a usage error, which launch never retries
+        raise UsageError(f"model {job.model} cannot be built for {read_manifest(job.entry)['name']} "
+                         f"({shape['input_dim']} features): {exc}; change the config (--set, --config-file) "
+                         f"or the data") from None
     objective.init_head(model)
     return model, shape, condition
 

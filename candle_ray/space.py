@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
@@ -32,7 +32,7 @@ class SpaceFile:
     space: dict
     searcher: str | None  # what the file implies: "grid" for a grid settings.json
     num_samples: int | None
-    left_out: tuple[str, ...] = field(default=())  # the file's keys the experiment does not read
+    left_out: tuple[str, ...] = ()  # the file's keys the experiment does not read
 
     def left_out_line(self, path, experiment: str, data_options) -> str | None:
         """The warning that names the keys left out; a reader's data options get their own clause: one

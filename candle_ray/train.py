@@ -172,9 +172,6 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     from candle_ray import runtime
     from candle_ray import launch
 
-    from candle_ray.experiment import check_model_builds
-
-    check_model_builds(experiment.model, config, entry)
     started = time.monotonic() if started is None else started
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = options.run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"

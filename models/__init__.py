@@ -13,6 +13,9 @@ import importlib
 from dataclasses import dataclass
 
 NAMES = ("nt3", "mlp", "tc1", "p1b1", "p1b2", "p1b3", "uno", "combo", "attn", "p3b1")
+# The models whose module defines from_candle_file: only theirs is imported (with torch) to read a CANDLE file,
+# which the train driver otherwise does after its first epoch (candle_ray.train).
+CANDLE_FILE_SPELLINGS = ("attn",)
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,7 @@ def from_candle_file(name: str, values: dict) -> dict:
     """Config values read from a CANDLE `*_default_model.txt`, in model `name`'s own terms: a model whose
     CANDLE file spells a key otherwise defines `from_candle_file(values)` (attn: its output layer); ValueError
     for what the model cannot take."""
-    translate = getattr(_module(name), "from_candle_file", None)
-    return translate(values) if translate else values
+    return _module(name).from_candle_file(values) if name in CANDLE_FILE_SPELLINGS else values
 
 
 def build(name: str, config: dict):

@@ -129,6 +129,17 @@ def test_every_experiment_trains_in_smoke_mode(workdir, experiment):
     assert (workdir / "run" / "checkpoints" / "last.json").exists()
 
 
+def test_a_config_the_data_cannot_take_exits_2_in_one_line(ray_cluster, workdir):
+    """A UsageError raised in the worker (a conv kernel longer than the smoke data's 1,000 features) is not
+    retried, and the CLI says it in one line: Ray's wrapper of it once printed "error: ray::_rank0() (pid=...)"."""
+    r = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "nt3.py"), "--smoke", "--set", "conv=4 2000 1"])
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and errors[0].startswith("error: model nt3 cannot be built for nt3-smoke (1000 "
+                                                           "features): conv layer 1 (kernel 2000) is longer"), r.output
+    assert "retry" not in r.output
+
+
 def test_diverging_run_fails_with_exit_1(ray_cluster, workdir):
     r = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "nt3.py"), "--smoke", "--set", "learning_rate=1e12"])
     assert r.exit_code == 1, r.output

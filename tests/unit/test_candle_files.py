@@ -177,3 +177,12 @@ def test_a_candle_feature_switched_on_but_not_done_is_named(tmp_path):
     experiment("uno").resolve(config_file=path, warn=notes.append)
     assert [n for n in notes if "asks for by_drug='paclitaxel' (one drug's rows only), warmup_lr=True" in n
             and n.endswith("goes without them")], notes
+
+
+def test_only_the_models_that_spell_keys_otherwise_are_imported_to_read_a_file():
+    """models.CANDLE_FILE_SPELLINGS names every model module with a from_candle_file hook, and no other."""
+    import importlib
+
+    hooks = {name for name in models.NAMES
+             if hasattr(importlib.import_module(f"candle_ray.models.{name}"), "from_candle_file")}
+    assert hooks == set(models.CANDLE_FILE_SPELLINGS)

@@ -210,17 +210,3 @@ def test_a_table_named_after_its_split_file_takes_the_experiments_name():
     assert named("data/train.csv") == named("Train.tsv") == "GSE1992_ER"
     assert named("expression.csv") == "expression" and named("train.csv", name="khan") == "khan"
 
-
-def test_a_model_the_data_cannot_take_is_refused_before_training(nt3, tmp_path):
-    """P1B3's own p1b3_conv_model.txt on smoke data stopped in the worker ("conv layer 2 (kernel 10) is longer
-    than its input"), was retried and logged as a FAILED run; the build on the meta device refuses it first."""
-    from candle_ray.data.cache import Cache
-    from candle_ray.data.synthetic import synthesize
-    from candle_ray.experiment import check_model_builds
-
-    entry = Cache(tmp_path / "cache").prepare(synthesize(nt3.dataset, tmp_path / "files", rows=(40, 10), features=25,
-                                                         seed=0), log=lambda *_: None)
-    with pytest.raises(UsageError, match=r"model nt3 cannot be built for nt3-smoke \(25 features\): conv layer .* "
-                                         r"longer than its input .*; change the config"):
-        check_model_builds("nt3", nt3.defaults, entry)
-    check_model_builds("nt3", {**nt3.defaults, "conv": [4, 3, 1], "pool": [2]}, entry)

@@ -282,3 +282,15 @@ def test_each_epoch_reports_its_cpu_and_memory_use_unless_turned_off(entry, tmp_
         assert "system/gpu_0_memory_usage_megabytes" not in m  # CPU here
     off = list(train_epochs(job(entry, tmp_path / "off", epochs=1, system_metrics=False), World()))
     assert not [k for k in off[0] if k.startswith("system/")]
+
+
+def test_a_model_the_data_cannot_take_is_a_usage_error(entry, tmp_path):
+    """P1B3's own p1b3_conv_model.txt on 179 smoke features failed as a ValueError in the worker, which launch
+    retried; a UsageError is never retried and exits 2 (launch._user_error). Built in the worker, not checked
+    in the driver: that would import torch before the first epoch (+1.6 s of start-up measured)."""
+    from candle_ray.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"model nt3 cannot be built for nt3-smoke \(200 features\): conv layer .* "
+                                         r"longer than its input .*; change the config"):
+        next(train_epochs(job(entry, tmp_path / "a", conv=[4, 300, 1]), World()))
+    assert next(train_epochs(job(entry, tmp_path / "b", conv=[4, 3, 1], epochs=1), World()))["epoch"] == 1
