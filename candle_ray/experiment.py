@@ -17,23 +17,21 @@ from typing import Any, Mapping
 
 from candle_ray.data.spec import Dataset, ReaderDataset
 from candle_ray.errors import UsageError
+from candle_ray.lr_schedule import CLR_DEFAULTS, CLR_MODES, KERAS_LEARNING_RATES, WARMUP_EPOCHS, check_schedule_keys
 from candle_ray.summary import natural_mode
 
 # CANDLE spells some keys two ways across benchmarks and Supervisor HPO files.
 CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs"}
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
-# The learning rate a CANDLE file's `learning_rate=None` means: the optimizer's tf.keras default. CANDLE's Uno,
-# Combo and P1B1 build their optimizer by name with Keras' defaults and set the rate only when one is given.
-KERAS_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "rmsprop": 0.001, "adagrad": 0.001, "adadelta": 0.001,
-                        "adamax": 0.001, "nadam": 0.001}
+# A CANDLE file's `learning_rate=None` means the optimizer's tf.keras default (KERAS_LEARNING_RATES): CANDLE's
+# Uno, Combo and P1B1 build their optimizer by name with Keras' defaults and set the rate only when one is given.
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# What a CANDLE config file may ask for that candle-ray does not implement (Uno's files: warmup_lr=True in 2,
-# clr_flag=True in 1, by_drug='paclitaxel' in 1): named on their own line, not lost among the ignored keys.
-NOT_DONE = {"warmup_lr": "learning-rate warm-up", "clr_flag": "cyclic learning rate",
-            "batch_normalization": "batch normalization", "use_tensorboard": "TensorBoard logs",
+# What a CANDLE config file may ask for that candle-ray does not implement (Uno's by_drug='paclitaxel'; batch
+# normalization outside P1B1 and P1B3): named on their own line, not lost among the ignored keys.
+NOT_DONE = {"batch_normalization": "batch normalization", "use_tensorboard": "TensorBoard logs",
             "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
@@ -67,6 +65,13 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "abs_gain": {"min": 0.0},
     "weight_decay": {"min": 0.0},
     "target_scaling": {"choices": ("std", "none")},
+    # Learning-rate schedules (candle_ray.lr_schedule): warm-up's start, the cyclic rate's range and shape.
+    "base_lr": {"min_exclusive": 0.0},
+    "clr_mode": {"choices": CLR_MODES},
+    "clr_base_lr": {"min_exclusive": 0.0},
+    "clr_max_lr": {"min_exclusive": 0.0},
+    "clr_gamma": {"min_exclusive": 0.0, "max": 1.0},
+    "clr_step_size": {"min": 1},
 }
 # Keys every experiment has, whatever its defaults say: L2 weight decay for every model (0 = off; see
 # candle_ray.loop.make_optimizer for what it means with each optimizer), and each epoch's CPU, memory and
@@ -77,6 +82,11 @@ COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "system_metrics": True}
 # `--set loss=het` works on every regression experiment, not only those whose defaults list `loss`. They
 # stay out of the config until set; each value here is the type a command-line value is read as.
 OBJECTIVE_KEYS: dict[str, Any] = {"loss": "mse", "abstention": False, "class_weight": "none", "target_scaling": "std"}
+# CANDLE's learning-rate warm-up and cyclic rate (candle_ray.lr_schedule), known the same way on every experiment
+# (Uno's, Combo's, P1B1's and Attn's files set them); base_lr's 0.001 only gives its type: unset, warm-up starts
+# at the optimizer's Keras default.
+SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag": False, **CLR_DEFAULTS}
+OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **SCHEDULE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,8 @@ class Experiment:
     @property
     def known_keys(self) -> dict[str, Any]:
         """The keys a config of this experiment may hold, each with a value of its type: the defaults, and
-        the objective's keys the defaults leave out."""
-        return {**OBJECTIVE_KEYS, **self.defaults}
+        the objective's and schedules' keys the defaults leave out."""
+        return {**OPTIONAL_KEYS, **self.defaults}
 
     def full_space_smoke(self) -> "Experiment":
         """This experiment with the smoke width its full-size search keys need (`tune --smoke --full-space`)."""
@@ -174,12 +184,11 @@ class Experiment:
             config.update(file.values)
         overrides = parse_sets(known, sets)
         config.update(overrides)
-        if others := [k for k in file.unset if k != "learning_rate"]:
+        if others := [k for k in file.unset if k not in ("learning_rate", "base_lr")]:  # None is their default
             warn(f"note: {config_file}: {', '.join(others)} = None: the experiment's default kept")
         if "learning_rate" in file.unset and "learning_rate" not in overrides:
-            config["learning_rate"] = KERAS_LEARNING_RATES[config["optimizer"]]
-            warn(f"note: {config_file}: learning_rate = None: {config['optimizer']}'s Keras default, "
-                 f"{config['learning_rate']:g}")
+            config["learning_rate"] = _unset_learning_rate(config, config_file, warn)
+        check_schedule_keys(config)
         return self._with_data_options(file.data_options, config_file, warn), config
 
     def reader_options(self) -> dict[str, Any]:
@@ -203,6 +212,20 @@ class Experiment:
         warn(f"{config_file}: dataset {self.dataset.name} read with " +
              ", ".join(f"{k}={v!r}" for k, v in changed.items()) + f" (options of reader {self.dataset.reader})")
         return replace(self, dataset=replace(self.dataset, options={**self.dataset.options, **changed}))
+
+
+def _unset_learning_rate(config: dict, config_file, warn) -> float:
+    """What a CANDLE file's learning_rate=None trains at: the optimizer's Keras default; with warm-up, CANDLE's
+    warmup_scheduler warms up to base_lr x batch_size / 100 instead (Goyal et al.'s rule, batch 100 at base_lr)."""
+    optimizer, start = config["optimizer"], KERAS_LEARNING_RATES[config["optimizer"]]
+    if not config.get("warmup_lr"):
+        warn(f"note: {config_file}: learning_rate = None: {optimizer}'s Keras default, {start:g}")
+        return start
+    start = float(config.get("base_lr") or start)
+    rate = start * int(config["batch_size"]) / 100
+    warn(f"note: {config_file}: learning_rate = None with warmup_lr: base_lr {start:g} x batch_size "
+         f"{config['batch_size']} / 100 = {rate:g}, reached after {WARMUP_EPOCHS} epochs (CANDLE's warm-up)")
+    return rate
 
 
 def _check_rules(key: str, value):

@@ -30,6 +30,7 @@ from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
+from candle_ray.lr_schedule import RateSchedule, ReduceLROnPlateau
 from candle_ray.summary import direction, improves, tie_value
 from candle_ray.usage import EpochUsage
 
@@ -112,41 +113,6 @@ def apply_optimizer_keys(optimizer, config: dict) -> None:
             group["momentum"] = float(config.get("momentum", 0.0))
         if group.get("weight_decay"):  # the kernels' group; biases stay undecayed
             group["weight_decay"] = float(config.get("weight_decay", 0.0))
-
-
-class ReduceLROnPlateau:
-    """Keras' ReduceLROnPlateau (CANDLE: monitor val_loss, factor 0.1, patience 10, min_delta 1e-4).
-
-    Keras reduces when `wait >= patience` (PyTorch's scheduler waits one epoch longer), so it is
-    written out here to keep CANDLE's schedule; its state goes into checkpoints.
-    """
-
-    def __init__(self, optimizer, *, mode="min", factor=0.1, patience=10, min_delta=1e-4, cooldown=0, min_lr=0.0):
-        self.optimizer, self.mode, self.factor = optimizer, mode, factor
-        self.patience, self.min_delta, self.cooldown, self.min_lr = patience, min_delta, cooldown, min_lr
-        self.best, self.wait, self.cooldown_counter = (math.inf if mode == "min" else -math.inf), 0, 0
-
-    def _improved(self, value: float) -> bool:
-        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
-
-    def step(self, value: float) -> None:
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if self._improved(value):
-            self.best, self.wait = value, 0
-        elif self.cooldown_counter <= 0:
-            self.wait += 1
-            if self.wait >= self.patience:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = max(group["lr"] * self.factor, self.min_lr)
-                self.cooldown_counter, self.wait = self.cooldown, 0
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
 
 
 def autocast_dtype(precision: str, device: torch.device):
@@ -272,16 +238,18 @@ def _build_model(job: Job, objective, device):
     return model, shape, condition
 
 
-def _make_plateau(optimizer, config: dict, mode: str) -> ReduceLROnPlateau:
-    """Keras' ReduceLROnPlateau with CANDLE's reduce_lr_* keys."""
-    return ReduceLROnPlateau(optimizer, mode=mode, factor=float(config.get("reduce_lr_factor", 0.1)),
-                             patience=int(config.get("reduce_lr_patience", 10)),
-                             min_delta=float(config.get("reduce_lr_min_delta", 1e-4)),
-                             cooldown=int(config.get("reduce_lr_cooldown", 0)),
-                             min_lr=float(config.get("reduce_lr_min_lr", 0.0)))
+def _make_schedule(optimizer, config: dict, mode: str) -> RateSchedule:
+    """The run's learning-rate schedule: Keras' ReduceLROnPlateau with CANDLE's reduce_lr_* keys, warm-up or
+    the cyclic rate (candle_ray.lr_schedule)."""
+    plateau = ReduceLROnPlateau(optimizer, mode=mode, factor=float(config.get("reduce_lr_factor", 0.1)),
+                                patience=int(config.get("reduce_lr_patience", 10)),
+                                min_delta=float(config.get("reduce_lr_min_delta", 1e-4)),
+                                cooldown=int(config.get("reduce_lr_cooldown", 0)),
+                                min_lr=float(config.get("reduce_lr_min_lr", 0.0)))
+    return RateSchedule(optimizer, config, plateau)
 
 
-def _restore(ckpt_dir: Path, config: dict, model, optimizer, plateau, objective) -> dict | None:
+def _restore(ckpt_dir: Path, config: dict, model, optimizer, schedule, objective) -> dict | None:
     """Resume after a worker failure (or a PBT clone): weights, optimizer, schedules and RNG; returns the
     checkpoint's progress (epoch, best, history, elapsed_s, bad_epochs), or None for a fresh start."""
     state = checkpoint.load(ckpt_dir, "last", missing_ok=True)
@@ -291,7 +259,7 @@ def _restore(ckpt_dir: Path, config: dict, model, optimizer, plateau, objective)
     optimizer.load_state_dict(state["optimizer"])
     if any(state["config"].get(k) != config.get(k) for k in OPTIMIZER_KEYS):
         apply_optimizer_keys(optimizer, config)  # a PBT clone: the donor's moments, this trial's keys
-    plateau.load_state_dict(state["plateau"])
+    schedule.load_state_dict(state["plateau"])  # the key older checkpoints have: the plateau's state
     objective.load_state_dict(state.get("objective", {}))  # abstention's adapted alpha
     torch.set_rng_state(state["rng"])
     return state
@@ -324,6 +292,8 @@ def _train_one_epoch(ddp_model, model, feed, epoch: int, objective, optimizer, s
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if step["after_step"]:  # a cyclic learning rate moves after every step
+            step["after_step"]()
         # Accumulate on the device: no host sync per step.
         with torch.no_grad():
             totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())
@@ -378,11 +348,11 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
                                float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))
     plateau_metric, plateau_mode = _monitored(config, job.metric, job.mode, objective)
-    plateau = _make_plateau(optimizer, config, plateau_mode)
-    step = _step_settings(job, device, condition)
+    schedule = _make_schedule(optimizer, config, plateau_mode)
+    step = {**_step_settings(job, device, condition), "after_step": schedule.after_step}
 
     ckpt_dir, data, metric, mode = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective), job.metric, job.mode
-    state = _restore(ckpt_dir, config, model, optimizer, plateau, objective) or {
+    state = _restore(ckpt_dir, config, model, optimizer, schedule, objective) or {
         "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
         "bad_epochs": 0}
     start_epoch, best, history = state["epoch"], state["best"], state["history"]
@@ -398,6 +368,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
     usage = EpochUsage(device) if world.rank == 0 and config.get("system_metrics", True) else None  # rank 0 reports
     for epoch in range(start_epoch + 1, epochs + 1):
         _maybe_inject_fault(job, world, epoch)
+        schedule.begin_epoch(epoch)
         t0 = time.perf_counter()
         totals = _train_one_epoch(ddp_model, model, feed, epoch, objective, optimizer, step)
         world.all_reduce_sum(totals)
@@ -411,8 +382,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
                        **(usage.sample() if usage else {}))
         if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
             metrics["stop_reason"] = "non-finite loss"
-        if config.get("reduce_lr", True) and math.isfinite(metrics[plateau_metric]):
-            plateau.step(metrics[plateau_metric])
+        schedule.end_epoch(metrics[plateau_metric])
         objective.end_epoch(epoch, metrics)
         improved = improves(metrics.get(metric), best["value"], mode, tie := tie_value(metrics, metric), best.get("tie"))
         if improved:
@@ -430,7 +400,7 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
             checkpoint.save(ckpt_dir, {
                 "model": job.model, "config": config, "model_shape": shape,  # as built (with its UQ head)
                 "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "plateau": plateau.state_dict(), "objective": objective.state_dict(),
+                "plateau": schedule.state_dict(), "objective": objective.state_dict(),
                 "rng": torch.get_rng_state(), "epoch": epoch,
                 "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
                 "origin": job.run_dir,  # which run wrote it: PBT hands checkpoints between trials

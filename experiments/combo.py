@@ -10,8 +10,8 @@ The model's input widths come from the prepared data.
 Training defaults: Adam 0.001 (CANDLE's learning_rate None), batch 32, 10 epochs, MSE, 3 x 1000
 encoders and head, no dropout, Keras default init; no ReduceLROnPlateau (CANDLE's reduce_lr=False).
 Search space: CANDLE's combo_param_set.R (batch size, dense, dense_feature_layers, residual,
-activation, optimizer, learning rate, reduce_lr). Its warmup_lr is not implemented here and its
-epochs range (100-200) is left to --set.
+activation, optimizer, learning rate, reduce_lr). Its warmup_lr (True/False) is left to --set, and
+so is its epochs range (100-200).
 """
 
 from ray import tune

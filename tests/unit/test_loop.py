@@ -294,3 +294,18 @@ def test_a_model_the_data_cannot_take_is_a_usage_error(entry, tmp_path):
                                          r"longer than its input .*; change the config"):
         next(train_epochs(job(entry, tmp_path / "a", conv=[4, 300, 1]), World()))
     assert next(train_epochs(job(entry, tmp_path / "b", conv=[4, 3, 1], epochs=1), World()))["epoch"] == 1
+
+
+def test_warm_up_and_the_cyclic_rate_set_each_epochs_rate_and_resume_where_they_were(entry, tmp_path):
+    """CANDLE's warmup_lr: sgd's Keras default 0.01 up to learning_rate 0.05 over 5 epochs. clr_flag: the rate
+    moves after each of an epoch's 4 steps (64 rows, batch 16); a run stopped after 2 epochs and resumed gives
+    the uninterrupted run's numbers, its step count included."""
+    from candle_ray.lr_schedule import cyclic_rate
+
+    warm = [m["lr"] for m in train_epochs(job(entry, tmp_path / "wu", epochs=7, warmup_lr=True, reduce_lr=False), World())]
+    assert warm == pytest.approx([0.01, 0.018, 0.026, 0.034, 0.042, 0.05, 0.05])
+    keys = dict(clr_flag=True, clr_mode="trng2", clr_base_lr=0.001, clr_max_lr=0.05, clr_step_size=3)
+    whole = numbers(train_epochs(job(entry, tmp_path / "clr", **keys), World()))
+    assert [m[-1] for m in whole] == pytest.approx([cyclic_rate(4 * e, "trng2", 0.001, 0.05, 1.0, 3) for e in (1, 2, 3, 4)])
+    list(train_epochs(job(entry, tmp_path / "split", epochs=2, **keys), World()))
+    assert numbers(train_epochs(job(entry, tmp_path / "split", **keys), World())) == whole

@@ -5,7 +5,8 @@ import torch
 
 from candle_ray.errors import UsageError
 from candle_ray.experiment import OPTIMIZERS
-from candle_ray.loop import ReduceLROnPlateau, make_optimizer
+from candle_ray.loop import make_optimizer
+from candle_ray.lr_schedule import ReduceLROnPlateau
 from candle_ray.tracking import check_uri, flatten_params
 from candle_ray.job import Workers
 from candle_ray.runtime import plan
