@@ -162,21 +162,24 @@ def test_a_recorded_text_is_read_instead_of_the_file(tmp_path):
 
 
 def test_a_candle_feature_switched_on_but_not_done_is_named(tmp_path):
-    """uno_by_drug_example.txt sets by_drug='paclitaxel', and a user may switch on Uno's batch_normalization: what
-    candle-ray does not implement is named once, not only among two dozen ignored keys."""
+    """uno_by_drug_example.txt sets by_drug='paclitaxel': what CANDLE would do and candle-ray does not is named
+    once, not only among two dozen ignored keys. Uno's batch_normalization=True is only ignored: CANDLE's Uno
+    model never reads it either."""
     notes = []
-    path = candle_file(tmp_path, "uno.txt", uno_file(optimizer="adam", more="batch_normalization=True\n    by_cell=None"))
+    path = candle_file(tmp_path, "uno.txt", uno_file(optimizer="adam", more="by_cell='NCI60.786-0'\n    by_drug=None\n"
+                                                                           "    batch_normalization=True"))
     experiment("uno").resolve(config_file=path, warn=notes.append)
-    assert f"warning: {path} asks for batch_normalization=True (batch normalization), not implemented for experiment " \
-           f"'uno': the run goes without it" in notes, notes
+    assert f"warning: {path} asks for by_cell='NCI60.786-0' (one cell line's rows only), not implemented for " \
+           f"experiment 'uno': the run goes without it" in notes, notes
+    assert [n for n in notes if "ignored: batch_normalization" in n], notes
     notes.clear()
     experiment("uno").resolve(config_file=candle_file(tmp_path, "b.txt", uno_file(optimizer="adam")), warn=notes.append)
     assert not [n for n in notes if "asks for" in n]
     notes.clear()  # uno_by_drug_example.txt: the run trains on every drug
     path = candle_file(tmp_path, "c.txt", uno_file(optimizer="adam", more="by_drug='paclitaxel'\n    "
-                                                                         "batch_normalization=True"))
+                                                                         "use_tensorboard=True"))
     experiment("uno").resolve(config_file=path, warn=notes.append)
-    assert [n for n in notes if "asks for by_drug='paclitaxel' (one drug's rows only), batch_normalization=True" in n
+    assert [n for n in notes if "asks for by_drug='paclitaxel' (one drug's rows only), use_tensorboard=True" in n
             and n.endswith("goes without them")], notes
 
 
