@@ -116,7 +116,7 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
             "reader": ds.reader,
             "reader_version": registry.version(ds.reader),
             # Defaults filled in: writing an option at its default value names the same entry.
-            "options": registry.options(ds.reader, ds.options),
+            "options": registry.identifying_options(ds.reader, ds.options),
             "seed": ds.seed,
             "sources": {role: _source_key(src)
                         for role, src in registry.needed_sources(ds.reader, ds.sources, ds.options).items()},

@@ -55,6 +55,17 @@ def options(reader: str, given: Mapping[str, Any]) -> dict[str, Any]:
     return {**defaults, **given}
 
 
+def identifying_options(reader: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a cache fingerprint names: every option with its default filled in, except those the reader
+    added after its entries were first prepared (ADDED_OPTIONS) while they are at their default, so that an
+    entry keeps its name when a reader gains an option."""
+    chosen = options(reader, given)
+    found = module(reader)
+    defaults = getattr(found, "OPTIONS", None) or {}
+    return {k: v for k, v in chosen.items()
+            if not (k in getattr(found, "ADDED_OPTIONS", ()) and v == defaults.get(k))}
+
+
 def version(reader: str) -> int:
     return int(getattr(module(reader), "VERSION", 1))
 

@@ -32,7 +32,7 @@ GDSC.C2	2	3.0	na	na
 NCI60.N1	3	5.0	6.0	na
 CCLE.X	4	7.0	8.0	-
 """
-DRUG_INFO = "ID\tNAME\tPUBCHEM\nGDSC.1\ta\t100\nGDSC.2\tb\t200\nCTRP.7\ta2\t100\n"
+DRUG_INFO = "ID\tNAME\tCLEAN_NAME\tPUBCHEM\nGDSC.1\ta\tA\t100\nGDSC.2\tb\tB\t200\nCTRP.7\ta2\tA\t100\n"
 DESCRIPTORS = "NAME\tMW\tnAT\tE\nPubChem.CID.100\t1.0\tna\tna\nPubChem.CID.200\t3.0\t4.0\tna\nPubChem.CID.300\t5.0\t6.0\tna\n"
 NCI60_DESCRIPTORS = "NAME\tMW\tnAT\tE\nNSC.10\t7.0\t8.0\tna\nNSC.20\t9.0\t10.0\tna\n"
 PFP = "NAME\t1\t2\nPubChem.CID.100\t1\t0\nPubChem.CID.200\t0\t1\n"
@@ -48,7 +48,11 @@ CTRP	GDSC.C1	CTRP.7	s	0.3	1	1	1.0	0.5	1
 """
 TEXT = {"single_response": SINGLE, "pair_response": PAIRS, "cell_map": CELL_MAP, "rnaseq": RNASEQ,
         "drug_info": DRUG_INFO, "descriptors": DESCRIPTORS, "nci60_descriptors": NCI60_DESCRIPTORS, "pfp": PFP,
-        "ecfp": ECFP, "nci60_pfp": NCI60_PFP, "nci60_ecfp": NCI60_ECFP, "agg_response": AGG}
+        "ecfp": ECFP, "nci60_pfp": NCI60_PFP, "nci60_ecfp": NCI60_ECFP, "agg_response": AGG,
+        # the name files of by_drug, by_cell and cell_types
+        "nci_drugs": "NSC\tGeneric Name\tPreffered Name\tOTHER\n10\tten\tTEN-X\t1\n20\ttwenty\tTWENTY\t2\n",
+        "cell_aliases": "GDSC.C1\tCCLE.C1\n", "cell_metadata": "ANL_ID\tTUMOR_TYPE\nGDSC.C1\tBreast carcinoma\n"
+                                                          "GDSC.C2\tlung\nNCI60.N1\t\n"}
 
 def write(tmp_path, **changes):
     paths = {}
@@ -319,6 +323,69 @@ def test_synthetic_files_round_trip_with_a_dose_signal(tmp_path):
     assert np.corrcoef(frame["dose1"], frame["y"])[0, 1] < -0.5  # growth falls with the dose
     agg = uno.read(files, {"agg_dose": "AUC", "train_sources": ["all"]}, 2018)
     assert rows(agg)["y"].between(0, 1).all()
+
+
+# --------------------------------------------------------------------------- by_drug, by_cell, cell_types
+def test_names_map_to_ids_as_candle_looks_them_up(tmp_path):
+    """A drug name matches whole (any case) in drug_info's ID, NAME, CLEAN_NAME, PUBCHEM or the NCI names; a cell
+    name and a tumour type match inside a name."""
+    from candle_ray.data.benchmarks.uno_subsets import cell_ids, drug_ids, typed_cells
+
+    paths = write(tmp_path)
+    assert drug_ids(paths, "a") == {"GDSC.1", "CTRP.7"}  # NAME 'a' of GDSC.1; CLEAN_NAME 'A' of both
+    assert drug_ids(paths, "twenty") == {"NSC.20"} and drug_ids(paths, "200") == {"GDSC.2"}
+    assert drug_ids(paths, "tw") == set()  # not a whole name
+    assert cell_ids(paths, "c1") == {"GDSC.C1", "CCLE.C1"} and cell_ids(paths, "n-one") == {"NCI60.N1"}
+    assert typed_cells(paths, ["BREAST", "kidney"]) == {"GDSC.C1"}
+
+
+def test_by_drug_keeps_its_single_drug_rows_and_splits_by_cell(tmp_path):
+    jt = read(write(tmp_path), by_drug="A", single=True, val_split=0.5)
+    everything = rows(jt)
+    assert set(everything["drug1_id"]) == {"GDSC.1", "CTRP.7"} and len(everything) == 4
+    assert set(jt.splits["train"]["cell_id"]).isdisjoint(jt.splits["val"]["cell_id"])  # CANDLE: by cell
+    assert any("partition_by 'cell'" in n for n in jt.info["notes"])
+    by_cell = rows(read(write(tmp_path), by_cell="C1", val_split=0.5))
+    assert set(by_cell["cell_id"]) == {"GDSC.C1"} and by_cell["drug1_id"].nunique() == 3
+    typed = rows(read(write(tmp_path), cell_types=["lung"], val_split=0.5))
+    assert set(typed["cell_id"]) == {"GDSC.C2"}
+    with pytest.raises(DataError, match="by_drug='tw' matches no id in the name files"):
+        read(write(tmp_path), by_drug="tw")
+    with pytest.raises(UsageError, match="dataset source role 'nci_drugs' is missing"):
+        read(write(tmp_path, nci_drugs=None), by_drug="A")
+
+
+def test_candles_automatic_partition_under_by_drug_and_by_cell():
+    from candle_ray.data.benchmarks.uno_subsets import partition
+
+    o = {**uno.OPTIONS}
+    assert partition({**o, "by_drug": "x"}, "drug_pair") == "cell"
+    assert partition({**o, "by_drug": "x", "by_cell": "y"}, "drug_pair") == "index"
+    assert partition({**o, "by_cell": "y"}, "drug_pair") == "drug_pair"
+    assert partition({**o, "by_drug": "x", "partition_by": "index"}, "drug_pair") == "index"  # set: kept
+
+
+def test_name_files_are_fetched_and_fingerprinted_only_with_their_option():
+    """Entries prepared before by_drug, by_cell and cell_types existed keep their fingerprints."""
+    from candle_ray.data import registry
+
+    sources = dict.fromkeys(uno.FILES, "x")
+    assert not {"nci_drugs", "cell_aliases", "cell_metadata"} & set(registry.needed_sources("uno", sources, {}))
+    assert "nci_drugs" in registry.needed_sources("uno", sources, {"by_drug": "paclitaxel"})
+    assert not set(uno.ADDED_OPTIONS) & set(registry.identifying_options("uno", {"by_drug": None}))
+    assert registry.identifying_options("uno", {"by_drug": "paclitaxel"})["by_drug"] == "paclitaxel"
+
+
+def test_synthetic_files_answer_the_names_a_candle_file_asks_for(tmp_path):
+    """uno_by_drug_example.txt's by_drug='paclitaxel' on smoke data: the synthetic GDSC.1001 / CTRP.1 carry it."""
+    options = {**uno.OPTIONS, "by_drug": "paclitaxel", "train_sources": ["CTRP"], "single": True, "partition_by": "cell"}
+    files = uno.synthesize(tmp_path, options, 0, 800, 32)
+    everything = rows(uno.read(files, options, 2018))
+    assert set(everything["drug1_id"]) == {"CTRP.1"} and len(everything) > 20
+    both = {**uno.OPTIONS, "by_cell": "MY-CELL", "cell_types": ["renal"], "train_sources": ["GDSC"]}
+    (tmp_path / "b").mkdir()
+    files = uno.synthesize(tmp_path / "b", both, 0, 800, 32)
+    assert set(rows(uno.read(files, both, 2018))["cell_id"]) == {"GDSC.22RV1"}
 
 
 # --------------------------------------------------------------------------- bad input

@@ -14,6 +14,8 @@ Files of `.../benchmarks/Pilot1/combo/` (source roles in brackets; each is optio
   [nci60_descriptors] NCI60_dragon7_descriptors.tsv         tab: NAME ("NSC.<n>"), dragon7 values
   [pfp], [ecfp]     Combined_PubChem_dragon7_{PFP,ECFP}.tsv  tab: a header line (skipped), then id, bits
   [nci60_pfp], [nci60_ecfp] NCI60_dragon7_{PFP,ECFP}.tsv
+  [nci_drugs], [cell_aliases], [cell_metadata]  NCI_IOA_AOA_drugs, cl_mapping, cl_metadata: names of drugs,
+                    cell lines and tumour types, read only for by_drug, by_cell, cell_types (uno_subsets)
 The PubChem sets are keyed by compound and mapped to each study's drug ids through drug_info, as
 CANDLE's load_drug_descriptors does; the NCI60 sets are keyed by the NSC ids ALMANAC and NCI60 use.
 
@@ -32,7 +34,8 @@ What CANDLE's uno_data.py CombinedDataLoader does, and this reader with it:
   columns set to 0 (CANDLE's dropna=None keeps all 5,270), mean-impute, `scaling`. Fingerprints: PFP
   and ECFP joined per set, sets concatenated, mean-impute, no scaling.
 * rows whose cell or drug lacks any feature table are dropped (CANDLE's filter), counted in info;
-  then rows from neither train_sources nor test_sources ("train" = the same, "all" = every source;
+  then rows outside by_drug, by_cell and cell_types (candle_ray.data.benchmarks.uno_subsets), and rows
+  from neither train_sources nor test_sources ("train" = the same, "all" = every source;
   a name matches every source it prefixes, so "ALMANAC" matches "ALMANAC.FG").
 * encode_response_source: one-hot of the response source, "source.L1.<prefix>" columns then "source.<name>",
   over every source in the loaded responses (CANDLE's encode_sources).
@@ -52,8 +55,8 @@ What CANDLE's uno_data.py CombinedDataLoader does, and this reader with it:
 Row tables hold int32 indices "cell", "drug1", "drug2", "response_source", float32 "dose1", "dose2" and
 "y", and the ids "cell_id", "drug1_id", "drug2_id", "source", "group" (strings, for grouping later).
 info["model_shape"] has the widths the model needs (cell_feature_dims, drug_feature_dims, ...).
-Not implemented: cv > 1 folds (use candle-ray cv with --group-by group), by_cell / by_drug /
-cell_types / subset files / exclude lists, mordred descriptors, use_exported_data (HDF5).
+Not implemented: cv > 1 folds (use candle-ray cv with --group-by group), subset files / exclude lists,
+mordred descriptors, use_exported_data (HDF5).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ import pandas as pd
 from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
                                                       impute_and_scale, indices, non_empty, read_features, read_fingerprints,
                                                       read_table, require, shuffle_split)
+from candle_ray.data.benchmarks import uno_subsets
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
 from candle_ray.errors import DataError, UsageError
 
@@ -86,11 +90,16 @@ FILES = {
     "ecfp": "Combined_PubChem_dragon7_ECFP.tsv",
     "nci60_pfp": "NCI60_dragon7_PFP.tsv",
     "nci60_ecfp": "NCI60_dragon7_ECFP.tsv",
+    "nci_drugs": "NCI_IOA_AOA_drugs",
+    "cell_aliases": "cl_mapping",
+    "cell_metadata": "cl_metadata",
 }
 # CANDLE's negative flags, which a config file may set: no_feature_source=True is embed_feature_source=False.
 CANDLE_NEGATED = {"no_feature_source": "embed_feature_source", "no_response_source": "encode_response_source"}
-# The aggregated-response file is read only with agg_dose (CANDLE downloads it only then too).
-OPTIONAL_ROLES = {"agg_response": "agg_dose"}
+# Files read only with an option (CANDLE downloads them only then too): the aggregated responses with
+# agg_dose, the name files with by_drug, by_cell and cell_types.
+OPTIONAL_ROLES = {"agg_response": "agg_dose", "nci_drugs": "by_drug", "cell_aliases": "by_cell",
+                  "cell_metadata": "cell_types"}
 # CANDLE's uno_default_model.txt / CombinedDataLoader.load defaults.
 OPTIONS = {
     "train_sources": ["GDSC", "CTRP", "ALMANAC"],
@@ -112,7 +121,13 @@ OPTIONS = {
     "drug_median_response_max": 1.0,
     "min_r2_fit": 0.3,
     "max_ec50_se": 3.0,
+    "by_drug": None,  # one drug's single-drug rows, by name (uno_by_drug_example.txt: 'paclitaxel')
+    "by_cell": None,  # one cell line's rows, by a part of its name
+    "cell_types": None,  # rows of cell lines whose tumour type holds one of these names
 }
+# Options added after entries were first prepared: at their default they stay out of the fingerprint, so
+# those entries keep their names (candle_ray.data.registry.identifying_options).
+ADDED_OPTIONS = ("by_drug", "by_cell", "cell_types")
 AGG_TARGETS = ("AUC", "IC50", "EC50", "HS", "AAC1", "AUC1", "DSS1")
 CELL_FEATURES = ("rnaseq",)
 DRUG_FEATURES = ("descriptors", "fingerprints")
@@ -144,6 +159,10 @@ def check_options(options: dict) -> dict:
                 "drug_median_response_max", "min_r2_fit", "max_ec50_se"):
         if o[key] is not None and (isinstance(o[key], bool) or not isinstance(o[key], (int, float))):
             raise UsageError(f"option {key}={o[key]!r} must be a number")
+    for key in ("by_drug", "by_cell"):
+        if o[key] is not None and not (isinstance(o[key], str) and o[key].strip()):
+            raise UsageError(f"option {key}={o[key]!r} must be a name (a string) or None")
+    o["cell_types"] = as_list("cell_types", o["cell_types"]) or None
     if o["agg_dose"]:
         o["single"] = True  # CANDLE: single = single or agg_dose (one drug, no doses)
     return o
@@ -433,6 +452,10 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
         known = set(ids)
         keep = df["Drug1"].isin(known).to_numpy() & (df["Drug2"].isna() | df["Drug2"].isin(known)).to_numpy()
         df = _drop(df, keep, f"whose drug has no {feature}", notes, counts, f"with_drug_{feature}")
+    keep, matched = uno_subsets.subset(df, paths, o)
+    notes += [f"uno: {m}" for m in matched]
+    if keep is not None:
+        df = _drop(df, keep.to_numpy(), "outside by_drug / by_cell / cell_types", notes, counts, "in_subset")
     df = _drop(df, df["Source"].isin(set(train_sources + test_sources)).to_numpy(),
                "from sources outside train_sources and test_sources", notes, counts, "in_sources")
     if o["single"] and not o["agg_dose"]:
@@ -441,7 +464,10 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
     if len(df) == 0:
         non_empty("train", df, counts)
 
-    df = df.assign(Group=partition_groups(df, o["partition_by"], info))
+    partition_by = uno_subsets.partition(o, OPTIONS["partition_by"])
+    if partition_by != o["partition_by"]:
+        notes.append(f"uno: partition_by {partition_by!r}, CANDLE's choice for by_drug / by_cell")
+    df = df.assign(Group=partition_groups(df, partition_by, info))
     train_mask = df["Source"].isin(set(train_sources)).to_numpy()
     test_mask = df["Source"].isin(set(test_sources)).to_numpy()
     groups = df.loc[train_mask, "Group"].drop_duplicates().to_numpy()
@@ -534,7 +560,9 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     NCI60 cells named through the cell map), an aggregated-response file for agg_dose, RNA-seq for
     every response cell plus two CCLE samples without responses. Another study `train_sources` names
     (uno_auc_model.txt's CCLE, uno_defaultUQ_model.txt's gCSI) gets single-drug rows of its own, as in the
-    real files; without one the files are as they always were.
+    real files; without one the files are as they always were. The name files for by_drug, by_cell and
+    cell_types name the first GDSC and CTRP compound, the first GDSC cell line, and the first cell lines' tumour
+    type after the options' values, so a CANDLE file that sets them runs on smoke data too.
     """
     from candle_ray.data.benchmarks import drug_synthetic as syn
 
@@ -608,9 +636,12 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
     # genes + the source one-hots CANDLE embeds (GDSC, CTRP, NCI60, CCLE and any other study) stay within `features`
     studies = len({sample.split(".")[0] for sample in samples})
     files["rnaseq"] = syn.write_rnaseq(out_dir / FILES["rnaseq"], rng, samples, cell_profiles, width - studies)
+    names = [f"drug_{k}" for k in range(len(study_ids))]
+    if options.get("by_drug"):  # GDSC.1001 and CTRP.1: one compound in both studies
+        names[0] = names[5] = options["by_drug"]
     files["drug_info"] = syn.write_tsv(out_dir / FILES["drug_info"], pd.DataFrame({
-        "ID": study_ids, "NAME": [f"drug_{k}" for k in range(len(study_ids))],
-        "CLEAN_NAME": [f"DRUG{k}" for k in range(len(study_ids))], "PUBCHEM": study_cid}))
+        "ID": study_ids, "NAME": names, "CLEAN_NAME": [f"DRUG{k}" for k in range(len(study_ids))],
+        "PUBCHEM": study_cid}))
     pubchem_names = [f"PubChem.CID.{c}" for c in cids]
     files["descriptors"] = syn.write_descriptors(out_dir / FILES["descriptors"], np.random.default_rng([seed, 12]),
                                                  pubchem_names, compound_profiles, width)
@@ -621,4 +652,29 @@ def synthesize(out_dir: Path, options: dict, seed: int, rows: int, features: int
                                      ("nci60_pfp", nsc, nsc_profiles, 13), ("nci60_ecfp", nsc, nsc_profiles, 14)):
         # the same generator per kind: both drug sets share the bit meanings, as the real files do
         files[role] = syn.write_fingerprints(out_dir / FILES[role], np.random.default_rng([seed, key]), ids, profiles, bits)
+    files.update(_name_files(out_dir, options, nsc, samples))
     return files
+
+
+_TUMOUR_TYPES = ["breast carcinoma", "lung adenocarcinoma", "melanoma", "glioblastoma", "colorectal carcinoma"]
+
+
+def _name_files(out_dir: Path, options: dict, nsc: list[str], samples: list[str]) -> dict[str, Path]:
+    """NCI_IOA_AOA_drugs, cl_mapping (each study's name of a cell line beside CCLE's) and cl_metadata."""
+    from candle_ray.data.benchmarks import drug_synthetic as syn
+
+    numbers = [n.split(".", 1)[1] for n in nsc]
+    drugs = pd.DataFrame({"NSC": numbers, "Generic Name": [f"nsc drug {n}" for n in numbers],
+                          "Preffered Name": [f"NSC-{n}" for n in numbers]})
+    studied = [s for s in samples if not s.startswith(("CCLE.", "NCI60."))]
+    aliases = pd.DataFrame({0: studied, 1: ["CCLE." + s.split(".", 1)[1] for s in studied]})
+    if options.get("by_cell"):
+        aliases.loc[len(aliases)] = [options["by_cell"], samples[0]]
+    types = [_TUMOUR_TYPES[k % len(_TUMOUR_TYPES)] for k in range(len(samples))]
+    for k, wanted in enumerate(as_list("cell_types", options.get("cell_types")) if options.get("cell_types") else []):
+        types[k] = wanted
+    out = {"nci_drugs": syn.write_tsv(out_dir / FILES["nci_drugs"], drugs),
+           "cell_metadata": syn.write_tsv(out_dir / FILES["cell_metadata"],
+                                          pd.DataFrame({"ANL_ID": samples, "TUMOR_TYPE": types}))}
+    aliases.to_csv(out_dir / FILES["cell_aliases"], sep="\t", header=False, index=False)
+    return {**out, "cell_aliases": out_dir / FILES["cell_aliases"]}
