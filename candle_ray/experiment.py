@@ -17,11 +17,14 @@ from typing import Any, Mapping
 
 from candle_ray.data.spec import Dataset, ReaderDataset
 from candle_ray.errors import UsageError
-from candle_ray.lr_schedule import CLR_DEFAULTS, CLR_MODES, KERAS_LEARNING_RATES, WARMUP_EPOCHS, check_schedule_keys
+from candle_ray.lr_schedule import (CLR_DEFAULTS, CLR_MODES, KERAS_LEARNING_RATES, SWITCHED_BY as SCHEDULE_SWITCHES,
+                                    WARMUP_EPOCHS, check_schedule_keys)
 from candle_ray.summary import natural_mode
 
 # CANDLE spells some keys two ways across benchmarks and Supervisor HPO files.
-CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs"}
+CANDLE_ALIASES = {"drop": "dropout", "lr": "learning_rate", "batch": "batch_size", "epoch": "epochs",
+                  # NT3's abstention script's names (nt3_noise_model.txt) for the ones ATTN's uses
+                  "alpha": "alpha0", "max_abs": "max_abs_frac", "min_acc": "min_abs_acc"}
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
 # A CANDLE file's `learning_rate=None` means the optimizer's tf.keras default (KERAS_LEARNING_RATES): CANDLE's
@@ -32,7 +35,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard; Uno's row subsets,
 # which only Uno's reader takes, asked of another experiment): named on their own line, not lost among the ignored keys. (batch_normalization is not here: CANDLE's Uno and
 # Combo models never read it and Attn's always normalises; P1B1 and P1B3, which read it, take it as a key.)
-NOT_DONE = {"use_tensorboard": "TensorBoard logs", "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only",
+NOT_DONE = {"use_tensorboard": "TensorBoard logs", "add_noise": "noise added to the training data", "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only",
             "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
@@ -87,7 +90,13 @@ OBJECTIVE_KEYS: dict[str, Any] = {"loss": "mse", "abstention": False, "class_wei
 # (Uno's, Combo's, P1B1's and Attn's files set them); base_lr's 0.001 only gives its type: unset, warm-up starts
 # at the optimizer's Keras default.
 SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag": False, **CLR_DEFAULTS}
-OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **SCHEDULE_KEYS}
+# Abstention's adaptation of α (CANDLE's AbstentionAdapt_Callback defaults; alpha0 0.5 is the initial α of CANDLE's
+# ATTN abstention), read by candle_ray.objectives; known the same way, as the abstention files set them.
+ABSTENTION_DEFAULTS: dict[str, Any] = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8, "min_abs_acc": 0.9,
+                                       "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
+OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS}
+# Keys that act only with a flag on: the schedules' keys, and abstention's.
+SWITCHED_BY: dict[str, str] = {**SCHEDULE_SWITCHES, **dict.fromkeys(ABSTENTION_DEFAULTS, "abstention")}
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,10 @@ class Experiment:
         if "learning_rate" in file.unset and "learning_rate" not in overrides:
             config["learning_rate"] = _unset_learning_rate(config, config_file, warn)
         check_schedule_keys(config)
+        if idle := [k for k in config if k in SWITCHED_BY and not config.get(SWITCHED_BY[k])]:
+            flags = list(dict.fromkeys(SWITCHED_BY[k] for k in idle))
+            warn(f"note: {', '.join(idle)} set with {', '.join(flags)} off: they act only with "
+                 + " / ".join(f"--set {flag}=true" for flag in flags))
         return self._with_data_options(file.data_options, config_file, warn), config
 
     def reader_options(self) -> dict[str, Any]:
@@ -244,6 +257,16 @@ def _check_rules(key: str, value):
             raise UsageError(f"{key}={value!r} must be <= {rule['max']}")
         if "max_exclusive" in rule and value >= rule["max_exclusive"]:
             raise UsageError(f"{key}={value!r} must be < {rule['max_exclusive']}")
+
+
+def check_switched_keys(space, config: dict) -> None:
+    """Refuse a search over a key whose flag stays off in every trial (neither on nor searched): each of its
+    values would train the same model (the cyclic rate's clr_max_lr with clr_flag off)."""
+    for key in space:
+        flag = SWITCHED_BY.get(key)
+        if flag and not config.get(flag) and flag not in space:
+            raise UsageError(f"the search space varies {key}, which acts only with {flag} on, and {flag} is off "
+                             f"in every trial; --set {flag}=true, search {flag} too, or drop {key} from the space")
 
 
 def check_space_rules(space: dict) -> None:

@@ -33,19 +33,13 @@ CLR_DEFAULTS = {"clr_mode": "trng1", "clr_base_lr": 1e-4, "clr_max_lr": 1e-3, "c
 SWITCHED_BY = {"base_lr": "warmup_lr", **{key: "clr_flag" for key in CLR_DEFAULTS}}
 
 
-def check_searched_schedule_keys(space, config: dict) -> None:
-    """Refuse a search over a key whose schedule stays off in every trial (its flag neither on nor searched):
-    each of its values would train the same model; and one that can draw the cyclic rate and warm-up together,
-    which every such trial would fail on (check_schedule_keys)."""
+def check_searched_schedules(space, config: dict) -> None:
+    """Refuse a search that can draw the cyclic rate and warm-up together: every such trial would fail on
+    check_schedule_keys."""
     can_be_on = {flag: flag in space or bool(config.get(flag)) for flag in ("clr_flag", "warmup_lr")}
     if all(can_be_on.values()) and ("clr_flag" in space or "warmup_lr" in space):
         raise UsageError("the search can draw clr_flag and warmup_lr both on, which CANDLE refuses (the cyclic rate "
                          "owns the learning rate); search one of them with the other off")
-    for key in space:
-        flag = SWITCHED_BY.get(key)
-        if flag and not config.get(flag) and flag not in space:
-            raise UsageError(f"the search space varies {key}, which only {flag}'s schedule reads, and {flag} is off "
-                             f"in every trial; --set {flag}=true, search {flag} too, or drop {key} from the space")
 
 
 def warmup_start(config: dict) -> float:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from candle_ray.errors import DataError, UsageError
+from candle_ray.experiment import ABSTENTION_DEFAULTS
 
 AUC_BINS = 2000  # thresholds for AUROC/AUPR: pairs within 1/2000 of each other in P(class 1) tie
 EPSILON = 1e-7  # Keras' K.epsilon(), used by CANDLE's abstention loss
@@ -48,9 +49,6 @@ LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae", "cros
 CLASS_WEIGHTS = ("none", "balanced")
 TARGET_SCALINGS = ("std", "none")  # regression targets: standardised on the training rows, or as they are
 QUANTILES = (0.5, 0.1, 0.9)  # CANDLE's qtl head order: q50, qlow, qhigh
-# CANDLE's AbstentionAdapt_Callback defaults; alpha0 = 0.5 is the initial α of CANDLE's ATTN abstention.
-ABSTENTION_DEFAULTS = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8, "min_abs_acc": 0.9,
-                       "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
 
 
 # ---------------------------------------------------------------- the losses and helpers, as plain functions

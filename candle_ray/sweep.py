@@ -774,8 +774,8 @@ def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:
     if not space:
         raise UsageError(f"experiment {experiment_name!r} has an empty search space; add search_space keys "
                          f"or pass --space FILE")
-    from candle_ray.experiment import OPTIONAL_KEYS, check_space_rules
-    from candle_ray.lr_schedule import check_searched_schedule_keys
+    from candle_ray.experiment import OPTIONAL_KEYS, check_space_rules, check_switched_keys
+    from candle_ray.lr_schedule import check_searched_schedules
 
     known = {*config, *OPTIONAL_KEYS}  # the objective's and schedules' keys are known on every experiment, set or not
     unknown = sorted(set(space) - known)
@@ -783,7 +783,8 @@ def check_space(space: dict, config: dict, sets, experiment_name: str) -> None:
         raise UsageError(f"search-space keys {unknown} are not in the experiment's config; "
                          f"known keys: {', '.join(sorted(known))}")
     check_space_rules(space)
-    check_searched_schedule_keys(space, config)
+    check_switched_keys(space, config)
+    check_searched_schedules(space, config)
     for item in sets:  # a key both fixed by --set and searched would be silently overridden by the search
         if item.partition("=")[0] in space:
             raise UsageError(f"--set {item} fixes a key the search varies; drop it from --set or from the space")

@@ -212,6 +212,25 @@ def test_candle_files_learning_rate_schedules_are_read(tmp_path):
         uno.resolve_config(config_file=clr, sets=["warmup_lr=true"], warn=notes.append)
 
 
+def test_abstention_settings_are_keys_of_every_experiment_in_either_candle_spelling(tmp_path):
+    """attn_abs_default_model.txt sets min_abs_acc and max_abs_frac, nt3_noise_model.txt alpha, min_acc and max_abs
+    (NT3's abstention script's names): once ignored, and not settable with --set on any experiment."""
+    notes = []
+    attn = experiment("attn").resolve_config(config_file=candle_file(tmp_path, "a.txt", "[Global_Params]\n"
+                                             "min_abs_acc=0.85\nmax_abs_frac=0.3\n"), sets=["abstention=true"],
+                                             warn=notes.append)
+    assert (attn["min_abs_acc"], attn["max_abs_frac"]) == (0.85, 0.3) and not [n for n in notes if "ignored" in n]
+    nt3 = experiment("nt3").resolve_config(config_file=candle_file(tmp_path, "n.txt", "[Global_Params]\nalpha = 0.3\n"
+                                           "min_acc = 0.99\nmax_abs = 0.30\nadd_noise = True\n"), warn=notes.append)
+    assert (nt3["alpha0"], nt3["min_abs_acc"], nt3["max_abs_frac"]) == (0.3, 0.99, 0.3)
+    assert any("alpha0, min_abs_acc, max_abs_frac set with abstention off: they act only with --set abstention=true"
+               in n for n in notes), notes
+    assert any("asks for add_noise=True (noise added to the training data)" in n for n in notes), notes
+    assert experiment("p1b2").resolve_config(sets=["abstention=true", "acc_gain=2"], warn=print)["acc_gain"] == 2.0
+    with pytest.raises(UsageError, match="min_abs_acc=1.5 must be <= 1.0"):
+        experiment("p1b2").resolve_config(sets=["min_abs_acc=1.5"], warn=print)
+
+
 def test_only_the_models_that_spell_keys_otherwise_are_imported_to_read_a_file():
     """models.CANDLE_FILE_SPELLINGS names every model module with a from_candle_file hook, and no other."""
     import importlib

@@ -75,15 +75,18 @@ def test_schedule_keys_that_contradict_each_other_are_refused(keys, message):
         _schedule(**keys)
 
 
-def test_a_search_over_a_schedule_key_whose_schedule_is_off_is_refused():
-    from candle_ray.lr_schedule import check_searched_schedule_keys
+def test_a_search_over_a_key_whose_flag_is_off_is_refused():
+    from candle_ray.experiment import check_switched_keys
+    from candle_ray.lr_schedule import check_searched_schedules
 
-    with pytest.raises(UsageError, match="varies clr_max_lr, which only clr_flag's schedule reads, and clr_flag is off"):
-        check_searched_schedule_keys({"clr_max_lr": [0.01, 0.1], "dropout": [0.1]}, {"clr_flag": False})
-    with pytest.raises(UsageError, match="varies base_lr, which only warmup_lr's"):
-        check_searched_schedule_keys({"base_lr": [0.01, 0.1]}, {})
-    check_searched_schedule_keys({"clr_max_lr": [0.01, 0.1]}, {"clr_flag": True})  # set on
-    check_searched_schedule_keys({"base_lr": [0.01], "warmup_lr": [True, False]}, {})  # searched beside it
+    with pytest.raises(UsageError, match="varies clr_max_lr, which acts only with clr_flag on, and clr_flag is off"):
+        check_switched_keys({"clr_max_lr": [0.01, 0.1], "dropout": [0.1]}, {"clr_flag": False})
+    with pytest.raises(UsageError, match="varies base_lr, which acts only with warmup_lr on"):
+        check_switched_keys({"base_lr": [0.01, 0.1]}, {})
+    with pytest.raises(UsageError, match="varies min_abs_acc, which acts only with abstention on"):
+        check_switched_keys({"min_abs_acc": [0.8, 0.9]}, {"abstention": False})
+    check_switched_keys({"clr_max_lr": [0.01, 0.1]}, {"clr_flag": True})  # set on
+    check_switched_keys({"base_lr": [0.01], "warmup_lr": [True, False]}, {})  # searched beside it
     with pytest.raises(UsageError, match="can draw clr_flag and warmup_lr both on"):
-        check_searched_schedule_keys({"warmup_lr": [True, False]}, {"clr_flag": True})
-    check_searched_schedule_keys({"warmup_lr": [True, False]}, {"clr_flag": False})
+        check_searched_schedules({"warmup_lr": [True, False]}, {"clr_flag": True})
+    check_searched_schedules({"warmup_lr": [True, False]}, {"clr_flag": False})
