@@ -32,11 +32,12 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard; Uno's row subsets,
-# which only Uno's reader takes, asked of another experiment): named on their own line, not lost among the ignored keys. (batch_normalization is not here: CANDLE's Uno and
-# Combo models never read it and Attn's always normalises; P1B1 and P1B3, which read it, take it as a key.)
-NOT_DONE = {"use_tensorboard": "TensorBoard logs", "add_noise": "noise added to the training data", "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only",
-            "cell_types": "some cell types only"}
+# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard, noise studies;
+# Uno's row subsets asked of another experiment): named on their own line, not lost among the ignored keys.
+# (batch_normalization is not here: CANDLE's Uno and Combo models never read it, Attn's always normalises, and
+# P1B1 and P1B3, which read it, take it as a key.)
+NOT_DONE = {"use_tensorboard": "TensorBoard logs", "add_noise": "noise added to the training data",
+            "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
 KEY_RULES: dict[str, dict[str, Any]] = {
