@@ -10,8 +10,7 @@ The model's input widths come from the prepared data.
 Training defaults: Adam 0.001 (CANDLE's learning_rate None), batch 32, 10 epochs, MSE, 3 x 1000
 encoders and head, no dropout, Keras default init; no ReduceLROnPlateau (CANDLE's reduce_lr=False).
 Search space: CANDLE's combo_param_set.R (batch size, dense, dense_feature_layers, residual,
-activation, optimizer, learning rate, reduce_lr). Its warmup_lr (True/False) is left to --set, and
-so is its epochs range (100-200).
+activation, optimizer, learning rate, reduce_lr, warmup_lr); its epochs range (100-200) is left to --set.
 """
 
 from ray import tune
@@ -68,6 +67,7 @@ experiment = Experiment(
         "optimizer": tune.choice(["adam", "sgd", "rmsprop"]),
         "learning_rate": tune.loguniform(1e-5, 0.1),
         "reduce_lr": tune.choice([False, True]),
+        "warmup_lr": tune.choice([False, True]),  # "large batch_size only makes sense when warmup_lr is on"
     },
     metric="val_loss",
     mode="min",

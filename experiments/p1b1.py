@@ -4,7 +4,8 @@ Defaults are CANDLE's p1b1_default_model.txt: `model` ae (or vae; or cvae, condi
 cancer type that the training loop appends to the input), Dense 2000-600 to a latent of 2 and back,
 sigmoid output on min-max scaled inputs, MSE, Adam at Keras' default 0.001, batch 100, 100 epochs;
 validation = 10 % of the training rows. Reported metric: val_corr (Pearson's r between inputs and
-reconstructions, CANDLE's `corr`). The space is Supervisor's p1b1_nightly.R.
+reconstructions, CANDLE's `corr`). The space is Supervisor's p1b1_nightly.R (its model, landmark-gene and
+2-3 epoch constants aside).
 """
 
 from ray import tune
@@ -31,6 +32,8 @@ experiment = Experiment(
         "learning_rate": tune.loguniform(1e-5, 0.1),
         "dropout": tune.uniform(0.0, 0.9),
         "residual": tune.choice([True, False]),
+        "reduce_lr": tune.choice([True, False]),
+        "warmup_lr": tune.choice([True, False]),
     },
     metric="val_loss",
     mode="min",
