@@ -341,7 +341,6 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
     from candle_ray import ensemble as ensembles
 
     experiment = _load(experiment_file)
-    base_seed = int(experiment.defaults.get("rng_seed", 0))
     chosen = metric = mode = None
     if pick and (top or not from_sweep):
         raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; " +
@@ -349,7 +348,7 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
     if run["resume"]:
         pass  # Tune restores the members; sweep.json keeps the rest
     elif from_sweep:
-        chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top or 5, members or 1, base_seed,
+        chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top or 5, members or 1, 0,
                                                       experiment.path, pick)
         # The configurations were trained with the sweep's fixed overrides and data.
         run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
@@ -358,7 +357,10 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
         run["full_space"] = bool(record.get("full_space"))
         metric, mode = ensembles.member_ranking(record)
     else:
-        chosen = ensembles.seed_members(members or 5, base_seed)
+        chosen = ensembles.seed_members(members or 5, 0)
+    if chosen:  # replica i's seed is the run's own rng_seed + i
+        base_seed, run["sets"] = _first_member_seed(experiment, run)
+        chosen = [{**member, "rng_seed": base_seed + member["rng_seed"]} for member in chosen]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run["name"] = run["name"] or f"{experiment.name}-ensemble-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []),
@@ -366,6 +368,14 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
                         baseline_share=0.0 if run["no_baseline"] else
                         ensembles.BASELINE_SHARE if baseline_share is None else baseline_share,
                         baseline_share_fixed=baseline_share is not None))
+
+
+def _first_member_seed(experiment, run: dict) -> tuple[int, list]:
+    """The first member's rng_seed, the run's own (defaults < config file < --set: `--set rng_seed=7` seeds the
+    members 7, 8, ...), and the --set items without it: each member sets its seed itself."""
+    config = experiment.resolve(config_file=run["config_file"], sets=run["sets"], smoke=run["smoke"],
+                                config_text=run.get("config_text"), warn=lambda *_: None)[1]
+    return int(config.get("rng_seed", 0)), [s for s in run["sets"] if s.partition("=")[0].strip() != "rng_seed"]
 
 
 @main.command()

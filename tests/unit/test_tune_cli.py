@@ -253,3 +253,18 @@ def test_a_sweep_resumes_only_on_the_data_it_started_on():
     check_same_data({"dataset_fingerprint": "b" * 16}, entry, "s")
     with pytest.raises(UsageError, match=r"sweep 's' started on dataset khan aaaa.*now prepares bbbb.*another --name"):
         check_same_data({"dataset_fingerprint": "a" * 16}, entry, "s")
+
+
+def test_ensemble_members_count_their_seeds_from_the_runs_rng_seed(tmp_path):
+    """`ensemble --set rng_seed=7` was refused ("fixes a key the search varies"), and a config file's rng_seed was
+    passed over for the experiment's default: the members are seeded rng_seed, rng_seed + 1, ... of the run."""
+    from candle_ray.cli import _first_member_seed
+    from candle_ray.experiment import load_experiment
+
+    nt3 = load_experiment(ROOT / "experiments" / "nt3.py")
+    run = {"config_file": None, "sets": ["rng_seed=7", "epochs=1"], "smoke": True}
+    assert _first_member_seed(nt3, run) == (7, ["epochs=1"])
+    config_file = tmp_path / "c.txt"
+    config_file.write_text("[Global_Params]\nrng_seed=11\n")
+    assert _first_member_seed(nt3, {**run, "config_file": str(config_file), "sets": []}) == (11, [])
+    assert _first_member_seed(nt3, {**run, "sets": []})[0] == nt3.defaults["rng_seed"]
