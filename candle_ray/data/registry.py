@@ -62,8 +62,12 @@ def identifying_options(reader: str, given: Mapping[str, Any]) -> dict[str, Any]
     chosen = options(reader, given)
     found = module(reader)
     defaults = getattr(found, "OPTIONS", None) or {}
-    return {k: v for k, v in chosen.items()
-            if not (k in getattr(found, "ADDED_OPTIONS", ()) and v == defaults.get(k))}
+    added = getattr(found, "ADDED_OPTIONS", ())
+
+    def at_default(key: str, value) -> bool:  # an empty list is a None option's "none" too
+        return value == defaults.get(key) or (defaults.get(key) is None and not value)
+
+    return {k: v for k, v in chosen.items() if not (k in added and at_default(k, v))}
 
 
 def version(reader: str) -> int:

@@ -372,7 +372,7 @@ def test_name_files_are_fetched_and_fingerprinted_only_with_their_option():
     sources = dict.fromkeys(uno.FILES, "x")
     assert not {"nci_drugs", "cell_aliases", "cell_metadata"} & set(registry.needed_sources("uno", sources, {}))
     assert "nci_drugs" in registry.needed_sources("uno", sources, {"by_drug": "paclitaxel"})
-    assert not set(uno.ADDED_OPTIONS) & set(registry.identifying_options("uno", {"by_drug": None}))
+    assert not set(uno.ADDED_OPTIONS) & set(registry.identifying_options("uno", {"by_drug": None, "cell_types": []}))
     assert registry.identifying_options("uno", {"by_drug": "paclitaxel"})["by_drug"] == "paclitaxel"
 
 
