@@ -47,8 +47,9 @@ def _cache(cache_dir: str | None):
     return Cache(Path(cache_dir or DEFAULT_CACHE).expanduser())
 
 
-def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.echo):
-    """Download (checksum-verified) and convert the experiment's data into the cache; verify the entry."""
+def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.echo, config_file=None):
+    """Download (checksum-verified) and convert the experiment's data into the cache; verify the entry.
+    `config_file`: the CANDLE file whose data options chose the dataset, named in the rebuild hint."""
     from candle_ray.data.spec import ReaderDataset
     from candle_ray.data.synthetic import synthesize
 
@@ -59,7 +60,8 @@ def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.e
         size = (f"~{sum(s.rows)} response rows, feature tables <= {s.features} wide" if isinstance(dataset, ReaderDataset)
                 else f"{s.rows[0]} train / {s.rows[1]} val rows, {s.features} features")
         log(f"smoke mode: SYNTHETIC data in the {experiment.name} file format ({size}), not the real dataset")
-    hint = f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''} --force"
+    hint = (f"candle-ray data prepare {experiment.path}{f' --config-file {config_file}' if config_file else ''}"
+            f"{' --smoke' if smoke else ''} --force")
     entry = cache.prepare(dataset, force=force, rebuild_hint=hint, log=log)
     cache.verify(entry)
     return entry
@@ -146,7 +148,8 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
     run["baseline"] = not run.pop("no_baseline")
     uri = tracking.check_uri(run.pop("tracking_uri") or tracking.default_tracking_uri())
     return sweep.run(experiment, sweep.SweepSettings(tracking_uri=uri, sets=tuple(run.pop("sets")), **run, **settings),
-                     prepare=lambda exp, smoke_: _prepare(exp, smoke=smoke_, cache=_cache(cache_dir)), echo=click.echo)
+                     prepare=lambda exp, smoke_: _prepare(exp, smoke=smoke_, cache=_cache(cache_dir),
+                                                          config_file=run.get("config_file")), echo=click.echo)
 
 
 @main.command()
@@ -182,7 +185,7 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
     from candle_ray import tracking
 
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
-    entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir))
+    entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir), config_file=config_file)
     from candle_ray.summary import comparison
     from candle_ray.train import TrainOptions, run_train
 
@@ -564,15 +567,30 @@ def data():
     """Prepare, list and verify the shared Arrow data cache."""
 
 
+_data_config_file = click.option(
+    "--config-file", type=click.Path(exists=True, dir_okay=False),
+    help="A CANDLE *_default_model.txt whose data options (Uno's agg_dose, train_sources, by_drug...) choose "
+         "the dataset, as train and tune read them: prepare it before a run on nodes without the network.")
+
+
+def _with_file_data(experiment, config_file):
+    """`experiment` with the dataset a CANDLE config file's data options choose (its other keys are a run's)."""
+    if not config_file:
+        return experiment
+    return experiment.resolve(config_file=config_file, warn=lambda m: click.echo(m, err=True))[0]
+
+
 @data.command("prepare")
 @click.argument("experiment_file", metavar="EXPERIMENT")
+@_data_config_file
 @click.option("--smoke", is_flag=True, help="Prepare the synthetic smoke dataset instead.")
 @click.option("--force", is_flag=True, help="Rebuild the entry even if it exists.")
 @cache_option
-def data_prepare(experiment_file, smoke, force, cache_dir):
+def data_prepare(experiment_file, config_file, smoke, force, cache_dir):
     """Download and convert EXPERIMENT's dataset into the cache (idempotent)."""
     cache = _cache(cache_dir)
-    entry = _prepare(_load(experiment_file), smoke=smoke, cache=cache, force=force)
+    entry = _prepare(_with_file_data(_load(experiment_file), config_file), smoke=smoke, cache=cache, force=force,
+                     config_file=config_file)
     where = f"{cache.display(entry)} (node-local copy {entry.path})" if cache.remote else entry.path
     click.echo(f"ready: {where} ({entry.rows['train']} train / {entry.rows['val']} val rows, "
                f"{entry.num_features} features)")
@@ -612,15 +630,18 @@ def _fail_for(bad: list, total: int, what: str) -> None:
 
 @data.command("verify")
 @click.argument("experiment_file", metavar="[EXPERIMENT]", required=False)
+@_data_config_file
 @click.option("--smoke", is_flag=True, help="Verify the smoke dataset of EXPERIMENT.")
 @cache_option
-def data_verify(experiment_file, smoke, cache_dir):
+def data_verify(experiment_file, config_file, smoke, cache_dir):
     """Check every cache entry (or EXPERIMENT's) against its manifest checksums."""
     from candle_ray.errors import CacheError
 
     cache, bad = _cache(cache_dir), []
+    if config_file and not experiment_file:
+        raise UsageError("--config-file chooses the dataset of an EXPERIMENT; name the experiment file too")
     if experiment_file:
-        experiment = _load(experiment_file)
+        experiment = _with_file_data(_load(experiment_file), config_file)
         dataset = experiment.dataset
         if smoke:
             from candle_ray.data.synthetic import synthesize
@@ -629,8 +650,9 @@ def data_verify(experiment_file, smoke, cache_dir):
             dataset = synthesize(dataset, cache.root / "synthetic" / dataset.name, rows=s.rows, features=s.features, seed=s.seed)
         entry = cache.lookup(dataset)
         if entry is None:
-            raise CacheError(f"no cache entry for {dataset.name}; create it with: "
-                             f"candle-ray data prepare {experiment.path}{' --smoke' if smoke else ''}")
+            raise CacheError(f"no cache entry for {dataset.name}; create it with: candle-ray data prepare "
+                             f"{experiment.path}{f' --config-file {config_file}' if config_file else ''}"
+                             f"{' --smoke' if smoke else ''}")
         entries = [entry]
     else:
         entries = cache.entries(bad)

@@ -223,3 +223,16 @@ def test_data_ls_and_verify_report_every_bad_entry(workdir):
     lines = checked.output.splitlines()
     assert [line.split()[0] for line in lines if line.split()[0] in ("ok", "BAD")] == ["BAD", "BAD", "ok"]
     assert any(line.startswith("ok  tc1") for line in lines)
+
+
+def test_data_prepare_takes_the_dataset_a_candle_file_chooses(workdir):
+    """A run with --config-file uno_by_drug_example.txt trains on another dataset than the experiment's: preparing
+    it ahead (nodes without the network) needs the same file; the entry is the one the run then finds."""
+    uno = str(ROOT / "experiments" / "uno.py")
+    config = workdir / "by_drug.txt"
+    config.write_text("[Global_Params]\ntrain_sources=['CTRP']\nsingle=True\nby_drug='paclitaxel'\n")
+    r = invoke("data", "prepare", uno, "--smoke", "--config-file", str(config))
+    assert r.exit_code == 0 and "by_drug='paclitaxel'" in r.output, r.output
+    assert invoke("data", "verify", uno, "--smoke", "--config-file", str(config)).exit_code == 0
+    one_line_error(invoke("data", "verify", uno, "--smoke"), 1, "no cache entry for uno-smoke")  # the plain one
+    one_line_error(invoke("data", "verify", "--config-file", str(config)), 2, "name the experiment file too")
