@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from candle_ray.data.noise import NOISE_DEFAULTS, check_noise_keys
 from candle_ray.data.spec import Dataset, ReaderDataset
 from candle_ray.errors import UsageError
 from candle_ray.lr_schedule import (CLR_DEFAULTS, CLR_MODES, KERAS_LEARNING_RATES, SWITCHED_BY as SCHEDULE_SWITCHES,
@@ -32,12 +33,10 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard, noise studies;
-# Uno's row subsets asked of another experiment): named on their own line, not lost among the ignored keys.
+# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard; Uno's row subsets asked of another experiment): named on their own line, not lost among the ignored keys.
 # (batch_normalization is not here: CANDLE's Uno and Combo models never read it, Attn's always normalises, and
 # P1B1 and P1B3, which read it, take it as a key.)
-NOT_DONE = {"use_tensorboard": "TensorBoard logs", "add_noise": "noise added to the training data",
-            "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
+NOT_DONE = {"use_tensorboard": "TensorBoard logs", "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
 KEY_RULES: dict[str, dict[str, Any]] = {
@@ -77,6 +76,9 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "clr_max_lr": {"min_exclusive": 0.0},
     "clr_gamma": {"min_exclusive": 0.0, "max": 1.0},
     "clr_step_size": {"min": 1},
+    # Noise studies (candle_ray.data.noise)
+    "label_noise": {"min": 0.0, "max": 1.0},
+    "std_dev": {"min": 0.0},
 }
 # Keys every experiment has, whatever its defaults say: L2 weight decay for every model (0 = off; see
 # candle_ray.loop.make_optimizer for what it means with each optimizer), and each epoch's CPU, memory and
@@ -95,9 +97,11 @@ SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag
 # ATTN abstention), read by candle_ray.objectives; known the same way, as the abstention files set them.
 ABSTENTION_DEFAULTS: dict[str, Any] = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8, "min_abs_acc": 0.9,
                                        "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
-OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS}
-# Keys that act only with a flag on: the schedules' keys, and abstention's.
-SWITCHED_BY: dict[str, str] = {**SCHEDULE_SWITCHES, **dict.fromkeys(ABSTENTION_DEFAULTS, "abstention")}
+# NOISE_DEFAULTS: CANDLE's noise studies (nt3_noise_model.txt), candle_ray.data.noise.
+OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS, **NOISE_DEFAULTS}
+# Keys that act only with a flag on: the schedules', abstention's and the noise studies'.
+SWITCHED_BY: dict[str, str] = {**SCHEDULE_SWITCHES, **dict.fromkeys(ABSTENTION_DEFAULTS, "abstention"),
+                               **{k: "add_noise" for k in NOISE_DEFAULTS if k != "add_noise"}}
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class Experiment:
         if "learning_rate" in file.unset and "learning_rate" not in overrides:
             config["learning_rate"] = _unset_learning_rate(config, config_file, warn)
         check_schedule_keys(config)
+        check_noise_keys(config)
         if idle := [k for k in config if k in SWITCHED_BY and not config.get(SWITCHED_BY[k])]:
             flags = list(dict.fromkeys(SWITCHED_BY[k] for k in idle))
             warn(f"note: {', '.join(idle)} set with {', '.join(flags)} off: they act only with "
@@ -366,6 +371,8 @@ def _as_list(key: str, default, value) -> list:
             items = [_literal(tok) for tok in value.replace(",", " ").split()]
     elif isinstance(value, (list, tuple)):
         items = list(value)
+    elif numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]  # a CANDLE file's one number for a list (nt3_default_model.txt: feature_col = 50)
     else:
         raise UsageError(f"{key}={value!r} is not a list; write it like {' '.join(map(str, default))!r}")
     if numeric:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from candle_ray import checkpoint, models, objectives
-from candle_ray.data import folds, remote_cache
+from candle_ray.data import folds, noise, remote_cache
 from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
@@ -206,6 +206,7 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int):
         feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.feed, **shard)
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
         val_feed = make_feed(entry, "val", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
+    noise.add_noise(feed, job.config, seed, job.task)  # CANDLE's noise studies: the training rows only
     # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
     test_feed = None
     if not cv and "test" in read_manifest(entry)["splits"]:

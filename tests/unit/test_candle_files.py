@@ -221,11 +221,12 @@ def test_abstention_settings_are_keys_of_every_experiment_in_either_candle_spell
                                              warn=notes.append)
     assert (attn["min_abs_acc"], attn["max_abs_frac"]) == (0.85, 0.3) and not [n for n in notes if "ignored" in n]
     nt3 = experiment("nt3").resolve_config(config_file=candle_file(tmp_path, "n.txt", "[Global_Params]\nalpha = 0.3\n"
-                                           "min_acc = 0.99\nmax_abs = 0.30\nadd_noise = True\n"), warn=notes.append)
+                                           "min_acc = 0.99\nmax_abs = 0.30\nfeature_col = 50\nlabel_noise = 0.3\n"),
+                                           warn=notes.append)
     assert (nt3["alpha0"], nt3["min_abs_acc"], nt3["max_abs_frac"]) == (0.3, 0.99, 0.3)
-    assert any("alpha0, min_abs_acc, max_abs_frac set with abstention off: they act only with --set abstention=true"
-               in n for n in notes), notes
-    assert any("asks for add_noise=True (noise added to the training data)" in n for n in notes), notes
+    assert any("alpha0, min_abs_acc, max_abs_frac, feature_col, label_noise set with abstention, add_noise off: they "
+               "act only with --set abstention=true / --set add_noise=true" in n for n in notes), notes
+    assert nt3["feature_col"] == [50]  # nt3_default_model.txt writes one column as a number
     assert experiment("p1b2").resolve_config(sets=["abstention=true", "acc_gain=2"], warn=print)["acc_gain"] == 2.0
     with pytest.raises(UsageError, match="min_abs_acc=1.5 must be <= 1.0"):
         experiment("p1b2").resolve_config(sets=["min_abs_acc=1.5"], warn=print)
