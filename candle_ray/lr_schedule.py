@@ -34,12 +34,15 @@ SWITCHED_BY = {"base_lr": "warmup_lr", **{key: "clr_flag" for key in CLR_DEFAULT
 
 
 def check_searched_schedules(space, config: dict) -> None:
-    """Refuse a search that can draw the cyclic rate and warm-up together: every such trial would fail on
-    check_schedule_keys."""
+    """Refuse a search that can draw the cyclic rate and warm-up together (every such trial would fail on
+    check_schedule_keys), and one over learning_rate while the cyclic rate sets the rate in every trial."""
     can_be_on = {flag: flag in space or bool(config.get(flag)) for flag in ("clr_flag", "warmup_lr")}
     if all(can_be_on.values()) and ("clr_flag" in space or "warmup_lr" in space):
         raise UsageError("the search can draw clr_flag and warmup_lr both on, which CANDLE refuses (the cyclic rate "
                          "owns the learning rate); search one of them with the other off")
+    if config.get("clr_flag") and "clr_flag" not in space and "learning_rate" in space:
+        raise UsageError("the search space varies learning_rate, which the cyclic rate (clr_flag on in every trial) "
+                         "overrides after every step; search clr_base_lr and clr_max_lr instead")
 
 
 def warmup_start(config: dict) -> float:

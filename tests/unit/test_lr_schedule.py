@@ -90,3 +90,6 @@ def test_a_search_over_a_key_whose_flag_is_off_is_refused():
     with pytest.raises(UsageError, match="can draw clr_flag and warmup_lr both on"):
         check_searched_schedules({"warmup_lr": [True, False]}, {"clr_flag": True})
     check_searched_schedules({"warmup_lr": [True, False]}, {"clr_flag": False})
+    with pytest.raises(UsageError, match="varies learning_rate, which the cyclic rate .* overrides"):
+        check_searched_schedules({"learning_rate": [0.1, 0.01]}, {"clr_flag": True})
+    check_searched_schedules({"learning_rate": [0.1, 0.01], "clr_flag": [True, False]}, {})
