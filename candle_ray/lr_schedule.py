@@ -1,7 +1,7 @@
 """What sets the optimizer's learning rate during training: CANDLE's three schedules, pure Python.
 
 - `ReduceLROnPlateau` (`reduce_lr`, on by default): Keras' rule, written out (see the class).
-- Warm-up (`warmup_lr`, Uno/Combo/P1B1/Attn): the first 5 epochs go in equal steps from `base_lr` (the
+- Warm-up (`warmup_lr`, CANDLE's Uno, Combo and P1B1): the first 5 epochs go in equal steps from `base_lr` (the
   optimizer's Keras default unless set) to `learning_rate`. CANDLE's LearningRateScheduler sets the rate
   at the start of each epoch it numbers 0..5; here those are epochs 1..6.
 - Cyclic learning rate (`clr_flag`, CANDLE's clr_keras_utils.CyclicLR): after every optimizer step the rate
@@ -27,8 +27,6 @@ CLR_MODES = ("trng1", "trng2", "exp")
 # clr_keras_utils.clr_callback's defaults, for a key the config leaves out; step size as its CyclicLR fixes it.
 CLR_DEFAULTS = {"clr_mode": "trng1", "clr_base_lr": 1e-4, "clr_max_lr": 1e-3, "clr_gamma": 0.999994,
                 "clr_step_size": 2000}
-
-
 # Keys only one schedule reads, with the flag that switches it on.
 SWITCHED_BY = {"base_lr": "warmup_lr", **{key: "clr_flag" for key in CLR_DEFAULTS}}
 
