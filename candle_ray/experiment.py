@@ -90,8 +90,8 @@ COMMON_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "system_metrics": True}
 # stay out of the config until set; each value here is the type a command-line value is read as.
 OBJECTIVE_KEYS: dict[str, Any] = {"loss": "mse", "abstention": False, "class_weight": "none", "target_scaling": "std"}
 # CANDLE's learning-rate warm-up and cyclic rate (candle_ray.lr_schedule), known the same way on every experiment
-# (Uno's and Combo's files set them; CANDLE's P1B1 reads them too); base_lr's 0.001 only gives its type: unset, warm-up starts
-# at the optimizer's Keras default.
+# (Uno's and Combo's files set them; CANDLE's P1B1 reads them too); base_lr's 0.001 only gives its type: unset,
+# warm-up starts at the optimizer's Keras default.
 SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag": False, **CLR_DEFAULTS}
 # Abstention's adaptation of α (CANDLE's AbstentionAdapt_Callback defaults; alpha0 0.5 is the initial α of CANDLE's
 # ATTN abstention), read by candle_ray.objectives; known the same way, as the abstention files set them.
