@@ -33,10 +33,12 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"
 ACTIVATIONS = ("relu", "elu", "selu", "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "linear",
                "gelu", "leaky_relu", "softmax")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard; Uno's row subsets asked of another experiment): named on their own line, not lost among the ignored keys.
-# (batch_normalization is not here: CANDLE's Uno and Combo models never read it, Attn's always normalises, and
-# P1B1 and P1B3, which read it, take it as a key.)
-NOT_DONE = {"use_tensorboard": "TensorBoard logs", "by_drug": "one drug's rows only", "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
+# What a CANDLE config file may ask for that CANDLE does and candle-ray does not (TensorBoard; Uno's row subsets
+# asked of another experiment): named on their own line, not lost among the ignored keys. (batch_normalization is
+# not here: CANDLE's Uno and Combo models never read it, Attn's always normalises, and P1B1 and P1B3, which read
+# it, take it as a key.)
+NOT_DONE = {"use_tensorboard": "TensorBoard logs", "by_drug": "one drug's rows only",
+            "by_cell": "one cell line's rows only", "cell_types": "some cell types only"}
 
 # Rules for the CANDLE keywords every experiment shares; values outside them are usage errors.
 KEY_RULES: dict[str, dict[str, Any]] = {
@@ -95,8 +97,8 @@ OBJECTIVE_KEYS: dict[str, Any] = {"loss": "mse", "abstention": False, "class_wei
 SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag": False, **CLR_DEFAULTS}
 # Abstention's adaptation of α (CANDLE's AbstentionAdapt_Callback defaults; alpha0 0.5 is the initial α of CANDLE's
 # ATTN abstention), read by candle_ray.objectives; known the same way, as the abstention files set them.
-ABSTENTION_DEFAULTS: dict[str, Any] = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8, "min_abs_acc": 0.9,
-                                       "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
+ABSTENTION_DEFAULTS: dict[str, Any] = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8,
+                                       "min_abs_acc": 0.9, "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
 # NOISE_DEFAULTS: CANDLE's noise studies (nt3_noise_model.txt), candle_ray.data.noise.
 OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS, **NOISE_DEFAULTS}
 # Keys that act only with a flag on: the schedules', abstention's and the noise studies'.

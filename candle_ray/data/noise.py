@@ -25,7 +25,8 @@ NOISE_DEFAULTS = {"add_noise": False, "label_noise": 0.0, "noise_correlated": Fa
 def check_noise_keys(config: dict) -> None:
     """What the noise keys ask for must be something this module does."""
     s = {**NOISE_DEFAULTS, **{k: config[k] for k in NOISE_DEFAULTS if k in config}}
-    if s["add_noise"] and not s["label_noise"] and not s["noise_gaussian"] and (s["noise_cluster"] or s["noise_column"]):
+    others = s["noise_cluster"] or s["noise_column"]
+    if s["add_noise"] and not s["label_noise"] and not s["noise_gaussian"] and others:
         which = "noise_cluster" if s["noise_cluster"] else "noise_column"
         raise UsageError(f"add_noise with {which}=True: CANDLE's cluster and column noise are not implemented; "
                          f"use label_noise or noise_gaussian")

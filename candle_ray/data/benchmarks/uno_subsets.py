@@ -52,8 +52,8 @@ def cell_ids(paths: dict, name: str) -> set[str]:
     """CANDLE's cell_name_to_ids: NCI60 ids whose map row holds `name`, and both names of each cl_mapping row
     that holds it."""
     why = f"by_cell={name!r} names cell lines"
-    cells = read_table(require(paths, "cell_map", why), sep="\t", what="NCI60 cell-name map (NCI60_CELLNAME_to_Combo.txt)",
-                       required=["NCI60.ID", "CELLNAME", "Name"])
+    cells = read_table(require(paths, "cell_map", why), sep="\t", required=["NCI60.ID", "CELLNAME", "Name"],
+                       what="NCI60 cell-name map (NCI60_CELLNAME_to_Combo.txt)")
     path = require(paths, "cell_aliases", why)
     aliases = pd.read_csv(path, sep="\t", header=None, dtype=str)
     if aliases.shape[1] < 2:
