@@ -278,6 +278,7 @@ def _step_settings(job: Job, device, condition: int) -> dict:
 def _train_one_epoch(ddp_model, model, feed, epoch: int, objective, optimizer, step: dict):
     """One pass over this worker's training rows; returns the objective's sums, still on the device."""
     device, reconstruct, amp, scaler = step["device"], step["reconstruct"], step["amp"], step["scaler"]
+    after_step = step["after_step"]
     regularized = hasattr(model, "regularization_loss")
     ddp_model.train()
     totals = torch.zeros(objective.train_width, dtype=torch.float64, device=device)
@@ -293,8 +294,8 @@ def _train_one_epoch(ddp_model, model, feed, epoch: int, objective, optimizer, s
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if step["after_step"]:  # a cyclic learning rate moves after every step
-            step["after_step"]()
+        if after_step:  # a cyclic learning rate moves after every step
+            after_step()
         # Accumulate on the device: no host sync per step.
         with torch.no_grad():
             totals += objective.train_sums(out, xb if reconstruct else yb, loss.detach())

@@ -22,9 +22,13 @@ NOISE_DEFAULTS = {"add_noise": False, "label_noise": 0.0, "noise_correlated": Fa
                   "noise_column": False}
 
 
+def _settings(config: dict) -> dict:
+    return {key: config.get(key, default) for key, default in NOISE_DEFAULTS.items()}
+
+
 def check_noise_keys(config: dict) -> None:
     """What the noise keys ask for must be something this module does."""
-    s = {**NOISE_DEFAULTS, **{k: config[k] for k in NOISE_DEFAULTS if k in config}}
+    s = _settings(config)
     others = s["noise_cluster"] or s["noise_column"]
     if s["add_noise"] and not s["label_noise"] and not s["noise_gaussian"] and others:
         which = "noise_cluster" if s["noise_cluster"] else "noise_column"
@@ -34,7 +38,7 @@ def check_noise_keys(config: dict) -> None:
 
 def add_noise(feed, config: dict, seed: int, task: str) -> None:
     """Put CANDLE's training noise into `feed`'s rows (an in-memory feed of a matrix dataset), in place."""
-    s = {**NOISE_DEFAULTS, **{k: config[k] for k in NOISE_DEFAULTS if k in config}}
+    s = _settings(config)
     if not s["add_noise"]:
         return
     check_noise_keys(config)

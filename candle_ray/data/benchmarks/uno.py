@@ -671,7 +671,7 @@ def _name_files(out_dir: Path, options: dict, nsc: list[str], samples: list[str]
     if options.get("by_cell"):
         aliases.loc[len(aliases)] = [options["by_cell"], samples[0]]
     types = [_TUMOUR_TYPES[k % len(_TUMOUR_TYPES)] for k in range(len(samples))]
-    for k, wanted in enumerate(as_list("cell_types", options.get("cell_types")) if options.get("cell_types") else []):
+    for k, wanted in enumerate(as_list("cell_types", options.get("cell_types"))):
         types[k] = wanted
     out = {"nci_drugs": syn.write_tsv(out_dir / FILES["nci_drugs"], drugs),
            "cell_metadata": syn.write_tsv(out_dir / FILES["cell_metadata"],
