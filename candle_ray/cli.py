@@ -470,7 +470,8 @@ def _write_table(frame, out: Path) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
-              help="Rows to predict: CSV, TSV or Parquet with the training features (by name, or CANDLE's header-less layout).")
+              help="Rows to predict: CSV, TSV or Parquet with the training features (by name, or CANDLE's header-less "
+                   "layout); for Uno, Combo, P1B3 or Attn, a column per input naming ids and doses (cell, drug1, dose1...).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.tsv (.csv, .parquet also).")
 @click.option("--mc-dropout", "mc_passes", type=click.IntRange(min=2), default=None, metavar="N",
               help="N stochastic passes with dropout on (Monte-Carlo dropout).")
@@ -495,8 +496,9 @@ def _write_table(frame, out: Path) -> None:
               help="Where MODEL's sweep folder is, when MODEL is a sweep name.")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Predict on the CPU even where a GPU exists.")
 @click.option("--no-baseline", is_flag=True, help="An ensemble's networks alone, without the linear baseline it pools.")
+@cache_option
 def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, smoothed_sets, member_columns,
-            top, pick, tracking_uri, storage, force_cpu, no_baseline):
+            top, pick, tracking_uri, storage, force_cpu, no_baseline, cache_dir):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
     id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
@@ -514,10 +516,11 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     if no_baseline:
         members = [m for m in members if m.share is None] or members
     info = members[0].data
-    X, y, ids = read_for_prediction(data_file, info)
+    entry = _joined_entry(info, cache_dir)
+    X, y, ids = read_for_prediction(data_file, info, joined_entry=entry)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
                                           device=device)
-    calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets) \
+    calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets, entry) \
         if calibration_file else (None, 0)
     pred = run(X)
     frame = predicting.table(pred, info, alpha=alpha, calibrator=calibrator, ids=ids, member_columns=member_columns)
@@ -537,16 +540,30 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
                    f"plausible at alpha {alpha:g}", err=True)
 
 
-def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, smoothed: bool):
+def _joined_entry(info: dict, cache_dir):
+    """The cache entry whose feature tables a model of a joined dataset reads its rows from; None for others."""
+    if info.get("kind") != "joined":
+        return None
+    from candle_ray.data.joined_input import entry_of
+
+    return entry_of(_cache(cache_dir), info)
+
+
+def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, smoothed: bool, joined_entry):
     """(split-conformal calibrator, calibration rows) from labelled rows, with a note where coverage may
     differ from 1 - alpha."""
     from candle_ray import predict as predicting
     from candle_ray.conformal import quantile_rank
     from candle_ray.data.features import read_for_prediction, source_role
 
-    X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True)
+    X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True, joined_entry=joined_entry)
     calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
-    role = source_role(calibration_file, info)
+    if joined_entry is None:
+        role = source_role(calibration_file, info)
+    else:
+        from candle_ray.data.joined_input import own_split
+
+        role = own_split(X_cal, joined_entry)
     if role:  # the guarantee needs calibration rows exchangeable with new ones: these are not
         what = ("trained it" if role == "train" or info.get("cv_fold") is not None  # fold models: train+val
                 else "chose its epochs (in a sweep, its trial too)")

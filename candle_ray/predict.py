@@ -305,7 +305,9 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
     import pandas as pd
 
     columns: dict[str, np.ndarray | list] = {}
-    if ids is not None:
+    if isinstance(ids, dict):  # a joined dataset's rows: their input columns (cell, drug1, dose1...)
+        columns.update(ids)
+    elif ids is not None:
         columns["id"] = ids
     if pred.probs is not None:
         names = class_names(info, pred.probs.shape[1])

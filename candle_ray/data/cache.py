@@ -405,7 +405,11 @@ class Cache:
 
     def lookup(self, ds: Dataset | ReaderDataset) -> Entry | None:
         """The prepared entry of `ds`, or None (no hashing of the entry's files)."""
-        path = self.entry_path(ds)
+        return self.find(ds.name, fingerprint(ds))
+
+    def find(self, name: str, fp: str) -> Entry | None:
+        """The prepared entry of dataset `name` with fingerprint `fp` (a checkpoint's record of its data), or None."""
+        path = self.datasets / f"{name}-{fp}"
         if not (path / MANIFEST).is_file():
             return None
         return Entry(path=path, manifest=read_manifest(path))

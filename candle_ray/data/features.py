@@ -29,11 +29,22 @@ def describe(entry) -> dict:
         "dataset": manifest["name"], "fingerprint": manifest["fingerprint"], "task": manifest["task"],
         "kind": manifest.get("kind", "matrix"), "num_features": manifest["num_features"],
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
-        "num_classes": manifest.get("num_classes"), "label": pre.get("label"), "format": pre.get("format"),
+        "num_classes": manifest.get("num_classes"), "format": pre.get("format"),
+        "label": _label(manifest),
+        "rebuild": manifest.get("rebuild"),
         "categorical": pre.get("categorical") or [],
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
         "source_sha256": {role: src.get("sha256") for role, src in (manifest.get("sources") or {}).items()},
     }
+
+
+def _label(manifest: dict):
+    """The label column of a file of rows: a table's own (a name, or a header-less file's index), or a joined
+    dataset's one row-table column ("y"; None for several tasks)."""
+    if manifest.get("kind") != "joined":
+        return manifest.get("preprocessing", {}).get("label")
+    labels = manifest.get("label_columns") or []
+    return labels[0] if len(labels) == 1 else None
 
 
 def source_role(path, info: dict) -> str | None:
@@ -136,26 +147,49 @@ def _class_indices(values, missing, info: dict) -> np.ndarray:
     return np.where(ok, numbers, UNLABELLED).astype(np.int64)
 
 
-def read_for_prediction(path, info: dict, *, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+def read_for_prediction(path, info: dict, *, need_labels: bool = False, joined_entry=None):
     """(X scaled like the training data, labels or None, row ids or None) from a CSV / TSV / Parquet file.
 
     A file with a header must contain every training feature by name (in any order; extra columns
     are ignored, the label column is read when present). A header-less file (CANDLE's NT3/TC1 format)
-    must have exactly the training width, or one more column: the label first.
+    must have exactly the training width, or one more column: the label first. A model of a joined
+    dataset takes rows of ids and values instead, gathered from its cache entry `joined_entry`
+    (candle_ray.data.joined_input); X is then a `JoinedRows` and the ids are its input columns by name.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
-    _refuse_joined(info)
+    if info.get("kind") == "joined":
+        return _joined_for_prediction(path, info, joined_entry, need_labels)
     header = _has_header(path, info.get("feature_names"))
     frame = _read_frame(path, header, info.get("categorical") or ())
     return frame_for_prediction(frame, info, header=header, source=str(path), need_labels=need_labels)
 
 
+def _joined_for_prediction(path: Path, info: dict, entry, need_labels: bool):
+    """A joined model's rows to predict: ids and values by name, gathered from its cache entry; the label
+    column (the cached row tables' name, "y") is read where the file has it."""
+    from candle_ray.data import joined_input
+
+    if entry is None:
+        raise UsageError(f"rows for a model of joined dataset {info['dataset']} are gathered from its cache entry; "
+                         f"pass joined_entry=candle_ray.data.joined_input.entry_of(cache, info)")
+    id_columns, _ = joined_input.input_columns(entry.manifest)
+    frame = _read_frame(path, True, id_columns)
+    X, shown = joined_input.gather(frame, entry, str(path))
+    labels = entry.manifest["label_columns"]
+    if len(labels) == 1 and labels[0] in frame.columns:
+        return X, _labels(frame[labels[0]].to_numpy(), info, strict=need_labels), shown
+    if need_labels:
+        raise DataError(f"{path} has no label column {labels[0]!r}; calibration data needs the true labels"
+                        if len(labels) == 1 else f"calibration needs one label column; this model has {len(labels)}")
+    return X, None, shown
+
+
 def _refuse_joined(info: dict) -> None:
     if info.get("kind") == "joined":
-        raise UsageError(f"dataset {info['dataset']} is built by a reader from joined tables; predict from a flat file needs a "
-                         f"single-matrix dataset (use `candle-ray ensemble`/`cv`, which evaluate on the cached splits)")
+        raise UsageError(f"an MLflow model of joined dataset {info['dataset']} cannot read a frame of features; "
+                         f"predict with `candle-ray predict MODEL --data ROWS` (rows of ids)")
 
 
 def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str = "the input",

@@ -253,6 +253,14 @@ def open_tables(entry_path) -> dict[str, np.ndarray]:
     return out
 
 
+def open_table_ids(entry_path) -> dict[str, list[str]]:
+    """Every feature table's row ids, in row order: what the row tables' index columns point at."""
+    entry_path = Path(entry_path)
+    manifest = manifest_of(entry_path)
+    return {name: _open_file(entry_path, info, manifest.get("rebuild")).column(0).to_pylist()
+            for name, info in manifest["tables"].items()}
+
+
 def open_rows(entry_path, split: str) -> dict[str, np.ndarray]:
     """The numeric columns of one split's row table (slot keys and labels), memory-mapped, zero-copy."""
     entry_path = Path(entry_path)

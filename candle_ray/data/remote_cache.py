@@ -213,7 +213,11 @@ class S3Cache:
     def lookup(self, ds):
         """The entry of `ds` in the bucket, or None. Its path is its node-local mirror, which this does not
         fetch: `ensure_local(entry.path)` does, where the entry is opened."""
-        key = self._key(ds)
+        return self.find(ds.name, fingerprint(ds))
+
+    def find(self, name: str, fp: str):
+        """The entry of dataset `name` with fingerprint `fp` in the bucket, or None; not fetched (as `lookup`)."""
+        key = f"{name}-{fp}"
         found = self._manifest_bytes(key)
         return None if found is None else self._entry(key, found)
 

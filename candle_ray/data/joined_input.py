@@ -1,0 +1,133 @@
+"""New rows for a model of a joined dataset (Uno, Combo, P1B3, Attn): named by their ids, gathered from the cache.
+
+Such a model reads x = concat(feature-table rows, value columns) in its slots' order (candle_ray.data.joined),
+built from the feature tables of the cache entry it was trained on. A row to predict is therefore a
+(cell, drug[, drug2], dose...) combination, written as one column per slot key, the names the cached
+row tables use: Uno `cell`, `drug1` [`drug2`], `dose1` [`dose2`] (-log10 molar, as the reader computes
+it), `response_source` where it is an input; Combo `cell`, `drug1`, `drug2`; P1B3 `cell`, `drug`,
+`LOG_CONCENTRATION`; Attn `cell`, `drug`. Ids are the feature tables' own ("CCLE.22RV1", "NSC.740");
+rows are gathered a slice at a time, as the training feed gathers batches, so memory is the tables
+(memory-mapped) plus one slice however many combinations are predicted. Pure numpy/pandas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from candle_ray.errors import DataError, UsageError, data_row
+
+
+class JoinedRows:
+    """Model input rows built on demand: `rows[a:b]` is float32 [b - a, num_features], as the feed's batches."""
+
+    def __init__(self, tables: dict[str, np.ndarray], slots: list[dict], columns: dict[str, np.ndarray]):
+        self.tables, self.slots, self.columns = tables, slots, columns
+        self.rows = len(next(iter(columns.values())))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        parts = [self.columns[s["key"]][rows, None].astype(np.float32) if s["table"] is None
+                 else self.tables[s["table"]][self.columns[s["key"]][rows]] for s in self.slots]
+        return np.concatenate(parts, axis=1)
+
+
+def entry_of(cache, info: dict):
+    """The cache entry a joined model was trained on (by its checkpoint's dataset name and fingerprint), on
+    this node; UsageError naming where it was looked for and how to prepare it."""
+    entry = cache.find(info["dataset"], info["fingerprint"])
+    if entry is None:
+        rebuild = info.get("rebuild") or "candle-ray data prepare EXPERIMENT (with the run's --config-file)"
+        raise UsageError(f"the model reads its features from dataset {info['dataset']} (fingerprint {info['fingerprint']}), "
+                         f"which is not in the cache {getattr(cache, 'root', cache)}; pass --cache-dir where it is, "
+                         f"or prepare it: {rebuild}")
+    if getattr(cache, "remote", False):
+        from candle_ray.data.remote_cache import ensure_local
+
+        ensure_local(entry.path)
+    return entry
+
+
+def input_columns(manifest: dict) -> tuple[list[str], list[str]]:
+    """(id columns, value columns) a row to predict needs: the slot keys, each once, in slot order."""
+    ids, values = [], []
+    for slot in manifest["slots"]:
+        wanted = values if slot["table"] is None else ids
+        if slot["key"] not in ids + values:
+            wanted.append(slot["key"])
+    return ids, values
+
+
+def gather(frame, entry, source: str) -> tuple[JoinedRows, dict[str, list]]:
+    """(the model's input rows, the frame's input columns for the output) of a user's frame of ids and values."""
+    from candle_ray.data import joined_cache
+
+    manifest = entry.manifest
+    id_columns, value_columns = input_columns(manifest)
+    missing = [c for c in id_columns + value_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source} lacks column(s) {missing}; a model of {manifest['name']} takes one row per "
+                        f"combination with columns {id_columns + value_columns} (ids of its feature tables, values as numbers)")
+    if len(frame) == 0:
+        raise DataError(f"{source} has no rows to predict")
+    tables = joined_cache.open_tables(entry.path)
+    table_ids = joined_cache.open_table_ids(entry.path)
+    columns = {key: _indices(frame[key], key, _ids_of(key, manifest, table_ids), source) for key in id_columns}
+    columns.update({key: _values(frame[key], key, source) for key in value_columns})
+    shown = {key: frame[key].astype(str).str.strip().tolist() if key in id_columns else frame[key].tolist()
+             for key in id_columns + value_columns}
+    return JoinedRows(tables, manifest["slots"], columns), shown
+
+
+def _ids_of(key: str, manifest: dict, table_ids: dict[str, list[str]]) -> list[str]:
+    """The ids an index column `key` points at: one list, shared by every table read through it."""
+    names = [s["table"] for s in manifest["slots"] if s["key"] == key and s["table"] is not None]
+    first = table_ids[names[0]]
+    for name in names[1:]:
+        if table_ids[name] != first:
+            raise DataError(f"cache entry {manifest['name']}-{manifest['fingerprint']} is inconsistent: tables "
+                            f"{names[0]!r} and {name!r} share index column {key!r} but not their ids; rebuild it "
+                            f"with: {manifest.get('rebuild') or 'candle-ray data prepare EXPERIMENT --force'}")
+    return first
+
+
+def _indices(column, key: str, ids: list[str], source: str) -> np.ndarray:
+    position = {name: i for i, name in enumerate(ids)}
+    given = column.astype(str).str.strip()
+    found = given.map(position)
+    unknown = found.isna().to_numpy()
+    if unknown.any():
+        first = int(np.argmax(unknown))
+        raise DataError(f"{int(unknown.sum())} of {len(given)} rows of {source} name a {key} the model has no "
+                        f"features for, e.g. {given.iloc[first]!r} ({data_row(first)}); use one of its {len(ids):,} {key} "
+                        f"ids (e.g. {', '.join(map(repr, ids[:3]))}) or drop those rows")
+    return found.to_numpy(np.int64)
+
+
+def _values(column, key: str, source: str) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(f"{source} has a missing or non-number {key} at {data_row(first)} ({column.iloc[first]!r}); "
+                        f"every row needs one")
+    return values.astype(np.float32)
+
+
+def own_split(rows: JoinedRows, entry) -> str | None:
+    """The split of the model's own data ("train", "val") that at least half of `rows` are rows of (the same
+    ids and values), or None: calibration rows a model was trained or selected on make a poor calibration set."""
+    import pandas as pd
+
+    from candle_ray.data import joined_cache
+
+    given = pd.DataFrame(rows.columns)
+    for split in entry.manifest["splits"]:
+        cached = joined_cache.open_rows(entry.path, split)
+        known = pd.DataFrame({k: np.asarray(cached[k]).astype(v.dtype) for k, v in rows.columns.items()}).drop_duplicates()
+        if 2 * len(given.merge(known, on=list(rows.columns))) >= len(given):
+            return split
+    return None
