@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
+from candle_ray.data import DEFAULT_CACHE
 from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
 
-DEFAULT_CACHE = "~/.cache/candle-ray"
 
 
 class _Group(click.Group):

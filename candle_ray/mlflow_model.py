@@ -40,31 +40,47 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
 
 
 def predictions(members: list, frame, params: dict):
-    """`candle-ray predict`'s table for the rows of `frame` (features by name; extra columns ignored)."""
+    """`candle-ray predict`'s table for the rows of `frame` (features by name, or a joined dataset's ids and
+    doses, gathered from its cache entry; extra columns ignored)."""
     from candle_ray import predict
     from candle_ray.data.features import frame_for_prediction
 
     info = members[0].data
-    X, _, ids = frame_for_prediction(frame, info, source="the model input")
+    if info.get("kind") == "joined":
+        from candle_ray.data import joined_input
+
+        X, ids = joined_input.gather(frame, joined_input.entry_of(None, info), "the model input")
+    else:
+        X, _, ids = frame_for_prediction(frame, info, source="the model input")
     pooled = predict.predict(members, predict.array_batches(X), mc_passes=int(params["mc_dropout"]))
     return predict.table(pooled, info, alpha=float(params["alpha"]), ids=ids)
 
 
 def save(path: Path, checkpoint_dirs: list[Path]) -> None:
     """Write the MLflow model of these checkpoints' best epochs to `path` (a new folder), with a signature
-    and an input example (the training data's centre row)."""
+    and an input example (the training data's centre row, or a joined dataset's first combination)."""
     from candle_ray import predict
-    from candle_ray.data.features import typical_row
 
     staged = _stage_best(checkpoint_dirs, path.parent / f".{path.name}-members")
     members = [predict.load_member(d) for d in staged]
-    example = typical_row(members[0].data)
+    example = _input_example(members[0].data)
     output = predictions(members, example, PARAMS)
     key = _template_key(example, output, len(members))
     if key in _TEMPLATES:
         return _from_template(_TEMPLATES[key], path, staged)
     _save_new(path, staged, example, output)
     _keep_template(key, path)
+
+
+def _input_example(info: dict) -> pd.DataFrame:
+    """A row the model takes: the training data's centre, or a joined dataset's first training combination."""
+    from candle_ray.data.features import typical_row
+
+    if info.get("kind") != "joined":
+        return typical_row(info)
+    from candle_ray.data import joined_input
+
+    return joined_input.example_row(joined_input.entry_of(None, info))
 
 
 def _save_new(path: Path, staged: list[Path], example: pd.DataFrame, output: pd.DataFrame) -> None:
@@ -102,7 +118,7 @@ _KEEP = 4  # templates held per process (a few datasets or heads; each is a mode
 def _template_key(example: pd.DataFrame, output: pd.DataFrame, members: int) -> str:
     import hashlib
 
-    values = example.to_numpy()  # typical_row's float64, or objects beside a categorical column's text
+    values = example.to_numpy()  # typical_row's float64, or objects beside a categorical column's text or ids
     raw = values.tobytes() if values.dtype != object else "\0".join(map(str, values.ravel())).encode()
     digest = hashlib.sha256(raw + values.dtype.str.encode())
     for part in (example.columns, output.columns, output.dtypes, [members]):

@@ -628,8 +628,8 @@ def _log_best_file(run: RunTracker, folder: Path, into: str, tries: int = 5) -> 
 
 
 def log_model_or_warn(run: RunTracker, checkpoint_dirs: list[Path], register: str | None = None, warn=print) -> str | None:
-    """`log_model`, or a warning naming why not: a model `predict` cannot serve (multi-task, joined
-    tables) or a store that refused it must not fail the run, whose weights stay as checkpoints."""
+    """`log_model`, or a warning naming why not: a model `predict` cannot serve (multi-task) or a store
+    that refused it must not fail the run, whose weights stay as checkpoints."""
     try:
         return log_model(run, checkpoint_dirs, register)
     except Exception as exc:

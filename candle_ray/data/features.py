@@ -31,7 +31,7 @@ def describe(entry) -> dict:
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
         "num_classes": manifest.get("num_classes"), "format": pre.get("format"),
         "label": _label(manifest),
-        "rebuild": manifest.get("rebuild"),
+        "rebuild": manifest.get("rebuild"), "entry": str(entry.path),
         "categorical": pre.get("categorical") or [],
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
         "source_sha256": {role: src.get("sha256") for role, src in (manifest.get("sources") or {}).items()},

@@ -16,6 +16,8 @@ import numpy as np
 
 from candle_ray.errors import DataError, UsageError, data_row
 
+CACHE_ENV = "CANDLE_RAY_CACHE"
+
 
 class JoinedRows:
     """Model input rows built on demand: `rows[a:b]` is float32 [b - a, num_features], as the feed's batches."""
@@ -34,9 +36,18 @@ class JoinedRows:
 
 
 def entry_of(cache, info: dict):
-    """The cache entry a joined model was trained on (by its checkpoint's dataset name and fingerprint), on
-    this node; UsageError naming where it was looked for and how to prepare it."""
-    entry = cache.find(info["dataset"], info["fingerprint"])
+    """The cache entry a joined model was trained on, on this node: by its checkpoint's dataset name and
+    fingerprint in `cache` (None: $CANDLE_RAY_CACHE, else the default root), else at the path it was trained
+    from where that still holds it (an MLflow model logged by a sweep with --cache-dir); UsageError naming
+    where it was looked for and how to prepare it."""
+    if cache is None:
+        import os
+
+        from candle_ray.data import DEFAULT_CACHE
+        from candle_ray.data.remote_cache import open_cache
+
+        cache = open_cache(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+    entry = cache.find(info["dataset"], info["fingerprint"]) or _trained_from(info)
     if entry is None:
         rebuild = info.get("rebuild") or "candle-ray data prepare EXPERIMENT (with the run's --config-file)"
         raise UsageError(f"the model reads its features from dataset {info['dataset']} (fingerprint {info['fingerprint']}), "
@@ -47,6 +58,32 @@ def entry_of(cache, info: dict):
 
         ensure_local(entry.path)
     return entry
+
+
+def _trained_from(info: dict):
+    """The entry at the path the model's data was described from, if it is still there, unchanged."""
+    from pathlib import Path
+
+    from candle_ray.data.cache_format import MANIFEST, Entry, read_manifest
+
+    path = Path(info["entry"]) if info.get("entry") else None
+    if path is None or not (path / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(path)
+    return Entry(path=path, manifest=manifest) if manifest.get("fingerprint") == info["fingerprint"] else None
+
+
+def example_row(entry):
+    """The first training row as a file of rows to predict names it: an MLflow model's input example."""
+    import pandas as pd
+
+    from candle_ray.data import joined_cache
+
+    rows, ids = joined_cache.open_rows(entry.path, "train"), joined_cache.open_table_ids(entry.path)
+    id_columns, value_columns = input_columns(entry.manifest)
+    table = {s["key"]: s["table"] for s in entry.manifest["slots"] if s["table"] is not None}
+    row = {key: [ids[table[key]][int(rows[key][0])]] for key in id_columns}
+    return pd.DataFrame({**row, **{key: [float(rows[key][0])] for key in value_columns}})
 
 
 def input_columns(manifest: dict) -> tuple[list[str], list[str]]:

@@ -100,10 +100,36 @@ def test_rows_the_model_cannot_read_are_refused_in_one_line(uno, edit, said):
         read_for_prediction(path, describe(uno[1]), joined_entry=uno[1])
 
 
-def test_a_model_whose_data_is_not_in_the_cache_says_how_to_prepare_it(uno, tmp_path, monkeypatch):
+def test_the_entry_is_found_by_fingerprint_or_where_it_was_trained_from(uno, tmp_path, monkeypatch):
     tmp, entry, *_ = uno
     monkeypatch.setenv("CANDLE_RAY_CACHE", str(tmp_path / "empty"))
-    r = predict(tmp, tmp / "val_rows.csv", cache=False)
-    assert r.exit_code == 2, r.output
-    assert (f"dataset uno-smoke (fingerprint {entry.fingerprint}), which is not in the cache {tmp_path / 'empty'}; "
-            f"pass --cache-dir where it is, or prepare it: candle-ray data prepare") in r.output
+    assert predict(tmp, tmp / "val_rows.csv", cache=False).exit_code == 0  # where it was trained from
+    moved = tmp_path / "moved"
+    (tmp / "cache").rename(moved)
+    try:
+        r = predict(tmp, tmp / "val_rows.csv", cache=False)
+        assert r.exit_code == 2, r.output
+        assert (f"dataset uno-smoke (fingerprint {entry.fingerprint}), which is not in the cache {tmp_path / 'empty'}; "
+                f"pass --cache-dir where it is, or prepare it: candle-ray data prepare") in r.output
+        r = CliRunner().invoke(main, ["predict", str(tmp / "run"), "--data", str(tmp / "val_rows.csv"), "--out",
+                                      str(tmp_path / "p.tsv"), "--cache-dir", str(moved)])
+        assert r.exit_code == 0 and "200 predictions" in r.output, r.output  # another root, the same fingerprint
+    finally:
+        moved.rename(tmp / "cache")
+
+
+def test_its_mlflow_model_takes_the_same_rows_and_predicts_the_same(uno, tmp_path):
+    import mlflow.pyfunc
+
+    from candle_ray import mlflow_model
+
+    tmp, _, _, frame = uno
+    mlflow_model.save(tmp_path / "model", [tmp / "run" / "checkpoints"])
+    served = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    schema = served.metadata.get_input_schema()
+    assert schema.input_names() == ["response_source", "cell", "drug1", "drug2", "dose1", "dose2"]
+    got = served.predict(frame.drop(columns="y").head(20).astype({"dose1": float, "dose2": float}))
+    assert predict(tmp, tmp / "val_rows.csv").exit_code == 0
+    want = pd.read_csv(tmp / "out.tsv", sep="\t").head(20)
+    assert got["cell"].tolist() == want["cell"].tolist()
+    assert np.allclose(got["prediction"], want["prediction"], atol=1e-6)
