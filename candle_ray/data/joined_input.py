@@ -50,9 +50,10 @@ def entry_of(cache, info: dict):
     entry = cache.find(info["dataset"], info["fingerprint"]) or _trained_from(info)
     if entry is None:
         rebuild = info.get("rebuild") or "candle-ray data prepare EXPERIMENT (with the run's --config-file)"
-        raise UsageError(f"the model reads its features from dataset {info['dataset']} (fingerprint {info['fingerprint']}), "
-                         f"which is not in the cache {getattr(cache, 'root', cache)}; pass --cache-dir where it is, "
-                         f"or prepare it: {rebuild}")
+        where = getattr(cache, "uri", None) or cache.root
+        raise UsageError(f"the model reads its features from dataset {info['dataset']} (fingerprint "
+                         f"{info['fingerprint']}), which is not in the cache {where}; pass --cache-dir (or set "
+                         f"{CACHE_ENV}) where it is, or prepare it: {rebuild}")
     if getattr(cache, "remote", False):
         from candle_ray.data.remote_cache import ensure_local
 
@@ -105,7 +106,8 @@ def gather(frame, entry, source: str) -> tuple[JoinedRows, dict[str, list]]:
     missing = [c for c in id_columns + value_columns if c not in frame.columns]
     if missing:
         raise DataError(f"{source} lacks column(s) {missing}; a model of {manifest['name']} takes one row per "
-                        f"combination with columns {id_columns + value_columns} (ids of its feature tables, values as numbers)")
+                        f"combination with columns {id_columns + value_columns} (ids of its feature tables, "
+                        f"values as numbers)")
     if len(frame) == 0:
         raise DataError(f"{source} has no rows to predict")
     tables = joined_cache.open_tables(entry.path)
@@ -137,8 +139,8 @@ def _indices(column, key: str, ids: list[str], source: str) -> np.ndarray:
     if unknown.any():
         first = int(np.argmax(unknown))
         raise DataError(f"{int(unknown.sum())} of {len(given)} rows of {source} name a {key} the model has no "
-                        f"features for, e.g. {given.iloc[first]!r} ({data_row(first)}); use one of its {len(ids):,} {key} "
-                        f"ids (e.g. {', '.join(map(repr, ids[:3]))}) or drop those rows")
+                        f"features for, e.g. {given.iloc[first]!r} ({data_row(first)}); use one of its "
+                        f"{len(ids):,} {key} ids (e.g. {', '.join(map(repr, ids[:3]))}) or drop those rows")
     return found.to_numpy(np.int64)
 
 
@@ -164,7 +166,7 @@ def own_split(rows: JoinedRows, entry) -> str | None:
     given = pd.DataFrame(rows.columns)
     for split in entry.manifest["splits"]:
         cached = joined_cache.open_rows(entry.path, split)
-        known = pd.DataFrame({k: np.asarray(cached[k]).astype(v.dtype) for k, v in rows.columns.items()}).drop_duplicates()
-        if 2 * len(given.merge(known, on=list(rows.columns))) >= len(given):
+        known = pd.DataFrame({k: np.asarray(cached[k]).astype(v.dtype) for k, v in rows.columns.items()})
+        if 2 * len(given.merge(known.drop_duplicates(), on=list(rows.columns))) >= len(given):
             return split
     return None

@@ -229,3 +229,32 @@ def test_joined_entry_on_s3(s3_cache, s3_endpoint, workdir, monkeypatch):
     feed = make_feed(fresh, "train", 32, shuffle=False)
     assert type(feed).__name__ == "JoinedFeed" and len(feed) == -(-manifest["splits"]["train"]["rows"] // 32)
     assert {p.name for p in fresh.iterdir()} == names | {"manifest.json"}
+    _predict_on_a_third_node(workdir, monkeypatch, fresh, manifest)
+
+
+def _predict_on_a_third_node(workdir, monkeypatch, fresh, manifest):
+    """A model trained on node b's copy predicts rows named by ids on node c, which fetches its own copy."""
+    import shutil
+
+    import pandas as pd
+
+    from candle_ray.data import joined_cache
+    from candle_ray.data.cache_format import Entry
+    from candle_ray.experiment import load_experiment
+    from candle_ray.job import make_job
+    from candle_ray.loop import World, train_epochs
+
+    exp = load_experiment(ROOT / "experiments" / "p1b3.py")
+    config = exp.resolve_config(smoke=True, sets=["epochs=1"])
+    job = make_job(exp, config, Entry(path=fresh, manifest=manifest), run_dir=str(workdir / "run"))
+    list(train_epochs(job, World()))
+    rows, ids = joined_cache.open_rows(fresh, "val"), joined_cache.open_table_ids(fresh)
+    pd.DataFrame({"cell": [ids["cell.expression"][i] for i in rows["cell"]],
+                  "drug": [ids["drug.descriptors"][i] for i in rows["drug"]],
+                  "LOG_CONCENTRATION": rows["LOG_CONCENTRATION"]}).to_csv(workdir / "rows.csv", index=False)
+    shutil.rmtree(workdir / "node-b")  # the path the model was trained from is gone
+    monkeypatch.setenv("CANDLE_RAY_NODE_CACHE", str(workdir / "node-c"))
+    r = cli("predict", workdir / "run", "--data", workdir / "rows.csv", "--out", workdir / "p.tsv")
+    assert r.exit_code == 0 and f"{manifest['splits']['val']['rows']} predictions" in r.output, r.output
+    assert (workdir / "node-c").is_dir()
+    assert len(pd.read_csv(workdir / "p.tsv", sep="\t")) == manifest["splits"]["val"]["rows"]
