@@ -634,6 +634,31 @@ def data_ls(cache_dir):
     _fail_for(broken, len(entries) + len(broken), "unreadable")
 
 
+@data.command("ids")
+@click.argument("dataset")
+@click.option("--column", default=None, metavar="NAME", help="One input column (cell, drug1...) [default: each].")
+@cache_option
+def data_ids(dataset, column, cache_dir):
+    """The ids that rows to predict may name, for a model of joined DATASET (Uno, Combo, P1B3, Attn; a name
+    or name-fingerprint as `data ls` lists it): one `COLUMN<TAB>ID` line each, to grep or join."""
+    from candle_ray.data import joined_input
+
+    cache = _cache(cache_dir)
+    entry = joined_input.named_entry(cache, dataset)
+    if entry.manifest.get("kind") != "joined":
+        raise UsageError(f"{dataset} is a matrix of features: its rows to predict name the features, not ids")
+    if cache.remote:
+        from candle_ray.data.remote_cache import ensure_local
+
+        ensure_local(entry.path)
+    columns = joined_input.ids_by_column(entry)
+    if column is not None and column not in columns:
+        raise UsageError(f"--column {column!r} is not an id column of {dataset}; use one of {', '.join(columns)}")
+    for key, ids in columns.items():
+        if column in (None, key):
+            click.echo("\n".join(f"{key}\t{i}" for i in ids))
+
+
 def _fail_for(bad: list, total: int, what: str) -> None:
     """After listing every entry: the one bad entry's own error (it names the fix), or how many were bad."""
     from candle_ray.errors import CacheError

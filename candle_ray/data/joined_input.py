@@ -170,3 +170,24 @@ def own_split(rows: JoinedRows, entry) -> str | None:
         if 2 * len(given.merge(known.drop_duplicates(), on=list(rows.columns))) >= len(given):
             return split
     return None
+
+
+def ids_by_column(entry) -> dict[str, list[str]]:
+    """The ids each id column of a row to predict may name (cell, drug1...), in the feature tables' order."""
+    from candle_ray.data import joined_cache
+
+    table_ids = joined_cache.open_table_ids(entry.path)
+    id_columns, _ = input_columns(entry.manifest)
+    return {key: _ids_of(key, entry.manifest, table_ids) for key in id_columns}
+
+
+def named_entry(cache, name: str):
+    """The one entry of `cache` named `name` or `name-FINGERPRINT` (a prefix of it will do), as `data ls` lists
+    them; UsageError where none or several match."""
+    entries = [e for e in cache.entries() if name in (e.name, f"{e.name}-{e.fingerprint}")
+               or (name.startswith(f"{e.name}-") and e.fingerprint.startswith(name[len(e.name) + 1:]))]
+    if len(entries) != 1:
+        found = ", ".join(f"{e.name}-{e.fingerprint}" for e in entries) or "none"
+        raise UsageError(f"{len(entries)} cache entries match {name!r} ({found}); pass a name from "
+                         f"`candle-ray data ls`, with -FINGERPRINT where several share it")
+    return entries[0]

@@ -134,3 +134,23 @@ def test_its_mlflow_model_takes_the_same_rows_and_predicts_the_same(uno, tmp_pat
     want = pd.read_csv(tmp / "out.tsv", sep="\t").head(20)
     assert got["cell"].tolist() == want["cell"].tolist()
     assert np.allclose(got["prediction"], want["prediction"], atol=1e-6)
+
+
+def test_data_ids_lists_what_rows_may_name_and_those_rows_predict(uno, tmp_path):
+    tmp, entry, *_ = uno
+    import io
+
+    ids = CliRunner().invoke(main, ["data", "ids", f"{entry.name}-{entry.fingerprint[:6]}", "--cache-dir",
+                                    str(tmp / "cache")])
+    assert ids.exit_code == 0, ids.output
+    listed = pd.read_csv(io.StringIO(ids.output), sep="\t", header=None, names=["column", "id"], dtype=str)
+    assert list(dict.fromkeys(listed["column"])) == ["response_source", "cell", "drug1", "drug2"]
+    tables = joined_cache.open_table_ids(entry.path)
+    assert listed[listed["column"] == "cell"]["id"].tolist() == tables["cell.rnaseq"]
+    first = {key: listed[listed["column"] == key]["id"].iloc[0] for key in listed["column"].unique()}
+    pd.DataFrame([{**first, "dose1": 5.0, "dose2": 5.5}]).to_csv(tmp_path / "one.csv", index=False)
+    assert predict(tmp, tmp_path / "one.csv").exit_code == 0
+    r = CliRunner().invoke(main, ["data", "ids", entry.name, "--column", "dose1", "--cache-dir", str(tmp / "cache")])
+    assert r.exit_code == 2 and "use one of response_source, cell, drug1, drug2" in r.output, r.output
+    r = CliRunner().invoke(main, ["data", "ids", "uno", "--cache-dir", str(tmp / "cache")])
+    assert r.exit_code == 2 and "0 cache entries match 'uno'" in r.output, r.output
