@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from candle_ray.data import DEFAULT_CACHE
+from candle_ray.data import CACHE_ENV, DEFAULT_CACHE
 from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
 
@@ -85,8 +85,8 @@ class WorkersType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-cache_option = click.option("--cache-dir", envvar="CANDLE_RAY_CACHE", default=None, metavar="DIR",
-                            help=f"Shared data cache: a folder or s3://bucket/prefix [env CANDLE_RAY_CACHE; "
+cache_option = click.option("--cache-dir", envvar=CACHE_ENV, default=None, metavar="DIR",
+                            help=f"Shared data cache: a folder or s3://bucket/prefix [env {CACHE_ENV}; "
                                  f"default {DEFAULT_CACHE}].")
 
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from candle_ray.data import CACHE_ENV
 from candle_ray.errors import DataError, UsageError, data_row
-
-CACHE_ENV = "CANDLE_RAY_CACHE"
 
 
 class JoinedRows:
@@ -110,13 +109,12 @@ def gather(frame, entry, source: str) -> tuple[JoinedRows, dict[str, list]]:
                         f"values as numbers)")
     if len(frame) == 0:
         raise DataError(f"{source} has no rows to predict")
-    tables = joined_cache.open_tables(entry.path)
-    table_ids = joined_cache.open_table_ids(entry.path)
-    columns = {key: _indices(frame[key], key, _ids_of(key, manifest, table_ids), source) for key in id_columns}
+    ids = ids_by_column(entry)
+    columns = {key: _indices(frame[key], key, ids[key], source) for key in id_columns}
     columns.update({key: _values(frame[key], key, source) for key in value_columns})
     shown = {key: frame[key].astype(str).str.strip().tolist() if key in id_columns else frame[key].tolist()
              for key in id_columns + value_columns}
-    return JoinedRows(tables, manifest["slots"], columns), shown
+    return JoinedRows(joined_cache.open_tables(entry.path), manifest["slots"], columns), shown
 
 
 def _ids_of(key: str, manifest: dict, table_ids: dict[str, list[str]]) -> list[str]:
@@ -184,8 +182,8 @@ def ids_by_column(entry) -> dict[str, list[str]]:
 def named_entry(cache, name: str):
     """The one entry of `cache` named `name` or `name-FINGERPRINT` (a prefix of it will do), as `data ls` lists
     them; UsageError where none or several match."""
-    entries = [e for e in cache.entries() if name in (e.name, f"{e.name}-{e.fingerprint}")
-               or (name.startswith(f"{e.name}-") and e.fingerprint.startswith(name[len(e.name) + 1:]))]
+    entries = [e for e in cache.entries()
+               if name == e.name or (name.startswith(f"{e.name}-") and f"{e.name}-{e.fingerprint}".startswith(name))]
     if len(entries) != 1:
         found = ", ".join(f"{e.name}-{e.fingerprint}" for e in entries) or "none"
         raise UsageError(f"{len(entries)} cache entries match {name!r} ({found}); pass a name from "
