@@ -471,7 +471,8 @@ def _write_table(frame, out: Path) -> None:
 @click.argument("model")
 @click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
               help="Rows to predict: CSV, TSV or Parquet with the training features (by name, or CANDLE's header-less "
-                   "layout); for Uno, Combo, P1B3 or Attn, a column per input naming ids and doses (cell, drug1, dose1...).")
+                   "layout); for Uno, Combo, P1B3 or Attn, a column per input naming ids and doses (cell, drug1, "
+                   "dose1...; `data ids DATASET` lists the ids).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.tsv (.csv, .parquet also).")
 @click.option("--mc-dropout", "mc_passes", type=click.IntRange(min=2), default=None, metavar="N",
               help="N stochastic passes with dropout on (Monte-Carlo dropout).")

@@ -551,6 +551,10 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         echo(f"best trial's MLflow run {best['run_id']}, checkpoints {best['checkpoints']}; predict with: "
              f"candle-ray predict {sweep.name} --data ROWS.csv --out predictions.tsv{storage}"
              + (" (--top K pools its K best trials)" if summary["total"] > 1 else ""))
+        from candle_ray.data.joined_input import rows_hint
+
+        if rows_line := rows_hint(entry):
+            echo(rows_line)
     if summary["interrupted"]:
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1

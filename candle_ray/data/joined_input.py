@@ -189,3 +189,13 @@ def named_entry(cache, name: str):
         raise UsageError(f"{len(entries)} cache entries match {name!r} ({found}); pass a name from "
                          f"`candle-ray data ls`, with -FINGERPRINT where several share it")
     return entries[0]
+
+
+def rows_hint(entry) -> str | None:
+    """What a file of rows to predict for a model of this joined entry holds, and where its ids are listed;
+    None for a matrix or a multi-task entry (predict does not serve P3B1)."""
+    if entry.manifest.get("kind") != "joined" or len(entry.manifest["label_columns"]) > 1:
+        return None
+    id_columns, value_columns = input_columns(entry.manifest)
+    return (f"ROWS.csv: one row per combination, columns {', '.join(id_columns + value_columns)} "
+            f"(`candle-ray data ids {entry.name}-{entry.fingerprint}` lists the ids)")
