@@ -176,3 +176,16 @@ def test_synthetic_files_round_trip_with_a_learnable_signal(tmp_path):
     effect = {k: train.groupby(k)["y"].mean() for k in ("cell_id", "drug1_id", "drug2_id")}
     guess = sum(val[k].map(effect[k]).fillna(train["y"].mean()) for k in effect)
     assert np.corrcoef(guess, val["y"])[0, 1] > 0.5
+
+
+def test_all_feature_ids_keeps_drugs_without_responses_and_the_same_rows(tmp_path):
+    paths = write(tmp_path)
+    used, every = combo.read(paths, {}, 2018), combo.read(paths, {"all_feature_ids": True}, 2018)
+    assert used.tables["drug.descriptors"].ids == ["10", "20", "30"]
+    assert every.tables["drug.descriptors"].ids == ["10", "20", "30", "99"]  # NSC.99 has no response rows
+    assert every.tables["cell.expression"].ids == ["NCI60.A", "NCI60.B", "NCI60.C"]  # CCLE.Z: not the sample set
+    assert targets(used) == targets(every)
+    for split in used.splits:
+        for key, table in (("cell", "cell.expression"), ("drug1", "drug.descriptors"), ("drug2", "drug.descriptors")):
+            before = used.tables[table].values[used.splits[split][key].to_numpy()]
+            assert np.array_equal(before, every.tables[table].values[every.splits[split][key].to_numpy()])

@@ -477,3 +477,23 @@ def test_the_aggregated_file_is_fetched_only_with_agg_dose(tmp_path):
     entry = cache.prepare(synthesize(growth, tmp_path / "growth", rows=(300, 100), features=24, seed=1),
                           log=lambda *_: None)
     assert "agg_response" not in entry.manifest["sources"]
+
+
+def test_all_feature_ids_keeps_cells_without_responses_and_trains_on_the_same_rows(tmp_path):
+    """`all_feature_ids`: the tables keep every cell the RNA-seq file describes (CCLE.X has no response rows), so
+    predict can name it; the rows, their features (scaled over the whole file either way) and the fingerprint
+    at the default stay as they were."""
+    from candle_ray.data import registry
+
+    paths = write(tmp_path)
+    used, every = read(paths), read(paths, all_feature_ids=True)
+    assert used.tables["cell.rnaseq"].ids == ["GDSC.C1", "GDSC.C2", "NCI60.N1"]
+    assert every.tables["cell.rnaseq"].ids == ["CCLE.X", "GDSC.C1", "GDSC.C2", "NCI60.N1"]
+    assert every.tables["drug.descriptors"].ids == every.tables["drug.fingerprints"].ids  # one index serves both
+    for split in ("train", "val"):
+        assert np.array_equal(features_of(used, used.splits[split]), features_of(every, every.splits[split]))
+        assert used.splits[split]["cell_id"].tolist() == every.splits[split]["cell_id"].tolist()
+    assert "all_feature_ids" not in registry.identifying_options("uno", {})
+    assert registry.identifying_options("uno", {"all_feature_ids": True})["all_feature_ids"] is True
+    with pytest.raises(UsageError, match="all_feature_ids='yes' must be True or False"):
+        read(paths, all_feature_ids="yes")

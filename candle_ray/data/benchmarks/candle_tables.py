@@ -189,6 +189,14 @@ def feature_table(name: str, ids: list[str], values: np.ndarray, columns: list[s
                         columns=list(columns))
 
 
+def kept_ids(used: set, features: dict[str, tuple], every: bool) -> list[str]:
+    """The ids a key's feature tables keep, sorted: those of the rows (`used`), or with `every` each id that all
+    of the key's feature files describe (`features`: name -> (ids, values, columns)), which includes them."""
+    if not every:
+        return sorted(used)
+    return sorted(set.intersection(*(set(ids) for ids, _, _ in features.values())) | used)
+
+
 def indices(table: FeatureTable, ids: pd.Series) -> np.ndarray:
     """int32 row indices into `table` for each id (every id must be in the table)."""
     position = pd.Series(np.arange(len(table.ids), dtype=np.int32), index=table.ids)

@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
-                                                      impute_and_scale, indices, non_empty, read_features, read_table, require)
+                                                      impute_and_scale, indices, kept_ids, non_empty, read_features, read_table,
+                                                      require)
 from candle_ray.data.joined import JoinedTables, Slot
 from candle_ray.errors import DataError, UsageError
 
@@ -65,7 +66,10 @@ OPTIONS = {
     "use_mean_growth": False,
     "use_combo_score": False,
     "sample_set": "NCI60",
+    "all_feature_ids": False,  # not CANDLE's: keep every cell and drug of the feature files (as Uno's option)
 }
+# Options added after entries were first prepared: at their default they stay out of the fingerprint.
+ADDED_OPTIONS = ("all_feature_ids",)
 PARTITIONS = ("overlapping", "disjoint", "disjoint_cells")
 RESPONSE_COLUMNS = ["CELLNAME", "NSC1", "CONC1", "NSC2", "CONC2", "PERCENTGROWTH", "VALID"]
 KEYS = ["Sample", "NSC1", "NSC2"]
@@ -81,7 +85,7 @@ def check_options(options: dict) -> dict:
     o["val_split"] = check_fraction("val_split", o["val_split"])
     check_choice("cv_partition", o["cv_partition"], PARTITIONS)
     check_choice("scaling", o["scaling"] if o["scaling"] is not None else "none", ("std", "minmax", "maxabs", "none"))
-    for key in ("shuffle", "use_mean_growth", "use_combo_score"):
+    for key in ("shuffle", "use_mean_growth", "use_combo_score", "all_feature_ids"):
         if not isinstance(o[key], bool):
             raise UsageError(f"option {key}={o[key]!r} must be True or False")
     if not isinstance(o["sample_set"], str) or not o["sample_set"]:
@@ -202,8 +206,12 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
         non_empty(name, parts[name], {**counts, "cv_partition": o["cv_partition"]})
 
     used = pd.concat(parts.values())
-    cell = feature_table("cell.expression", c_ids, c_values, c_columns, sorted(set(used["Sample"])))
-    drug = feature_table("drug.descriptors", d_ids, d_values, d_columns, sorted(set(used["NSC1"]) | set(used["NSC2"])))
+    every = o["all_feature_ids"]
+    cell = feature_table("cell.expression", c_ids, c_values, c_columns,
+                         kept_ids(set(used["Sample"]), {"expression": (c_ids, c_values, c_columns)}, every))
+    drug = feature_table("drug.descriptors", d_ids, d_values, d_columns,
+                         kept_ids(set(used["NSC1"]) | set(used["NSC2"]), {"descriptors": (d_ids, d_values, d_columns)},
+                                  every))
     splits = {name: pd.DataFrame({
         "cell": indices(cell, frame["Sample"]), "drug1": indices(drug, frame["NSC1"]), "drug2": indices(drug, frame["NSC2"]),
         "y": frame["y"].to_numpy(np.float32), "cell_id": frame["Sample"].astype(str).to_numpy(),

@@ -68,7 +68,8 @@ import numpy as np
 import pandas as pd
 
 from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
-                                                      impute_and_scale, indices, non_empty, read_features, read_fingerprints,
+                                                      impute_and_scale, indices, kept_ids, non_empty, read_features,
+                                                      read_fingerprints,
                                                       read_table, require, shuffle_split)
 from candle_ray.data.benchmarks import uno_subsets
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
@@ -124,10 +125,13 @@ OPTIONS = {
     "by_drug": None,  # one drug's single-drug rows, by name (uno_by_drug_example.txt: 'paclitaxel')
     "by_cell": None,  # one cell line's rows, by a part of its name
     "cell_types": None,  # rows of cell lines whose tumour type holds one of these names
+    # not CANDLE's: keep every cell and drug the feature files describe, not only those with response rows,
+    # so that `candle-ray predict` can name unscreened ones (larger tables; training reads the same rows)
+    "all_feature_ids": False,
 }
 # Options added after entries were first prepared: at their default they stay out of the fingerprint, so
 # those entries keep their names (candle_ray.data.registry.identifying_options).
-ADDED_OPTIONS = ("by_drug", "by_cell", "cell_types")
+ADDED_OPTIONS = ("by_drug", "by_cell", "cell_types", "all_feature_ids")
 AGG_TARGETS = ("AUC", "IC50", "EC50", "HS", "AAC1", "AUC1", "DSS1")
 CELL_FEATURES = ("rnaseq",)
 DRUG_FEATURES = ("descriptors", "fingerprints")
@@ -152,7 +156,7 @@ def check_options(options: dict) -> dict:
     check_choice("partition_by", o["partition_by"], PARTITIONS)
     o["val_split"] = check_fraction("val_split", o["val_split"])
     check_choice("preprocess_rnaseq", o["preprocess_rnaseq"] or "none", ("none", "source_scale", "combat"))
-    for key in ("single", "embed_feature_source", "encode_response_source"):
+    for key in ("single", "embed_feature_source", "encode_response_source", "all_feature_ids"):
         if not isinstance(o[key], bool):
             raise UsageError(f"option {key}={o[key]!r} must be True or False")
     for key in ("drug_lower_response", "drug_upper_response", "drug_response_span", "drug_median_response_min",
@@ -486,13 +490,14 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
         non_empty(name, parts[name], counts)
 
     used = pd.concat(parts.values())
-    used_cells = sorted(set(used["Sample"]))
-    used_drugs = sorted(set(used["Drug1"]) | (set() if o["single"] else set(used["Drug2"])))
+    kept_cells = kept_ids(set(used["Sample"]), cells, o["all_feature_ids"])
+    kept_drugs = kept_ids(set(used["Drug1"]) | (set() if o["single"] else set(used["Drug2"])), drugs,
+                          o["all_feature_ids"])
     tables: dict[str, FeatureTable] = {}
     for feature, (ids, values, columns) in cells.items():
-        tables[f"cell.{feature}"] = feature_table(f"cell.{feature}", ids, values, columns, used_cells)
+        tables[f"cell.{feature}"] = feature_table(f"cell.{feature}", ids, values, columns, kept_cells)
     for feature, (ids, values, columns) in drugs.items():
-        tables[f"drug.{feature}"] = feature_table(f"drug.{feature}", ids, values, columns, used_drugs)
+        tables[f"drug.{feature}"] = feature_table(f"drug.{feature}", ids, values, columns, kept_drugs)
     if o["encode_response_source"]:
         tables["response.source"] = encode_sources(all_sources)
 
