@@ -189,12 +189,12 @@ def feature_table(name: str, ids: list[str], values: np.ndarray, columns: list[s
                         columns=list(columns))
 
 
-def kept_ids(used: set, features: dict[str, tuple], every: bool) -> list[str]:
+def kept_ids(used: set, id_lists: list[list[str]], every: bool) -> list[str]:
     """The ids a key's feature tables keep, sorted: those of the rows (`used`), or with `every` each id that all
-    of the key's feature files describe (`features`: name -> (ids, values, columns)), which includes them."""
+    of the key's feature files describe (`id_lists`, one per file), which includes them."""
     if not every:
         return sorted(used)
-    return sorted(set.intersection(*(set(ids) for ids, _, _ in features.values())) | used)
+    return sorted(set.intersection(*map(set, id_lists)) | used)
 
 
 def indices(table: FeatureTable, ids: pd.Series) -> np.ndarray:

@@ -207,11 +207,9 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
 
     used = pd.concat(parts.values())
     every = o["all_feature_ids"]
-    cell = feature_table("cell.expression", c_ids, c_values, c_columns,
-                         kept_ids(set(used["Sample"]), {"expression": (c_ids, c_values, c_columns)}, every))
+    cell = feature_table("cell.expression", c_ids, c_values, c_columns, kept_ids(set(used["Sample"]), [c_ids], every))
     drug = feature_table("drug.descriptors", d_ids, d_values, d_columns,
-                         kept_ids(set(used["NSC1"]) | set(used["NSC2"]), {"descriptors": (d_ids, d_values, d_columns)},
-                                  every))
+                         kept_ids(set(used["NSC1"]) | set(used["NSC2"]), [d_ids], every))
     splits = {name: pd.DataFrame({
         "cell": indices(cell, frame["Sample"]), "drug1": indices(drug, frame["NSC1"]), "drug2": indices(drug, frame["NSC2"]),
         "y": frame["y"].to_numpy(np.float32), "cell_id": frame["Sample"].astype(str).to_numpy(),

@@ -69,8 +69,7 @@ import pandas as pd
 
 from candle_ray.data.benchmarks.candle_tables import (as_list, check_choice, check_fraction, feature_table, first_occurrence,
                                                       impute_and_scale, indices, kept_ids, non_empty, read_features,
-                                                      read_fingerprints,
-                                                      read_table, require, shuffle_split)
+                                                      read_fingerprints, read_table, require, shuffle_split)
 from candle_ray.data.benchmarks import uno_subsets
 from candle_ray.data.joined import FeatureTable, JoinedTables, Slot
 from candle_ray.errors import DataError, UsageError
@@ -490,9 +489,9 @@ def read(paths: dict, options: dict, seed: int) -> JoinedTables:
         non_empty(name, parts[name], counts)
 
     used = pd.concat(parts.values())
-    kept_cells = kept_ids(set(used["Sample"]), cells, o["all_feature_ids"])
-    kept_drugs = kept_ids(set(used["Drug1"]) | (set() if o["single"] else set(used["Drug2"])), drugs,
-                          o["all_feature_ids"])
+    kept_cells = kept_ids(set(used["Sample"]), [ids for ids, _, _ in cells.values()], o["all_feature_ids"])
+    kept_drugs = kept_ids(set(used["Drug1"]) | (set() if o["single"] else set(used["Drug2"])),
+                          [ids for ids, _, _ in drugs.values()], o["all_feature_ids"])
     tables: dict[str, FeatureTable] = {}
     for feature, (ids, values, columns) in cells.items():
         tables[f"cell.{feature}"] = feature_table(f"cell.{feature}", ids, values, columns, kept_cells)
