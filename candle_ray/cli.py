@@ -37,14 +37,10 @@ def main():
 
 def _cache(cache_dir: str | None):
     """The data cache: a local or shared folder, or s3://bucket/prefix (credentials and bucket checked here,
-    before Ray starts)."""
-    if cache_dir and str(cache_dir).startswith("s3:"):
-        from candle_ray.data.remote_cache import open_cache
+    before Ray starts); None: the default root."""
+    from candle_ray.data.remote_cache import open_cache
 
-        return open_cache(cache_dir)
-    from candle_ray.data.cache import Cache
-
-    return Cache(Path(cache_dir or DEFAULT_CACHE).expanduser())
+    return open_cache(cache_dir)
 
 
 def _prepare(experiment, *, smoke: bool, cache, force: bool = False, log=click.echo, config_file=None):
@@ -648,10 +644,6 @@ def data_ids(dataset, column, cache_dir):
     entry = joined_input.named_entry(cache, dataset)
     if entry.manifest.get("kind") != "joined":
         raise UsageError(f"{dataset} is a matrix of features: its rows to predict name the features, not ids")
-    if cache.remote:
-        from candle_ray.data.remote_cache import ensure_local
-
-        ensure_local(entry.path)
     columns = joined_input.ids_by_column(entry)
     if column is not None and column not in columns:
         raise UsageError(f"--column {column!r} is not an id column of {dataset}; use one of {', '.join(columns)}")

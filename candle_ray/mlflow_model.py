@@ -46,12 +46,7 @@ def predictions(members: list, frame, params: dict):
     from candle_ray.data.features import frame_for_prediction
 
     info = members[0].data
-    if info.get("kind") == "joined":
-        from candle_ray.data import joined_input
-
-        X, ids = joined_input.gather(frame, joined_input.entry_of(None, info), "the model input")
-    else:
-        X, _, ids = frame_for_prediction(frame, info, source="the model input")
+    X, _, ids = frame_for_prediction(frame, info, source="the model input")
     pooled = predict.predict(members, predict.array_batches(X), mc_passes=int(params["mc_dropout"]))
     return predict.table(pooled, info, alpha=float(params["alpha"]), ids=ids)
 

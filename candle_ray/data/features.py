@@ -153,52 +153,50 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False, joined_e
     A file with a header must contain every training feature by name (in any order; extra columns
     are ignored, the label column is read when present). A header-less file (CANDLE's NT3/TC1 format)
     must have exactly the training width, or one more column: the label first. A model of a joined
-    dataset takes rows of ids and values instead, gathered from its cache entry `joined_entry`
-    (candle_ray.data.joined_input); X is then a `JoinedRows` and the ids are its input columns by name.
+    dataset takes rows of ids and values instead, gathered from its cache entry `joined_entry` (None: looked
+    up as candle_ray.data.joined_input.entry_of does); X is then a `JoinedRows` and the ids are its input
+    columns by name.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
     if info.get("kind") == "joined":
-        return _joined_for_prediction(path, info, joined_entry, need_labels)
+        from candle_ray.data import joined_input
+
+        joined_entry = joined_entry or joined_input.entry_of(None, info)
+        frame = _read_frame(path, True, joined_input.input_columns(joined_entry.manifest)[0])  # ids as text
+        return frame_for_prediction(frame, info, source=str(path), need_labels=need_labels, joined_entry=joined_entry)
     header = _has_header(path, info.get("feature_names"))
     frame = _read_frame(path, header, info.get("categorical") or ())
     return frame_for_prediction(frame, info, header=header, source=str(path), need_labels=need_labels)
 
 
-def _joined_for_prediction(path: Path, info: dict, entry, need_labels: bool):
+def _joined_for_prediction(frame, info: dict, entry, source: str, need_labels: bool):
     """A joined model's rows to predict: ids and values by name, gathered from its cache entry; the label
-    column (the cached row tables' name, "y") is read where the file has it."""
+    column (the cached row tables' name, "y") is read where the frame has it."""
     from candle_ray.data import joined_input
 
-    if entry is None:
-        raise UsageError(f"rows for a model of joined dataset {info['dataset']} are gathered from its cache entry; "
-                         f"pass joined_entry=candle_ray.data.joined_input.entry_of(cache, info)")
-    id_columns, _ = joined_input.input_columns(entry.manifest)
-    frame = _read_frame(path, True, id_columns)
-    X, shown = joined_input.gather(frame, entry, str(path))
+    X, shown = joined_input.gather(frame, entry, source)
     labels = entry.manifest["label_columns"]
     if len(labels) == 1 and labels[0] in frame.columns:
         return X, _labels(frame[labels[0]].to_numpy(), info, strict=need_labels), shown
     if need_labels:
-        raise DataError(f"{path} has no label column {labels[0]!r}; calibration data needs the true labels"
+        raise DataError(f"{source} has no label column {labels[0]!r}; calibration data needs the true labels"
                         if len(labels) == 1 else f"calibration needs one label column; this model has {len(labels)}")
     return X, None, shown
 
 
-def _refuse_joined(info: dict) -> None:
-    if info.get("kind") == "joined":
-        raise UsageError(f"an MLflow model of joined dataset {info['dataset']} cannot read a frame of features; "
-                         f"predict with `candle-ray predict MODEL --data ROWS` (rows of ids)")
-
-
 def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str = "the input",
-                         need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+                         need_labels: bool = False, joined_entry=None):
     """`read_for_prediction` of rows already in a DataFrame (an MLflow model's input): named columns when
-    `header`, else CANDLE's positional layout."""
+    `header`, else CANDLE's positional layout; a joined dataset's ids and values by name."""
     import pandas as pd
 
-    _refuse_joined(info)
+    if info.get("kind") == "joined":
+        from candle_ray.data import joined_input
+
+        return _joined_for_prediction(frame, info, joined_entry or joined_input.entry_of(None, info), source,
+                                      need_labels)
     names, width = info.get("feature_names"), int(info["num_features"])
     label = info.get("label") if isinstance(info.get("label"), str) else None
     ids, y = None, None

@@ -39,13 +39,9 @@ def entry_of(cache, info: dict):
     fingerprint in `cache` (None: $CANDLE_RAY_CACHE, else the default root), else at the path it was trained
     from where that still holds it (an MLflow model logged by a sweep with --cache-dir); UsageError naming
     where it was looked for and how to prepare it."""
-    if cache is None:
-        import os
+    from candle_ray.data.remote_cache import ensure_local, open_cache
 
-        from candle_ray.data import DEFAULT_CACHE
-        from candle_ray.data.remote_cache import open_cache
-
-        cache = open_cache(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+    cache = cache or open_cache()
     entry = cache.find(info["dataset"], info["fingerprint"]) or _trained_from(info)
     if entry is None:
         rebuild = info.get("rebuild") or "candle-ray data prepare EXPERIMENT (with the run's --config-file)"
@@ -53,10 +49,7 @@ def entry_of(cache, info: dict):
         raise UsageError(f"the model reads its features from dataset {info['dataset']} (fingerprint "
                          f"{info['fingerprint']}), which is not in the cache {where}; pass --cache-dir (or set "
                          f"{CACHE_ENV}) where it is, or prepare it: {rebuild}")
-    if getattr(cache, "remote", False):
-        from candle_ray.data.remote_cache import ensure_local
-
-        ensure_local(entry.path)
+    ensure_local(entry.path)  # an S3 entry is read from this node's copy (a local one: nothing to do)
     return entry
 
 
@@ -181,13 +174,16 @@ def ids_by_column(entry) -> dict[str, list[str]]:
 
 def named_entry(cache, name: str):
     """The one entry of `cache` named `name` or `name-FINGERPRINT` (a prefix of it will do), as `data ls` lists
-    them; UsageError where none or several match."""
+    them, on this node; UsageError where none or several match."""
+    from candle_ray.data.remote_cache import ensure_local
+
     entries = [e for e in cache.entries()
                if name == e.name or (name.startswith(f"{e.name}-") and f"{e.name}-{e.fingerprint}".startswith(name))]
     if len(entries) != 1:
         found = ", ".join(f"{e.name}-{e.fingerprint}" for e in entries) or "none"
         raise UsageError(f"{len(entries)} cache entries match {name!r} ({found}); pass a name from "
                          f"`candle-ray data ls`, with -FINGERPRINT where several share it")
+    ensure_local(entries[0].path)
     return entries[0]
 
 

@@ -315,8 +315,12 @@ class S3Cache:
             verify(entry)
 
 
-def open_cache(root):
-    """A `Cache` for a local or shared folder, an `S3Cache` for s3://bucket/prefix."""
+def open_cache(root=None):
+    """A `Cache` for a local or shared folder, an `S3Cache` for s3://bucket/prefix; None: $CANDLE_RAY_CACHE's,
+    else the default root."""
+    from candle_ray.data import CACHE_ENV, DEFAULT_CACHE
+
+    root = root or os.environ.get(CACHE_ENV) or DEFAULT_CACHE
     if str(root).startswith("s3://"):
         return S3Cache(str(root))
     if str(root).startswith("s3:/"):  # Path("s3://b") collapses the slashes
