@@ -614,6 +614,8 @@ def data_prepare(experiment_file, config_file, smoke, force, cache_dir):
 @cache_option
 def data_ls(cache_dir):
     """List the cache's entries."""
+    from candle_ray.data.cache_format import entry_bytes
+
     cache, broken = _cache(cache_dir), []
     entries = cache.entries(broken)
     if not entries and not broken:
@@ -621,14 +623,40 @@ def data_ls(cache_dir):
         return
     click.echo(f"{'dataset':<28} {'fingerprint':<17} {'train':>7} {'val':>6} {'features':>9} {'MiB':>8}  created")
     for e in entries:
-        files = [*e.manifest["splits"].values(), *e.manifest.get("tables", {}).values()]  # joined: + feature tables
-        size = sum(f["bytes"] for f in files) / 2**20
         name = e.name + (" (synthetic)" if e.synthetic else "")
         click.echo(f"{name:<28} {e.fingerprint:<17} {e.rows['train']:>7} {e.rows['val']:>6} "
-                   f"{e.num_features:>9} {size:>8.1f}  {e.manifest['created']}")
+                   f"{e.num_features:>9} {entry_bytes(e.manifest) / 2**20:>8.1f}  {e.manifest['created']}")
     for folder, _ in broken:
         click.echo(f"{folder:<46} UNREADABLE")
+    downloads = sum(f.stat().st_size for f in cache.downloads.rglob("*") if f.is_file())
+    if downloads:  # the sources entries were built from: often larger than the entries
+        click.echo(f"downloads{' on this node' if cache.remote else ''}: {downloads / 2**20:.1f} MiB in "
+                   f"{cache.downloads} (`candle-ray data rm ENTRY --downloads` deletes an entry's own)")
     _fail_for(broken, len(entries) + len(broken), "unreadable")
+
+
+@data.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="ENTRY...")
+@click.option("--downloads", is_flag=True, help="Also delete the downloaded files they were built from that no "
+                                                "other entry was (a later prepare downloads them again).")
+@cache_option
+def data_rm(names, downloads, cache_dir):
+    """Delete cache entries (each a name, or name-fingerprint where several share it, as `data ls` lists
+    them) to free their disk; `data prepare` builds one again. A run reading one goes on; models of
+    Uno, Combo, P1B3 and Attn read their entry's features to predict, and say how to rebuild it."""
+    from candle_ray.data.cache_format import named
+
+    cache = _cache(cache_dir)
+    listed = cache.entries([])  # an unreadable entry does not stop the removal of the others
+    chosen = {f"{e.name}-{e.fingerprint}": e for e in (named(listed, n) for n in names)}  # every name, before any delete
+    freed = 0
+    for key, entry in chosen.items():
+        size = cache.remove(entry, log=click.echo)
+        freed += size
+        click.echo(f"removed {key} ({size / 2**20:.1f} MiB)")
+    if downloads:
+        freed += cache.drop_downloads([e.manifest for e in chosen.values()], log=click.echo)
+    click.echo(f"freed {freed / 2**20:.1f} MiB")
 
 
 @data.command("ids")

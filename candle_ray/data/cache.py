@@ -40,7 +40,7 @@ from candle_ray.data.cache_format import (DEFAULT_REBUILD, FORMAT_VERSION, MANIF
                                           corrupt_entry, exclusive_lock, file_sha256, fingerprint, fsync,
                                           numpy_view, open_arrow, read_manifest, sources_record,
                                           verify_downloads, write_batch_file, write_manifest)
-from candle_ray.data.sources import fetch, local_path, redact
+from candle_ray.data.sources import fetch, local_path, redact, sidecar
 from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels
 from candle_ray.errors import CacheError, DataError, UsageError, data_row
 
@@ -380,6 +380,34 @@ def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
 
 
 # --------------------------------------------------------------------------- the cache
+def drop_unused_downloads(root: Path, removed: list[dict], kept: list[Entry], broken: list, log) -> int:
+    """Delete the files under `root`/downloads that the `removed` manifests record and no `kept` entry's does,
+    with their sha256 sidecars and the folders they leave empty; their bytes. Nothing while an entry's
+    manifest cannot be read (`broken`): it may record them."""
+    if broken:
+        log(f"kept the downloads: {len(broken)} cache entr{'y' if len(broken) == 1 else 'ies'} cannot be read and "
+            f"may use them (`candle-ray data verify` names the problem)")
+        return 0
+
+    def recorded(manifests) -> set[str]:
+        return {s["download"] for m in manifests for s in (m.get("sources") or {}).values() if s.get("download")}
+
+    downloads, freed = root / "downloads", 0
+    for relative in sorted(recorded(removed) - recorded(e.manifest for e in kept)):
+        path = root / relative
+        if downloads not in path.parents:  # a smoke run's synthetic files, or a file of the user's own
+            continue
+        for file in (path, sidecar(path)):
+            if file.is_file():
+                freed += file.stat().st_size
+                file.unlink()
+        folder = path.parent
+        while folder != downloads and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    return freed
+
+
 class Cache:
     """A cache root on a local or shared POSIX filesystem (s3:// roots: candle_ray.data.remote_cache.S3Cache)."""
 
@@ -432,6 +460,26 @@ class Cache:
 
     def verify(self, entry: Entry) -> None:
         verify(entry)
+
+    def remove(self, entry: Entry, log: Callable[[str], None] | None = None) -> int:
+        """Delete `entry`; the bytes it held. Under its preparation lock (a `prepare` of it waits, then builds
+        it afresh) it is renamed aside first, so no reader sees half an entry: a run reading it keeps its
+        memory-mapped files, and one that opens it afterwards is told it is missing and how to rebuild it."""
+        key = Path(entry.path).name
+        path, old = self.datasets / key, self.datasets / f".old-{key}-{os.getpid()}"
+        with exclusive_lock(self.locks / f"{key}.lock", log):
+            if not (path / MANIFEST).is_file():
+                return 0  # removed meanwhile
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            os.rename(path, old)  # a leftover of a crash from here on is cleared by the next prepare of it
+            fsync(self.datasets)
+        shutil.rmtree(old, ignore_errors=True)
+        return size
+
+    def drop_downloads(self, removed: list[dict], log: Callable[[str], None] = print) -> int:
+        """Delete the downloads that the `removed` entries' manifests record and no entry left here does."""
+        broken: list = []
+        return drop_unused_downloads(self.root, removed, self.entries(broken), broken, log)
 
     def prepare(self, ds: Dataset | ReaderDataset, *, force: bool = False, rebuild_hint: str = "", log: Callable[[str], None] = print) -> Entry:
         """Fetch, read, validate, split, scale and write `ds` into the cache, once.

@@ -30,7 +30,7 @@ import pyarrow as pa
 from candle_ray.data import registry
 from candle_ray.data.sources import file_digests, local_path, redact
 from candle_ray.data.spec import Dataset, ReaderDataset
-from candle_ray.errors import CacheError
+from candle_ray.errors import CacheError, UsageError
 
 FORMAT_VERSION = 1
 DEFAULT_REBUILD = "candle-ray data prepare <experiment> --force"
@@ -86,6 +86,24 @@ def entry_files(manifest: dict) -> list[tuple[str, str, int | None]]:
     if pre.get("scaler_file"):
         files.append((pre["scaler_file"], pre["scaler_sha256"], None))
     return files
+
+
+def entry_bytes(manifest: dict) -> int:
+    """The bytes of an entry's data files: what `data ls` shows and `data rm` frees."""
+    return sum(size or 0 for _, _, size in entry_files(manifest))
+
+
+def named(entries: list[Entry], name: str) -> Entry:
+    """The one of `entries` named `name` or `name-FINGERPRINT` (a prefix of it will do), as `data ls` lists
+    them; UsageError where none or several match."""
+    found = [e for e in entries
+             if name == e.name or (name.startswith(f"{e.name}-") and f"{e.name}-{e.fingerprint}".startswith(name))]
+    if not found:
+        raise UsageError(f"no cache entry is named {name!r}; pass a name that `candle-ray data ls` lists")
+    if len(found) > 1:
+        raise UsageError(f"{len(found)} cache entries match {name!r} ({', '.join(f'{e.name}-{e.fingerprint}' for e in found)}); "
+                         f"pass one of them")
+    return found[0]
 
 
 # --------------------------------------------------------------------------- the fingerprint

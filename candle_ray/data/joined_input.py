@@ -173,18 +173,13 @@ def ids_by_column(entry) -> dict[str, list[str]]:
 
 
 def named_entry(cache, name: str):
-    """The one entry of `cache` named `name` or `name-FINGERPRINT` (a prefix of it will do), as `data ls` lists
-    them, on this node; UsageError where none or several match."""
+    """The one entry of `cache` named `name` or `name-FINGERPRINT` (`cache_format.named`), on this node."""
+    from candle_ray.data.cache_format import named
     from candle_ray.data.remote_cache import ensure_local
 
-    entries = [e for e in cache.entries()
-               if name == e.name or (name.startswith(f"{e.name}-") and f"{e.name}-{e.fingerprint}".startswith(name))]
-    if len(entries) != 1:
-        found = ", ".join(f"{e.name}-{e.fingerprint}" for e in entries) or "none"
-        raise UsageError(f"{len(entries)} cache entries match {name!r} ({found}); pass a name from "
-                         f"`candle-ray data ls`, with -FINGERPRINT where several share it")
-    ensure_local(entries[0].path)
-    return entries[0]
+    entry = named(cache.entries(), name)
+    ensure_local(entry.path)
+    return entry
 
 
 def rows_hint(entry) -> str | None:

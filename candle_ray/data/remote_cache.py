@@ -35,9 +35,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from candle_ray.data.cache import Cache, verify
-from candle_ray.data.cache_format import (DEFAULT_REBUILD, MANIFEST, Entry, entry_files, exclusive_lock, file_sha256,
-                                          fingerprint)
+from candle_ray.data.cache import Cache, drop_unused_downloads, verify
+from candle_ray.data.cache_format import (DEFAULT_REBUILD, MANIFEST, Entry, entry_bytes, entry_files, exclusive_lock,
+                                          file_sha256, fingerprint)
 from candle_ray.errors import CacheError, UsageError
 
 _MIRROR = "s3-mirror"
@@ -313,6 +313,37 @@ class S3Cache:
                                  f"{size:,}; rebuild it with: {hint}")
         if (Path(entry.path) / MANIFEST).is_file():
             verify(entry)
+
+
+    def remove(self, entry, log: Callable[[str], None] | None = None) -> int:
+        """Delete the entry from the bucket, its manifest first (the commit point: the entry is gone at once,
+        and a delete cut off midway leaves only invisible files that its next `prepare` overwrites), then
+        this node's staged and mirrored copies; the bytes it held in the bucket. Other nodes' copies stay
+        under their CANDLE_RAY_NODE_CACHE, unused."""
+        key = f"{entry.name}-{entry.fingerprint}"
+        base = self.store.path("datasets", key)
+        with exclusive_lock(self.staging.locks / f"{key}.upload.lock", log):  # not beside an upload of it
+            try:
+                self.store.fs.delete_file(f"{base}/{MANIFEST}")
+                self.store.fs.delete_dir(base)
+            except FileNotFoundError:
+                return 0  # removed meanwhile
+            except OSError as exc:
+                raise CacheError(f"deleting {self.store.display('datasets', key)} failed ({' '.join(str(exc).split())}); "
+                                 f"run the same command again") from None
+        staged = self.staging.find(entry.name, entry.fingerprint)
+        if staged is not None:
+            self.staging.remove(staged, log)
+        for copy in Path(entry.path).parent.glob(f"{key}@*"):  # every version; renamed aside, as a local entry
+            aside = copy.with_name(f".old-{copy.name}-{os.getpid()}")
+            os.rename(copy, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        return entry_bytes(entry.manifest)
+
+    def drop_downloads(self, removed: list[dict], log: Callable[[str], None] = print) -> int:
+        """This node's downloads (in staging) that the `removed` entries record and no entry left in the bucket does."""
+        broken: list = []
+        return drop_unused_downloads(self.root, removed, self.entries(broken), broken, log)
 
 
 def open_cache(root=None):

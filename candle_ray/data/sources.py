@@ -95,7 +95,8 @@ def _mismatch(source: Source, sha256: str, md5: str) -> str | None:
     return None
 
 
-def _sidecar(path: Path) -> Path:
+def sidecar(path: Path) -> Path:
+    """Where a download's sha256 is kept beside it (trust on first use for sources declared without one)."""
     return path.with_name(path.name + ".sha256")
 
 
@@ -131,7 +132,7 @@ def _cached(source: Source, final: Path) -> Fetched | None:
         ok = _mismatch(source, sha256, md5) is None
     else:
         try:
-            ok = _sidecar(final).read_text().split()[0] == sha256
+            ok = sidecar(final).read_text().split()[0] == sha256
         except (OSError, IndexError):
             ok = False
     return Fetched(path=final, url=redact(source.url), sha256=sha256, md5=md5, bytes=size) if ok else None
@@ -186,9 +187,9 @@ def _download(source: Source, final: Path, log) -> Fetched:
     finally:
         part.unlink(missing_ok=True)
     # The sidecar lets a later fetch without a declared checksum trust the file (trust on first use).
-    tmp = _sidecar(final).with_name(f"{_sidecar(final).name}.part-{os.getpid()}")
+    tmp = sidecar(final).with_name(f"{sidecar(final).name}.part-{os.getpid()}")
     tmp.write_text(f"{sha256}  {final.name}\n")
-    os.replace(tmp, _sidecar(final))
+    os.replace(tmp, sidecar(final))
     if log:
         seconds = max(time.monotonic() - start, 1e-9)
         log(f"downloaded {size:,} bytes in {seconds:.1f} s ({size / seconds / 1e6:.1f} MB/s)")

@@ -119,6 +119,15 @@ def test_prepare_ls_verify_and_fetch_on_another_node(s3_cache, s3_endpoint, work
     for name in ("train.arrow", "val.arrow"):
         assert (fresh / name).read_bytes() == (local / name).read_bytes()
 
+    # Removed on the node that prepared it: gone from the bucket, its staging and its copy; node b's copy stays.
+    monkeypatch.setenv("CANDLE_RAY_NODE_CACHE", str(workdir / "node-a"))
+    staged = next((workdir / "node-a" / "s3-staging").rglob(f"datasets/{key}"))
+    removed = cli("data", "rm", "nt3-smoke")
+    assert removed.exit_code == 0 and f"removed {key} (" in removed.output, removed.output
+    assert keys(s3_endpoint, f"{s3_cache}/datasets/") <= {f"{s3_cache}/datasets/"}  # Arrow keeps the parent's marker
+    assert not staged.exists() and not local.exists() and (fresh / "manifest.json").is_file()
+    assert f"no entries in s3://{BUCKET}/{s3_cache}" in cli("data", "ls").output
+
 
 def test_corrupt_or_incomplete_entries_are_refused(s3_cache, s3_endpoint, workdir, monkeypatch):
     from candle_ray.data.remote_cache import ensure_local

@@ -236,3 +236,16 @@ def test_data_prepare_takes_the_dataset_a_candle_file_chooses(workdir):
     assert invoke("data", "verify", uno, "--smoke", "--config-file", str(config)).exit_code == 0
     one_line_error(invoke("data", "verify", uno, "--smoke"), 1, "no cache entry for uno-smoke")  # the plain one
     one_line_error(invoke("data", "verify", "--config-file", str(config)), 2, "name the experiment file too")
+
+
+def test_data_rm_deletes_every_named_entry_or_none(workdir):
+    for name in ("nt3", "p1b2"):
+        assert invoke("data", "prepare", ROOT / "experiments" / f"{name}.py", "--smoke").exit_code == 0
+    entries = sorted(p.name for p in (workdir / "cache" / "datasets").iterdir())
+    one_line_error(invoke("data", "rm", "nt3-smoke", "nope"), 2, "no cache entry is named 'nope'")
+    assert sorted(p.name for p in (workdir / "cache" / "datasets").iterdir()) == entries  # nothing removed
+    r = invoke("data", "rm", "nt3-smoke", entries[1][:len("p1b2-smoke-") + 4], "nt3-smoke")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("removed ") == 2 and r.output.splitlines()[-1].startswith("freed "), r.output
+    assert "no entries" in invoke("data", "ls").output
+    one_line_error(invoke("data", "rm", "nt3-smoke"), 2, "no cache entry is named 'nt3-smoke'")

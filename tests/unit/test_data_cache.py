@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from candle_ray.data.cache import Cache, open_split, verify
-from candle_ray.data.cache_format import DEFAULT_REBUILD, FORMAT_VERSION, Entry, fingerprint
+from candle_ray.data.cache_format import DEFAULT_REBUILD, FORMAT_VERSION, Entry, fingerprint, named
 from candle_ray.data.spec import Dataset, Source, TableDataset
 from candle_ray.errors import CacheError, DataError, UsageError
 
@@ -576,3 +576,57 @@ def test_val_columns_in_another_order_are_aligned_to_train_and_other_columns_ref
         _align(X, ["x", *have[:-1]], want, "val.csv")
     with pytest.raises(DataError, match=r"extra \['x'\]"):
         _align(np.zeros((2, 6)), [*have, "x"], want, "val.csv")
+
+
+# ----------------------------------------------------------------------------- removing entries and downloads
+@pytest.fixture
+def served(tmp_path, nt3):
+    """nt3's files over HTTP (a real server on 127.0.0.1): its entries are built from downloads."""
+    from dataclasses import replace
+
+    from tests.support.http_server import serve_directory
+
+    with serve_directory(tmp_path) as url:
+        yield replace(nt3[0], train=Source(f"{url}/nt_train2.csv"), val=Source(f"{url}/nt_test2.csv"))
+
+
+def test_removing_an_entry_frees_the_downloads_no_other_entry_was_built_from(tmp_path, served):
+    from dataclasses import replace
+
+    cache = Cache(tmp_path / "c")
+    a = cache.prepare(served, log=quiet)
+    b = cache.prepare(replace(served, scaling="std"), log=quiet)  # another entry of the same downloads
+    other = cache.prepare(replace(served, name="other"), log=quiet)  # its own downloads
+    with pytest.raises(UsageError, match=r"2 cache entries match 'nt3' \(nt3-\w+, nt3-\w+\); pass one of them"):
+        named(cache.entries(), "nt3")
+    assert named(cache.entries(), f"nt3-{a.fingerprint[:3]}") == a
+    X_read, _ = open_split(a.path, "train")
+    expected = X_read.copy()
+    files = sum(f.stat().st_size for f in a.path.iterdir())
+    assert cache.remove(a, log=quiet) == files and cache.lookup(served) is None
+    np.testing.assert_array_equal(X_read, expected)  # a reader of the removed entry keeps its data
+    assert cache.remove(a, log=quiet) == 0  # gone already
+    assert cache.drop_downloads([a.manifest], log=quiet) == 0  # b was built from them too
+    own = [p for p in (cache.downloads / "other").iterdir()]
+    assert {p.name for p in own} == {"nt_train2.csv", "nt_train2.csv.sha256", "nt_test2.csv", "nt_test2.csv.sha256"}
+    own_bytes = sum(p.stat().st_size for p in own)
+    cache.remove(other, log=quiet)
+    assert cache.drop_downloads([other.manifest], log=quiet) == own_bytes > 0
+    assert not (cache.downloads / "other").exists() and (cache.downloads / "nt3" / "nt_train2.csv").is_file()
+    assert [p.name for p in cache.datasets.iterdir()] == [b.path.name]  # nothing set aside is left
+    again = cache.prepare(served, log=quiet)  # from the kept downloads, as before
+    assert again.path == a.path and again.manifest["splits"] == a.manifest["splits"]
+
+
+def test_downloads_stay_while_an_entry_cannot_be_read(tmp_path, served):
+    from dataclasses import replace
+
+    cache = Cache(tmp_path / "c")
+    a = cache.prepare(served, log=quiet)
+    b = cache.prepare(replace(served, name="other"), log=quiet)
+    (b.path / "manifest.json").write_text("{")
+    said = []
+    cache.remove(a, log=quiet)
+    assert cache.drop_downloads([a.manifest], log=said.append) == 0 and (cache.downloads / "nt3").is_dir()
+    assert said == ["kept the downloads: 1 cache entry cannot be read and may use them (`candle-ray data verify` "
+                    "names the problem)"]

@@ -153,4 +153,4 @@ def test_data_ids_lists_what_rows_may_name_and_those_rows_predict(uno, tmp_path)
     r = CliRunner().invoke(main, ["data", "ids", entry.name, "--column", "dose1", "--cache-dir", str(tmp / "cache")])
     assert r.exit_code == 2 and "use one of response_source, cell, drug1, drug2" in r.output, r.output
     r = CliRunner().invoke(main, ["data", "ids", "uno", "--cache-dir", str(tmp / "cache")])
-    assert r.exit_code == 2 and "0 cache entries match 'uno'" in r.output, r.output
+    assert r.exit_code == 2 and "no cache entry is named 'uno'" in r.output, r.output
