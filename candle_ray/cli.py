@@ -81,6 +81,28 @@ class WorkersType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class DurationType(click.ParamType):
+    """A wall-clock duration in seconds: 3600, 45s, 90m, 2h, 1h30m."""
+
+    name = "DURATION"
+    UNITS = {"h": 3600, "m": 60, "s": 1}
+
+    def convert(self, value, param, ctx) -> float:
+        import re
+
+        text = str(value).strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d*)?)([hms])", text)
+        try:
+            seconds = float(text) if not parts else None
+        except ValueError:
+            seconds = None
+        if seconds is None and parts and "".join(n + u for n, u in parts) == text:
+            seconds = sum(float(n) * self.UNITS[u] for n, u in parts)
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a duration above zero; write seconds or e.g. 90m, 2h, 1h30m", param, ctx)
+        return seconds
+
+
 cache_option = click.option("--cache-dir", envvar=CACHE_ENV, default=None, metavar="DIR",
                             help=f"Shared data cache: a folder or s3://bucket/prefix [env {CACHE_ENV}; "
                                  f"default {DEFAULT_CACHE}].")
@@ -248,12 +270,16 @@ register_option = click.option(
 @click.option("--keep-checkpoints", type=click.IntRange(min=0), default=20, show_default=True, metavar="K",
               help="Keep the weights of the K best finished trials (and of every Pareto front member) and the "
                    "running ones; the others' are deleted once they cannot be picked. 0 keeps every trial's.")
+@click.option("--time-budget", "time_budget_s", type=DurationType(), default=None,
+              help="End the sweep this long after the command starts (3600, 90m, 2h, 1h30m): the running trials "
+                   "stop, each worth its best epoch so far, none start, and it ends as a finished sweep does. "
+                   "--resume runs the trials it left, under its own --time-budget.")
 @register_option
 @_sweep_options("trial")
 @click.pass_context
 def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob, mutation_prob, space_file, scheduler,
          checkpoint_every_s, grace_period, seed, cv_folds, metrics, modes, warm_start, full_space, keep_checkpoints,
-         **run):
+         time_budget_s, **run):
     """Search EXPERIMENT's space with Ray Tune; one MLflow parent run, one child run per trial."""
     if run["workers_per_trial"].elastic and cv_folds:
         raise UsageError("--cv trains the folds inside each trial, one worker each; elastic --workers-per-trial "
@@ -291,7 +317,7 @@ def tune(ctx, experiment_file, num_samples, searcher, population, crossover_prob
         num_samples=num_samples, seed=seed, metric=metric, mode=mode, also=also, space=space,
         searcher_options=ga if searcher == "ga" else None,
         warm_start=tuple(name for given in warm_start for name in given.split(",") if name),
-        keep_checkpoints=keep_checkpoints,
+        keep_checkpoints=keep_checkpoints, time_budget_s=time_budget_s,
         checkpoint_every_s=checkpoint_every_s, grace_period=grace_period or 0, full_space=full_space,
         cv={"folds": cv_folds, "stratify": "auto", "group_by": None, "seed": seed} if cv_folds else None))
 

@@ -17,7 +17,7 @@ import ray.tune  # noqa: E402
 import ray.tune.schedulers  # noqa: E402
 import ray.tune.search  # noqa: E402
 
-from candle_ray import conditional, samplers  # noqa: E402
+from candle_ray import budget, conditional, samplers  # noqa: E402
 from candle_ray.callbacks import DriverCallbacks, ForgetEndedTrialStatistics  # noqa: E402
 from candle_ray.errors import UsageError  # noqa: E402
 from candle_ray.job import Workers  # noqa: E402
@@ -182,30 +182,26 @@ class MembersSearcher(ray.tune.search.Searcher):
 
 
 def make_searcher(name: str, metric: str, mode: str, seed: int, max_concurrent: int, points: list[dict] | None = None,
-                  options: dict | None = None, warm=None, also=()):
+                  options: dict | None = None, warm=None, also=(), sweep: str | None = None):
     """random and grid: Tune's variant generator (seeded; grid spaces expand to every combination);
     optuna, gp, cmaes, ga, bohb: an Optuna sampler (candle_ray.samplers), seeded, limited to the trials that
     run at once so it learns from finished ones, its study holding `warm`'s points (a WarmStart) as
     trials already evaluated, and optimising `also`'s objectives ([(metric, mode), ...]) too; members: exactly
-    the given configurations (an ensemble's members, a cv's folds)."""
+    the given configurations (an ensemble's members, a cv's folds). The first two propose nothing once
+    `sweep`'s --time-budget has run out (candle_ray.budget)."""
     if name == "members":
         return MembersSearcher(points or [], followed_metric(metric), mode, max_concurrent)
     if name in samplers.MODEL_BASED:
-        from ray.tune.search import ConcurrencyLimiter
-
         from candle_ray.optuna_search import LabelledChoices
 
         objectives = [(metric, mode), *also]
-        return ConcurrencyLimiter(LabelledChoices(metric=[followed_metric(m) for m, _ in objectives] if also else
-                                               followed_metric(metric),
-                                               mode=[d for _, d in objectives] if also else mode,
-                                               sampler=samplers.sampler(name, seed, options),
-                                               points_to_evaluate=warm.points if warm else None,
-                                               evaluated_rewards=warm.values if warm else None),
-                                  max_concurrent=max_concurrent)
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+        chooser = LabelledChoices(metric=[followed_metric(m) for m, _ in objectives] if also else followed_metric(metric),
+                                  mode=[d for _, d in objectives] if also else mode,
+                                  sampler=samplers.sampler(name, seed, options),
+                                  points_to_evaluate=warm.points if warm else None,
+                                  evaluated_rewards=warm.values if warm else None)
+        return budget.LimiterUntilDeadline(chooser, max_concurrent, sweep)
+    return budget.VariantsUntilDeadline(sweep, random_state=seed, max_concurrent=max_concurrent)
 
 
 def pbt_mutations(space: dict) -> dict:
@@ -427,7 +423,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             # start; the cluster's resources still bound how many run at once.
             search_alg=make_searcher(sweep.searcher, sweep.metric, sweep.mode, sweep.seed,
                                      sweep.num_samples if sweep.scheduler == "hyperband" else sweep.max_concurrent,
-                                     points, sweep.searcher_options, warm, sweep.also),
+                                     points, sweep.searcher_options, warm, sweep.also, sweep.name),
             scheduler=make_scheduler(sweep.scheduler, sweep.metric, sweep.mode, max_epochs=sweep.max_epochs,
                                      space=space, seed=sweep.seed, grace=sweep.grace,
                                      brackets=samplers.BOHB_BRACKETS if sweep.searcher == "bohb" else 1),
@@ -442,6 +438,7 @@ def build_tuner(*, sweep: Sweep, space: dict, base_job, store, callbacks: list, 
             storage_filesystem=filesystem,
             verbose=0,
             callbacks=callbacks,
+            stop=budget.TrialStopper(sweep.name),  # --time-budget
             failure_config=ray.tune.FailureConfig(max_failures=sweep.max_failures),
             # Two checkpoints per trial bound its files; PBT keeps them all (at most one per epoch),
             # since a donor that moves on must not delete the checkpoint a recipient is about to clone.
@@ -492,8 +489,9 @@ def raise_trial_budget(store, name: str, num_samples: int) -> int:
     path = max(found, key=lambda p: p.rsplit("/", 1)[-1])
     with store.fs.open_input_stream(path) as f:
         state = cloudpickle.loads(f.readall())
+    finished = state.get("finished", state.get("_finished"))
     added = _raise_budget(state, num_samples)
-    if added:
+    if added or finished != state.get("finished", state.get("_finished")):
         temporary = f"{path}.tmp-grow"
         with store.fs.open_output_stream(temporary) as f:
             f.write(cloudpickle.dumps(state))
@@ -507,7 +505,8 @@ def _raise_budget(state: dict, num_samples: int) -> int:
     if "total_samples" in state:
         added = max(0, num_samples - state["total_samples"])
         state["total_samples"] += added
-        state["finished"] = state["finished"] and not added
+        # Finished with trials left: the sweep ran out of its --time-budget; its remaining trials come now.
+        state["finished"] = state["finished"] and state["counter"] >= state["total_samples"]
         return added
     iterators = state["_iterators"]
     samples = sum(it.num_samples for it in iterators)
@@ -517,5 +516,5 @@ def _raise_budget(state: dict, num_samples: int) -> int:
         iterators[-1].num_samples += extra
         iterators[-1].num_samples_left += extra
         state["_total_samples"] += extra * per_sample
-        state["_finished"] = False
+    state["_finished"] = state["_finished"] and not any(it.num_samples_left for it in iterators)
     return extra * per_sample

@@ -94,6 +94,7 @@ class SweepSettings:
     keep_checkpoints: int = 0  # a sweep keeps the weights of its K best finished trials (candle_ray.retention)
     warm_start: tuple = ()  # earlier sweeps whose finished trials the searcher starts from (candle_ray.warm_start)
     also: tuple = ()  # more objectives, ((metric, mode), ...): a multi-objective search (search.Sweep.also)
+    time_budget_s: float | None = None  # tune --time-budget: this command's wall clock (a resume brings its own)
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,9 @@ def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     entry, cv_assignment = _check_data(experiment, resolved, prepare)
     sweep = _make_sweep(resolved, store)
     parent, tags = _open_parent(experiment, resolved, sweep, store, entry)
+    deadline = t0 + settings.time_budget_s if settings.time_budget_s else None
     summary, fit_s, linear = _fit_and_finish(experiment, resolved, sweep, store, entry, cv_assignment, parent, tags,
-                                             echo)
+                                             echo, deadline)
     return _echo_end(experiment, resolved.settings, sweep, store, entry, summary, linear,
                      wall=time.monotonic() - t0, fit_s=fit_s, echo=echo)
 
@@ -375,10 +377,12 @@ def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv
                     cv_folds=int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None)
 
 
-def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_assignment, parent, tags, echo):
-    """Phases 3-5: the baseline, Tune's fit, the summary and report, then the ensemble or cv finisher;
-    the parent run ends with the sweep's status whatever happens."""
-    from candle_ray import callbacks, search, tracking
+def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_assignment, parent, tags, echo,
+                    deadline: float | None = None):
+    """Phases 3-5: the baseline, Tune's fit (ended at `deadline`, a time.monotonic(), where given), the
+    summary and report, then the ensemble or cv finisher; the parent run ends with the sweep's status
+    whatever happens."""
+    from candle_ray import budget, callbacks, search, tracking
 
     s, space = resolved.settings, resolved.space
     work_dir = store.work_dir(sweep.name)  # trials' folders, results and report, before any upload
@@ -407,10 +411,12 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                                  store=store, callbacks=[mlflow_callback, progress], resume=s.resume, points=s.members,
                                  warm=resolved.warm)
         t_fit = time.monotonic()
+        budget.start(sweep.name, deadline)
         with _interrupt_watch() as tune_was_interrupted:
             tuner.fit()
             interrupted = tune_was_interrupted()
         fit_s = time.monotonic() - t_fit
+        out_of_time = budget.end(sweep.name)
         mlflow_callback.end_retention(progress.trials or [])
         failure = mlflow_callback.close()
         if mlflow_callback.retention and mlflow_callback.retention.dropped:
@@ -424,6 +430,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                  f"{store.display(sweep.name)}")
         summary = _summarise(resolved, sweep, store, work_dir, progress, parent, sweep_tracker.run_ids(), interrupted,
                              echo)
+        summary["out_of_time"] = out_of_time
         if summary["best"]:  # where its model is, for `candle-ray predict`
             trial = summary["best"]["trial_id"]
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
@@ -441,6 +448,7 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         raise
     finally:
         callbacks.DriverCallbacks.release(sweep.name)
+        budget.end(sweep.name)
         mlflow_callback.close()
         if status != "FINISHED":
             for child in sweep_tracker.stale_children():
@@ -555,10 +563,23 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
 
         if rows_line := rows_hint(entry):
             echo(rows_line)
+    if summary.get("out_of_time"):
+        left = sweep.num_samples - summary["total"]
+        echo(f"time budget {_duration(s.time_budget_s)} reached: {summary['total']} of {sweep.num_samples} trials "
+             f"started, the running ones stopped there (each worth its best epoch so far)"
+             + (f"; candle-ray tune {experiment.path} --resume --name {sweep.name}{storage} runs the other {left}"
+                if left > 0 else ""))
     if summary["interrupted"]:
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def _duration(seconds: float) -> str:
+    """90 -> "1m30s", 7200 -> "2h": a --time-budget as a user writes one."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or f"{seconds:g}s"
 
 
 def front_lines(front: list[dict], objectives, name: str, total: int, experiment_path="EXPERIMENT", storage: str = "",

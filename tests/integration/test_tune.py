@@ -314,6 +314,33 @@ def assert_two_best_keep_weights(rows: list[dict], workdir: Path) -> None:
         assert (sweep / "trials" / trial / "ranks").exists()  # the rest of its record stays
 
 
+def test_a_time_budget_ends_the_sweep_and_a_resume_runs_the_trials_it_left(ray_cluster, workdir):
+    """--time-budget: past the deadline no trial starts and the running ones stop at their next epoch through
+    Tune's ordinary stop, so each trial's MLflow run ends and the searcher frees its slots; the sweep ends
+    as a finished one (its model logged), and `--resume` runs trials it left, under its own budget."""
+    def ranked():
+        with open("candle-ray-sweeps/budget/results.csv") as f:
+            return list(csv.DictReader(f))
+
+    r = tune(TINY, "--smoke", "--num-samples", 6, "--search", "optuna", "--scheduler", "fifo", "--name", "budget",
+             "--set", "epochs=400", "--time-budget", "5s", "--no-baseline")
+    assert r.exit_code == 0, r.output
+    first = ranked()
+    assert 0 < len(first) < 6 and all(row["status"] == "stopped early" for row in first), first
+    assert f"time budget 5s reached: {len(first)} of 6 trials started" in r.output, r.output
+    assert f"--resume --name budget runs the other {6 - len(first)}" in r.output and "MLflow model: runs:/" in r.output
+    r = tune(TINY, "--name", "budget", "--resume", "--time-budget", "8s")
+    assert r.exit_code == 0, r.output
+    rows = ranked()
+    assert len(first) < len(rows) <= 6 and {row["trial_id"] for row in first} < {row["trial_id"] for row in rows}
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id],
+                              "tags.`candle_ray.sweep` = 'budget'")
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(runs) == len(children) + 1 and all(run.info.status == "FINISHED" for run in runs)
+    assert sorted(run.data.tags["candle_ray.trial_id"] for run in children) == sorted(row["trial_id"] for row in rows)
+
+
 def test_autoscale_runs_more_trials_than_fit_now(ray_cluster, workdir):
     """--autoscale: 3 trials at once on a 2-CPU cluster; the third waits for resources instead of being capped."""
     r = tune(TINY, "--smoke", "--num-samples", 3, "--scheduler", "fifo", "--name", "grow", "--autoscale",

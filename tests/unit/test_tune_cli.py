@@ -25,10 +25,55 @@ def error_line(result):
 
 
 @pytest.mark.parametrize("args", [("--search", "bayes"), ("--scheduler", "pb2"), ("--num-samples", "0"),
-                                  ("--workers-per-trial", "0")])
+                                  ("--workers-per-trial", "0"), ("--time-budget", "soon"), ("--time-budget", "0"),
+                                  ("--time-budget", "-5m"), ("--time-budget", "2x"), ("--time-budget", "1h 30m")])
 def test_click_rejects(workdir, args):
     r = tune(NT3, *args)
     assert r.exit_code == 2 and ("Invalid value" in r.output or "is not" in r.output), r.output
+
+
+@pytest.mark.parametrize("text, seconds, shown", [("3600", 3600, "1h"), ("45s", 45, "45s"), ("90m", 5400, "1h30m"),
+                                                  ("1h30m", 5400, "1h30m"), ("1.5h", 5400, "1h30m"), ("2H", 7200, "2h"),
+                                                  ("0.5", 0.5, "0.5s")])
+def test_a_time_budget_is_read_as_people_write_durations(text, seconds, shown):
+    from candle_ray.cli import DurationType
+    from candle_ray.sweep import _duration
+
+    assert DurationType().convert(text, None, None) == seconds and _duration(seconds) == shown
+
+
+def test_a_sweeps_searchers_propose_nothing_past_its_deadline_and_its_trials_stop():
+    """--time-budget works through Tune's ordinary paths (candle_ray.budget): past the deadline the searchers
+    finish and each trial is stopped at its next result, as a scheduler stops one; another sweep goes on."""
+    import time
+
+    from ray import tune as ray_tune
+    from ray.tune.search import Searcher
+
+    from candle_ray import budget
+    from candle_ray.search import make_searcher
+
+    def searchers(sweep):
+        model_based = make_searcher("optuna", "val_loss", "min", 0, max_concurrent=3, sweep=sweep)
+        model_based.set_search_properties("val_loss", "min", {"x": ray_tune.uniform(0, 1)})
+        variants = make_searcher("random", "val_loss", "min", 0, max_concurrent=3, sweep=sweep)
+        variants.add_configurations({"e": {"run": _trainable, "num_samples": 5, "config": {"x": ray_tune.uniform(0, 1)}}})
+        return model_based, variants
+
+    (model_based, variants), (other, other_variants) = searchers("s"), searchers("other")
+    stopper = budget.TrialStopper("s")
+    budget.start("s", time.monotonic() + 60)
+    assert model_based.suggest("t1") is not None and variants.next_trial() is not None and not stopper("t1", {})
+    budget.start("s", time.monotonic() - 1)  # its deadline has passed
+    assert model_based.suggest("t2") == Searcher.FINISHED
+    assert variants.next_trial() is None and variants.is_finished()
+    assert stopper("t1", {}) and not stopper.stop_all()  # one trial at a time, never everything behind Tune's back
+    assert other.suggest("t3") is not None and other_variants.next_trial() is not None
+    assert budget.end("s") and not budget.end("s")
+
+
+def _trainable(config):
+    pass
 
 
 def test_empty_space(workdir, tmp_path):

@@ -117,6 +117,25 @@ def test_a_searchers_budget_grows_and_never_shrinks():
     assert _raise_budget(state, 5) == 0 and state["total_samples"] == 7
 
 
+def test_a_searcher_that_ran_out_of_time_proposes_its_remaining_trials_on_resume():
+    """A sweep stopped by --time-budget leaves its searcher finished with trials left; a resume undoes that."""
+    from ray.tune.search import BasicVariantGenerator
+
+    state = {"counter": 3, "total_samples": 5, "finished": True, "experiment": None}
+    assert _raise_budget(state, 5) == 0 and state["finished"] is False
+    done = {"counter": 5, "total_samples": 5, "finished": True, "experiment": None}
+    assert _raise_budget(done, 5) == 0 and done["finished"] is True
+    generator = BasicVariantGenerator(random_state=0)
+    generator.add_configurations({"e": {"run": _trainable, "num_samples": 5, "config": {"b": tune.uniform(0, 1)}}})
+    first = [generator.next_trial() for _ in range(2)]
+    generator.set_finished()
+    state = generator.get_state()
+    assert _raise_budget(state, 5) == 0
+    generator.set_state(state)
+    rest = [generator.next_trial() for _ in range(4)]
+    assert rest[-1] is None and len({t.trial_id for t in first + rest[:3]}) == 5
+
+
 def _trainable(config):
     pass
 
