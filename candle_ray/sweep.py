@@ -431,6 +431,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         summary = _summarise(resolved, sweep, store, work_dir, progress, parent, sweep_tracker.run_ids(), interrupted,
                              echo)
         summary["out_of_time"] = out_of_time
+        if s.time_budget_s:  # beside the trial counts: why fewer trials ran than the sweep asked for
+            parent.set_tags({"candle_ray.time_budget": f"{_duration(s.time_budget_s)}, {'' if out_of_time else 'not '}reached"})
         if summary["best"]:  # where its model is, for `candle-ray predict`
             trial = summary["best"]["trial_id"]
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),

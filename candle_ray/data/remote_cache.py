@@ -314,23 +314,27 @@ class S3Cache:
         if (Path(entry.path) / MANIFEST).is_file():
             verify(entry)
 
-
     def remove(self, entry, log: Callable[[str], None] | None = None) -> int:
         """Delete the entry from the bucket, its manifest first (the commit point: the entry is gone at once,
         and a delete cut off midway leaves only invisible files that its next `prepare` overwrites), then
         this node's staged and mirrored copies; the bytes it held in the bucket. Other nodes' copies stay
         under their CANDLE_RAY_NODE_CACHE, unused."""
         key = f"{entry.name}-{entry.fingerprint}"
-        base = self.store.path("datasets", key)
+        base, display = self.store.path("datasets", key), self.store.display("datasets", key)
         with exclusive_lock(self.staging.locks / f"{key}.upload.lock", log):  # not beside an upload of it
             try:
                 self.store.fs.delete_file(f"{base}/{MANIFEST}")
-                self.store.fs.delete_dir(base)
             except FileNotFoundError:
                 return 0  # removed meanwhile
             except OSError as exc:
-                raise CacheError(f"deleting {self.store.display('datasets', key)} failed ({' '.join(str(exc).split())}); "
-                                 f"run the same command again") from None
+                raise CacheError(f"deleting {display} failed ({' '.join(str(exc).split())}); check this node's S3 "
+                                 f"credentials and permissions, then run the same command again") from None
+            try:
+                self.store.fs.delete_dir(base)
+            except OSError as exc:
+                if log:
+                    log(f"warning: {display} is removed (its manifest is gone) but some of its files are left "
+                        f"({' '.join(str(exc).split())}); they are invisible, and the next prepare of it overwrites them")
         staged = self.staging.find(entry.name, entry.fingerprint)
         if staged is not None:
             self.staging.remove(staged, log)

@@ -338,6 +338,8 @@ def test_a_time_budget_ends_the_sweep_and_a_resume_runs_the_trials_it_left(ray_c
                               "tags.`candle_ray.sweep` = 'budget'")
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     assert len(runs) == len(children) + 1 and all(run.info.status == "FINISHED" for run in runs)
+    parent = next(run for run in runs if run not in children)
+    assert parent.data.tags["candle_ray.time_budget"] == "8s, reached", parent.data.tags
     assert sorted(run.data.tags["candle_ray.trial_id"] for run in children) == sorted(row["trial_id"] for row in rows)
 
 
