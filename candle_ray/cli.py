@@ -439,6 +439,43 @@ def report(sweep_name, storage):
     sweep.report_command(storage, sweep_name, click.echo)
 
 
+@main.command("sweeps")
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Where the sweeps' folders are [env CANDLE_RAY_STORAGE].")
+def sweeps(storage):
+    """List the sweeps, ensembles and cvs under --storage, oldest first: what ran, how far, the best trial's
+    value, and the disk its folder takes."""
+    from candle_ray.storage import Storage
+
+    store = Storage.parse(storage)
+    names = store.sweeps()
+    if not names:
+        click.echo(f"no sweeps in {store.uri}")
+        return
+    found = sorted((store.overview(name) for name in names), key=lambda o: o["record"].get("created", ""))
+    click.echo(f"{'name':<28} {'kind':<8} {'experiment':<16} {'created':<16} {'search':<16} {'trials':>7}  "
+               f"{'state':<11} {'best':<22} {'MiB':>8}")
+    for one in found:
+        click.echo(_overview_line(one))
+
+
+def _overview_line(overview: dict) -> str:
+    """One sweep as `candle-ray sweeps` lists it (Storage.overview). No results.csv: running, or stopped
+    before its end (a resume writes it)."""
+    record, rows = overview["record"], overview["rows"]
+    sweep, kind = record["sweep"], record.get("kind", "sweep")
+    created = record.get("created", "")
+    created = f"{created[:4]}-{created[4:6]}-{created[6:8]} {created[9:11]}:{created[11:13]}" if len(created) == 15 else created
+    unfinished = rows is not None and any(r["status"] in ("running", "pending", "paused") for r in rows)
+    state = "no results" if rows is None else ("interrupted" if unfinished else "finished")
+    metric = sweep["metric"]
+    best = next((r[metric] for r in rows or () if r["status"] != "failed" and r.get(metric)), None)
+    best = f"{metric} {float(best):.4g}" if best is not None and kind == "sweep" else "-"
+    return (f"{sweep['name']:<28} {kind:<8} {Path(record['experiment_file']).stem:<16} {created:<16} "
+            f"{sweep['searcher'] + '/' + sweep['scheduler']:<16} {len(rows or ()):>3}/{sweep['num_samples']:<3}  "
+            f"{state:<11} {best:<22} {overview['bytes'] / 2**20:>8.1f}")
+
+
 def _checkpoints(model: str, tracking_uri: str | None, storage: str, top: int | None, scratch: Path,
                  pick: str | None = None) -> list[Path]:
     """MODEL as checkpoint folders/files: a path, an MLflow run id, or a sweep, ensemble or cv name."""

@@ -112,6 +112,15 @@ class Storage:
         path = self.path(name, "results.csv")
         return list(csv.DictReader(io.StringIO(self.read_text(path)))) if self.exists(path) else None
 
+    def overview(self, name: str) -> dict:
+        """What `candle-ray sweeps` shows of sweep `name`: its record, its results.csv rows (None before it
+        ended) and the bytes under its folder here (checkpoints, Tune's state, report)."""
+        import pyarrow.fs as pafs
+
+        files = self.fs.get_file_info(pafs.FileSelector(self.path(name), recursive=True))
+        return {"record": json.loads(self.read_text(self.path(name, SWEEP_FILE))), "rows": self.read_results(name),
+                "bytes": sum(f.size or 0 for f in files if f.type == pafs.FileType.File)}
+
     def write_sweep(self, name: str, record: dict) -> None:
         self.write_text(self.path(name, SWEEP_FILE), json.dumps(record, indent=1, sort_keys=True))
 

@@ -340,6 +340,10 @@ def test_a_time_budget_ends_the_sweep_and_a_resume_runs_the_trials_it_left(ray_c
     assert len(runs) == len(children) + 1 and all(run.info.status == "FINISHED" for run in runs)
     parent = next(run for run in runs if run not in children)
     assert parent.data.tags["candle_ray.time_budget"] == "8s, reached", parent.data.tags
+    listed = CliRunner().invoke(main, ["sweeps"])
+    line = next(line for line in listed.output.splitlines() if line.startswith("budget "))
+    assert line.split()[1:3] == ["sweep", "tiny_nt3"] and "optuna/fifo" in line, line
+    assert f"{len(rows)}/6" in line and "finished" in line and f"val_loss {float(rows[0]['val_loss']):.4g}" in line, line
     assert sorted(run.data.tags["candle_ray.trial_id"] for run in children) == sorted(row["trial_id"] for row in rows)
 
 

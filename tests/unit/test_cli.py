@@ -249,3 +249,29 @@ def test_data_rm_deletes_every_named_entry_or_none(workdir):
     assert r.output.count("removed ") == 2 and r.output.splitlines()[-1].startswith("freed "), r.output
     assert "no entries" in invoke("data", "ls").output
     one_line_error(invoke("data", "rm", "nt3-smoke"), 2, "no cache entry is named 'nt3-smoke'")
+
+
+def test_sweeps_lists_each_sweep_with_how_far_it_got(workdir):
+    import csv
+
+    from candle_ray.storage import Storage
+
+    store = Storage.parse(str(workdir / "candle-ray-sweeps"))
+    assert invoke("sweeps").output.startswith("no sweeps in ")
+    results = {"done": [("a", "completed", "0.25"), ("b", "failed", "")], "cut": [("c", "running", "0.5")],
+               "fresh": None, "pool": [("d", "completed", "0.125")]}
+    for stamp, (name, rows) in enumerate(results.items()):
+        store.write_sweep(name, {"kind": "ensemble" if name == "pool" else "sweep", "created": f"20261207-10{stamp}000",
+                                 "experiment_file": NT3, "sweep": {"name": name, "metric": "val_loss",
+                                                                   "searcher": "optuna", "scheduler": "asha",
+                                                                   "num_samples": 4}})
+        if rows is not None:
+            with open(workdir / "candle-ray-sweeps" / name / "results.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerows([("trial_id", "status", "val_loss"), *rows])
+    lines = invoke("sweeps").output.splitlines()
+    assert [line.split()[0] for line in lines] == ["name", "done", "cut", "fresh", "pool"]
+    assert lines[1].split()[1:8] == ["sweep", "nt3", "2026-12-07", "10:00", "optuna/asha", "2/4", "finished"]
+    assert "val_loss 0.25" in lines[1] and lines[2].split()[6:8] == ["1/4", "interrupted"]
+    assert lines[3].split()[6:9] == ["0/4", "no", "results"]
+    assert lines[4].split()[-2] == "-"  # an ensemble's result is its pooled members, on its MLflow run
