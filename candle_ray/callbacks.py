@@ -119,7 +119,7 @@ class MLflowSweepCallback(Callback):
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
                  dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None,
-                 drop_tune_copies=None):
+                 drop_tune_copies=None, slim_files=None):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
         self.model_per_trial = model_per_trial  # a finished trial's weights as its MLflow model, not plain files
@@ -127,6 +127,7 @@ class MLflowSweepCallback(Callback):
         # files of one that does not are deleted; only the worker thread touches either.
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
         self.drop_tune_copies = drop_tune_copies  # a finished trial's Tune checkpoints, once its best is logged
+        self.slim_files = slim_files  # ... and its own folders' optimizer state and newer epochs
         self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
@@ -202,6 +203,8 @@ class MLflowSweepCallback(Callback):
         self._drop(drops, logged_now=trial_id)
         if status == "FINISHED" and trial_id not in drops and self.drop_tune_copies:  # its best is in MLflow now
             self.drop_tune_copies(trial_id)
+            if self.slim_files:
+                self.slim_files(trial_id)
 
     def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
         """The trial's best checkpoint (one per fold with `tune --cv`) in its run: a finished trial's as its

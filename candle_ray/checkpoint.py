@@ -77,6 +77,24 @@ def without_optimizer(state: dict) -> dict:
     return {k: v for k, v in state.items() if k not in ("optimizer", "format")}
 
 
+def slim(directory: str | Path) -> int:
+    """A finished run's checkpoints as its best epoch alone, without the optimizer's state (only resuming a
+    training reads that, and a finished run is not resumed): Adam's moments are twice the weights, and the
+    newest epoch another copy of both. The best is rewritten under its own name, so either pointer finds it;
+    returns the bytes freed."""
+    directory = Path(directory)
+    best = pointer(directory, "best")
+    files = list(directory.glob("epoch-*.pt"))
+    if best is None or not files:
+        return 0
+    state = load(directory / best["file"])
+    if "optimizer" not in state and [p.name for p in files] == [best["file"]]:
+        return 0  # slim already
+    before = sum(p.stat().st_size for p in files)
+    save(directory, without_optimizer(state), kinds=KINDS)
+    return before - sum(p.stat().st_size for p in directory.glob("epoch-*.pt"))
+
+
 def _prune(directory: Path) -> None:
     keep = set()
     for kind in KINDS:

@@ -257,7 +257,8 @@ def _restore(ckpt_dir: Path, config: dict, model, optimizer, schedule, objective
     if state is None:
         return None
     model.load_state_dict(state["weights"])
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state:  # else slimmed once the trial ended (checkpoint.slim), which a resume restarts
+        optimizer.load_state_dict(state["optimizer"])  # only when its driver died before Tune recorded the end
     if any(state["config"].get(k) != config.get(k) for k in OPTIMIZER_KEYS):
         apply_optimizer_keys(optimizer, config)  # a PBT clone: the donor's moments, this trial's keys
     schedule.load_state_dict(state["plateau"])  # the key older checkpoints have: the plateau's state

@@ -83,6 +83,21 @@ def drop_files(store, sweep: str, work_dir: Path, trial_id: str) -> None:
     drop_tune_copies(store, sweep, trial_id)
 
 
+def slim_files(work_dir: Path, trial_id: str) -> None:
+    """A finished trial's checkpoint folders this driver can reach keep its best epoch's weights only
+    (checkpoint.slim): `predict`, `ensemble` and the sweep's model read nothing else, and on 47,893
+    features the best and newest epochs with Adam's moments were 6x the weights. A best that fails its
+    checks stays as it is, for whoever reads it to report."""
+    from candle_ray import checkpoint
+    from candle_ray.errors import CheckpointError
+
+    for folder in checkpoint.trial_folders(Path(work_dir) / "trials" / trial_id):
+        try:
+            checkpoint.slim(folder)
+        except CheckpointError:
+            pass
+
+
 def drop_tune_copies(store, sweep: str, trial_id: str) -> None:
     """Delete the checkpoints a trial handed Tune (copies of its checkpoint folder, in the sweep's storage).
     Once the trial has finished and its best weights are in MLflow, nothing reads them: Tune restores

@@ -460,14 +460,16 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
 
 
 def _retention(sweep, store, work_dir: Path) -> dict:
-    """What the MLflow callback needs to delete weights: the copies a finished trial handed Tune, once its
-    best is logged, and (--keep-checkpoints) every file of the trials that cannot be picked."""
+    """What the MLflow callback needs to delete weights: the copies a finished trial handed Tune and its own
+    folders' optimizer state, once its best is logged, and (--keep-checkpoints) every file of the trials
+    that cannot be picked."""
     from functools import partial
 
-    from candle_ray.retention import Retention, drop_files, drop_tune_copies
+    from candle_ray.retention import Retention, drop_files, drop_tune_copies, slim_files
 
     pbt = sweep.scheduler == "pbt"  # clones a donor's newest Tune checkpoint at any time, finished or not
-    needs = {} if pbt else {"drop_tune_copies": partial(drop_tune_copies, store, sweep.name)}
+    needs = {} if pbt else {"drop_tune_copies": partial(drop_tune_copies, store, sweep.name),
+                            "slim_files": partial(slim_files, work_dir)}
     if not sweep.keep_checkpoints:
         return needs
     # A PBT sweep drops weights only once it is over.

@@ -18,6 +18,7 @@ import mlflow.pyfunc
 import pytest
 from click.testing import CliRunner
 
+from candle_ray import checkpoint
 from candle_ray.cli import main
 from tests.conftest import ROOT
 
@@ -78,6 +79,10 @@ def test_asha_sweep_nests_trials_under_parent(ray_cluster, workdir, mlflow_serve
         assert float(row["val_loss"]) == pytest.approx(best["value"]) and int(row["best_epoch"]) == best["step"]
         assert float(row["last_val_loss"]) == pytest.approx(max(history, key=lambda m: m["step"])["value"])
         assert tags(child)["candle_ray.best_epoch"] == str(best["step"])
+        # its own folder, once it ended: the best epoch's weights alone (checkpoint.slim)
+        folder = Path("candle-ray-sweeps/asha4/trials") / tags(child)["candle_ray.trial_id"] / "checkpoints"
+        assert [p.name for p in folder.glob("*.pt")] == [f"epoch-{best['step']:04d}.pt"]
+        assert "optimizer" not in checkpoint.load(folder, "last")
         best_json = f"runs:/{child['info']['run_id']}/model/artifacts/member-0/best.json"  # its weights: its model
         local = mlflow.artifacts.download_artifacts(artifact_uri=best_json,
                                                     dst_path=str(workdir / child["info"]["run_id"]), tracking_uri=mlflow_server)

@@ -99,3 +99,26 @@ def test_newest_best_prefers_the_later_epoch(tmp_path):
     assert newest_best([handed, own]) == own and newest_best([own, handed]) == own
     assert newest_best([handed, None, tmp_path / "missing"]) == handed
     assert newest_best([None]) is None
+
+
+def test_a_finished_runs_checkpoints_slim_to_its_best_weights(tmp_path):
+    """checkpoint.slim: the best epoch alone, without Adam's moments, under its own name; the weights and what
+    reads them (rebuild, either pointer) unchanged; a second call frees nothing."""
+    torch.manual_seed(0)
+    model = models.build("mlp", CONFIG)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(8, 30)).sum().backward()
+    optimizer.step()  # moments as large as the weights, twice
+    checkpoint.save(tmp_path, {**_state(3, model, 0.5), "optimizer": optimizer.state_dict()}, kinds=("last", "best"))
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    checkpoint.save(tmp_path, {**_state(4, model, 0.5), "optimizer": optimizer.state_dict()}, kinds=("last",))
+    before = sum(p.stat().st_size for p in tmp_path.glob("*.pt"))
+    freed = checkpoint.slim(tmp_path)
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch-0003.pt"] and freed > 0.75 * before
+    for kind in ("best", "last"):
+        state = checkpoint.load(tmp_path, kind)
+        assert state["epoch"] == 3 and "optimizer" not in state
+        assert all(torch.equal(state["weights"][k], v) for k, v in best.items())
+    assert checkpoint.slim(tmp_path) == 0 and checkpoint.slim(tmp_path / "none") == 0
