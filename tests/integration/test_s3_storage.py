@@ -108,6 +108,9 @@ def test_sweep_on_s3(ray_cluster, workdir, s3_endpoint, monkeypatch):
 
     report = CliRunner().invoke(main, ["report", "s3sweep", "--storage", storage])
     assert report.exit_code == 0, report.output
+    listed = CliRunner().invoke(main, ["sweeps", "--storage", storage])  # the folder's bytes: the bucket's objects
+    assert listed.exit_code == 0 and listed.output.splitlines()[1].split()[:2] == ["s3sweep", "sweep"], listed.output
+    assert "3/3" in listed.output and "finished" in listed.output and float(listed.output.split()[-1]) > 0
 
     missing = tune(TINY, "--resume", "--name", "nope", "--storage", storage)
     assert missing.exit_code == 2 and "no sweep named 'nope'" in missing.output and "s3sweep" in missing.output
