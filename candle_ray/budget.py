@@ -48,6 +48,22 @@ def passed(name: str | None) -> bool:
     return True
 
 
+def left(name: str) -> str | None:
+    """What the live view says of the sweep's deadline, or None without one."""
+    deadline = _DEADLINES.get(name)
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    return f"{text(remaining)} of the time budget left" if remaining > 0 else "time budget reached"
+
+
+def text(seconds: float) -> str:
+    """90 -> "1m30s", 7200 -> "2h": a duration as a --time-budget is written."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or f"{seconds:g}s"
+
+
 class TrialStopper(Stopper):
     """Stops each trial at its first result after the sweep's deadline (the end of its current epoch)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from candle_ray import checkpoint
+from candle_ray import budget, checkpoint
 from candle_ray.summary import PREFIX, best_metrics, finite, ranked_trials, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
@@ -312,9 +312,10 @@ class ProgressCallback(Callback):
     A cv's folds or an ensemble's members (`noun`: "fold", "member") are not rivals: their line gives the
     spread of their values so far instead of a best one, as the end of the run and its report do."""
 
-    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0, noun: str | None = None):
+    def __init__(self, metric: str, mode: str, max_epochs: int, echo, every_s: float = 10.0, noun: str | None = None,
+                 sweep: str | None = None):
         self.metric, self.mode, self.max_epochs, self.echo, self.every_s = metric, mode, max_epochs, echo, every_s
-        self.noun = noun
+        self.noun, self.sweep = noun, sweep  # the sweep's name: its --time-budget (candle_ray.budget)
         self.t0 = time.monotonic()
         self.last_line = 0.0
         self.trials = None  # Tune's trials as last seen: the sweep's summary reads them
@@ -335,7 +336,9 @@ class ProgressCallback(Callback):
             counts[s] = counts.get(s, 0) + 1
         order = ("running", "pending", "completed", "stopped early", "failed", "paused")
         parts = [f"{name} {counts.get(name, 0)}" for name in order if counts.get(name) or name in order[:5]]
-        return f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {self._best_text(trials)}"
+        left = budget.left(self.sweep)
+        return (f"[{time.monotonic() - self.t0:7.1f}s] {' | '.join(parts)} | {self._best_text(trials)}"
+                + (f" | {left}" if left else ""))
 
     def _best_text(self, trials) -> str:
         if self.noun:

@@ -390,7 +390,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
     sweep_tracker = tracking.SweepTracker(parent)
     from candle_ray.report import MEMBERS
 
-    progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo, noun=MEMBERS.get(s.kind))
+    progress = callbacks.ProgressCallback(sweep.metric, sweep.mode, sweep.max_epochs, echo, noun=MEMBERS.get(s.kind),
+                                          sweep=sweep.name)
     mlflow_callback = callbacks.MLflowSweepCallback(sweep_tracker, {**resolved.config, "model_name": experiment.model},
                                                sweep.max_epochs, tags, work_dir, tracking.dataset_input(entry),
                                                model_per_trial=resolved.settings.model_per_trial,
@@ -418,21 +419,13 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         fit_s = time.monotonic() - t_fit
         out_of_time = budget.end(sweep.name)
         mlflow_callback.end_retention(progress.trials or [])
-        failure = mlflow_callback.close()
-        if mlflow_callback.retention and mlflow_callback.retention.dropped:
-            echo(f"weights kept for the {sweep.keep_checkpoints} best trials and the running ones; "
-                 f"{len(mlflow_callback.retention.dropped)} others' dropped (--keep-checkpoints)")
-        if mlflow_callback.model_notes:  # e.g. a multi-task model, which no trial can serve
-            more = len(mlflow_callback.model_notes) - 1
-            echo(mlflow_callback.model_notes[0] + (f" (and {more} more trials)" if more else ""))
-        if failure:
-            echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
-                 f"{store.display(sweep.name)}")
+        _say_what_logging_left(mlflow_callback, sweep, store, echo)
         summary = _summarise(resolved, sweep, store, work_dir, progress, parent, sweep_tracker.run_ids(), interrupted,
                              echo)
         summary["out_of_time"] = out_of_time
         if s.time_budget_s:  # beside the trial counts: why fewer trials ran than the sweep asked for
-            parent.set_tags({"candle_ray.time_budget": f"{_duration(s.time_budget_s)}, {'' if out_of_time else 'not '}reached"})
+            reached = "reached" if out_of_time else "not reached"
+            parent.set_tags({"candle_ray.time_budget": f"{budget.text(s.time_budget_s)}, {reached}"})
         if summary["best"]:  # where its model is, for `candle-ray predict`
             trial = summary["best"]["trial_id"]
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
@@ -457,6 +450,21 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                 child.finish("KILLED")
         parent.finish(status)
     return summary, fit_s, linear
+
+
+def _say_what_logging_left(mlflow_callback, sweep, store, echo) -> None:
+    """Once the trials' MLflow calls are drained: whose weights --keep-checkpoints dropped, the trials no
+    MLflow model was made for, and what could not be logged at all."""
+    failure = mlflow_callback.close()
+    if mlflow_callback.retention and mlflow_callback.retention.dropped:
+        echo(f"weights kept for the {sweep.keep_checkpoints} best trials and the running ones; "
+             f"{len(mlflow_callback.retention.dropped)} others' dropped (--keep-checkpoints)")
+    if mlflow_callback.model_notes:  # e.g. a multi-task model, which no trial can serve
+        more = len(mlflow_callback.model_notes) - 1
+        echo(mlflow_callback.model_notes[0] + (f" (and {more} more trials)" if more else ""))
+    if failure:
+        echo(f"warning: MLflow logging of some trials failed ({failure}); the sweep's results are in "
+             f"{store.display(sweep.name)}")
 
 
 def _retention(sweep, store, work_dir: Path) -> dict:
@@ -568,8 +576,10 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         if rows_line := rows_hint(entry):
             echo(rows_line)
     if summary.get("out_of_time"):
+        from candle_ray import budget
+
         left = sweep.num_samples - summary["total"]
-        echo(f"time budget {_duration(s.time_budget_s)} reached: {summary['total']} of {sweep.num_samples} trials "
+        echo(f"time budget {budget.text(s.time_budget_s)} reached: {summary['total']} of {sweep.num_samples} trials "
              f"started, the running ones stopped there (each worth its best epoch so far)"
              + (f"; candle-ray tune {experiment.path} --resume --name {sweep.name}{storage} runs the other {left}"
                 if left > 0 else ""))
@@ -577,13 +587,6 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1
     return 0 if summary["succeeded"] else 1
-
-
-def _duration(seconds: float) -> str:
-    """90 -> "1m30s", 7200 -> "2h": a --time-budget as a user writes one."""
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or f"{seconds:g}s"
 
 
 def front_lines(front: list[dict], objectives, name: str, total: int, experiment_path="EXPERIMENT", storage: str = "",

@@ -36,10 +36,10 @@ def test_click_rejects(workdir, args):
                                                   ("1h30m", 5400, "1h30m"), ("1.5h", 5400, "1h30m"), ("2H", 7200, "2h"),
                                                   ("0.5", 0.5, "0.5s")])
 def test_a_time_budget_is_read_as_people_write_durations(text, seconds, shown):
+    from candle_ray import budget
     from candle_ray.cli import DurationType
-    from candle_ray.sweep import _duration
 
-    assert DurationType().convert(text, None, None) == seconds and _duration(seconds) == shown
+    assert DurationType().convert(text, None, None) == seconds and budget.text(seconds) == shown
 
 
 def test_a_sweeps_searchers_propose_nothing_past_its_deadline_and_its_trials_stop():
@@ -62,12 +62,15 @@ def test_a_sweeps_searchers_propose_nothing_past_its_deadline_and_its_trials_sto
 
     (model_based, variants), (other, other_variants) = searchers("s"), searchers("other")
     stopper = budget.TrialStopper("s")
+    assert budget.left("s") is None
     budget.start("s", time.monotonic() + 60)
     assert model_based.suggest("t1") is not None and variants.next_trial() is not None and not stopper("t1", {})
+    assert budget.left("s") in ("1m of the time budget left", "59s of the time budget left")  # the live view
     budget.start("s", time.monotonic() - 1)  # its deadline has passed
     assert model_based.suggest("t2") == Searcher.FINISHED
     assert variants.next_trial() is None and variants.is_finished()
     assert stopper("t1", {}) and not stopper.stop_all()  # one trial at a time, never everything behind Tune's back
+    assert budget.left("s") == "time budget reached"
     assert other.suggest("t3") is not None and other_variants.next_trial() is not None
     assert budget.end("s") and not budget.end("s")
 
