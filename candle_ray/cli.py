@@ -271,9 +271,10 @@ register_option = click.option(
               help="Keep the weights of the K best finished trials (and of every Pareto front member) and the "
                    "running ones; the others' are deleted once they cannot be picked. 0 keeps every trial's.")
 @click.option("--time-budget", "time_budget_s", type=DurationType(), default=None,
-              help="End the sweep this long after the command starts (3600, 90m, 2h, 1h30m): the running trials "
-                   "stop, each worth its best epoch so far, none start, and it ends as a finished sweep does. "
-                   "--resume runs the trials it left, under its own --time-budget.")
+              help="End the sweep this long after the command starts (3600, 90m, 2h, 1h30m): no trial starts "
+                   "after it, the running ones stop at the end of their epoch (each worth its best epoch so far), "
+                   "and it ends as a finished sweep does. --resume runs the trials it left, under its own "
+                   "--time-budget.")
 @register_option
 @_sweep_options("trial")
 @click.pass_context
