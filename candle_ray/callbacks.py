@@ -127,7 +127,7 @@ class MLflowSweepCallback(Callback):
         # files of one that does not are deleted; only the worker thread touches either.
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
         self.drop_tune_copies = drop_tune_copies  # a finished trial's Tune checkpoints, once its best is logged
-        self.slim_files = slim_files  # ... and its own folders' optimizer state and newer epochs
+        self.slim_files = slim_files  # its own folders' optimizer state and newer epochs, before its best is logged
         self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
@@ -193,6 +193,8 @@ class MLflowSweepCallback(Callback):
         if trial_id in drops:  # it can never be picked: its weights are not worth a copy in MLflow
             tags = {**tags, **self._dropped_tag()}
         else:
+            if status == "FINISHED" and self.slim_files:  # first: the logging below then reads the slim file
+                self.slim_files(trial_id)
             self._log_best(child, trial_id, status, tune_checkpoint)
         if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
             child.log_epoch({"epoch": last["best_epoch"], **{PREFIX + k: v for k, v in best.items()}},
@@ -203,8 +205,6 @@ class MLflowSweepCallback(Callback):
         self._drop(drops, logged_now=trial_id)
         if status == "FINISHED" and trial_id not in drops and self.drop_tune_copies:  # its best is in MLflow now
             self.drop_tune_copies(trial_id)
-            if self.slim_files:
-                self.slim_files(trial_id)
 
     def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
         """The trial's best checkpoint (one per fold with `tune --cv`) in its run: a finished trial's as its

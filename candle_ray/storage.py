@@ -118,7 +118,7 @@ class Storage:
         import pyarrow.fs as pafs
 
         files = self.fs.get_file_info(pafs.FileSelector(self.path(name), recursive=True))
-        return {"record": json.loads(self.read_text(self.path(name, SWEEP_FILE))), "rows": self.read_results(name),
+        return {"record": self.read_sweep(name, f"no sweep named {name!r}"), "rows": self.read_results(name),
                 "bytes": sum(f.size or 0 for f in files if f.type == pafs.FileType.File)}
 
     def write_sweep(self, name: str, record: dict) -> None:

@@ -468,9 +468,9 @@ def _say_what_logging_left(mlflow_callback, sweep, store, echo) -> None:
 
 
 def _retention(sweep, store, work_dir: Path) -> dict:
-    """What the MLflow callback needs to delete weights: the copies a finished trial handed Tune and its own
-    folders' optimizer state, once its best is logged, and (--keep-checkpoints) every file of the trials
-    that cannot be picked."""
+    """What the MLflow callback needs to delete weights: a finished trial's own folders' optimizer state
+    (before its best is logged, which then reads less) and the copies it handed Tune (after), and
+    (--keep-checkpoints) every file of the trials that cannot be picked."""
     from functools import partial
 
     from candle_ray.retention import Retention, drop_files, drop_tune_copies, slim_files
