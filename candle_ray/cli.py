@@ -595,19 +595,37 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
         click.echo(scored)
     if note := predicting.spread_only_note(pred, calibrator):
         click.echo(note, err=True)
-    empty = int((frame["set_size"] == 0).sum()) if "set_size" in frame else 0
-    if empty:  # a row less typical than (nearly) every calibration row
-        click.echo(f"note: {empty} of {len(frame)} rows have an empty prediction set (set_size 0): no class is "
+    _say_empty_sets(frame, alpha)
+
+
+def _say_empty_sets(frame, alpha: float) -> None:
+    """A note on the rows with an empty prediction set: less typical than (nearly) every calibration row. A
+    multi-task model's (a set_size column per task) names the tasks: its heads also predict reports of the
+    other tasks, which its calibration rows for a task are not."""
+    sizes = frame[[c for c in frame.columns if c.endswith("set_size")]]
+    empty = sizes == 0
+    if rows := int(empty.any(axis=1).sum()):
+        where = "set_size 0" if len(sizes.columns) == 1 else \
+            ", ".join(f"{c} 0 on {int(empty[c].sum())}" for c in sizes.columns if empty[c].any())
+        click.echo(f"note: {rows} of {len(frame)} rows have an empty prediction set ({where}): no class is "
                    f"plausible at alpha {alpha:g}", err=True)
 
 
 def _joined_entry(info: dict, cache_dir):
-    """The cache entry whose feature tables a model of a joined dataset reads its rows from; None for others."""
-    if info.get("kind") != "joined":
-        return None
+    """The cache entry whose feature tables a model of a joined dataset reads its rows from; None for others.
+    A multi-task model's rows are a report's features themselves: its entry, where the cache still holds it,
+    only tells whether calibration rows are the model's own."""
+    from candle_ray.data.features import is_multitask
     from candle_ray.data.joined_input import entry_of
 
-    return entry_of(_cache(cache_dir), info)
+    if info.get("kind") != "joined":
+        return None
+    if not is_multitask(info):
+        return entry_of(_cache(cache_dir), info)
+    try:
+        return entry_of(_cache(cache_dir), info)
+    except UsageError:
+        return None
 
 
 def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, smoothed: bool, joined_entry):
@@ -619,6 +637,16 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
 
     X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True, joined_entry=joined_entry)
     calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
+    fewest, which, sets_smoothed = len(y_cal), "", getattr(calibrator, "smoothed", False)
+    if isinstance(calibrator, predicting.TaskCalibrators):  # a multi-task model: each task on its labelled rows
+        from candle_ray.data.features import task_names
+
+        counts = {name: n for name, n in zip(task_names(info), calibrator.rows)}
+        for name in (name for name, n in counts.items() if not n):
+            click.echo(f"note: no row of {calibration_file} has a {name} label, so {name} gets no prediction "
+                       f"sets", err=True)
+        fewest, which = min((n, f" for {name}") for name, n in counts.items() if n)
+        sets_smoothed = smoothed
     if joined_entry is None:
         role = source_role(calibration_file, info)
     else:
@@ -632,10 +660,10 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
                    f"surer of them than of new rows and its sets or intervals may cover less than "
                    f"{1 - alpha:.0%}; calibrate on labelled rows it never saw", err=True)
     # the threshold is the worst calibration row's score (smoothed sets have no such threshold)
-    elif quantile_rank(len(y_cal), alpha) >= len(y_cal) and not getattr(calibrator, "smoothed", False):
-        click.echo(f"note: with {len(y_cal)} calibration rows at alpha {alpha:g} the conformal threshold is the "
+    elif quantile_rank(fewest, alpha) >= fewest and not sets_smoothed:
+        click.echo(f"note: with {fewest} calibration rows{which} at alpha {alpha:g} the conformal threshold is the "
                    f"largest calibration score: sets and intervals are as wide as the worst row and cover "
-                   f"up to {1 / (len(y_cal) + 1):.0%} more than {1 - alpha:.0%}; "
+                   f"up to {1 / (fewest + 1):.0%} more than {1 - alpha:.0%}; "
                    f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
     return calibrator, len(y_cal)
 
@@ -736,6 +764,9 @@ def data_ids(dataset, column, cache_dir):
     entry = joined_input.named_entry(cache, dataset)
     if entry.manifest.get("kind") != "joined":
         raise UsageError(f"{dataset} is a matrix of features: its rows to predict name the features, not ids")
+    if len(entry.manifest["label_columns"]) > 1:
+        raise UsageError(f"{dataset} is multi-task: its rows to predict hold a report's "
+                         f"{entry.manifest['num_features']} features, not ids")
     columns = joined_input.ids_by_column(entry)
     if column is not None and column not in columns:
         raise UsageError(f"--column {column!r} is not an id column of {dataset}; use one of {', '.join(columns)}")

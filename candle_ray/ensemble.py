@@ -29,9 +29,9 @@ def check_poolable(entry) -> None:
                          f"reconstructions have none to pool; train one model with `candle-ray train` (or search "
                          f"with `candle-ray tune`)")
     if isinstance(classes, (list, tuple)):
-        raise UsageError(f"dataset {entry.name} is multi-task ({len(classes)} tasks): an ensemble pools one "
-                         f"prediction per row; train one model with `candle-ray train`, whose per-task accuracies "
-                         f"are in MLflow")
+        raise UsageError(f"dataset {entry.name} is multi-task ({len(classes)} tasks): an ensemble scores one "
+                         f"prediction per row; pool a sweep's K best trials with `candle-ray predict SWEEP --top K`, "
+                         f"which predicts each task")
 
 
 def seed_members(members: int, base_seed: int) -> list[dict]:

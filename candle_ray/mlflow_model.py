@@ -40,8 +40,8 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
 
 
 def predictions(members: list, frame, params: dict):
-    """`candle-ray predict`'s table for the rows of `frame` (features by name, or a joined dataset's ids and
-    doses, gathered from its cache entry; extra columns ignored)."""
+    """`candle-ray predict`'s table for the rows of `frame` (features by name, a joined dataset's ids and doses,
+    gathered from its cache entry, or a multi-task model's features in order; extra columns ignored)."""
     from candle_ray import predict
     from candle_ray.data.features import frame_for_prediction
 
@@ -68,10 +68,11 @@ def save(path: Path, checkpoint_dirs: list[Path]) -> None:
 
 
 def _input_example(info: dict) -> pd.DataFrame:
-    """A row the model takes: the training data's centre, or a joined dataset's first training combination."""
-    from candle_ray.data.features import typical_row
+    """A row the model takes: the training data's centre (a multi-task model's: a report's features, all 0:
+    P3B1's keep no scaler), or a joined dataset's first training combination."""
+    from candle_ray.data.features import is_multitask, typical_row
 
-    if info.get("kind") != "joined":
+    if info.get("kind") != "joined" or is_multitask(info):
         return typical_row(info)
     from candle_ray.data import joined_input
 

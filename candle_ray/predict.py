@@ -4,7 +4,8 @@ Pure torch + numpy (no Ray, no MLflow: the CLI turns MLflow run ids into checkpo
 Raw outputs become predictions according to the head a model was trained with (its checkpoint's
 config): softmax probabilities for classifiers (the abstain unit split off when `abstention` is
 set), (mean, σ²) for heteroscedastic heads (`loss: het`, CANDLE's interleaved [μ, log σ²]),
-(q50, q10, q90) for quantile heads (`loss: qtl`), the output itself for plain regressors.
+(q50, q10, q90) for quantile heads (`loss: qtl`), the output itself for plain regressors; a multi-task
+model (P3B1) is one classifier per task, each pooled, scored and calibrated on its own.
 
 Uncertainty: members (an ensemble) and stochastic passes (MC dropout) are pooled into one sample of
 predictions per row; `uq.ensemble_moments` splits the spread into aleatoric (het heads; for qtl heads
@@ -143,7 +144,8 @@ def raw_outputs(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]],
 def array_batches(X: np.ndarray, batch: int = 1024) -> Callable[[], Iterable[torch.Tensor]]:
     def batches():
         for start in range(0, len(X), batch):
-            yield torch.from_numpy(np.ascontiguousarray(X[start:start + batch], dtype=np.float32))
+            # a copy: X may be a read-only view of the caller's frame, which torch.from_numpy warns about
+            yield torch.from_numpy(np.array(X[start:start + batch], dtype=np.float32))
     return batches
 
 
@@ -188,6 +190,24 @@ class Prediction:
         """A regressor whose σ includes the data's noise (het or qtl heads), not only its members' or MC
         passes' spread."""
         return self.q_low is not None or (self.aleatoric is not None and bool(np.any(self.aleatoric > 0)))
+
+
+@dataclass
+class TaskPredictions:
+    """A multi-task model's pooled predictions (P3B1): one classifier's Prediction per task, named as the
+    dataset's label columns."""
+
+    names: list[str]
+    tasks: list[Prediction]
+
+
+@dataclass
+class TaskCalibrators:
+    """One conformal classifier per task, fitted on the calibration rows labelled for it; None for a task
+    that none was."""
+
+    per_task: list
+    rows: list[int]
 
 
 def pool_weights(members: list[Member], passes: list[int]) -> np.ndarray | None:
@@ -243,17 +263,14 @@ def pool(head: str, outputs: list[np.ndarray], weights: np.ndarray | None = None
 
 
 def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]], *, mc_passes: int = 0,
-            device="cpu", seed: int = 0) -> Prediction:
+            device="cpu", seed: int = 0) -> Prediction | TaskPredictions:
     """Every member over the same rows (with `mc_passes` dropout passes each; a member with a fixed share, a
-    linear baseline, has no dropout and passes once), pooled."""
+    linear baseline, has no dropout and passes once), pooled (a multi-task model's: each task on its own)."""
     if not members:
         raise UsageError("no model to predict with")
     check_compatible(members)
     head = members[0].head
-    if head == "multitask":
-        raise UsageError("predicting from a multi-task model (P3B1) is not supported yet; evaluate it with "
-                         "`candle-ray train`, whose per-task accuracies are in MLflow")
-    outputs, names, networks = [], [], 0
+    outputs, names, passes, networks = [], [], [], 0
     for i, member in enumerate(members):
         stochastic = bool(mc_passes) and member.share is None
         if stochastic:
@@ -261,26 +278,43 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
         raw = raw_outputs(member.model, batches, passes=max(1, mc_passes) if stochastic else 1, device=device,
                           seed=seed + i)
         outputs.append(member.in_target_units(raw))
+        passes.append(len(raw[0]) if isinstance(raw, list) else len(raw))  # a multi-task model's: per task
         if member.share is not None:
-            names += ["baseline"] * len(raw)
+            names += ["baseline"] * passes[-1]
         else:
-            names += [f"member_{networks + k}" for k in range(len(raw))]
-            networks += len(raw)
-    return pool(head, outputs, pool_weights(members, [len(o) for o in outputs]), names)
+            names += [f"member_{networks + k}" for k in range(passes[-1])]
+            networks += passes[-1]
+    weights = pool_weights(members, passes)
+    if head == "multitask":
+        from candle_ray.data.features import task_names
+
+        return TaskPredictions(task_names(members[0].data), [pool("classification", [o[t] for o in outputs], weights,
+                                                                   names) for t in range(len(outputs[0]))])
+    return pool(head, outputs, weights, names)
 
 
-def calibrate(pred: Prediction, y: np.ndarray, alpha: float, set_score: str = "lac", smoothed: bool = False):
+def calibrate(pred: Prediction | TaskPredictions, y: np.ndarray, alpha: float, set_score: str = "lac",
+              smoothed: bool = False):
     """A split-conformal calibrator fitted on predictions of held-out labelled rows.
 
     Quantile heads get CQR; a model with a spread (het heads, several members, MC dropout) gets
     σ-normalised residuals, so intervals widen where the model is unsure; else absolute residuals.
     Classifiers get prediction sets (LAC by default, APS on request) by the rank rule, or from smoothed
-    p-values with `smoothed`. The rank rule is the default because it has slack for calibration rows a
+    p-values with `smoothed` (a multi-task model's `y` is [rows, tasks], UNLABELLED where a row has no label
+    for a task). The rank rule is the default because it has slack for calibration rows a
     little easier than the predicted ones, as validation rows that a sweep selected on may be: smoothed
     sets calibrated on them covered 0.81 and 0.86 on Khan's data (5 splits each; the rank rule 0.98).
     """
     from candle_ray import conformal
 
+    if isinstance(pred, TaskPredictions):  # each task on the rows labelled for it
+        fitted, counts = [], []
+        for t, task in enumerate(pred.tasks):
+            rows = y[:, t] >= 0
+            counts.append(int(rows.sum()))
+            fitted.append(conformal.ConformalClassifier(alpha, score=set_score, smoothed=smoothed)
+                          .fit(task.probs[rows], y[rows, t]) if rows.any() else None)
+        return TaskCalibrators(fitted, counts)
     if pred.probs is not None:
         return conformal.ConformalClassifier(alpha, score=set_score, smoothed=smoothed).fit(pred.probs, y)
     if pred.q_low is not None:
@@ -300,10 +334,17 @@ def interval(pred: Prediction, calibrator) -> tuple[np.ndarray, np.ndarray]:
     return calibrator.predict(pred.mean)
 
 
-def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, ids=None, member_columns=False):
-    """The output table: predictions, spreads, interval bounds or prediction sets, optional per-member columns."""
+def table(pred: Prediction | TaskPredictions, info: dict, *, alpha: float = 0.1, calibrator=None, ids=None,
+          member_columns=False):
+    """The output table: predictions, spreads, interval bounds or prediction sets, optional per-member columns
+    (a multi-task model's: each task's columns, named after it: task0_prediction, task0_p_3, ...)."""
     import pandas as pd
 
+    if isinstance(pred, TaskPredictions):
+        parts = [table(task, task_info(info, t), alpha=alpha, member_columns=member_columns,
+                       calibrator=calibrator.per_task[t] if calibrator else None).add_prefix(f"{name}_")
+                 for t, (name, task) in enumerate(zip(pred.names, pred.tasks))]
+        return pd.concat(([pd.DataFrame({"id": ids})] if ids is not None else []) + parts, axis=1)
     columns: dict[str, np.ndarray | list] = {}
     if isinstance(ids, dict):  # a joined dataset's rows: their input columns (cell, drug1, dose1...)
         columns.update(ids)
@@ -348,6 +389,14 @@ def table(pred: Prediction, info: dict, *, alpha: float = 0.1, calibrator=None, 
     return pd.DataFrame(columns)
 
 
+def task_info(info: dict, task: int) -> dict:
+    """What `table` and `labelled_line` read of a model's data, for one task of a multi-task model."""
+    from candle_ray.data.features import task_names
+
+    return {"task": "classification", "num_classes": info["num_classes"][task], "class_names": None,
+            "label": task_names(info)[task]}
+
+
 def class_names(info: dict, count: int) -> list[str]:
     """The classes as predict writes them: their names, or their indices where the labels were indices."""
     return [str(n) for n in (info.get("class_names") or range(count))]
@@ -357,8 +406,8 @@ def spread_only_note(pred: Prediction, calibrator) -> str | None:
     """Why a regressor's table has `std` but no interval bounds: its members' (or MC passes') spread leaves
     out the data's noise. On GDSC (Nutlin-3a, 5 mse members) a 90 % Gaussian interval from it covered 0.19 of
     170 held-out rows, and 0.20 of the 169 validation rows with the linear baseline pooled."""
-    if pred.mean is None or calibrator is not None or pred.models_noise or pred.sigma is None \
-            or not np.any(pred.sigma > 0):
+    if not isinstance(pred, Prediction) or pred.mean is None or calibrator is not None or pred.models_noise \
+            or pred.sigma is None or not np.any(pred.sigma > 0):
         return None
     return ("note: no interval bounds: std is the spread of the members' predictions alone, which leaves out "
             "the noise in the data (a 90% interval from it covered 19% of held-out GDSC rows); pass --conformal "
@@ -368,22 +417,19 @@ def spread_only_note(pred: Prediction, calibrator) -> str | None:
 def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str | None:
     """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
     accuracy, or R² and MAE; the coverage and size of conformal sets or intervals. None without labels."""
-    from candle_ray.data.features import UNLABELLED
+    from candle_ray.data.features import UNLABELLED, is_multitask
 
     if y is None:
         return None
+    if is_multitask(info):
+        return _tasks_labelled_line(frame, y, info, alpha)
     labelled = (y != UNLABELLED) if info["task"] == "classification" else np.isfinite(y)
     n = int(labelled.sum())
     if n == 0:
         return None
     rows = frame[labelled]
     if info["task"] == "classification":
-        truth = np.array(class_names(info, int(info["num_classes"])))[y[labelled]]
-        hits = rows["prediction"].astype(str).to_numpy() == truth
-        said = [f"accuracy {hits.mean():.3f} ({int(hits.sum())}/{n})"]
-        if "prediction_set" in rows:
-            covered = np.mean([t in s.split("|") for t, s in zip(truth, rows["prediction_set"])])
-            said.append(f"{1 - alpha:.0%} set coverage {covered:.3f} (mean size {rows['set_size'].mean():.2f})")
+        said = _class_scores(rows, np.array(class_names(info, int(info["num_classes"])))[y[labelled]], alpha)
     else:
         truth, err = y[labelled], y[labelled] - rows["prediction"].to_numpy(np.float64)
         spread = np.sum((truth - truth.mean()) ** 2)
@@ -395,6 +441,31 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str 
     left = len(y) - n
     return (f"on the {n} rows labelled in the file ({info.get('label') or 'first column'}): " + ", ".join(said)
             + (f"; {left} of {len(y)} rows left out: their label is empty or one the model does not know" if left else ""))
+
+
+def _class_scores(rows, truth: np.ndarray, alpha: float) -> list[str]:
+    """A classifier's accuracy on labelled rows of `table`'s output, and its sets' coverage and size."""
+    hits = rows["prediction"].astype(str).to_numpy() == truth
+    said = [f"accuracy {hits.mean():.3f} ({int(hits.sum())}/{len(truth)})"]
+    if "prediction_set" in rows:
+        covered = np.mean([t in s.split("|") for t, s in zip(truth, rows["prediction_set"])])
+        said.append(f"{1 - alpha:.0%} set coverage {covered:.3f} (mean size {rows['set_size'].mean():.2f})")
+    return said
+
+
+def _tasks_labelled_line(frame, y: np.ndarray, info: dict, alpha: float) -> str | None:
+    """`labelled_line` of a multi-task model: each task on the rows labelled for it (P3B1's rows carry one)."""
+    from candle_ray.data.features import task_names
+
+    said = []
+    for t, name in enumerate(task_names(info)):
+        labelled = y[:, t] >= 0
+        if labelled.any():
+            rows = frame.loc[labelled, [c for c in frame.columns if c.startswith(f"{name}_")]]
+            truth = np.array(class_names(task_info(info, t), info["num_classes"][t]))[y[labelled, t]]
+            scores = _class_scores(rows.rename(columns=lambda c: c[len(name) + 1:]), truth, alpha)
+            said.append(f"{name} ({int(labelled.sum())} rows): " + ", ".join(scores))
+    return "on the rows labelled in the file: " + "; ".join(said) if said else None
 
 
 def _sample_names(pred: Prediction) -> list[str]:

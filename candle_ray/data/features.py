@@ -30,12 +30,22 @@ def describe(entry) -> dict:
         "kind": manifest.get("kind", "matrix"), "num_features": manifest["num_features"],
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
         "num_classes": manifest.get("num_classes"), "format": pre.get("format"),
-        "label": _label(manifest),
+        "label": _label(manifest), "label_columns": manifest.get("label_columns"),
         "rebuild": manifest.get("rebuild"), "entry": str(entry.path),
         "categorical": pre.get("categorical") or [],
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
         "source_sha256": {role: src.get("sha256") for role, src in (manifest.get("sources") or {}).items()},
     }
+
+
+def is_multitask(info: dict) -> bool:
+    """A model with one head per task (P3B1): its dataset's `num_classes` is a list."""
+    return isinstance(info.get("num_classes"), list)
+
+
+def task_names(info: dict) -> list[str]:
+    """A multi-task model's tasks, named as its dataset's label columns (task0, task1, ...)."""
+    return info.get("label_columns") or [f"task{t}" for t in range(len(info["num_classes"]))]
 
 
 def _label(manifest: dict):
@@ -160,6 +170,10 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False, joined_e
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
+    if is_multitask(info):
+        header = _has_header(path, task_names(info))
+        return frame_for_prediction(_read_frame(path, header), info, header=header, source=str(path),
+                                    need_labels=need_labels)
     if info.get("kind") == "joined":
         from candle_ray.data import joined_input
 
@@ -192,6 +206,8 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
     `header`, else CANDLE's positional layout; a joined dataset's ids and values by name."""
     import pandas as pd
 
+    if is_multitask(info):
+        return _multitask_for_prediction(frame, info, header, source, need_labels)
     if info.get("kind") == "joined":
         from candle_ray.data import joined_input
 
@@ -251,6 +267,73 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
 
         X = apply_scaler(info["scaler"], X)
     return X, (_labels(y, info, strict=need_labels) if y is not None else None), ids
+
+
+def _multitask_for_prediction(frame, info: dict, header: bool, source: str, need_labels: bool):
+    """(X, labels [rows, tasks] or None, row ids or None) for a multi-task model, whose rows are a report's
+    features (P3B1: the archive's `*_feature.csv` values, used as the reader uses them). Header-less: the
+    features alone, or after one label column per task; with a header: the label columns by name (task0,
+    task1, ...; empty or -1 where a row has none), a first text column naming the rows, the features."""
+    import pandas as pd
+
+    names, width = task_names(info), int(info["num_features"])
+    ids, labels = None, None
+    if header:
+        frame = frame.rename(columns=str)
+        labels = frame[[n for n in names if n in frame.columns]]
+        X = frame.drop(columns=list(labels.columns))
+        if len(X.columns) and not pd.api.types.is_numeric_dtype(X[X.columns[0]]):
+            ids, X = X[X.columns[0]].astype(str).tolist(), X.drop(columns=X.columns[0])
+        labels = labels if len(labels.columns) else None
+    elif frame.shape[1] == width + len(names):
+        labels, X = frame.iloc[:, :len(names)].set_axis(names, axis=1), frame.iloc[:, len(names):]
+    else:
+        X = frame
+    if X.shape[1] != width:
+        raise DataError(f"{source} has {X.shape[1]} feature columns but the model takes {width}; pass one row per "
+                        f"report with its {width} features (header-less, or after one label column per task: "
+                        f"{', '.join(names)})")
+    try:
+        X = X.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"{source} has a feature column that is not numeric; features must be numbers") from None
+    if len(X) == 0:
+        raise DataError(f"{source} has no rows to predict")
+    if not np.isfinite(X).all():
+        row, col = map(int, np.argwhere(~np.isfinite(X))[0])
+        raise DataError(f"{source} has a missing or non-finite value at {data_row(row)}, feature {col + 1}; fill "
+                        f"or drop it before predicting")
+    if labels is None:
+        if need_labels:
+            raise DataError(f"{source} has no label columns; calibration rows need their tasks' true classes in "
+                            f"columns {', '.join(names)} (empty or -1 where a row has none)")
+        return X, None, ids
+    return X, _task_labels(labels, info, names, source, strict=need_labels), ids
+
+
+def _task_labels(labels, info: dict, names: list[str], source: str, *, strict: bool) -> np.ndarray:
+    """Class indices [rows, tasks]: UNLABELLED where a row has no label for a task (empty, -1, or a task
+    column the file lacks). `strict` (calibration rows): any other label must be one of the task's classes,
+    and some row must carry one."""
+    import pandas as pd
+
+    y = np.full((len(labels), len(names)), UNLABELLED, dtype=np.int64)
+    for t, name in enumerate(names):
+        if name not in labels.columns:
+            continue
+        values = pd.Series(np.asarray(labels[name], dtype=object))
+        missing = values.isna() | values.astype(str).str.strip().isin(["", "-1", "-1.0"])
+        y[:, t] = _class_indices(values, missing, {"num_classes": info["num_classes"][t]})
+        unknown = ~missing.to_numpy() & (y[:, t] == UNLABELLED)
+        if strict and unknown.any():
+            first = int(np.argmax(unknown))
+            raise DataError(f"{source} has the label {values[first]!r} for {name} at {data_row(first)}, but "
+                            f"{name} has classes 0..{info['num_classes'][t] - 1}; fix it, or leave it empty (-1) "
+                            f"where the row has no {name} label")
+    if strict and (y == UNLABELLED).all():
+        raise DataError(f"{source} has no label in any of {', '.join(names)}; calibration rows need their "
+                        f"tasks' true classes")
+    return y
 
 
 def _one_hot_categories(frame, info: dict, source: str):

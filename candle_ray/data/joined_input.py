@@ -149,16 +149,35 @@ def _values(column, key: str, source: str) -> np.ndarray:
 
 def own_split(rows: JoinedRows, entry) -> str | None:
     """The split of the model's own data ("train", "val") that at least half of `rows` are rows of (the same
-    ids and values), or None: calibration rows a model was trained or selected on make a poor calibration set."""
+    ids and values; a multi-task model's, the same features), or None: calibration rows a model was trained or
+    selected on make a poor calibration set."""
     import pandas as pd
 
     from candle_ray.data import joined_cache
 
+    if isinstance(rows, np.ndarray):
+        return _own_reports(rows, entry)
     given = pd.DataFrame(rows.columns)
     for split in entry.manifest["splits"]:
         cached = joined_cache.open_rows(entry.path, split)
         known = pd.DataFrame({k: np.asarray(cached[k]).astype(v.dtype) for k, v in rows.columns.items()})
         if 2 * len(given.merge(known.drop_duplicates(), on=list(rows.columns))) >= len(given):
+            return split
+    return None
+
+
+def _own_reports(X: np.ndarray, entry) -> str | None:
+    """`own_split` of a multi-task entry (one feature table, read through one index column): the split whose
+    reports at least half of the rows of features `X` are, byte for byte as float32."""
+    from candle_ray.data import joined_cache
+
+    [slot] = entry.manifest["slots"]
+    table = joined_cache.open_tables(entry.path)[slot["table"]]
+    given = [row.tobytes() for row in np.asarray(X, dtype=np.float32)]
+    for split in entry.manifest["splits"]:
+        reports = np.asarray(table[np.asarray(joined_cache.open_rows(entry.path, split)[slot["key"]])], dtype=np.float32)
+        known = {row.tobytes() for row in reports}
+        if 2 * sum(row in known for row in given) >= len(given):
             return split
     return None
 
@@ -183,10 +202,14 @@ def named_entry(cache, name: str):
 
 
 def rows_hint(entry) -> str | None:
-    """What a file of rows to predict for a model of this joined entry holds, and where its ids are listed;
-    None for a matrix or a multi-task entry (predict does not serve P3B1)."""
-    if entry.manifest.get("kind") != "joined" or len(entry.manifest["label_columns"]) > 1:
+    """What a file of rows to predict for a model of this joined entry holds, and where its ids are listed
+    (a multi-task entry's rows hold a report's features); None for a matrix."""
+    if entry.manifest.get("kind") != "joined":
         return None
+    if len(labels := entry.manifest["label_columns"]) > 1:
+        return (f"ROWS.csv: one report per row, its {entry.manifest['num_features']} features as the archive's "
+                f"*_feature.csv files hold them (header-less); a header with label columns {', '.join(labels)} "
+                f"scores each task")
     id_columns, value_columns = input_columns(entry.manifest)
     return (f"ROWS.csv: one row per combination, columns {', '.join(id_columns + value_columns)} "
             f"(`candle-ray data ids {entry.name}-{entry.fingerprint}` lists the ids)")

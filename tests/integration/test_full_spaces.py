@@ -52,8 +52,9 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     assert r.exit_code == 0, r.output
     assert f"2 x {searcher} / {scheduler} over" in r.output, r.output
     assert "2 trials: " in r.output and " 0 failed" in r.output, r.output  # asha may stop one early
-    # a joined dataset's model predicts rows of ids (P3B1's multi-task models are not served)
+    # a joined dataset's model predicts rows of ids; P3B1's multi-task model, a report's features
     assert ("ROWS.csv: one row per combination, columns " in r.output) == (name in ("uno", "combo", "p1b3", "attn"))
+    assert ("ROWS.csv: one report per row, its " in r.output) == (name == "p3b1")
     results = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-full" / "results.csv")
     assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
     for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each
