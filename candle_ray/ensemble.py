@@ -23,15 +23,10 @@ FINISHED = ("completed", "stopped early")
 
 def check_poolable(entry) -> None:
     """Refuse, before any member trains, an ensemble whose members' predictions cannot be pooled."""
-    task, classes = entry.manifest["task"], entry.num_classes
-    if task == "autoencoder":
+    if entry.manifest["task"] == "autoencoder":
         raise UsageError(f"dataset {entry.name} trains an autoencoder: an ensemble pools predictions, and "
                          f"reconstructions have none to pool; train one model with `candle-ray train` (or search "
                          f"with `candle-ray tune`)")
-    if isinstance(classes, (list, tuple)):
-        raise UsageError(f"dataset {entry.name} is multi-task ({len(classes)} tasks): an ensemble scores one "
-                         f"prediction per row; pool a sweep's K best trials with `candle-ray predict SWEEP --top K`, "
-                         f"which predicts each task")
 
 
 def seed_members(members: int, base_seed: int) -> list[dict]:
@@ -155,6 +150,8 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     batches, y = _val_rows(entry)
     pred = predicting.predict(networks + linear, batches, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(pred, predicting.TaskPredictions):  # a multi-task model has no linear baseline
+        return _evaluate_tasks(pred, y, networks, out_dir, alpha, seed)
     metrics = {"ensemble_members": float(len(networks)), "ensemble_val_rows": float(len(y))}
     if linear:  # what the networks score without it: their samples' plain mean (a second pass only if they pool alone)
         is_linear = np.array([name == "baseline" for name in pred.names])
@@ -172,6 +169,32 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     metrics.update(uq_metrics)
     table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
     table.insert(0, "target", y if y.ndim == 1 else list(map(list, y)))
+    path = out_dir / "val_predictions.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    return metrics, [*files, path]
+
+
+def _evaluate_tasks(pred, y: np.ndarray, networks: list, out_dir: Path, alpha: float, seed: int):
+    """`evaluate` of a multi-task model (P3B1): each task scored on the validation rows labelled for it, its
+    metrics suffixed with the task's index as training names them (ensemble_val_accuracy_0...), and
+    ensemble_val_accuracy their mean, as training's val_accuracy."""
+    from candle_ray import predict as predicting
+
+    per_task, files = {}, []
+    for t, (name, task) in enumerate(zip(pred.names, pred.tasks)):
+        rows = np.flatnonzero(y[:, t] >= 0)
+        scored, labels = _rows(task, rows), y[rows, t]
+        order = np.random.default_rng(seed).permutation(len(rows))
+        task_metrics, task_files = _class_uq(scored, labels, (order[: len(rows) // 2], order[len(rows) // 2:]),
+                                             alpha, out_dir, name)
+        per_task.update({f"{key}_{t}": value for key, value in {**_scores(scored.probs, labels), **task_metrics}.items()})
+        files += task_files
+    accuracy = float(np.mean([per_task[f"ensemble_val_accuracy_{t}"] for t in range(len(pred.tasks))]))
+    metrics = {"ensemble_members": float(len(networks)), "ensemble_val_rows": float(len(y)),
+               "ensemble_baseline_share": 0.0, "ensemble_val_accuracy": accuracy, **per_task}
+    table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
+    for t, name in reversed(list(enumerate(pred.names))):
+        table.insert(0, f"{name}_target", y[:, t])  # -1: the row has no label for the task
     path = out_dir / "val_predictions.tsv"
     table.to_csv(path, sep="\t", index=False)
     return metrics, [*files, path]
@@ -214,8 +237,10 @@ def _scores(point: np.ndarray, y: np.ndarray) -> dict:
             "ensemble_val_r2": float(1 - np.sum(err ** 2) / max(np.sum((target - target.mean()) ** 2), 1e-12))}
 
 
-def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple[dict, list[Path]]:
-    """A classifier ensemble's calibration (NLL, Brier, ECE, reliability diagram) and conformal sets."""
+def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path, task: str | None = None
+              ) -> tuple[dict, list[Path]]:
+    """A classifier ensemble's calibration (NLL, Brier, ECE, reliability diagram) and conformal sets (`task`:
+    which task of a multi-task model, named in the diagram's file and title)."""
     from candle_ray import uq, uq_plots
 
     labels, (cal, test) = y.astype(np.int64), halves
@@ -227,8 +252,8 @@ def _class_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple
     }
     if pred.abstain is not None:
         metrics["ensemble_val_abstain_mean"] = float(pred.abstain.mean())
-    files = [uq_plots.reliability_diagram(pred.probs, labels, out_dir / "reliability.png",
-                                         title="Reliability, pooled ensemble")]
+    files = [uq_plots.reliability_diagram(pred.probs, labels, out_dir / f"reliability{f'_{task}' if task else ''}.png",
+                                         title="Reliability, pooled ensemble" + (f", {task}" if task else ""))]
     calibrator = _conformal(_rows(pred, cal), labels[cal], alpha)
     if calibrator is not None:
         sets = calibrator.predict(pred.probs[test])

@@ -459,7 +459,7 @@ def _say_what_logging_left(mlflow_callback, sweep, store, echo) -> None:
     if mlflow_callback.retention and mlflow_callback.retention.dropped:
         echo(f"weights kept for the {sweep.keep_checkpoints} best trials and the running ones; "
              f"{len(mlflow_callback.retention.dropped)} others' dropped (--keep-checkpoints)")
-    if mlflow_callback.model_notes:  # e.g. a multi-task model, which no trial can serve
+    if mlflow_callback.model_notes:  # e.g. a store that refused the models
         more = len(mlflow_callback.model_notes) - 1
         echo(mlflow_callback.model_notes[0] + (f" (and {more} more trials)" if more else ""))
     if failure:

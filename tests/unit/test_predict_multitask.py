@@ -153,3 +153,28 @@ def test_data_ids_says_its_rows_are_features(p3b1_model):
     tmp, entry, *_ = p3b1_model
     r = CliRunner().invoke(main, ["data", "ids", entry.name, "--cache-dir", str(tmp / "cache")])
     assert r.exit_code == 2 and "is multi-task: its rows to predict hold a report's 64 features" in r.output
+
+
+def test_an_ensemble_scores_each_task_on_its_own_val_rows(p3b1_model, tmp_path):
+    """`ensemble.evaluate` of two P3B1 members: per task the pooled accuracy (its mean is val_accuracy, as
+    training's), calibration and a conformal check, named with the task's index as training names them."""
+    from candle_ray.conformal import minimum_calibration_rows
+    from candle_ray.ensemble import evaluate
+
+    tmp, entry, _, frame = p3b1_model
+    exp = load_experiment(ROOT / "experiments" / "p3b1.py")
+    config = exp.resolve_config(smoke=True, sets=["epochs=2", "dropout=0.2", "rng_seed=7"])
+    list(train_epochs(make_job(exp, config, entry, run_dir=str(tmp_path / "second")), World()))
+    metrics, files = evaluate([tmp / "run" / "checkpoints", tmp_path / "second" / "checkpoints"], entry, tmp_path / "uq")
+    assert metrics["ensemble_members"] == 2 and metrics["ensemble_val_rows"] == len(frame)
+    assert metrics["ensemble_val_accuracy"] == pytest.approx(np.mean([metrics[f"ensemble_val_accuracy_{t}"] for t in range(3)]))
+    for t, name in enumerate(TASKS):
+        assert {f"ensemble_val_{k}_{t}" for k in ("nll", "brier", "ece", "prob_std")} <= set(metrics)
+        halves = (frame[name] >= 0).sum() // 2  # half the task's rows calibrate, where there are enough
+        assert (f"conformal_val_coverage_{t}" in metrics) == (halves >= minimum_calibration_rows(0.1)), halves
+        assert tmp_path / "uq" / f"reliability_{name}.png" in files
+    table = pd.read_csv(tmp_path / "uq" / "val_predictions.tsv", sep="\t")
+    assert list(table.columns[:3]) == [f"{name}_target" for name in TASKS]
+    assert table["task1_target"].tolist() == frame["task1"].tolist()
+    pooled = (table["task0_prediction"] == table["task0_target"])[table["task0_target"] >= 0].mean()
+    assert pooled == pytest.approx(metrics["ensemble_val_accuracy_0"])
