@@ -532,7 +532,8 @@ def _write_table(frame, out: Path) -> None:
 @click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
               help="Rows to predict: CSV, TSV or Parquet with the training features (by name, or CANDLE's header-less "
                    "layout); for Uno, Combo, P1B3 or Attn, a column per input naming ids and doses (cell, drug1, "
-                   "dose1...; `data ids DATASET` lists the ids).")
+                   "dose1...; `data ids DATASET` lists the ids); for P3B1, a report's features per row (its archive's "
+                   "*_feature.csv layout).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="predictions.tsv (.csv, .parquet also).")
 @click.option("--mc-dropout", "mc_passes", type=click.IntRange(min=2), default=None, metavar="N",
               help="N stochastic passes with dropout on (Monte-Carlo dropout).")
@@ -620,11 +621,11 @@ def _joined_entry(info: dict, cache_dir):
 
     if info.get("kind") != "joined":
         return None
-    if not is_multitask(info):
-        return entry_of(_cache(cache_dir), info)
     try:
         return entry_of(_cache(cache_dir), info)
     except UsageError:
+        if not is_multitask(info):
+            raise
         return None
 
 
@@ -639,14 +640,7 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
     calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
     fewest, which, sets_smoothed = len(y_cal), "", getattr(calibrator, "smoothed", False)
     if isinstance(calibrator, predicting.TaskCalibrators):  # a multi-task model: each task on its labelled rows
-        from candle_ray.data.features import task_names
-
-        counts = {name: n for name, n in zip(task_names(info), calibrator.rows)}
-        for name in (name for name, n in counts.items() if not n):
-            click.echo(f"note: no row of {calibration_file} has a {name} label, so {name} gets no prediction "
-                       f"sets", err=True)
-        fewest, which = min((n, f" for {name}") for name, n in counts.items() if n)
-        sets_smoothed = smoothed
+        (fewest, which), sets_smoothed = _fewest_task_rows(calibrator, info, calibration_file), smoothed
     if joined_entry is None:
         role = source_role(calibration_file, info)
     else:
@@ -666,6 +660,18 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
                    f"up to {1 / (fewest + 1):.0%} more than {1 - alpha:.0%}; "
                    f"{math.ceil((2 - alpha) / alpha)} or more rows make them tighter", err=True)
     return calibrator, len(y_cal)
+
+
+def _fewest_task_rows(calibrator, info: dict, calibration_file) -> tuple[int, str]:
+    """(the fewest calibration rows any task of a multi-task model had, " for TASK"), after a note on each task
+    that had none (its rows get no prediction sets)."""
+    from candle_ray.data.features import task_names
+
+    counts = dict(zip(task_names(info), calibrator.rows))
+    for name in (name for name, n in counts.items() if not n):
+        click.echo(f"note: no row of {calibration_file} has a {name} label, so {name} gets no prediction sets",
+                   err=True)
+    return min((n, f" for {name}") for name, n in counts.items() if n)
 
 
 @main.group()
