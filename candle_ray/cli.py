@@ -109,8 +109,8 @@ cache_option = click.option("--cache-dir", envvar=CACHE_ENV, default=None, metav
 
 
 def _sweep_options(unit: str):
-    """The options of every command that runs a Tune sweep (tune, ensemble, cv); `unit` is what one
-    trial is there: a trial, a member, a fold."""
+    """The options of every command that runs a Tune sweep (tune, ensemble, cv, lc); `unit` is what one
+    trial is there: a trial, a member, a fold, a run."""
     options = [
         click.option("--workers-per-trial", type=WorkersType(), default=1, show_default=True,
                      help=f"DDP workers per {unit} (1 = the loop runs in the trial itself); MIN-MAX (e.g. 1-4) makes "
@@ -428,6 +428,47 @@ def cv(ctx, experiment_file, folds, stratify, group_by, seed, **run):
                             "seed": seed}))
 
 
+class FractionsType(click.ParamType):
+    """Comma-separated shares of the training rows, each in (0, 1]: 0.125,0.25,0.5,1."""
+
+    name = "FRACTIONS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            shares = tuple(sorted({float(v) for v in str(value).split(",") if v.strip()}))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers; write e.g. 0.125,0.25,0.5,1", param, ctx)
+        if not shares or not all(0 < v <= 1 for v in shares):
+            self.fail(f"{value!r}: each share of the training rows must be in (0, 1], e.g. 0.125,0.25,0.5,1",
+                      param, ctx)
+        return shares
+
+
+@main.command()
+@click.argument("experiment_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--sizes", type=FractionsType(), default="0.125,0.25,0.5,1", show_default=True,
+              help="The shares of the training rows to train on (each drawn per seed, by class for a classifier).")
+@click.option("--replicas", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs per size, each with its own rng_seed (its own rows and initial weights).")
+@_sweep_options("run")
+@click.pass_context
+def lc(ctx, experiment_file, sizes, replicas, **run):
+    """A learning curve of EXPERIMENT: its configuration trained on growing shares of the training rows and
+    scored on the same validation rows, a power law fitted through them (would more data help?); one MLflow
+    parent run with the curve, one child run per size and seed."""
+    experiment = _load(experiment_file)
+    chosen = None
+    if not run["resume"]:
+        base_seed, run["sets"] = _first_member_seed(experiment, run)
+        chosen = [{"train_fraction": share, "rng_seed": base_seed + r} for share in sizes for r in range(replicas)]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run["name"] = run["name"] or f"{experiment.name}-lc-{stamp}"
+    ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []), seed=0,
+                        metric=None, mode=None, space=None, members=chosen, kind="lc"))
+
+
 @main.command()
 @click.argument("sweep_name", metavar="SWEEP")
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
@@ -444,8 +485,8 @@ def report(sweep_name, storage):
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
               help="Where the sweeps' folders are [env CANDLE_RAY_STORAGE].")
 def sweeps(storage):
-    """List the sweeps, ensembles and cvs under --storage, oldest first: what ran, how far, the best trial's
-    value, and the disk its folder takes."""
+    """List the sweeps, ensembles, cvs and learning curves under --storage, oldest first: what ran, how far,
+    the best trial's value, and the disk its folder takes."""
     from candle_ray.storage import Storage
 
     store = Storage.parse(storage)

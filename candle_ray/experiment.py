@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from candle_ray.data.noise import NOISE_DEFAULTS, check_noise_keys
 from candle_ray.data.spec import Dataset, ReaderDataset
+from candle_ray.data.subsample import DEFAULTS as TRAIN_FRACTION
 from candle_ray.errors import UsageError
 from candle_ray.lr_schedule import (CLR_DEFAULTS, CLR_MODES, KERAS_LEARNING_RATES, SWITCHED_BY as SCHEDULE_SWITCHES,
                                     WARMUP_EPOCHS, check_schedule_keys)
@@ -81,6 +82,8 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     # Noise studies (candle_ray.data.noise)
     "label_noise": {"min": 0.0, "max": 1.0},
     "std_dev": {"min": 0.0},
+    # Learning curves (candle_ray.data.subsample): the share of the training rows a run trains on.
+    "train_fraction": {"min_exclusive": 0.0, "max": 1.0},
 }
 # Keys every experiment has, whatever its defaults say: L2 weight decay for every model (0 = off; see
 # candle_ray.loop.make_optimizer for what it means with each optimizer), and each epoch's CPU, memory and
@@ -99,8 +102,10 @@ SCHEDULE_KEYS: dict[str, Any] = {"warmup_lr": False, "base_lr": 0.001, "clr_flag
 # ATTN abstention), read by candle_ray.objectives; known the same way, as the abstention files set them.
 ABSTENTION_DEFAULTS: dict[str, Any] = {"alpha0": 0.5, "init_abs_epoch": 4, "alpha_scale_factor": 0.8,
                                        "min_abs_acc": 0.9, "max_abs_frac": 0.4, "acc_gain": 5.0, "abs_gain": 1.0}
-# NOISE_DEFAULTS: CANDLE's noise studies (nt3_noise_model.txt), candle_ray.data.noise.
-OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS, **NOISE_DEFAULTS}
+# NOISE_DEFAULTS: CANDLE's noise studies (nt3_noise_model.txt), candle_ray.data.noise; TRAIN_FRACTION: learning
+# curves (candle_ray.data.subsample).
+OPTIONAL_KEYS: dict[str, Any] = {**OBJECTIVE_KEYS, **ABSTENTION_DEFAULTS, **SCHEDULE_KEYS, **NOISE_DEFAULTS,
+                                  **TRAIN_FRACTION}
 # Keys that act only with a flag on: the schedules', abstention's and the noise studies'.
 SWITCHED_BY: dict[str, str] = {**SCHEDULE_SWITCHES, **dict.fromkeys(ABSTENTION_DEFAULTS, "abstention"),
                                **{k: "add_noise" for k in NOISE_DEFAULTS if k != "add_noise"}}

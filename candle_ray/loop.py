@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from candle_ray import checkpoint, models, objectives
-from candle_ray.data import folds, noise, remote_cache
+from candle_ray.data import folds, noise, remote_cache, subsample
 from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
 from candle_ray.errors import UsageError
@@ -194,8 +194,9 @@ def _prepare_device(device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _make_feeds(job: Job, world: World, per_worker: int, seed: int):
-    """Train, validation and (where the data hold one) test feeds for this worker's share of the rows."""
+def _make_feeds(job: Job, world: World, per_worker: int, seed: int, keep=None):
+    """Train, validation and (where the data hold one) test feeds for this worker's share of the rows; the
+    training feed over the rows `keep` alone where train_fraction chose them."""
     entry, cv = job.entry, job.cv  # cv: {"assignment": fold of each train+val row, "fold": k}
     shard = {"rank": world.rank, "world_size": world.world_size}
     eval_batch = max(per_worker, 256)
@@ -206,6 +207,7 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int):
         feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.feed, **shard)
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
         val_feed = make_feed(entry, "val", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
+    feed = subsample.keep_rows(feed, keep)
     noise.add_noise(feed, job.config, seed, job.task)  # CANDLE's noise studies: the training rows only
     # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
     test_feed = None
@@ -219,6 +221,18 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int):
             if hasattr(placed, "nbytes") and placed.nbytes < free / 4:
                 placed.to(world.device)
     return feed, val_feed, test_feed
+
+
+def _train_labels(job: Job, keep=None):
+    """The labels of the rows the run trains on (class weights and a regressor's target scaler fit them)."""
+    labels = folds.fold_labels(job.entry, job.cv, "train") if job.cv else split_labels(job.entry, "train")
+    return labels if keep is None else labels[keep]
+
+
+def _kept_rows(job: Job, seed: int):
+    """The training rows a train_fraction below 1 keeps (subsample.chosen), or None."""
+    share = subsample.fraction(job.config)
+    return None if share >= 1 else subsample.chosen(_train_labels(job), share, seed, job.task == "classification")
 
 
 def _build_model(job: Job, objective, device):
@@ -342,11 +356,10 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
     seed_everything(seed)
     # CANDLE's batch_size is the global batch: each of N workers takes 1/N of it.
     per_worker = max(1, math.ceil(int(config["batch_size"]) / world.world_size))
-    feed, val_feed, test_feed = _make_feeds(job, world, per_worker, seed)
-    cv, entry = job.cv, job.entry
+    keep = _kept_rows(job, seed)  # train_fraction's rows; None: all of them
+    feed, val_feed, test_feed = _make_feeds(job, world, per_worker, seed, keep)
     objective = objectives.make(config, task, job.model_shape, device=device,
-                                train_labels=lambda: folds.fold_labels(entry, cv, "train") if cv
-                                else split_labels(entry, "train"))
+                                train_labels=lambda: _train_labels(job, keep))
     model, shape, condition = _build_model(job, objective, device)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), float(config["learning_rate"]),
                                float(config.get("momentum", 0.0)), float(config.get("weight_decay", 0.0)))

@@ -62,7 +62,7 @@ def _baseline_line(ax, baseline: dict, key: str, **style) -> None:
 
 
 # A cv's folds and an ensemble's members are not rival configurations: no "best" among them is drawn or named.
-MEMBERS = {"cv": "fold", "ensemble": "member"}
+MEMBERS = {"cv": "fold", "ensemble": "member", "lc": "run"}
 
 
 def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = None, noun: str | None = None) -> None:

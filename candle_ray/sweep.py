@@ -55,6 +55,8 @@ class SweepSettings:
     pooled and evaluated at the end (`ensemble.evaluate`), on the parent run.
     kind "cv": the members are folds {"cv_fold": k}; `cv` (folds, stratify, group_by, seed) makes the
     fold assignment over the train+val rows, and the folds' mean and spread go on the parent run.
+    kind "lc": the members are {"train_fraction": f, "rng_seed": s}, and their learning curve goes on the
+    parent run (`_learning_curve`).
     """
     storage: str
     tracking_uri: str
@@ -437,6 +439,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
+        if s.kind == "lc" and summary["succeeded"]:
+            _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -559,8 +563,9 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
                                 experiment.path, storage):
             echo(line)
     # A cv has no best trial: its folds score one configuration on different rows, and their mean is its
-    # result. An ensemble's result is its pooled members; both met the baseline above, its best member does not.
-    if summary["best"] and s.kind != "cv":
+    # result; a learning curve's result is its curve. An ensemble's result is its pooled members; each of them
+    # met the baseline above, its best member does not.
+    if summary["best"] and s.kind not in ("cv", "lc"):
         hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
                 f"networks with the baseline") if s.kind == "sweep" else ""
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear if s.kind == "sweep" else {},
@@ -686,6 +691,31 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
         means = {k[len("cv_mean_"):]: v for k, v in summary.items() if k.startswith("cv_mean_")}
         for line in comparison("cross-validated model", means, metric, mode, linear, task):
             echo(line)
+
+
+def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict) -> None:
+    """The runs' metric at their best epochs against their training rows (candle_ray.learning_curve): printed,
+    on the parent run as `lc_<metric>` (and `_sd`) with the training rows as the step, so MLflow draws the
+    curve, and as a picture in the sweep folder and on the parent run."""
+    from candle_ray import learning_curve
+    from candle_ray.data import subsample
+    from candle_ray.summary import best_metrics
+
+    metric = sweep.metric
+    finals = [(subsample.fraction(t.config), best_metrics(t.last_result)[metric]) for t in trials
+              if t.status == "TERMINATED" and t.last_result and metric in best_metrics(t.last_result)]
+    curve = learning_curve.points(finals, int(entry.rows["train"]))
+    law = learning_curve.fit(curve)
+    for point in curve:
+        parent.log_epoch({"epoch": point.rows, f"lc_{metric}": point.mean, f"lc_{metric}_sd": point.sd})
+    if law is not None:
+        parent.log_epoch({"epoch": 0, "lc_exponent": law.b, "lc_asymptote": law.c})
+    for line in learning_curve.lines(curve, law, metric, sweep.mode):
+        echo(line)
+    (work_dir / "lc").mkdir(exist_ok=True)
+    path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", linear.get(metric))
+    parent.log_artifact(path, "lc")
+    store.upload(path, store.path(sweep.name, "lc", path.name))
 
 
 def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict,

@@ -206,3 +206,23 @@ def test_heteroscedastic_ensemble_splits_uncertainty(ray_cluster, workdir):
     assert_conformal_near_nominal(m)
     files = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/coverage.png", "uq/error_vs_sigma.png", "uq/val_predictions.tsv"} <= files
+
+
+def test_learning_curve_over_three_sizes(ray_cluster, workdir):
+    """`candle-ray lc`: one run per size, each on its share of the training rows; the curve (mean at each
+    size's best epochs, the training rows as MLflow's step) and its picture on the parent run."""
+    r = cli("lc", TINY, "--smoke", "--sizes", "0.25,0.5,1", "--replicas", 1, "--name", "lc3", "--set", "epochs=2")
+    assert r.exit_code == 0, r.output
+    assert "3 trials: 3 completed" in r.output and "learning curve: val_loss at each run's best epoch" in r.output
+    assert not [line for line in r.output.splitlines() if line.startswith("best ")]  # its result: the curve
+    (parent,), children = runs_of("lc3")
+    rows = 96  # tiny_nt3's smoke training rows
+    by_share = {float(c.data.params["train_fraction"]): c.data.metrics["best_val_loss"] for c in children}
+    history = MlflowClient().get_metric_history(parent.info.run_id, "lc_val_loss")
+    assert {m.step: m.value for m in history} == {round(share * rows): pytest.approx(value)
+                                                  for share, value in by_share.items()}
+    assert "lc_exponent" in parent.data.metrics or "no power law fitted" in r.output
+    assert [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "lc")] == ["lc/learning_curve.png"]
+    assert parent.data.tags["candle_ray.kind"] == "lc"
+    r = cli("lc", TINY, "--smoke", "--sizes", "0,0.5", "--name", "bad")
+    assert r.exit_code == 2 and "each share of the training rows must be in (0, 1]" in r.output, r.output

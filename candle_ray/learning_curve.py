@@ -1,0 +1,126 @@
+"""`candle-ray lc`: a learning curve, the validation metric against the number of training rows (driver side).
+
+The runs train one configuration on growing shares of the training split (`train_fraction`, drawn per
+rng_seed: candle_ray.data.subsample), a few seeds each, and are scored on the same validation rows at
+their best epochs. Each size's mean and spread, and a power law fitted through the means,
+metric ≈ c + a·n^(−b) (the form data-scaling studies of drug response fit, e.g. Partin et al. 2021), say
+whether more data would still help: b is how fast the metric moves with the rows, c where it levels off.
+Pure numpy (SciPy for the fit, matplotlib for the picture); the sweep driver logs what this returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from candle_ray.data.subsample import rows as rows_for
+
+MIN_SIZES_TO_FIT = 3  # a three-parameter curve through fewer points says nothing
+
+
+@dataclass(frozen=True)
+class Point:
+    fraction: float
+    rows: int
+    mean: float
+    sd: float
+    runs: int
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """metric ≈ c + a·n^(−b)."""
+
+    a: float
+    b: float
+    c: float
+
+    def at(self, rows: float) -> float:
+        return float(self.c + self.a * rows ** -self.b)
+
+    def text(self, metric: str) -> str:
+        return f"{metric} ≈ {self.c:.4g} {'+' if self.a >= 0 else '-'} {abs(self.a):.4g}·n^-{self.b:.3g}"
+
+
+def points(finals: list[tuple[float, float]], train_rows: int) -> list[Point]:
+    """Each training share's runs [(train_fraction, metric at the run's best epoch)] as one point, smallest
+    first; the spread is the sample standard deviation over its seeds (0 for one)."""
+    shares = sorted({share for share, _ in finals})
+    out = []
+    for share in shares:
+        values = np.array([value for s, value in finals if s == share], dtype=float)
+        out.append(Point(share, rows_for(train_rows, share), float(values.mean()),
+                         float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)))
+    return out
+
+
+def fit(curve: list[Point]) -> PowerLaw | None:
+    """The power law through the points' means (their spreads as weights where every size has one), or None
+    with fewer than MIN_SIZES_TO_FIT sizes or where the fit does not converge."""
+    if len(curve) < MIN_SIZES_TO_FIT:
+        return None
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    n = np.array([p.rows for p in curve], dtype=float)
+    y = np.array([p.mean for p in curve])
+    sigma = np.array([p.sd for p in curve])
+    law = lambda rows, a, b, c: c + a * rows ** -b  # noqa: E731
+    guess = (float((y[0] - y[-1]) * n[0] ** 0.5), 0.5, float(y[-1]))
+    try:
+        with warnings.catch_warnings():  # three sizes fit three parameters exactly: no covariance, which is unused
+            warnings.simplefilter("ignore", OptimizeWarning)
+            (a, b, c), _ = curve_fit(law, n, y, p0=guess, sigma=sigma if np.all(sigma > 0) else None,
+                                     bounds=([-np.inf, 0.0, -np.inf], [np.inf, 3.0, np.inf]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    return PowerLaw(float(a), float(b), float(c)) if np.all(np.isfinite([a, b, c])) else None
+
+
+def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str) -> list[str]:
+    """What the end of `candle-ray lc` prints: the table, the law, and what twice the rows would give."""
+    runs = {p.runs for p in curve}
+    seeds = f"{runs.pop()} seed(s)" if len(runs) == 1 else "its seeds"
+    out = [f"learning curve: {metric} at each run's best epoch, mean ± sd over {seeds}",
+           f"  {'train rows':>10}  {'fraction':>8}  {metric}"]
+    out += [f"  {p.rows:>10,}  {p.fraction:>8.3g}  {p.mean:.4g} ± {p.sd:.2g}" for p in curve]
+    if law is None:
+        out.append(f"no power law fitted: it takes {MIN_SIZES_TO_FIT} or more sizes that converge to one"
+                   if len(curve) >= MIN_SIZES_TO_FIT else
+                   f"no power law fitted: {len(curve)} size(s); pass {MIN_SIZES_TO_FIT} or more to --sizes")
+        return out
+    full, double = curve[-1].rows, 2 * curve[-1].rows
+    gain = law.at(double) - law.at(full)
+    verdict = ("more rows are not predicted to help" if (gain < 0) != (mode == "min") or gain == 0 else
+               f"a change within the seeds' spread at {full:,} rows ({curve[-1].sd:.2g}): no clear gain"
+               if abs(gain) < curve[-1].sd else "more rows are predicted to help")
+    out.append(f"power law {law.text(metric)} (n = training rows): twice the rows ({double:,}) would give "
+               f"{metric} ≈ {law.at(double):.4g}, against {law.at(full):.4g} at {full:,}; {verdict}")
+    return out
+
+
+def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, baseline: float | None = None) -> Path:
+    """The points with their spreads and the fitted law, rows on a log axis (the linear baseline, fitted on
+    all the training rows, as a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = np.array([p.rows for p in curve], dtype=float)
+    ax.errorbar(n, [p.mean for p in curve], yerr=[p.sd for p in curve], fmt="o", capsize=3, label="runs (mean ± sd)")
+    if law is not None:
+        grid = np.geomspace(n.min(), 2 * n.max(), 100)
+        ax.plot(grid, [law.at(g) for g in grid], "-", label=law.text(metric))
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", label="linear baseline (all rows)")
+    ax.set(xscale="log", xlabel="training rows", ylabel=metric, title=f"Learning curve ({metric})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
