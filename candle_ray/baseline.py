@@ -111,6 +111,29 @@ def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, m
                     linear=fits[0][2] if cv_assignment is None else None)
 
 
+def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_CELLS,
+               max_rows: int = MAX_ROWS) -> list[tuple[float, dict[str, float]]]:
+    """A learning curve's baseline: fitted on the very training rows of each run (train_fraction, rng_seed),
+    as candle_ray.data.subsample draws them for the network, scored on the val split; [(share, metrics)].
+    Empty where `why_not(entry)`."""
+    from candle_ray.data import subsample
+
+    if why_not(entry) is not None:
+        return []
+    manifest = read_manifest(entry)
+    data = _Pooled(entry, manifest)
+    cap = max(2, min(int(max_rows), int(max_cells) // max(1, data.num_features)))
+    score_rows = _sample(np.random.default_rng(0), np.arange(data.n_train, data.n_train + data.n_val), MAX_VAL_ROWS)
+    train_labels, out = data.labels[: data.n_train], []
+    with _quiet_single_thread():
+        for share, seed in runs:
+            keep = subsample.chosen(train_labels, share, seed, manifest["task"] == "classification")
+            rows = _sample(np.random.default_rng(seed), np.arange(data.n_train) if keep is None else keep, cap)
+            # the inner CV's folds as the sweep's own baseline draws them: all the rows give its metrics
+            out.append((share, _fit_one(data, manifest, rows, score_rows, 0)[0]))
+    return out
+
+
 def shares_val_loss(config: dict, task: str, searched=()) -> bool:
     """Whether the trials' val_loss measures what the baseline's does (cross-entropy, squared error). Not
     with het, qtl or mae heads or abstention, whose val_loss is another quantity (a Gaussian NLL of 1.43 is

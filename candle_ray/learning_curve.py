@@ -80,31 +80,42 @@ def fit(curve: list[Point]) -> PowerLaw | None:
     return PowerLaw(float(a), float(b), float(c)) if np.all(np.isfinite([a, b, c])) else None
 
 
-def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str) -> list[str]:
-    """What the end of `candle-ray lc` prints: the table, the law, and what twice the rows would give."""
+def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str,
+          linear: list[Point] | None = None, linear_law: PowerLaw | None = None) -> list[str]:
+    """What the end of `candle-ray lc` prints: the table (the linear baseline's curve beside the network's, fitted
+    on the same rows), each law, and what twice the rows would give."""
     runs = {p.runs for p in curve}
     seeds = f"{runs.pop()} seed(s)" if len(runs) == 1 else "its seeds"
-    out = [f"learning curve: {metric} at each run's best epoch, mean ± sd over {seeds}",
-           f"  {'train rows':>10}  {'fraction':>8}  {metric}"]
-    out += [f"  {p.rows:>10,}  {p.fraction:>8.3g}  {p.mean:.4g} ± {p.sd:.2g}" for p in curve]
+    out = [f"learning curve: {metric} at each run's best epoch, mean ± sd over {seeds}"
+           + ("; the linear baseline fitted on the same rows" if linear else ""),
+           f"  {'train rows':>10}  {'fraction':>8}  {'network':<18}" + ("  linear baseline" if linear else "")]
+    for i, p in enumerate(curve):
+        shown = f"{p.mean:.4g} ± {p.sd:.2g}"
+        out.append(f"  {p.rows:>10,}  {p.fraction:>8.3g}  {shown:<18}"
+                   + (f"  {linear[i].mean:.4g} ± {linear[i].sd:.2g}" if linear else ""))
+    out.append(_verdict(curve, law, metric, mode, "network"))
+    if linear:
+        out.append(_verdict(linear, linear_law, metric, mode, "linear baseline"))
+    return out
+
+
+def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, who: str) -> str:
     if law is None:
-        out.append(f"no power law fitted: it takes {MIN_SIZES_TO_FIT} or more sizes that converge to one"
-                   if len(curve) >= MIN_SIZES_TO_FIT else
-                   f"no power law fitted: {len(curve)} size(s); pass {MIN_SIZES_TO_FIT} or more to --sizes")
-        return out
+        return (f"{who}: no power law fitted: it takes {MIN_SIZES_TO_FIT} or more sizes that converge to one"
+                if len(curve) >= MIN_SIZES_TO_FIT else
+                f"{who}: no power law fitted: {len(curve)} size(s); pass {MIN_SIZES_TO_FIT} or more to --sizes")
     full, double = curve[-1].rows, 2 * curve[-1].rows
     gain = law.at(double) - law.at(full)
     verdict = ("more rows are not predicted to help" if (gain < 0) != (mode == "min") or gain == 0 else
                f"a change within the seeds' spread at {full:,} rows ({curve[-1].sd:.2g}): no clear gain"
                if abs(gain) < curve[-1].sd else "more rows are predicted to help")
-    out.append(f"power law {law.text(metric)} (n = training rows): twice the rows ({double:,}) would give "
-               f"{metric} ≈ {law.at(double):.4g}, against {law.at(full):.4g} at {full:,}; {verdict}")
-    return out
+    return (f"{who}: power law {law.text(metric)} (n = training rows): twice the rows ({double:,}) would give "
+            f"{metric} ≈ {law.at(double):.4g}, against {law.at(full):.4g} at {full:,}; {verdict}")
 
 
-def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, baseline: float | None = None) -> Path:
-    """The points with their spreads and the fitted law, rows on a log axis (the linear baseline, fitted on
-    all the training rows, as a line)."""
+def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, linear: list[Point] | None = None,
+         linear_law: PowerLaw | None = None) -> Path:
+    """The points with their spreads and the fitted law, rows on a log axis; the linear baseline's beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,12 +123,14 @@ def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, base
 
     fig, ax = plt.subplots(figsize=(6, 4))
     n = np.array([p.rows for p in curve], dtype=float)
-    ax.errorbar(n, [p.mean for p in curve], yerr=[p.sd for p in curve], fmt="o", capsize=3, label="runs (mean ± sd)")
-    if law is not None:
-        grid = np.geomspace(n.min(), 2 * n.max(), 100)
-        ax.plot(grid, [law.at(g) for g in grid], "-", label=law.text(metric))
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", linestyle="--", label="linear baseline (all rows)")
+    grid = np.geomspace(n.min(), 2 * n.max(), 100)
+    for points_, fitted, who, colour in ((curve, law, "network", "C0"), (linear or [], linear_law, "linear baseline", "grey")):
+        if not points_:
+            continue
+        ax.errorbar(n, [p.mean for p in points_], yerr=[p.sd for p in points_], fmt="o", capsize=3, color=colour,
+                    label=f"{who} (mean ± sd)")
+        if fitted is not None:
+            ax.plot(grid, [fitted.at(g) for g in grid], "-", color=colour, label=fitted.text(metric))
     ax.set(xscale="log", xlabel="training rows", ylabel=metric, title=f"Learning curve ({metric})")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -694,28 +694,49 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
 
 
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict) -> None:
-    """The runs' metric at their best epochs against their training rows (candle_ray.learning_curve): printed,
-    on the parent run as `lc_<metric>` (and `_sd`) with the training rows as the step, so MLflow draws the
-    curve, and as a picture in the sweep folder and on the parent run."""
+    """The runs' metric at their best epochs against their training rows (candle_ray.learning_curve), beside the
+    linear baseline's on the same rows: printed, on the parent run as `lc_<metric>` (`_sd`, `lc_baseline_<metric>`)
+    with the training rows as the step, so MLflow draws the curve, and as a picture in the sweep folder and
+    on the parent run."""
     from candle_ray import learning_curve
     from candle_ray.data import subsample
     from candle_ray.summary import best_metrics
 
-    metric = sweep.metric
-    finals = [(subsample.fraction(t.config), best_metrics(t.last_result)[metric]) for t in trials
-              if t.status == "TERMINATED" and t.last_result and metric in best_metrics(t.last_result)]
-    curve = learning_curve.points(finals, int(entry.rows["train"]))
+    metric, rows = sweep.metric, int(entry.rows["train"])
+    done = [t for t in trials if t.status == "TERMINATED" and t.last_result and metric in best_metrics(t.last_result)]
+    curve = learning_curve.points([(subsample.fraction(t.config), best_metrics(t.last_result)[metric]) for t in done],
+                                  rows)
     law = learning_curve.fit(curve)
-    for point in curve:
-        parent.log_epoch({"epoch": point.rows, f"lc_{metric}": point.mean, f"lc_{metric}_sd": point.sd})
+    base, base_law = _linear_curve(entry, done, metric, linear, echo)
+    for i, point in enumerate(curve):
+        parent.log_epoch({"epoch": point.rows, f"lc_{metric}": point.mean, f"lc_{metric}_sd": point.sd,
+                          **({f"lc_baseline_{metric}": base[i].mean} if base else {})})
     if law is not None:
         parent.log_epoch({"epoch": 0, "lc_exponent": law.b, "lc_asymptote": law.c})
-    for line in learning_curve.lines(curve, law, metric, sweep.mode):
+    for line in learning_curve.lines(curve, law, metric, sweep.mode, base, base_law):
         echo(line)
     (work_dir / "lc").mkdir(exist_ok=True)
-    path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", linear.get(metric))
+    path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", base, base_law)
     parent.log_artifact(path, "lc")
     store.upload(path, store.path(sweep.name, "lc", path.name))
+
+
+def _linear_curve(entry, done, metric: str, linear: dict, echo):
+    """The linear baseline's learning curve on the runs' own rows, and its law; (None, None) where the sweep
+    has no baseline for `metric` (--no-baseline, a loss that is not the baseline's), or it fails."""
+    from candle_ray import baseline, learning_curve
+    from candle_ray.data import subsample
+
+    if metric not in linear:
+        return None, None
+    try:
+        fitted = baseline.fit_shares(entry, [(subsample.fraction(t.config), int(t.config.get("rng_seed", 0)))
+                                             for t in done])
+    except Exception as exc:  # a bonus, as the sweep's own baseline
+        echo(f"warning: no linear baseline curve ({type(exc).__name__}: {exc})")
+        return None, None
+    curve = learning_curve.points([(share, metrics[metric]) for share, metrics in fitted], int(entry.rows["train"]))
+    return curve, learning_curve.fit(curve)
 
 
 def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict,

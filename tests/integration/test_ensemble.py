@@ -222,6 +222,8 @@ def test_learning_curve_over_three_sizes(ray_cluster, workdir):
     assert {m.step: m.value for m in history} == {round(share * rows): pytest.approx(value)
                                                   for share, value in by_share.items()}
     assert "lc_exponent" in parent.data.metrics or "no power law fitted" in r.output
+    linear = MlflowClient().get_metric_history(parent.info.run_id, "lc_baseline_val_loss")  # on the same rows
+    assert sorted(m.step for m in linear) == [24, 48, 96] and "linear baseline: " in r.output
     assert [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "lc")] == ["lc/learning_curve.png"]
     assert parent.data.tags["candle_ray.kind"] == "lc"
     r = cli("lc", TINY, "--smoke", "--sizes", "0,0.5", "--name", "bad")

@@ -74,3 +74,20 @@ def test_a_run_trains_on_its_share_of_the_rows(tmp_path):
     assert math.isfinite(metrics["val_loss"])
     with pytest.raises(Exception, match="train_fraction"):
         exp.resolve_config(smoke=True, sets=["train_fraction=1.5"])
+
+
+def test_the_baseline_curve_fits_the_runs_own_rows(tmp_path):
+    """baseline.fit_shares: each (train_fraction, rng_seed) on the rows the loop draws for that run; all the rows
+    give the sweep's own baseline."""
+    from candle_ray import baseline
+    from candle_ray.cli import _prepare
+    from candle_ray.data.cache import Cache
+    from candle_ray.experiment import load_experiment
+    from tests.conftest import ROOT
+
+    exp = load_experiment(ROOT / "tests" / "support" / "tiny_nt3.py")
+    entry = _prepare(exp, smoke=True, cache=Cache(tmp_path / "cache"), log=lambda *_: None)
+    fitted = baseline.fit_shares(entry, [(0.5, 1), (0.5, 2), (1.0, 1)])
+    assert [share for share, _ in fitted] == [0.5, 0.5, 1.0]
+    assert fitted[2][1] == pytest.approx(baseline.fit(entry).metrics)
+    assert fitted[0][1] != fitted[1][1]  # two seeds, two draws of half the rows
