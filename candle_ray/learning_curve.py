@@ -18,6 +18,9 @@ import numpy as np
 from candle_ray.data.subsample import rows as rows_for
 
 MIN_SIZES_TO_FIT = 3  # a three-parameter curve through fewer points says nothing
+# A fitted exponent below this is no power law but its limit, a straight line in log n with a huge a and c: the
+# points do not level off (NCI-60's 11..43 rows steepened), and its extrapolation is the line's, not a law's.
+MIN_EXPONENT = 0.02
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ def points(finals: list[tuple[float, float]], train_rows: int) -> list[Point]:
 
 def fit(curve: list[Point]) -> PowerLaw | None:
     """The power law through the points' means (their spreads as weights where every size has one), or None
-    with fewer than MIN_SIZES_TO_FIT sizes or where the fit does not converge."""
+    with fewer than MIN_SIZES_TO_FIT sizes, where the fit does not converge, or where it degenerates (b below
+    MIN_EXPONENT)."""
     if len(curve) < MIN_SIZES_TO_FIT:
         return None
     import warnings
@@ -77,7 +81,7 @@ def fit(curve: list[Point]) -> PowerLaw | None:
                                      bounds=([-np.inf, 0.0, -np.inf], [np.inf, 3.0, np.inf]), maxfev=20000)
     except (RuntimeError, ValueError):
         return None
-    return PowerLaw(float(a), float(b), float(c)) if np.all(np.isfinite([a, b, c])) else None
+    return PowerLaw(float(a), float(b), float(c)) if np.all(np.isfinite([a, b, c])) and b >= MIN_EXPONENT else None
 
 
 def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str,
@@ -101,8 +105,8 @@ def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str,
 
 def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, who: str) -> str:
     if law is None:
-        return (f"{who}: no power law fitted: it takes {MIN_SIZES_TO_FIT} or more sizes that converge to one"
-                if len(curve) >= MIN_SIZES_TO_FIT else
+        return (f"{who}: no power law fitted: these points do not level off as one does (still steepening, or "
+                f"flat within noise); the table is the curve" if len(curve) >= MIN_SIZES_TO_FIT else
                 f"{who}: no power law fitted: {len(curve)} size(s); pass {MIN_SIZES_TO_FIT} or more to --sizes")
     full, double = curve[-1].rows, 2 * curve[-1].rows
     gain = law.at(double) - law.at(full)
