@@ -376,12 +376,7 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
     elif from_sweep:
         chosen, record = ensembles.members_from_sweep(run["storage"], from_sweep, top or 5, members or 1, 0,
                                                       experiment.path, pick)
-        # The configurations were trained with the sweep's fixed overrides and data.
-        run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
-                   config_text=None if run["config_file"] else record.get("config_text"),
-                   smoke=run["smoke"] or record["smoke"])
-        run["full_space"] = bool(record.get("full_space"))
-        metric, mode = ensembles.member_ranking(record)
+        metric, mode = _as_the_sweep_ran(run, record)
     else:
         chosen = ensembles.seed_members(members or 5, 0)
     if chosen:  # replica i's seed is the run's own rng_seed + i
@@ -394,6 +389,18 @@ def ensemble(ctx, experiment_file, members, from_sweep, top, pick, baseline_shar
                         baseline_share=0.0 if run["no_baseline"] else
                         ensembles.BASELINE_SHARE if baseline_share is None else baseline_share,
                         baseline_share_fixed=baseline_share is not None))
+
+
+def _as_the_sweep_ran(run: dict, record: dict) -> tuple[str | None, str | None]:
+    """`run` (the options of a command --from-sweep) with the sweep's fixed overrides and data, which its
+    configurations were trained with; the metric and mode that pick each run's epoch (member_ranking)."""
+    from candle_ray import ensemble as ensembles
+
+    run.update(sets=run["sets"] or record["sets"], config_file=run["config_file"] or record["config_file"],
+               config_text=None if run["config_file"] else record.get("config_text"),
+               smoke=run["smoke"] or record["smoke"])
+    run["full_space"] = bool(record.get("full_space"))
+    return ensembles.member_ranking(record)
 
 
 def _first_member_seed(experiment, run: dict) -> tuple[int, list]:
@@ -452,21 +459,31 @@ class FractionsType(click.ParamType):
               help="The shares of the training rows to train on (each drawn per seed, by class for a classifier).")
 @click.option("--replicas", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs per size, each with its own rng_seed (its own rows and initial weights).")
+@click.option("--from-sweep", default=None, metavar="NAME", help="The configuration: this finished sweep's best "
+                                                                 "[default: the experiment's, with --set].")
+@pick_option
 @_sweep_options("run")
 @click.pass_context
-def lc(ctx, experiment_file, sizes, replicas, **run):
-    """A learning curve of EXPERIMENT: its configuration trained on growing shares of the training rows and
-    scored on the same validation rows, a power law fitted through them (would more data help?); one MLflow
-    parent run with the curve, one child run per size and seed."""
+def lc(ctx, experiment_file, sizes, replicas, from_sweep, pick, **run):
+    """A learning curve of EXPERIMENT: one configuration trained on growing shares of the training rows and
+    scored on the same validation rows, a power law fitted through them (would more data help?), beside the
+    linear baseline's; one MLflow parent run with the curve, one child run per size and seed."""
+    from candle_ray import ensemble as ensembles
+
     experiment = _load(experiment_file)
-    chosen = None
+    chosen, best, metric, mode = None, {}, None, None
+    if pick and not from_sweep:
+        raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; add --from-sweep NAME")
+    if from_sweep and not run["resume"]:
+        [best], record = ensembles.members_from_sweep(run["storage"], from_sweep, 1, 1, 0, experiment.path, pick)
+        metric, mode = _as_the_sweep_ran(run, record)
     if not run["resume"]:
         base_seed, run["sets"] = _first_member_seed(experiment, run)
-        chosen = [{"train_fraction": share, "rng_seed": base_seed + r} for share in sizes for r in range(replicas)]
+        chosen = [{**best, "train_fraction": share, "rng_seed": base_seed + r} for share in sizes for r in range(replicas)]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run["name"] = run["name"] or f"{experiment.name}-lc-{stamp}"
     ctx.exit(_run_sweep(experiment, run, searcher="members", scheduler="fifo", num_samples=len(chosen or []), seed=0,
-                        metric=None, mode=None, space=None, members=chosen, kind="lc"))
+                        metric=metric, mode=mode, space=None, members=chosen, kind="lc"))
 
 
 @main.command()
