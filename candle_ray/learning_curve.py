@@ -110,9 +110,11 @@ def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, w
                 f"{who}: no power law fitted: {len(curve)} size(s); pass {MIN_SIZES_TO_FIT} or more to --sizes")
     full, double = curve[-1].rows, 2 * curve[-1].rows
     gain = law.at(double) - law.at(full)
+    # The seeds' spread near the end of the curve: at all the rows a deterministic fit (ridge) has none.
+    spread = max(p.sd for p in curve[-2:])
     verdict = ("more rows are not predicted to help" if (gain < 0) != (mode == "min") or gain == 0 else
-               f"a change within the seeds' spread at {full:,} rows ({curve[-1].sd:.2g}): no clear gain"
-               if abs(gain) < curve[-1].sd else "more rows are predicted to help")
+               f"a change within the seeds' spread at the largest sizes ({spread:.2g}): no clear gain"
+               if abs(gain) < spread else "more rows are predicted to help")
     return (f"{who}: power law {law.text(metric)} (n = training rows): twice the rows ({double:,}) would give "
             f"{metric} ≈ {law.at(double):.4g}, against {law.at(full):.4g} at {full:,}; {verdict}")
 
