@@ -462,21 +462,26 @@ class FractionsType(click.ParamType):
 @click.option("--from-sweep", default=None, metavar="NAME", help="The configuration: this finished sweep's best "
                                                                  "[default: the experiment's, with --set].")
 @pick_option
+@click.option("--metric", default=None, help="The curve's metric, which also picks each run's best epoch "
+                                             "[default: the experiment's, or the sweep's ranking metric].")
+@click.option("--mode", type=click.Choice(["min", "max"]), default=None,
+              help="Default: the metric's direction (the experiment's mode for its own metric).")
 @_sweep_options("run")
 @click.pass_context
-def lc(ctx, experiment_file, sizes, replicas, from_sweep, pick, **run):
+def lc(ctx, experiment_file, sizes, replicas, from_sweep, pick, metric, mode, **run):
     """A learning curve of EXPERIMENT: one configuration trained on growing shares of the training rows and
     scored on the same validation rows, a power law fitted through them (would more data help?), beside the
     linear baseline's; one MLflow parent run with the curve, one child run per size and seed."""
     from candle_ray import ensemble as ensembles
 
     experiment = _load(experiment_file)
-    chosen, best, metric, mode = None, {}, None, None
+    chosen, best = None, {}
     if pick and not from_sweep:
         raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; add --from-sweep NAME")
     if from_sweep and not run["resume"]:
         [best], record = ensembles.members_from_sweep(run["storage"], from_sweep, 1, 1, 0, experiment.path, pick)
-        metric, mode = _as_the_sweep_ran(run, record)
+        ranked = _as_the_sweep_ran(run, record)
+        metric, mode = (metric, mode) if metric else ranked
     if not run["resume"]:
         base_seed, run["sets"] = _first_member_seed(experiment, run)
         chosen = [{**best, "train_fraction": share, "rng_seed": base_seed + r} for share in sizes for r in range(replicas)]

@@ -93,3 +93,22 @@ def test_the_baseline_curve_fits_the_runs_own_rows(tmp_path):
     assert [share for share, _ in fitted] == [0.5, 0.5, 1.0]
     assert fitted[2][1] == pytest.approx(baseline.fit(entry).metrics)
     assert fitted[0][1] != fitted[1][1]  # two seeds, two draws of half the rows
+
+
+def test_lc_refuses_before_ray_starts(tmp_path, monkeypatch):
+    """`candle-ray lc`: a metric training does not report, --pick without --from-sweep and a share out of (0, 1]
+    are usage errors (exit 2) found before any Ray or MLflow work."""
+    from click.testing import CliRunner
+
+    from candle_ray.cli import main
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CANDLE_RAY_CACHE", str(tmp_path / "cache"))
+    tiny = str(ROOT / "tests" / "support" / "tiny_nt3.py")
+    for args, said in ((["--metric", "val_nope"], "metric 'val_nope' is not reported by training"),
+                       (["--pick", "knee"], "--pick chooses one configuration of --from-sweep's Pareto front"),
+                       (["--sizes", "0.5,2"], "each share of the training rows must be in (0, 1]")):
+        r = CliRunner().invoke(main, ["lc", tiny, "--smoke", "--name", "x", *args])
+        assert r.exit_code == 2 and said in r.output, r.output
+    assert not (tmp_path / "candle-ray-sweeps").exists() and not (tmp_path / "mlflow.db").exists()
