@@ -95,7 +95,7 @@ def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, m
     manifest = read_manifest(entry)
     data = _Pooled(entry, manifest)
     plans = _plans(data.n_train, data.n_val, cv_assignment, folds)
-    cap = max(2, min(int(max_rows), int(max_cells) // max(1, data.num_features)))
+    cap = _cap(data, max_rows, max_cells)
     rng = np.random.default_rng(seed)
     fits, sizes = [], []
     with _quiet_single_thread():
@@ -122,7 +122,7 @@ def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_C
         return []
     manifest = read_manifest(entry)
     data = _Pooled(entry, manifest)
-    cap = max(2, min(int(max_rows), int(max_cells) // max(1, data.num_features)))
+    cap = _cap(data, max_rows, max_cells)
     score_rows = _sample(np.random.default_rng(0), np.arange(data.n_train, data.n_train + data.n_val), MAX_VAL_ROWS)
     train_labels, out = data.labels[: data.n_train], []
     with _quiet_single_thread():
@@ -132,6 +132,11 @@ def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_C
             # the inner CV's folds as the sweep's own baseline draws them: all the rows give its metrics
             out.append((share, _fit_one(data, manifest, rows, score_rows, 0)[0]))
     return out
+
+
+def _cap(data: "_Pooled", max_rows: int, max_cells: float) -> int:
+    """The most training rows one fit gathers: `max_rows`, fewer where the rows are wide (`max_cells`)."""
+    return max(2, min(int(max_rows), int(max_cells) // max(1, data.num_features)))
 
 
 def shares_val_loss(config: dict, task: str, searched=()) -> bool:

@@ -162,16 +162,20 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
             linear, pred = [], predicting.predict(networks, batches, seed=seed)
     metrics["ensemble_baseline_share"] = float(linear[0].share) if linear else 0.0
     metrics.update(_scores(pred.probs if pred.probs is not None else pred.mean, y))
-    # Conformal check: calibrate on a seeded half of the validation rows, measure on the other half.
-    order = np.random.default_rng(seed).permutation(len(y))
-    halves = order[: len(y) // 2], order[len(y) // 2:]
-    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, halves, alpha, out_dir)
+    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, _halves(len(y), seed), alpha,
+                                                                                 out_dir)
     metrics.update(uq_metrics)
     table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
     table.insert(0, "target", y if y.ndim == 1 else list(map(list, y)))
     path = out_dir / "val_predictions.tsv"
     table.to_csv(path, sep="\t", index=False)
     return metrics, [*files, path]
+
+
+def _halves(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The conformal check's split: a seeded half of the validation rows calibrates, the other half measures."""
+    order = np.random.default_rng(seed).permutation(rows)
+    return order[: rows // 2], order[rows // 2:]
 
 
 def _evaluate_tasks(pred, y: np.ndarray, networks: list, out_dir: Path, alpha: float, seed: int):
@@ -184,9 +188,7 @@ def _evaluate_tasks(pred, y: np.ndarray, networks: list, out_dir: Path, alpha: f
     for t, (name, task) in enumerate(zip(pred.names, pred.tasks)):
         rows = np.flatnonzero(y[:, t] >= 0)
         scored, labels = _rows(task, rows), y[rows, t]
-        order = np.random.default_rng(seed).permutation(len(rows))
-        task_metrics, task_files = _class_uq(scored, labels, (order[: len(rows) // 2], order[len(rows) // 2:]),
-                                             alpha, out_dir, name)
+        task_metrics, task_files = _class_uq(scored, labels, _halves(len(rows), seed), alpha, out_dir, name)
         per_task.update({f"{key}_{t}": value for key, value in {**_scores(scored.probs, labels), **task_metrics}.items()})
         files += task_files
     accuracy = float(np.mean([per_task[f"ensemble_val_accuracy_{t}"] for t in range(len(pred.tasks))]))

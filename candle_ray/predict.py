@@ -143,9 +143,10 @@ def raw_outputs(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]],
 
 def array_batches(X: np.ndarray, batch: int = 1024) -> Callable[[], Iterable[torch.Tensor]]:
     def batches():
+        from candle_ray.data.feed import as_tensor  # zero-copy: X may be a read-only view of the caller's frame
+
         for start in range(0, len(X), batch):
-            # a copy: X may be a read-only view of the caller's frame, which torch.from_numpy warns about
-            yield torch.from_numpy(np.array(X[start:start + batch], dtype=np.float32))
+            yield as_tensor(np.ascontiguousarray(X[start:start + batch], dtype=np.float32))
     return batches
 
 

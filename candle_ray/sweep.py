@@ -702,10 +702,11 @@ def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, l
     from candle_ray.data import subsample
     from candle_ray.summary import best_metrics
 
-    metric, rows = sweep.metric, int(entry.rows["train"])
-    done = [t for t in trials if t.status == "TERMINATED" and t.last_result and metric in best_metrics(t.last_result)]
-    curve = learning_curve.points([(subsample.fraction(t.config), best_metrics(t.last_result)[metric]) for t in done],
-                                  rows)
+    metric = sweep.metric
+    best = {id(t): best_metrics(t.last_result) for t in trials if t.status == "TERMINATED" and t.last_result}
+    done = [t for t in trials if metric in best.get(id(t), {})]
+    curve = learning_curve.points([(subsample.fraction(t.config), best[id(t)][metric]) for t in done],
+                                  int(entry.rows["train"]))
     law = learning_curve.fit(curve)
     base, base_law = _linear_curve(entry, done, metric, linear, echo)
     for i, point in enumerate(curve):

@@ -245,21 +245,11 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
             raise DataError(f"{source} has {frame.shape[1]} columns but the model takes {width} features "
                             f"(or {width + 1} with the label first); pass data in the training format")
     columns = [str(c) for c in X.columns] if header else None
-    try:
-        X = X.to_numpy(dtype=np.float32)
-    except (TypeError, ValueError):
-        bad = next((c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])), "?")
-        raise DataError(f"feature column {bad!r} of {source} is not numeric; features must be numbers") from None
-    if len(X) == 0:
-        raise DataError(f"{source} has no rows to predict")
+    X = _numeric(X, source)
     fill = (info.get("scaler") or {}).get("fill")
     if fill is not None and np.isnan(X).any():  # the dataset's impute=: the train rows' column means or medians
         X = np.where(np.isnan(X), np.asarray(fill, dtype=np.float32), X)  # a new array: X may view the caller's frame
-    if not np.isfinite(X).all():
-        row, col = map(int, np.argwhere(~np.isfinite(X))[0])
-        where = f"column {columns[col]!r}" if columns else f"feature {col + 1}"
-        raise DataError(f"{source} has a missing or non-finite value at {data_row(row)}, "
-                        f"{where}; fill or drop it before predicting")
+    _check_finite(X, source, columns)
     if need_labels and y is None:
         raise DataError(f"{source} has no label column{f' {label!r}' if label else ''}; calibration data needs the true labels")
     if info.get("scaler"):
@@ -293,22 +283,36 @@ def _multitask_for_prediction(frame, info: dict, header: bool, source: str, need
         raise DataError(f"{source} has {X.shape[1]} feature columns but the model takes {width}; pass one row per "
                         f"report with its {width} features (header-less, or after one label column per task: "
                         f"{', '.join(names)})")
-    try:
-        X = X.to_numpy(dtype=np.float32)
-    except (TypeError, ValueError):
-        raise DataError(f"{source} has a feature column that is not numeric; features must be numbers") from None
-    if len(X) == 0:
-        raise DataError(f"{source} has no rows to predict")
-    if not np.isfinite(X).all():
-        row, col = map(int, np.argwhere(~np.isfinite(X))[0])
-        raise DataError(f"{source} has a missing or non-finite value at {data_row(row)}, feature {col + 1}; fill "
-                        f"or drop it before predicting")
+    X = _numeric(X, source)
+    _check_finite(X, source)
     if labels is None:
         if need_labels:
             raise DataError(f"{source} has no label columns; calibration rows need their tasks' true classes in "
                             f"columns {', '.join(names)} (empty or -1 where a row has none)")
         return X, None, ids
     return X, _task_labels(labels, info, names, source, strict=need_labels), ids
+
+
+def _numeric(X, source: str) -> np.ndarray:
+    """A frame's feature columns as float32; DataError naming a column that is not numeric, or no rows."""
+    import pandas as pd
+
+    try:
+        values = X.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError):
+        bad = next((c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])), "?")
+        raise DataError(f"feature column {bad!r} of {source} is not numeric; features must be numbers") from None
+    if len(values) == 0:
+        raise DataError(f"{source} has no rows to predict")
+    return values
+
+
+def _check_finite(X: np.ndarray, source: str, columns: list[str] | None = None) -> None:
+    if not np.isfinite(X).all():
+        row, col = map(int, np.argwhere(~np.isfinite(X))[0])
+        where = f"column {columns[col]!r}" if columns else f"feature {col + 1}"
+        raise DataError(f"{source} has a missing or non-finite value at {data_row(row)}, "
+                        f"{where}; fill or drop it before predicting")
 
 
 def _task_labels(labels, info: dict, names: list[str], source: str, *, strict: bool) -> np.ndarray:
