@@ -110,12 +110,17 @@ def _run_ranks(job, plan, *, on_epoch, max_failures, log):
 
 
 def _drain(progress, outcome: dict):
-    """Rank 0's metrics from the progress queue until the fit is done and the queue is empty."""
+    """Rank 0's metrics from the progress queue until the fit is done and the queue is empty; the run's
+    controller, when it hands itself over, goes to outcome["controller"]."""
     while not outcome.get("done") or not progress.empty():
         try:
-            yield progress.get(timeout=0.5)
+            item = progress.get(timeout=0.5)
         except queue_lib.Empty:
             continue
+        if isinstance(item, tuple):  # (_CONTROLLER, its actor handle)
+            outcome["controller"] = item[1]
+        else:
+            yield item
 
 
 def _progress_callback(progress_queue):
@@ -127,6 +132,25 @@ def _progress_callback(progress_queue):
             progress_queue.put(metrics[0])
 
     return ForwardProgress()
+
+
+_CONTROLLER = "controller"
+
+
+def _controller_callback(progress_queue):
+    """A Train callback that hands the driver its run's controller actor as the controller starts, so that
+    a cut-short run can abort it (`_abort`). ControllerCallback is a Ray 2.60 internal: if it moves, the
+    run goes on without the hand-over and `_abort` only cancels the resource request."""
+    try:
+        from ray.train.v2._internal.execution.callback import ControllerCallback
+    except ImportError:
+        return None
+
+    class HandOverController(ControllerCallback):
+        def after_controller_start(self, train_run_context):
+            progress_queue.put((_CONTROLLER, ray.get_runtime_context().current_actor))
+
+    return HandOverController()
 
 
 def elastic_resize_s() -> float:
@@ -169,13 +193,31 @@ def _fresh_cluster_view():
         stop.set()
 
 
+_ABORT_S = 15.0  # for the controller to stop its workers and exit
+
+
+def _abort(controller, trainer) -> None:
+    """Abort a cut-short run (Ctrl-C, an error in on_epoch, a trial Tune stopped) as Train's own Ctrl-C
+    handler does, which fit() in a thread does not get: the controller cancels its resource request on
+    the AutoscalingCoordinator, stops its workers and exits. Left to die with this driver, the controller
+    renews that request every 20 s until it is gone: a renewal after a bare cancel kept the cluster's CPUs
+    reserved for 180 s (Ray's expiry), and the next elastic run waited that long without a word (seen in
+    CI: 191 s for a test that takes 25). The request is cancelled once more after the controller has gone,
+    when nothing can renew it, and as the only step where no controller was handed over."""
+    if controller is not None:
+        try:
+            ray.get(controller.abort.remote(), timeout=_ABORT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(controller, no_restart=True)
+        except Exception:  # noqa: BLE001 - the actor exits inside abort(): RayActorError is its answer
+            pass
+    _release_reservation(trainer)
+
+
 def _release_reservation(trainer) -> None:
-    """Cancel a cut-short elastic run's resource request on the AutoscalingCoordinator. Its controller dies
-    with this driver, not through Train's own shutdown, which would cancel it; the request then kept the
-    cluster's CPUs reserved for 180 s (Ray's expiry), and the next elastic run on the cluster waited that
-    long without a word (measured: 168 s before the next run's first placement). The requester id is
-    Train's ("train-<run id>"), an internal of Ray 2.60 like the coordinator's name: if either changes,
-    the call fails and Ray's expiry applies as before."""
+    """Cancel the run's resource request on the AutoscalingCoordinator. The requester id is Train's
+    ("train-<run id>"), an internal of Ray 2.60 like the coordinator's name: if either changes, the call
+    fails and Ray's expiry applies."""
     try:
         coordinator = ray.get_actor(_COORDINATOR, namespace=_COORDINATOR)
         ray.get(coordinator.cancel_request.remote(f"train-{trainer.train_run_context.run_id}"), timeout=5)
@@ -219,7 +261,7 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
             name=run_name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_progress_callback(progress)],
+            callbacks=[cb for cb in (_progress_callback(progress), _controller_callback(progress)) if cb],
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -240,11 +282,11 @@ def ddp_epochs(job, plan, *, max_failures, storage_path, run_name):
             yield from _drain(progress, outcome)
     finally:
         # Cut short (Ctrl-C, an error in on_epoch): waiting for fit() would wait for the whole run. The
-        # thread is a daemon; the Train run's controller belongs to this driver and ends with it.
+        # thread is a daemon: it ends with the aborted controller.
         if outcome.get("done"):
             thread.join()
-        elif plan.elastic:
-            _release_reservation(trainer)
+        else:
+            _abort(outcome.get("controller"), trainer)
         ray.kill(progress.actor)
     if "error" in outcome:
         exc = outcome["error"]
