@@ -17,6 +17,7 @@
 #   RAY_PORT             head port (default 6379; LAUNCHER=local picks free ports)
 #   RAY_HEAD_IP          the head's address as the other nodes reach it (default: resolved)
 #   RAY_JOIN_TIMEOUT     seconds to wait for every node to join (default 300)
+#   CR_NODE_RESTARTS     times a worker node whose Ray stopped is started again in the job (default 3)
 #   CR_LOG_DIR           per-node `ray start` logs (default ./candle-ray-logs/<job id>)
 #   CANDLE_RAY_HOSTFILE  one host per line, instead of the scheduler's node list
 #   SRUN_ARGS            extra srun options for the per-node steps (e.g. "--gpus-per-task=4")
@@ -25,6 +26,8 @@ set -o pipefail  # not -u: bash 4.2 (RHEL 7) treats empty arrays as unset
 
 CR_PIDS=()
 CR_RETRIED=()
+CR_RESTARTS=()
+CR_DOWN=()
 CR_NODES=()
 CR_STOPPED=0
 CR_DRIVER=
@@ -217,7 +220,8 @@ cr_ray_start() {
 # cr_start_again INDEX : a worker node whose `ray start` exited during start-up (its raylet not registered
 # within Ray's 30 s: a busy GCS, or a free port taken meanwhile) is started once more, with fresh ports under
 # LAUNCHER=local; the failed try's log is kept beside it. `--block` took that try's processes down with it
-# (Ray's fate-sharing). A node that had started, and the head (the others point at its port), are not retried.
+# (Ray's fate-sharing). A node that had started is cr_restart_node's; the head (the others point at its port) is
+# not retried.
 cr_start_again() {
   local i=$1 log="$CR_LOG_DIR/node-$1-${CR_NODES[$1]}.log"
   ((i > 0)) && [[ -z "${CR_RETRIED[$i]:-}" ]] || return 1
@@ -226,6 +230,40 @@ cr_start_again() {
   mv "$log" "$log.first-try"
   cr_log "ray start on node $i (${CR_NODES[$i]}) exited during start-up ($(tail -n 1 "$log.first-try" | cut -c1-160)); starting it once more"
   cr_ray_start "$i" "${CR_NODES[$i]}"
+}
+
+# Which of a stopped `ray start --block`'s processes ended, from its log ("raylet [exit code=-9]"), else its last line.
+cr_why_stopped() {
+  local why
+  why=$(grep -A1 "exited unexpectedly" "$1" 2>/dev/null | tail -n 1 | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^.* -- //')
+  [[ -n "$why" ]] || why=$(tail -n 1 "$1")
+  echo "${why:0:160}"
+}
+
+# cr_restart_node INDEX : a worker node whose Ray stopped after its start-up (its raylet died: out of memory,
+# a crashed agent, a rebooted node) is started again, up to CR_NODE_RESTARTS times in the job; each stopped
+# run's log is kept beside the new one. Tune retries the trials it held (--max-failures) and places waiting
+# ones on it again. The head is not restarted: the driver and every node's link to Ray end with it.
+cr_restart_node() {
+  local i=$1 log="$CR_LOG_DIR/node-$1-${CR_NODES[$1]}.log" n=$((${CR_RESTARTS[$1]:-0} + 1))
+  ((i > 0 && n <= ${CR_NODE_RESTARTS:-3})) || return 1
+  CR_RESTARTS[$i]=$n
+  mv "$log" "$log.stopped-$n"
+  cr_log "Ray on node $i (${CR_NODES[$i]}) stopped ($(cr_why_stopped "$log.stopped-$n")); starting it again ($n of ${CR_NODE_RESTARTS:-3})"
+  cr_ray_start "$i" "${CR_NODES[$i]}"
+}
+
+# While candle-ray runs: start again each worker node whose Ray stopped. One that has used up its restarts
+# stays down, said once; the sweep goes on with the other nodes.
+cr_watch_nodes() {
+  local i
+  for ((i = 1; i < ${#CR_NODES[@]}; i++)); do
+    if [[ -n "${CR_DOWN[$i]:-}" ]] || kill -0 "${CR_PIDS[$i]}" 2>/dev/null || cr_restart_node "$i"; then
+      continue
+    fi
+    CR_DOWN[$i]=1
+    cr_log "Ray on node $i (${CR_NODES[$i]}) stopped, with its restarts used up (CR_NODE_RESTARTS=${CR_NODE_RESTARTS:-3}); it stays down and the sweep goes on with the other nodes; see $CR_LOG_DIR"
+  done
 }
 
 cr_alive_nodes() {
@@ -245,7 +283,7 @@ cr_wait_for_nodes() {
   while ((SECONDS < deadline)); do
     local i started=0
     for i in "${!CR_PIDS[@]}"; do
-      kill -0 "${CR_PIDS[$i]}" 2>/dev/null || cr_start_again "$i" ||
+      kill -0 "${CR_PIDS[$i]}" 2>/dev/null || cr_start_again "$i" || cr_restart_node "$i" ||
         cr_die 1 "ray start on node $i (${CR_NODES[$i]}) exited; see $CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log"
       grep -qs "Ray runtime started" "$CR_LOG_DIR/node-$i-${CR_NODES[$i]}.log" && started=$((started + 1))
     done
@@ -354,6 +392,10 @@ cr_main() {
   candle-ray "${CANDLE_RAY_COMMAND:-tune}" "$experiment" "$@" --address "$CR_HEAD_IP:$RAY_PORT" < /dev/null &
   CR_DRIVER=$!
   set +m
+  while kill -0 "$CR_DRIVER" 2>/dev/null; do
+    cr_watch_nodes
+    sleep 1 & wait $!  # `wait`, unlike a foreground sleep, lets a signal's trap run at once
+  done
   wait "$CR_DRIVER"
   local rc=$?
   CR_DRIVER=

@@ -165,6 +165,15 @@ def test_allocation_rule_with_gpus():
         .startswith("error: one trial needs 9 worker(s) = 3 node(s) at 64 CPU(s)")
 
 
+def test_a_node_that_used_up_its_restarts_stays_down_and_is_said_once(tmp_path):
+    (tmp_path / "node-1-b.log").write_text("raylet [exit code=-9]\n")
+    # node 0 (the head) runs as this shell; node 1's launcher is gone (no such pid)
+    out = _shell(f"CR_NODES=(a b); CR_PIDS=($$ 999999999); CR_LOG_DIR={tmp_path}; cr_watch_nodes; cr_watch_nodes",
+                 CR_NODE_RESTARTS="0")
+    assert out == ("candle-ray batch: Ray on node 1 (b) stopped, with its restarts used up (CR_NODE_RESTARTS=0); it "
+                   f"stays down and the sweep goes on with the other nodes; see {tmp_path}")
+
+
 def test_node_lists(tmp_path):
     assert _shell('cr_discover_nodes; echo "${CR_NODES[*]}"', CR_SCHEDULER="slurm",
                   SLURM_JOB_NODELIST="n1,n2,n3", PATH="/usr/bin:/bin") == "n1 n2 n3"
@@ -177,11 +186,30 @@ def test_node_lists(tmp_path):
     assert _shell("cr_discover_nodes", CR_SCHEDULER="pbs").startswith("error: PBS_NODEFILE is not set")
 
 
-def test_a_signal_to_the_pbs_job_interrupts_the_sweep_and_stops_every_node(batch, tmp_path):
-    """qdel or the walltime (SIGTERM to the batch script, as Slurm's scancel sends) interrupts candle-ray as
-    Ctrl-C would (Tune saves the sweep) and stops Ray on every node. The job is the PBS script's, as `qsub -v
-    EXPERIMENT=...,CANDLE_RAY_ARGS=...` runs it on a 2-node allocation whose node file lists each host once
-    per CPU; the Slurm script's test runs its sweep to the end through the same library."""
+def _kill_raylet(temp_root: Path) -> int:
+    """SIGKILL the raylet of the node whose Ray temp dir is temp_root (as the OOM killer would); its pid."""
+    for pid in _processes_under(str(temp_root) + "/"):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[0].endswith(b"/raylet"):
+            os.kill(pid, signal.SIGKILL)
+            return pid
+    raise AssertionError(f"no raylet under {temp_root}")
+
+
+def _wait_for(condition, limit_s: float, proc) -> bool:
+    deadline = time.monotonic() + limit_s  # a bounded wait, not a timing check
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return bool(condition())
+
+
+def test_a_lost_node_is_started_again_then_a_signal_to_the_pbs_job_stops_every_node(batch, tmp_path):
+    """The second node's raylet dies mid-sweep (SIGKILL, as the OOM killer sends): the script starts that node
+    again and the trial it held trains again there. Then qdel or the walltime (SIGTERM to the batch script, as
+    Slurm's scancel sends) interrupts candle-ray as Ctrl-C would (Tune saves the sweep) and stops Ray on every
+    node, the restarted one included. The job is the PBS script's, as `qsub -v EXPERIMENT=...,CANDLE_RAY_ARGS=...`
+    runs it on a 2-node allocation whose node file lists each host once per CPU; the Slurm script's test runs its
+    sweep to the end through the same library."""
     (tmp_path / "nodefile").write_text("localhost\nlocalhost\n127.0.0.1\n127.0.0.1\n")
     env = {**batch.env, "PBS_NODEFILE": str(tmp_path / "nodefile"), "PBS_JOBID": "77.pbs-server", "NCPUS": "1",
            "PBS_O_WORKDIR": str(tmp_path), "EXPERIMENT": str(TINY),
@@ -192,10 +220,12 @@ def test_a_signal_to_the_pbs_job_interrupts_the_sweep_and_stops_every_node(batch
     try:
         # Both trials train once each has written where its rank runs (the live view says so only every 10 s).
         ranks = tmp_path / "sweeps" / "long" / "trials"
-        deadline = time.monotonic() + 300
-        while len(list(ranks.glob("*/ranks/rank-0.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert len(list(ranks.glob("*/ranks/rank-0.json"))) == 2, out.read_text()[-3000:]
+        assert _wait_for(lambda: len(list(ranks.glob("*/ranks/rank-0.json"))) == 2, 300, proc), out.read_text()[-3000:]
+        started = {p: p.stat().st_mtime_ns for p in ranks.glob("*/ranks/rank-0.json")}
+        _kill_raylet(Path(batch.root) / "crb-77" / "n1")
+        # The trial that ran there fails, Tune retries it (--max-failures 1), and it can only run on that node.
+        assert _wait_for(lambda: any(p.stat().st_mtime_ns > t for p, t in started.items()), 240, proc), \
+            out.read_text()[-3000:]
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=300)
     finally:
@@ -204,6 +234,8 @@ def test_a_signal_to_the_pbs_job_interrupts_the_sweep_and_stops_every_node(batch
     text = out.read_text()
     assert rc == 143, text[-3000:]
     assert "2 node(s) (localhost 127.0.0.1)" in text and "all 2 node(s) joined" in text
+    assert "Ray on node 1 (127.0.0.1) stopped (raylet [exit code=-9]); starting it again (1 of 3)" in text
+    assert (tmp_path / "logs" / "node-1-127.0.0.1.log.stopped-1").exists()
     assert "interrupting candle-ray" in text and "Ray stopped" in text
     assert (tmp_path / "sweeps" / "long" / "sweep.json").exists()  # the sweep's record, for --resume
     _no_ray_left(batch.root)
