@@ -76,36 +76,42 @@ def _delimiter(path: Path):
     return _FORMATS[suffix]
 
 
-def _read_frame(path: Path, header: bool, text_columns=()):
-    """The file as a DataFrame; `text_columns` (categorical ones) read as written, as preparation read them
-    (a stage column with an empty cell would otherwise become floats: 1.0, not "1")."""
+def _read_frame(path: Path, header: str, text_columns=()):
+    """The file as a DataFrame, its first line read as `header` says (`_header_of`); `text_columns`
+    (categorical ones) read as written, as preparation read them (a stage column with an empty cell would
+    otherwise become floats: 1.0, not "1")."""
     import pandas as pd
 
     delimiter = _delimiter(path)
     try:
         if delimiter is None:
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=delimiter, header=0 if header else None, low_memory=False,
-                           dtype={c: str for c in text_columns} or None)
+        return pd.read_csv(path, sep=delimiter, header=0 if header == "names" else None, low_memory=False,
+                           skiprows=1 if header == "positions" else None, dtype={c: str for c in text_columns} or None)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read {path}: {first}; check that it is a readable {path.suffix} file") from None
 
 
-def _has_header(path: Path, names: list[str] | None) -> bool:
-    """A header-less CANDLE file starts with numbers; a table's first line names its columns."""
+def _header_of(path: Path, names: list[str] | None) -> str:
+    """What a file's first line is: "names" (a table's header), "none" (a header-less CANDLE file starts with
+    numbers) or "positions" (0, 1, ...: column positions over header-less data, as pandas writes them)."""
+    from candle_ray.data.formats import is_positions_line  # pyarrow's import, only where a file is read
+
     delimiter = _delimiter(path)
     if delimiter is None:
-        return True
+        return "names"
     with open(path, newline="") as f:
         first = next(csv.reader(f, delimiter=delimiter), [])
     if names and set(first) & set(names):
-        return True
+        return "names"
+    if is_positions_line(first):
+        return "positions"
     try:
         [float(v) for v in first[:20] if v != ""]
-        return False
+        return "none"
     except ValueError:
-        return True
+        return "names"
 
 
 UNLABELLED = -1  # the class index of a row to predict whose label is empty or a class the model never saw
@@ -171,18 +177,18 @@ def read_for_prediction(path, info: dict, *, need_labels: bool = False, joined_e
     if not path.is_file():
         raise UsageError(f"prediction data {path} does not exist; pass an existing CSV, TSV or Parquet file")
     if is_multitask(info):
-        header = _has_header(path, task_names(info))
-        return frame_for_prediction(_read_frame(path, header), info, header=header, source=str(path),
+        header = _header_of(path, task_names(info))
+        return frame_for_prediction(_read_frame(path, header), info, header=header == "names", source=str(path),
                                     need_labels=need_labels)
     if info.get("kind") == "joined":
         from candle_ray.data import joined_input
 
         joined_entry = joined_entry or joined_input.entry_of(None, info)
-        frame = _read_frame(path, True, joined_input.input_columns(joined_entry.manifest)[0])  # ids as text
+        frame = _read_frame(path, "names", joined_input.input_columns(joined_entry.manifest)[0])  # ids as text
         return frame_for_prediction(frame, info, source=str(path), need_labels=need_labels, joined_entry=joined_entry)
-    header = _has_header(path, info.get("feature_names"))
+    header = _header_of(path, info.get("feature_names"))
     frame = _read_frame(path, header, info.get("categorical") or ())
-    return frame_for_prediction(frame, info, header=header, source=str(path), need_labels=need_labels)
+    return frame_for_prediction(frame, info, header=header == "names", source=str(path), need_labels=need_labels)
 
 
 def _joined_for_prediction(frame, info: dict, entry, source: str, need_labels: bool):

@@ -74,14 +74,23 @@ def _conversion_error(path: Path, error: Exception, names: list[str] | None, hin
     return DataError(f"cannot parse {path}{where}: {_one_line(error)}; {hint}")
 
 
+def is_positions_line(cells: list[str]) -> bool:
+    """A first line that is its own column positions, "0,1,...,n-1": the header pandas' to_csv writes for a
+    frame with default column names (a header-less file read with header=None, an MLflow input example).
+    Such a line names the columns; no row of data reads like that."""
+    return len(cells) > 1 and cells == [str(i) for i in range(len(cells))]
+
+
 def read_candle_noheader(path, feature_subsample: int = 0, *, label_dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """CANDLE's NT3/TC1 format: headerless CSV, column 0 the label, columns 1.. the features.
 
     `feature_subsample > 0` keeps the first N feature columns (CANDLE's `usecols`). Labels must be
-    integers unless `label_dtype` is a float type (regression). Returns (X float32 [n, d], y).
+    integers unless `label_dtype` is a float type (regression). A first line of column positions (0, 1, ...)
+    is a header, skipped: read as data, it was a row of label 0. Returns (X float32 [n, d], y).
     """
     path = Path(path)
-    width = len(next(csv.reader([_first_line(path)])))
+    first = next(csv.reader([_first_line(path)]))
+    width = len(first)
     if width < 2:
         raise DataError(f"{path} has {width} column; the CANDLE format needs a label column and at least one feature column")
     names = [f"c{i}" for i in range(width)]
@@ -89,7 +98,7 @@ def read_candle_noheader(path, feature_subsample: int = 0, *, label_dtype=np.int
     types = {name: pa.float32() for name in keep[1:]}
     types[names[0]] = pa.float64()  # exact for any integer label CANDLE files hold
     try:
-        table = _read_csv(path, ",", header=False, names=names, types=types, include=keep)
+        table = _read_csv(path, ",", header=is_positions_line(first), names=names, types=types, include=keep)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         hint = "the CANDLE format is a headerless CSV of numbers; remove any header row or non-numeric cells"
         raise _conversion_error(path, e, None, hint) from None

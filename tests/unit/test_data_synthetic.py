@@ -48,6 +48,17 @@ def test_nt3_format_headerless_integer_label_first_non_negative_features(tmp_pat
     assert read_candle_noheader(val)[0].shape == (20, 50)
 
 
+def test_a_first_line_of_column_positions_is_skipped_not_read_as_a_row_of_class_0(tmp_path):
+    smoke = synthesize(NT3, tmp_path, rows=(60, 20), features=50)
+    train = path_of(smoke.train)
+    X, y = read_candle_noheader(train)
+    import pandas as pd
+
+    pd.read_csv(train, header=None).to_csv(tmp_path / "positions.csv", index=False)  # "0,1,...,50" first
+    X2, y2 = read_candle_noheader(tmp_path / "positions.csv")
+    assert X2.shape == (60, 50) and np.array_equal(X2, X) and np.array_equal(y2, y)
+
+
 def test_signal_is_learnable(tmp_path):
     smoke = synthesize(NT3, tmp_path)
     Xt, yt = read_candle_noheader(path_of(smoke.train))

@@ -81,6 +81,25 @@ def test_feature_mismatch_is_refused(table):
         read_for_prediction(tmp / "narrow.csv", info)
 
 
+def test_a_first_line_of_column_positions_is_a_header_not_a_row(table):
+    """pandas writes "0,1,...,n-1" over a frame with default column names (header-less rows read with
+    header=None, an MLflow input example saved to CSV): names, not a row to predict."""
+    tmp, entry = table
+    info = {**describe(entry), "feature_names": None, "class_names": None}  # a model of a header-less file
+    plain = pd.read_csv(tmp / "new.csv")[["cancer_type", *describe(entry)["feature_names"]]]
+    plain["cancer_type"] = plain["cancer_type"].map({"brain": 0, "lung": 1, "skin": 2})  # CANDLE's class indices
+    plain.to_csv(tmp / "plain.csv", index=False, header=False)
+    X, y, _ = read_for_prediction(tmp / "plain.csv", info)
+    rows = pd.read_csv(tmp / "plain.csv", header=None)
+    rows.to_csv(tmp / "positions.csv", index=False)  # the label first
+    rows.iloc[:, 1:].T.reset_index(drop=True).T.to_csv(tmp / "features.csv", index=False)
+    for name, labels in (("positions.csv", y), ("features.csv", None)):
+        assert (tmp / name).read_text().startswith("0,1,2,3,")
+        X2, y2, _ = read_for_prediction(tmp / name, info)
+        assert X2.shape == (60, 12) and np.array_equal(X2, X)
+        assert (y2 is None) if labels is None else np.array_equal(y2, labels)
+
+
 def test_predict_cli_with_conformal_sets(table, tmp_path):
     tmp, entry = table
     run = train(entry, tmp_path / "run")
