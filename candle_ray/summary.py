@@ -96,6 +96,17 @@ def history_best(history: dict[str, list[tuple[int, float]]], metric: str, mode:
 PACKED = "epoch_metrics"
 
 
+def common_epoch(histories: list[dict[str, dict[int, float]]], metric: str, mode: str) -> int | None:
+    """The epoch at which the mean of `metric` over runs trained alike (a cv's folds; histories {key: {epoch:
+    value}}) is best, among the epochs every run reached with a finite value: one epoch count for every fold,
+    as `tune --cv` ranks its trials and as a final model is trained. Each fold's own best epoch is chosen on
+    the very rows it is scored on, so their mean flatters the model."""
+    if not histories:
+        return None
+    epochs = set.intersection(*({e for e, v in h.get(metric, {}).items() if finite(v)} for h in histories))
+    return best_of(sorted(epochs), lambda e: sum(h[metric][e] for h in histories) / len(histories), mode)
+
+
 def packed(result: dict, followed: tuple[str, ...]) -> dict:
     """A trial's result as it goes to Tune: the epoch, the best epoch and the `followed` metrics (the sweep's
     objectives), each as reported and at the best epoch, as they are; the other numbers in PACKED pairs."""

@@ -438,7 +438,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
-            _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear)
+            _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear,
+                             sweep_tracker.child_run_id)
         if s.kind == "lc" and summary["succeeded"]:
             _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
@@ -669,28 +670,61 @@ def fold_assignment(entry, cv: dict):
                         groups=folds.pooled_groups(entry, cv["group_by"]) if cv.get("group_by") else None)
 
 
-def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict) -> None:
-    """Mean and standard deviation over folds of every metric at each fold's best epoch (the fold's
-    model: its best checkpoint), on the parent run."""
-    import numpy as np
+def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict, run_of) -> None:
+    """Every metric's mean and standard deviation over the folds, on the parent run: at each fold's best epoch
+    (`cv_mean_*`, `cv_std_*`: the fold models, their best checkpoints) and at the one epoch whose mean over
+    the folds is best (`cv_epoch`, `cv_epoch_mean_*`, `cv_epoch_std_*`; summary.common_epoch), the estimate
+    set against the linear baseline. `run_of`: a trial's MLflow run id, whose history holds its epochs."""
+    from candle_ray import tracking
+    from candle_ray.summary import best_metrics, common_epoch, unpacked
 
-    from candle_ray.summary import best_metrics, comparison, unpacked
-
-    finals = [{**unpacked(t.last_result), **best_metrics(t.last_result)} for t in trials
-              if t.status == "TERMINATED" and t.last_result]
+    done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
+    finals = [{**unpacked(t.last_result), **best_metrics(t.last_result)} for t in done]
     keys = sorted({k for r in finals for k, v in r.items() if k.startswith(("val_", "loss", "accuracy"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    summary = {}
-    for key in keys:
-        values = np.array([r[key] for r in finals if key in r], dtype=float)
-        summary[f"cv_mean_{key}"], summary[f"cv_std_{key}"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    summary = _spread("cv", finals, keys)
+    runs = [run_of(t.trial_id) for t in done]
+    histories = tracking.epoch_histories(parent, runs, keys) if all(runs) else []
+    epoch = common_epoch(histories, metric, mode)
+    if epoch is not None:
+        at_epoch = [{k: h[k][epoch] for k in keys if epoch in h[k]} for h in histories]
+        summary.update({"cv_epoch": float(epoch), **_spread("cv_epoch", at_epoch, keys)})
     parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
-    if f"cv_mean_{metric}" in summary:
-        echo(f"cross-validation over {len(finals)} folds: {metric} {summary[f'cv_mean_{metric}']:.4g} "
-             f"± {summary[f'cv_std_{metric}']:.2g} (mean ± sd)")
-        means = {k[len("cv_mean_"):]: v for k, v in summary.items() if k.startswith("cv_mean_")}
-        for line in comparison("cross-validated model", means, metric, mode, linear, task):
-            echo(line)
+    for line in _fold_lines(summary, len(finals), metric, mode, task, linear):
+        echo(line)
+
+
+def _spread(prefix: str, rows: list[dict], keys) -> dict:
+    """{prefix_mean_<key>, prefix_std_<key>} over the rows that hold each key."""
+    import numpy as np
+
+    out = {}
+    for key in keys:
+        values = np.array([r[key] for r in rows if key in r], dtype=float)
+        if len(values):
+            out[f"{prefix}_mean_{key}"] = float(values.mean())
+            out[f"{prefix}_std_{key}"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, linear: dict) -> list[str]:
+    """What the end of a cv says: the folds' models, the one-epoch estimate, and the latter against the baseline."""
+    from candle_ray.summary import comparison
+
+    if f"cv_mean_{metric}" not in summary:
+        return []
+    lines = [f"cross-validation over {folds} folds: {metric} {summary[f'cv_mean_{metric}']:.4g} "
+             f"± {summary[f'cv_std_{metric}']:.2g} (mean ± sd) at each fold's best epoch, its model's "
+             f"(chosen on the rows it is scored on: optimistic)"]
+    prefix, label = "cv_mean_", "cross-validated model"
+    if f"cv_epoch_mean_{metric}" in summary:
+        epoch = int(summary["cv_epoch"])
+        lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; train a final "
+                     f"model that long): {metric} {summary[f'cv_epoch_mean_{metric}']:.4g} "
+                     f"± {summary[f'cv_epoch_std_{metric}']:.2g}")
+        prefix, label = "cv_epoch_mean_", f"cross-validated model at epoch {epoch}"
+    means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
+    return lines + comparison(label, means, metric, mode, linear, task)
 
 
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict) -> None:

@@ -441,6 +441,12 @@ def sweep_trials(parent: RunTracker) -> list[dict]:
             for run in sorted(runs, key=lambda run: run.data.tags.get(SweepTracker.TRIAL_TAG, run.info.run_id))]
 
 
+def epoch_histories(parent: RunTracker, run_ids: list[str], keys) -> list[dict[str, dict[int, float]]]:
+    """Each run's value of each of `keys` per epoch (MLflow's step), one query per run and key."""
+    return [{key: {m.step: m.value for m in parent.client.get_metric_history(run_id, key)} for key in keys}
+            for run_id in run_ids]
+
+
 def read_curves(parent: RunTracker, trials: list[dict], metric: str, mode: str, metrics=REPORTED_METRICS,
                 curves: int = CURVES) -> None:
     """Fill in the per-epoch `history` of `metrics` where a report draws it: `metric` for the `curves` best

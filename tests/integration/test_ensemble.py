@@ -166,6 +166,15 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     folds = [c.data.metrics["best_val_loss"] for c in children]
     assert all(f <= c.data.metrics["val_loss"] for f, c in zip(folds, children))
     assert m["cv_mean_val_loss"] == pytest.approx(np.mean(folds)) and m["cv_std_val_loss"] == pytest.approx(np.std(folds, ddof=1))
+    # One epoch for every fold, the best of their mean curve: the estimate set against the linear baseline.
+    client = MlflowClient()
+    curves = np.array([[p.value for p in sorted(client.get_metric_history(c.info.run_id, "val_loss"), key=lambda p: p.step)]
+                       for c in children])
+    epoch = int(np.argmin(curves.mean(axis=0))) + 1
+    assert m["cv_epoch"] == epoch and m["cv_epoch_mean_val_loss"] == pytest.approx(curves[:, epoch - 1].mean())
+    assert m["cv_epoch_mean_val_loss"] >= m["cv_mean_val_loss"] - 1e-9  # each fold's own best can only flatter
+    assert f"at one epoch for every fold, epoch {epoch} " in r.output
+    assert f"cross-validated model at epoch {epoch} val_loss" in r.output
     assert parent.data.tags["candle_ray.kind"] == "cv"
 
 

@@ -229,3 +229,13 @@ def test_members_from_a_sweep_keep_its_ranking_and_share_one_loss(tmp_path):
     plain = [dict(t, **{"config.loss": loss}) for t, loss in zip(trials, ("mse", "mae", "mse"))]
     write_sweep(tmp_path, "plain", plain, metric="val_r2", mode="max", keys=("loss", "learning_rate"))
     assert len(members_from_sweep(str(tmp_path), "plain", 3, 1, 0, "e.py")[0]) == 3  # mse and mae outputs pool
+
+
+def test_a_cvs_common_epoch_is_the_best_of_the_folds_mean_curve():
+    # each fold's own best (epochs 1 and 3) would average 1.0; one epoch for both: epoch 2, mean 1.5
+    folds = [{"val_loss": {1: 1.0, 2: 1.5, 3: 2.5}}, {"val_loss": {1: 2.5, 2: 1.5, 3: 1.0, 4: 0.1}}]
+    assert summary.common_epoch(folds, "val_loss", "min") == 2  # epoch 4: not every fold reached it
+    folds[0]["val_loss"][2] = math.nan  # a fold's non-finite epoch is no candidate
+    assert summary.common_epoch(folds, "val_loss", "min") in (1, 3)
+    assert summary.common_epoch([{"val_accuracy": {1: 0.5, 2: 0.75}}], "val_accuracy", "max") == 2
+    assert summary.common_epoch([], "val_loss", "min") is None
