@@ -204,7 +204,8 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int, keep=None):
         feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, **shard)
         val_feed = folds.fold_feed(entry, cv, "val", eval_batch, shuffle=False, pad=False, **shard)
     else:
-        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed, mode=job.feed, **shard)
+        feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed,
+                         mode=subsample.feed_mode(entry, keep, job.feed), **shard)
         # Validation: every world_size-th row of the val split, in order, each counted once (no padding).
         val_feed = make_feed(entry, "val", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
     feed = subsample.keep_rows(feed, keep)

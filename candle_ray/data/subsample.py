@@ -5,7 +5,8 @@ on growing shares of the training split and scores each on the same validation r
 data help? The share is drawn once per run from its rng_seed (every DDP rank draws the same rows), by class
 for a classifier so that a small share keeps every class's part of the rows; the count is always
 `rows(n, fraction)` of the n rows, so the driver knows each run's training size without asking it. The
-class weights and a regressor's target scaler are fitted on the rows the run trains on.
+class weights and a regressor's target scaler are fitted on the rows the run trains on. The kept rows are
+gathered into memory from the memory-mapped split, also where the whole split would stream (`feed_mode`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ def chosen(labels: np.ndarray, share: float, seed: int, by_class: bool) -> np.nd
     return np.sort(np.concatenate(picked))
 
 
+def feed_mode(entry_path, keep: np.ndarray | None, mode: str) -> str:
+    """The training feed's mode for a run that keeps the rows `keep`: "memory" where they take at most half
+    the free memory, even if the whole split would stream (`make_feed` maps the split without reading it,
+    and `keep_rows` copies out only these rows: a learning curve's small shares of a split larger than
+    memory); `mode` otherwise, and for all the rows."""
+    if keep is None or mode == "memory":
+        return mode
+    from candle_ray.data.cache_format import read_manifest
+    from candle_ray.data.feed import available_memory
+
+    manifest = read_manifest(entry_path)
+    if manifest.get("kind") == "joined":
+        return mode  # a joined split's feed is memory-mapped whatever the mode
+    split = manifest["splits"]["train"]
+    kept_bytes = int(split["bytes"]) * len(keep) / max(int(split["rows"]), 1)
+    free = available_memory()
+    return "memory" if not free or kept_bytes <= free / 2 else mode
+
+
 def keep_rows(feed, keep: np.ndarray | None):
     """`feed` (a training feed) over only the rows `keep`; the same feed where `keep` is None."""
     if keep is None:
@@ -52,8 +72,9 @@ def keep_rows(feed, keep: np.ndarray | None):
     from candle_ray.data.feed import BatchFeed, JoinedFeed
 
     if not isinstance(feed, (BatchFeed, JoinedFeed)):
-        raise UsageError("train_fraction needs the training rows in memory, but this split is streamed from disk "
-                         "(larger than half the free memory); run on a machine with more memory or leave it at 1")
+        raise UsageError(f"train_fraction keeps {len(keep):,} training rows, more than half the free memory holds; "
+                         f"use a smaller train_fraction (1 streams the whole split from disk) or a machine with more "
+                         f"memory")
     index = keep.tolist()
     shard = {"shuffle": feed.shuffle, "seed": feed.seed, "rank": feed.rank, "world_size": feed.world_size,
              "pad": feed.pad}

@@ -112,3 +112,33 @@ def test_lc_refuses_before_ray_starts(tmp_path, monkeypatch):
         r = CliRunner().invoke(main, ["lc", tiny, "--smoke", "--name", "x", *args])
         assert r.exit_code == 2 and said in r.output, r.output
     assert not (tmp_path / "candle-ray-sweeps").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_share_of_a_streamed_split_is_gathered_into_memory_where_it_fits(tmp_path, monkeypatch):
+    """A split that streams (larger than half the free memory; here forced with feed=stream) still trains on a
+    train_fraction: its kept rows are copied out of the memory-mapped split, the same rows as without streaming."""
+    from dataclasses import replace
+
+    from candle_ray import loop
+    from candle_ray.cli import _prepare
+    from candle_ray.data import feed as feeds
+    from candle_ray.data.cache import Cache
+    from candle_ray.errors import UsageError
+    from candle_ray.experiment import load_experiment
+    from candle_ray.job import make_job
+    from tests.conftest import ROOT
+
+    exp = load_experiment(ROOT / "tests" / "support" / "tiny_nt3.py")
+    entry = _prepare(exp, smoke=True, cache=Cache(tmp_path / "cache"), log=lambda *_: None)
+    config = exp.resolve_config(smoke=True, sets=["epochs=1", "train_fraction=0.25"])
+    job = make_job(exp, config, entry, run_dir=str(tmp_path / "run"))
+    keep = loop._kept_rows(job, seed=1)
+    in_memory, _, _ = loop._make_feeds(job, loop.World(), 16, 1, keep)
+    streamed = replace(job, feed="stream")
+    gathered, _, _ = loop._make_feeds(streamed, loop.World(), 16, 1, keep)
+    assert isinstance(gathered, BatchFeed) and np.array_equal(gathered.x.numpy(), in_memory.x.numpy())
+    assert isinstance(loop._make_feeds(streamed, loop.World(), 16, 1, None)[0], feeds.StreamFeed)  # all the rows stream
+    monkeypatch.setattr(feeds, "available_memory", lambda: 1000)  # 1 kB free: the kept rows do not fit
+    with pytest.raises(UsageError, match=f"train_fraction keeps {len(keep):,} training rows, more than half the free "
+                                         "memory holds; use a smaller train_fraction"):
+        loop._make_feeds(streamed, loop.World(), 16, 1, keep)
