@@ -369,6 +369,9 @@ def _describe(choices: list[tuple]) -> str:
     """"logistic regression (C=0.1, 5-fold CV)", or with every fold's value and "mean of K folds"."""
     name, param = choices[0][0], choices[0][1]
     hows = "; ".join(dict.fromkeys(how for *_, how in choices))
+    inner = [how.removesuffix("-fold CV") for *_, how in choices]
+    if len(set(inner)) > 1 and all(k.isdigit() for k in inner):  # a fold whose rarest class had fewer rows
+        hows = f"inner {'/'.join(inner)}-fold CV"
     values = [value for _, _, value, _ in choices if not math.isnan(value)]
     shown = list(dict.fromkeys(f"{v:.3g}" for v in values))
     if len(choices) == 1 or len(shown) < 2:

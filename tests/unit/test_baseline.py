@@ -316,3 +316,13 @@ def test_no_single_model_under_cv(tmp_path):
     entry = matrix_entry(tmp_path, "cv", blobs(60, 5, 2, 1), blobs(30, 5, 2, 2), classes=2)
     assignment = folds.assign(90, 3, seed=0)
     assert baseline.fit(entry, cv_assignment=assignment, folds=3).linear is None
+
+
+def test_the_baselines_description_names_each_folds_choice_once():
+    lr = "logistic regression"
+    assert baseline._describe([(lr, "C", 1.0, "5-fold CV")]) == "logistic regression (C=1, 5-fold CV)"
+    assert baseline._describe([("ridge regression", "alpha", 1e3, "leave-one-out CV")] * 3) == \
+        "ridge regression (alpha=1e+03 in every fold, leave-one-out CV; mean of 3 folds)"
+    # NCI-60's 4 cv folds: one fold's rarest tissue had 3 training rows, so its inner CV had 3 folds
+    assert baseline._describe([(lr, "C", 1.0, "4-fold CV")] * 3 + [(lr, "C", 0.01, "3-fold CV")]) == \
+        "logistic regression (C=1/1/1/0.01 by fold, inner 4/4/4/3-fold CV; mean of 4 folds)"
