@@ -189,10 +189,11 @@ def headline(task: str) -> str | None:
     return {"classification": "val_accuracy", "regression": "val_r2"}.get(task)
 
 
-def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "") -> list[str]:
+def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "",
+               epochs: tuple[int, int] | None = None) -> list[str]:
     """`<label> val_accuracy 0.87 vs linear baseline 0.86`, and a warning when the model is worse than
-    the linear baseline on the sweep's metric (ending with `hint`, a further remedy) or, for a regressor,
-    than predicting the mean (R² < 0)."""
+    the linear baseline on the sweep's metric (with remedies for its `epochs`, (best epoch, epochs run), and
+    `hint`, a further one) or, for a regressor, than predicting the mean (R² < 0)."""
     keys = list(dict.fromkeys(k for k in (metric, headline(task)) if k and finite(values.get(k))))
     shown = ", ".join(f"{k} {values[k]:.4g}" + (f" vs linear baseline {baseline[k]:.4g}" if finite(baseline.get(k)) else "")
                       for k in keys)
@@ -200,11 +201,23 @@ def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict,
     worse = [k for k in keys if finite(baseline.get(k)) and improves(baseline[k], values[k], mode if k == metric else direction(k))]
     if worse:
         lines.append(f"warning: {label} is worse than a linear baseline on the same rows ({', '.join(worse)}); "
-                     f"try a wider search (more samples, weight_decay, smaller dense layers) or more epochs{hint}")
+                     f"{_remedy(epochs)}{hint}")
     r2 = values.get("val_r2")
     if task == "regression" and finite(r2) and r2 < 0:
         lines.append(f"warning: {label} has val_r2 {r2:.3g}, worse than predicting the training mean (R² 0)")
     return lines
+
+
+def _remedy(epochs: tuple[int, int] | None) -> str:
+    """What to try for a model the linear baseline beats, from where its best epoch fell: at the end of
+    training, more epochs; in the first half (it overfits from there), a slower or more regularised fit."""
+    best, run = epochs or (0, 0)
+    if run > 1 and best >= run:
+        return "its best epoch was its last: try more epochs, or a wider search (more samples, smaller dense layers)"
+    if run > 1 and best <= run / 2:
+        return (f"its best epoch was {best} of {run}: try a lower learning_rate or more weight_decay or dropout, "
+                f"or a wider search (more samples, smaller dense layers)")
+    return "try a wider search (more samples, weight_decay, smaller dense layers) or more epochs"
 
 
 def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "") -> list[str]:
@@ -216,7 +229,7 @@ def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str, hi
     lines = [f"best {metric} {best['value']:.4g} (trial {best['trial_id']}, {epoch}): "
              f"{json.dumps(best['config'], default=str)}"]
     return lines + comparison("best trial", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
-                              baseline, task, hint)
+                              baseline, task, hint, (best["epoch"], best["epochs_run"]) if best.get("epochs_run") else None)
 
 
 # ------------------------------------------------------------------ several objectives: the Pareto front

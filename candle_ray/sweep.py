@@ -688,7 +688,8 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
     epoch = common_epoch(histories, metric, mode)
     if epoch is not None:
         at_epoch = [{k: h[k][epoch] for k in keys if epoch in h[k]} for h in histories]
-        summary.update({"cv_epoch": float(epoch), **_spread("cv_epoch", at_epoch, keys)})
+        summary.update({"cv_epoch": float(epoch), "cv_epochs_run": float(min(max(h[metric]) for h in histories)),
+                        **_spread("cv_epoch", at_epoch, keys)})
     parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
     for line in _fold_lines(summary, len(finals), metric, mode, task, linear):
         echo(line)
@@ -716,15 +717,16 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     lines = [f"cross-validation over {folds} folds: {metric} {summary[f'cv_mean_{metric}']:.4g} "
              f"± {summary[f'cv_std_{metric}']:.2g} (mean ± sd) at each fold's best epoch, its model's "
              f"(chosen on the rows it is scored on: optimistic)"]
-    prefix, label = "cv_mean_", "cross-validated model"
+    prefix, label, epochs = "cv_mean_", "cross-validated model", None
     if f"cv_epoch_mean_{metric}" in summary:
         epoch = int(summary["cv_epoch"])
         lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; train a final "
                      f"model that long): {metric} {summary[f'cv_epoch_mean_{metric}']:.4g} "
                      f"± {summary[f'cv_epoch_std_{metric}']:.2g}")
         prefix, label = "cv_epoch_mean_", f"cross-validated model at epoch {epoch}"
+        epochs = (epoch, int(summary["cv_epochs_run"]))
     means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
-    return lines + comparison(label, means, metric, mode, linear, task)
+    return lines + comparison(label, means, metric, mode, linear, task, epochs=epochs)
 
 
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict) -> None:

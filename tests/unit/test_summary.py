@@ -239,3 +239,15 @@ def test_a_cvs_common_epoch_is_the_best_of_the_folds_mean_curve():
     assert summary.common_epoch(folds, "val_loss", "min") in (1, 3)
     assert summary.common_epoch([{"val_accuracy": {1: 0.5, 2: 0.75}}], "val_accuracy", "max") == 2
     assert summary.common_epoch([], "val_loss", "min") is None
+
+
+def test_the_remedy_for_losing_to_the_baseline_follows_where_the_best_epoch_fell():
+    def warning(epochs):
+        lines = summary.comparison("best trial", {"val_loss": 1.5}, "val_loss", "min", {"val_loss": 1.0},
+                                   "classification", epochs=epochs)
+        return lines[1]
+
+    assert "its best epoch was 1 of 40: try a lower learning_rate or more weight_decay" in warning((1, 40))  # overfits
+    assert "its best epoch was its last: try more epochs" in warning((40, 40))  # still learning
+    assert warning((30, 40)).endswith("try a wider search (more samples, weight_decay, smaller dense layers) or more epochs")
+    assert warning(None) == warning((30, 40))
