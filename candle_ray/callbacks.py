@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -307,6 +308,25 @@ def _short(value) -> str:
     return str(value)
 
 
+class _LostWorkerTraceback(logging.Filter):
+    """Drops Tune's traceback of a trial whose process or node was lost (a RayActorError: the worker died,
+    not the trial's code; 20 lines per loss on a batch allocation); the live view says it in one line
+    instead (on_trial_recover, on_trial_error). A trial whose own code raised keeps Tune's traceback: that
+    is where its bug shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ray.exceptions import RayActorError
+
+        lost = record.exc_info and isinstance(record.exc_info[1], RayActorError)
+        return not (lost and record.getMessage().startswith("Trial task failed"))
+
+
+def _quiet_lost_workers() -> None:
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _LostWorkerTraceback) for f in tune_log.filters):
+        tune_log.addFilter(_LostWorkerTraceback())
+
+
 class ProgressCallback(Callback):
     """The live view: a status line with counts and the best result so far, and a line per finished trial.
     A cv's folds or an ensemble's members (`noun`: "fold", "member") are not rivals: their line gives the
@@ -320,6 +340,7 @@ class ProgressCallback(Callback):
         self.last_line = 0.0
         self.trials = None  # Tune's trials as last seen: the sweep's summary reads them
         self.epoch_seconds: dict[tuple[str, int], float] = {}  # (trial, epoch) -> seconds: the sweep's compute
+        _quiet_lost_workers()
 
     def __getstate__(self):
         return {**self.__dict__, "echo": print, "trials": None, "epoch_seconds": {}}
@@ -392,8 +413,14 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._row(trial, _ended(trial, self.max_epochs))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        self.echo(f"  trial {trial.trial_id} failed after {epochs} epoch{'' if epochs == 1 else 's'} "
+                  f"({_error_line(trial)[:200]}); retrying from its last checkpoint "
+                  f"(failure {trial.num_failures} of {trial.max_failures} allowed by --max-failures)")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial, "failed")
+        self._row(trial, f"failed ({_error_line(trial)[:200]})")
 
     def on_experiment_end(self, trials, **info):
         self.trials = trials

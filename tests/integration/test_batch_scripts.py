@@ -236,6 +236,9 @@ def test_a_lost_node_is_started_again_then_a_signal_to_the_pbs_job_stops_every_n
     assert "2 node(s) (localhost 127.0.0.1)" in text and "all 2 node(s) joined" in text
     assert "Ray on node 1 (127.0.0.1) stopped (raylet [exit code=-9]); starting it again (1 of 3)" in text
     assert (tmp_path / "logs" / "node-1-127.0.0.1.log.stopped-1").exists()
+    # The trial's lost worker: one line, not Tune's 20-line traceback of the lost actor
+    assert "retrying from its last checkpoint (failure 1 of 1 allowed by --max-failures)" in text, text[-3000:]
+    assert "Trial task failed" not in text
     assert "interrupting candle-ray" in text and "Ray stopped" in text
     assert (tmp_path / "sweeps" / "long" / "sweep.json").exists()  # the sweep's record, for --resume
     _no_ray_left(batch.root)

@@ -251,3 +251,33 @@ def test_the_remedy_for_losing_to_the_baseline_follows_where_the_best_epoch_fell
     assert "its best epoch was its last: try more epochs" in warning((40, 40))  # still learning
     assert warning((30, 40)).endswith("try a wider search (more samples, weight_decay, smaller dense layers) or more epochs")
     assert warning(None) == warning((30, 40))
+
+
+def test_a_lost_worker_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
+    import logging
+
+    from ray.exceptions import ActorUnavailableError
+
+    from candle_ray.callbacks import ProgressCallback, _LostWorkerTraceback
+
+    lines = []
+    progress = ProgressCallback("val_loss", "min", 10, lines.append)
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    assert sum(isinstance(f, _LostWorkerTraceback) for f in tune_log.filters) == 1  # once, however many sweeps
+    ProgressCallback("val_loss", "min", 10, lines.append)
+    assert sum(isinstance(f, _LostWorkerTraceback) for f in tune_log.filters) == 1
+
+    def record(exc):
+        return tune_log.makeRecord(tune_log.name, logging.ERROR, __file__, 1, "Trial task failed for trial %s",
+                                   ("t1",), (type(exc), exc, None))
+
+    lost = ActorUnavailableError("The actor is unavailable: Connection reset by peer", b"\0" * 16)
+    assert not _LostWorkerTraceback().filter(record(lost))  # the live view's line says it
+    assert _LostWorkerTraceback().filter(record(ValueError("a bug in the trial")))  # its traceback shows where
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback ...\nray.exceptions.ActorUnavailableError: The actor is unavailable\n")
+    trial = SimpleNamespace(trial_id="t1", last_result={"epoch": 3}, error_file=str(error), num_failures=1,
+                            max_failures=1)
+    progress.on_trial_recover(0, [], trial)
+    assert lines == ["  trial t1 failed after 3 epochs (ray.exceptions.ActorUnavailableError: The actor is "
+                     "unavailable); retrying from its last checkpoint (failure 1 of 1 allowed by --max-failures)"]
