@@ -488,7 +488,8 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, p
     """Local folders holding the best checkpoints `predict` pools for MLflow run `run_id`: a sweep's best
     trial (its `top` best with `top`, ranked as the sweep's results.csv; its Pareto front's member `pick`),
     every finished member of an ensemble (and the linear baseline it pools, unless not `baseline`) or fold
-    of a cv, or the run itself; downloaded from the runs' artifacts."""
+    of a cv, a learning curve's runs on its largest share of the rows, or the run itself; downloaded from the
+    runs' artifacts."""
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per member is noise
@@ -504,12 +505,14 @@ def run_checkpoints(uri: str, run_id: str, dest: Path, top: int | None = None, p
     kind = run.data.tags.get("candle_ray.kind")
     choice = f"--top {top}" if top is not None else f"--pick {pick}" if pick else None
     if choice and not (kind == "sweep" and children):
-        what = {"ensemble": "an ensemble", "cv": "a cv"}.get(kind, "a single run")
+        what = {"ensemble": "an ensemble", "cv": "a cv", "lc": "a learning curve"}.get(kind, "a single run")
         raise UsageError(f"{choice} picks among a sweep's trials, and MLflow run {run_id} is {what}: "
                          f"predict with all of it, without {choice.split()[0]}")
     runs = [c for c in children if c.info.status == "FINISHED"] if children else [run]
     if kind == "sweep" and children:
         runs = _best_trials(client, run, runs, top or 1, dest, pick)
+    if kind == "lc":
+        runs = _on_most_rows(runs)
     folders = []
     for source in runs:
         folders.extend(_run_weights(uri, client, source.info.run_id, dest / source.info.run_id))
@@ -560,6 +563,13 @@ def _best_trials(client, parent, finished: list, top: int, dest: Path, pick: str
                          f"{dropped[0]} is not among them; " + (f"use --top {kept} or fewer" if not pick else
                                                                   "pick another front member, or train it again"))
     return chosen
+
+
+def _on_most_rows(runs: list) -> list:
+    """A learning curve's runs that trained on its largest share of the rows, its replicas there: the models it
+    predicts with (its smaller shares' runs are points of the curve, not models to use)."""
+    shares = [float(r.data.params.get("train_fraction", 1.0)) for r in runs]
+    return [r for r, share in zip(runs, shares) if share == max(shares, default=1.0)]
 
 
 MODEL_ARTIFACT = "model"

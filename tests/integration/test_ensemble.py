@@ -151,7 +151,7 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
     assert r.exit_code == 2 and "--pick knee picks among a sweep's trials" in r.output, r.output
     r = cli("predict", "nope", "--data", data, "--out", workdir / "x.tsv")
     assert r.exit_code == 2 and "'nope' is not a checkpoint path" in r.output and "sweeps there: src, top2" in r.output
-    _learning_curve_of_the_best(best_two[0])
+    _learning_curve_of_the_best(best_two[0], data)
 
 
 def test_cross_validation_stratified(ray_cluster, workdir):
@@ -220,7 +220,7 @@ def test_heteroscedastic_ensemble_splits_uncertainty(ray_cluster, workdir):
 
 
 
-def _learning_curve_of_the_best(learning_rate: float):
+def _learning_curve_of_the_best(learning_rate: float, data):
     """`candle-ray lc --from-sweep src`: the sweep's best configuration, one run per size, each on its share of
     the training rows; the curve (mean at each size's best epochs, the training rows as MLflow's step), the
     linear baseline's on the same rows, and the picture on the parent run."""
@@ -240,5 +240,13 @@ def _learning_curve_of_the_best(learning_rate: float):
     assert sorted(m.step for m in linear) == [24, 48, 96] and "linear baseline: " in r.output
     assert [f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "lc")] == ["lc/learning_curve.png"]
     assert parent.data.tags["candle_ray.kind"] == "lc"
+    # predict LC: its run on all the rows, whichever run scored best (a smaller share may, by chance)
+    full = next(c.info.run_id for c in children if float(c.data.params["train_fraction"]) == 1.0)
+    tables = []
+    for model in ("lc3", full):
+        r = cli("predict", model, "--data", data, "--out", data.parent / "lc-pred.tsv")
+        assert r.exit_code == 0, r.output
+        tables.append(pd.read_csv(data.parent / "lc-pred.tsv", sep="\t"))
+    assert tables[0].equals(tables[1])
     r = cli("lc", TINY, "--smoke", "--sizes", "0,0.5", "--name", "bad")
     assert r.exit_code == 2 and "each share of the training rows must be in (0, 1]" in r.output, r.output
