@@ -462,7 +462,7 @@ class FractionsType(click.ParamType):
 @click.option("--from-sweep", default=None, metavar="NAME", help="The configuration: this finished sweep's best "
                                                                  "[default: the experiment's, with --set].")
 @pick_option
-@click.option("--metric", default=None, help="The curve's metric, which also picks each run's best epoch "
+@click.option("--metric", default=None, help="The curve's metric, which also picks each size's epoch and each run's checkpoint "
                                              "[default: the experiment's, or the sweep's ranking metric].")
 @click.option("--mode", type=click.Choice(["min", "max"]), default=None,
               help="Default: the metric's direction (the experiment's mode for its own metric).")

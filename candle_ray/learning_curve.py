@@ -2,7 +2,7 @@
 
 The runs train one configuration on growing shares of the training split (`train_fraction`, drawn per
 rng_seed: candle_ray.data.subsample), a few seeds each, and are scored on the same validation rows at
-their best epochs. Each size's mean and spread, and a power law fitted through the means,
+each size's one best epoch (the best of its seeds' mean curve). Each size's mean and spread, and a power law fitted through the means,
 metric ≈ c + a·n^(−b) (the form data-scaling studies of drug response fit, e.g. Partin et al. 2021), say
 whether more data would still help: b is how fast the metric moves with the rows, c where it levels off.
 Pure numpy (SciPy for the fit, matplotlib for the picture); the sweep driver logs what this returns.
@@ -90,7 +90,7 @@ def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str,
     on the same rows), each law, and what twice the rows would give."""
     runs = {p.runs for p in curve}
     seeds = f"{runs.pop()} seed(s)" if len(runs) == 1 else "its seeds"
-    out = [f"learning curve: {metric} at each run's best epoch, mean ± sd over {seeds}"
+    out = [f"learning curve: {metric} at each size's best epoch of its seeds' mean curve, mean ± sd over {seeds}"
            + ("; the linear baseline fitted on the same rows" if linear else ""),
            f"  {'train rows':>10}  {'fraction':>8}  {'network':<18}" + ("  linear baseline" if linear else "")]
     for i, p in enumerate(curve):

@@ -441,7 +441,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear,
                              sweep_tracker.child_run_id)
         if s.kind == "lc" and summary["succeeded"]:
-            _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear)
+            _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear,
+                            sweep_tracker.child_run_id)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -729,8 +730,8 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     return lines + comparison(label, means, metric, mode, linear, task, epochs=epochs)
 
 
-def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict) -> None:
-    """The runs' metric at their best epochs against their training rows (candle_ray.learning_curve), beside the
+def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict, run_of) -> None:
+    """The runs' metric at each size's one epoch (_at_common_epochs) against their training rows (candle_ray.learning_curve), beside the
     linear baseline's on the same rows: printed, on the parent run as `lc_<metric>` (`_sd`, `lc_baseline_<metric>`)
     with the training rows as the step, so MLflow draws the curve, and as a picture in the sweep folder and
     on the parent run."""
@@ -741,7 +742,9 @@ def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, l
     metric = sweep.metric
     best = {id(t): best_metrics(t.last_result) for t in trials if t.status == "TERMINATED" and t.last_result}
     done = [t for t in trials if metric in best.get(id(t), {})]
-    curve = learning_curve.points([(subsample.fraction(t.config), best[id(t)][metric]) for t in done],
+    value = {id(t): best[id(t)][metric] for t in done}
+    value.update(_at_common_epochs(parent, done, metric, sweep.mode, run_of))
+    curve = learning_curve.points([(subsample.fraction(t.config), value[id(t)]) for t in done],
                                   int(entry.rows["train"]))
     law = learning_curve.fit(curve)
     base, base_law = _linear_curve(entry, done, metric, linear, echo)
@@ -756,6 +759,25 @@ def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, l
     path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", base, base_law)
     parent.log_artifact(path, "lc")
     store.upload(path, store.path(sweep.name, "lc", path.name))
+
+
+def _at_common_epochs(parent, done, metric: str, mode: str, run_of) -> dict:
+    """Each run's `metric` at its size's one epoch (summary.common_epoch over the replicas of its train_fraction),
+    as a cv scores its folds: each run's own best epoch is chosen on the very rows it is scored on, which
+    flatters most the noisy curves of the smallest shares. {id(trial): value}; none where MLflow lacks a run."""
+    from candle_ray import tracking
+    from candle_ray.data import subsample
+    from candle_ray.summary import common_epoch
+
+    out = {}
+    for share in {subsample.fraction(t.config) for t in done}:
+        replicas = [t for t in done if subsample.fraction(t.config) == share]
+        runs = [run_of(t.trial_id) for t in replicas]
+        histories = tracking.epoch_histories(parent, runs, [metric]) if all(runs) else []
+        epoch = common_epoch(histories, metric, mode)
+        if epoch is not None:
+            out.update({id(t): h[metric][epoch] for t, h in zip(replicas, histories)})
+    return out
 
 
 def _linear_curve(entry, done, metric: str, linear: dict, echo):
