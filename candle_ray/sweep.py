@@ -676,17 +676,14 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
     (`cv_mean_*`, `cv_std_*`: the fold models, their best checkpoints) and at the one epoch whose mean over
     the folds is best (`cv_epoch`, `cv_epoch_mean_*`, `cv_epoch_std_*`; summary.common_epoch), the estimate
     set against the linear baseline. `run_of`: a trial's MLflow run id, whose history holds its epochs."""
-    from candle_ray import tracking
-    from candle_ray.summary import best_metrics, common_epoch, unpacked
+    from candle_ray.summary import best_metrics, unpacked
 
     done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
     finals = [{**unpacked(t.last_result), **best_metrics(t.last_result)} for t in done]
     keys = sorted({k for r in finals for k, v in r.items() if k.startswith(("val_", "loss", "accuracy"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
     summary = _spread("cv", finals, keys)
-    runs = [run_of(t.trial_id) for t in done]
-    histories = tracking.epoch_histories(parent, runs, keys) if all(runs) else []
-    epoch = common_epoch(histories, metric, mode)
+    epoch, histories = _common_epoch_of(parent, done, keys, metric, mode, run_of)
     if epoch is not None:
         at_epoch = [{k: h[k][epoch] for k in keys if epoch in h[k]} for h in histories]
         summary.update({"cv_epoch": float(epoch), "cv_epochs_run": float(min(max(h[metric]) for h in histories)),
@@ -694,6 +691,17 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
     parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
     for line in _fold_lines(summary, len(finals), metric, mode, task, linear):
         echo(line)
+
+
+def _common_epoch_of(parent, trials, keys, metric: str, mode: str, run_of) -> tuple[int | None, list[dict]]:
+    """(summary.common_epoch of these trials' runs, their per-epoch histories of `keys` from MLflow), or
+    (None, []) where a trial has no MLflow run."""
+    from candle_ray import tracking
+    from candle_ray.summary import common_epoch
+
+    runs = [run_of(t.trial_id) for t in trials]
+    histories = tracking.epoch_histories(parent, runs, keys) if all(runs) else []
+    return common_epoch(histories, metric, mode), histories
 
 
 def _spread(prefix: str, rows: list[dict], keys) -> dict:
@@ -731,10 +739,10 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
 
 
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict, run_of) -> None:
-    """The runs' metric at each size's one epoch (_at_common_epochs) against their training rows (candle_ray.learning_curve), beside the
-    linear baseline's on the same rows: printed, on the parent run as `lc_<metric>` (`_sd`, `lc_baseline_<metric>`)
-    with the training rows as the step, so MLflow draws the curve, and as a picture in the sweep folder and
-    on the parent run."""
+    """The runs' metric at each size's one epoch (_at_common_epochs) against their training rows
+    (candle_ray.learning_curve), beside the linear baseline's on the same rows: printed, on the parent run as
+    `lc_<metric>` (`_sd`, `lc_baseline_<metric>`) with the training rows as the step, so MLflow draws the
+    curve, and as a picture in the sweep folder and on the parent run."""
     from candle_ray import learning_curve
     from candle_ray.data import subsample
     from candle_ray.summary import best_metrics
@@ -765,16 +773,12 @@ def _at_common_epochs(parent, done, metric: str, mode: str, run_of) -> dict:
     """Each run's `metric` at its size's one epoch (summary.common_epoch over the replicas of its train_fraction),
     as a cv scores its folds: each run's own best epoch is chosen on the very rows it is scored on, which
     flatters most the noisy curves of the smallest shares. {id(trial): value}; none where MLflow lacks a run."""
-    from candle_ray import tracking
     from candle_ray.data import subsample
-    from candle_ray.summary import common_epoch
 
     out = {}
     for share in {subsample.fraction(t.config) for t in done}:
         replicas = [t for t in done if subsample.fraction(t.config) == share]
-        runs = [run_of(t.trial_id) for t in replicas]
-        histories = tracking.epoch_histories(parent, runs, [metric]) if all(runs) else []
-        epoch = common_epoch(histories, metric, mode)
+        epoch, histories = _common_epoch_of(parent, replicas, [metric], metric, mode, run_of)
         if epoch is not None:
             out.update({id(t): h[metric][epoch] for t, h in zip(replicas, histories)})
     return out
