@@ -71,6 +71,17 @@ def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
     return path
 
 
+def promote(directory: str | Path, epoch: int, value: float | None = None) -> None:
+    """Point `best` at `epoch`, the epoch `last` names: for a run whose best epoch is chosen outside its
+    loop (`tune --cv`'s folds, at the epoch of their best mean). `value`: the run's own metric there."""
+    directory = Path(directory)
+    last = pointer(directory, "last")
+    if last is None or last["epoch"] != epoch:
+        raise CheckpointError(f"{directory} holds no checkpoint of epoch {epoch} to mark best (its last is "
+                              f"{last and last['epoch']}); the run's loop must write `last` every epoch")
+    _write_json_atomic(directory / "best.json", {**last, "value": value})
+
+
 def without_optimizer(state: dict) -> dict:
     """A checkpoint's state for models and copies: only resuming a training reads the optimizer's state (from
     the run's own folder), and Adam's is twice the size of the weights. `save` writes the format anew."""

@@ -318,10 +318,18 @@ def _train_one_epoch(ddp_model, model, feed, epoch: int, objective, optimizer, s
     return totals
 
 
-def _stop_reason(config: dict, metric: str, bad_epochs: int, elapsed: float, epoch: int) -> str | None:
-    timeout, epochs = float(config.get("timeout", -1)), int(config["epochs"])
+def early_stop_reason(config: dict, metric: str, bad_epochs: int) -> str | None:
+    """CANDLE's early_stop: `bad_epochs` epochs in a row without a better `metric`, against its patience."""
     if config.get("early_stop") and bad_epochs >= int(config.get("early_stop_patience", 10)):
         return f"early stop: no {metric} improvement in {bad_epochs} epochs"
+    return None
+
+
+def _stop_reason(config: dict, metric: str, bad_epochs: int | None, elapsed: float, epoch: int) -> str | None:
+    """Why the run ends after `epoch`, or None; `bad_epochs` None: early stopping is the caller's."""
+    timeout, epochs = float(config.get("timeout", -1)), int(config["epochs"])
+    if bad_epochs is not None and (reason := early_stop_reason(config, metric, bad_epochs)):
+        return reason
     if timeout > 0 and elapsed >= timeout and epoch < epochs:
         return f"timeout: {elapsed:.0f}s >= {timeout:.0f}s"
     return None
@@ -347,7 +355,10 @@ def _prediction_data(job: Job, objective) -> dict | None:
     return data
 
 
-def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
+def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) -> Iterator[dict]:
+    """One metrics dict per epoch. `selects_best` False: the caller picks the best epoch (`tune --cv`'s
+    folds, by their mean) and early-stops on it; the loop then writes `last` every epoch, for the caller
+    to point `best` at (checkpoint.promote), and never `best` itself."""
     job = as_job(job)  # scripts and tests may pass the fields as a dict
     config, task, device = job.config, job.task, world.device
     torch.set_num_threads(max(1, int(job.threads or torch.get_num_threads())))
@@ -407,12 +418,13 @@ def train_epochs(job: Job | dict, world: World) -> Iterator[dict]:
         else:
             bad_epochs += 1
         elapsed = time.monotonic() - t_start
-        reason = _stop_reason(config, metric, bad_epochs, elapsed, epoch)
+        reason = _stop_reason(config, metric, bad_epochs if selects_best else None, elapsed, epoch)
         if reason and "stop_reason" not in metrics:
             metrics["stop_reason"] = reason
         history.append(metrics)
 
-        kinds = _checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved)
+        kinds = (_checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved)
+                 if selects_best else ["last"])
         if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
                 "model": job.model, "config": config, "model_shape": shape,  # as built (with its UQ head)

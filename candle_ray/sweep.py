@@ -575,7 +575,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
             echo(line)
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
         best = summary["best"]
-        echo(f"best trial's MLflow run {best['run_id']}, checkpoints {best['checkpoints']}; predict with: "
+        echo(f"best trial's MLflow run {best['run_id']}, checkpoints {_checkpoints_of(best)}; predict with: "
              f"candle-ray predict {sweep.name} --data ROWS.csv --out predictions.tsv{storage}"
              + (" (--top K pools its K best trials)" if summary["total"] > 1 else ""))
         from candle_ray.data.joined_input import rows_hint
@@ -656,6 +656,13 @@ def log_scaled_keys(space: dict) -> list[str]:
 
     plain = {k: v.then if isinstance(v, Conditional) else v for k, v in space.items()}
     return [k for k, v in plain.items() if isinstance(v, (Float, Integer)) and isinstance(v.get_sampler(), LogUniform)]
+
+
+def _checkpoints_of(best: dict) -> str:
+    """Where the best trial's checkpoints are: its folder's, or its fold models' with `tune --cv`."""
+    trial_dir = Path(best["checkpoints"]).parent
+    folders = trial_folders(trial_dir)
+    return str(best["checkpoints"]) if len(folders) < 2 else f"{trial_dir}/fold-*/checkpoints ({len(folders)} fold models)"
 
 
 def fold_assignment(entry, cv: dict):

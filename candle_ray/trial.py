@@ -102,20 +102,39 @@ def _mean_over_folds(job, device):
     """`tune --cv K`: K fold models trained in lockstep; each epoch reports every metric's mean over the
     folds (what the scheduler and searcher see) and each fold's own `fold<k>_<metric>`.
 
-    The folds share the process, so their random streams interleave: a trial is reproducible, but a
-    fold's numbers differ from the same fold trained alone. The trial ends when any fold stops (early
-    stop, timeout): the mean needs every fold at every epoch.
+    The trial is one model choice: its best epoch is the one whose mean is best (its rank), every fold's
+    best checkpoint is that epoch's (the pooled model is the one ranked, not K epochs each picked on its
+    fold's own validation rows), and early stopping follows the mean. So each fold writes a checkpoint
+    every epoch. The folds share the process, so their random streams interleave: a trial is
+    reproducible, but a fold's numbers differ from the same fold trained alone. The trial ends when any
+    fold stops (timeout, a non-finite loss): the mean needs every fold at every epoch.
     """
-    from candle_ray.loop import World, train_epochs
+    from candle_ray.loop import World, early_stop_reason, train_epochs
+    from candle_ray.summary import BestEpoch
 
-    folds = int(job.cv_folds)
-    runs = [train_epochs(replace(job, run_dir=str(Path(job.run_dir) / f"fold-{k}"),
-                                 cv={"assignment": job.cv_assignment, "fold": k}), World(device=device))
-            for k in range(folds)]
-    for per_fold in zip(*runs):
+    ckpt_dirs = list(_checkpoint_dirs(job).values())
+    runs = [train_epochs(replace(job, run_dir=str(ckpt_dir.parent), cv={"assignment": job.cv_assignment, "fold": k}),
+                         World(device=device), selects_best=False) for k, ckpt_dir in enumerate(ckpt_dirs)]
+    for merged in BestEpoch(job.metric, job.mode)(_merged_epochs(zip(*runs))):
+        epoch, best_epoch = merged["epoch"], merged.get("best_epoch")
+        if best_epoch == epoch and not merged["replayed"]:
+            for k, ckpt_dir in enumerate(ckpt_dirs):
+                checkpoint.promote(ckpt_dir, epoch, merged.get(f"fold{k}_{job.metric}"))
+        reason = early_stop_reason(job.config, job.metric, epoch - (best_epoch or 0))
+        if reason and "stop_reason" not in merged:
+            merged["stop_reason"] = reason
+        yield merged
+        if reason:
+            return
+
+
+def _merged_epochs(per_epoch):
+    """Each epoch's fold results (a tuple, one per fold) as one result: means, and fold<k>_ copies (not of
+    each fold's own best epoch: the trial's is its mean's)."""
+    for per_fold in per_epoch:
         merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold)}
         for key, value in per_fold[0].items():
-            if key not in merged and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in (*merged, "best_epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 values = [m[key] for m in per_fold if key in m]
                 merged[key] = sum(values) / len(values)
                 if key.startswith("val_") or key == "loss":

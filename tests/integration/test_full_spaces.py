@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from candle_ray import checkpoint
 from candle_ray.cli import main
 from candle_ray.experiment import load_experiment
 from tests.conftest import ROOT
@@ -57,8 +58,12 @@ def test_full_space_sweep_then_ensemble_of_its_best_two(ray_cluster, workdir, na
     assert ("ROWS.csv: one report per row, its " in r.output) == (name == "p3b1")
     results = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-full" / "results.csv")
     assert {f"config.{k}" for k in space} <= set(results.columns)  # every key searched, none held back
-    for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each
-        assert all((trial / f"fold-{k}" / "checkpoints" / "best.json").exists() for k in (0, 1)), trial
+    best_epochs = dict(zip(results["trial_id"], results["best_epoch"]))
+    for trial in (workdir / "candle-ray-sweeps" / f"{name}-full" / "trials").iterdir():  # 2 fold models each,
+        # both kept at the trial's best epoch: the one whose mean over the folds ranked it
+        kept = {checkpoint.pointer(trial / f"fold-{k}" / "checkpoints", "best")["epoch"] for k in (0, 1)}
+        assert kept == {best_epochs[trial.name]}, (trial, kept)
+    assert "/fold-*/checkpoints (2 fold models); predict with" in r.output, r.output
     if name == "nt3":
         _cv_logged(r.output, name)
     if config_file:  # the sweep recorded the file's text: an edit afterwards changes neither it nor its ensemble
