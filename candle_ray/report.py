@@ -1,6 +1,7 @@
 """`candle-ray report SWEEP`: pictures of a sweep, as PNGs plus one HTML page.
 
-- learning curves of every trial (the early-stopped ones end in an x, failed ones in red);
+- learning curves of every trial (the early-stopped ones end in an x, failed ones in red); a cv's folds
+  with their mean, starred at the one epoch whose mean is best (its estimate, set against the baseline);
 - parameter importance (permutation importance of a random forest fitted from config to result), shown
   only where the forest predicts the result of trials it did not see (out-of-bag R² above 0);
 - parallel coordinates of the configuration against the metric;
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candle_ray.summary import best_of, finite, history_best, knee, pareto_front, tie_value
+from candle_ray.summary import best_of, common_epoch, finite, history_best, knee, mean_curve, pareto_front, tie_value
 
 COLORS = {"completed": "#1f77b4", "stopped early": "#9a9a9a", "failed": "#d62728"}
 
@@ -80,6 +81,8 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
         ax.plot(steps, values, **style)
         if t["status"] in ("stopped early", "failed"):
             ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
+    if noun == "fold":
+        _fold_mean(ax, trials, metric, mode)
     if best and best["history"].get(metric):
         steps, values = zip(*best["history"][metric])
         epoch, value = history_best(best["history"], metric, mode)
@@ -87,8 +90,9 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
                 label=f"best: trial {best['trial_id']} ({metric} {value:.4g} at epoch {epoch})")
         ax.plot(epoch, value, marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black")
     _baseline_line(ax, baseline or {}, metric)
-    for status, color in COLORS.items():
-        ax.plot([], [], color=color, label=status + (" (x = where it was stopped)" if status == "stopped early" else ""))
+    for status, color in COLORS.items():  # the legend names the statuses drawn
+        if any(t["status"] == status for t in trials):
+            ax.plot([], [], color=color, label=status + (" (x = where it was stopped)" if status == "stopped early" else ""))
     finite = [v for t in trials for _, v in t["history"].get(metric, []) if math.isfinite(v)]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 50:
         ax.set_yscale("log")
@@ -101,6 +105,23 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _folds_mean(trials, metric: str, mode: str) -> tuple[dict[int, float], int | None, int]:
+    """A cv's mean curve over the folds that did not fail (at the epochs each reached), its best epoch (the cv's
+    one-epoch estimate: summary.common_epoch) and how many folds it averages."""
+    histories = [{metric: dict(t["history"].get(metric, []))} for t in trials if t["status"] != "failed"]
+    return mean_curve(histories, metric), common_epoch(histories, metric, mode), len(histories)
+
+
+def _fold_mean(ax, trials, metric: str, mode: str) -> None:
+    curve, epoch, folds = _folds_mean(trials, metric, mode)
+    if epoch is None:
+        return
+    value = curve[epoch]
+    ax.plot(list(curve), list(curve.values()), color="#ff7f0e", linewidth=2.8,
+            label=f"mean of {folds} folds (cv estimate {metric} {value:.4g} at epoch {epoch})")
+    ax.plot(epoch, value, marker="*", markersize=14, color="#ff7f0e", markeredgecolor="black")
 
 
 def _log_axis(key: str, arr: np.ndarray, log_keys) -> bool:
@@ -406,6 +427,9 @@ def _html(trials, *, sweep, metric, mode, keys, best, found: Importance, images,
     best_text = "no successful trial"
     if noun and values:  # folds or members: their spread, no winner
         best_text = f"{metric} of the {noun}s {min(values):.6g} to {max(values):.6g} (mean {np.mean(values):.6g})"
+        curve, epoch, _ = _folds_mean(trials, metric, mode) if noun == "fold" else ({}, None, 0)
+        if epoch is not None:
+            best_text += f" at each fold's best epoch; {curve[epoch]:.6g} at epoch {epoch} for all, the cv estimate"
     elif best:
         epoch = (history_best(best["history"], metric, mode) or ("?",))[0]
         best_text = f"best {metric} {worth(best, metric, mode):.6g} (trial {html.escape(best['trial_id'])}, epoch {epoch})"

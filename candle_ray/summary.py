@@ -101,10 +101,16 @@ def common_epoch(histories: list[dict[str, dict[int, float]]], metric: str, mode
     value}}) is best, among the epochs every run reached with a finite value: one epoch count for every fold,
     as `tune --cv` ranks its trials and as a final model is trained. Each fold's own best epoch is chosen on
     the very rows it is scored on, so their mean flatters the model."""
+    curve = mean_curve(histories, metric)
+    return best_of(list(curve), curve.get, mode) if curve else None
+
+
+def mean_curve(histories: list[dict[str, dict[int, float]]], metric: str) -> dict[int, float]:
+    """{epoch: the mean of `metric` over the runs} at the epochs every run reached with a finite value."""
     if not histories:
-        return None
+        return {}
     epochs = set.intersection(*({e for e, v in h.get(metric, {}).items() if finite(v)} for h in histories))
-    return best_of(sorted(epochs), lambda e: sum(h[metric][e] for h in histories) / len(histories), mode)
+    return {e: sum(h[metric][e] for h in histories) / len(histories) for e in sorted(epochs)}
 
 
 def packed(result: dict, followed: tuple[str, ...]) -> dict:

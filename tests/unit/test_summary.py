@@ -239,6 +239,7 @@ def test_a_cvs_common_epoch_is_the_best_of_the_folds_mean_curve():
     assert summary.common_epoch(folds, "val_loss", "min") in (1, 3)
     assert summary.common_epoch([{"val_accuracy": {1: 0.5, 2: 0.75}}], "val_accuracy", "max") == 2
     assert summary.common_epoch([], "val_loss", "min") is None
+    assert summary.mean_curve(folds, "val_loss") == {1: 1.75, 3: 1.75}  # the report draws it
 
 
 def test_the_remedy_for_losing_to_the_baseline_follows_where_the_best_epoch_fell():
