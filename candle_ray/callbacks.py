@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +30,35 @@ def trial_status(trial, max_epochs: int) -> str:
     return {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(trial.status, trial.status.lower())
 
 
+# A line that names its exception: "ValueError: ...", "ray.exceptions.ActorDiedError: ...".
+_TYPED = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
 def _error_line(trial) -> str:
-    """The last line of the trial's error (its exception type and message)."""
+    """The last line of the trial's newest error: its exception type and message. Tune writes a lost actor's
+    error as its message alone ("The actor died because its node has died..."), so the type comes from the
+    pickled exception Tune keeps beside it."""
     try:
         text = Path(trial.error_file).read_text() if trial.error_file else ""
     except OSError:
         text = ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[-1] if lines else "trial failed")[:5000]
+    last = lines[-1] if lines else "trial failed"
+    if lines and not _TYPED.match(last) and (name := _error_type(trial)):
+        last = f"{name}: {last}"
+    return last[:5000]
+
+
+def _error_type(trial) -> str | None:
+    """The class name of the trial's newest error from Tune's pickle of it, or None."""
+    import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    try:
+        with open(path, "rb") as f:
+            return type(cloudpickle.load(f)).__name__
+    except Exception:  # no pickle, or one this process cannot load: the message alone then
+        return None
 
 
 # This driver process's callbacks, by sweep name (see DriverCallbacks).

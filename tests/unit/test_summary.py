@@ -257,6 +257,7 @@ def test_the_remedy_for_losing_to_the_baseline_follows_where_the_best_epoch_fell
 def test_a_lost_worker_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
     import logging
 
+    import cloudpickle
     from ray.exceptions import ActorUnavailableError
 
     from candle_ray.callbacks import ProgressCallback, _LostWorkerTraceback
@@ -275,10 +276,15 @@ def test_a_lost_worker_is_one_line_and_a_bug_keeps_its_traceback(tmp_path):
     lost = ActorUnavailableError("The actor is unavailable: Connection reset by peer", b"\0" * 16)
     assert not _LostWorkerTraceback().filter(record(lost))  # the live view's line says it
     assert _LostWorkerTraceback().filter(record(ValueError("a bug in the trial")))  # its traceback shows where
-    error = tmp_path / "error.txt"
-    error.write_text("Traceback ...\nray.exceptions.ActorUnavailableError: The actor is unavailable\n")
+    # As Tune's Trial.handle_error writes a lost actor's error: its message alone, and the exception pickled
+    error, pickled = tmp_path / "error.txt", tmp_path / "error.pkl"
+    error.write_text(f"Failure # 1 (occurred at 2026-12-07_12-00-00)\n{lost}\n")
+    pickled.write_bytes(cloudpickle.dumps(lost))
     trial = SimpleNamespace(trial_id="t1", last_result={"epoch": 3}, error_file=str(error), num_failures=1,
-                            max_failures=1)
+                            max_failures=1, pickled_error_file=str(pickled))
     progress.on_trial_recover(0, [], trial)
-    assert lines == ["  trial t1 failed after 3 epochs (ray.exceptions.ActorUnavailableError: The actor is "
-                     "unavailable); retrying from its last checkpoint (failure 1 of 1 allowed by --max-failures)"]
+    assert lines == [f"  trial t1 failed after 3 epochs (ActorUnavailableError: {str(lost)[:177]}); retrying from its "
+                     "last checkpoint (failure 1 of 1 allowed by --max-failures)"]
+    error.write_text("Traceback ...\nray.exceptions.RayTaskError(ValueError): ...\nValueError: a bug\n")
+    progress.on_trial_recover(0, [], trial)  # a line that names its type keeps it
+    assert "(ValueError: a bug); retrying" in lines[-1]
