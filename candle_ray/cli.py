@@ -170,11 +170,23 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
                                                           config_file=run.get("config_file")), echo=click.echo)
 
 
+pick_option = click.option(
+    "--pick", default=None, metavar="knee|N",
+    help="From a multi-objective sweep: its Pareto front's knee, or its Nth member (as the end of the sweep "
+         "numbers them) instead of the best by the first metric.")
+
+
 @main.command()
 @click.argument("experiment_file", metavar="EXPERIMENT")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a default, e.g. --set epochs=3 (repeatable).")
 @click.option("--config-file", type=click.Path(dir_okay=False), help="A CANDLE *_default_model.txt to import as overrides.")
 @click.option("--smoke", is_flag=True, help="Synthetic data in the real file format, small and fast.")
+@click.option("--from-sweep", default=None, metavar="NAME",
+              help="Train this finished sweep's best configuration, as the sweep ran it (its --set overrides, config "
+                   "file and data); this command's --set still overrides.")
+@pick_option
+@click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
+              help="Where --from-sweep's folder is [env CANDLE_RAY_STORAGE].")
 @click.option("--workers", type=WorkersType(), default=1, show_default=True,
               help="DDP workers (1 = fast path, no Ray Train start-up); MIN-MAX (e.g. 1-4) is elastic: it starts "
                    "with what fits (at least MIN) and grows or shrinks as nodes join or leave.")
@@ -193,13 +205,19 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
 @click.option("--launcher", type=click.Choice(["auto", "task", "ray-train"]), default="auto", hidden=True,
               help="auto: one worker runs as a Ray task, several on Ray Train; ray-train forces Ray Train.")
 @click.option("--inject-fault", type=int, default=None, hidden=True, help="Kill rank 0 once at this epoch (tests).")
-def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_per_worker, max_failures, feed, address,
-          tracking_uri, cache_dir, output_dir, run_name, launcher, inject_fault):
+def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, workers, force_cpu, cpus_per_worker,
+          max_failures, feed, address, tracking_uri, cache_dir, output_dir, run_name, launcher, inject_fault):
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
     started = time.monotonic()
     experiment = _load(experiment_file)
-    experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
-                                            warn=lambda m: click.echo(m, err=True))
+    if pick and not from_sweep:
+        raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; add --from-sweep NAME")
+    if from_sweep:
+        experiment, config, config_file, smoke = _as_sweep_trained(experiment, from_sweep, pick, storage, list(sets),
+                                                                   config_file, smoke)
+    else:
+        experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
+                                                warn=lambda m: click.echo(m, err=True))
     from candle_ray import tracking
 
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
@@ -219,6 +237,30 @@ def train(experiment_file, sets, config_file, smoke, workers, force_cpu, cpus_pe
         click.echo(warning)
     click.echo(f"checkpoints: {result.run_dir / 'checkpoints'}")
     click.echo(f"MLflow run {result.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+
+
+def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool):
+    """`train --from-sweep NAME`: (experiment, config, config file, smoke) of the sweep's best configuration (or
+    its front member `pick`) as the sweep trained it: its --set overrides, config file and data, then the
+    configuration's searched keys, then this command's --set. The run's own rng_seed, not a member's."""
+    from candle_ray import ensemble as ensembles
+    from candle_ray.experiment import parse_sets
+
+    [best], record = ensembles.members_from_sweep(storage, name, 1, 1, 0, experiment.path, pick)
+    if record.get("kind", "sweep") != "sweep":
+        raise UsageError(f"--from-sweep {name!r} is {'an' if record['kind'] == 'ensemble' else 'a'} {record['kind']}, "
+                         f"whose trials share one configuration; pass the sweep (tune) it came from")
+    best = {k: v for k, v in best.items() if v is not None and k != "rng_seed"}  # None: a key it did not search
+    text = None if config_file else record.get("config_text")
+    config_file, smoke = config_file or record["config_file"], smoke or record["smoke"]
+    if record.get("full_space"):  # the wider smoke data its full-size keys fit
+        experiment = experiment.full_space_smoke()
+    experiment, config = experiment.resolve(config_file=config_file, sets=[*record["sets"], *sets], smoke=smoke,
+                                            config_text=text, warn=lambda m: click.echo(m, err=True))
+    config.update({**best, **parse_sets(experiment.known_keys, sets)})
+    click.echo(f"configuration of sweep {name}'s {f'front member {pick}' if pick else 'best trial'}: "
+               + ", ".join(f"{k}={v}" for k, v in best.items()))
+    return experiment, config, config_file, smoke
 
 
 register_option = click.option(
@@ -338,12 +380,6 @@ def _objectives(metrics: tuple, modes: tuple) -> tuple:
         raise UsageError(f"--metric {' '.join(metrics)}: each objective once")
     modes = modes or (None,) * len(metrics)
     return metrics[0], modes[0], tuple(zip(metrics[1:], modes[1:]))
-
-
-pick_option = click.option(
-    "--pick", default=None, metavar="knee|N",
-    help="From a multi-objective sweep: its Pareto front's knee, or its Nth member (as the end of the sweep "
-         "numbers them) instead of the best by the first metric.")
 
 
 @main.command()

@@ -83,7 +83,7 @@ def members_from_sweep(storage: str, sweep: str, top: int, replicas: int, base_s
     record = store.read_sweep(sweep, f"--from-sweep {sweep!r} does not exist", "pass --storage where it ran")
     if Path(record["experiment_file"]) != Path(experiment_path):
         raise UsageError(f"sweep {sweep!r} searched {record['experiment_file']}, not {experiment_path}; "
-                         f"build the ensemble from the same experiment file")
+                         f"pass the same experiment file")
     rows = store.read_results(sweep)
     if rows is None:
         raise UsageError(f"sweep {sweep!r} has no results.csv yet; let it finish (or resume it) first")

@@ -116,6 +116,7 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
     assert all(c.data.params["epochs"] == "2" for c in children)  # the sweep's --set came along
     record = json.loads((workdir / "candle-ray-sweeps" / "top2" / "sweep.json").read_text())
     assert record["kind"] == "ensemble" and record["smoke"] is True
+    _trained_from_the_sweep(results)
 
 
     # predict SWEEP: the sweep's best trial, by name or by its parent run id; --top K pools its K best
@@ -186,6 +187,23 @@ def test_cross_validation_leave_drugs_out(ray_cluster, workdir):
     assert r.exit_code == 0, r.output
     _, children = runs_of_experiment("p1b3", "lodo")
     assert len(children) == 2 and all("val_r2" in c.data.metrics for c in children)
+
+
+def _trained_from_the_sweep(results):
+    """`train --from-sweep`: a front member's configuration (its searched keys, the sweep's --set), this
+    command's --set over both."""
+    r = cli("train", TINY, "--from-sweep", "src", "--pick", "knee", "--set", "dropout=0.125", "--run-name", "from-src")
+    assert r.exit_code == 0, r.output
+    knee = results[results["knee"] == 1].iloc[0]
+    said = r.output.split("configuration of sweep src's front member knee: ")[1].splitlines()[0]
+    assert f"learning_rate={knee['config.learning_rate']}" in said, said
+    [run] = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny_nt3").experiment_id],
+                                       "tags.mlflow.runName = 'from-src'")
+    params = run.data.params
+    assert float(params["learning_rate"]) == pytest.approx(knee["config.learning_rate"])
+    assert params["epochs"] == "2" and params["dropout"] == "0.125", params
+    r = cli("train", TINY, "--from-sweep", "top2")
+    assert r.exit_code == 2 and "is an ensemble, whose trials share one configuration" in r.output, r.output
 
 
 def runs_of_experiment(experiment, name):
