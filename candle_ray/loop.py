@@ -2,7 +2,9 @@
 
 `train_epochs(job, world)` yields one metrics dict per epoch. Ray Train workers forward each to
 `ray.train.report`; the one-worker fast path streams them from a Ray task. The loop is the same in
-both, so one worker gives the same numbers either way under the same seed.
+both, so one worker gives the same numbers either way under the same seed. With `selects_best=False`
+(`tune --cv`'s folds) its caller picks the best epoch (the folds' mean) and early-stops on it: the loop
+then writes `last` every epoch, for the caller to point `best` at (checkpoint.promote), never `best`.
 
 `job` is a candle_ray.job.Job (its fields say what each is) made by the driver: candle_ray.train for
 `train`, candle_ray.sweep for a trial, which replaces the config with the sampled one and adds its folder.
@@ -335,9 +337,12 @@ def _stop_reason(config: dict, metric: str, bad_epochs: int | None, elapsed: flo
     return None
 
 
-def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool) -> list[str]:
+def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool, selects_best: bool) -> list[str]:
     """CANDLE's ckpt_save_interval (0 = only the final epoch) and ckpt_save_best; NT3 at full size writes
-    1.2 GB per checkpoint, which a fast GPU epoch should not pay every time."""
+    1.2 GB per checkpoint, which a fast GPU epoch should not pay every time. A loop that does not select
+    its best epoch writes `last` every epoch, for its caller to promote."""
+    if not selects_best:
+        return ["last"]
     interval = int(config.get("ckpt_save_interval", 1))
     return [k for k, due in (("last", last_epoch or (interval > 0 and epoch % interval == 0)),
                              ("best", improved and config.get("ckpt_save_best", True))) if due]
@@ -356,9 +361,6 @@ def _prediction_data(job: Job, objective) -> dict | None:
 
 
 def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) -> Iterator[dict]:
-    """One metrics dict per epoch. `selects_best` False: the caller picks the best epoch (`tune --cv`'s
-    folds, by their mean) and early-stops on it; the loop then writes `last` every epoch, for the caller
-    to point `best` at (checkpoint.promote), and never `best` itself."""
     job = as_job(job)  # scripts and tests may pass the fields as a dict
     config, task, device = job.config, job.task, world.device
     torch.set_num_threads(max(1, int(job.threads or torch.get_num_threads())))
@@ -423,8 +425,7 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
             metrics["stop_reason"] = reason
         history.append(metrics)
 
-        kinds = (_checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved)
-                 if selects_best else ["last"])
+        kinds = _checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved, selects_best)
         if world.rank == 0 and kinds:
             checkpoint.save(ckpt_dir, {
                 "model": job.model, "config": config, "model_shape": shape,  # as built (with its UQ head)
