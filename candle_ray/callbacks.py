@@ -142,7 +142,7 @@ class MLflowSweepCallback(Callback):
 
     def __init__(self, sweep_tracker, fixed_params: dict, max_epochs: int, trial_tags: dict, work_dir: Path,
                  dataset: dict | None = None, model_per_trial: bool = False, retention=None, drop_files=None,
-                 drop_tune_copies=None, slim_files=None):
+                 drop_tune_copies=None, slim_files=None, tidy_at_end: bool = False):
         self.sweep, self.fixed, self.max_epochs, self.trial_tags = sweep_tracker, fixed_params, max_epochs, trial_tags
         self.work_dir, self.dataset = work_dir, dataset  # the MLflow dataset every trial trains on
         self.model_per_trial = model_per_trial  # a finished trial's weights as its MLflow model, not plain files
@@ -151,6 +151,8 @@ class MLflowSweepCallback(Callback):
         self.retention, self.drop_files, self._seeded = retention, drop_files, retention is None
         self.drop_tune_copies = drop_tune_copies  # a finished trial's Tune checkpoints, once its best is logged
         self.slim_files = slim_files  # its own folders' optimizer state and newer epochs, before its best is logged
+        # PBT: a running trial may clone any trial's newest Tune checkpoint, so the two above wait for the end
+        self.tidy_at_end = tidy_at_end
         self.model_notes: list[str] = []  # why a trial's model was not logged
         self.logged: dict[str, set[int]] = {}  # only the worker thread touches it
         self.failure: str | None = None
@@ -216,7 +218,7 @@ class MLflowSweepCallback(Callback):
         if trial_id in drops:  # it can never be picked: its weights are not worth a copy in MLflow
             tags = {**tags, **self._dropped_tag()}
         else:
-            if status == "FINISHED" and self.slim_files:  # first: the logging below then reads the slim file
+            if status == "FINISHED" and self.slim_files and not self.tidy_at_end:  # first: logging then reads less
                 self.slim_files(trial_id)
             self._log_best(child, trial_id, status, tune_checkpoint)
         if best and last.get("best_epoch"):  # the trial's worth: its best epoch (candle_ray.summary)
@@ -226,7 +228,8 @@ class MLflowSweepCallback(Callback):
             child.set_tags(tags)
         child.finish(status)
         self._drop(drops, logged_now=trial_id)
-        if status == "FINISHED" and trial_id not in drops and self.drop_tune_copies:  # its best is in MLflow now
+        if status == "FINISHED" and trial_id not in drops and self.drop_tune_copies and not self.tidy_at_end:
+            # its best is in MLflow now
             self.drop_tune_copies(trial_id)
 
     def _log_best(self, child, trial_id: str, status: str, tune_checkpoint) -> None:
@@ -298,9 +301,22 @@ class MLflowSweepCallback(Callback):
             self._seeded = True
 
     def end_retention(self, trials) -> None:
-        """After the sweep: drop what no longer has a chance (a PBT sweep's donors, trials a resume found)."""
+        """After the sweep: drop what no longer has a chance (a PBT sweep's donors, trials a resume found);
+        a PBT sweep whose every trial ended (nothing can clone a checkpoint now, and no resume restores one)
+        slims its finished trials' folders and deletes their Tune copies, as other sweeps do trial by trial:
+        12 epochs of 4 GDSC trials with --cv 3 left 650 MB of Tune copies."""
         if self.retention is not None:
             self._submit("dropping weights outside the best", self._at_end, self._finished_before(trials))
+        if self.tidy_at_end and trials and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+            self._submit("tidying the finished trials' checkpoints", self._tidy,
+                         [t.trial_id for t in trials if t.status == "TERMINATED"])
+
+    def _tidy(self, trial_ids: list[str]) -> None:
+        dropped = self.retention.dropped if self.retention is not None else set()
+        for trial_id in trial_ids:
+            if trial_id not in dropped:
+                self.slim_files(trial_id)
+                self.drop_tune_copies(trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._submit(f"trial {trial.trial_id}'s run", self._child, trial.trial_id, dict(trial.config))

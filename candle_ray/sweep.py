@@ -482,8 +482,8 @@ def _retention(sweep, store, work_dir: Path) -> dict:
     from candle_ray.retention import Retention, drop_files, drop_tune_copies, slim_files
 
     pbt = sweep.scheduler == "pbt"  # clones a donor's newest Tune checkpoint at any time, finished or not
-    needs = {} if pbt else {"drop_tune_copies": partial(drop_tune_copies, store, sweep.name),
-                            "slim_files": partial(slim_files, work_dir)}
+    needs = {"drop_tune_copies": partial(drop_tune_copies, store, sweep.name), "slim_files": partial(slim_files, work_dir),
+             "tidy_at_end": pbt}
     if not sweep.keep_checkpoints:
         return needs
     # A PBT sweep drops weights only once it is over.

@@ -126,7 +126,12 @@ def test_pbt_clones_weights_between_trials(ray_cluster, workdir):
     assert r.exit_code == 0, r.output
     assert "4 completed, 0 failed" in r.output  # no clone found its donor's checkpoint gone
     trials = workdir / "candle-ray-sweeps" / "pbt" / "trials"
-    assert len([d for d in trials.iterdir() if any((d / "checkpoints").glob("*.pt"))]) == 1
+    [kept] = [d for d in trials.iterdir() if any((d / "checkpoints").glob("*.pt"))]
+    # Once every trial has ended, nothing clones: the kept trial's best epoch alone, without the optimizer's
+    # state, and no trial's copies in Tune's folders
+    assert len(list((kept / "checkpoints").glob("*.pt"))) == 1
+    assert "optimizer" not in checkpoint.load(kept / "checkpoints", "best")
+    assert not list((workdir / "candle-ray-sweeps" / "pbt").glob("*/checkpoint_*"))
     restores = [json.loads(line) | {"trial": path.parent.name}
                 for path in (workdir / "candle-ray-sweeps" / "pbt" / "trials").glob("*/restores.jsonl")
                 for line in path.read_text().splitlines()]
