@@ -52,6 +52,7 @@ class Sweep:
     # Pareto front; `metric` alone picks each trial's best epoch and drives the schedulers.
     also: list = field(default_factory=list)
     keep_checkpoints: int = 0  # finished trials whose weights are kept, the best (candle_ray.retention); 0: all
+    warm_up: bool = False  # a trial's learning rate may warm up (warmup_lr on or searched): see grace_period_rule
 
     @classmethod
     def from_record(cls, record: dict) -> Sweep:
@@ -79,15 +80,19 @@ class Sweep:
 
     @property
     def grace(self) -> int:
-        return self.grace_period or grace_period_rule(self.max_epochs)
+        return self.grace_period or grace_period_rule(self.max_epochs, self.warm_up)
 
 
-def grace_period_rule(max_epochs: int) -> int:
+def grace_period_rule(max_epochs: int, warm_up: bool = False) -> int:
     """Epochs every trial runs before ASHA, Hyperband or the median rule may stop it: an eighth of the
     epoch budget, at least 1 (60 epochs -> 8, 20 -> 3, 8 or fewer -> 1). Early epochs on a small
     validation split say little about where a trial ends, and the first rung decides the most trials
-    (`--grace-period` overrides it)."""
-    return max(1, math.ceil(max_epochs / 8)) if max_epochs > 8 else 1
+    (`--grace-period` overrides it). Where a trial may warm its learning rate up, at least the first epoch
+    at its full rate (CANDLE's warm-up takes 5): a trial still warming up is not compared with one that is not."""
+    from candle_ray.lr_schedule import WARMUP_EPOCHS
+
+    rule = max(1, math.ceil(max_epochs / 8)) if max_epochs > 8 else 1
+    return min(max_epochs, max(rule, WARMUP_EPOCHS + 1)) if warm_up else rule
 
 
 # What schedulers and searchers follow. The searcher learns each trial's worth, its best epoch

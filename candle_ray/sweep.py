@@ -324,6 +324,7 @@ def _make_sweep(resolved: _Resolved, store):
                       mode=s.mode, max_failures=s.max_failures,
                       max_epochs=search.max_epochs(resolved.space, int(resolved.config["epochs"])),
                       grace_period=s.grace_period,
+                      warm_up="warmup_lr" in resolved.space or bool(resolved.config.get("warmup_lr")),
                       # PBT clones and Hyperband pauses trials: both continue from the newest epoch.
                       checkpoint_every_s=0.0 if s.scheduler in ("pbt", "hyperband") else s.checkpoint_every_s)
 
@@ -400,8 +401,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                                                **_retention(sweep, store, work_dir))
     device = f"{sweep.workers} GPU worker(s)" if sweep.gpus_per_worker else \
         f"{sweep.workers} x {sweep.cpus_per_worker:g} CPU worker(s)"
+    grace = f"; no trial stopped before epoch {sweep.grace}" if sweep.scheduler in ("asha", "hyperband", "median") else ""
     echo(f"sweep {sweep.name}: {sweep.num_samples} x {sweep.searcher} / {sweep.scheduler} over "
-         f"{', '.join(space)}; {device} per trial, up to {sweep.max_concurrent} at once; "
+         f"{', '.join(space)}; {device} per trial, up to {sweep.max_concurrent} at once{grace}; "
          f"MLflow parent run {parent.run_id}")
     status = "FAILED"
     try:

@@ -157,6 +157,9 @@ def test_grace_period_grows_with_the_epoch_budget(epochs, grace):
     assert fake_sweep().grace == grace_period_rule(5)
     sweep = replace(fake_sweep(), max_epochs=epochs, grace_period=4)
     assert sweep.grace == 4  # --grace-period overrides the rule
+    # a trial that may warm up (5 epochs from base_lr) is judged at its first epoch at the full rate, at the latest
+    assert grace_period_rule(epochs, warm_up=True) == min(epochs, max(grace, 6))
+    assert replace(fake_sweep(), max_epochs=epochs, warm_up=True).grace == min(epochs, max(grace, 6))
 
 
 def test_schedulers_follow_the_grace_period_and_the_best_epoch():
