@@ -82,7 +82,7 @@ def learning_curves(trials, metric, mode, path: Path, baseline: dict | None = No
         if t["status"] in ("stopped early", "failed"):
             ax.plot(steps[-1], values[-1], marker="x", markersize=7, color=style["color"])
     if noun == "fold":
-        _fold_mean(ax, trials, metric, mode)
+        _draw_fold_mean(ax, trials, metric, mode)
     if best and best["history"].get(metric):
         steps, values = zip(*best["history"][metric])
         epoch, value = history_best(best["history"], metric, mode)
@@ -114,7 +114,7 @@ def _folds_mean(trials, metric: str, mode: str) -> tuple[dict[int, float], int |
     return mean_curve(histories, metric), common_epoch(histories, metric, mode), len(histories)
 
 
-def _fold_mean(ax, trials, metric: str, mode: str) -> None:
+def _draw_fold_mean(ax, trials, metric: str, mode: str) -> None:
     curve, epoch, folds = _folds_mean(trials, metric, mode)
     if epoch is None:
         return

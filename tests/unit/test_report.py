@@ -104,14 +104,14 @@ def test_a_cvs_folds_have_no_best(tmp_path):
 
 def test_a_cvs_curves_show_the_folds_mean_starred_where_it_is_best():
     """The mean over the folds at the epochs all of them reached, starred at the cv's one-epoch estimate."""
-    from candle_ray.report import _fold_mean, _plt
+    from candle_ray.report import _draw_fold_mean, _plt
 
     folds = [{"status": "completed", "history": {"val_loss": [(1, 1.0), (2, 1.5), (3, 2.5)]}},
              {"status": "completed", "history": {"val_loss": [(1, 2.5), (2, 1.5), (3, 1.0), (4, 0.1)]}},
              {"status": "failed", "history": {"val_loss": [(1, 9.0)]}}]
     plt = _plt()
     fig, ax = plt.subplots()
-    _fold_mean(ax, folds, "val_loss", "min")
+    _draw_fold_mean(ax, folds, "val_loss", "min")
     mean, star = ax.lines
     assert list(mean.get_xdata()) == [1, 2, 3] and list(mean.get_ydata()) == [1.75, 1.5, 1.75]
     assert mean.get_label() == "mean of 2 folds (cv estimate val_loss 1.5 at epoch 2)"
