@@ -226,15 +226,16 @@ def _remedy(epochs: tuple[int, int] | None) -> str:
     return "try a wider search (more samples, weight_decay, smaller dense layers) or more epochs"
 
 
-def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "") -> list[str]:
-    """What the end of a sweep says about its best trial (and the linear baseline beside it; `hint`: see
-    comparison)."""
+def best_lines(best: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "",
+               noun: str = "trial") -> list[str]:
+    """What the end of a sweep says about its best trial, or an ensemble's best member (`noun`), and the
+    linear baseline beside it (`hint`: see comparison)."""
     import json
 
     epoch = f"epoch {best['epoch']}" + (f" of {best['epochs_run']}" if best.get("epochs_run") else "")
-    lines = [f"best {metric} {best['value']:.4g} (trial {best['trial_id']}, {epoch}): "
+    lines = [f"best {metric} {best['value']:.4g} ({noun} {best['trial_id']}, {epoch}): "
              f"{json.dumps(best['config'], default=str)}"]
-    return lines + comparison("best trial", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
+    return lines + comparison(f"best {noun}", {**best.get("metrics", {}), metric: best["value"]}, metric, mode,
                               baseline, task, hint, (best["epoch"], best["epochs_run"]) if best.get("epochs_run") else None)
 
 

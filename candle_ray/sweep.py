@@ -555,6 +555,8 @@ def _summarise(resolved: _Resolved, sweep, store, work_dir: Path, progress, pare
 def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, linear: dict, *, wall: float,
               fit_s: float, echo) -> int:
     """The count line, the best trial beside the baseline, and the exit code."""
+    from candle_ray.report import MEMBERS
+
     counts = summary["counts"]
     echo(f"{summary['total']} trials: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
          f"{counts.get('stopped early', 0)} stopped early"
@@ -573,7 +575,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
                 f"networks with the baseline") if s.kind == "sweep" else ""
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear if s.kind == "sweep" else {},
-                               entry.manifest["task"], hint):
+                               entry.manifest["task"], hint, MEMBERS.get(s.kind, "trial")):
             echo(line)
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
         best = summary["best"]

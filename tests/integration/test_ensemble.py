@@ -111,6 +111,7 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
 
     r = cli("ensemble", TINY, "--from-sweep", "src", "--top", 2, "--name", "top2")
     assert r.exit_code == 0, r.output
+    assert "best member val_loss " in r.output and "best trial" not in r.output, r.output  # members, not rivals
     _, children = runs_of("top2")
     assert sorted(float(c.data.params["learning_rate"]) for c in children) == pytest.approx(sorted(best_two))
     assert all(c.data.params["epochs"] == "2" for c in children)  # the sweep's --set came along
