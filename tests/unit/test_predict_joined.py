@@ -154,3 +154,17 @@ def test_data_ids_lists_what_rows_may_name_and_those_rows_predict(uno, tmp_path)
     assert r.exit_code == 2 and "use one of response_source, cell, drug1, drug2" in r.output, r.output
     r = CliRunner().invoke(main, ["data", "ids", "uno", "--cache-dir", str(tmp / "cache")])
     assert r.exit_code == 2 and "no cache entry is named 'uno'" in r.output, r.output
+
+
+def test_a_served_model_builds_its_id_lookups_once_per_entry(uno):
+    """Every request of an MLflow model gathers its rows' features: the ids' positions come from one lookup per
+    entry, the positions ids_by_column lists them at."""
+    from candle_ray.data import joined_input
+
+    _, entry, *_ = uno
+    lookups = joined_input._id_lookups(entry)
+    assert joined_input._id_lookups(entry) is lookups
+    for key, ids in joined_input.ids_by_column(entry).items():
+        assert lookups[key].index.tolist() == ids and lookups[key].tolist() == list(range(len(ids)))
+    found = joined_input._indices(pd.Series([f" {ids[-1]} ", ids[0]]), key, lookups[key], "rows.csv")
+    assert found.tolist() == [len(ids) - 1, 0]  # stripped, as the rows' ids always were
