@@ -162,8 +162,8 @@ def test_a_served_model_builds_its_id_lookups_once_per_entry(uno):
     from candle_ray.data import joined_input
 
     _, entry, *_ = uno
-    lookups = joined_input._id_lookups(entry)
-    assert joined_input._id_lookups(entry) is lookups
+    lookups, tables = joined_input._opened(entry)
+    assert joined_input._opened(entry)[0] is lookups and set(tables) == set(joined_cache.open_tables(entry.path))
     for key, ids in joined_input.ids_by_column(entry).items():
         assert lookups[key].index.tolist() == ids and lookups[key].tolist() == list(range(len(ids)))
     found = joined_input._indices(pd.Series([f" {ids[-1]} ", ids[0]]), key, lookups[key], "rows.csv")
