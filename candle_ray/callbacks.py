@@ -50,13 +50,14 @@ def _error_line(trial) -> str:
 
 
 def _error_type(trial) -> str | None:
-    """The class name of the trial's newest error from Tune's pickle of it, or None."""
-    import cloudpickle
+    """The class name of the trial's newest error from Tune's pickle of it (Tune's own file, which Tune loads
+    too; cloudpickle writes what plain pickle reads), or None."""
+    import pickle
 
     path = getattr(trial, "pickled_error_file", None)
     try:
         with open(path, "rb") as f:
-            return type(cloudpickle.load(f)).__name__
+            return type(pickle.load(f)).__name__
     except Exception:  # no pickle, or one this process cannot load: the message alone then
         return None
 
