@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(tmp: Path, drugs: int):
-    """(the loaded pyfunc, one labelled-free request row) of P1B3 trained on smoke data with `drugs` drugs."""
+    """(the loaded pyfunc, one request row, the entry's drug count) of P1B3 trained one epoch on smoke data with
+    about `drugs` drugs."""
     import mlflow.pyfunc
     import pandas as pd
 

@@ -230,6 +230,13 @@ def _join(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
 
 
+def fits_in_memory(nbytes: float) -> bool:
+    """Whether `nbytes` read into memory take at most half of the available memory (yes where that is
+    unknown): the rule for mapping a split, or gathering a share of it, rather than streaming it."""
+    free = available_memory()
+    return not free or nbytes <= free / 2
+
+
 def available_memory() -> int:
     """Bytes of memory available to new allocations (MemAvailable), or 0 when unknown."""
     try:
@@ -334,8 +341,7 @@ def make_feed(entry_path, split: str, batch_size: int, *, shuffle: bool = True, 
                                world_size=world_size, pad=pad)
     path = split_file(entry_path, split)  # quick integrity checks, CacheError with the rebuild command
     if mode == "auto":
-        free = available_memory()
-        mode = "stream" if free and pad and path.stat().st_size > free / 2 else "memory"
+        mode = "memory" if not pad or fits_in_memory(path.stat().st_size) else "stream"
     if mode == "stream":
         if not pad:
             raise UsageError("a streamed feed always pads its shards; use mode='memory' for an unpadded (validation) feed")

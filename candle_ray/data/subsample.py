@@ -54,15 +54,13 @@ def feed_mode(entry_path, keep: np.ndarray | None, mode: str) -> str:
     if keep is None or mode == "memory":
         return mode
     from candle_ray.data.cache_format import read_manifest
-    from candle_ray.data.feed import available_memory
+    from candle_ray.data.feed import fits_in_memory
 
     manifest = read_manifest(entry_path)
     if manifest.get("kind") == "joined":
         return mode  # a joined split's feed is memory-mapped whatever the mode
     split = manifest["splits"]["train"]
-    kept_bytes = int(split["bytes"]) * len(keep) / max(int(split["rows"]), 1)
-    free = available_memory()
-    return "memory" if not free or kept_bytes <= free / 2 else mode
+    return "memory" if fits_in_memory(int(split["bytes"]) * len(keep) / max(int(split["rows"]), 1)) else mode
 
 
 def keep_rows(feed, keep: np.ndarray | None):
