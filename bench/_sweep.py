@@ -20,7 +20,7 @@ def run_sweep(workdir: Path, *args: str) -> dict:
     out = subprocess.run([CLI, "tune", *args], cwd=workdir, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"sweep failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    m = re.search(r"(\d+) trials: .*; ([\d.]+)s wall \(([\d.]+)s in Tune\), ([\d.]+)s of epochs", out.stdout)
+    m = re.search(r"(\d+) trials?: .*; ([\d.]+)s wall \(([\d.]+)s in Tune\), ([\d.]+)s of epochs", out.stdout)
     name = re.search(r"sweep (\S+):", out.stdout).group(1)
     return {"trials": int(m.group(1)), "wall_s": float(m.group(2)), "fit_s": float(m.group(3)),
             "compute_s": float(m.group(4)), "epochs": epochs_in_order(workdir / "mlflow.db", name), "stdout": out.stdout}

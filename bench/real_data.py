@@ -484,7 +484,7 @@ def parse_sweep(text: str) -> dict:
         out["parent_run_id"] = m.group(1)
     if m := re.search(r"^linear baseline \(([^)]*)\): (.*)$", text, re.M):
         out["candle_ray_baseline"] = m.group(2).strip()
-    if m := re.search(r"^(\d+) trials: (.*)$", text, re.M):
+    if m := re.search(r"^(\d+) (?:trial|member|fold|run)s?: (.*)$", text, re.M):
         out["counts"] = m.group(0).strip()
     if m := re.search(r"^ensemble of .*$", text, re.M):
         out["ensemble_val"] = m.group(0).strip()

@@ -92,7 +92,7 @@ def candle_ray(workdir: Path, trials: int, tune_args: list[str]) -> dict:
     out, watch, ended = _run_driver([str(BIN / "candle-ray"), "tune", str(TINY), "--smoke", "--num-samples", str(trials),
                               "--scheduler", "fifo", "--search", "random", "--max-concurrent", str(CONCURRENCY),
                               "--set", "epochs=1", "--name", name, "--no-baseline", *tune_args], workdir)
-    m = re.search(r"(\d+) trials: .*; ([\d.]+)s wall \(([\d.]+)s in Tune\), ([\d.]+)s of epochs", out)
+    m = re.search(r"(\d+) trials?: .*; ([\d.]+)s wall \(([\d.]+)s in Tune\), ([\d.]+)s of epochs", out)
     with open(workdir / "candle-ray-sweeps" / name / "results.csv") as f:
         epoch_s = {row["trial_id"]: float(row["epoch_time_s"] or 0) for row in csv.DictReader(f)}
     children = _mlflow_children(workdir / "mlflow.db", name)

@@ -187,6 +187,10 @@ pick_option = click.option(
 @pick_option
 @click.option("--storage", envvar="CANDLE_RAY_STORAGE", default="candle-ray-sweeps", show_default=True,
               help="Where --from-sweep's folder is [env CANDLE_RAY_STORAGE].")
+@click.option("--all-rows", is_flag=True,
+              help="Train on the train and val rows together for exactly `epochs` epochs, with no validation: the "
+                   "final model once a cv or a sweep chose the configuration and its epochs (--set epochs=N, or "
+                   "--from-sweep's best epoch). Its last epoch is the model.")
 @click.option("--workers", type=WorkersType(), default=1, show_default=True,
               help="DDP workers (1 = fast path, no Ray Train start-up); MIN-MAX (e.g. 1-4) is elastic: it starts "
                    "with what fits (at least MIN) and grows or shrinks as nodes join or leave.")
@@ -205,16 +209,21 @@ pick_option = click.option(
 @click.option("--launcher", type=click.Choice(["auto", "task", "ray-train"]), default="auto", hidden=True,
               help="auto: one worker runs as a Ray task, several on Ray Train; ray-train forces Ray Train.")
 @click.option("--inject-fault", type=int, default=None, hidden=True, help="Kill rank 0 once at this epoch (tests).")
-def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, workers, force_cpu, cpus_per_worker,
-          max_failures, feed, address, tracking_uri, cache_dir, output_dir, run_name, launcher, inject_fault):
+def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, all_rows, workers, force_cpu,
+          cpus_per_worker, max_failures, feed, address, tracking_uri, cache_dir, output_dir, run_name, launcher,
+          inject_fault):
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
     started = time.monotonic()
     experiment = _load(experiment_file)
     if pick and not from_sweep:
         raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; add --from-sweep NAME")
+    epochs_set = any(s.partition("=")[0].strip() == "epochs" for s in sets)
+    if all_rows and not (from_sweep or epochs_set):
+        raise UsageError("--all-rows trains a fixed number of epochs, with no validation rows to choose them: pass "
+                         "--set epochs=N (the epoch a cv or a sweep chose) or --from-sweep NAME (its best epoch)")
     if from_sweep:
         experiment, config, config_file, smoke = _as_sweep_trained(experiment, from_sweep, pick, storage, list(sets),
-                                                                   config_file, smoke)
+                                                                   config_file, smoke, all_rows and not epochs_set)
     else:
         experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
                                                 warn=lambda m: click.echo(m, err=True))
@@ -226,23 +235,30 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
     from candle_ray.train import TrainOptions, run_train
 
     options = TrainOptions(uri, address, workers, force_cpu, cpus_per_worker, max_failures, feed, output_dir, run_name,
-                           launcher, inject_fault)
+                           launcher, inject_fault, all_rows)
     result = run_train(experiment, config, entry, options, smoke=smoke, echo=click.echo,
                        warn=lambda m: click.echo(m, err=True), started=started)
     best, metric = result.best, experiment.metric
-    r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and metric != "val_r2" else ""
-    click.echo(f"done in {time.monotonic() - started:.1f}s (start-up {result.startup_s:.1f}s, "
-               f"compute {result.compute_s:.1f}s); best {metric} {best[metric]:.4f}{r2} at epoch {best['epoch']}")
-    for warning in comparison("the best epoch", best, metric, experiment.mode, {}, entry.manifest["task"])[1:]:
-        click.echo(warning)
+    took = (f"done in {time.monotonic() - started:.1f}s (start-up {result.startup_s:.1f}s, "
+            f"compute {result.compute_s:.1f}s)")
+    if all_rows:
+        click.echo(f"{took}; trained {best['epoch']} epochs on all train+val rows: loss {best['loss']:.4f} (no "
+                   f"validation rows: its estimate is that of the cv or sweep that chose it)")
+    else:
+        r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and metric != "val_r2" else ""
+        click.echo(f"{took}; best {metric} {best[metric]:.4f}{r2} at epoch {best['epoch']}")
+        for warning in comparison("the best epoch", best, metric, experiment.mode, {}, entry.manifest["task"])[1:]:
+            click.echo(warning)
     click.echo(f"checkpoints: {result.run_dir / 'checkpoints'}")
     click.echo(f"MLflow run {result.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
 
 
-def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool):
+def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool,
+                      its_epochs: bool = False):
     """`train --from-sweep NAME`: (experiment, config, config file, smoke) of the sweep's best configuration (or
     its front member `pick`) as the sweep trained it: its --set overrides, config file and data, then the
-    configuration's searched keys, then this command's --set. The run's own rng_seed, not a member's."""
+    configuration's searched keys, then this command's --set. The run's own rng_seed, not a member's.
+    `its_epochs`: that trial's best epoch as `epochs` (`--all-rows`; a `tune --cv` trial's is its folds' mean's)."""
     from candle_ray import ensemble as ensembles
     from candle_ray.experiment import parse_sets
 
@@ -260,6 +276,9 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
     config.update({**best, **parse_sets(experiment.known_keys, sets)})
     click.echo(f"configuration of sweep {name}'s {f'front member {pick}' if pick else 'best trial'}: "
                + ", ".join(f"{k}={v}" for k, v in best.items()))
+    if its_epochs:
+        config["epochs"] = ensembles.best_epoch_of(storage, name, record, pick)
+        click.echo(f"--all-rows: {config['epochs']} epochs, that trial's best epoch")
     return experiment, config, config_file, smoke
 
 
@@ -747,7 +766,8 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
 
         role = own_split(X_cal, joined_entry)
     if role:  # the guarantee needs calibration rows exchangeable with new ones: these are not
-        what = ("trained it" if role == "train" or info.get("cv_fold") is not None  # fold models: train+val
+        # fold models and --all-rows models trained on train+val
+        what = ("trained it" if role == "train" or info.get("cv_fold") is not None or info.get("all_rows")
                 else "chose its epochs (in a sweep, its trial too)")
         click.echo(f"note: {calibration_file} is this model's own {role} file: its rows {what}, so the model is "
                    f"surer of them than of new rows and its sets or intervals may cover less than "

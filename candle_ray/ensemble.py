@@ -62,11 +62,24 @@ def top_rows(rows: list[dict], metric: str, mode: str, top: int, sweep: str) -> 
     return done[:top]
 
 
-def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str, pick: str | None = None) -> list[dict]:
-    """The settings of the `top` best finished trials, best first (or of the front member `pick` names)."""
+def _chosen_rows(rows: list[dict], metric: str, mode: str, top: int, sweep: str, pick: str | None) -> list[dict]:
     from candle_ray.summary import picked_row
 
-    chosen = [picked_row(rows, pick, sweep)] if pick else top_rows(rows, metric, mode, top, sweep)
+    return [picked_row(rows, pick, sweep)] if pick else top_rows(rows, metric, mode, top, sweep)
+
+
+def best_epoch_of(storage: str, sweep: str, record: dict, pick: str | None = None) -> int:
+    """The best epoch of a finished sweep's best trial (or of its front member `pick`): the one that ranked it."""
+    from candle_ray.storage import Storage
+
+    ranked = record["sweep"]
+    [row] = _chosen_rows(Storage.parse(storage).read_results(sweep), ranked["metric"], ranked["mode"], 1, sweep, pick)
+    return int(float(row["best_epoch"]))
+
+
+def top_configs(rows: list[dict], metric: str, mode: str, top: int, sweep: str, pick: str | None = None) -> list[dict]:
+    """The settings of the `top` best finished trials, best first (or of the front member `pick` names)."""
+    chosen = _chosen_rows(rows, metric, mode, top, sweep, pick)
     # An empty cell: a key the trial did not search (candle_ray.conditional); the member does not either.
     return [{k[len("config."):]: None if v in ("", None) else _value(v) for k, v in r.items() if k.startswith("config.")}
             for r in chosen]

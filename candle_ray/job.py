@@ -76,6 +76,7 @@ class Job:
     use_gpu: bool = False
     fault: dict | None = None  # {"epoch", "rank", "marker"}: kill this worker once (fault-tolerance tests)
     cv: dict | None = None  # one fold's run: {"assignment": fold of each train+val row, "fold": k}
+    all_rows: bool = False  # `train --all-rows`: train+val together, no validation, the newest epoch is the model
     # A sweep's trials
     work_dir: str = ""  # the sweep's folder: trials go to work_dir/trials/<id>
     workers: Workers = Workers(1, 1)  # DDP workers per trial; elastic: a Ray Train run of MIN-MAX workers

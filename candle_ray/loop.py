@@ -196,15 +196,22 @@ def _prepare_device(device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def _folds(job: Job) -> dict | None:
+    """The rows a run trains on as a fold ({"assignment": fold of each train+val row, "fold": k}): a cv fold's,
+    all of train+val for `--all-rows`, or None (the train split)."""
+    return folds.every_row(job.entry) if job.all_rows else job.cv
+
+
 def _make_feeds(job: Job, world: World, per_worker: int, seed: int, keep=None):
-    """Train, validation and (where the data hold one) test feeds for this worker's share of the rows; the
-    training feed over the rows `keep` alone where train_fraction chose them."""
-    entry, cv = job.entry, job.cv  # cv: {"assignment": fold of each train+val row, "fold": k}
+    """Train, validation (none with `--all-rows`) and (where the data hold one) test feeds for this worker's
+    share of the rows; the training feed over the rows `keep` alone where train_fraction chose them."""
+    entry, cv = job.entry, _folds(job)
     shard = {"rank": world.rank, "world_size": world.world_size}
     eval_batch = max(per_worker, 256)
     if cv:
         feed = folds.fold_feed(entry, cv, "train", per_worker, shuffle=True, seed=seed, **shard)
-        val_feed = folds.fold_feed(entry, cv, "val", eval_batch, shuffle=False, pad=False, **shard)
+        val_feed = None if job.all_rows else folds.fold_feed(entry, cv, "val", eval_batch, shuffle=False, pad=False,
+                                                             **shard)
     else:
         feed = make_feed(entry, "train", per_worker, shuffle=True, seed=seed,
                          mode=subsample.feed_mode(entry, keep, job.feed), **shard)
@@ -214,7 +221,7 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int, keep=None):
     noise.add_noise(feed, job.config, seed, job.task)  # CANDLE's noise studies: the training rows only
     # A held-out test split (P1B3's unseen drugs x cell lines, ATTN's test partition) is scored each epoch.
     test_feed = None
-    if not cv and "test" in read_manifest(entry)["splits"]:
+    if not job.cv and "test" in read_manifest(entry)["splits"]:
         test_feed = make_feed(entry, "test", eval_batch, shuffle=False, mode="memory", pad=False, **shard)
     if world.device.type == "cuda":
         # An NT3 split is ~270 MB: keep in-memory feeds (a joined feed: its feature tables and row columns) on
@@ -228,7 +235,8 @@ def _make_feeds(job: Job, world: World, per_worker: int, seed: int, keep=None):
 
 def _train_labels(job: Job, keep=None):
     """The labels of the rows the run trains on (class weights and a regressor's target scaler fit them)."""
-    labels = folds.fold_labels(job.entry, job.cv, "train") if job.cv else split_labels(job.entry, "train")
+    cv = _folds(job)
+    labels = folds.fold_labels(job.entry, cv, "train") if cv else split_labels(job.entry, "train")
     return labels if keep is None else labels[keep]
 
 
@@ -351,13 +359,27 @@ def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool
 def _prediction_data(job: Job, objective) -> dict | None:
     """What prediction needs besides the weights: features, their scaler, classes, a regressor's target
     scaler (its outputs are standardised targets), and a cv fold model's fold (it trained on the other
-    folds of train+val, so predict knows the val file's rows trained it)."""
+    folds of train+val, so predict knows the val file's rows trained it; so did an `--all-rows` model's)."""
     data = job.data
     if data is not None and getattr(objective, "target_scaler", None):
         data = {**data, "target_scaler": objective.target_scaler}
-    if data is not None and job.cv:
+    if data is not None and job.all_rows:  # every labelled row trained it
+        data = {**data, "all_rows": True}
+    elif data is not None and job.cv:
         data = {**data, "cv_fold": int(job.cv["fold"])}
     return data
+
+
+def _judged(job: Job, metrics: dict, best: dict, bad_epochs: int) -> tuple[bool, dict, int]:
+    """(whether this epoch is the run's model now, the best epoch so far, epochs since then): the best value
+    of the job's metric; with `--all-rows`, which has no validation rows, always the newest epoch."""
+    metric, epoch = job.metric, metrics["epoch"]
+    if job.all_rows:
+        return True, {"metric": metric, "value": None, "epoch": epoch}, 0
+    tie = tie_value(metrics, metric)
+    if improves(metrics.get(metric), best["value"], job.mode, tie, best.get("tie")):
+        return True, {"metric": metric, "value": metrics[metric], "epoch": epoch, "tie": tie}, 0
+    return False, best, bad_epochs + 1
 
 
 def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) -> Iterator[dict]:
@@ -381,7 +403,7 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
     schedule = _make_schedule(optimizer, config, plateau_mode)
     step = {**_step_settings(job, device, condition), "after_step": schedule.after_step}
 
-    ckpt_dir, data, metric, mode = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective), job.metric, job.mode
+    ckpt_dir, data, metric = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective), job.metric
     state = _restore(ckpt_dir, config, model, optimizer, schedule, objective) or {
         "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
         "bad_epochs": 0}
@@ -403,22 +425,18 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
         totals = _train_one_epoch(ddp_model, model, feed, epoch, objective, optimizer, step)
         world.all_reduce_sum(totals)
         train_s = time.perf_counter() - t0
-        metrics = {"epoch": epoch, **objective.train_metrics(totals), **evaluate(val_feed),
+        metrics = {"epoch": epoch, **objective.train_metrics(totals), **(evaluate(val_feed) if val_feed else {}),
                    "lr": optimizer.param_groups[0]["lr"]}
         if test_feed is not None:  # CANDLE's P1B3 reports test loss and accuracy every epoch too
             metrics.update({f"test_{k[len('val_'):]}": v for k, v in evaluate(test_feed).items() if k.startswith("val_")})
         metrics.update(epoch_time_s=time.perf_counter() - t0, n_params=sum(p.numel() for p in model.parameters()),
                        samples_per_s=totals[1].item() / train_s if train_s > 0 else 0.0,
                        **(usage.sample() if usage else {}))
-        if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss")):
+        if not all(math.isfinite(metrics[k]) for k in ("loss", "val_loss") if k in metrics):
             metrics["stop_reason"] = "non-finite loss"
-        schedule.end_epoch(metrics[plateau_metric])
+        schedule.end_epoch(metrics.get(plateau_metric, math.nan))  # --all-rows: none to follow (train.for_all_rows)
         objective.end_epoch(epoch, metrics)
-        improved = improves(metrics.get(metric), best["value"], mode, tie := tie_value(metrics, metric), best.get("tie"))
-        if improved:
-            best, bad_epochs = {"metric": metric, "value": metrics[metric], "epoch": epoch, "tie": tie}, 0
-        else:
-            bad_epochs += 1
+        improved, best, bad_epochs = _judged(job, metrics, best, bad_epochs)
         elapsed = time.monotonic() - t_start
         reason = _stop_reason(config, metric, bad_epochs if selects_best else None, elapsed, epoch)
         if reason and "stop_reason" not in metrics:

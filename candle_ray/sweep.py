@@ -557,8 +557,9 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
     """The count line, the best trial beside the baseline, and the exit code."""
     from candle_ray.report import MEMBERS
 
-    counts = summary["counts"]
-    echo(f"{summary['total']} trials: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
+    counts, noun = summary["counts"], MEMBERS.get(s.kind, "trial")  # an ensemble's members, a cv's folds
+    echo(f"{summary['total']} {noun}{'' if summary['total'] == 1 else 's'}: {counts.get('completed', 0)} completed, "
+         f"{counts.get('failed', 0)} failed, "
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
@@ -575,7 +576,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         hint = (f"; or `candle-ray ensemble {experiment.path} --from-sweep {sweep.name}{storage}`, which pools the "
                 f"networks with the baseline") if s.kind == "sweep" else ""
         for line in best_lines(summary["best"], sweep.metric, sweep.mode, linear if s.kind == "sweep" else {},
-                               entry.manifest["task"], hint, MEMBERS.get(s.kind, "trial")):
+                               entry.manifest["task"], hint, noun):
             echo(line)
     if summary["best"] and summary["best"].get("run_id") and s.kind == "sweep":
         best = summary["best"]
@@ -740,9 +741,9 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     prefix, label, epochs = "cv_mean_", "cross-validated model", None
     if f"cv_epoch_mean_{metric}" in summary:
         epoch = int(summary["cv_epoch"])
-        lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; train a final "
-                     f"model that long): {metric} {summary[f'cv_epoch_mean_{metric}']:.4g} "
-                     f"± {summary[f'cv_epoch_std_{metric}']:.2g}")
+        lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; `train "
+                     f"--all-rows --set epochs={epoch}` trains a final model that long on all train+val rows): "
+                     f"{metric} {summary[f'cv_epoch_mean_{metric}']:.4g} ± {summary[f'cv_epoch_std_{metric}']:.2g}")
         prefix, label = "cv_epoch_mean_", f"cross-validated model at epoch {epoch}"
         epochs = (epoch, int(summary["cv_epochs_run"]))
     means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}

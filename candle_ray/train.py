@@ -33,6 +33,7 @@ class TrainOptions:
     run_name: str | None = None
     launcher: str = "auto"
     inject_fault: int | None = None  # tests: kill rank 0 once at this epoch
+    all_rows: bool = False  # train+val together for exactly `epochs` epochs, no validation (the final model)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,25 @@ def _job(experiment, config: dict, entry, options: TrainOptions, run_dir: Path):
 
     fault = options.inject_fault
     return make_job(experiment, config, entry, run_dir=str(run_dir), feed=options.feed, workers=options.workers,
+                    all_rows=options.all_rows,
                     fault={"epoch": fault, "rank": 0, "marker": str(run_dir / "fault-injected")} if fault else None)
+
+
+def for_all_rows(config: dict, warn=print) -> dict:
+    """The config of an `--all-rows` run: `epochs` epochs on train+val with no validation rows, so neither a
+    learning rate that follows a validation plateau nor early stopping has anything to follow: both are off,
+    and said so."""
+    off = {key: False for key in ("reduce_lr", "early_stop") if config.get(key)}
+    if off:
+        warn(f"note: --all-rows trains all {config['epochs']} epochs with no validation rows for "
+             f"{' or '.join(off)} to follow: {', '.join(f'{k}=False' for k in off)}")
+    return {**config, **off}
+
+
+def _rows_line(entry, all_rows: bool) -> str:
+    if all_rows:
+        return f"all {entry.rows['train'] + entry.rows['val']} train+val rows (--all-rows: no validation)"
+    return f"{entry.rows['train']} train / {entry.rows['val']} val rows"
 
 
 def _importing_torch_after_the_first_epoch(on_epoch):
@@ -173,6 +192,8 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
     from candle_ray import launch
 
     started = time.monotonic() if started is None else started
+    if options.all_rows:
+        config = for_all_rows(config, warn)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_name = options.run_name or f"{experiment.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     run_dir = (Path(options.output_dir) / experiment.name / run_name).resolve()
@@ -184,12 +205,13 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
             plan = runtime.plan(cluster, options.workers, use_gpu=False if options.force_cpu else None,
                                 cpus_per_worker=options.cpus_per_worker, nodes=runtime.node_resources())
             opened = mlflow_thread.submit(_logged, opened, {"workers": plan.describe(), "use_gpu": plan.use_gpu,
-                                                            "cpus_per_worker": plan.cpus_per_worker})
+                                                            "cpus_per_worker": plan.cpus_per_worker,
+                                                            **({"all_rows": True} if options.all_rows else {})})
             job = _job(experiment, config, entry, options, run_dir)
             (run_dir / "config.json").write_text(json.dumps(job.described(), indent=1, sort_keys=True))
             echo(f"training {experiment.name} ({experiment.model}) on {plan.describe()} {'GPU' if plan.use_gpu else 'CPU'} "
-                 f"worker(s) x {plan.cpus_per_worker:g} CPU; {entry.rows['train']} train / {entry.rows['val']} val "
-                 f"rows, {entry.num_features} features")
+                 f"worker(s) x {plan.cpus_per_worker:g} CPU; {_rows_line(entry, options.all_rows)}, "
+                 f"{entry.num_features} features")
             progress = Progress(run_dir / "training.log", opened, int(config["epochs"]), started, echo)
             launch.run(job, plan, on_epoch=_importing_torch_after_the_first_epoch(progress),
                        max_failures=options.max_failures, storage_path=str(run_dir / "ray"), run_name=run_name,
@@ -204,5 +226,7 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
         finally:
             tracker = started_run.result()  # a run that never opened raises its own error: nothing to finish
             finish_run(tracker, run_dir, status, warn)
-    return TrainResult(tracker.run_id, run_dir, progress.best(experiment.metric, experiment.mode),
-                       progress.startup_s, progress.compute_s)
+    # --all-rows: the newest epoch is the model (there is no validation metric to pick another)
+    best = progress.history[max(progress.history)] if options.all_rows else progress.best(experiment.metric,
+                                                                                          experiment.mode)
+    return TrainResult(tracker.run_id, run_dir, best, progress.startup_s, progress.compute_s)

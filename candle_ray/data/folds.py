@@ -107,6 +107,11 @@ def _rows(assignment: np.ndarray, fold: int, part: str) -> np.ndarray:
     return rows
 
 
+def every_row(entry_path) -> dict:
+    """`train --all-rows` as a fold: its training rows are all of train+val, and it has no validation rows."""
+    return {"assignment": np.zeros(len(pooled_labels(entry_path)), dtype=np.int8), "fold": -1}
+
+
 def fold_labels(entry_path, cv: dict, part: str) -> np.ndarray:
     return pooled_labels(entry_path)[_rows(np.asarray(cv["assignment"]), int(cv["fold"]), part)]
 

@@ -142,7 +142,7 @@ def test_elastic_trials_run_on_ray_train(two_nodes, workdir):
     out = finish(proc, 400)
     print(out[-2500:])
     assert proc.returncode == 0, out[-4000:]
-    assert "1 trials: 1 completed" in out and "1-2 x 1 CPU worker(s) per trial" in out
+    assert "1 trial: 1 completed" in out and "1-2 x 1 CPU worker(s) per trial" in out
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny_nt3").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -46,7 +46,7 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     r = cli("ensemble", TINY, "--smoke", "--members", 3, "--name", "ens3", "--set", "epochs=4",
             "--set", "learning_rate=0.05")
     assert r.exit_code == 0, r.output
-    assert "3 trials: 3 completed" in r.output and "ensemble of 3 and the linear baseline (share 0.5) on" in r.output
+    assert "3 members: 3 completed" in r.output and "ensemble of 3 and the linear baseline (share 0.5) on" in r.output
     assert "; the 3 networks alone: accuracy" in r.output
     assert r.output.count("vs linear baseline") == 1  # the pooled ensemble meets the baseline, not its best member
     (parent,), children = runs_of("ens3")
@@ -159,7 +159,7 @@ def test_from_sweep_top_configurations(ray_cluster, workdir):
 def test_cross_validation_stratified(ray_cluster, workdir):
     r = cli("cv", TINY, "--smoke", "--folds", 3, "--name", "cv3", "--set", "epochs=2")  # stratified: a classifier
     assert r.exit_code == 0, r.output
-    assert "3 trials: 3 completed" in r.output and "cross-validation over 3 folds: val_loss" in r.output
+    assert "3 folds: 3 completed" in r.output and "cross-validation over 3 folds: val_loss" in r.output
     assert not [line for line in r.output.splitlines() if line.startswith("best ")]  # its result: the folds' mean
     (parent,), children = runs_of("cv3")
     assert sorted(int(c.data.params["cv_fold"]) for c in children) == [0, 1, 2]
@@ -203,6 +203,17 @@ def _trained_from_the_sweep(results):
     params = run.data.params
     assert float(params["learning_rate"]) == pytest.approx(knee["config.learning_rate"])
     assert params["epochs"] == "2" and params["dropout"] == "0.125", params
+    # --all-rows: the best trial's configuration for its best epoch, on train+val with no validation
+    best_epoch = int(results.iloc[0]["best_epoch"])  # results.csv is ranked, best first
+    r = cli("train", TINY, "--from-sweep", "src", "--all-rows", "--run-name", "final")
+    assert r.exit_code == 0, r.output
+    assert f"--all-rows: {best_epoch} epochs, that trial's best epoch" in r.output, r.output
+    assert "no validation rows for reduce_lr to follow: reduce_lr=False" in r.output  # NT3's plateau schedule
+    assert "train+val rows (--all-rows: no validation)" in r.output and f"trained {best_epoch} epochs on all" in r.output
+    [run] = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny_nt3").experiment_id],
+                                       "tags.mlflow.runName = 'final'")
+    assert run.data.params["all_rows"] == "True" and run.data.params["epochs"] == str(best_epoch)
+    assert "loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("val_")], run.data.metrics
     r = cli("train", TINY, "--from-sweep", "top2")
     assert r.exit_code == 2 and "is an ensemble, whose trials share one configuration" in r.output, r.output
 
@@ -246,7 +257,7 @@ def _learning_curve_of_the_best(learning_rate: float, data):
     the seeds on all the rows."""
     r = cli("lc", TINY, "--from-sweep", "src", "--sizes", "0.25,0.5,1", "--replicas", 2, "--name", "lc3")
     assert r.exit_code == 0, r.output
-    assert "6 trials: 6 completed" in r.output
+    assert "6 runs: 6 completed" in r.output
     assert "learning curve: val_loss at each size's best epoch of its seeds' mean curve" in r.output
     assert not [line for line in r.output.splitlines() if line.startswith("best ")]  # its result: the curve
     (parent,), children = runs_of("lc3")

@@ -107,7 +107,7 @@ def _ensemble_trained(path, name, space, results, workdir):
         assert not (workdir / "candle-ray-sweeps" / f"{name}-top2").exists()
         return
     assert r.exit_code == 0, r.output
-    assert "2 trials: 2 completed" in r.output and "ensemble of 2 on" in r.output, r.output
+    assert "2 members: 2 completed" in r.output and "ensemble of 2 on" in r.output, r.output
     record = json.loads((workdir / "candle-ray-sweeps" / f"{name}-top2" / "sweep.json").read_text())
     assert record["kind"] == "ensemble" and record["full_space"] is True  # trained on the sweep's own data
     members = pd.read_csv(workdir / "candle-ray-sweeps" / f"{name}-top2" / "results.csv")
