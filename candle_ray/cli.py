@@ -223,7 +223,7 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
                          "--set epochs=N (the epoch a cv or a sweep chose) or --from-sweep NAME (its best epoch)")
     if from_sweep:
         experiment, config, config_file, smoke = _as_sweep_trained(experiment, from_sweep, pick, storage, list(sets),
-                                                                   config_file, smoke, all_rows and not epochs_set)
+                                                                   config_file, smoke, all_rows)
     else:
         experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
                                                 warn=lambda m: click.echo(m, err=True))
@@ -254,31 +254,41 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
 
 
 def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool,
-                      its_epochs: bool = False):
+                      all_rows: bool = False):
     """`train --from-sweep NAME`: (experiment, config, config file, smoke) of the sweep's best configuration (or
     its front member `pick`) as the sweep trained it: its --set overrides, config file and data, then the
     configuration's searched keys, then this command's --set. The run's own rng_seed, not a member's.
-    `its_epochs`: that trial's best epoch as `epochs` (`--all-rows`; a `tune --cv` trial's is its folds' mean's)."""
-    from candle_ray import ensemble as ensembles
+    `all_rows` (unless --set epochs): for the epochs that ranked it, its best epoch (a `tune --cv` trial's: its
+    folds' mean's); and a `candle-ray cv` too, its configuration for its one epoch for every fold."""
+    from candle_ray import ensemble as ensembles, tracking
     from candle_ray.experiment import parse_sets
 
     [best], record = ensembles.members_from_sweep(storage, name, 1, 1, 0, experiment.path, pick)
-    if record.get("kind", "sweep") != "sweep":
-        raise UsageError(f"--from-sweep {name!r} is {'an' if record['kind'] == 'ensemble' else 'a'} {record['kind']}, "
-                         f"whose trials share one configuration; pass the sweep (tune) it came from")
-    best = {k: v for k, v in best.items() if v is not None and k != "rng_seed"}  # None: a key it did not search
+    kind = record.get("kind", "sweep")
+    if kind != "sweep" and not (kind == "cv" and all_rows):
+        hint = "; or add --all-rows: a final model on all train+val rows for its one epoch" if kind == "cv" else ""
+        raise UsageError(f"--from-sweep {name!r} is {'an' if kind == 'ensemble' else 'a'} {kind}, whose trials share "
+                         f"one configuration; pass the sweep (tune) it came from{hint}")
+    best = {k: v for k, v in best.items() if v is not None and k not in ("rng_seed", "cv_fold")}  # None: unsearched
     text = None if config_file else record.get("config_text")
     config_file, smoke = config_file or record["config_file"], smoke or record["smoke"]
     if record.get("full_space"):  # the wider smoke data its full-size keys fit
         experiment = experiment.full_space_smoke()
     experiment, config = experiment.resolve(config_file=config_file, sets=[*record["sets"], *sets], smoke=smoke,
                                             config_text=text, warn=lambda m: click.echo(m, err=True))
-    config.update({**best, **parse_sets(experiment.known_keys, sets)})
-    click.echo(f"configuration of sweep {name}'s {f'front member {pick}' if pick else 'best trial'}: "
-               + ", ".join(f"{k}={v}" for k, v in best.items()))
-    if its_epochs:
-        config["epochs"] = ensembles.best_epoch_of(storage, name, record, pick)
-        click.echo(f"--all-rows: {config['epochs']} epochs, that trial's best epoch")
+    mine = parse_sets(experiment.known_keys, sets)
+    config.update({**best, **mine})
+    if kind == "cv":
+        click.echo(f"configuration of cv {name}: the experiment's" + (f", with --set {' '.join(record['sets'])}"
+                                                                      if record["sets"] else ""))
+    else:
+        click.echo(f"configuration of sweep {name}'s {f'front member {pick}' if pick else 'best trial'}: "
+                   + ", ".join(f"{k}={v}" for k, v in best.items()))
+    if all_rows and "epochs" not in mine:
+        config["epochs"] = (tracking.cv_epoch(record, name) if kind == "cv"
+                            else ensembles.best_epoch_of(storage, name, record, pick))
+        click.echo(f"--all-rows: {config['epochs']} epochs, "
+                   + ("its one epoch for every fold" if kind == "cv" else "that trial's best epoch"))
     return experiment, config, config_file, smoke
 
 

@@ -440,8 +440,9 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
         if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
+            final = f"candle-ray train {experiment.path} --from-sweep {sweep.name}{_storage_option(store)} --all-rows"
             _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear,
-                             sweep_tracker.child_run_id)
+                             sweep_tracker.child_run_id, final)
         if s.kind == "lc" and summary["succeeded"]:
             _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear,
                             sweep_tracker.child_run_id)
@@ -563,8 +564,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
          + f"; {wall:.1f}s wall ({fit_s:.1f}s in Tune), {summary['compute_s']:.1f}s of epochs")
-    # --storage only where the sweep is not under the default folder
-    storage = "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
+    storage = _storage_option(store)
     if summary["front"]:
         for line in front_lines(summary["front"], sweep.objectives, sweep.name, summary["total"],
                                 experiment.path, storage):
@@ -599,6 +599,11 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
         echo(f"interrupted: continue with candle-ray tune {experiment.path} --resume --name {sweep.name}{storage}")
         return 1
     return 0 if summary["succeeded"] else 1
+
+
+def _storage_option(store) -> str:
+    """` --storage URI` for the commands a sweep's end names, where the sweep is not under the default folder."""
+    return "" if store.uri == str(Path("candle-ray-sweeps").resolve()) else f" --storage {store.uri}"
 
 
 def front_lines(front: list[dict], objectives, name: str, total: int, experiment_path="EXPERIMENT", storage: str = "",
@@ -683,11 +688,13 @@ def fold_assignment(entry, cv: dict):
                         groups=folds.pooled_groups(entry, cv["group_by"]) if cv.get("group_by") else None)
 
 
-def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict, run_of) -> None:
+def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict, run_of,
+                     final: str = "") -> None:
     """Every metric's mean and standard deviation over the folds, on the parent run: at each fold's best epoch
     (`cv_mean_*`, `cv_std_*`: the fold models, their best checkpoints) and at the one epoch whose mean over
     the folds is best (`cv_epoch`, `cv_epoch_mean_*`, `cv_epoch_std_*`; summary.common_epoch), the estimate
-    set against the linear baseline. `run_of`: a trial's MLflow run id, whose history holds its epochs."""
+    set against the linear baseline. `run_of`: a trial's MLflow run id, whose history holds its epochs;
+    `final`: the command that trains the final model for that epoch."""
     from candle_ray.summary import best_metrics, unpacked
 
     done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
@@ -701,7 +708,7 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
         summary.update({"cv_epoch": float(epoch), "cv_epochs_run": float(min(max(h[metric]) for h in histories)),
                         **_spread("cv_epoch", at_epoch, keys)})
     parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
-    for line in _fold_lines(summary, len(finals), metric, mode, task, linear):
+    for line in _fold_lines(summary, len(finals), metric, mode, task, linear, final):
         echo(line)
 
 
@@ -729,7 +736,7 @@ def _spread(prefix: str, rows: list[dict], keys) -> dict:
     return out
 
 
-def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, linear: dict) -> list[str]:
+def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, linear: dict, final: str = "") -> list[str]:
     """What the end of a cv says: the folds' models, the one-epoch estimate, and the latter against the baseline."""
     from candle_ray.summary import comparison
 
@@ -741,13 +748,16 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     prefix, label, epochs = "cv_mean_", "cross-validated model", None
     if f"cv_epoch_mean_{metric}" in summary:
         epoch = int(summary["cv_epoch"])
-        lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; `train "
-                     f"--all-rows --set epochs={epoch}` trains a final model that long on all train+val rows): "
-                     f"{metric} {summary[f'cv_epoch_mean_{metric}']:.4g} ± {summary[f'cv_epoch_std_{metric}']:.2g}")
+        lines.append(f"at one epoch for every fold, epoch {epoch} (the best of the folds' mean curve; train a final "
+                     f"model that long): {metric} {summary[f'cv_epoch_mean_{metric}']:.4g} "
+                     f"± {summary[f'cv_epoch_std_{metric}']:.2g}")
         prefix, label = "cv_epoch_mean_", f"cross-validated model at epoch {epoch}"
         epochs = (epoch, int(summary["cv_epochs_run"]))
     means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
-    return lines + comparison(label, means, metric, mode, linear, task, epochs=epochs)
+    lines += comparison(label, means, metric, mode, linear, task, epochs=epochs)
+    if epochs and final:
+        lines.append(f"final model: {final} (all train+val rows, {epochs[0]} epochs)")
+    return lines
 
 
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict, run_of) -> None:

@@ -476,6 +476,16 @@ def read_curves(parent: RunTracker, trials: list[dict], metric: str, mode: str, 
         read(best, metrics)
 
 
+def cv_epoch(record: dict, cv: str) -> int:
+    """A finished `candle-ray cv`'s one epoch for every fold (the best of its folds' mean curve), from its parent
+    run (`record`: its sweep.json), where the cv's end logged it."""
+    epoch = RunTracker(record["tracking_uri"], "", run_id=record["parent_run_id"]).metrics().get("cv_epoch")
+    if epoch is None:
+        raise UsageError(f"cv {cv!r} has no one-epoch estimate (cv_epoch) on its MLflow run "
+                         f"{record['parent_run_id']}; let it finish (--resume), or pass --set epochs=N")
+    return int(epoch)
+
+
 def require_store(uri: str) -> None:
     """Reading from a SQLite store that does not exist would create an empty one (MLflow makes the file)."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

@@ -178,6 +178,21 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     assert f"at one epoch for every fold, epoch {epoch} " in r.output
     assert f"cross-validated model at epoch {epoch} val_loss" in r.output
     assert parent.data.tags["candle_ray.kind"] == "cv"
+    _final_model_of_the_cv(r.output, epoch)
+
+
+def _final_model_of_the_cv(output: str, epoch: int):
+    """The cv names the final model's command, and `train --from-sweep CV --all-rows` trains it: the cv's
+    configuration (its --set), all train+val rows, the cv's one epoch. Without --all-rows a cv is refused."""
+    assert f"final model: candle-ray train {TINY} --from-sweep cv3 --all-rows (all train+val rows, {epoch} epochs)" \
+        in output, output
+    r = cli("train", TINY, "--from-sweep", "cv3", "--all-rows", "--run-name", "cv3-final")
+    assert r.exit_code == 0, r.output
+    assert "configuration of cv cv3: the experiment's, with --set epochs=2" in r.output, r.output
+    assert f"--all-rows: {epoch} epochs, its one epoch for every fold" in r.output
+    assert f"trained {epoch} epochs on all train+val rows" in r.output
+    r = cli("train", TINY, "--from-sweep", "cv3")
+    assert r.exit_code == 2 and "or add --all-rows: a final model on all train+val rows" in r.output, r.output
 
 
 def test_cross_validation_leave_drugs_out(ray_cluster, workdir):

@@ -12,6 +12,7 @@ from candle_ray.data.cache import Cache
 from candle_ray.data.features import describe
 from candle_ray.data.folds import pooled_labels
 from candle_ray.data.spec import TableDataset
+from candle_ray.errors import UsageError
 from candle_ray.job import Job
 from candle_ray.train import for_all_rows
 from tests.conftest import ROOT
@@ -78,3 +79,21 @@ def test_without_chosen_epochs_it_is_refused_before_anything_starts(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "nt3.py"), "--smoke", "--all-rows"])
     assert r.exit_code == 2 and "pass --set epochs=N (the epoch a cv or a sweep chose) or --from-sweep NAME" in r.output
+
+
+def test_a_cv_gives_its_one_epoch_or_says_what_to_do(tmp_path, mlflow_schema):
+    """`train --from-sweep CV --all-rows` reads the cv's one epoch for every fold off its parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from candle_ray import tracking
+    from tests.conftest import mlflow_store
+
+    uri = mlflow_store(mlflow_schema, tmp_path)
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("cv"))
+    record = {"tracking_uri": uri, "parent_run_id": run.info.run_id}
+    with pytest.raises(UsageError, match=r"cv 'cv5' has no one-epoch estimate \(cv_epoch\) on its MLflow run \w+; "
+                                         r"let it finish \(--resume\), or pass --set epochs=N"):
+        tracking.cv_epoch(record, "cv5")
+    client.log_metric(run.info.run_id, "cv_epoch", 4.0)
+    assert tracking.cv_epoch(record, "cv5") == 4
