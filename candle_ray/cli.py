@@ -241,9 +241,12 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
     best, metric = result.best, experiment.metric
     took = (f"done in {time.monotonic() - started:.1f}s (start-up {result.startup_s:.1f}s, "
             f"compute {result.compute_s:.1f}s)")
-    if all_rows:
-        click.echo(f"{took}; trained {best['epoch']} epochs on all train+val rows: loss {best['loss']:.4f} (no "
-                   f"validation rows: its estimate is that of the cv or sweep that chose it)")
+    if all_rows:  # a held-out test split (P1B3's, ATTN's) is still scored; the val rows trained it
+        test = f"test_{metric[len('val_'):]}"
+        judged = (f"{test} {best[test]:.4f} on the test split" if test in best
+                  else "no validation rows: its estimate is that of the cv or sweep that chose it")
+        click.echo(f"{took}; trained {best['epoch']} epoch{'s' * (best['epoch'] != 1)} on all train+val rows: "
+                   f"loss {best['loss']:.4f} ({judged})")
     else:
         r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and metric != "val_r2" else ""
         click.echo(f"{took}; best {metric} {best[metric]:.4f}{r2} at epoch {best['epoch']}")
@@ -287,7 +290,7 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
     if all_rows and "epochs" not in mine:
         config["epochs"] = (tracking.cv_epoch(record, name) if kind == "cv"
                             else ensembles.best_epoch_of(storage, name, record, pick))
-        click.echo(f"--all-rows: {config['epochs']} epochs, "
+        click.echo(f"--all-rows: {config['epochs']} epoch{'s' * (config['epochs'] != 1)}, "
                    + ("its one epoch for every fold" if kind == "cv" else "that trial's best epoch"))
     return experiment, config, config_file, smoke
 

@@ -756,7 +756,7 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
     lines += comparison(label, means, metric, mode, linear, task, epochs=epochs)
     if epochs and final:
-        lines.append(f"final model: {final} (all train+val rows, {epochs[0]} epochs)")
+        lines.append(f"final model: {final} (all train+val rows, {epochs[0]} epoch{'s' * (epochs[0] != 1)})")
     return lines
 
 

@@ -163,7 +163,8 @@ def for_all_rows(config: dict, warn=print) -> dict:
     and said so."""
     off = {key: False for key in ("reduce_lr", "early_stop") if config.get(key)}
     if off:
-        warn(f"note: --all-rows trains all {config['epochs']} epochs with no validation rows for "
+        epochs = int(config["epochs"])
+        warn(f"note: --all-rows trains all {epochs} epoch{'s' * (epochs != 1)} with no validation rows for "
              f"{' or '.join(off)} to follow: {', '.join(f'{k}=False' for k in off)}")
     return {**config, **off}
 

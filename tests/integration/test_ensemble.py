@@ -181,16 +181,20 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     _final_model_of_the_cv(r.output, epoch)
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + "s" * (n != 1)
+
+
 def _final_model_of_the_cv(output: str, epoch: int):
     """The cv names the final model's command, and `train --from-sweep CV --all-rows` trains it: the cv's
     configuration (its --set), all train+val rows, the cv's one epoch. Without --all-rows a cv is refused."""
-    assert f"final model: candle-ray train {TINY} --from-sweep cv3 --all-rows (all train+val rows, {epoch} epochs)" \
+    assert f"final model: candle-ray train {TINY} --from-sweep cv3 --all-rows (all train+val rows, {_epochs(epoch)})" \
         in output, output
     r = cli("train", TINY, "--from-sweep", "cv3", "--all-rows", "--run-name", "cv3-final")
     assert r.exit_code == 0, r.output
     assert "configuration of cv cv3: the experiment's, with --set epochs=2" in r.output, r.output
-    assert f"--all-rows: {epoch} epochs, its one epoch for every fold" in r.output
-    assert f"trained {epoch} epochs on all train+val rows" in r.output
+    assert f"--all-rows: {_epochs(epoch)}, its one epoch for every fold" in r.output
+    assert f"trained {_epochs(epoch)} on all train+val rows" in r.output
     r = cli("train", TINY, "--from-sweep", "cv3")
     assert r.exit_code == 2 and "or add --all-rows: a final model on all train+val rows" in r.output, r.output
 
@@ -222,9 +226,9 @@ def _trained_from_the_sweep(results):
     best_epoch = int(results.iloc[0]["best_epoch"])  # results.csv is ranked, best first
     r = cli("train", TINY, "--from-sweep", "src", "--all-rows", "--run-name", "final")
     assert r.exit_code == 0, r.output
-    assert f"--all-rows: {best_epoch} epochs, that trial's best epoch" in r.output, r.output
+    assert f"--all-rows: {_epochs(best_epoch)}, that trial's best epoch" in r.output, r.output
     assert "no validation rows for reduce_lr to follow: reduce_lr=False" in r.output  # NT3's plateau schedule
-    assert "train+val rows (--all-rows: no validation)" in r.output and f"trained {best_epoch} epochs on all" in r.output
+    assert "train+val rows (--all-rows: no validation)" in r.output and f"trained {_epochs(best_epoch)} on all" in r.output
     [run] = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tiny_nt3").experiment_id],
                                        "tags.mlflow.runName = 'final'")
     assert run.data.params["all_rows"] == "True" and run.data.params["epochs"] == str(best_epoch)

@@ -127,6 +127,10 @@ def test_every_experiment_trains_in_smoke_mode(workdir, experiment):
     assert [m["epoch"] for m in metrics] == [1]
     assert math.isfinite(metrics[0]["loss"]) and math.isfinite(metrics[0][exp.metric])
     assert (workdir / "run" / "checkpoints" / "last.json").exists()
+    # --all-rows: its train and val rows pooled, no validation; a held-out test split still scored
+    [final] = train_epochs(make_job(exp, config, entry, run_dir=str(workdir / "all"), all_rows=True), World())
+    assert math.isfinite(final["loss"]) and not [k for k in final if k.startswith("val_")], final
+    assert ("test_loss" in final) == ("test" in entry.manifest["splits"]), final
 
 
 def test_a_config_the_data_cannot_take_exits_2_in_one_line(ray_cluster, workdir):
