@@ -170,6 +170,10 @@ def _run_sweep(experiment, run: dict, **settings) -> int:
                                                           config_file=run.get("config_file")), echo=click.echo)
 
 
+register_option = click.option(
+    "--register", default=None, metavar="NAME",
+    help="Register the result (a sweep's best trial, an ensemble's members, a train run's model) in MLflow's Model "
+         "Registry as a new version of NAME, aliased best: candle-ray predict models:/NAME@best.")
 pick_option = click.option(
     "--pick", default=None, metavar="knee|N",
     help="From a multi-objective sweep: its Pareto front's knee, or its Nth member (as the end of the sweep "
@@ -191,6 +195,7 @@ pick_option = click.option(
               help="Train on the train and val rows together for exactly `epochs` epochs, with no validation: the "
                    "final model once a cv or a sweep chose the configuration and its epochs (--set epochs=N, or "
                    "--from-sweep's best epoch). Its last epoch is the model.")
+@register_option
 @click.option("--workers", type=WorkersType(), default=1, show_default=True,
               help="DDP workers (1 = fast path, no Ray Train start-up); MIN-MAX (e.g. 1-4) is elastic: it starts "
                    "with what fits (at least MIN) and grows or shrinks as nodes join or leave.")
@@ -209,9 +214,9 @@ pick_option = click.option(
 @click.option("--launcher", type=click.Choice(["auto", "task", "ray-train"]), default="auto", hidden=True,
               help="auto: one worker runs as a Ray task, several on Ray Train; ray-train forces Ray Train.")
 @click.option("--inject-fault", type=int, default=None, hidden=True, help="Kill rank 0 once at this epoch (tests).")
-def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, all_rows, workers, force_cpu,
-          cpus_per_worker, max_failures, feed, address, tracking_uri, cache_dir, output_dir, run_name, launcher,
-          inject_fault):
+def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, all_rows, register, workers,
+          force_cpu, cpus_per_worker, max_failures, feed, address, tracking_uri, cache_dir, output_dir, run_name,
+          launcher, inject_fault):
     """Train EXPERIMENT (a .py experiment file) once and log it to MLflow."""
     started = time.monotonic()
     experiment = _load(experiment_file)
@@ -235,7 +240,7 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
     from candle_ray.train import TrainOptions, run_train
 
     options = TrainOptions(uri, address, workers, force_cpu, cpus_per_worker, max_failures, feed, output_dir, run_name,
-                           launcher, inject_fault, all_rows)
+                           launcher, inject_fault, all_rows, register)
     result = run_train(experiment, config, entry, options, smoke=smoke, echo=click.echo,
                        warn=lambda m: click.echo(m, err=True), started=started)
     best, metric = result.best, experiment.metric
@@ -254,6 +259,9 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
             click.echo(warning)
     click.echo(f"checkpoints: {result.run_dir / 'checkpoints'}")
     click.echo(f"MLflow run {result.run_id} in {uri}; browse with: mlflow ui --backend-store-uri {uri}")
+    if result.model_uri:
+        click.echo(f"registered: {result.model_uri} (candle-ray predict {result.model_uri} --data ROWS.csv "
+                   f"--out predictions.tsv)")
 
 
 def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool,
@@ -293,12 +301,6 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
         click.echo(f"--all-rows: {config['epochs']} epoch{'s' * (config['epochs'] != 1)}, "
                    + ("its one epoch for every fold" if kind == "cv" else "that trial's best epoch"))
     return experiment, config, config_file, smoke
-
-
-register_option = click.option(
-    "--register", default=None, metavar="NAME",
-    help="Register the result (a sweep's best trial, an ensemble's members) in MLflow's Model Registry as a new "
-         "version of NAME, aliased best: candle-ray predict models:/NAME@best.")
 
 
 @main.command()

@@ -617,12 +617,14 @@ def _not_registered(register: str, exc: Exception) -> CandleRayError:
     return CandleRayError(f"the model could not be registered as {register!r}: {_first_line(exc)}")
 
 
-def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=print) -> str | None:
+def log_weights(run: RunTracker, folders: dict[str, Path], as_model: bool, warn=print,
+                register: str | None = None) -> str | None:
     """A finished run's best weights, stored once: as its MLflow model when `as_model` (the model holds the
-    weights, so `predict RUN_ID` and `_run_weights` read them there), else, or where no model can be made, as
-    `checkpoints/` artifacts. `folders`: checkpoint folders by fold name ("" for a run without folds; a `tune
-    --cv` trial's folds, which its model pools). Returns the model's URI, or None."""
-    if as_model and (uri := log_model_or_warn(run, list(folders.values()), warn=warn)):
+    weights, so `predict RUN_ID` and `_run_weights` read them there), registered under `register`, else, or
+    where no model can be made (an error with `register`), as `checkpoints/` artifacts. `folders`: checkpoint
+    folders by fold name ("" for a run without folds; a `tune --cv` trial's folds, which its model pools).
+    Returns the model's URI, or None."""
+    if as_model and (uri := log_model_or_warn(run, list(folders.values()), register, warn=warn)):
         return uri
     for fold, folder in folders.items():
         into = f"{CHECKPOINTS}/{fold}" if fold else CHECKPOINTS

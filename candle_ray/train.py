@@ -34,6 +34,7 @@ class TrainOptions:
     launcher: str = "auto"
     inject_fault: int | None = None  # tests: kill rank 0 once at this epoch
     all_rows: bool = False  # train+val together for exactly `epochs` epochs, no validation (the final model)
+    register: str | None = None  # Model Registry name for the run's model (alias best)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TrainResult:
     best: dict  # the best epoch's metrics
     startup_s: float
     compute_s: float
+    model_uri: str | None = None  # models:/NAME@best where registered
 
 
 class Progress:
@@ -92,20 +94,22 @@ class Progress:
         return found
 
 
-def finish_run(tracker, run_dir: Path, status: str, warn=print) -> None:
-    """Artifacts (the best checkpoint, as the MLflow model of a finished run; per-epoch log, resolved config),
-    then end the MLflow run once."""
+def finish_run(tracker, run_dir: Path, status: str, warn=print, register: str | None = None) -> str | None:
+    """Artifacts (the best checkpoint, as the MLflow model of a finished run, registered under `register`;
+    per-epoch log, resolved config), then end the MLflow run once; the model's URI, or None."""
     from candle_ray import checkpoint, tracking
 
+    uri = None
     try:
         ckpt_dir = run_dir / "checkpoints"
         if checkpoint.pointer(ckpt_dir, "best"):
-            tracking.log_weights(tracker, {"": ckpt_dir}, status == "FINISHED", warn=warn)
+            uri = tracking.log_weights(tracker, {"": ckpt_dir}, status == "FINISHED", warn=warn, register=register)
         for name in ("training.log", "config.json"):
             if (run_dir / name).exists():
                 tracker.log_artifact(run_dir / name)
     finally:
         tracker.finish(status)
+    return uri
 
 
 def _open_run(experiment, config: dict, entry, options: TrainOptions, run_name: str, run_dir: Path, smoke: bool,
@@ -226,8 +230,9 @@ def run_train(experiment, config: dict, entry, options: TrainOptions, *, smoke: 
             raise
         finally:
             tracker = started_run.result()  # a run that never opened raises its own error: nothing to finish
-            finish_run(tracker, run_dir, status, warn)
+            model_uri = finish_run(tracker, run_dir, status, warn, options.register)
     # --all-rows: the newest epoch is the model (there is no validation metric to pick another)
     best = progress.history[max(progress.history)] if options.all_rows else progress.best(experiment.metric,
                                                                                           experiment.mode)
-    return TrainResult(tracker.run_id, run_dir, best, progress.startup_s, progress.compute_s)
+    return TrainResult(tracker.run_id, run_dir, best, progress.startup_s, progress.compute_s,
+                       model_uri if options.register else None)

@@ -224,7 +224,7 @@ def _trained_from_the_sweep(results):
     assert params["epochs"] == "2" and params["dropout"] == "0.125", params
     # --all-rows: the best trial's configuration for its best epoch, on train+val with no validation
     best_epoch = int(results.iloc[0]["best_epoch"])  # results.csv is ranked, best first
-    r = cli("train", TINY, "--from-sweep", "src", "--all-rows", "--run-name", "final")
+    r = cli("train", TINY, "--from-sweep", "src", "--all-rows", "--run-name", "final", "--register", "tiny-final")
     assert r.exit_code == 0, r.output
     assert f"--all-rows: {_epochs(best_epoch)}, that trial's best epoch" in r.output, r.output
     assert "no validation rows for reduce_lr to follow: reduce_lr=False" in r.output  # NT3's plateau schedule
@@ -233,6 +233,8 @@ def _trained_from_the_sweep(results):
                                        "tags.mlflow.runName = 'final'")
     assert run.data.params["all_rows"] == "True" and run.data.params["epochs"] == str(best_epoch)
     assert "loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("val_")], run.data.metrics
+    assert "registered: models:/tiny-final@best" in r.output  # the final model, in the Model Registry
+    assert MlflowClient().get_model_version_by_alias("tiny-final", "best").run_id == run.info.run_id
     r = cli("train", TINY, "--from-sweep", "top2")
     assert r.exit_code == 2 and "is an ensemble, whose trials share one configuration" in r.output, r.output
 
