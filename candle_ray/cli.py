@@ -222,13 +222,13 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
     experiment = _load(experiment_file)
     if pick and not from_sweep:
         raise UsageError("--pick chooses one configuration of --from-sweep's Pareto front; add --from-sweep NAME")
-    epochs_set = any(s.partition("=")[0].strip() == "epochs" for s in sets)
+    epochs_set = any(s.partition("=")[0].strip() == "epochs" for s in sets)  # as parse_sets reads a key
     if all_rows and not (from_sweep or epochs_set):
         raise UsageError("--all-rows trains a fixed number of epochs, with no validation rows to choose them: pass "
                          "--set epochs=N (the epoch a cv or a sweep chose) or --from-sweep NAME (its best epoch)")
     if from_sweep:
         experiment, config, config_file, smoke = _as_sweep_trained(experiment, from_sweep, pick, storage, list(sets),
-                                                                   config_file, smoke, all_rows)
+                                                                   config_file, smoke, all_rows, epochs_set)
     else:
         experiment, config = experiment.resolve(config_file=config_file, sets=list(sets), smoke=smoke,
                                                 warn=lambda m: click.echo(m, err=True))
@@ -265,12 +265,12 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
 
 
 def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, sets: list[str], config_file, smoke: bool,
-                      all_rows: bool = False):
+                      all_rows: bool = False, epochs_set: bool = False):
     """`train --from-sweep NAME`: (experiment, config, config file, smoke) of the sweep's best configuration (or
     its front member `pick`) as the sweep trained it: its --set overrides, config file and data, then the
     configuration's searched keys, then this command's --set. The run's own rng_seed, not a member's.
-    `all_rows` (unless --set epochs): for the epochs that ranked it, its best epoch (a `tune --cv` trial's: its
-    folds' mean's); and a `candle-ray cv` too, its configuration for its one epoch for every fold."""
+    `all_rows` (unless `epochs_set`: --set epochs): for the epochs that ranked it, its best epoch (a `tune --cv`
+    trial's: its folds' mean's); and a `candle-ray cv` too, its configuration for its one epoch for every fold."""
     from candle_ray import ensemble as ensembles, tracking
     from candle_ray.experiment import parse_sets
 
@@ -287,15 +287,14 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
         experiment = experiment.full_space_smoke()
     experiment, config = experiment.resolve(config_file=config_file, sets=[*record["sets"], *sets], smoke=smoke,
                                             config_text=text, warn=lambda m: click.echo(m, err=True))
-    mine = parse_sets(experiment.known_keys, sets)
-    config.update({**best, **mine})
+    config.update({**best, **parse_sets(experiment.known_keys, sets)})
     if kind == "cv":
         click.echo(f"configuration of cv {name}: the experiment's" + (f", with --set {' '.join(record['sets'])}"
                                                                       if record["sets"] else ""))
     else:
         click.echo(f"configuration of sweep {name}'s {f'front member {pick}' if pick else 'best trial'}: "
                    + ", ".join(f"{k}={v}" for k, v in best.items()))
-    if all_rows and "epochs" not in mine:
+    if all_rows and not epochs_set:
         config["epochs"] = (tracking.cv_epoch(record, name) if kind == "cv"
                             else ensembles.best_epoch_of(storage, name, record, pick))
         click.echo(f"--all-rows: {config['epochs']} epoch{'s' * (config['epochs'] != 1)}, "
