@@ -11,7 +11,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from candle_ray import budget, checkpoint
-from candle_ray.summary import PREFIX, best_metrics, finite, ranked_trials, trial_value, unpacked
+from candle_ray.summary import PREFIX, best_metrics, counted, finite, ranked_trials, trial_value, unpacked
 from candle_ray.trial import HYPERBAND_TIME
 
 
@@ -445,16 +445,15 @@ class ProgressCallback(Callback):
     def _row(self, trial, what: str):
         last = trial.last_result or {}
         config = "  ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
-        epochs = last.get("epoch", 0)
-        self.echo(f"  trial {trial.trial_id} {what} after {epochs} epoch{'' if epochs == 1 else 's'}: "
+        self.echo(f"  trial {trial.trial_id} {what} after {counted(last.get('epoch', 0), 'epoch')}: "
                   f"{self.scored(last)}  {config}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._row(trial, _ended(trial, self.max_epochs))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        epochs = (trial.last_result or {}).get("epoch", 0)
-        self.echo(f"  trial {trial.trial_id} failed after {epochs} epoch{'' if epochs == 1 else 's'} "
+        epochs = counted((trial.last_result or {}).get("epoch", 0), "epoch")
+        self.echo(f"  trial {trial.trial_id} failed after {epochs} "
                   f"({_error_line(trial)[:200]}); retrying from its last checkpoint "
                   f"(failure {trial.num_failures} of {trial.max_failures} allowed by --max-failures)")
 

@@ -236,7 +236,7 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
 
     uri = tracking.check_uri(tracking_uri or tracking.default_tracking_uri())
     entry = _prepare(experiment, smoke=smoke, cache=_cache(cache_dir), config_file=config_file)
-    from candle_ray.summary import comparison
+    from candle_ray.summary import comparison, counted
     from candle_ray.train import TrainOptions, run_train
 
     options = TrainOptions(uri, address, workers, force_cpu, cpus_per_worker, max_failures, feed, output_dir, run_name,
@@ -250,7 +250,7 @@ def train(experiment_file, sets, config_file, smoke, from_sweep, pick, storage, 
         test = f"test_{metric[len('val_'):]}"
         judged = (f"{test} {best[test]:.4f} on the test split" if test in best
                   else "no validation rows: its estimate is that of the cv or sweep that chose it")
-        click.echo(f"{took}; trained {best['epoch']} epoch{'s' * (best['epoch'] != 1)} on all train+val rows: "
+        click.echo(f"{took}; trained {counted(best['epoch'], 'epoch')} on all train+val rows: "
                    f"loss {best['loss']:.4f} ({judged})")
     else:
         r2 = f" (val_r2 {best['val_r2']:.4g})" if "val_r2" in best and metric != "val_r2" else ""
@@ -273,6 +273,7 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
     trial's: its folds' mean's); and a `candle-ray cv` too, its configuration for its one epoch for every fold."""
     from candle_ray import ensemble as ensembles, tracking
     from candle_ray.experiment import parse_sets
+    from candle_ray.summary import counted
 
     [best], record = ensembles.members_from_sweep(storage, name, 1, 1, 0, experiment.path, pick)
     kind = record.get("kind", "sweep")
@@ -297,7 +298,7 @@ def _as_sweep_trained(experiment, name: str, pick: str | None, storage: str, set
     if all_rows and not epochs_set:
         config["epochs"] = (tracking.cv_epoch(record, name) if kind == "cv"
                             else ensembles.best_epoch_of(storage, name, record, pick))
-        click.echo(f"--all-rows: {config['epochs']} epoch{'s' * (config['epochs'] != 1)}, "
+        click.echo(f"--all-rows: {counted(config['epochs'], 'epoch')}, "
                    + ("its one epoch for every fold" if kind == "cv" else "that trial's best epoch"))
     return experiment, config, config_file, smoke
 

@@ -23,6 +23,11 @@ PREFIX = "best_"
 PER_TRIAL = ("n_params", "epoch_time_s")
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and its noun, plural but for one: "1 epoch", "3 epochs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

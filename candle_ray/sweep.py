@@ -20,7 +20,7 @@ from pathlib import Path
 from candle_ray.checkpoint import trial_folders
 from candle_ray.errors import CandleRayError, UsageError
 from candle_ray.job import Workers
-from candle_ray.summary import best_lines
+from candle_ray.summary import best_lines, counted
 
 BASELINE_DIR = "baseline"  # in an ensemble's folder: the linear baseline's checkpoint it pools
 
@@ -559,7 +559,7 @@ def _echo_end(experiment, s: SweepSettings, sweep, store, entry, summary: dict, 
     from candle_ray.report import MEMBERS
 
     counts, noun = summary["counts"], MEMBERS.get(s.kind, "trial")  # an ensemble's members, a cv's folds
-    echo(f"{summary['total']} {noun}{'' if summary['total'] == 1 else 's'}: {counts.get('completed', 0)} completed, "
+    echo(f"{counted(summary['total'], noun)}: {counts.get('completed', 0)} completed, "
          f"{counts.get('failed', 0)} failed, "
          f"{counts.get('stopped early', 0)} stopped early"
          + (f", {summary['unfinished']} unfinished" if summary["unfinished"] else "")
@@ -756,7 +756,7 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
     means = {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
     lines += comparison(label, means, metric, mode, linear, task, epochs=epochs)
     if epochs and final:
-        lines.append(f"final model: {final} (all train+val rows, {epochs[0]} epoch{'s' * (epochs[0] != 1)})")
+        lines.append(f"final model: {final} (all train+val rows, {counted(epochs[0], 'epoch')})")
     return lines
 
 

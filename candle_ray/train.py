@@ -165,10 +165,11 @@ def for_all_rows(config: dict, warn=print) -> dict:
     """The config of an `--all-rows` run: `epochs` epochs on train+val with no validation rows, so neither a
     learning rate that follows a validation plateau nor early stopping has anything to follow: both are off,
     and said so."""
+    from candle_ray.summary import counted
+
     off = {key: False for key in ("reduce_lr", "early_stop") if config.get(key)}
     if off:
-        epochs = int(config["epochs"])
-        warn(f"note: --all-rows trains all {epochs} epoch{'s' * (epochs != 1)} with no validation rows for "
+        warn(f"note: --all-rows trains all {counted(int(config['epochs']), 'epoch')} with no validation rows for "
              f"{' or '.join(off)} to follow: {', '.join(f'{k}=False' for k in off)}")
     return {**config, **off}
 

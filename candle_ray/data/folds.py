@@ -109,7 +109,8 @@ def _rows(assignment: np.ndarray, fold: int, part: str) -> np.ndarray:
 
 def every_row(entry_path) -> dict:
     """`train --all-rows` as a fold: its training rows are all of train+val, and it has no validation rows."""
-    return {"assignment": np.zeros(len(pooled_labels(entry_path)), dtype=np.int8), "fold": -1}
+    splits = read_manifest(entry_path)["splits"]
+    return {"assignment": np.zeros(sum(int(splits[s]["rows"]) for s in POOLED), dtype=np.int8), "fold": -1}
 
 
 def fold_labels(entry_path, cv: dict, part: str) -> np.ndarray:
