@@ -485,9 +485,10 @@ def _first_member_seed(experiment, run: dict) -> tuple[int, list]:
 @click.argument("experiment_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="K: each fold validates once.")
 @click.option("--stratify/--no-stratify", default=None,
-              help="Keep each class's share in every fold [default: on for a classifier without --group-by].")
+              help="Keep each class's share in every fold [default: on for a classifier without groups].")
 @click.option("--group-by", default=None, metavar="COLUMN",
-              help="Keep each value of COLUMN in one fold: leave-drugs-out (drug1_id), leave-cells-out (cell_id).")
+              help="Keep each value of COLUMN in one fold: leave-drugs-out (drug1_id), leave-cells-out (cell_id) "
+                   "[default: the dataset's group= column, if it has one].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
 @_sweep_options("fold")
 @click.pass_context

@@ -138,6 +138,8 @@ def run(experiment, settings: SweepSettings, *, prepare, echo) -> int:
     if resolved.settings.full_space:  # the smoke data its full-size keys fit (Smoke.full_space_features)
         experiment = experiment.full_space_smoke()
     entry, cv_assignment = _check_data(experiment, resolved, prepare)
+    if cv_assignment is not None and entry.manifest.get("group") and not resolved.settings.cv.get("group_by"):
+        echo(f"folds keep each {entry.manifest['group']} whole (the dataset's group column)")
     sweep = _make_sweep(resolved, store)
     parent, tags = _open_parent(experiment, resolved, sweep, store, entry)
     deadline = t0 + settings.time_budget_s if settings.time_budget_s else None
@@ -680,12 +682,16 @@ def fold_assignment(entry, cv: dict):
     from candle_ray.data import folds
 
     labels = folds.pooled_labels(entry)
+    group_by = cv.get("group_by") or entry.manifest.get("group")  # a dataset's groups stay whole by default
     stratify = cv.get("stratify")
+    if stratify is True and group_by:
+        raise UsageError(f"dataset {entry.manifest['name']} keeps each {group_by} in one fold (its group column); --stratify "
+                         f"would split them across folds: drop --stratify")
     if stratify == "auto":  # `tune --cv`, `cv` by default: classifiers keep their class mix in every fold
-        stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not cv.get("group_by")
+        stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not group_by
     return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),
                         labels=labels if stratify else None,
-                        groups=folds.pooled_groups(entry, cv["group_by"]) if cv.get("group_by") else None)
+                        groups=folds.pooled_groups(entry, group_by) if group_by else None)
 
 
 def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict, run_of,

@@ -49,9 +49,11 @@ _SCALER = "scaler.json"
 
 
 # --------------------------------------------------------------------------- reading and checking an entry
-def _schema(num_features: int, task: str) -> pa.Schema:
+def _schema(num_features: int, task: str, grouped: bool = False) -> pa.Schema:
+    """x, y, and with a dataset's `group` column each row's group (text: cv folds keep groups whole)."""
     y_type = pa.int64() if has_class_labels(task) else pa.float32()
-    return pa.schema([pa.field("x", pa.list_(pa.float32(), num_features)), pa.field("y", y_type)])
+    return pa.schema([pa.field("x", pa.list_(pa.float32(), num_features)), pa.field("y", y_type),
+                      *([pa.field("group", pa.string())] if grouped else [])])
 
 
 def _open_checked(entry_path: Path, split: str):
@@ -66,7 +68,7 @@ def _open_checked(entry_path: Path, split: str):
         have = ", ".join(manifest.get("splits", {})) or "none"
         raise CacheError(f"cache entry {entry_path} has no split {split!r} (it has: {have}); use one of those splits or rebuild it with: {hint or DEFAULT_REBUILD}")
     reader = open_arrow(entry_path, info, hint)
-    expected = _schema(manifest["num_features"], manifest["task"])
+    expected = _schema(manifest["num_features"], manifest["task"], bool(manifest.get("group")))
     if not reader.schema.equals(expected):
         raise corrupt_entry(entry_path, f"{info['file']} has schema {reader.schema.to_string(show_schema_metadata=False)!r}, expected {expected.to_string()!r}".replace("\n", " "), hint)
     try:
@@ -209,25 +211,27 @@ def _need_rows(split: str, n: int, ds: Dataset) -> None:
 
 
 def _read_splits(ds: Dataset, fetched: dict, urls: dict[str, str], log):
-    """Each fetched split file as (X float32 [n, d], raw labels), plus the feature names (None for
-    CANDLE's header-less files); a val table's columns are put in train's order."""
+    """Each fetched split file as (X float32 [n, d], raw labels), each row's group (a dataset with `group`,
+    else None), and the feature names (None for CANDLE's header-less files); a val table's columns are put in
+    train's order."""
     from candle_ray.data import formats  # only preparation parses CSV; workers opening splits never do
 
-    X, y, names = {}, {}, None
+    X, y, groups, names = {}, {}, {}, None
     for split, got in fetched.items():
         if ds.format == "candle_noheader":
             label_dtype = np.int64 if has_class_labels(ds.task) else np.float32
             X[split], y[split] = formats.read_candle_noheader(got.path, ds.feature_subsample, label_dtype=label_dtype)
             split_names = None
         else:
-            X[split], y[split], split_names = formats.read_table(got.path, ds.label, ds.drop, ds.categorical)
+            X[split], y[split], split_names, groups[split] = formats.read_table(got.path, ds.label, ds.drop,
+                                                                                ds.categorical, ds.group)
             if ds.feature_subsample:
                 X[split], split_names = X[split][:, : ds.feature_subsample], split_names[: ds.feature_subsample]
         if names is not None and split_names is not None and split_names != names:
             X[split] = _align(X[split], split_names, names, urls[split], ds.categorical)
         names = names or split_names
         log(f"read {split}: {X[split].shape[0]:,} rows x {X[split].shape[1]:,} features from {got.path}")
-    return X, y, names
+    return X, y, (groups if ds.group else None), names
 
 
 def _align(X: np.ndarray, have: list[str], want: list[str], url: str, categorical=()) -> np.ndarray:
@@ -281,17 +285,74 @@ def _impute(ds: Dataset, X: dict[str, np.ndarray], names: list[str] | None, log)
     return fill
 
 
-def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> None:
+def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], groups: dict | None) -> None:
     """The hold-out when there is no val file: a seeded shuffle of train, whose last val_fraction rows become
-    val (X and y are updated in place); for a classifier, stratified (`stratified_holdout`)."""
+    val (X, y and `groups` are updated in place); whole groups with a `group` column (`grouped_holdout`), else
+    for a classifier stratified (`stratified_holdout`)."""
     n = len(y["train"])
     n_val = int(round(n * ds.val_fraction))
-    if ds.task == "classification" and y["train"].ndim == 1:
-        order, n_val = stratified_holdout(y["train"], n_val, ds.seed)
+    classes = y["train"] if ds.task == "classification" and y["train"].ndim == 1 else None
+    if groups is not None:
+        order, n_val = grouped_holdout(groups["train"], n_val, ds.seed, classes)
+    elif classes is not None:
+        order, n_val = stratified_holdout(classes, n_val, ds.seed)
     else:
         order = np.random.default_rng(ds.seed).permutation(n)
-    X["train"], X["val"] = X["train"][order[: n - n_val]], X["train"][order[n - n_val :]]
-    y["train"], y["val"] = y["train"][order[: n - n_val]], y["train"][order[n - n_val :]]
+    for parts in (X, y, *([groups] if groups is not None else [])):
+        parts["train"], parts["val"] = parts["train"][order[: n - n_val]], parts["train"][order[n - n_val :]]
+
+
+def _note_shared_groups(column: str, groups: dict[str, np.ndarray], log) -> None:
+    """A val file whose rows share groups with train's: said, since val then scores groups the model saw."""
+    shared = np.intersect1d(groups["train"], groups["val"])
+    if shared.size:
+        log(f"note: {shared.size} {column} value(s) have rows in both the train and the val file, e.g. "
+            f"{shared[0]!r}: val scores them on groups the model trained on; keep each group in one file")
+
+
+GROUPED_DRAWS = 64  # seeded group orders a grouped hold-out chooses among
+
+
+def grouped_holdout(groups: np.ndarray, n_val: int, seed: int, labels: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, int]:
+    """(row order, val rows) as `stratified_holdout` returns them, with every group's rows on one side: of
+    GROUPED_DRAWS seeded orders of the groups, each filled into val up to about `n_val` rows, the one whose val
+    is nearest `n_val` rows and (a classifier's `labels`) the class mix of all rows, among those that leave
+    every class a train row. A patient's tumour and normal samples split across train and val would let val
+    score a patient the model has seen."""
+    keys, inverse = np.unique(groups, return_inverse=True)
+    if len(keys) < 2:
+        raise DataError(f"the group column has {len(keys)} group(s); a hold-out needs 2 or more: pass a val= file or "
+                        f"a finer group column")
+    rng, sizes = np.random.default_rng(seed), np.bincount(inverse)
+    best, best_cost = None, np.inf
+    for _ in range(GROUPED_DRAWS):
+        val_groups, rows = [], 0
+        for g in rng.permutation(len(keys)):
+            closer = rows < n_val and abs(rows + sizes[g] - n_val) <= abs(rows - n_val)
+            if len(val_groups) < len(keys) - 1 and (closer or not val_groups):
+                val_groups.append(g)
+                rows += sizes[g]
+        val = np.isin(inverse, val_groups)
+        cost = _holdout_cost(val, n_val, labels)
+        if val.any() and cost < best_cost:
+            best, best_cost = val, cost
+    if best is None:
+        raise DataError(f"no hold-out of whole groups near {n_val} rows leaves every class a train row; raise "
+                        f"val_fraction or pass a val= file")
+    return np.concatenate([rng.permutation(np.flatnonzero(~best)), rng.permutation(np.flatnonzero(best))]), int(best.sum())
+
+
+def _holdout_cost(val: np.ndarray, n_val: int, labels: np.ndarray | None) -> float:
+    """How far a hold-out is from `n_val` rows and from the classes' mix (inf: a class left without train rows)."""
+    cost = abs(int(val.sum()) - n_val)
+    if labels is None or not val.any():
+        return float(cost)
+    classes = np.unique(labels)
+    if not np.isin(classes, labels[~val]).all():
+        return np.inf
+    share = lambda rows: np.array([(rows == c).mean() for c in classes])  # noqa: E731
+    return cost + n_val * float(np.abs(share(labels[val]) - share(labels)).sum())
 
 
 def _drop_categories_train_lacks(X: dict[str, np.ndarray], names: list[str], categorical, log) -> list[str]:
@@ -332,16 +393,19 @@ def stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> tuple[np.nd
     return np.concatenate([rng.permutation(np.flatnonzero(~val)), rng.permutation(np.flatnonzero(val))]), int(val.sum())
 
 
-def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str) -> dict:
+def _write_split(path: Path, X: np.ndarray, y: np.ndarray, task: str, groups: np.ndarray | None = None) -> dict:
     X = np.ascontiguousarray(X, dtype=np.float32)
-    schema = _schema(X.shape[1], task)
+    schema = _schema(X.shape[1], task, groups is not None)
     x = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
-    return write_batch_file(path, pa.record_batch([x, pa.array(y, type=schema.field("y").type)], schema=schema))
+    columns = [x, pa.array(y, type=schema.field("y").type), *([pa.array(groups, pa.string())] if groups is not None
+                                                               else [])]
+    return write_batch_file(path, pa.record_batch(columns, schema=schema))
 
 
-def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], out: Path, fill=None) -> dict:
-    """Fit the scaler, write each scaled split and scaler.json into `out` (with the imputation's `fill`
-    values, which predict applies before scaling); the splits' manifest records.
+def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], out: Path, fill=None,
+                  groups: dict | None = None) -> dict:
+    """Fit the scaler, write each scaled split (with its rows' `groups`) and scaler.json into `out` (with the
+    imputation's `fill` values, which predict applies before scaling); the splits' manifest records.
 
     Each raw split is dropped from `X` once scaled, so that at most one split exists twice in memory.
     """
@@ -354,7 +418,8 @@ def _write_scaled(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray
     splits = {}
     for split in SPLITS:
         scaled = transforms.apply_scaler(params, X.pop(split))
-        splits[split] = _write_split(out / f"{split}.arrow", scaled, y[split], ds.task)
+        splits[split] = _write_split(out / f"{split}.arrow", scaled, y[split], ds.task,
+                                     groups[split] if groups is not None else None)
         del scaled
     (out / _SCALER).write_text(json.dumps(params))
     fsync(out / _SCALER)
@@ -370,6 +435,7 @@ def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
         "feature_subsample": ds.feature_subsample,
         "categorical": list(ds.categorical),
         "impute": ds.impute,
+        "group": ds.group,
         "val_fraction": ds.val_fraction if ds.val is None else None,
         "seed": ds.seed if ds.val is None else None,
         "format": ds.format,
@@ -530,11 +596,13 @@ class Cache:
         log(f"preparing dataset {ds.name} (fingerprint {fp}) in {out.parent.parent}")
         fetched = {split: fetch(src, self.downloads / ds.name, log=log) for split, src in ds.sources().items()}
         urls = {split: redact(src.url) for split, src in ds.sources().items()}
-        X, y, names = _read_splits(ds, fetched, urls, log)
+        X, y, groups, names = _read_splits(ds, fetched, urls, log)
         _check_features(X, urls, names, ds.impute)
         y, num_classes, class_names = _labels(ds, y, urls)
         if "val" not in X:
-            _hold_out_val(ds, X, y)
+            _hold_out_val(ds, X, y, groups)
+        elif groups is not None:
+            _note_shared_groups(ds.group, groups, log)
         if ds.categorical:
             names = _drop_categories_train_lacks(X, names, ds.categorical, log)
         fill = _impute(ds, X, names, log)
@@ -543,7 +611,7 @@ class Cache:
         for split in SPLITS:
             _need_rows(split, len(y[split]), ds)
         num_features = X["train"].shape[1]
-        splits = _write_scaled(ds, X, y, out, fill)
+        splits = _write_scaled(ds, X, y, out, fill, groups)
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": ds.name,
@@ -557,6 +625,7 @@ class Cache:
             "sources": sources_record(fetched, self.root),
             "preprocessing": _preprocessing_record(ds, file_sha256(out / _SCALER)),
             "splits": splits,
+            **({"group": ds.group} if ds.group else {}),
             "synthetic": ds.synthetic,
             "rebuild": rebuild_hint or None,
         }

@@ -147,6 +147,7 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
         "drop": list(ds.drop),
         **({"categorical": list(ds.categorical)} if ds.categorical else {}),  # entries from before keep theirs
         **({"impute": ds.impute} if ds.impute else {}),
+        **({"group": ds.group} if ds.group else {}),  # the hold-out keeps groups whole
         "task": ds.task,
         "classes": ds.classes,
         "scaling": ds.scaling,

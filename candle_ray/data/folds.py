@@ -28,10 +28,11 @@ def pooled_labels(entry_path) -> np.ndarray:
 
 
 def group_columns(entry_path) -> list[str]:
-    """Columns a dataset's rows can be grouped by: the id columns its reader kept (joined datasets)."""
+    """Columns a dataset's rows can be grouped by: the id columns its reader kept (joined datasets), or a
+    matrix dataset's `group` column."""
     manifest = read_manifest(entry_path)
     if manifest.get("kind") != "joined":
-        return []
+        return [manifest["group"]] if manifest.get("group") else []
     types = manifest["splits"]["train"]["columns"]
     return [name for name, kind in types.items() if kind in ("string", "large_string")]
 
@@ -47,12 +48,13 @@ def pooled_groups(entry_path, column: str) -> np.ndarray:
     from pathlib import Path
 
     manifest = read_manifest(entry_path)
+    field = column if manifest.get("kind") == "joined" else "group"  # a matrix split file names it "group"
     values = []
     for split in POOLED:
         path = Path(entry_path) / manifest["splits"][split]["file"]
         with pa.memory_map(str(path)) as source:
             batch = pa.ipc.open_file(source).get_batch(0)
-            values.append(np.asarray(batch.column(column).to_pylist(), dtype=object))
+            values.append(np.asarray(batch.column(field).to_pylist(), dtype=object))
     return np.concatenate(values)
 
 

@@ -196,25 +196,29 @@ def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object).astype(str)
 
 
-def read_table(path, label, drop=(), categorical=()) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_table(path, label, drop=(), categorical=(), group: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     """A CSV / TSV (.tsv, .txt) / Parquet file with a header: one label column, feature columns, dropped columns,
-    and `categorical` columns, each one-hot encoded in its place as columns "<column>=<value>" (one per value
-    the file holds; an empty cell is none of them).
+    `categorical` columns, each one-hot encoded in its place as columns "<column>=<value>" (one per value
+    the file holds; an empty cell is none of them), and a `group` column of row groups (not a feature).
 
-    Returns (X float32 [n, d], raw label values, feature names). Non-numeric feature columns and
-    unknown label/drop/categorical names raise DataError naming the column.
+    Returns (X float32 [n, d], raw label values, feature names, each row's group as text or None). Non-numeric
+    feature columns and unknown label/drop/categorical/group names raise DataError naming the column.
     """
     path = Path(path)
     drop, categorical = tuple(drop), tuple(categorical)
     delimiter = _delimiter(path)
     if delimiter is None:
-        return _read_parquet(path, label, drop, categorical)
+        return _read_parquet(path, label, drop, categorical, group)
     names = next(csv.reader([_first_line(path)], delimiter=delimiter))
-    label_name, features = _split_columns(names, label, drop, path, categorical)
+    label_name, features = _split_columns(names, label, _with_group(drop, group, names, path), path, categorical)
     types = {name: pa.string() if name in categorical else pa.float32() for name in features}
     types[label_name] = pa.string()
+    grouped = [group] if group else []
+    types.update({name: pa.string() for name in grouped})
     try:
-        table = _read_csv(path, delimiter, header=True, names=names, types=types, include=[label_name, *features])
+        table = _read_csv(path, delimiter, header=True, names=names, types=types,
+                          include=[label_name, *features, *grouped])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise _conversion_error(path, e, names, NOT_NUMERIC) from None
     except OSError as e:
@@ -223,10 +227,33 @@ def read_table(path, label, drop=(), categorical=()) -> tuple[np.ndarray, np.nda
         raise DataError(f"{path} has a header but no rows; check the file")
     y = _labels(table.column(label_name), path, label_name)
     X, names = _features(table, features, categorical, path)
-    return X, y, names
+    return X, y, names, _groups(table, group, path)
 
 
-def _read_parquet(path: Path, label, drop: tuple, categorical: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _with_group(drop: tuple, group: str | None, names: list[str], path: Path) -> tuple:
+    """`drop` and the group column, which is never a feature (checked against the header first, so that a
+    missing one is named as the group column)."""
+    if group is None:
+        return drop
+    if group not in names:
+        raise _missing("group column", group, names, path)
+    return (*drop, group)
+
+
+def _groups(table: pa.Table, group: str | None, path: Path) -> np.ndarray | None:
+    """Each row's group as text; an empty cell is refused (a row's group decides which split holds it)."""
+    if group is None:
+        return None
+    values = np.asarray(table.column(group).cast(pa.string()).to_pylist(), dtype=object)
+    empty = np.flatnonzero([v is None or not str(v).strip() for v in values])
+    if empty.size:
+        raise DataError(f"group column {group!r} of {path} is empty at {data_row(empty[0])} ({empty.size} of "
+                        f"{len(values)} rows); give every row its group (a row alone: an id of its own)")
+    return values.astype(str)
+
+
+def _read_parquet(path: Path, label, drop: tuple, categorical: tuple, group: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     import pyarrow.parquet as pq
 
     try:
@@ -234,18 +261,18 @@ def _read_parquet(path: Path, label, drop: tuple, categorical: tuple) -> tuple[n
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot read Parquet file {path}: {_one_line(e)}; check that it exists and is a Parquet file") from None
     names = list(schema.names)
-    label_name, features = _split_columns(names, label, drop, path, categorical)
+    label_name, features = _split_columns(names, label, _with_group(drop, group, names, path), path, categorical)
     for name in features:
         kind = schema.field(name).type
         if name not in categorical and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
                                             or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
             raise DataError(f"feature column {name!r} of {path} is not numeric ({kind}); {NOT_NUMERIC}")
-    table = pq.read_table(str(path), columns=[label_name, *features])
+    table = pq.read_table(str(path), columns=[label_name, *features, *([group] if group else [])])
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; check the file")
     y = _labels(table.column(label_name), path, label_name)
     X, names = _features(table, features, categorical, path)
-    return X, y, names
+    return X, y, names, _groups(table, group, path)
 
 
 NOT_NUMERIC = ("features must be numbers; add non-numeric columns to drop=(...) (ids, names) or to categorical=(...) "

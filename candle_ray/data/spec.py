@@ -76,6 +76,8 @@ class Dataset:
       - "table": a CSV, TSV or Parquet file with a header, a label column and feature columns.
     val: a second file (CANDLE passes the test file as validation data), or None to hold out the
       last `val_fraction` of the (seeded-shuffled) train rows, stratified by class for a classifier.
+    group: a "table" column naming rows that belong together (a patient's tumour and normal samples, a
+      cell line's replicates): not a feature; the hold-out and cv folds keep each group's rows on one side.
     scaling: CANDLE's vocabulary (maxabs, minmax, std, log, none); `scaling_fit` "train+val" is
       CANDLE's transductive rule (fit on train and test concatenated), "train" the inductive one.
     """
@@ -87,6 +89,7 @@ class Dataset:
     label: str | int = 0
     drop: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()  # "table" columns one-hot encoded (formats.read_table), e.g. ("tissue",)
+    group: str | None = None  # a "table" column of row groups (a patient): kept whole in one split or fold
     impute: str | None = None  # fill missing feature values with the train rows' column mean or median
     task: str = "classification"
     classes: int | None = None
@@ -117,10 +120,21 @@ class Dataset:
                              f"values are refused)")
         if self.classes is not None and (not isinstance(self.classes, int) or self.classes < 2):
             raise UsageError(f"dataset classes must be an integer >= 2, got {self.classes!r}")
+        self._check_group()
         if self.val is None and not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"dataset val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.feature_subsample < 0:
             raise UsageError(f"dataset feature_subsample must be >= 0, got {self.feature_subsample!r}")
+
+    def _check_group(self) -> None:
+        if self.group is None:
+            return
+        if self.format != "table" or not isinstance(self.group, str) or not self.group:
+            raise UsageError(f"dataset group={self.group!r} needs format='table' and a column name (a patient id, "
+                             f"say), e.g. TableDataset(..., group='patient')")
+        if self.group == self.label or self.group in self.drop or self.group in self.categorical:
+            raise UsageError(f"dataset group column {self.group!r} is also the label, dropped or categorical; a group "
+                             f"column is never a feature: name it only as group=")
 
     def resolved(self, base_dir: Path | None) -> "Dataset":
         """Local relative paths made absolute file:// URLs, relative to `base_dir`."""

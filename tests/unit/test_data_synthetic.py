@@ -97,7 +97,7 @@ def test_table_formats_with_id_string_labels_and_gene_names(tmp_path, ext):
     else:
         names = next(csv.reader(open(path), delimiter="\t" if ext == "tsv" else ","))
     assert names[:3] == ["sample_id", "cancer_type", "gene_00001"] and names[-1] == "gene_00012"
-    X, labels, features = read_table(path, "cancer_type", ("sample_id",))
+    X, labels, features, _ = read_table(path, "cancer_type", ("sample_id",))
     assert X.shape == (30, 12) and features[0] == "gene_00001"
     assert set(labels.tolist()) == {"tumor_type_0", "tumor_type_1"}
     entry = Cache(tmp_path / "cache").prepare(smoke, log=lambda m: None)
@@ -119,7 +119,7 @@ def test_table_keeps_declared_drop_columns_and_val_file(tmp_path):
 def test_regression_writes_numeric_targets(tmp_path):
     ds = TableDataset("y.parquet", label="growth", task="regression")
     smoke = synthesize(ds, tmp_path, rows=(20, 5), features=6)
-    _, labels, _ = read_table(path_of(smoke.train), "growth", ("sample_id",))
+    _, labels, _, _ = read_table(path_of(smoke.train), "growth", ("sample_id",))
     assert labels.dtype == np.float64 and len(np.unique(labels)) > 10
 
 

@@ -1,0 +1,128 @@
+"""A table's `group` column (TableDataset(..., group="patient")): rows that belong together (a patient's
+tumour and normal samples) stay on one side of the val hold-out, of every cv fold and of the linear
+baseline's inner CV; the column is never a feature."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from candle_ray import baseline
+from candle_ray.data import folds
+from candle_ray.data.cache import Cache, grouped_holdout, open_split
+from candle_ray.data.cache_format import fingerprint
+from candle_ray.data.features import read_for_prediction
+from candle_ray.data.spec import TableDataset
+from candle_ray.errors import DataError, UsageError
+from candle_ray.sweep import fold_assignment
+
+
+def _paired(path, patients: int = 20, genes: int = 6, seed: int = 0):
+    """A tumour and a normal sample per patient: a strong patient effect, a weaker tumour effect."""
+    rng = np.random.default_rng(seed)
+    effect = rng.normal(0, 3, (patients, genes))
+    rows = []
+    for p in range(patients):
+        for tissue in ("normal", "tumor"):
+            x = effect[p] + rng.normal(0, 0.3, genes) + (1.0 if tissue == "tumor" else 0.0)
+            rows.append({"sample": f"s{len(rows)}", "patient": f"p{p:02d}", "tissue": tissue,
+                         **{f"g{j}": x[j] for j in range(genes)}})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _prepare(tmp_path, **options):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = _paired(tmp_path / "paired.csv")
+    drop = ("sample",) if options.get("group") else ("sample", "patient")
+    spec = TableDataset(str(path), label="tissue", drop=drop, val_fraction=0.25, **options)
+    return Cache(tmp_path / "cache").prepare(spec, log=lambda *_: None), spec
+
+
+def _groups(entry, split: str) -> set:
+    return set(folds.pooled_groups(entry, "patient")[: entry.rows["train"]] if split == "train"
+               else folds.pooled_groups(entry, "patient")[entry.rows["train"]:])
+
+
+def test_the_hold_out_keeps_each_patient_on_one_side_and_the_column_is_no_feature(tmp_path):
+    entry, spec = _prepare(tmp_path, group="patient")
+    assert entry.rows == {"train": 30, "val": 10}  # 5 of 20 patients, both their samples
+    assert not _groups(entry, "train") & _groups(entry, "val") and len(_groups(entry, "val")) == 5
+    assert "patient" not in entry.manifest["feature_names"] and entry.num_features == 6
+    _, y = open_split(entry, "val")
+    assert sorted(np.bincount(y)) == [5, 5]  # paired rows: the class mix comes with the groups
+    plain, _ = _prepare(tmp_path / "plain")
+    assert fingerprint(spec) != fingerprint(replace(spec, group=None))  # a grouped hold-out is another entry
+    assert folds.group_columns(plain) == [] and folds.group_columns(entry) == ["patient"]
+
+
+def test_folds_follow_the_dataset_groups_unless_told_otherwise(tmp_path):
+    entry, _ = _prepare(tmp_path, group="patient")
+    groups = folds.pooled_groups(entry, "patient")
+    assignment = fold_assignment(entry, {"folds": 4, "stratify": "auto", "group_by": None, "seed": 0})
+    for patient in np.unique(groups):
+        assert len(set(assignment[groups == patient])) == 1
+    with pytest.raises(UsageError, match="drop --stratify"):
+        fold_assignment(entry, {"folds": 4, "stratify": True, "group_by": None, "seed": 0})
+
+
+def test_the_baseline_chooses_its_regularisation_by_group(tmp_path):
+    entry, _ = _prepare(tmp_path, group="patient")
+    fitted = baseline.fit(entry)
+    assert fitted.model.endswith("fold CV by group)"), fitted.model
+    plain, _ = _prepare(tmp_path / "plain")
+    assert "by group" not in baseline.fit(plain).model
+
+
+def test_predict_ignores_the_group_column(tmp_path):
+    entry, _ = _prepare(tmp_path, group="patient")
+    info = {**entry.manifest, "label": "tissue"}
+    rows = pd.read_csv(tmp_path / "paired.csv").head(4)
+    for frame in (rows, rows.drop(columns=["patient"])):  # new patients' rows may or may not name them
+        frame.to_csv(tmp_path / "new.csv", index=False)
+        X, _, _ = read_for_prediction(tmp_path / "new.csv", info)
+        assert X.shape == (4, 6)
+
+
+def test_grouped_hold_out_is_seeded_and_near_the_asked_size():
+    groups = np.array([f"p{i // 3}" for i in range(60)])  # 20 groups of 3
+    order, n_val = grouped_holdout(groups, 15, seed=4)
+    assert n_val == 15 and np.array_equal(order, grouped_holdout(groups, 15, seed=4)[0])
+    val = order[len(order) - n_val:]
+    assert not set(groups[val]) & set(groups[order[: len(order) - n_val]])
+    with pytest.raises(DataError, match="1 group"):
+        grouped_holdout(np.array(["a"] * 6), 2, seed=0)
+
+
+def test_bad_group_columns_are_refused(tmp_path):
+    path = _paired(tmp_path / "paired.csv")
+    with pytest.raises(UsageError, match="never a feature"):
+        TableDataset(str(path), label="tissue", drop=("patient",), group="patient")
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(DataError, match="group column 'patiant' is not a column .* did you mean 'patient'"):
+        cache.prepare(TableDataset(str(path), label="tissue", drop=("sample",), group="patiant"), log=lambda *_: None)
+    frame = pd.read_csv(path)
+    frame.loc[3, "patient"] = ""
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match="group column 'patient' .* is empty at"):
+        cache.prepare(TableDataset(str(path), label="tissue", drop=("sample",), group="patient"), log=lambda *_: None)
+
+
+def test_the_grouped_ridge_path_picks_the_alpha_refitting_would():
+    """One SVD per fold gives every alpha's held-out error: the same choice as a Ridge fitted per alpha."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(30), 4)
+    x = rng.normal(size=(120, 40)) + rng.normal(size=(30, 40))[groups]
+    y = x[:, :5].sum(axis=1) + rng.normal(0, 2, 30)[groups] + rng.normal(0, 1, 120)
+    splits = list(GroupKFold(5).split(x, y, groups))
+    errors = [sum(float(((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x[tr], y[tr]).predict(x[te]) - y[te]) ** 2)
+                        .sum()) for tr, te in splits) for a in baseline.ALPHA_GRID]
+    assert baseline._grouped_alpha(x, y, splits) == baseline.ALPHA_GRID[int(np.argmin(errors))]
+    model, how = baseline._ridge(x, y, groups.astype(str))
+    assert how[3] == "5-fold CV by group" and model[-1].alpha == baseline._grouped_alpha(x, y, splits)
