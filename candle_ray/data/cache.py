@@ -307,7 +307,7 @@ def _note_shared_groups(column: str, groups: dict[str, np.ndarray], log) -> None
     shared = np.intersect1d(groups["train"], groups["val"])
     if shared.size:
         log(f"note: {shared.size} {column} value(s) have rows in both the train and the val file, e.g. "
-            f"{shared[0]!r}: val scores them on groups the model trained on; keep each group in one file")
+            f"{str(shared[0])!r}: val scores them on groups the model trained on; keep each group in one file")
 
 
 GROUPED_DRAWS = 64  # seeded group orders a grouped hold-out chooses among
@@ -601,6 +601,9 @@ class Cache:
         y, num_classes, class_names = _labels(ds, y, urls)
         if "val" not in X:
             _hold_out_val(ds, X, y, groups)
+            if groups is not None:
+                log(f"val: {len(np.unique(groups['val']))} of {len(np.unique(np.concatenate(list(groups.values()))))} "
+                    f"{ds.group} groups held out whole ({len(groups['val'])} rows)")
         elif groups is not None:
             _note_shared_groups(ds.group, groups, log)
         if ds.categorical:

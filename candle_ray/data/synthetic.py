@@ -108,6 +108,8 @@ def _table(ds: Dataset, X: np.ndarray, y: np.ndarray, drop: tuple, label_name: s
     labels = pa.array([f"tumor_type_{int(v)}" for v in y]) if has_class_labels(ds.task) else pa.array(y.astype(np.float32))
     position = ds.label if isinstance(ds.label, int) else len(drop)
     columns.insert(min(position, len(columns)), (label_name, labels))
+    if ds.group:  # rows in pairs, as a patient's tumour and normal samples; last, so no label index moves
+        columns.append((ds.group, pa.array([f"{ds.group}_{(offset + r) // 2:05d}" for r in range(n)])))
     return pa.table(dict(columns))
 
 
@@ -140,6 +142,7 @@ def synthesize(ds: Dataset | ReaderDataset, out_dir, *, rows=(192, 48), features
     params = {
         "generator": GENERATOR_VERSION, "format": ds.format, "task": ds.task, "label": ds.label, "drop": list(drop),
         "classes": classes, "rows": list(rows), "features": features, "seed": seed, "files": names,
+        **({"group": ds.group} if ds.group else {}),  # ungrouped files keep their stamp
     }
     stamp = out / _STAMP.format(names["train"])
     recorded = _read_stamp(stamp)

@@ -126,3 +126,21 @@ def test_the_grouped_ridge_path_picks_the_alpha_refitting_would():
     assert baseline._grouped_alpha(x, y, splits) == baseline.ALPHA_GRID[int(np.argmin(errors))]
     model, how = baseline._ridge(x, y, groups.astype(str))
     assert how[3] == "5-fold CV by group" and model[-1].alpha == baseline._grouped_alpha(x, y, splits)
+
+
+def test_smoke_data_has_the_group_column_and_a_val_file_sharing_groups_is_named(tmp_path):
+    from candle_ray.data.synthetic import synthesize
+
+    spec = TableDataset("data/expression.csv", label="cancer_type", drop=("sample_id",), group="patient")
+    said = []
+    entry = Cache(tmp_path / "cache").prepare(synthesize(spec, tmp_path / "smoke", rows=(40, 8), features=5),
+                                              log=said.append)
+    assert not _groups(entry, "train") & _groups(entry, "val")
+    assert any(line.startswith("val: 2 of 20 patient groups held out whole (4 rows)") for line in said), said
+    frame = pd.read_csv(_paired(tmp_path / "paired.csv"))
+    frame[frame.patient < "p15"].to_csv(tmp_path / "train.csv", index=False)
+    frame[frame.patient >= "p14"].to_csv(tmp_path / "val.csv", index=False)  # p14 in both files
+    said.clear()
+    Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "train.csv"), val=str(tmp_path / "val.csv"),
+                                                   label="tissue", drop=("sample",), group="patient"), log=said.append)
+    assert any("note: 1 patient value(s) have rows in both the train and the val file, e.g. 'p14'" in s for s in said), said
