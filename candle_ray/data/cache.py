@@ -435,7 +435,6 @@ def _preprocessing_record(ds: Dataset, scaler_sha256: str) -> dict:
         "feature_subsample": ds.feature_subsample,
         "categorical": list(ds.categorical),
         "impute": ds.impute,
-        "group": ds.group,
         "val_fraction": ds.val_fraction if ds.val is None else None,
         "seed": ds.seed if ds.val is None else None,
         "format": ds.format,
