@@ -175,8 +175,8 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
             linear, pred = [], predicting.predict(networks, batches, seed=seed)
     metrics["ensemble_baseline_share"] = float(linear[0].share) if linear else 0.0
     metrics.update(_scores(pred.probs if pred.probs is not None else pred.mean, y))
-    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, _halves(len(y), seed), alpha,
-                                                                                 out_dir)
+    halves = _halves(len(y), seed, _val_groups(entry))
+    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, halves, alpha, out_dir)
     metrics.update(uq_metrics)
     table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
     table.insert(0, "target", y if y.ndim == 1 else list(map(list, y)))
@@ -185,10 +185,27 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     return metrics, [*files, path]
 
 
-def _halves(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The conformal check's split: a seeded half of the validation rows calibrates, the other half measures."""
-    order = np.random.default_rng(seed).permutation(rows)
-    return order[: rows // 2], order[rows // 2:]
+def _halves(rows: int, seed: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The conformal check's split: a seeded half of the validation rows calibrates, the other half measures;
+    with `groups` (each val row's), half the groups: coverage is then measured on groups that calibrated nothing,
+    as for a new patient."""
+    if groups is None:
+        order = np.random.default_rng(seed).permutation(rows)
+        return order[: rows // 2], order[rows // 2:]
+    keys = np.unique(groups)
+    calibrating = np.isin(groups, np.random.default_rng(seed).permutation(keys)[: len(keys) // 2])
+    return np.flatnonzero(calibrating), np.flatnonzero(~calibrating)
+
+
+def _val_groups(entry) -> np.ndarray | None:
+    """Each validation row's group, for a dataset with a group column (TableDataset(..., group=)); else None."""
+    from candle_ray.data.cache_format import read_manifest
+    from candle_ray.data.folds import pooled_groups
+
+    manifest = read_manifest(entry)
+    if not manifest.get("group"):
+        return None
+    return pooled_groups(entry, manifest["group"])[int(manifest["splits"]["train"]["rows"]):]
 
 
 def _evaluate_tasks(pred, y: np.ndarray, networks: list, out_dir: Path, alpha: float, seed: int):

@@ -144,3 +144,14 @@ def test_smoke_data_has_the_group_column_and_a_val_file_sharing_groups_is_named(
     Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "train.csv"), val=str(tmp_path / "val.csv"),
                                                    label="tissue", drop=("sample",), group="patient"), log=said.append)
     assert any("note: 1 patient value(s) have rows in both the train and the val file, e.g. 'p14'" in s for s in said), said
+
+
+def test_an_ensembles_conformal_check_calibrates_and_measures_on_different_groups(tmp_path):
+    from candle_ray.ensemble import _halves, _val_groups
+
+    entry, _ = _prepare(tmp_path, group="patient")
+    groups = _val_groups(entry)
+    assert len(groups) == entry.rows["val"] and set(groups) == _groups(entry, "val")
+    calibrating, measuring = _halves(len(groups), 0, groups)
+    assert len(calibrating) + len(measuring) == len(groups) and not set(groups[calibrating]) & set(groups[measuring])
+    assert _val_groups(_prepare(tmp_path / "plain")[0]) is None
