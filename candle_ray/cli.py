@@ -579,7 +579,7 @@ def report(sweep_name, storage):
               help="Where the sweeps' folders are [env CANDLE_RAY_STORAGE].")
 def sweeps(storage):
     """List the sweeps, ensembles, cvs and learning curves under --storage, oldest first: what ran, how far,
-    the best trial's value, and the disk its folder takes."""
+    the best trial's value (a cv's estimate, an ensemble's pooled score), and the disk its folder takes."""
     from candle_ray.storage import Storage
 
     store = Storage.parse(storage)
@@ -605,7 +605,10 @@ def _overview_line(overview: dict) -> str:
     state = "no results" if rows is None else ("interrupted" if unfinished else "finished")
     metric = sweep["metric"]
     best = next((r[metric] for r in rows or () if r["status"] != "failed" and r.get(metric)), None)
-    best = f"{metric} {float(best):.4g}" if best is not None and kind == "sweep" else "-"
+    if kind == "sweep":
+        best = f"{metric} {float(best):.4g}" if best is not None else "-"
+    else:  # a cv's one-epoch estimate, an ensemble's pooled score (sweep._record_outcome)
+        best = record.get("outcome") or "-"
     return (f"{sweep['name']:<28} {kind:<8} {Path(record['experiment_file']).stem:<16} {created:<16} "
             f"{sweep['searcher'] + '/' + sweep['scheduler']:<16} {len(rows or ()):>3}/{sweep['num_samples']:<3}  "
             f"{state:<11} {best:<22} {overview['bytes'] / 2**20:>8.1f}")

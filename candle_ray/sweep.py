@@ -437,14 +437,16 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
                                    checkpoints=work_dir / "trials" / trial / "checkpoints")
         if s.kind == "ensemble" and summary["succeeded"]:
-            _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo, linear, s.baseline_share_fixed)
+            _record_outcome(store, sweep.name, _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo,
+                                                                  linear, s.baseline_share_fixed))
         best = summary["best"]
         if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
             _log_model(s, parent, best, echo)
         if s.kind == "cv" and summary["succeeded"]:
             final = f"candle-ray train {experiment.path} --from-sweep {sweep.name}{_storage_option(store)} --all-rows"
-            _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode, entry.manifest["task"], echo, linear,
-                             sweep_tracker.child_run_id, final)
+            _record_outcome(store, sweep.name, _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode,
+                                                                entry.manifest["task"], echo, linear,
+                                                                sweep_tracker.child_run_id, final))
         if s.kind == "lc" and summary["succeeded"]:
             _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear,
                             sweep_tracker.child_run_id)
@@ -695,12 +697,13 @@ def fold_assignment(entry, cv: dict):
 
 
 def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, linear: dict, run_of,
-                     final: str = "") -> None:
+                     final: str = "") -> str | None:
     """Every metric's mean and standard deviation over the folds, on the parent run: at each fold's best epoch
     (`cv_mean_*`, `cv_std_*`: the fold models, their best checkpoints) and at the one epoch whose mean over
     the folds is best (`cv_epoch`, `cv_epoch_mean_*`, `cv_epoch_std_*`; summary.common_epoch), the estimate
     set against the linear baseline. `run_of`: a trial's MLflow run id, whose history holds its epochs;
-    `final`: the command that trains the final model for that epoch."""
+    `final`: the command that trains the final model for that epoch. Returns the estimate as `candle-ray
+    sweeps` lists it (`val_loss 1.775, ep 8`), None without one."""
     from candle_ray.summary import best_metrics, unpacked
 
     done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
@@ -716,6 +719,16 @@ def _aggregate_folds(parent, trials, metric: str, mode: str, task: str, echo, li
     parent.log_epoch({"epoch": 0, "cv_folds_finished": float(len(finals)), **summary})
     for line in _fold_lines(summary, len(finals), metric, mode, task, linear, final):
         echo(line)
+    if f"cv_epoch_mean_{metric}" in summary:
+        return f"{metric} {summary[f'cv_epoch_mean_{metric}']:.4g}, ep {int(summary['cv_epoch'])}"
+    return f"{metric} {summary[f'cv_mean_{metric}']:.4g}" if f"cv_mean_{metric}" in summary else None
+
+
+def _record_outcome(store, name: str, outcome: str | None) -> None:
+    """A cv's estimate or an ensemble's pooled score in its sweep.json, where `candle-ray sweeps` lists it (a
+    sweep's best trial comes from its results.csv)."""
+    if outcome:
+        store.write_sweep(name, {**store.read_sweep(name, f"no sweep named {name!r}"), "outcome": outcome})
 
 
 def _common_epoch_of(parent, trials, keys, metric: str, mode: str, run_of) -> tuple[int | None, list[dict]]:
@@ -831,12 +844,12 @@ def _linear_curve(entry, done, metric: str, linear: dict, echo):
 
 
 def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, linear: dict,
-                       keep_baseline: bool = False) -> None:
+                       keep_baseline: bool = False) -> str | None:
     """Pool the finished members' best checkpoints (from their MLflow runs, wherever they trained) and the
     linear baseline's (fit_baseline's, when it was written; left out where the networks clearly beat it and
     `keep_baseline` is off) on the validation split; metrics and plots go on the parent run and into the sweep
     folder, and a pooled baseline's checkpoint on the parent run, where `predict` and the ensemble's MLflow
-    model find it."""
+    model find it. Returns its headline score as `candle-ray sweeps` lists it (`pooled val_r2 0.3386`)."""
     import tempfile
 
     from candle_ray import ensemble, tracking
@@ -858,9 +871,11 @@ def _evaluate_ensemble(parent, entry, work_dir: Path, store, name: str, echo, li
 
     task, pooled = entry.manifest["task"], {k.replace("ensemble_", ""): v for k, v in metrics.items()
                                             if k.startswith("ensemble_")}
-    if headline(task):
-        for line in comparison("ensemble", pooled, headline(task), "max", linear, task):
-            echo(line)
+    if not headline(task):
+        return None
+    for line in comparison("ensemble", pooled, headline(task), "max", linear, task):
+        echo(line)
+    return f"pooled {headline(task)} {pooled[headline(task)]:.4g}" if headline(task) in pooled else None
 
 
 def _ensemble_line(metrics: dict, share: float, fitted: bool) -> str:

@@ -57,6 +57,7 @@ def test_seed_ensemble_logs_uncertainty_and_predicts(ray_cluster, workdir):
     assert "baseline_val_accuracy" in m
     assert_conformal_near_nominal(m)
     assert m["conformal_val_set_size"] >= 1
+    _listed("ens3", f"pooled val_accuracy {m['ensemble_val_accuracy']:.4g}")
     client = MlflowClient()
     files = {f.path for f in client.list_artifacts(parent.info.run_id, "uq")}
     assert {"uq/reliability.png", "uq/val_predictions.tsv"} <= files
@@ -179,6 +180,15 @@ def test_cross_validation_stratified(ray_cluster, workdir):
     assert f"cross-validated model at epoch {epoch} val_loss" in r.output
     assert parent.data.tags["candle_ray.kind"] == "cv"
     _final_model_of_the_cv(r.output, epoch)
+    _listed("cv3", f"val_loss {m['cv_epoch_mean_val_loss']:.4g}, ep {epoch}")  # what `sweeps` shows of it
+
+
+def _listed(name: str, outcome: str):
+    """`candle-ray sweeps` shows a cv's one-epoch estimate and an ensemble's pooled score (its sweep.json)."""
+    r = cli("sweeps")
+    assert r.exit_code == 0, r.output
+    [line] = [line for line in r.output.splitlines() if line.startswith(f"{name} ")]
+    assert outcome in line, line
 
 
 def _epochs(n: int) -> str:
