@@ -6,7 +6,7 @@
   only where the forest predicts the result of trials it did not see (out-of-bag R² above 0);
 - parallel coordinates of the configuration against the metric;
 - the best trial's curves;
-- with several objectives, the Pareto front (two: a scatter of every trial with the front joined; more:
+- with several objectives, the Pareto front (two: a scatter of every trial with the front as a staircase; more:
   parallel coordinates of the front's members), its knee starred.
 Data come from the sweep's MLflow runs; the files are attached to the sweep's parent run. Every trial
 is worth its best epoch (candle_ray.summary), as in the sweep's summary; the linear baseline's metrics,
@@ -313,7 +313,11 @@ def pareto_plot(trials, objectives, path: Path) -> list[dict]:
     if len(objectives) == 2:
         fig, ax = plt.subplots(figsize=(8, 5.5))
         ax.scatter([v[0] for _, v in scored], [v[1] for _, v in scored], color="#9a9a9a", s=22, label="trials")
-        ax.plot([v[0] for _, v in front], [v[1] for _, v in front], "-o", color="#1f77b4", label="Pareto front")
+        xs, ys = [v[0] for _, v in front], [v[1] for _, v in front]
+        # A staircase, not a line: the edge of what the front dominates. Between two members no trial is known
+        # to reach what a straight segment promises; each step holds one objective until the next member.
+        ax.step(xs, ys, where="post", color="#1f77b4", label="Pareto front")
+        ax.plot(xs, ys, "o", color="#1f77b4")
         for t, v in front:
             ax.annotate(t["trial_id"], v, fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.plot(*front[k][1], marker="*", markersize=16, color="#ff7f0e", markeredgecolor="black", linestyle="",
