@@ -316,10 +316,10 @@ GROUPED_DRAWS = 64  # seeded group orders a grouped hold-out chooses among
 def grouped_holdout(groups: np.ndarray, n_val: int, seed: int, labels: np.ndarray | None = None
                     ) -> tuple[np.ndarray, int]:
     """(row order, val rows) as `stratified_holdout` returns them, with every group's rows on one side: of
-    GROUPED_DRAWS seeded orders of the groups, each filled into val up to about `n_val` rows, the one whose val
-    is nearest `n_val` rows and (a classifier's `labels`) the class mix of all rows, among those that leave
-    every class a train row. A patient's tumour and normal samples split across train and val would let val
-    score a patient the model has seen."""
+    GROUPED_DRAWS seeded orders of the groups, each taken into val up to the group count nearest `n_val` rows
+    (one at least, never all), the one whose val is nearest `n_val` rows and (a classifier's `labels`) the
+    class mix of all rows, among those that leave every class a train row. A patient's tumour and normal
+    samples split across train and val would let val score a patient the model has seen."""
     keys, inverse = np.unique(groups, return_inverse=True)
     if len(keys) < 2:
         raise DataError(f"the group column has {len(keys)} group(s); a hold-out needs 2 or more: pass a val= file or "
@@ -327,15 +327,11 @@ def grouped_holdout(groups: np.ndarray, n_val: int, seed: int, labels: np.ndarra
     rng, sizes = np.random.default_rng(seed), np.bincount(inverse)
     best, best_cost = None, np.inf
     for _ in range(GROUPED_DRAWS):
-        val_groups, rows = [], 0
-        for g in rng.permutation(len(keys)):
-            closer = rows < n_val and abs(rows + sizes[g] - n_val) <= abs(rows - n_val)
-            if len(val_groups) < len(keys) - 1 and (closer or not val_groups):
-                val_groups.append(g)
-                rows += sizes[g]
-        val = np.isin(inverse, val_groups)
+        order = rng.permutation(len(keys))
+        taken = int(np.argmin(np.abs(np.cumsum(sizes[order])[:-1] - n_val))) + 1
+        val = np.isin(inverse, order[:taken])
         cost = _holdout_cost(val, n_val, labels)
-        if val.any() and cost < best_cost:
+        if cost < best_cost:
             best, best_cost = val, cost
     if best is None:
         raise DataError(f"no hold-out of whole groups near {n_val} rows leaves every class a train row; raise "
