@@ -92,8 +92,8 @@ def run_arm(arm: str, split_dir: Path, seed: int, args, address: str | None) -> 
     cli, go = str(venv_bin() / "candle-ray"), dict(env=env, cwd=folder)
     where = ["--storage", str(folder / "sweeps"), *(["--address", address] if address else [])]
     run_command([cli, "tune", str(exp), "--num-samples", str(args.num_samples), "--search", "optuna", "--scheduler",
-                 "asha", "--seed", str(seed), "--name", "sweep", *where], log_path=folder / "tune.log", what=f"{arm} tune",
-                **go)
+                 "asha", "--seed", str(seed), "--name", "sweep", *where], log_path=folder / "tune.log",
+                what=f"{arm} tune", **go)
     best = json.loads((folder / "sweeps" / "sweep" / "best_config.json").read_text())
     text = run_command([cli, "predict", "sweep", "--data", str(folder / "heldout.csv"), "--out",
                         str(folder / "pred.tsv"), "--storage", str(folder / "sweeps")],

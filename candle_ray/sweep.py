@@ -687,8 +687,8 @@ def fold_assignment(entry, cv: dict):
     group_by = cv.get("group_by") or entry.manifest.get("group")  # a dataset's groups stay whole by default
     stratify = cv.get("stratify")
     if stratify is True and group_by:
-        raise UsageError(f"dataset {entry.manifest['name']} keeps each {group_by} in one fold (its group column); --stratify "
-                         f"would split them across folds: drop --stratify")
+        raise UsageError(f"dataset {entry.manifest['name']} keeps each {group_by} in one fold (its group column); "
+                         f"--stratify would split them across folds: drop --stratify")
     if stratify == "auto":  # `tune --cv`, `cv` by default: classifiers keep their class mix in every fold
         stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not group_by
     return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),

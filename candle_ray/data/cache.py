@@ -336,7 +336,8 @@ def grouped_holdout(groups: np.ndarray, n_val: int, seed: int, labels: np.ndarra
     if best is None:
         raise DataError(f"no hold-out of whole groups near {n_val} rows leaves every class a train row; raise "
                         f"val_fraction or pass a val= file")
-    return np.concatenate([rng.permutation(np.flatnonzero(~best)), rng.permutation(np.flatnonzero(best))]), int(best.sum())
+    order = np.concatenate([rng.permutation(np.flatnonzero(~best)), rng.permutation(np.flatnonzero(best))])
+    return order, int(best.sum())
 
 
 def _holdout_cost(val: np.ndarray, n_val: int, labels: np.ndarray | None) -> float:
