@@ -436,20 +436,8 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
             trial = summary["best"]["trial_id"]
             summary["best"].update(run_id=sweep_tracker.child_run_id(trial),
                                    checkpoints=work_dir / "trials" / trial / "checkpoints")
-        if s.kind == "ensemble" and summary["succeeded"]:
-            _record_outcome(store, sweep.name, _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo,
-                                                                  linear, s.baseline_share_fixed))
-        best = summary["best"]
-        if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
-            _log_model(s, parent, best, echo)
-        if s.kind == "cv" and summary["succeeded"]:
-            final = f"candle-ray train {experiment.path} --from-sweep {sweep.name}{_storage_option(store)} --all-rows"
-            _record_outcome(store, sweep.name, _aggregate_folds(parent, progress.trials or [], sweep.metric, sweep.mode,
-                                                                entry.manifest["task"], echo, linear,
-                                                                sweep_tracker.child_run_id, final))
-        if s.kind == "lc" and summary["succeeded"]:
-            _learning_curve(parent, progress.trials or [], sweep, entry, work_dir, store, echo, linear,
-                            sweep_tracker.child_run_id)
+        _finish_kind(experiment, s, sweep, store, entry, work_dir, parent, progress.trials or [],
+                     sweep_tracker.child_run_id, summary, linear, echo)
         status = "KILLED" if summary["interrupted"] else ("FINISHED" if summary["succeeded"] else "FAILED")
     except KeyboardInterrupt:
         status = "KILLED"
@@ -463,6 +451,24 @@ def _fit_and_finish(experiment, resolved: _Resolved, sweep, store, entry, cv_ass
                 child.finish("KILLED")
         parent.finish(status)
     return summary, fit_s, linear
+
+
+def _finish_kind(experiment, s: SweepSettings, sweep, store, entry, work_dir: Path, parent, trials, run_of,
+                 summary: dict, linear: dict, echo) -> None:
+    """Phase 5, by kind: an ensemble's pooled evaluation, a sweep's or ensemble's MLflow model, a cv's fold
+    aggregate, a learning curve's curve. `run_of`: a trial's MLflow run id."""
+    if s.kind == "ensemble" and summary["succeeded"]:
+        _record_outcome(store, sweep.name, _evaluate_ensemble(parent, entry, work_dir, store, sweep.name, echo,
+                                                              linear, s.baseline_share_fixed))
+    best = summary["best"]
+    if best and not summary["interrupted"] and (s.kind == "ensemble" or (s.kind == "sweep" and best.get("run_id"))):
+        _log_model(s, parent, best, echo)
+    if s.kind == "cv" and summary["succeeded"]:
+        final = f"candle-ray train {experiment.path} --from-sweep {sweep.name}{_storage_option(store)} --all-rows"
+        _record_outcome(store, sweep.name, _aggregate_folds(parent, trials, sweep.metric, sweep.mode,
+                                                            entry.manifest["task"], echo, linear, run_of, final))
+    if s.kind == "lc" and summary["succeeded"]:
+        _learning_curve(parent, trials, sweep, entry, work_dir, store, echo, linear, run_of)
 
 
 def _say_what_logging_left(mlflow_callback, sweep, store, echo) -> None:
