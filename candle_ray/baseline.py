@@ -126,9 +126,10 @@ def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_C
     cap = _cap(data, max_rows, max_cells)
     score_rows = _sample(np.random.default_rng(0), np.arange(data.n_train, data.n_train + data.n_val), MAX_VAL_ROWS)
     train_labels, out = data.labels[: data.n_train], []
+    train_groups = data.groups[: data.n_train] if data.groups is not None else None
     with _quiet_single_thread():
         for share, seed in runs:
-            keep = subsample.chosen(train_labels, share, seed, manifest["task"] == "classification")
+            keep = subsample.chosen(train_labels, share, seed, manifest["task"] == "classification", train_groups)
             rows = _sample(np.random.default_rng(seed), np.arange(data.n_train) if keep is None else keep, cap)
             # the inner CV's folds as the sweep's own baseline draws them: all the rows give its metrics
             out.append((share, _fit_one(data, manifest, rows, score_rows, 0)[0]))
@@ -237,6 +238,9 @@ def _quiet_single_thread():
 
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # Ridge's dual solve on fewer rows than features at a tiny alpha (a learning curve's smallest share of
+        # GDSC cell lines) falls back to least squares, a solution as valid; sklearn warns each time.
+        warnings.filterwarnings("ignore", "Singular matrix in solving dual problem", UserWarning)
         yield
 
 

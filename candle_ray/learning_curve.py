@@ -85,25 +85,26 @@ def fit(curve: list[Point]) -> PowerLaw | None:
 
 
 def lines(curve: list[Point], law: PowerLaw | None, metric: str, mode: str,
-          linear: list[Point] | None = None, linear_law: PowerLaw | None = None) -> list[str]:
+          linear: list[Point] | None = None, linear_law: PowerLaw | None = None, unit: str = "rows") -> list[str]:
     """What the end of `candle-ray lc` prints: the table (the linear baseline's curve beside the network's, fitted
-    on the same rows), each law, and what twice the rows would give."""
-    runs = {p.runs for p in curve}
+    on the same rows), each law, and what twice the rows would give. `unit`: what a point's size counts (rows,
+    or a grouped dataset's groups: "patient groups")."""
+    runs, width = {p.runs for p in curve}, max(10, len(f"train {unit}"))
     seeds = f"{runs.pop()} seed(s)" if len(runs) == 1 else "its seeds"
     out = [f"learning curve: {metric} at each size's best epoch of its seeds' mean curve, mean ± sd over {seeds}"
            + ("; the linear baseline fitted on the same rows" if linear else ""),
-           f"  {'train rows':>10}  {'fraction':>8}  {'network':<18}" + ("  linear baseline" if linear else "")]
+           f"  {'train ' + unit:>{width}}  {'fraction':>8}  {'network':<18}" + ("  linear baseline" if linear else "")]
     for i, p in enumerate(curve):
         shown = f"{p.mean:.4g} ± {p.sd:.2g}"
-        out.append(f"  {p.rows:>10,}  {p.fraction:>8.3g}  {shown:<18}"
+        out.append(f"  {p.rows:>{width},}  {p.fraction:>8.3g}  {shown:<18}"
                    + (f"  {linear[i].mean:.4g} ± {linear[i].sd:.2g}" if linear else ""))
-    out.append(_verdict(curve, law, metric, mode, "network"))
+    out.append(_verdict(curve, law, metric, mode, "network", unit))
     if linear:
-        out.append(_verdict(linear, linear_law, metric, mode, "linear baseline"))
+        out.append(_verdict(linear, linear_law, metric, mode, "linear baseline", unit))
     return out
 
 
-def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, who: str) -> str:
+def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, who: str, unit: str = "rows") -> str:
     if law is None:
         return (f"{who}: no power law fitted: these points do not level off as one does (still steepening, or "
                 f"flat within noise); the table is the curve" if len(curve) >= MIN_SIZES_TO_FIT else
@@ -112,15 +113,15 @@ def _verdict(curve: list[Point], law: PowerLaw | None, metric: str, mode: str, w
     gain = law.at(double) - law.at(full)
     # The seeds' spread near the end of the curve: at all the rows a deterministic fit (ridge) has none.
     spread = max(p.sd for p in curve[-2:])
-    verdict = ("more rows are not predicted to help" if (gain < 0) != (mode == "min") or gain == 0 else
+    verdict = (f"more {unit} are not predicted to help" if (gain < 0) != (mode == "min") or gain == 0 else
                f"a change within the seeds' spread at the largest sizes ({spread:.2g}): no clear gain"
-               if abs(gain) < spread else "more rows are predicted to help")
-    return (f"{who}: power law {law.text(metric)} (n = training rows): twice the rows ({double:,}) would give "
+               if abs(gain) < spread else f"more {unit} are predicted to help")
+    return (f"{who}: power law {law.text(metric)} (n = training {unit}): twice the {unit} ({double:,}) would give "
             f"{metric} ≈ {law.at(double):.4g}, against {law.at(full):.4g} at {full:,}; {verdict}")
 
 
 def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, linear: list[Point] | None = None,
-         linear_law: PowerLaw | None = None) -> Path:
+         linear_law: PowerLaw | None = None, unit: str = "rows") -> Path:
     """The points with their spreads and the fitted law, rows on a log axis; the linear baseline's beside them."""
     import matplotlib
 
@@ -137,7 +138,7 @@ def plot(curve: list[Point], law: PowerLaw | None, metric: str, path: Path, line
                     label=f"{who} (mean ± sd)")
         if fitted is not None:
             ax.plot(grid, [fitted.at(g) for g in grid], "-", color=colour, label=fitted.text(metric))
-    ax.set(xscale="log", xlabel="training rows", ylabel=metric, title=f"Learning curve ({metric})")
+    ax.set(xscale="log", xlabel=f"training {unit}", ylabel=metric, title=f"Learning curve ({metric})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -243,7 +243,10 @@ def _train_labels(job: Job, keep=None):
 def _kept_rows(job: Job, seed: int):
     """The training rows a train_fraction below 1 keeps (subsample.chosen), or None."""
     share = subsample.fraction(job.config)
-    return None if share >= 1 else subsample.chosen(_train_labels(job), share, seed, job.task == "classification")
+    if share >= 1:
+        return None
+    return subsample.chosen(_train_labels(job), share, seed, job.task == "classification",
+                            folds.train_groups(job.entry, _folds(job)))
 
 
 def _build_model(job: Job, objective, device):

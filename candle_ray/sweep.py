@@ -788,8 +788,8 @@ def _fold_lines(summary: dict, folds: int, metric: str, mode: str, task: str, li
 def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, linear: dict, run_of) -> None:
     """The runs' metric at each size's one epoch (_at_common_epochs) against their training rows
     (candle_ray.learning_curve), beside the linear baseline's on the same rows: printed, on the parent run as
-    `lc_<metric>` (`_sd`, `lc_baseline_<metric>`) with the training rows as the step, so MLflow draws the
-    curve, and as a picture in the sweep folder and on the parent run."""
+    `lc_<metric>` (`_sd`, `lc_baseline_<metric>`) with the training rows (a grouped dataset's groups: _curve_size)
+    as the step, so MLflow draws the curve, and as a picture in the sweep folder and on the parent run."""
     from candle_ray import learning_curve
     from candle_ray.data import subsample
     from candle_ray.summary import best_metrics
@@ -799,19 +799,19 @@ def _learning_curve(parent, trials, sweep, entry, work_dir: Path, store, echo, l
     done = [t for t in trials if metric in best.get(id(t), {})]
     value = {id(t): best[id(t)][metric] for t in done}
     value.update(_at_common_epochs(parent, done, metric, sweep.mode, run_of))
-    curve = learning_curve.points([(subsample.fraction(t.config), value[id(t)]) for t in done],
-                                  int(entry.rows["train"]))
+    size, unit = _curve_size(entry)
+    curve = learning_curve.points([(subsample.fraction(t.config), value[id(t)]) for t in done], size)
     law = learning_curve.fit(curve)
-    base, base_law = _linear_curve(entry, done, metric, linear, echo)
+    base, base_law = _linear_curve(entry, done, metric, linear, echo, size)
     for i, point in enumerate(curve):
         parent.log_epoch({"epoch": point.rows, f"lc_{metric}": point.mean, f"lc_{metric}_sd": point.sd,
                           **({f"lc_baseline_{metric}": base[i].mean} if base else {})})
     if law is not None:
         parent.log_epoch({"epoch": 0, "lc_exponent": law.b, "lc_asymptote": law.c})
-    for line in learning_curve.lines(curve, law, metric, sweep.mode, base, base_law):
+    for line in learning_curve.lines(curve, law, metric, sweep.mode, base, base_law, unit):
         echo(line)
     (work_dir / "lc").mkdir(exist_ok=True)
-    path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", base, base_law)
+    path = learning_curve.plot(curve, law, metric, work_dir / "lc" / "learning_curve.png", base, base_law, unit)
     parent.log_artifact(path, "lc")
     store.upload(path, store.path(sweep.name, "lc", path.name))
 
@@ -831,7 +831,20 @@ def _at_common_epochs(parent, done, metric: str, mode: str, run_of) -> dict:
     return out
 
 
-def _linear_curve(entry, done, metric: str, linear: dict, echo):
+def _curve_size(entry) -> tuple[int, str]:
+    """What a learning curve's sizes count, and how many the train split holds: the groups of a dataset with a
+    group column (each run trains on a share of them, subsample.chosen), else the rows."""
+    import numpy as np
+
+    from candle_ray.data.folds import train_groups
+
+    groups = train_groups(entry, None)
+    if groups is None:
+        return int(entry.rows["train"]), "rows"
+    return len(np.unique(groups)), f"{entry.manifest['group']} groups"
+
+
+def _linear_curve(entry, done, metric: str, linear: dict, echo, size: int):
     """The linear baseline's learning curve on the runs' own rows, and its law; (None, None) where the sweep
     has no baseline for `metric` (--no-baseline, a loss that is not the baseline's), or it fails."""
     from candle_ray import baseline, learning_curve
@@ -845,7 +858,7 @@ def _linear_curve(entry, done, metric: str, linear: dict, echo):
     except Exception as exc:  # a bonus, as the sweep's own baseline
         echo(f"warning: no linear baseline curve ({type(exc).__name__}: {exc})")
         return None, None
-    curve = learning_curve.points([(share, metrics[metric]) for share, metrics in fitted], int(entry.rows["train"]))
+    curve = learning_curve.points([(share, metrics[metric]) for share, metrics in fitted], size)
     return curve, learning_curve.fit(curve)
 
 

@@ -115,6 +115,18 @@ def every_row(entry_path) -> dict:
     return {"assignment": np.zeros(sum(int(splits[s]["rows"]) for s in POOLED), dtype=np.int8), "fold": -1}
 
 
+def train_groups(entry_path, cv: dict | None) -> np.ndarray | None:
+    """Each training row's group (a matrix dataset's group column) in the order the training feed serves the
+    rows: fold `cv`'s training rows, else the train split's; None for a dataset without one."""
+    manifest = read_manifest(entry_path)
+    if not manifest.get("group"):
+        return None
+    pooled = pooled_groups(entry_path, manifest["group"])
+    if cv:
+        return pooled[_rows(np.asarray(cv["assignment"]), int(cv["fold"]), "train")]
+    return pooled[: int(manifest["splits"]["train"]["rows"])]
+
+
 def fold_labels(entry_path, cv: dict, part: str) -> np.ndarray:
     return pooled_labels(entry_path)[_rows(np.asarray(cv["assignment"]), int(cv["fold"]), part)]
 

@@ -4,7 +4,9 @@ A learning curve (`candle-ray lc`, CANDLE's data-scaling studies of drug respons
 on growing shares of the training split and scores each on the same validation rows: how much would more
 data help? The share is drawn once per run from its rng_seed (every DDP rank draws the same rows), by class
 for a classifier so that a small share keeps every class's part of the rows; the count is always
-`rows(n, fraction)` of the n rows, so the driver knows each run's training size without asking it. The
+`rows(n, fraction)` of the n rows, so the driver knows each run's training size without asking it. A dataset
+with a group column (a patient's samples) draws whole groups instead, `rows(groups, fraction)` of them: the
+curve then asks whether more patients would help, its sizes in groups. The
 class weights and a regressor's target scaler are fitted on the rows the run trains on. The kept rows are
 gathered into memory from the memory-mapped split, also where the whole split would stream (`feed_mode`).
 """
@@ -27,15 +29,21 @@ def rows(n: int, share: float) -> int:
     return max(1, min(n, round(share * n)))
 
 
-def chosen(labels: np.ndarray, share: float, seed: int, by_class: bool) -> np.ndarray | None:
+def chosen(labels: np.ndarray, share: float, seed: int, by_class: bool,
+           groups: np.ndarray | None = None) -> np.ndarray | None:
     """The sorted indices of the training rows a run keeps, or None for all of them. `by_class` (a classifier
     with one label column): each class keeps its part of the rows (largest remainders to the classes that
-    lose the most to rounding), so a class is gone only where its part rounds to 0 rows."""
+    lose the most to rounding), so a class is gone only where its part rounds to 0 rows. With `groups` (each
+    row's, a dataset's group column): `rows(groups, share)` whole groups, every row of each, unstratified."""
+    rng = np.random.default_rng([seed, 20260])  # its own stream: the run's other draws stay as they were
+    if groups is not None:
+        keys = np.unique(groups)
+        want = rows(len(keys), share)
+        return None if want >= len(keys) else np.flatnonzero(np.isin(groups, rng.choice(keys, size=want, replace=False)))
     n = len(labels)
     want = rows(n, share)
     if want >= n:
         return None
-    rng = np.random.default_rng([seed, 20260])  # its own stream: the run's other draws stay as they were
     if not by_class or labels.ndim != 1:
         return np.sort(rng.choice(n, size=want, replace=False))
     classes, counts = np.unique(labels, return_counts=True)

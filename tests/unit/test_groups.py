@@ -155,3 +155,20 @@ def test_an_ensembles_conformal_check_calibrates_and_measures_on_different_group
     calibrating, measuring = _halves(len(groups), 0, groups)
     assert len(calibrating) + len(measuring) == len(groups) and not set(groups[calibrating]) & set(groups[measuring])
     assert _val_groups(_prepare(tmp_path / "plain")[0]) is None
+
+
+def test_a_learning_curve_draws_whole_groups_and_counts_them(tmp_path):
+    from candle_ray import learning_curve
+    from candle_ray.data import subsample
+    from candle_ray.sweep import _curve_size
+
+    groups = np.repeat([f"p{i:02d}" for i in range(20)], 2)
+    keep = subsample.chosen(np.zeros(40), 0.25, seed=3, by_class=True, groups=groups)
+    assert len(set(groups[keep])) == 5 and len(keep) == 10  # 5 of 20 patients, both samples of each
+    assert np.array_equal(keep, subsample.chosen(np.zeros(40), 0.25, seed=3, by_class=True, groups=groups))
+    assert subsample.chosen(np.zeros(40), 1.0, seed=3, by_class=True, groups=groups) is None
+    entry, _ = _prepare(tmp_path, group="patient")
+    assert _curve_size(entry) == (15, "patient groups")
+    curve = learning_curve.points([(0.5, 0.4), (0.5, 0.5), (1.0, 0.3), (1.0, 0.32)], 15)
+    said = learning_curve.lines(curve, None, "val_loss", "min", unit="patient groups")
+    assert "train patient groups" in said[1] and [p.rows for p in curve] == [8, 15]
