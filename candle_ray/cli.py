@@ -604,8 +604,8 @@ def _overview_line(overview: dict) -> str:
     unfinished = rows is not None and any(r["status"] in ("running", "pending", "paused") for r in rows)
     state = "no results" if rows is None else ("interrupted" if unfinished else "finished")
     metric = sweep["metric"]
-    best = next((r[metric] for r in rows or () if r["status"] != "failed" and r.get(metric)), None)
-    if kind == "sweep":
+    if kind == "sweep":  # results.csv is ranked: the first good row is the best trial
+        best = next((r[metric] for r in rows or () if r["status"] != "failed" and r.get(metric)), None)
         best = f"{metric} {float(best):.4g}" if best is not None else "-"
     else:  # a cv's one-epoch estimate, an ensemble's pooled score (sweep._record_outcome)
         best = record.get("outcome") or "-"

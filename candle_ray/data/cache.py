@@ -324,32 +324,40 @@ def grouped_holdout(groups: np.ndarray, n_val: int, seed: int, labels: np.ndarra
     if len(keys) < 2:
         raise DataError(f"the group column has {len(keys)} group(s); a hold-out needs 2 or more: pass a val= file or "
                         f"a finer group column")
-    rng, sizes = np.random.default_rng(seed), np.bincount(inverse)
+    rng = np.random.default_rng(seed)
+    # Rows of each class in each group [groups, classes]: a draw is scored from its groups' counts, not its rows
+    if labels is None:
+        counts = np.bincount(inverse)[:, None]
+    else:
+        _, label_of = np.unique(labels, return_inverse=True)
+        counts = np.zeros((len(keys), int(label_of.max()) + 1), dtype=np.int64)
+        np.add.at(counts, (inverse, label_of), 1)
+    sizes = counts.sum(axis=1)
     best, best_cost = None, np.inf
     for _ in range(GROUPED_DRAWS):
         order = rng.permutation(len(keys))
         taken = int(np.argmin(np.abs(np.cumsum(sizes[order])[:-1] - n_val))) + 1
-        val = np.isin(inverse, order[:taken])
-        cost = _holdout_cost(val, n_val, labels)
+        cost = _holdout_cost(counts, order[:taken], n_val, labels is not None)
         if cost < best_cost:
-            best, best_cost = val, cost
+            best, best_cost = order[:taken], cost
     if best is None:
         raise DataError(f"no hold-out of whole groups near {n_val} rows leaves every class a train row; raise "
                         f"val_fraction or pass a val= file")
-    order = np.concatenate([rng.permutation(np.flatnonzero(~best)), rng.permutation(np.flatnonzero(best))])
-    return order, int(best.sum())
+    val = np.isin(inverse, best)
+    order = np.concatenate([rng.permutation(np.flatnonzero(~val)), rng.permutation(np.flatnonzero(val))])
+    return order, int(val.sum())
 
 
-def _holdout_cost(val: np.ndarray, n_val: int, labels: np.ndarray | None) -> float:
-    """How far a hold-out is from `n_val` rows and from the classes' mix (inf: a class left without train rows)."""
-    cost = abs(int(val.sum()) - n_val)
-    if labels is None or not val.any():
+def _holdout_cost(counts: np.ndarray, val_groups: np.ndarray, n_val: int, classes: bool) -> float:
+    """How far the hold-out of `val_groups` is from `n_val` rows and (`classes`: `counts` has a column per
+    class) from the classes' mix of all rows; inf where a class is left without train rows."""
+    held, total = counts[val_groups].sum(axis=0), counts.sum(axis=0)
+    cost = abs(int(held.sum()) - n_val)
+    if not classes:
         return float(cost)
-    classes = np.unique(labels)
-    if not np.isin(classes, labels[~val]).all():
+    if (held == total).any():
         return np.inf
-    share = lambda rows: np.array([(rows == c).mean() for c in classes])  # noqa: E731
-    return cost + n_val * float(np.abs(share(labels[val]) - share(labels)).sum())
+    return cost + n_val * float(np.abs(held / held.sum() - total / total.sum()).sum())
 
 
 def _drop_categories_train_lacks(X: dict[str, np.ndarray], names: list[str], categorical, log) -> list[str]:
