@@ -1,9 +1,11 @@
 """A linear baseline on a prepared cache entry: the number a tuned network has to beat.
 
-Standardised features + logistic regression (classification) or ridge regression, the regularisation
+Standardised features + logistic regression (classification), ridge regression or an L2-penalised Cox
+model (survival: candle_ray.cox's partial likelihood, fitted by L-BFGS in torch), the regularisation
 chosen by cross-validation on the training rows only, scored on the validation split, or on each fold of a
 cross-validation assignment and then averaged, with the training loop's metric names and definitions
-(candle_ray.objectives: val_loss, val_accuracy, val_auroc, val_aupr; val_loss, val_r2, val_mae, val_corr).
+(candle_ray.objectives: val_loss, val_accuracy, val_auroc, val_aupr; val_loss, val_r2, val_mae, val_corr;
+val_loss, val_cindex).
 A sweep fits it before its first trial and logs `baseline_<metric>` on its parent run. Fitted on the train split
 (not under CV), it is also one affine map of the cache's features (`Baseline.linear`), which `checkpoint_state`
 turns into an `mlp` checkpoint without hidden layers: an ensemble pools it with its networks (candle_ray.predict).
@@ -29,6 +31,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, Stratified
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from candle_ray import cox
 from candle_ray.data.cache import open_split
 from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.folds import pooled_groups
@@ -39,13 +42,15 @@ MAX_ROWS = 20_000
 MAX_VAL_ROWS = 50_000
 C_GRID = np.logspace(-4, 3, 8)  # one per decade: standardised wide data usually lands at 1e-3..1e-1
 ALPHA_GRID = np.logspace(-3, 5, 17)
+# Cox: the L2 penalty (on standardised features) beside a loss per event; strongest first (a path of warm starts)
+COX_PENALTIES = np.logspace(3, -3, 13)
 MAX_ITER = 1000
 TOL = 1e-5  # lbfgs gradient tolerance: 1e-3 stopped weak-penalty fits early (192 x 1000: val_loss 0.42, not 0.34)
 ABSENT_LOGIT = -1e4  # a class absent from the training rows: softmax gives it 0, as predict_proba does
 PROB_FLOOR = 1e-15  # the probability a class absent from the training rows gets before the log
 INNER_FOLDS = 5
 POOLED = ("train", "val")  # the pooled row order of candle_ray.data.folds: train rows, then val rows
-OWN_LOSS = {"classification": "categorical_crossentropy", "regression": "mse"}  # what its val_loss measures
+OWN_LOSS = {"classification": "categorical_crossentropy", "regression": "mse", "survival": "cox"}  # what its val_loss measures
 _CHUNK_CELLS = 1 << 22  # rows gathered or predicted at a time: 16 MB of float32
 
 
@@ -249,6 +254,11 @@ def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np
     the fitted model as (weights, bias) of the raw features)."""
     x, y = data.gather(fit_rows), data.labels[fit_rows]
     groups = data.groups[fit_rows] if data.groups is not None else None
+    if manifest["task"] == "survival":
+        linear, choice = _cox(x, y.astype(np.float64), groups, seed)
+        del x
+        risk = np.concatenate([chunk @ linear[0][0] + linear[1][0] for _, chunk in data.chunks(score_rows)])
+        return cox.val_metrics(risk, data.labels[score_rows]), choice, linear
     if manifest["task"] == "regression":
         model, choice = _ridge(x, y.astype(np.float64), groups)
         del x
@@ -296,6 +306,60 @@ def _grouped_alpha(x: np.ndarray, y: np.ndarray, splits: list) -> float:
         for i, alpha in enumerate(ALPHA_GRID):
             errors[i] += float(((y[test] - mean - projected @ (s / (s ** 2 + alpha) * uty)) ** 2).sum())
     return float(ALPHA_GRID[int(np.argmin(errors))])
+
+
+def _cox(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int):
+    """An L2-penalised Cox model on standardised features (in their training rows' span when wider than
+    long: `_RowSpace`, exact here too), its penalty chosen by inner K-fold CV (stratified by event, or by
+    group) on Verweij and van Houwelingen's cross-validated partial likelihood (glmnet's choice for Cox).
+    ((weights [1, d], bias [1]) of the raw features, how it was chosen)."""
+    scaler = StandardScaler().fit(x)
+    space = _RowSpace().fit(scaler.transform(x))
+    z = space.transform(scaler.transform(x))
+    events = (y > 0).astype(np.int64)
+    folds = min(INNER_FOLDS, int(events.sum()), int(len(y) - events.sum()) or INNER_FOLDS,
+                len(np.unique(groups)) if groups is not None else INNER_FOLDS)
+    if folds < 2:
+        penalty, how = 1.0, "fixed: under 2 events, censored rows or groups"
+    else:
+        inner = _group_splits(events, groups, StratifiedGroupKFold, folds, shuffle=True, random_state=seed) \
+            if groups is not None else list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, events))
+        scores = np.zeros(len(COX_PENALTIES))
+        for train, _ in inner:
+            w = None
+            for i, penalty in enumerate(COX_PENALTIES):
+                w = _cox_fit(z[train], y[train], penalty, w)
+                scores[i] += _partial_ll(z, y, w) - _partial_ll(z[train], y[train], w)
+        penalty = float(COX_PENALTIES[int(np.argmax(scores))])
+        how = f"{folds}-fold CV" + (" by group" if groups is not None else "")
+    w = _cox_fit(z, y, penalty)
+    coef = (space.basis_ @ w if space.basis_ is not None else w) / scaler.scale_
+    linear = (coef[None, :].astype(np.float32), np.array([-coef @ scaler.mean_], dtype=np.float32))
+    return linear, ("Cox regression", "penalty", penalty, how)
+
+
+def _partial_ll(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    return cox.partial_log_likelihood(z @ w, y)[0]
+
+
+def _cox_fit(z: np.ndarray, y: np.ndarray, penalty: float, start: np.ndarray | None = None) -> np.ndarray:
+    """The weights minimising Cox's negative log partial likelihood per event + penalty / 2 * |w|², by L-BFGS
+    in float64 from `start` (the last penalty's weights on a path)."""
+    import torch
+
+    zt, yt = torch.from_numpy(np.asarray(z, dtype=np.float64)), torch.from_numpy(np.asarray(y, dtype=np.float64))
+    w = torch.zeros(zt.shape[1], dtype=torch.float64) if start is None else torch.from_numpy(start.copy())
+    w.requires_grad_(True)
+    opt = torch.optim.LBFGS([w], max_iter=MAX_ITER, tolerance_grad=TOL, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        loss = cox.cox_loss(zt @ w, yt) + 0.5 * penalty * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return w.detach().numpy()
 
 
 def _group_splits(y: np.ndarray, groups: np.ndarray, splitter, folds: int, **options) -> list | None:

@@ -731,7 +731,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
     if scored := predicting.labelled_line(frame, y, info, alpha):
         click.echo(scored)
-    if note := predicting.spread_only_note(pred, calibrator):
+    if note := predicting.spread_only_note(pred, calibrator, info):
         click.echo(note, err=True)
     _say_empty_sets(frame, alpha)
 
@@ -773,6 +773,10 @@ def _calibrate(calibration_file, info: dict, run, alpha: float, set_score: str, 
     from candle_ray.conformal import quantile_rank
     from candle_ray.data.features import read_for_prediction, source_role
 
+    if info.get("task") == "survival":
+        raise UsageError(f"--conformal {calibration_file}: a survival model predicts a risk score, which no observed "
+                         f"value measures (censored times hide many), so there is nothing to calibrate; leave out "
+                         f"--conformal")
     X_cal, y_cal, _ = read_for_prediction(calibration_file, info, need_labels=True, joined_entry=joined_entry)
     calibrator = predicting.calibrate(run(X_cal), y_cal, alpha, set_score, smoothed=smoothed)
     fewest, which, sets_smoothed = len(y_cal), "", getattr(calibrator, "smoothed", False)

@@ -161,6 +161,7 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
         raise UsageError(f"no ensemble member among {len(members)} checkpoint(s), only a linear baseline; train members first")
     linear = [m for m in members if m.share is not None and m.head == networks[0].head][:1]
     batches, y = _val_rows(entry)
+    task = networks[0].data.get("task")
     pred = predicting.predict(networks + linear, batches, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(pred, predicting.TaskPredictions):  # a multi-task model has no linear baseline
@@ -169,14 +170,15 @@ def evaluate(checkpoint_dirs: list[Path], entry, out_dir: Path, *, alpha: float 
     if linear:  # what the networks score without it: their samples' plain mean (a second pass only if they pool alone)
         is_linear = np.array([name == "baseline" for name in pred.names])
         alone = pred.samples[~is_linear].mean(axis=0)
-        metrics.update({k.replace("ensemble_", "members_"): v for k, v in _scores(alone, y).items()})
-        beaten, metrics["ensemble_baseline_paired_t"] = baseline_beaten(alone, pred.samples[is_linear][0], y)
+        metrics.update({k.replace("ensemble_", "members_"): v for k, v in _scores(alone, y, task).items()})
+        beaten, metrics["ensemble_baseline_paired_t"] = baseline_beaten(alone, pred.samples[is_linear][0], y, task)
         if beaten and not keep_baseline:
             linear, pred = [], predicting.predict(networks, batches, seed=seed)
     metrics["ensemble_baseline_share"] = float(linear[0].share) if linear else 0.0
-    metrics.update(_scores(pred.probs if pred.probs is not None else pred.mean, y))
+    metrics.update(_scores(pred.probs if pred.probs is not None else pred.mean, y, task))
     halves = _halves(len(y), seed, _val_groups(entry))
-    uq_metrics, files = (_class_uq if pred.probs is not None else _regression_uq)(pred, y, halves, alpha, out_dir)
+    uq = _class_uq if pred.probs is not None else _survival_uq if task == "survival" else _regression_uq
+    uq_metrics, files = uq(pred, y, halves, alpha, out_dir)
     metrics.update(uq_metrics)
     table = predicting.table(pred, networks[0].data, alpha=alpha, member_columns=True)
     table.insert(0, "target", y if y.ndim == 1 else list(map(list, y)))
@@ -242,11 +244,17 @@ BEATEN_MIN_ROWS = 50
 BASELINE_SHARE = 0.5  # the baseline's share of the pool when the user names none (`ensemble --baseline-share`)
 
 
-def baseline_beaten(networks: np.ndarray, linear: np.ndarray, y: np.ndarray) -> tuple[bool, float]:
+def baseline_beaten(networks: np.ndarray, linear: np.ndarray, y: np.ndarray, task: str | None = None
+                    ) -> tuple[bool, float]:
     """(Do the networks clearly beat the linear baseline?, the paired t statistic) from per-row losses on the
     validation rows: a classifier's cross-entropy of the true class ([rows, classes] probabilities), a
-    regressor's squared error ([rows] predictions). Positive t: the networks' losses are lower."""
-    if networks.ndim == 2:
+    regressor's squared error ([rows] predictions), a survival model's per-event partial likelihood terms
+    ([rows] risks). Positive t: the networks' losses are lower."""
+    if task == "survival":
+        from candle_ray import cox
+
+        loss = lambda risk: cox.event_losses(risk, y)  # noqa: E731
+    elif networks.ndim == 2:
         rows, labels = np.arange(len(y)), y.astype(np.int64)
         loss = lambda p: -np.log(np.clip(p[rows, labels], 1e-12, 1.0))  # noqa: E731
     else:
@@ -258,9 +266,13 @@ def baseline_beaten(networks: np.ndarray, linear: np.ndarray, y: np.ndarray) -> 
     return len(gain) >= BEATEN_MIN_ROWS and t >= BEATEN_T, t
 
 
-def _scores(point: np.ndarray, y: np.ndarray) -> dict:
-    """A pooled prediction's fit: accuracy of class probabilities [rows, classes], or MSE, MAE and R² of a
-    regressor's predictions [rows]."""
+def _scores(point: np.ndarray, y: np.ndarray, task: str | None = None) -> dict:
+    """A pooled prediction's fit: accuracy of class probabilities [rows, classes], MSE, MAE and R² of a
+    regressor's predictions [rows], or a survival model's val_loss and concordance index of its risks [rows]."""
+    if task == "survival":
+        from candle_ray import cox
+
+        return {f"ensemble_{key}": value for key, value in cox.val_metrics(point, y).items()}
     if point.ndim == 2:
         return {"ensemble_val_accuracy": float((point.argmax(1) == y.astype(np.int64)).mean())}
     target = y.astype(np.float64).reshape(len(y), -1)[:, 0]
@@ -322,6 +334,13 @@ def _regression_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> 
         metrics["conformal_val_coverage"] = uq.interval_coverage(target[halves[1]], lower, upper)
         metrics["conformal_val_interval_width"] = uq.mean_interval_width(lower, upper)
     return metrics, files
+
+
+def _survival_uq(pred, y: np.ndarray, halves, alpha: float, out_dir: Path) -> tuple[dict, list[Path]]:
+    """A survival ensemble's spread: how far its members' risk scores disagree (no interval: a risk has no
+    observed value to cover)."""
+    epistemic = pred.epistemic if pred.epistemic is not None else np.zeros(0)
+    return ({"ensemble_val_epistemic_std": float(np.sqrt(epistemic).mean())} if epistemic.size else {}), []
 
 
 def _rows(pred, rows: np.ndarray):

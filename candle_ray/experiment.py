@@ -58,7 +58,7 @@ KEY_RULES: dict[str, dict[str, Any]] = {
     "precision": {"choices": PRECISIONS},
     # Objectives (candle_ray.objectives): loss, class weights, ReduceLROnPlateau's monitor, abstention.
     "loss": {"choices": ("categorical_crossentropy", "sparse_categorical_crossentropy", "crossentropy", "mse",
-                         "mean_squared_error", "mae", "mean_absolute_error", "het", "qtl")},
+                         "mean_squared_error", "mae", "mean_absolute_error", "het", "qtl", "cox")},
     "class_weight": {"choices": ("none", "balanced")},
     "reduce_lr_cooldown": {"min": 0},
     "reduce_lr_min_lr": {"min": 0.0},
@@ -548,7 +548,7 @@ def model_shape(entry) -> dict:
     """What a model is built for, from a cache entry: its input width and its number of outputs
     (the classes of a classifier, 1 for a regressor, the input width for an autoencoder)."""
     task = entry.manifest["task"]
-    outputs = {"autoencoder": entry.num_features, "regression": 1}.get(task, entry.num_classes)
+    outputs = {"autoencoder": entry.num_features, "regression": 1, "survival": 1}.get(task, entry.num_classes)
     shape = {"input_dim": entry.num_features, "classes": outputs}
     if entry.manifest.get("kind") == "joined":
         shape.update(_feature_groups(entry.manifest["slots"]))

@@ -51,6 +51,19 @@ class World:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's [n_rank, k] rows, rank after rank, on every rank (through all-reduces of zero-padded
+        copies: sums are the one collective World needs elsewhere)."""
+        if self.world_size == 1:
+            return rows
+        counts = torch.zeros(self.world_size, dtype=torch.int64, device=rows.device)
+        counts[self.rank] = rows.shape[0]
+        self.all_reduce_sum(counts)
+        padded = torch.zeros(self.world_size, int(counts.max()), rows.shape[1], dtype=rows.dtype, device=rows.device)
+        padded[self.rank, : rows.shape[0]] = rows
+        self.all_reduce_sum(padded)
+        return torch.cat([padded[r, : int(n)] for r, n in enumerate(counts.tolist())])
+
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:
             return model
@@ -158,9 +171,10 @@ def _conditioned(xb: torch.Tensor, yb: torch.Tensor, condition: int) -> torch.Te
 def _evaluate(model, feed, world: World, objective, task: str, amp, condition: int = 0):
     """Validation over this rank's rows (`feed`: unshuffled, unpadded, every world_size-th row); the
     objective's sums (candle_ray.objectives: loss, accuracy, AUROC histograms, regression sums, ...)
-    all-reduced."""
+    all-reduced, or an objective's per-row values from every rank (`gathers_rows`: survival)."""
     device = world.device
     totals = torch.zeros(objective.eval_width, dtype=torch.float64, device=device)
+    rows = []
     model.eval()
     with torch.no_grad():
         for xb, yb in feed.epoch(0):
@@ -168,7 +182,12 @@ def _evaluate(model, feed, world: World, objective, task: str, amp, condition: i
             target = xb if task == "autoencoder" else yb.to(device, non_blocking=True)
             with amp:
                 out = model(_conditioned(xb, yb.to(device), condition))
-            totals += objective.eval_sums(out, target)
+            if objective.gathers_rows:
+                rows.append(objective.eval_sums(out, target))
+            else:
+                totals += objective.eval_sums(out, target)
+    if objective.gathers_rows:
+        return world.gather_rows(torch.cat(rows) if rows else totals.reshape(0, objective.eval_width))
     world.all_reduce_sum(totals)
     return totals
 

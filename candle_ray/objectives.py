@@ -8,10 +8,13 @@
   regression         `loss: "mse"` (default), "mae", "het" (heteroscedastic: mean, log σ² per target)
                      or "qtl" (q50, q10, q90 per target)
   autoencoder        mse on the reconstruction
+  survival           `loss: "cox"`: Cox's partial likelihood of a risk score (candle_ray.cox); reports
+                     val_cindex (Harrell's C) from every validation row at once
 
 Every objective accumulates per-batch sums (float64 tensors) that the loop adds up and all-reduces across
 DDP ranks; the metrics are computed from the reduced sums, so they are exact over the whole split whatever
-the number of workers. `head_shape` gives the model the output width the objective needs.
+the number of workers. Survival's measures are no sums (each event's risk set and pairs span the split):
+its eval_sums are per-row values that the loop gathers from every rank (`gathers_rows`). `head_shape` gives the model the output width the objective needs.
 
 Keras-vs-PyTorch / CANDLE-fidelity choices (each also noted where it is implemented):
 * Models return logits; the softmax lives in the losses (Keras models end in softmax layers).
@@ -37,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from candle_ray import cox
 from candle_ray.errors import DataError, UsageError
 from candle_ray.experiment import ABSTENTION_DEFAULTS
 
 AUC_BINS = 2000  # thresholds for AUROC/AUPR: pairs within 1/2000 of each other in P(class 1) tie
 EPSILON = 1e-7  # Keras' K.epsilon(), used by CANDLE's abstention loss
-LOSSES = ("categorical_crossentropy", "mse", "mae", "het", "qtl")
+LOSSES = ("categorical_crossentropy", "mse", "mae", "het", "qtl", "cox")
 # Keras spellings of the same losses (integer labels make the sparse variant the same loss here).
 LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae", "crossentropy": "categorical_crossentropy",
                 "sparse_categorical_crossentropy": "categorical_crossentropy"}
@@ -222,6 +226,7 @@ class Objective(abc.ABC):
 
     train_width = 2
     eval_width = 2
+    gathers_rows = False  # eval_sums gives [rows, eval_width] per-row values, gathered whole, not summed
 
     @abc.abstractmethod
     def loss(self, out, target):
@@ -558,6 +563,28 @@ class Regression(Objective):
                 last[-1].weight.zero_()
 
 
+class Survival(Objective):
+    """Cox proportional hazards: the model's one output is a risk score (log hazard ratio), trained on each
+    batch's partial likelihood (DeepSurv's minibatch form: risk sets within the batch) and judged on the whole
+    validation split: val_loss is the split's negative log partial likelihood per event (Breslow's ties),
+    val_cindex Harrell's concordance index. Both need every row at once, hence `gathers_rows`."""
+
+    eval_width = 2
+    gathers_rows = True
+
+    def loss(self, out, target):
+        return cox.cox_loss(out, target)
+
+    def eval_sums(self, out, target):
+        return torch.stack([out.reshape(-1).double(), target.reshape(-1).double()], 1)
+
+    def eval_metrics(self, rows) -> dict:
+        return cox.val_metrics(rows[:, 0].cpu().numpy(), rows[:, 1].cpu().numpy())
+
+    def metric_names(self):
+        return ("loss", "val_loss", "val_cindex")
+
+
 NORMAL_Q10 = -1.2815515655446004  # the 10 % quantile of a standard normal: q10/q90 start at mean ∓ 1.28 σ
 
 
@@ -619,13 +646,13 @@ def fit_metrics(t) -> dict:
 
 def loss_name(config: dict, task: str) -> str:
     """The configured loss, checked against the task; CANDLE's defaults when unset."""
-    default = "categorical_crossentropy" if task == "classification" else "mse"
+    default = {"classification": "categorical_crossentropy", "survival": "cox"}.get(task, "mse")
     name = config.get("loss") or default
     name = LOSS_ALIASES.get(name, name)
     if name not in LOSSES:
         raise UsageError(f"loss={name!r} is not one of {', '.join(LOSSES)}; pick one of them")
     fits = {"classification": ("categorical_crossentropy",), "regression": ("mse", "mae", "het", "qtl"),
-            "autoencoder": ("mse", "mae")}[task]
+            "autoencoder": ("mse", "mae"), "survival": ("cox",)}[task]
     if name not in fits:
         raise UsageError(f"loss={name!r} does not fit a {task} dataset; use {' or '.join(fits)}")
     return name
@@ -671,6 +698,8 @@ def make(config: dict, task: str, shape: dict, *, train_labels=None, device=None
             raise UsageError(f"class_weight applies to classification; this dataset is {task}: set it to 'none'")
         if task == "autoencoder":
             return Regression(name, reconstruct=True)
+        if task == "survival":
+            return Survival()
         scaling = config.get("target_scaling") or "std"
         if scaling not in TARGET_SCALINGS:
             raise UsageError(f"target_scaling={scaling!r} is not one of {', '.join(TARGET_SCALINGS)}; use 'std' or 'none'")

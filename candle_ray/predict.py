@@ -368,8 +368,8 @@ def table(pred: Prediction | TaskPredictions, info: dict, *, alpha: float = 0.1,
         if member_columns:
             for m, column in enumerate(_sample_names(pred)):
                 columns[column] = [names[i] for i in pred.samples[m].argmax(axis=1)]
-    else:
-        columns["prediction"] = pred.mean
+    else:  # a survival model's output is a risk score (log hazard ratio), no time: named so
+        columns["risk" if info.get("task") == "survival" else "prediction"] = pred.mean
         sigma = pred.sigma
         if sigma is not None and np.any(sigma > 0):
             columns["std"] = sigma
@@ -403,10 +403,12 @@ def class_names(info: dict, count: int) -> list[str]:
     return [str(n) for n in (info.get("class_names") or range(count))]
 
 
-def spread_only_note(pred: Prediction, calibrator) -> str | None:
+def spread_only_note(pred: Prediction, calibrator, info: dict) -> str | None:
     """Why a regressor's table has `std` but no interval bounds: its members' (or MC passes') spread leaves
     out the data's noise. On GDSC (Nutlin-3a, 5 mse members) a 90 % Gaussian interval from it covered 0.19 of
     170 held-out rows, and 0.20 of the 169 validation rows with the linear baseline pooled."""
+    if info.get("task") == "survival":  # a risk score has no observed value for an interval to cover
+        return None
     if not isinstance(pred, Prediction) or pred.mean is None or calibrator is not None or pred.models_noise \
             or pred.sigma is None or not np.any(pred.sigma > 0):
         return None
@@ -417,7 +419,8 @@ def spread_only_note(pred: Prediction, calibrator) -> str | None:
 
 def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str | None:
     """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
-    accuracy, or R² and MAE; the coverage and size of conformal sets or intervals. None without labels."""
+    accuracy, or R² and MAE, or a survival model's concordance index (on rows with both its time and event
+    columns); the coverage and size of conformal sets or intervals. None without labels."""
     from candle_ray.data.features import UNLABELLED, is_multitask
 
     if y is None:
@@ -429,7 +432,13 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str 
     if n == 0:
         return None
     rows = frame[labelled]
-    if info["task"] == "classification":
+    if info["task"] == "survival":
+        from candle_ray import cox
+
+        events = int((y[labelled] > 0).sum())
+        said = [f"concordance index {cox.concordance(rows['risk'].to_numpy(np.float64), y[labelled]):.3f} "
+                f"({events} events)"]
+    elif info["task"] == "classification":
         said = _class_scores(rows, np.array(class_names(info, int(info["num_classes"])))[y[labelled]], alpha)
     else:
         truth, err = y[labelled], y[labelled] - rows["prediction"].to_numpy(np.float64)

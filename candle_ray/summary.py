@@ -196,8 +196,9 @@ class BestEpoch:
 
 
 def headline(task: str) -> str | None:
-    """The metric a person reads first for a task: accuracy for classifiers, R² for regressors."""
-    return {"classification": "val_accuracy", "regression": "val_r2"}.get(task)
+    """The metric a person reads first for a task: accuracy for classifiers, R² for regressors, the
+    concordance index for survival models."""
+    return {"classification": "val_accuracy", "regression": "val_r2", "survival": "val_cindex"}.get(task)
 
 
 def comparison(label: str, values: dict, metric: str, mode: str, baseline: dict, task: str, hint: str = "",

@@ -696,7 +696,9 @@ def fold_assignment(entry, cv: dict):
         raise UsageError(f"dataset {entry.manifest['name']} keeps each {group_by} in one fold (its group column); "
                          f"--stratify would split them across folds: drop --stratify")
     if stratify == "auto":  # `tune --cv`, `cv` by default: classifiers keep their class mix in every fold
-        stratify = entry.manifest["task"] == "classification" and labels.ndim == 1 and not group_by
+        stratify = entry.manifest["task"] in ("classification", "survival") and labels.ndim == 1 and not group_by
+    if entry.manifest["task"] == "survival":  # and survival data their share of events (signed times > 0)
+        labels = (labels > 0).astype("int64")
     return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),
                         labels=labels if stratify else None,
                         groups=folds.pooled_groups(entry, group_by) if group_by else None)

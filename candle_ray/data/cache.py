@@ -136,7 +136,10 @@ def _check_finite(X: np.ndarray, split: str, url: str, names: list[str] | None, 
 
 
 def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]):
-    """Validated labels as int64 class indices (or float32 targets), plus num_classes and class_names."""
+    """Validated labels as int64 class indices (or float32 targets, or survival's signed times), plus
+    num_classes and class_names."""
+    if ds.task == "survival":
+        return {split: _survival_targets(ds, y, urls[split], split) for split, y in y_by_split.items()}, None, None
     if ds.task == "regression":
         out = {}
         for split, y in y_by_split.items():
@@ -175,6 +178,41 @@ def _labels(ds: Dataset, y_by_split: dict[str, np.ndarray], urls: dict[str, str]
         raise DataError(f"the label column of {urls['train']} has only one value {str(names[0])!r}; a classifier needs at least 2 classes")
     out = {s: np.searchsorted(names, y).astype(np.int64) for s, y in values.items()}
     return out, ds.classes or len(names), names.tolist()
+
+
+def _survival_targets(ds: Dataset, raw: np.ndarray, url: str, split: str) -> np.ndarray:
+    """A split's (time, event) values checked (times > 0, events 0/1) and coded as signed times (candle_ray.cox)."""
+    from candle_ray import cox
+
+    try:
+        time = raw[:, 0].astype(np.float64)
+    except ValueError:
+        value = next(str(v) for v in raw[:, 0] if not _is_number(v))
+        raise DataError(f"{split} time column {ds.label!r} of {url} holds {value!r}, not a number; survival times "
+                        f"must be numbers (days, months)") from None
+    bad = np.flatnonzero(~np.isfinite(time) | (time <= 0))
+    if bad.size:
+        raise DataError(f"{split} time {time[bad[0]]:g} at {data_row(bad[0])} of {url} (column {ds.label!r}) is not "
+                        f"positive ({bad.size} such rows); survival times must be > 0: drop those rows or give "
+                        f"them a small positive time")
+    words = np.char.lower(np.char.strip(raw[:, 1].astype(str)))
+    event = np.select([np.isin(words, ("1", "1.0", "true")), np.isin(words, ("0", "0.0", "false"))], [1, 0], -1)
+    if (event < 0).any():
+        row = int(np.flatnonzero(event < 0)[0])
+        raise DataError(f"{split} event column {ds.event!r} of {url} holds {str(raw[row, 1])!r} at {data_row(row)}; it must be "
+                        f"1 (the event was seen at that time) or 0 (censored then): recode that column")
+    if split == "train" and not event.any():
+        raise DataError(f"the event column {ds.event!r} of {url} is 0 on every train row; a survival model needs "
+                        f"events to learn from: check the column (1 = event seen)")
+    return cox.encode(time, event)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _class_notes(ds: Dataset, y: dict, num_classes, class_names) -> list[str]:
@@ -224,7 +262,7 @@ def _read_splits(ds: Dataset, fetched: dict, urls: dict[str, str], log):
             split_names = None
         else:
             X[split], y[split], split_names, groups[split] = formats.read_table(got.path, ds.label, ds.drop,
-                                                                                ds.categorical, ds.group)
+                                                                                ds.categorical, ds.group, ds.event)
             if ds.feature_subsample:
                 X[split], split_names = X[split][:, : ds.feature_subsample], split_names[: ds.feature_subsample]
         if names is not None and split_names is not None and split_names != names:
@@ -292,6 +330,8 @@ def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray
     n = len(y["train"])
     n_val = int(round(n * ds.val_fraction))
     classes = y["train"] if ds.task == "classification" and y["train"].ndim == 1 else None
+    if ds.task == "survival":  # both sides get their share of events (signed times: > 0 is an event)
+        classes = (y["train"] > 0).astype(np.int64)
     if groups is not None:
         order, n_val = grouped_holdout(groups["train"], n_val, ds.seed, classes)
     elif classes is not None:
@@ -615,6 +655,9 @@ class Cache:
         fill = _impute(ds, X, names, log)
         for note in _class_notes(ds, y, num_classes, class_names):
             log(note)
+        if ds.task == "survival":  # a concordance index rests on the events: few val events, a noisy one
+            log("events: " + ", ".join(f"{split} {int((y[split] > 0).sum()):,} of {len(y[split]):,} rows"
+                                       for split in SPLITS))
         for split in SPLITS:
             _need_rows(split, len(y[split]), ds)
         num_features = X["train"].shape[1]
@@ -633,6 +676,7 @@ class Cache:
             "preprocessing": _preprocessing_record(ds, file_sha256(out / _SCALER)),
             "splits": splits,
             **({"group": ds.group} if ds.group else {}),
+            **({"event": ds.event} if ds.event else {}),
             "synthetic": ds.synthetic,
             "rebuild": rebuild_hint or None,
         }

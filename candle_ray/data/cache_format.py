@@ -148,6 +148,7 @@ def fingerprint(ds: Dataset | ReaderDataset) -> str:
         **({"categorical": list(ds.categorical)} if ds.categorical else {}),  # entries from before keep theirs
         **({"impute": ds.impute} if ds.impute else {}),
         **({"group": ds.group} if ds.group else {}),  # the hold-out keeps groups whole
+        **({"event": ds.event} if ds.event else {}),
         "task": ds.task,
         "classes": ds.classes,
         "scaling": ds.scaling,

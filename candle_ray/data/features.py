@@ -30,7 +30,7 @@ def describe(entry) -> dict:
         "kind": manifest.get("kind", "matrix"), "num_features": manifest["num_features"],
         "feature_names": manifest.get("feature_names"), "class_names": manifest.get("class_names"),
         "num_classes": manifest.get("num_classes"), "format": pre.get("format"),
-        "label": _label(manifest), "label_columns": manifest.get("label_columns"),
+        "label": _label(manifest), "label_columns": manifest.get("label_columns"), "event": manifest.get("event"),
         "rebuild": manifest.get("rebuild"), "entry": str(entry.path),
         "categorical": pre.get("categorical") or [],
         "scaler": json.loads(scaler_file.read_text()) if scaler_file and scaler_file.is_file() else None,
@@ -146,6 +146,21 @@ def _labels(values, info: dict, *, strict: bool) -> np.ndarray:
     return y
 
 
+def _survival_targets(time, event) -> np.ndarray:
+    """A survival model's labelled rows as signed times (candle_ray.cox); NaN where the time is not a positive
+    number or the event not 1/0 (true/false): such rows are predicted, not scored."""
+    import pandas as pd
+
+    from candle_ray import cox
+
+    time = pd.to_numeric(time, errors="coerce").to_numpy(np.float64)
+    words = event.astype(str).str.strip().str.lower()
+    seen = np.select([words.isin(("1", "1.0", "true")), words.isin(("0", "0.0", "false"))], [1.0, 0.0], np.nan)
+    coded = cox.encode(time, seen).astype(np.float64)
+    coded[~(np.isfinite(time) & (time > 0) & np.isfinite(seen))] = np.nan
+    return coded
+
+
 def _class_indices(values, missing, info: dict) -> np.ndarray:
     """Each label's class index by name, or as an integer index where the classes have no names; UNLABELLED
     where it is missing or no class."""
@@ -235,10 +250,11 @@ def frame_for_prediction(frame, info: dict, *, header: bool = True, source: str 
         if missing:
             raise DataError(f"{source} lacks {len(missing)} of the model's {width} features, e.g. {missing[:3]}; "
                             f"it needs the training columns by name (any order)")
+        event = info.get("event")
         if label and label in columns:
-            y = frame[label].to_numpy()
+            y = _survival_targets(frame[label], frame[event]) if event and event in columns else frame[label].to_numpy()
         features = set(names)
-        others = [c for c in columns if c not in features and c != label]
+        others = [c for c in columns if c not in features and c not in (label, event)]
         if others and not pd.api.types.is_numeric_dtype(frame[others[0]]):
             ids = frame[others[0]].astype(str).tolist()  # the first non-feature text column names the rows
         X = frame[names]

@@ -196,48 +196,60 @@ def _labels(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     return np.asarray(column.to_pylist(), dtype=object).astype(str)
 
 
-def read_table(path, label, drop=(), categorical=(), group: str | None = None
+def read_table(path, label, drop=(), categorical=(), group: str | None = None, event: str | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     """A CSV / TSV (.tsv, .txt) / Parquet file with a header: one label column, feature columns, dropped columns,
     `categorical` columns, each one-hot encoded in its place as columns "<column>=<value>" (one per value
-    the file holds; an empty cell is none of them), and a `group` column of row groups (not a feature).
+    the file holds; an empty cell is none of them), a `group` column of row groups and a survival dataset's
+    `event` column (neither is a feature).
 
-    Returns (X float32 [n, d], raw label values, feature names, each row's group as text or None). Non-numeric
-    feature columns and unknown label/drop/categorical/group names raise DataError naming the column.
+    Returns (X float32 [n, d], raw label values (with `event`: [n, 2] of the label's and the event's),
+    feature names, each row's group as text or None). Non-numeric feature columns and unknown
+    label/drop/categorical/group/event names raise DataError naming the column.
     """
     path = Path(path)
     drop, categorical = tuple(drop), tuple(categorical)
     delimiter = _delimiter(path)
     if delimiter is None:
-        return _read_parquet(path, label, drop, categorical, group)
+        return _read_parquet(path, label, drop, categorical, group, event)
     names = next(csv.reader([_first_line(path)], delimiter=delimiter))
-    label_name, features = _split_columns(names, label, _with_group(drop, group, names, path), path, categorical)
+    label_name, features = _split_columns(names, label, _not_features(drop, group, event, names, path), path,
+                                          categorical)
     types = {name: pa.string() if name in categorical else pa.float32() for name in features}
     types[label_name] = pa.string()
-    grouped = [group] if group else []
-    types.update({name: pa.string() for name in grouped})
+    grouped, events = [group] if group else [], [event] if event else []
+    types.update({name: pa.string() for name in (*grouped, *events)})
     try:
         table = _read_csv(path, delimiter, header=True, names=names, types=types,
-                          include=[label_name, *features, *grouped])
+                          include=[label_name, *events, *features, *grouped])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise _conversion_error(path, e, names, NOT_NUMERIC) from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {_one_line(e)}; check that the file exists and is readable") from None
     if table.num_rows == 0:
         raise DataError(f"{path} has a header but no rows; check the file")
-    y = _labels(table.column(label_name), path, label_name)
+    y = _label_values(table, label_name, event, path)
     X, names = _features(table, features, categorical, path)
     return X, y, names, _groups(table, group, path)
 
 
-def _with_group(drop: tuple, group: str | None, names: list[str], path: Path) -> tuple:
-    """`drop` and the group column, which is never a feature (checked against the header first, so that a
-    missing one is named as the group column)."""
-    if group is None:
-        return drop
-    if group not in names:
-        raise _missing("group column", group, names, path)
-    return (*drop, group)
+def _not_features(drop: tuple, group: str | None, event: str | None, names: list[str], path: Path) -> tuple:
+    """`drop` and the group and event columns, which are never features (checked against the header first,
+    so that a missing one is named as what it is)."""
+    for what, column in (("group column", group), ("event column", event)):
+        if column is not None and column not in names:
+            raise _missing(what, column, names, path)
+    return (*drop, *(c for c in (group, event) if c is not None))
+
+
+def _label_values(table: pa.Table, label: str, event: str | None, path: Path) -> np.ndarray:
+    """The raw label values, beside a survival dataset's raw event values as [n, 2] (the cache checks both)."""
+    y = _labels(table.column(label), path, label)
+    if event is None:
+        return y
+    events = _labels(table.column(event), path, event)
+    return np.stack([y, events], 1) if y.dtype.kind in "iuf" and events.dtype.kind in "iuf" else \
+        np.stack([y.astype(str), events.astype(str)], 1)
 
 
 def _groups(table: pa.Table, group: str | None, path: Path) -> np.ndarray | None:
@@ -252,8 +264,8 @@ def _groups(table: pa.Table, group: str | None, path: Path) -> np.ndarray | None
     return values.astype(str)
 
 
-def _read_parquet(path: Path, label, drop: tuple, categorical: tuple, group: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
+def _read_parquet(path: Path, label, drop: tuple, categorical: tuple, group: str | None = None,
+                  event: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
     import pyarrow.parquet as pq
 
     try:
@@ -261,16 +273,18 @@ def _read_parquet(path: Path, label, drop: tuple, categorical: tuple, group: str
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"cannot read Parquet file {path}: {_one_line(e)}; check that it exists and is a Parquet file") from None
     names = list(schema.names)
-    label_name, features = _split_columns(names, label, _with_group(drop, group, names, path), path, categorical)
+    label_name, features = _split_columns(names, label, _not_features(drop, group, event, names, path), path,
+                                          categorical)
     for name in features:
         kind = schema.field(name).type
         if name not in categorical and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
                                             or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
             raise DataError(f"feature column {name!r} of {path} is not numeric ({kind}); {NOT_NUMERIC}")
-    table = pq.read_table(str(path), columns=[label_name, *features, *([group] if group else [])])
+    table = pq.read_table(str(path), columns=[label_name, *([event] if event else []), *features,
+                                              *([group] if group else [])])
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; check the file")
-    y = _labels(table.column(label_name), path, label_name)
+    y = _label_values(table, label_name, event, path)
     X, names = _features(table, features, categorical, path)
     return X, y, names, _groups(table, group, path)
 

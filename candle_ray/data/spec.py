@@ -16,12 +16,13 @@ SCALINGS = ("maxabs", "minmax", "std", "log", "none")
 IMPUTES = ("mean", "median")  # what fills a missing feature value (cache._impute); None: refused
 SCALING_FITS = ("train+val", "train")
 # "autoencoder": the model reconstructs its input (P1B1); the labels (e.g. cancer types) are kept as
-# classes for conditional models and plots.
-TASKS = ("classification", "regression", "autoencoder")
+# classes for conditional models and plots. "survival": a follow-up time and whether the event was seen
+# (candle_ray.cox codes both in one signed number).
+TASKS = ("classification", "regression", "autoencoder", "survival")
 
 
 def has_class_labels(task: str) -> bool:
-    return task != "regression"
+    return task not in ("regression", "survival")
 URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 
@@ -78,6 +79,8 @@ class Dataset:
       last `val_fraction` of the (seeded-shuffled) train rows, stratified by class for a classifier.
     group: a "table" column naming rows that belong together (a patient's tumour and normal samples, a
       cell line's replicates): not a feature; the hold-out and cv folds keep each group's rows on one side.
+    event: with task="survival", the "table" column saying whether the event (death, relapse) was seen at
+      the `label` column's time (1) or the row was censored then (0); not a feature.
     scaling: CANDLE's vocabulary (maxabs, minmax, std, log, none); `scaling_fit` "train+val" is
       CANDLE's transductive rule (fit on train and test concatenated), "train" the inductive one.
     """
@@ -90,6 +93,7 @@ class Dataset:
     drop: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()  # "table" columns one-hot encoded (formats.read_table), e.g. ("tissue",)
     group: str | None = None  # a "table" column of row groups (a patient): kept whole in one split or fold
+    event: str | None = None  # task="survival": the "table" column of 1 (event seen) / 0 (censored)
     impute: str | None = None  # fill missing feature values with the train rows' column mean or median
     task: str = "classification"
     classes: int | None = None
@@ -121,6 +125,7 @@ class Dataset:
         if self.classes is not None and (not isinstance(self.classes, int) or self.classes < 2):
             raise UsageError(f"dataset classes must be an integer >= 2, got {self.classes!r}")
         self._check_group()
+        self._check_event()
         if self.val is None and not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"dataset val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.feature_subsample < 0:
@@ -135,6 +140,19 @@ class Dataset:
         if self.group == self.label or self.group in self.drop or self.group in self.categorical:
             raise UsageError(f"dataset group column {self.group!r} is also the label, dropped or categorical; a group "
                              f"column is never a feature: name it only as group=")
+
+    def _check_event(self) -> None:
+        if (self.task == "survival") != (self.event is not None):
+            raise UsageError(f"dataset task={self.task!r} with event={self.event!r}: a survival dataset names its "
+                             f"event column and only it does, e.g. TableDataset(..., label='months', event='dead')")
+        if self.event is None:
+            return
+        if self.format != "table" or not isinstance(self.event, str) or not self.event:
+            raise UsageError(f"dataset event={self.event!r} needs format='table' and a column name, e.g. "
+                             f"TableDataset(..., label='months', event='dead')")
+        if self.event in (self.label, self.group) or self.event in self.drop or self.event in self.categorical:
+            raise UsageError(f"dataset event column {self.event!r} is also the label, the group, dropped or "
+                             f"categorical; name it only as event=")
 
     def resolved(self, base_dir: Path | None) -> "Dataset":
         """Local relative paths made absolute file:// URLs, relative to `base_dir`."""
@@ -228,9 +246,12 @@ def safe_name(text: str) -> str:
 def TableDataset(path, label: str, *, name: str | None = None, val=None, **options) -> Dataset:
     """A user's own matrix: a CSV, TSV or Parquet file with a header and a label column.
 
-    `TableDataset("expression.csv", label="cancer_type", scaling="std")` is a whole dataset spec.
+    `TableDataset("expression.csv", label="cancer_type", scaling="std")` is a whole dataset spec;
+    `TableDataset("cohort.csv", label="months", event="dead")` a survival one (task="survival" implied).
     """
     source = _as_source(path)
+    if options.get("event") is not None:
+        options.setdefault("task", "survival")
     if name is None:
         name = file_name(source)
     options.setdefault("scaling", "std")

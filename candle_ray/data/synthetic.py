@@ -75,6 +75,13 @@ def _sample(n: int, d: int, classes: int, task: str, seed: int, split_index: int
         z[:, signal] += codes[y]
     else:
         y = (z[:, signal] - mu[signal]) @ weights + 0.05 * rng.standard_normal(n, dtype=np.float32)
+    if task == "survival":  # months to an event whose hazard grows with the signal; a third censored earlier
+        from candle_ray import cox
+
+        months = rng.exponential(24.0 * np.exp(-6.0 * y)) + 0.1
+        censored = rng.random(n) < 1 / 3
+        months[censored] *= rng.uniform(0.1, 1.0, int(censored.sum()))
+        y = cox.encode(np.round(months, 2), ~censored)
     # FPKM-UQ-like: exp of a normal, zero where the gene is not expressed, three decimals as printed.
     X = np.round(np.expm1(np.clip(z, 0.0, None)), 3).astype(np.float32)
     return X, y
@@ -107,6 +114,9 @@ def _table(ds: Dataset, X: np.ndarray, y: np.ndarray, drop: tuple, label_name: s
     columns += [(f"gene_{j + 1:05d}", pa.array(X[:, j])) for j in range(d)]
     labels = pa.array([f"tumor_type_{int(v)}" for v in y]) if has_class_labels(ds.task) else pa.array(y.astype(np.float32))
     position = ds.label if isinstance(ds.label, int) else len(drop)
+    if ds.event:  # survival: months to the event or censoring, then whether the event was seen
+        labels = pa.array(np.abs(y).astype(np.float32))
+        columns.insert(min(position, len(columns)), (ds.event, pa.array((y > 0).astype(np.int64))))
     columns.insert(min(position, len(columns)), (label_name, labels))
     if ds.group:  # rows in pairs, as a patient's tumour and normal samples; last, so no label index moves
         columns.append((ds.group, pa.array([f"{ds.group}_{(offset + r) // 2:05d}" for r in range(n)])))

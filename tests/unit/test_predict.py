@@ -273,19 +273,19 @@ def test_interval_bounds_only_where_sigma_holds_the_datas_noise():
     frame = predicting.table(mse, {})
     assert list(frame) == ["prediction", "std"] and (frame["std"] > 0).all()
     assert "no interval bounds: std is the spread of the members' predictions alone" in \
-        predicting.spread_only_note(mse, None)
+        predicting.spread_only_note(mse, None, {})
     het = predicting.pool("het", [np.stack([np.stack([rng.normal(size=6), np.full(6, np.log(0.25))], axis=1)])
                                   for _ in range(2)])
-    assert {"lower", "upper"} <= set(predicting.table(het, {})) and predicting.spread_only_note(het, None) is None
+    assert {"lower", "upper"} <= set(predicting.table(het, {})) and predicting.spread_only_note(het, None, {}) is None
     # qtl: bounds at 1 - alpha from its σ, as the ensemble's coverage metric; its q10..q90 is an 80 % interval
     # (it covered 71 % of those GDSC rows at --alpha 0.1, the Gaussian bounds 86 %), kept under its own name
     qtl = predicting.pool("qtl", [np.array([[[1.0, 0.0, 2.56]]])])
     frame = predicting.table(qtl, {}, alpha=0.1)
     assert list(frame) == ["prediction", "std", "lower", "upper", "q10", "q90"], list(frame)
     assert np.allclose(frame[["lower", "upper"]].iloc[0], np.ravel(uq.gaussian_interval(qtl.mean, qtl.sigma, 0.1)), atol=1e-9)
-    assert np.allclose(frame[["q10", "q90"]].iloc[0], [0.0, 2.56]) and predicting.spread_only_note(qtl, None) is None
+    assert np.allclose(frame[["q10", "q90"]].iloc[0], [0.0, 2.56]) and predicting.spread_only_note(qtl, None, {}) is None
     one = predicting.pool("regression", [np.ones((1, 6, 1))])  # one member, no spread: nothing to say
-    assert list(predicting.table(one, {})) == ["prediction"] and predicting.spread_only_note(one, None) is None
+    assert list(predicting.table(one, {})) == ["prediction"] and predicting.spread_only_note(one, None, {}) is None
 
 
 def test_members_must_match():

@@ -1,0 +1,248 @@
+"""Survival data (`TableDataset(..., label="months", event="dead")`): the signed-time code, Cox's partial
+likelihood and Harrell's C against brute force, the cache's checks, training to a concordance index well
+above chance, the Cox baseline, and predict's risk column and concordance on labelled rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from candle_ray import baseline, cox, ensemble, objectives
+from candle_ray import predict as predicting
+from candle_ray.cli import main
+from candle_ray.data.cache import Cache, open_split
+from candle_ray.data.features import read_for_prediction
+from candle_ray.data.spec import TableDataset
+from candle_ray.errors import DataError, UsageError
+from candle_ray.loop import World, train_epochs
+
+
+def brute_concordance(risk, target):
+    time, event = np.abs(target), target > 0
+    right = pairs = 0.0
+    for i in np.flatnonzero(event):
+        for j in np.flatnonzero(time > time[i]):
+            pairs += 1
+            right += 1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0
+    return right / pairs
+
+
+def brute_log_likelihood(risk, target):
+    time, event = np.abs(target), target > 0
+    return sum(risk[i] - np.log(np.exp(risk[time >= time[i]]).sum()) for i in np.flatnonzero(event))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_concordance_and_partial_likelihood_match_brute_force_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    time, event = rng.integers(1, 12, 80).astype(float), rng.random(80) < 0.4  # many tied times
+    risk, target = np.round(rng.normal(size=80), 1), cox.encode(time, event)  # and tied risks
+    assert cox.concordance(risk, target) == pytest.approx(brute_concordance(risk, target))
+    log_likelihood, events = cox.partial_log_likelihood(risk, target)
+    assert events == event.sum() and log_likelihood == pytest.approx(brute_log_likelihood(risk, target))
+    assert cox.event_losses(risk, target).sum() == pytest.approx(-log_likelihood)
+    loss = cox.cox_loss(torch.tensor(risk, requires_grad=True), torch.tensor(target))
+    assert float(loss.detach()) == pytest.approx(-log_likelihood / events, rel=1e-6)
+
+
+def test_signed_times_and_perfect_or_reversed_orders():
+    target = cox.encode(np.array([5.0, 3.0, 8.0]), np.array([1, 0, 1]))
+    assert target.tolist() == [5.0, -3.0, 8.0]
+    time, event = cox.decode(target)
+    assert time.tolist() == [5.0, 3.0, 8.0] and event.tolist() == [True, False, True]
+    times = np.arange(1.0, 21.0)
+    assert cox.concordance(-times, times) == 1.0 and cox.concordance(times, times) == 0.0
+    assert np.isnan(cox.concordance(np.zeros(3), -np.ones(3)))  # all censored: no pair is known
+
+
+def test_a_batch_without_events_trains_nothing():
+    risk = torch.randn(6, requires_grad=True)
+    loss = cox.cox_loss(risk, -torch.arange(1.0, 7.0))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.all(risk.grad == 0)
+
+
+def test_the_spec_names_its_event_column():
+    assert TableDataset("c.csv", label="months", event="dead").task == "survival"
+    with pytest.raises(UsageError, match="names its event column"):
+        TableDataset("c.csv", label="months", task="survival")
+    with pytest.raises(UsageError, match="also the label"):
+        TableDataset("c.csv", label="months", event="months")
+    with pytest.raises(UsageError, match="does not fit a survival"):
+        objectives.loss_name({"loss": "mse"}, "survival")
+    assert objectives.loss_name({}, "survival") == "cox"
+
+
+def cohort(n: int, seed: int = 0, d: int = 10):
+    """Rows whose hazard is exp(2 x0 - x1): months to the event, a third censored at random earlier times."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    months = rng.exponential(20 * np.exp(-(2 * X[:, 0] - X[:, 1]))) + 0.05
+    dead = rng.random(n) > 1 / 3
+    months[~dead] *= rng.uniform(0.2, 1.0, int((~dead).sum()))
+    frame = pd.DataFrame(X, columns=[f"g{i}" for i in range(d)])
+    return frame.assign(months=np.round(months, 3) + 0.001, dead=dead.astype(int),
+                        patient=[f"p{i}" for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("survival")
+    frame = cohort(700)
+    frame.iloc[:600].to_csv(tmp / "train.csv", index=False)
+    frame.iloc[600:].to_csv(tmp / "new.csv", index=False)
+    ds = TableDataset(str(tmp / "train.csv"), label="months", event="dead", drop=("patient",), val_fraction=0.25)
+    said = []
+    entry = Cache(tmp / "cache").prepare(ds, log=said.append)
+    return tmp, entry, said
+
+
+def test_the_cache_keeps_signed_times_and_holds_out_events_evenly(prepared):
+    tmp, entry, said = prepared
+    _, y_train = open_split(entry.path, "train")
+    X_val, y_val = open_split(entry.path, "val")
+    assert X_val.shape == (150, 10) and entry.manifest["event"] == "dead"  # neither time nor event is a feature
+    truth = pd.read_csv(tmp / "train.csv")
+    assert sorted(np.abs(np.concatenate([y_train, y_val])).round(3)) == sorted(truth["months"].round(3))
+    assert int((y_val > 0).sum()) == round(150 * truth["dead"].mean())  # stratified by event
+    assert any(line.startswith("events: train ") for line in said)
+
+
+@pytest.mark.parametrize("cell, match", [("0", "not positive"), ("-2", "not positive"), ("soon", "not a number")])
+def test_bad_times_are_refused_in_one_line(tmp_path, cell, match):
+    frame = cohort(30).astype({"months": object})
+    frame.loc[4, "months"] = cell
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(DataError, match=match) as err:
+        Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "c.csv"), label="months", event="dead",
+                                                       drop=("patient",)), log=lambda *_: None)
+    assert "\n" not in str(err.value)
+
+
+def test_event_words_and_missing_events_are_refused(tmp_path):
+    frame = cohort(30).astype({"dead": str})
+    frame.loc[2, "dead"] = "deceased"
+    frame.to_parquet(tmp_path / "c.parquet")
+    ds = TableDataset(str(tmp_path / "c.parquet"), label="months", event="dead", drop=("patient",))
+    with pytest.raises(DataError, match="holds 'deceased' at .* it must be 1 .* or 0"):
+        Cache(tmp_path / "cache").prepare(ds, log=lambda *_: None)
+    cohort(30).assign(dead=0).to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(DataError, match="0 on every train row"):
+        Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "none.csv"), label="months", event="dead",
+                                                       drop=("patient",)), log=lambda *_: None)
+    frame = cohort(30).assign(dead=np.where(cohort(30)["dead"] > 0, "true", "False"))
+    frame.to_csv(tmp_path / "words.csv", index=False)  # true/false read as 1/0
+    entry = Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "words.csv"), label="months", event="dead",
+                                                           drop=("patient",)), log=lambda *_: None)
+    assert entry.manifest["task"] == "survival"
+
+
+def job(entry, run_dir, **config):
+    from candle_ray.data.features import describe
+    from candle_ray.experiment import model_shape
+
+    base = {"epochs": 15, "batch_size": 64, "learning_rate": 0.003, "optimizer": "adam", "dropout": 0.0,
+            "activation": "relu", "dense": [16], "rng_seed": 1}
+    return {"config": {**base, **config}, "model": "mlp", "task": "survival", "model_shape": model_shape(entry),
+            "data": describe(entry), "entry": str(entry.path), "run_dir": str(run_dir), "metric": "val_loss",
+            "mode": "min", "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    _, entry, _ = prepared
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, list(train_epochs(job(entry, run_dir), World()))
+
+
+def test_training_ranks_new_patients_and_predict_writes_risks(prepared, trained):
+    tmp, entry, _ = prepared
+    run_dir, history = trained
+    assert set(history[0]) >= {"loss", "val_loss", "val_cindex"}
+    assert history[-1]["val_cindex"] >= 0.75 and history[-1]["val_loss"] < history[0]["val_loss"]
+    member = predicting.load_member(run_dir)
+    X, y, ids = read_for_prediction(tmp / "new.csv", member.data)
+    assert np.array_equal(y > 0, pd.read_csv(tmp / "new.csv")["dead"].to_numpy() > 0)
+    pred = predicting.predict([member], predicting.array_batches(X))
+    frame = predicting.table(pred, member.data, ids=ids)
+    assert list(frame.columns) == ["id", "risk"] and cox.concordance(frame["risk"].to_numpy(), y) >= 0.75
+    line = predicting.labelled_line(frame, y, member.data, 0.1)
+    assert "concordance index" in line and f"({int((y > 0).sum())} events)" in line
+    assert predicting.spread_only_note(pred, None, member.data) is None
+
+
+def test_rows_without_an_event_value_are_predicted_not_scored(prepared, trained, tmp_path):
+    tmp, _, _ = prepared
+    member = predicting.load_member(trained[0])
+    frame = pd.read_csv(tmp / "new.csv").astype({"dead": object})
+    frame.loc[:9, "dead"] = ""
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    _, y, _ = read_for_prediction(tmp_path / "rows.csv", member.data)
+    assert np.isnan(y[:10]).all() and np.isfinite(y[10:]).all()
+
+
+def test_conformal_is_refused_for_a_survival_model(prepared, trained, tmp_path):
+    tmp, _, _ = prepared
+    r = CliRunner().invoke(main, ["predict", str(trained[0]), "--data", str(tmp / "new.csv"), "--out",
+                                  str(tmp_path / "p.tsv"), "--conformal", str(tmp / "new.csv")])
+    assert r.exit_code == 2 and "risk score" in r.output and not (tmp_path / "p.tsv").exists()
+
+
+def test_cox_baseline_is_scored_as_the_network_is(prepared):
+    _, entry, _ = prepared
+    fitted = baseline.fit(entry)
+    assert fitted.model.startswith("Cox regression (penalty=") and set(fitted.metrics) == {"val_loss", "val_cindex"}
+    assert fitted.metrics["val_cindex"] >= 0.75
+    weights, bias = fitted.linear
+    X, y = open_split(entry.path, "val")
+    assert cox.val_metrics(X @ weights[0] + bias[0], y) == pytest.approx(fitted.metrics, rel=1e-4)
+    assert baseline.shares_val_loss({}, "survival")
+
+
+def test_ensemble_scores_and_the_baseline_test_use_the_partial_likelihood():
+    rng = np.random.default_rng(3)
+    time, dead = rng.exponential(size=300) + 0.01, rng.random(300) < 0.7
+    target = cox.encode(time, dead)
+    good, noise = -np.log(time), rng.normal(size=300)
+    scores = ensemble._scores(good, target, "survival")
+    assert set(scores) == {"ensemble_val_loss", "ensemble_val_cindex"} and scores["ensemble_val_cindex"] > 0.9
+    beaten, t = ensemble.baseline_beaten(good, noise, target, "survival")
+    assert beaten and t > 3
+    assert ensemble.baseline_beaten(noise, good, target, "survival")[1] < 0
+
+
+def _gather_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from candle_ray.loop import World
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        rows = torch.arange(3 + 2 * rank, dtype=torch.float64).reshape(-1, 1).repeat(1, 2) + 100 * rank
+        torch.save(World(rank=rank, world_size=2).gather_rows(rows), f"{out}-{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_gather_every_validation_row(tmp_path):
+    """DDP validation of a survival model: each rank's rows (uneven counts) reach every rank whole, so its
+    concordance index and partial likelihood are the whole split's (two real gloo processes)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_gather_rank, args=(r, port, str(tmp_path / "out"))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    expected = [*range(3), *(100 + k for k in range(5))]
+    for rank in range(2):
+        gathered = torch.load(tmp_path / f"out-{rank}", weights_only=True)
+        assert gathered.shape == (8, 2) and gathered[:, 0].tolist() == expected
