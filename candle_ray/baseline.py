@@ -123,6 +123,7 @@ def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_C
     as candle_ray.data.subsample draws them for the network, scored on the val split; [(share, metrics)].
     Empty where `why_not(entry)`."""
     from candle_ray.data import subsample
+    from candle_ray.data.spec import strata
 
     if why_not(entry) is not None:
         return []
@@ -131,10 +132,11 @@ def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_C
     cap = _cap(data, max_rows, max_cells)
     score_rows = _sample(np.random.default_rng(0), np.arange(data.n_train, data.n_train + data.n_val), MAX_VAL_ROWS)
     train_labels, out = data.labels[: data.n_train], []
+    by = strata(manifest["task"], train_labels)
     train_groups = data.groups[: data.n_train] if data.groups is not None else None
     with _quiet_single_thread():
         for share, seed in runs:
-            keep = subsample.chosen(train_labels, share, seed, manifest["task"] == "classification", train_groups)
+            keep = subsample.chosen(train_labels if by is None else by, share, seed, by is not None, train_groups)
             rows = _sample(np.random.default_rng(seed), np.arange(data.n_train) if keep is None else keep, cap)
             # the inner CV's folds as the sweep's own baseline draws them: all the rows give its metrics
             out.append((share, _fit_one(data, manifest, rows, score_rows, 0)[0]))

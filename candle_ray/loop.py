@@ -30,6 +30,7 @@ from candle_ray import checkpoint, models, objectives
 from candle_ray.data import folds, noise, remote_cache, subsample
 from candle_ray.data.cache_format import read_manifest
 from candle_ray.data.feed import make_feed, split_labels
+from candle_ray.data.spec import strata
 from candle_ray.errors import UsageError
 from candle_ray.job import Job, as_job
 from candle_ray.lr_schedule import RateSchedule, ReduceLROnPlateau
@@ -264,7 +265,9 @@ def _kept_rows(job: Job, seed: int):
     share = subsample.fraction(job.config)
     if share >= 1:
         return None
-    return subsample.chosen(_train_labels(job), share, seed, job.task == "classification",
+    labels = _train_labels(job)
+    by = strata(job.task, labels)
+    return subsample.chosen(labels if by is None else by, share, seed, by is not None,
                             folds.train_groups(job.entry, _folds(job)))
 
 

@@ -688,6 +688,7 @@ def _checkpoints_of(best: dict) -> str:
 def fold_assignment(entry, cv: dict):
     """The fold of each train+val row (int8), the same on every resume: seeded, from the cached data."""
     from candle_ray.data import folds
+    from candle_ray.data.spec import strata
 
     labels = folds.pooled_labels(entry)
     group_by = cv.get("group_by") or entry.manifest.get("group")  # a dataset's groups stay whole by default
@@ -695,12 +696,11 @@ def fold_assignment(entry, cv: dict):
     if stratify is True and group_by:
         raise UsageError(f"dataset {entry.manifest['name']} keeps each {group_by} in one fold (its group column); "
                          f"--stratify would split them across folds: drop --stratify")
-    if stratify == "auto":  # `tune --cv`, `cv` by default: classifiers keep their class mix in every fold
-        stratify = entry.manifest["task"] in ("classification", "survival") and labels.ndim == 1 and not group_by
-    if entry.manifest["task"] == "survival":  # and survival data their share of events (signed times > 0)
-        labels = (labels > 0).astype("int64")
+    by = strata(entry.manifest["task"], labels)
+    if stratify == "auto":  # `tune --cv`, `cv` by default: classes (survival's events) keep their mix in every fold
+        stratify = by is not None and not group_by
     return folds.assign(len(labels), int(cv["folds"]), seed=int(cv["seed"]),
-                        labels=labels if stratify else None,
+                        labels=(labels if by is None else by) if stratify else None,
                         groups=folds.pooled_groups(entry, group_by) if group_by else None)
 
 

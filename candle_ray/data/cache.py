@@ -41,7 +41,7 @@ from candle_ray.data.cache_format import (DEFAULT_REBUILD, FORMAT_VERSION, MANIF
                                           numpy_view, open_arrow, read_manifest, sources_record,
                                           verify_downloads, write_batch_file, write_manifest)
 from candle_ray.data.sources import fetch, local_path, redact, sidecar
-from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels
+from candle_ray.data.spec import Dataset, ReaderDataset, has_class_labels, strata
 from candle_ray.errors import CacheError, DataError, UsageError, data_row
 
 SPLITS = ("train", "val")
@@ -326,12 +326,10 @@ def _impute(ds: Dataset, X: dict[str, np.ndarray], names: list[str] | None, log)
 def _hold_out_val(ds: Dataset, X: dict[str, np.ndarray], y: dict[str, np.ndarray], groups: dict | None) -> None:
     """The hold-out when there is no val file: a seeded shuffle of train, whose last val_fraction rows become
     val (X, y and `groups` are updated in place); whole groups with a `group` column (`grouped_holdout`), else
-    for a classifier stratified (`stratified_holdout`)."""
+    for a classifier (a survival dataset) stratified by class (by event): `stratified_holdout`."""
     n = len(y["train"])
     n_val = int(round(n * ds.val_fraction))
-    classes = y["train"] if ds.task == "classification" and y["train"].ndim == 1 else None
-    if ds.task == "survival":  # both sides get their share of events (signed times: > 0 is an event)
-        classes = (y["train"] > 0).astype(np.int64)
+    classes = strata(ds.task, y["train"])
     if groups is not None:
         order, n_val = grouped_holdout(groups["train"], n_val, ds.seed, classes)
     elif classes is not None:

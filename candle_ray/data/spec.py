@@ -23,6 +23,15 @@ TASKS = ("classification", "regression", "autoencoder", "survival")
 
 def has_class_labels(task: str) -> bool:
     return task not in ("regression", "survival")
+
+
+def strata(task: str, labels):
+    """What keeps its mix on both sides of a split of these rows (the val hold-out, cv folds, a learning
+    curve's subsample): a classifier's classes (one label column), a survival dataset's events (signed times
+    > 0, candle_ray.cox); None for any other task."""
+    if task == "survival":
+        return (labels > 0).astype("int64")
+    return labels if task == "classification" and labels.ndim == 1 else None
 URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 

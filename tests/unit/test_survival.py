@@ -246,3 +246,18 @@ def test_ranks_gather_every_validation_row(tmp_path):
     for rank in range(2):
         gathered = torch.load(tmp_path / f"out-{rank}", weights_only=True)
         assert gathered.shape == (8, 2) and gathered[:, 0].tolist() == expected
+
+
+def test_cv_folds_and_subsamples_keep_the_share_of_events(prepared):
+    from candle_ray.data import folds, subsample
+    from candle_ray.data.spec import strata
+    from candle_ray.sweep import fold_assignment
+
+    _, entry, _ = prepared
+    labels = folds.pooled_labels(entry)
+    events = labels > 0
+    assignment = fold_assignment(entry, {"folds": 5, "seed": 0, "stratify": "auto"})
+    counts = [int(events[assignment == k].sum()) for k in range(5)]
+    assert max(counts) - min(counts) <= 1, counts  # stratified by event, not by each distinct time
+    keep = subsample.chosen(strata("survival", labels), 0.25, 0, True)
+    assert abs(int(events[keep].sum()) - round(0.25 * events.sum())) <= 1

@@ -1,0 +1,175 @@
+"""Survival models on real cancer cohorts: do a sweep and its ensemble rank new patients as well as a
+tuned Cox model?
+
+SurvSet's breast-cancer cohorts (PyPI survset, installed with --no-deps, read from the package files, never
+copied into the repo): nki70 (144 patients, 70-gene signature + clinical), gse4335 (115, 12,795 genes),
+gse3143 (158, 8,660 genes), gse1992 (124, 15,530 genes); the time to death or relapse, censored for many.
+Per dataset and seeded split, a fifth of the patients (stratified by event) is held out before anything
+(heldout.csv); on the rest the README path runs as a user would:
+
+  1. TableDataset("train.csv", label="time", event="event", drop=("pid",), categorical=<the fac_ columns>,
+     impute="median", val_fraction=0.2), model mlp, README's own-matrix defaults and search space;
+  2. candle-ray tune EXP --num-samples 16 --search optuna --scheduler asha
+  3. candle-ray ensemble EXP --from-sweep sweep     (its 5 best configurations, the Cox baseline pooled)
+  4. candle-ray predict sweep / ensemble --data heldout.csv: the concordance index on the held-out patients
+
+beside the Cox baseline the sweep fitted (candle_ray.baseline: L2-penalised, its penalty by 5-fold CV on the
+train split) scored on the same held-out patients. Prints mean ± sd over the splits of each C-index and of
+ensemble ÷ baseline (target >= 1.00).
+
+    .venv/bin/python bench/survival.py                              # 4 cohorts x 3 splits, ~40 min here
+    .venv/bin/python bench/survival.py --datasets nki70 --splits 1 --num-samples 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _real_datasets  # noqa: E402
+from real_data import CommandFailed, RayHead, log, run_command, venv_bin  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = ("nki70", "gse4335", "gse3143", "gse1992")
+HELD_OUT = 0.2  # share of each event class held out before any sweep
+EXPERIMENT = '''from ray import tune
+from candle_ray import Experiment, TableDataset
+
+experiment = Experiment(
+    name="{name}",
+    dataset=TableDataset("train.csv", name="{name}", label="time", event="event", drop=("pid",),
+                         categorical={categorical!r}, impute="median", val_fraction=0.2),
+    model="mlp",
+    defaults={{"epochs": 60, "batch_size": 32, "learning_rate": 0.001, "optimizer": "adam", "dense": [256, 64],
+              "dropout": 0.2, "weight_decay": 0.1, "activation": "relu", "rng_seed": 1}},
+    search_space={{"learning_rate": tune.loguniform(3e-5, 1e-2), "dropout": tune.uniform(0.0, 0.6),
+                  "weight_decay": tune.loguniform(1e-3, 3.0), "batch_size": tune.choice([16, 32, 64]),
+                  "dense": tune.choice([[], [64], [256], [256, 64], [512, 128]])}},
+)
+'''
+ARMS = ("best trial", "ensemble", "Cox baseline")
+
+
+def cohort(name: str) -> pd.DataFrame:
+    frame = pd.read_pickle(_real_datasets.package_dir("SurvSet") / "resources" / "pickles" / f"{name}.pickle")
+    genes = sum(c.startswith("num_") for c in frame.columns)
+    log(f"{name}: {len(frame)} patients, {int(frame['event'].sum())} events, {genes:,} numeric features, "
+        f"{sum(c.startswith('fac_') for c in frame.columns)} clinical factors")
+    return frame
+
+
+def held_out_baseline(folder: Path, experiment: Path) -> float:
+    """The Cox baseline of the sweep's own train split (the prepared cache entry), on the held-out patients."""
+    from candle_ray import baseline, cox
+    from candle_ray.data.cache import Cache
+    from candle_ray.data.features import describe, read_for_prediction
+    from candle_ray.experiment import load_experiment
+
+    entry = Cache(folder / "cache").lookup(load_experiment(experiment).dataset)
+    fitted = baseline.fit(entry)
+    X, y, _ = read_for_prediction(folder / "heldout.csv", describe(entry))
+    weights, bias = fitted.linear
+    return cox.concordance(X @ weights[0] + bias[0], y)
+
+
+def concordance_of(cli: str, model: str, folder: Path, go: dict) -> float:
+    text = run_command([cli, "predict", model, "--data", str(folder / "heldout.csv"), "--out",
+                        str(folder / f"{model}.tsv"), "--storage", str(folder / "sweeps")],
+                       log_path=folder / f"predict-{model}.log", what=f"predict {model}", **go)
+    found = re.search(r"concordance index ([\d.]+)", text)
+    if not found:
+        raise CommandFailed(f"predict {model} printed no concordance index for the held-out patients")
+    return float(found.group(1))
+
+
+def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, address: str | None) -> dict:
+    seed = args.seed * 1000 + k
+    rng, held = np.random.default_rng(seed), np.zeros(len(frame), dtype=bool)
+    for event in (0, 1):
+        rows = np.flatnonzero(frame["event"].to_numpy() == event)
+        held[rng.permutation(rows)[: round(HELD_OUT * len(rows))]] = True
+    folder = data_dir / f"{name}-{k}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    frame[~held].to_csv(folder / "train.csv", index=False)
+    frame[held].to_csv(folder / "heldout.csv", index=False)
+    exp = folder / "experiment.py"
+    exp.write_text(EXPERIMENT.format(name=name, categorical=tuple(c for c in frame if c.startswith("fac_"))))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", CANDLE_RAY_CACHE=str(folder / "cache"),
+               CANDLE_RAY_OUTPUT=str(folder / "runs"), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    cli, go = str(venv_bin() / "candle-ray"), dict(env=env, cwd=folder)
+    where = ["--storage", str(folder / "sweeps"), *(["--address", address] if address else [])]
+    run_command([cli, "tune", str(exp), "--num-samples", str(args.num_samples), "--search", "optuna", "--scheduler",
+                 "asha", "--seed", str(seed), "--name", "sweep", *where], log_path=folder / "tune.log",
+                what=f"{name} tune", **go)
+    run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(min(5, args.num_samples)),
+                 "--name", "ensemble", *where],
+                log_path=folder / "ensemble.log", what=f"{name} ensemble", **go)
+    out = {"best trial": concordance_of(cli, "sweep", folder, go),
+           "ensemble": concordance_of(cli, "ensemble", folder, go),
+           "Cox baseline": held_out_baseline(folder, exp)}
+    log(f"  {name} split {k}: held-out C-index " + ", ".join(f"{arm} {c:.3f}" for arm, c in out.items())
+        + f" ({int(frame['event'][held].sum())} events in {int(held.sum())} patients)")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def pm(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def report(results: dict[str, list[dict]]) -> None:
+    log(f"\n{'dataset':<9} " + " ".join(f"{arm:>15}" for arm in ARMS) + f" {'ens ÷ base':>15}   (held-out C-index, "
+        f"mean ± sd over splits)")
+    for name, splits in results.items():
+        ratios = [r["ensemble"] / r["Cox baseline"] for r in splits]
+        log(f"{name:<9} " + " ".join(f"{pm([r[arm] for r in splits]):>15}" for arm in ARMS) + f" {pm(ratios):>15}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default=",".join(DATASETS), help=f"[default {','.join(DATASETS)}]")
+    p.add_argument("--splits", type=int, default=3, help="seeded held-out fifths per dataset [default 3]")
+    p.add_argument("--num-samples", type=int, default=16, help="trials per sweep [default 16]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default="~/.cache/candle-ray-bench/survival")
+    p.add_argument("--keep", action="store_true", help="keep the run folders")
+    args = p.parse_args(argv)
+    names = [n for n in args.datasets.split(",") if n]
+    if unknown := sorted(set(names) - set(DATASETS)):
+        p.error(f"--datasets: unknown {unknown}; choose from {', '.join(DATASETS)}")
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    if REPO in data_dir.parents or data_dir == REPO:
+        sys.exit(f"--data-dir {data_dir} is inside the repository; the data must stay outside it")
+    t0 = time.monotonic()
+    _real_datasets.ensure_packages(["gse1992"], str(venv_bin() / "python"), log=log)  # the survset package
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    head = RayHead(data_dir / "ray-head", env)
+    results = {}
+    try:
+        address = head.start()
+        for name in names:
+            frame = cohort(name)
+            results[name] = [run_split(name, frame, k, args, data_dir, address) for k in range(args.splits)]
+    finally:
+        head.stop()
+    report(results)
+    log(f"total {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
