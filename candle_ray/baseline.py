@@ -451,7 +451,9 @@ def checkpoint_state(fitted: Baseline, entry, share: float, metric: str = "val_l
     return {"model": "mlp", "config": {"dense": [], "dropout": 0.0}, "model_shape": model_shape(entry),
             "weights": {"net.0.weight": torch.from_numpy(weights), "net.0.bias": torch.from_numpy(bias)},
             "epoch": 0, "best": {"metric": metric, "value": fitted.metrics.get(metric), "epoch": 0},
-            "origin": f"linear baseline: {fitted.model}", "pool_share": float(share), "data": describe(entry)}
+            "origin": f"linear baseline: {fitted.model}", "pool_share": float(share), "data": describe(entry),
+            **({"objective": {"risk_scale": fitted.metrics["val_risk_std"]}} if "val_risk_std" in fitted.metrics
+               else {})}  # a Cox model's spread of risks, as a survival network's checkpoint keeps it
 
 
 def _class_metrics(proba: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -68,10 +68,12 @@ def partial_log_likelihood(risk: np.ndarray, target: np.ndarray) -> tuple[float,
 
 
 def val_metrics(risk: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """A survival model's validation metrics (the training loop's, the baseline's, predict's): val_loss, the
-    negative log partial likelihood per event of all the rows at once (NaN without an event), and val_cindex."""
+    """A survival model's validation metrics (the training loop's, the baseline's, an ensemble's): val_loss, the
+    negative log partial likelihood per event of all the rows at once (NaN without an event), val_cindex, and
+    val_risk_std, the spread of its risks (what an ensemble divides each member's by: candle_ray.predict)."""
     log_likelihood, events = partial_log_likelihood(risk, target)
-    return {"val_loss": -log_likelihood / events if events else float("nan"), "val_cindex": concordance(risk, target)}
+    return {"val_loss": -log_likelihood / events if events else float("nan"), "val_cindex": concordance(risk, target),
+            "val_risk_std": float(np.std(risk))}
 
 
 def concordance(risk: np.ndarray, target: np.ndarray) -> float:

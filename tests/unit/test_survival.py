@@ -159,7 +159,7 @@ def trained(prepared, tmp_path_factory):
 def test_training_ranks_new_patients_and_predict_writes_risks(prepared, trained):
     tmp, entry, _ = prepared
     run_dir, history = trained
-    assert set(history[0]) >= {"loss", "val_loss", "val_cindex"}
+    assert set(history[0]) >= {"loss", "val_loss", "val_cindex", "val_risk_std"}
     assert history[-1]["val_cindex"] >= 0.75 and history[-1]["val_loss"] < history[0]["val_loss"]
     member = predicting.load_member(run_dir)
     X, y, ids = read_for_prediction(tmp / "new.csv", member.data)
@@ -192,7 +192,8 @@ def test_conformal_is_refused_for_a_survival_model(prepared, trained, tmp_path):
 def test_cox_baseline_is_scored_as_the_network_is(prepared):
     _, entry, _ = prepared
     fitted = baseline.fit(entry)
-    assert fitted.model.startswith("Cox regression (penalty=") and set(fitted.metrics) == {"val_loss", "val_cindex"}
+    assert fitted.model.startswith("Cox regression (penalty=")
+    assert set(fitted.metrics) == {"val_loss", "val_cindex", "val_risk_std"}
     assert fitted.metrics["val_cindex"] >= 0.75
     weights, bias = fitted.linear
     X, y = open_split(entry.path, "val")
@@ -206,7 +207,8 @@ def test_ensemble_scores_and_the_baseline_test_use_the_partial_likelihood():
     target = cox.encode(time, dead)
     good, noise = -np.log(time), rng.normal(size=300)
     scores = ensemble._scores(good, target, "survival")
-    assert set(scores) == {"ensemble_val_loss", "ensemble_val_cindex"} and scores["ensemble_val_cindex"] > 0.9
+    assert set(scores) == {"ensemble_val_loss", "ensemble_val_cindex", "ensemble_val_risk_std"}
+    assert scores["ensemble_val_cindex"] > 0.9
     beaten, t = ensemble.baseline_beaten(good, noise, target, "survival")
     assert beaten and t > 3
     assert ensemble.baseline_beaten(noise, good, target, "survival")[1] < 0
@@ -261,3 +263,18 @@ def test_cv_folds_and_subsamples_keep_the_share_of_events(prepared):
     assert max(counts) - min(counts) <= 1, counts  # stratified by event, not by each distinct time
     keep = subsample.chosen(strata("survival", labels), 0.25, 0, True)
     assert abs(int(events[keep].sum()) - round(0.25 * events.sum())) <= 1
+
+
+def test_an_ensemble_pools_risks_on_one_scale():
+    """A member whose risks spread 100x wider does not decide the pooled ranking alone: each is divided by
+    its validation spread (its checkpoint's risk_scale) and the pool put back on their mean spread."""
+    wide, narrow = np.array([3.0, 2.0, 1.0, 0.0]) * 100, np.array([0.0, 0.5, 2.0, 3.5]) * 0.01
+    members = [predicting.Member(None, {"objective": {"risk_scale": s}, "data": {"task": "survival"}}, str(s))
+               for s in (100.0, 0.01)]
+    outputs = [wide.reshape(1, 4, 1), narrow.reshape(1, 4, 1)]
+    pooled = np.mean([o[0, :, 0] for o in predicting._on_one_risk_scale(members, outputs, [1, 1], None)], axis=0)
+    assert np.argmax(pooled) == 3 and pooled[0] > pooled[1]  # both rankings count: the narrow one's top row wins
+    single = predicting._on_one_risk_scale(members[:1], outputs[:1], [1], None)
+    assert single[0] is outputs[0]  # one model's risks stay its log hazard ratios
+    members[1].state["objective"] = {}  # a model trained on every row has no validation spread: none is scaled
+    assert predicting._on_one_risk_scale(members, outputs, [1, 1], None) is outputs
