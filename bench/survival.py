@@ -10,7 +10,8 @@ Per dataset and seeded split, a fifth of the patients (stratified by event) is h
   1. TableDataset("train.csv", label="time", event="event", drop=("pid",), categorical=<the fac_ columns>,
      impute="median", val_fraction=0.2), model mlp, README's own-matrix defaults and search space;
   2. candle-ray tune EXP --num-samples 16 --search optuna --scheduler asha
-  3. candle-ray ensemble EXP --from-sweep sweep     (its 5 best configurations, the Cox baseline pooled)
+  3. candle-ray ensemble EXP --from-sweep sweep --top 1 --members 5   (seed replicas of the best
+     configuration, as bench/real_data.py; the Cox baseline pooled at its default share)
   4. candle-ray predict sweep / ensemble --data heldout.csv: the concordance index on the held-out patients
 
 beside the Cox baseline the sweep fitted (candle_ray.baseline: L2-penalised, its penalty by 5-fold CV on the
@@ -113,8 +114,8 @@ def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, addr
     run_command([cli, "tune", str(exp), "--num-samples", str(args.num_samples), "--search", "optuna", "--scheduler",
                  "asha", "--seed", str(seed), "--name", "sweep", *where], log_path=folder / "tune.log",
                 what=f"{name} tune", **go)
-    run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(min(5, args.num_samples)),
-                 "--name", "ensemble", *where],
+    run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(min(args.top, args.num_samples)),
+                 "--members", str(args.members), "--name", "ensemble", *where],
                 log_path=folder / "ensemble.log", what=f"{name} ensemble", **go)
     out = {"best trial": concordance_of(cli, "sweep", folder, go),
            "ensemble": concordance_of(cli, "ensemble", folder, go),
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"[default {','.join(DATASETS)}]")
     p.add_argument("--splits", type=int, default=3, help="seeded held-out fifths per dataset [default 3]")
     p.add_argument("--num-samples", type=int, default=16, help="trials per sweep [default 16]")
+    p.add_argument("--top", type=int, default=1, help="configurations the ensemble takes [default 1]")
+    p.add_argument("--members", type=int, default=5, help="seed replicas of each [default 5]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default="~/.cache/candle-ray-bench/survival")
     p.add_argument("--keep", action="store_true", help="keep the run folders")

@@ -78,25 +78,32 @@ def val_metrics(risk: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 def concordance(risk: np.ndarray, target: np.ndarray) -> float:
     """Harrell's C: of the pairs whose order is known (one row's event comes before the other's time), the
-    share where the earlier row has the higher risk, a tie in risk counting one half; NaN without such a
-    pair. Exact, in O(n log n): rows are taken in descending time, and each event is compared with the rows
-    of later times through a Fenwick tree of risk ranks."""
+    share where the earlier row has the higher risk, a tie in risk counting one half; NaN without such a pair."""
+    right, pairs = event_pairs(risk, target)
+    return float(right.sum() / pairs.sum()) if pairs.sum() else float("nan")
+
+
+def event_pairs(risk: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per event (in the events' row order): how many of the rows at risk after its time it outranks (a tie
+    counting one half), and how many there are. Exact, in O(n log n): rows are taken in descending time, and
+    each event is compared with the rows of later times through a Fenwick tree of risk ranks."""
     risk = np.asarray(risk, dtype=np.float64).reshape(-1)
     time, event = decode(np.asarray(target, dtype=np.float64))
     values, rank = np.unique(risk, return_inverse=True)
     tree = np.zeros(len(values) + 1, dtype=np.int64)
     order = np.argsort(-time, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(time[order]) != 0) + 1, len(order)]
-    right = tied = pairs = seen = 0
+    right, pairs = np.zeros(len(risk)), np.zeros(len(risk))
+    seen = 0
     for a, b in zip(starts[:-1], starts[1:]):  # one group of equal times: compared with later ones, then added
         group = order[a:b]
         for i in group[event[group]]:
             below, upto = _prefix(tree, rank[i]), _prefix(tree, rank[i] + 1)
-            right, tied, pairs = right + below, tied + upto - below, pairs + seen
+            right[i], pairs[i] = below + (upto - below) / 2, seen
         for i in group:
             _add(tree, rank[i] + 1)
         seen += len(group)
-    return (right + tied / 2) / pairs if pairs else float("nan")
+    return right[event], pairs[event]
 
 
 def _prefix(tree: np.ndarray, k: int) -> int:

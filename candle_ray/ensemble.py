@@ -248,12 +248,14 @@ def baseline_beaten(networks: np.ndarray, linear: np.ndarray, y: np.ndarray, tas
                     ) -> tuple[bool, float]:
     """(Do the networks clearly beat the linear baseline?, the paired t statistic) from per-row losses on the
     validation rows: a classifier's cross-entropy of the true class ([rows, classes] probabilities), a
-    regressor's squared error ([rows] predictions), a survival model's per-event partial likelihood terms
-    ([rows] risks). Positive t: the networks' losses are lower."""
+    regressor's squared error ([rows] predictions), a survival model's share of each event's risk set it
+    ranks wrongly ([rows] risks; scale-free, as pooling rescales them). Positive t: the networks' losses are lower."""
     if task == "survival":
         from candle_ray import cox
 
-        loss = lambda risk: cox.event_losses(risk, y)  # noqa: E731
+        def loss(risk):
+            right, pairs = cox.event_pairs(risk, y)
+            return 1 - right[pairs > 0] / pairs[pairs > 0]
     elif networks.ndim == 2:
         rows, labels = np.arange(len(y)), y.astype(np.int64)
         loss = lambda p: -np.log(np.clip(p[rows, labels], 1e-12, 1.0))  # noqa: E731

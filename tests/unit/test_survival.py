@@ -201,7 +201,7 @@ def test_cox_baseline_is_scored_as_the_network_is(prepared):
     assert baseline.shares_val_loss({}, "survival")
 
 
-def test_ensemble_scores_and_the_baseline_test_use_the_partial_likelihood():
+def test_ensemble_scores_and_the_baseline_test_on_ranks():
     rng = np.random.default_rng(3)
     time, dead = rng.exponential(size=300) + 0.01, rng.random(300) < 0.7
     target = cox.encode(time, dead)
