@@ -21,6 +21,15 @@ def encode(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(event) > 0, time, -np.asarray(time)).astype(np.float32)
 
 
+EVENT_WORDS = {"1": 1.0, "1.0": 1.0, "true": 1.0, "0": 0.0, "0.0": 0.0, "false": 0.0}
+
+
+def events_of(values) -> np.ndarray:
+    """An event column's values as 1.0 (seen) / 0.0 (censored), NaN for anything else (an empty cell, a word)."""
+    words = np.char.lower(np.char.strip(np.asarray(values).astype(str)))
+    return np.array([EVENT_WORDS.get(str(w), np.nan) for w in words], dtype=np.float64)
+
+
 def decode(target):
     """(time, event) of signed times: numpy arrays for an array, tensors for a tensor (event as bool)."""
     target = target.reshape(-1)

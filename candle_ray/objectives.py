@@ -14,7 +14,8 @@
 Every objective accumulates per-batch sums (float64 tensors) that the loop adds up and all-reduces across
 DDP ranks; the metrics are computed from the reduced sums, so they are exact over the whole split whatever
 the number of workers. Survival's measures are no sums (each event's risk set and pairs span the split):
-its eval_sums are per-row values that the loop gathers from every rank (`gathers_rows`). `head_shape` gives the model the output width the objective needs.
+its eval_sums are per-row values that the loop gathers from every rank (`gathers_rows`). `head_shape`
+gives the model the output width the objective needs.
 
 Keras-vs-PyTorch / CANDLE-fidelity choices (each also noted where it is implemented):
 * Models return logits; the softmax lives in the losses (Keras models end in softmax layers).

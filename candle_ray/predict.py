@@ -299,8 +299,8 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
 def _on_one_risk_scale(members: list[Member], outputs: list[np.ndarray], passes: list[int], weights) -> list:
     """Survival members' risks, each divided by its spread on its validation rows (its checkpoint's
     `risk_scale`) and put back on their (weighted) mean spread, so that each moves the pooled ranking by its
-    share. As they come, a Cox baseline chosen with a strong penalty spreads its risks 0.1 on GSE3143's
-    validation rows and the networks 0.9 to 6.9, and a half share of the pool moved nothing. A single
+    share. Left as they were, a Cox baseline chosen with a strong penalty spread its risks 0.1 on GSE3143's
+    validation rows and the networks 0.9 to 6.9, and its half share of the pool moved nothing. A single
     member's risks are unchanged; without every member's spread (a model trained on all rows) none is scaled."""
     scales = [(member.state.get("objective") or {}).get("risk_scale") for member in members]
     if len(members) < 2 or not all(s and np.isfinite(s) and s > 0 for s in scales):

@@ -195,10 +195,9 @@ def _survival_targets(ds: Dataset, raw: np.ndarray, url: str, split: str) -> np.
         raise DataError(f"{split} time {time[bad[0]]:g} at {data_row(bad[0])} of {url} (column {ds.label!r}) is not "
                         f"positive ({bad.size} such rows); survival times must be > 0: drop those rows or give "
                         f"them a small positive time")
-    words = np.char.lower(np.char.strip(raw[:, 1].astype(str)))
-    event = np.select([np.isin(words, ("1", "1.0", "true")), np.isin(words, ("0", "0.0", "false"))], [1, 0], -1)
-    if (event < 0).any():
-        row = int(np.flatnonzero(event < 0)[0])
+    event = cox.events_of(raw[:, 1])
+    if np.isnan(event).any():
+        row = int(np.flatnonzero(np.isnan(event))[0])
         raise DataError(f"{split} event column {ds.event!r} of {url} holds {str(raw[row, 1])!r} at {data_row(row)}; it must be "
                         f"1 (the event was seen at that time) or 0 (censored then): recode that column")
     if split == "train" and not event.any():

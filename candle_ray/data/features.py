@@ -154,8 +154,7 @@ def _survival_targets(time, event) -> np.ndarray:
     from candle_ray import cox
 
     time = pd.to_numeric(time, errors="coerce").to_numpy(np.float64)
-    words = event.astype(str).str.strip().str.lower()
-    seen = np.select([words.isin(("1", "1.0", "true")), words.isin(("0", "0.0", "false"))], [1.0, 0.0], np.nan)
+    seen = cox.events_of(event.to_numpy())
     coded = cox.encode(time, seen).astype(np.float64)
     coded[~(np.isfinite(time) & (time > 0) & np.isfinite(seen))] = np.nan
     return coded
