@@ -12,11 +12,15 @@ Per dataset and seeded split, a fifth of the patients (stratified by event) is h
   2. candle-ray tune EXP --num-samples 16 --search optuna --scheduler asha
   3. candle-ray ensemble EXP --from-sweep sweep --top 1 --members 5   (seed replicas of the best
      configuration, as bench/real_data.py; the Cox baseline pooled at its default share)
-  4. candle-ray predict sweep / ensemble --data heldout.csv: the concordance index on the held-out patients
+  4. candle-ray predict sweep / ensemble --data heldout.csv --times T: the concordance index on the held-out
+     patients, and their mean predicted survival by T (the train patients' median follow-up) beside the
+     held-out patients' Kaplan-Meier estimate at T
 
 beside the Cox baseline the sweep fitted (candle_ray.baseline: L2-penalised, its penalty by 5-fold CV on the
 train split) scored on the same held-out patients. Prints mean ± sd over the splits of each C-index and of
-ensemble ÷ baseline (target >= 1.00).
+ensemble ÷ baseline (target >= 1.00); then each arm's calibration gap |mean predicted survival - Kaplan-Meier|
+by T, beside that of the train patients' own Kaplan-Meier at T (what predicting the cohort's average gives:
+the noise floor of a fifth of a cohort).
 
     .venv/bin/python bench/survival.py                              # 4 cohorts x 3 splits, ~40 min here
     .venv/bin/python bench/survival.py --datasets nki70 --splits 1 --num-samples 4
@@ -69,8 +73,9 @@ def cohort(name: str) -> pd.DataFrame:
     return frame
 
 
-def held_out_baseline(folder: Path, experiment: Path) -> float:
-    """The Cox baseline of the sweep's own train split (the prepared cache entry), on the held-out patients."""
+def held_out_baseline(folder: Path, experiment: Path, horizon: float) -> tuple[float, float]:
+    """The Cox baseline of the sweep's own train split (the prepared cache entry), on the held-out patients:
+    (C-index, mean survival by `horizon` from the baseline hazard it keeps, as predict --times computes it)."""
     from candle_ray import baseline, cox
     from candle_ray.data.cache import Cache
     from candle_ray.data.features import describe, read_for_prediction
@@ -80,17 +85,21 @@ def held_out_baseline(folder: Path, experiment: Path) -> float:
     fitted = baseline.fit(entry)
     X, y, _ = read_for_prediction(folder / "heldout.csv", describe(entry))
     weights, bias = fitted.linear
-    return cox.concordance(X @ weights[0] + bias[0], y)
+    risk = X @ weights[0] + bias[0]
+    return cox.concordance(risk, y), float(cox.survival_at(risk, fitted.objective_state["baseline_hazard"],
+                                                           [horizon]).mean())
 
 
-def concordance_of(cli: str, model: str, folder: Path, go: dict) -> float:
+def scores_of(cli: str, model: str, folder: Path, horizon: float, go: dict) -> tuple[float, float, float]:
+    """predict's (concordance index, mean predicted survival by `horizon`, Kaplan-Meier by it) on the held-out
+    patients, as it prints them."""
     text = run_command([cli, "predict", model, "--data", str(folder / "heldout.csv"), "--out",
-                        str(folder / f"{model}.tsv"), "--storage", str(folder / "sweeps")],
+                        str(folder / f"{model}.tsv"), "--storage", str(folder / "sweeps"), "--times", f"{horizon:g}"],
                        log_path=folder / f"predict-{model}.log", what=f"predict {model}", **go)
-    found = re.search(r"concordance index ([\d.]+)", text)
+    found = re.search(r"concordance index ([\d.]+).*mean predicted ([\d.]+), Kaplan-Meier ([\d.]+)", text)
     if not found:
-        raise CommandFailed(f"predict {model} printed no concordance index for the held-out patients")
-    return float(found.group(1))
+        raise CommandFailed(f"predict {model} printed no concordance index or survival for the held-out patients")
+    return tuple(float(g) for g in found.groups())
 
 
 def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, address: str | None) -> dict:
@@ -117,14 +126,24 @@ def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, addr
     run_command([cli, "ensemble", str(exp), "--from-sweep", "sweep", "--top", str(min(args.top, args.num_samples)),
                  "--members", str(args.members), "--name", "ensemble", *where],
                 log_path=folder / "ensemble.log", what=f"{name} ensemble", **go)
-    out = {"best trial": concordance_of(cli, "sweep", folder, go),
-           "ensemble": concordance_of(cli, "ensemble", folder, go),
-           "Cox baseline": held_out_baseline(folder, exp)}
-    log(f"  {name} split {k}: held-out C-index " + ", ".join(f"{arm} {c:.3f}" for arm, c in out.items())
-        + f" ({int(frame['event'][held].sum())} events in {int(held.sum())} patients)")
+    horizon = float(np.round(frame["time"][~held].median(), 3))
+    (best, best_s, km), (ens, ens_s, _) = (scores_of(cli, m, folder, horizon, go) for m in ("sweep", "ensemble"))
+    cox_c, cox_s = held_out_baseline(folder, exp, horizon)
+    out = {"best trial": best, "ensemble": ens, "Cox baseline": cox_c,
+           "gap": {"best trial": abs(best_s - km), "ensemble": abs(ens_s - km), "Cox baseline": abs(cox_s - km),
+                   "train KM": abs(train_km(frame[~held], horizon) - km)}}
+    log(f"  {name} split {k}: held-out C-index " + ", ".join(f"{arm} {out[arm]:.3f}" for arm in ARMS)
+        + f" ({int(frame['event'][held].sum())} events in {int(held.sum())} patients); survival by {horizon:g}: "
+        f"Kaplan-Meier {km:.3f}, best trial {best_s:.3f}, ensemble {ens_s:.3f}, Cox {cox_s:.3f}")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def train_km(rows: pd.DataFrame, horizon: float) -> float:
+    from candle_ray import cox
+
+    return float(cox.kaplan_meier(cox.encode(rows["time"].to_numpy(float), rows["event"].to_numpy()), [horizon])[0])
 
 
 def pm(values: list[float]) -> str:
@@ -137,6 +156,11 @@ def report(results: dict[str, list[dict]]) -> None:
     for name, splits in results.items():
         ratios = [r["ensemble"] / r["Cox baseline"] for r in splits]
         log(f"{name:<9} " + " ".join(f"{pm([r[arm] for r in splits]):>15}" for arm in ARMS) + f" {pm(ratios):>15}")
+    gaps = (*ARMS, "train KM")
+    log(f"\n{'dataset':<9} " + " ".join(f"{arm:>15}" for arm in gaps) + "   (|mean predicted survival - held-out "
+        "Kaplan-Meier| by the train median follow-up, mean ± sd over splits)")
+    for name, splits in results.items():
+        log(f"{name:<9} " + " ".join(f"{pm([r['gap'][arm] for r in splits]):>15}" for arm in gaps))
 
 
 def main(argv=None) -> int:

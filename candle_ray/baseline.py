@@ -70,6 +70,7 @@ class Baseline:
     sampled: bool = False
     note: str | None = None
     linear: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    objective_state: dict = field(default_factory=dict, compare=False, repr=False)  # a Cox fit's cox.risk_state
 
 
 def why_not(entry) -> str | None:
@@ -109,12 +110,13 @@ def fit(entry, cv_assignment=None, folds: int | None = None, seed: int = 0, *, m
             fit_rows, score_rows = _sample(rng, train_rows, cap), _sample(rng, val_rows, MAX_VAL_ROWS)
             sizes.append((len(fit_rows), len(train_rows), len(score_rows), len(val_rows)))
             fits.append(_fit_one(data, manifest, fit_rows, score_rows, seed))
-    metrics = {key: float(np.mean([m[key] for m, _, _ in fits])) for key in fits[0][0]}
+    metrics = {key: float(np.mean([fitted[0][key] for fitted in fits])) for key in fits[0][0]}
     used, total = max(s[0] for s in sizes), max(s[1] for s in sizes)
     sampled = any(s[0] < s[1] or s[2] < s[3] for s in sizes)
-    return Baseline(metrics=metrics, model=_describe([choice for _, choice, _ in fits]), rows_used=used,
+    return Baseline(metrics=metrics, model=_describe([fitted[1] for fitted in fits]), rows_used=used,
                     rows_total=total, sampled=sampled, note=_note(sizes) if sampled else None,
-                    linear=fits[0][2] if cv_assignment is None else None)
+                    linear=fits[0][2] if cv_assignment is None else None,
+                    objective_state=fits[0][3] if cv_assignment is None else {})
 
 
 def fit_shares(entry, runs: list[tuple[float, int]], *, max_cells: float = MAX_CELLS,
@@ -253,19 +255,20 @@ def _quiet_single_thread():
 
 def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np.ndarray, seed: int):
     """Fit on `fit_rows`, score on `score_rows`: (metrics, (model name, parameter, value, how chosen),
-    the fitted model as (weights, bias) of the raw features)."""
+    the fitted model as (weights, bias) of the raw features, what a checkpoint of it keeps of the scored rows)."""
     x, y = data.gather(fit_rows), data.labels[fit_rows]
     groups = data.groups[fit_rows] if data.groups is not None else None
     if manifest["task"] == "survival":
         linear, choice = _cox(x, y.astype(np.float64), groups, seed)
         del x
         risk = np.concatenate([chunk @ linear[0][0] + linear[1][0] for _, chunk in data.chunks(score_rows)])
-        return cox.val_metrics(risk, data.labels[score_rows]), choice, linear
+        return (cox.val_metrics(risk, data.labels[score_rows]), choice, linear,
+                cox.risk_state(risk, data.labels[score_rows]))
     if manifest["task"] == "regression":
         model, choice = _ridge(x, y.astype(np.float64), groups)
         del x
         predicted = np.concatenate([model.predict(chunk) for _, chunk in data.chunks(score_rows)])
-        return _regression_metrics(predicted, data.labels[score_rows]), choice, _affine(model, [0], 1)
+        return _regression_metrics(predicted, data.labels[score_rows]), choice, _affine(model, [0], 1), {}
     num_classes = int(manifest["num_classes"])
     model, choice = _classifier(y, seed, groups)
     model.fit(x, y)
@@ -277,7 +280,7 @@ def _fit_one(data: _Pooled, manifest: dict, fit_rows: np.ndarray, score_rows: np
         proba[done : done + len(part), model.classes_] = model.predict_proba(chunk)
         done += len(part)
     return (_class_metrics(proba, data.labels[score_rows], num_classes), choice(model),
-            _affine(model, model.classes_, num_classes))
+            _affine(model, model.classes_, num_classes), {})
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None):
@@ -452,8 +455,7 @@ def checkpoint_state(fitted: Baseline, entry, share: float, metric: str = "val_l
             "weights": {"net.0.weight": torch.from_numpy(weights), "net.0.bias": torch.from_numpy(bias)},
             "epoch": 0, "best": {"metric": metric, "value": fitted.metrics.get(metric), "epoch": 0},
             "origin": f"linear baseline: {fitted.model}", "pool_share": float(share), "data": describe(entry),
-            **({"objective": {"risk_scale": fitted.metrics["val_risk_std"]}} if "val_risk_std" in fitted.metrics
-               else {})}  # a Cox model's spread of risks, as a survival network's checkpoint keeps it
+            **({"objective": fitted.objective_state} if fitted.objective_state else {})}  # as a survival network's
 
 
 def _class_metrics(proba: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:

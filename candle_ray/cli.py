@@ -686,6 +686,10 @@ def _write_table(frame, out: Path) -> None:
                    "with the predicted ones; never the validation rows a sweep selected on. A row less typical than "
                    "nearly every calibration row gets an empty set.")
 @click.option("--member-columns", is_flag=True, help="One column per ensemble member (and MC pass).")
+@click.option("--times", "times_text", default=None, metavar="T[,T...]",
+              help="A survival model: each row's probability of no event by each time (the time column's units, "
+                   "e.g. 12,36,60 months) as columns survival_T, from the baseline hazard each model estimated on "
+                   "its validation rows (Breslow); an ensemble averages its members' probabilities.")
 @click.option("--top", type=click.IntRange(min=1), default=None, metavar="K",
               help="MODEL is a sweep: pool its K best trials as an ensemble [default: its best trial].")
 @pick_option
@@ -697,7 +701,7 @@ def _write_table(frame, out: Path) -> None:
 @click.option("--no-baseline", is_flag=True, help="An ensemble's networks alone, without the linear baseline it pools.")
 @cache_option
 def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score, smoothed_sets, member_columns,
-            top, pick, tracking_uri, storage, force_cpu, no_baseline, cache_dir):
+            times_text, top, pick, tracking_uri, storage, force_cpu, no_baseline, cache_dir):
     """Predict with MODEL, with uncertainty. MODEL is a checkpoint folder or file, an MLflow run id, an
     MLflow model (models:/NAME@best, runs:/RUN_ID/model), or a sweep, ensemble or cv by name or parent run
     id: a sweep means its best trial (--top K: its K best, pooled), an ensemble or a cv all its members."""
@@ -709,6 +713,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     from candle_ray.data.features import read_for_prediction
 
     device = "cuda" if torch.cuda.is_available() and not force_cpu else "cpu"
+    times = _survival_times(times_text) if times_text is not None else ()
     with tempfile.TemporaryDirectory(prefix="candle-ray-predict-") as scratch:
         members = [predicting.load_member(path) for path in _checkpoints(model, tracking_uri, storage, top,
                                                                               Path(scratch), pick)]
@@ -718,7 +723,7 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
     entry = _joined_entry(info, cache_dir)
     X, y, ids = read_for_prediction(data_file, info, joined_entry=entry)
     run = lambda rows: predicting.predict(members, predicting.array_batches(rows), mc_passes=mc_passes or 0,  # noqa: E731
-                                          device=device)
+                                          device=device, times=times)
     calibrator, cal_rows = _calibrate(calibration_file, info, run, alpha, set_score, smoothed_sets, entry) \
         if calibration_file else (None, 0)
     pred = run(X)
@@ -729,11 +734,25 @@ def predict(model, data_file, out, mc_passes, calibration_file, alpha, set_score
            + (f" and the linear baseline (share {shares[0]:g})" if shares else ""))
     cal = f"; conformal {1 - alpha:.0%} from {cal_rows} calibration rows" if calibration_file else ""
     click.echo(f"{len(frame)} predictions ({how}{cal}) -> {out}")
-    if scored := predicting.labelled_line(frame, y, info, alpha):
+    if scored := predicting.labelled_line(frame, y, info, alpha, times):
         click.echo(scored)
     if note := predicting.spread_only_note(pred, calibrator, info):
         click.echo(note, err=True)
+    if times and (note := predicting.follow_up_note(members, times)):
+        click.echo(note, err=True)
     _say_empty_sets(frame, alpha)
+
+
+def _survival_times(text: str) -> tuple[float, ...]:
+    """--times' comma-separated positive numbers, ascending and each once."""
+    try:
+        times = sorted({float(part) for part in text.split(",")})
+    except ValueError:
+        times = []
+    if not times or not all(0 < t < float("inf") for t in times):
+        raise UsageError(f"--times {text!r}: give positive times in the time column's units, comma-separated "
+                         f"(e.g. --times 12,36,60)")
+    return tuple(times)
 
 
 def _say_empty_sets(frame, alpha: float) -> None:

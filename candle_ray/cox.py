@@ -76,6 +76,54 @@ def partial_log_likelihood(risk: np.ndarray, target: np.ndarray) -> tuple[float,
     return -float(losses.sum()), len(losses)
 
 
+def risk_state(risk: np.ndarray, target: np.ndarray) -> dict:
+    """What a survival model keeps of its validation rows, in its checkpoint beside its weights: the spread of
+    its risks (`risk_scale`, what an ensemble divides them by) and the baseline hazard they imply
+    (`baseline_hazard`, what turns a risk into survival probabilities; None without an event)."""
+    return {"risk_scale": float(np.std(risk)), "baseline_hazard": baseline_hazard(risk, target)}
+
+
+def baseline_hazard(risk: np.ndarray, target: np.ndarray) -> dict | None:
+    """Breslow's estimate of the baseline cumulative hazard H0 from rows whose risks η are fixed: at each
+    event time t, H0(t) sums, over the event times s <= t, the events at s over the sum of exp(η) of the rows
+    still at risk at s. Estimated on validation rows, the risks are a model's offsets on rows it did not train
+    on, so the survival probabilities exp(-H0(t) exp(η)) are calibrated there, not on an overfitted fit.
+    {"times": event times ascending, "log_cumhaz": log H0 at each (logs: risks of a few units overflow exp),
+    "max_time": the rows' longest follow-up}; None without an event."""
+    risk = np.asarray(risk, dtype=np.float64).reshape(-1)
+    time, event = decode(np.asarray(target, dtype=np.float64))
+    if not event.any():
+        return None
+    times, deaths = np.unique(time[event], return_counts=True)
+    order = np.argsort(time, kind="stable")
+    at_or_after = np.logaddexp.accumulate(risk[order][::-1])[::-1]  # [k]: log Σ exp(η) of rows k.. by time
+    log_at_risk = at_or_after[np.searchsorted(time[order], times, side="left")]
+    log_cumhaz = np.logaddexp.accumulate(np.log(deaths) - log_at_risk)
+    return {"times": times.tolist(), "log_cumhaz": log_cumhaz.tolist(), "max_time": float(time.max())}
+
+
+def survival_at(risk: np.ndarray, hazard: dict, times) -> np.ndarray:
+    """S(t | η) = exp(-H0(t) exp(η)) of each row's risk at each of `times`: [rows, times]. H0 is a step
+    function: 0 before the first event time, and its last value past the last one."""
+    risk = np.asarray(risk, dtype=np.float64).reshape(-1, 1)
+    step = np.searchsorted(hazard["times"], np.asarray(times, dtype=np.float64), side="right") - 1
+    log_h = np.where(step >= 0, np.asarray(hazard["log_cumhaz"])[step.clip(min=0)], -np.inf)
+    with np.errstate(over="ignore"):  # a risk far above the rest: exp overflows to inf, its survival to 0
+        return np.exp(-np.exp(log_h + risk))
+
+
+def kaplan_meier(target: np.ndarray, times) -> np.ndarray:
+    """The Kaplan-Meier estimate of the share of rows without the event at each of `times` (what a
+    cohort's mean predicted survival should come near); NaN past the rows' longest follow-up."""
+    time, event = decode(np.asarray(target, dtype=np.float64))
+    event_times, deaths = np.unique(time[event], return_counts=True)
+    at_risk = len(time) - np.searchsorted(np.sort(time), event_times, side="left")
+    curve = np.cumprod(1 - deaths / at_risk)
+    step = np.searchsorted(event_times, np.asarray(times, dtype=np.float64), side="right") - 1
+    out = np.where(step >= 0, curve[step.clip(min=0)] if len(curve) else 1.0, 1.0)
+    return np.where(np.asarray(times, dtype=np.float64) > time.max(), np.nan, out)
+
+
 def val_metrics(risk: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """A survival model's validation metrics (the training loop's, the baseline's, an ensemble's): val_loss, the
     negative log partial likelihood per event of all the rows at once (NaN without an event), val_cindex, and

@@ -574,7 +574,7 @@ class Survival(Objective):
     gathers_rows = True
 
     def __init__(self):
-        self.risk_scale = None  # the last validation's val_risk_std, kept in checkpoints for ensembles
+        self.state = {}  # of the last validation (cox.risk_state): kept in checkpoints for ensembles and predict
 
     def loss(self, out, target):
         return cox.cox_loss(out, target)
@@ -583,18 +583,18 @@ class Survival(Objective):
         return torch.stack([out.reshape(-1).double(), target.reshape(-1).double()], 1)
 
     def eval_metrics(self, rows) -> dict:
-        metrics = cox.val_metrics(rows[:, 0].cpu().numpy(), rows[:, 1].cpu().numpy())
-        self.risk_scale = metrics["val_risk_std"]
-        return metrics
+        risk, target = rows[:, 0].cpu().numpy(), rows[:, 1].cpu().numpy()
+        self.state = cox.risk_state(risk, target)
+        return cox.val_metrics(risk, target)
 
     def metric_names(self):
         return ("loss", "val_loss", "val_cindex", "val_risk_std")
 
     def state_dict(self) -> dict:
-        return {"risk_scale": self.risk_scale}
+        return dict(self.state)
 
     def load_state_dict(self, state: dict) -> None:
-        self.risk_scale = state.get("risk_scale")
+        self.state = dict(state)
 
 
 NORMAL_Q10 = -1.2815515655446004  # the 10 % quantile of a standard normal: q10/q90 start at mean ∓ 1.28 σ

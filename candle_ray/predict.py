@@ -166,6 +166,7 @@ class Prediction:
     [rows]; q_low/q_high for quantile heads.
     samples: every member's (and pass's) point prediction [samples, rows] or probs [samples, rows, classes].
     names: each sample's column name in `table(member_columns=True)` [default member_0, member_1, ...].
+    survival: a survival model's probability of no event by each of `times` [rows, times], when asked for.
     """
 
     head: str
@@ -179,6 +180,8 @@ class Prediction:
     q_low: np.ndarray | None = None
     q_high: np.ndarray | None = None
     names: list[str] | None = None
+    survival: np.ndarray | None = None
+    times: tuple[float, ...] = ()
 
     @property
     def sigma(self) -> np.ndarray | None:
@@ -264,9 +267,13 @@ def pool(head: str, outputs: list[np.ndarray], weights: np.ndarray | None = None
 
 
 def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]], *, mc_passes: int = 0,
-            device="cpu", seed: int = 0) -> Prediction | TaskPredictions:
+            device="cpu", seed: int = 0, times=()) -> Prediction | TaskPredictions:
     """Every member over the same rows (with `mc_passes` dropout passes each; a member with a fixed share, a
-    linear baseline, has no dropout and passes once), pooled (a multi-task model's: each task on its own)."""
+    linear baseline, has no dropout and passes once), pooled (a multi-task model's: each task on its own); a
+    survival model's probabilities of no event by each of `times` too, where asked."""
+    if times and members and members[0].data.get("task") != "survival":
+        raise UsageError(f"--times: a {members[0].data.get('task')} model predicts no survival times; only a model "
+                         f"of a survival dataset (TableDataset(..., event=...)) takes --times")
     if not members:
         raise UsageError("no model to predict with")
     check_compatible(members)
@@ -286,6 +293,7 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
             names += [f"member_{networks + k}" for k in range(passes[-1])]
             networks += passes[-1]
     weights = pool_weights(members, passes)
+    curves = _survival_curves(members, outputs, weights, times) if times else None
     if members[0].data.get("task") == "survival":
         outputs = _on_one_risk_scale(members, outputs, passes, weights)
     if head == "multitask":
@@ -293,7 +301,39 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
 
         return TaskPredictions(task_names(members[0].data), [pool("classification", [o[t] for o in outputs], weights,
                                                                    names) for t in range(len(outputs[0]))])
-    return pool(head, outputs, weights, names)
+    pred = pool(head, outputs, weights, names)
+    if curves is not None:
+        pred.survival, pred.times = curves, tuple(float(t) for t in times)
+    return pred
+
+
+def _survival_curves(members: list[Member], outputs: list[np.ndarray], weights, times) -> np.ndarray:
+    """Each member's (and pass's) survival probabilities at `times`, from its own risks and the baseline hazard
+    estimated with them on its validation rows, averaged as the pool weighs them: [rows, times]. Probabilities
+    pool without a common risk scale, so the raw risks are used, not `_on_one_risk_scale`'s."""
+    from candle_ray import cox
+
+    curves = []
+    for member, out in zip(members, outputs):
+        hazard = (member.state.get("objective") or {}).get("baseline_hazard")
+        if hazard is None:
+            raise UsageError(f"--times: {member.source} keeps no baseline hazard, which is estimated on a model's "
+                             f"validation rows (it had none with an event, was trained on every row, or was saved "
+                             f"by an older candle-ray); leave out --times, or use a model trained with a val split")
+        curves += [cox.survival_at(sample[:, 0], hazard, times) for sample in out]
+    return np.average(np.stack(curves), axis=0, weights=weights)
+
+
+def follow_up_note(members: list[Member], times) -> str | None:
+    """A note on times past the follow-up of the validation rows a member's baseline hazard came from: its
+    estimate stops changing at their last event, so the survival there is a floor held flat, not a forecast."""
+    longest = min(((m.state.get("objective") or {}).get("baseline_hazard") or {}).get("max_time", np.inf)
+                  for m in members)
+    past = [t for t in times if t > longest]
+    if not past:
+        return None
+    return (f"note: --times {', '.join(f'{t:g}' for t in past)} past the longest follow-up ({longest:g}) of the "
+            f"validation rows the baseline hazard was estimated on: survival there is held at its last value")
 
 
 def _on_one_risk_scale(members: list[Member], outputs: list[np.ndarray], passes: list[int], weights) -> list:
@@ -403,7 +443,14 @@ def table(pred: Prediction | TaskPredictions, info: dict, *, alpha: float = 0.1,
         if member_columns:
             for m, column in enumerate(_sample_names(pred)):
                 columns[column] = pred.samples[m]
+        for k, t in enumerate(pred.times):
+            columns[survival_column(t)] = pred.survival[:, k]
     return pd.DataFrame(columns)
+
+
+def survival_column(time: float) -> str:
+    """The table's column of the probability of no event by `time` (the label column's units)."""
+    return f"survival_{time:g}"
 
 
 def task_info(info: dict, task: int) -> dict:
@@ -433,10 +480,11 @@ def spread_only_note(pred: Prediction, calibrator, info: dict) -> str | None:
             "LABELLED_ROWS for calibrated intervals, or train loss=het or loss=qtl heads")
 
 
-def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str | None:
+def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float, times=()) -> str | None:
     """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
     accuracy, or R² and MAE, or a survival model's concordance index (on rows with both its time and event
-    columns); the coverage and size of conformal sets or intervals. None without labels."""
+    columns) and, by each of `times`, its mean survival probability beside the rows' Kaplan-Meier estimate;
+    the coverage and size of conformal sets or intervals. None without labels."""
     from candle_ray.data.features import UNLABELLED, is_multitask
 
     if y is None:
@@ -454,6 +502,9 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float) -> str 
         events = int((y[labelled] > 0).sum())
         said = [f"concordance index {cox.concordance(rows['risk'].to_numpy(np.float64), y[labelled]):.3f} "
                 f"({events} events)"]
+        for t, seen in zip(times, cox.kaplan_meier(y[labelled], times)):
+            said.append(f"survival by {t:g}: mean predicted {rows[survival_column(t)].mean():.3f}, Kaplan-Meier "
+                        + (f"{seen:.3f}" if np.isfinite(seen) else "none (past the rows' follow-up)"))
     elif info["task"] == "classification":
         said = _class_scores(rows, np.array(class_names(info, int(info["num_classes"])))[y[labelled]], alpha)
     else:

@@ -198,6 +198,10 @@ def test_cox_baseline_is_scored_as_the_network_is(prepared):
     weights, bias = fitted.linear
     X, y = open_split(entry.path, "val")
     assert cox.val_metrics(X @ weights[0] + bias[0], y) == pytest.approx(fitted.metrics, rel=1e-4)
+    state = baseline.checkpoint_state(fitted, entry, 0.5)["objective"]  # kept as a network's checkpoint keeps it
+    assert state["risk_scale"] == pytest.approx(fitted.metrics["val_risk_std"])
+    hazard = cox.baseline_hazard(X @ weights[0] + bias[0], y)
+    assert state["baseline_hazard"]["log_cumhaz"] == pytest.approx(hazard["log_cumhaz"], rel=1e-6)
     assert baseline.shares_val_loss({}, "survival")
 
 
@@ -278,3 +282,67 @@ def test_an_ensemble_pools_risks_on_one_scale():
     assert single[0] is outputs[0]  # one model's risks stay its log hazard ratios
     members[1].state["objective"] = {}  # a model trained on every row has no validation spread: none is scaled
     assert predicting._on_one_risk_scale(members, outputs, [1, 1], None) is outputs
+
+
+def test_baseline_hazard_and_kaplan_meier_by_hand():
+    """Five rows, events at 1, 2 and 4, censored at 2 and 3: with risks 0, Breslow's H0 is Nelson-Aalen's
+    (1/5, + 1/4, + 1/1) and Kaplan-Meier steps 4/5, x 3/4, x 0/1; a risk η scales the hazard by exp(η)."""
+    target = cox.encode(np.array([1.0, 2, 2, 3, 4]), np.array([1, 1, 0, 0, 1]))
+    hazard = cox.baseline_hazard(np.zeros(5), target)
+    assert hazard["times"] == [1, 2, 4] and hazard["max_time"] == 4
+    assert np.exp(hazard["log_cumhaz"]) == pytest.approx([0.2, 0.45, 1.45])
+    assert cox.survival_at(np.array([0.0, np.log(2)]), hazard, [0.5, 2.5, 9]) == pytest.approx(
+        np.exp(-np.array([[0, 0.45, 1.45], [0, 0.9, 2.9]])))
+    km = cox.kaplan_meier(target, [0.5, 1, 3, 4, 5])
+    assert km[:4] == pytest.approx([1, 0.8, 0.6, 0]) and np.isnan(km[4])  # past the last follow-up: unknown
+    risk = np.array([0.3, -1.0, 2.0, 0.5, -0.2])  # at each event, the exp(η) of the rows at risk: brute force
+    brute = np.cumsum([1 / np.exp(risk).sum(), 1 / np.exp(risk[1:]).sum(), 1 / np.exp(risk[4:]).sum()])
+    assert np.exp(cox.baseline_hazard(risk, target)["log_cumhaz"]) == pytest.approx(brute)
+    assert cox.baseline_hazard(risk, -np.abs(target)) is None  # no event: no hazard to estimate
+
+
+def test_predict_gives_survival_probabilities_near_the_truth(prepared, trained, tmp_path):
+    """`predict --times`: each row's probability of no event by each time, from the baseline hazard the model
+    estimated on its validation rows; on new rows of the cohort (true hazard exp(2 x0 - x1) / 20 per month) the
+    mean predicted survival is near the true mean, and the line beside it gives the rows' Kaplan-Meier."""
+    tmp, _, _ = prepared
+    member = predicting.load_member(trained[0])
+    assert member.state["objective"]["baseline_hazard"]["times"]  # kept with the weights at the best epoch
+    r = CliRunner().invoke(main, ["predict", str(trained[0]), "--data", str(tmp / "new.csv"), "--out",
+                                  str(tmp_path / "p.csv"), "--times", "20,5,100000"])
+    assert r.exit_code == 0, r.output
+    assert "survival by 5: mean predicted " in r.output and "Kaplan-Meier " in r.output
+    assert "--times 100000 past the longest follow-up" in r.output
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert list(frame.columns) == ["id", "risk", "survival_5", "survival_20", "survival_100000"]
+    curves = frame[["survival_5", "survival_20", "survival_100000"]].to_numpy()
+    assert ((curves >= 0) & (curves <= 1)).all() and (np.diff(curves, axis=1) <= 0).all()
+    by_risk = frame.sort_values("risk")["survival_20"].to_numpy()
+    assert (np.diff(by_risk) <= 1e-12).all()  # one model: a higher risk, a lower survival
+    rows = pd.read_csv(tmp / "new.csv")
+    for t in (5, 20):
+        truth = np.exp(-(t - 0.05) * np.exp(2 * rows["g0"] - rows["g1"]) / 20)
+        assert abs(frame[f"survival_{t}"].mean() - truth.mean()) < 0.08, t
+    for bad in ("0", "soon", ""):
+        r = CliRunner().invoke(main, ["predict", str(trained[0]), "--data", str(tmp / "new.csv"), "--out",
+                                      str(tmp_path / "q.csv"), "--times", bad])
+        assert r.exit_code == 2 and "positive times" in r.output and not (tmp_path / "q.csv").exists(), r.output
+
+
+def test_ensembles_average_survival_probabilities_and_models_without_a_hazard_are_named():
+    """Members' probabilities pool as they are (each from its own risks and hazard, not on one risk scale)."""
+    hazards = [{"times": [1.0, 3.0], "log_cumhaz": [np.log(0.1), np.log(0.5)], "max_time": 4.0},
+               {"times": [2.0], "log_cumhaz": [np.log(0.3)], "max_time": 5.0}]
+    members = [predicting.Member(None, {"objective": {"risk_scale": s, "baseline_hazard": h},
+                                        "data": {"task": "survival"}}, f"m{s}") for s, h in zip((1.0, 10.0), hazards)]
+    outputs = [np.array([[[0.0], [1.0]]]), np.array([[[5.0], [-5.0]]])]
+    curves = predicting._survival_curves(members, outputs, None, (2.5, 4.0))
+    expected = np.mean([cox.survival_at(o[0, :, 0], h, (2.5, 4.0)) for o, h in zip(outputs, hazards)], axis=0)
+    assert curves == pytest.approx(expected)
+    assert "--times 6 past the longest follow-up (4)" in predicting.follow_up_note(members, (3, 6))
+    members[1].state["objective"] = {"risk_scale": 10.0}  # trained on every row: no validation rows
+    with pytest.raises(UsageError, match="m10.0 keeps no baseline hazard"):
+        predicting._survival_curves(members, outputs, None, (2.5,))
+    classifier = predicting.Member(None, {"data": {"task": "classification"}}, "c")
+    with pytest.raises(UsageError, match="a classification model predicts no survival times"):
+        predicting.predict([classifier], predicting.array_batches(np.zeros((2, 3))), times=(5,))
