@@ -18,9 +18,9 @@ Per dataset and seeded split, a fifth of the patients (stratified by event) is h
 
 beside the Cox baseline the sweep fitted (candle_ray.baseline: L2-penalised, its penalty by 5-fold CV on the
 train split) scored on the same held-out patients. Prints mean ± sd over the splits of each C-index and of
-ensemble ÷ baseline (target >= 1.00); then each arm's calibration gap |mean predicted survival - Kaplan-Meier|
-by T, beside that of the train patients' own Kaplan-Meier at T (what predicting the cohort's average gives:
-the noise floor of a fifth of a cohort).
+ensemble ÷ baseline (target >= 1.00); then, by T, each arm's calibration gap |mean predicted survival -
+Kaplan-Meier| and its Brier score (IPCW), beside those of predicting every held-out patient the train patients'
+Kaplan-Meier at T (the cohort's average: no ranking, and the noise floor of a fifth of a cohort).
 
     .venv/bin/python bench/survival.py                              # 4 cohorts x 3 splits, ~40 min here
     .venv/bin/python bench/survival.py --datasets nki70 --splits 1 --num-samples 4
@@ -75,7 +75,8 @@ def cohort(name: str) -> pd.DataFrame:
 
 def held_out_baseline(folder: Path, experiment: Path, horizon: float) -> tuple[float, float]:
     """The Cox baseline of the sweep's own train split (the prepared cache entry), on the held-out patients:
-    (C-index, mean survival by `horizon` from the baseline hazard it keeps, as predict --times computes it)."""
+    (C-index, mean survival by `horizon` from the baseline hazard it keeps, as predict --times computes it, and
+    its Brier score)."""
     from candle_ray import baseline, cox
     from candle_ray.data.cache import Cache
     from candle_ray.data.features import describe, read_for_prediction
@@ -86,17 +87,18 @@ def held_out_baseline(folder: Path, experiment: Path, horizon: float) -> tuple[f
     X, y, _ = read_for_prediction(folder / "heldout.csv", describe(entry))
     weights, bias = fitted.linear
     risk = X @ weights[0] + bias[0]
-    return cox.concordance(risk, y), float(cox.survival_at(risk, fitted.objective_state["baseline_hazard"],
-                                                           [horizon]).mean())
+    survival = cox.survival_at(risk, fitted.objective_state["baseline_hazard"], [horizon])[:, 0]
+    return cox.concordance(risk, y), float(survival.mean()), cox.brier_score(y, survival, horizon)
 
 
-def scores_of(cli: str, model: str, folder: Path, horizon: float, go: dict) -> tuple[float, float, float]:
-    """predict's (concordance index, mean predicted survival by `horizon`, Kaplan-Meier by it) on the held-out
-    patients, as it prints them."""
+def scores_of(cli: str, model: str, folder: Path, horizon: float, go: dict) -> tuple[float, ...]:
+    """predict's (concordance index, mean predicted survival by `horizon`, Kaplan-Meier by it, Brier score) on
+    the held-out patients, as it prints them."""
     text = run_command([cli, "predict", model, "--data", str(folder / "heldout.csv"), "--out",
                         str(folder / f"{model}.tsv"), "--storage", str(folder / "sweeps"), "--times", f"{horizon:g}"],
                        log_path=folder / f"predict-{model}.log", what=f"predict {model}", **go)
-    found = re.search(r"concordance index ([\d.]+).*mean predicted ([\d.]+), Kaplan-Meier ([\d.]+)", text)
+    found = re.search(r"concordance index ([\d.]+).*mean predicted ([\d.]+), Kaplan-Meier ([\d.]+), "
+                      r"Brier score ([\d.]+)", text)
     if not found:
         raise CommandFailed(f"predict {model} printed no concordance index or survival for the held-out patients")
     return tuple(float(g) for g in found.groups())
@@ -127,11 +129,15 @@ def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, addr
                  "--members", str(args.members), "--name", "ensemble", *where],
                 log_path=folder / "ensemble.log", what=f"{name} ensemble", **go)
     horizon = float(np.round(frame["time"][~held].median(), 3))
-    (best, best_s, km), (ens, ens_s, _) = (scores_of(cli, m, folder, horizon, go) for m in ("sweep", "ensemble"))
-    cox_c, cox_s = held_out_baseline(folder, exp, horizon)
+    (best, best_s, km, best_b), (ens, ens_s, _, ens_b) = (scores_of(cli, m, folder, horizon, go)
+                                                          for m in ("sweep", "ensemble"))
+    cox_c, cox_s, cox_b = held_out_baseline(folder, exp, horizon)
+    average = train_km(frame[~held], horizon)
     out = {"best trial": best, "ensemble": ens, "Cox baseline": cox_c,
            "gap": {"best trial": abs(best_s - km), "ensemble": abs(ens_s - km), "Cox baseline": abs(cox_s - km),
-                   "train KM": abs(train_km(frame[~held], horizon) - km)}}
+                   "train KM": abs(average - km)},
+           "brier": {"best trial": best_b, "ensemble": ens_b, "Cox baseline": cox_b,
+                     "train KM": brier_of_average(frame[held], average, horizon)}}
     log(f"  {name} split {k}: held-out C-index " + ", ".join(f"{arm} {out[arm]:.3f}" for arm in ARMS)
         + f" ({int(frame['event'][held].sum())} events in {int(held.sum())} patients); survival by {horizon:g}: "
         f"Kaplan-Meier {km:.3f}, best trial {best_s:.3f}, ensemble {ens_s:.3f}, Cox {cox_s:.3f}")
@@ -140,10 +146,22 @@ def run_split(name: str, frame: pd.DataFrame, k: int, args, data_dir: Path, addr
     return out
 
 
+def signed_times(rows: pd.DataFrame):
+    from candle_ray import cox
+
+    return cox.encode(rows["time"].to_numpy(float), rows["event"].to_numpy())
+
+
 def train_km(rows: pd.DataFrame, horizon: float) -> float:
     from candle_ray import cox
 
-    return float(cox.kaplan_meier(cox.encode(rows["time"].to_numpy(float), rows["event"].to_numpy()), [horizon])[0])
+    return float(cox.kaplan_meier(signed_times(rows), [horizon])[0])
+
+
+def brier_of_average(held: pd.DataFrame, survival: float, horizon: float) -> float:
+    from candle_ray import cox
+
+    return cox.brier_score(signed_times(held), np.full(len(held), survival), horizon)
 
 
 def pm(values: list[float]) -> str:
@@ -161,6 +179,10 @@ def report(results: dict[str, list[dict]]) -> None:
         "Kaplan-Meier| by the train median follow-up, mean ± sd over splits)")
     for name, splits in results.items():
         log(f"{name:<9} " + " ".join(f"{pm([r['gap'][arm] for r in splits]):>15}" for arm in gaps))
+    log(f"\n{'dataset':<9} " + " ".join(f"{arm:>15}" for arm in gaps) + "   (Brier score by the train median "
+        "follow-up, held-out patients; train KM: every patient given the train Kaplan-Meier)")
+    for name, splits in results.items():
+        log(f"{name:<9} " + " ".join(f"{pm([r['brier'][arm] for r in splits]):>15}" for arm in gaps))
 
 
 def main(argv=None) -> int:

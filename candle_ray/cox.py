@@ -124,6 +124,29 @@ def kaplan_meier(target: np.ndarray, times) -> np.ndarray:
     return np.where(np.asarray(times, dtype=np.float64) > time.max(), np.nan, out)
 
 
+def brier_score(target: np.ndarray, survival: np.ndarray, time_point: float) -> float:
+    """Graf's Brier score at `time_point` of predicted probabilities of no event by then (one per row): the mean
+    squared gap to what happened (0 for a row whose event came by then, 1 for one still followed after it),
+    each row weighted by the inverse probability of still being followed (Kaplan-Meier of the censoring), so
+    the rows censored before `time_point`, whose outcome is unknown, count through the others. 0 is perfect;
+    predicting every row the cohort's Kaplan-Meier is the reference to beat."""
+    time, event = decode(np.asarray(target, dtype=np.float64))
+    survival = np.asarray(survival, dtype=np.float64).reshape(-1)
+    censored_times, censored = np.unique(time[~event], return_counts=True)
+    still_followed = np.cumprod(1 - censored / (len(time) - np.searchsorted(np.sort(time), censored_times)))
+
+    def followed(at, side):  # Kaplan-Meier of the censoring, just before (left) or at (right) `at`
+        step = np.searchsorted(censored_times, at, side=side) - 1
+        return np.where(step >= 0, still_followed[step.clip(min=0)] if len(censored_times) else 1.0, 1.0)
+
+    died, alive = event & (time <= time_point), time > time_point
+    scores = np.zeros(len(time))
+    scores[died] = survival[died] ** 2 / followed(time[died], "left")
+    if alive.any():
+        scores[alive] = (1 - survival[alive]) ** 2 / followed(time_point, "right")
+    return float(scores.mean())
+
+
 def val_metrics(risk: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """A survival model's validation metrics (the training loop's, the baseline's, an ensemble's): val_loss, the
     negative log partial likelihood per event of all the rows at once (NaN without an event), val_cindex, and

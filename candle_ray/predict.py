@@ -483,7 +483,8 @@ def spread_only_note(pred: Prediction, calibrator, info: dict) -> str | None:
 def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float, times=()) -> str | None:
     """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
     accuracy, or R² and MAE, or a survival model's concordance index (on rows with both its time and event
-    columns) and, by each of `times`, its mean survival probability beside the rows' Kaplan-Meier estimate;
+    columns) and, by each of `times`, its mean survival probability beside the rows' Kaplan-Meier estimate and
+    its Brier score beside that of the Kaplan-Meier;
     the coverage and size of conformal sets or intervals. None without labels."""
     from candle_ray.data.features import UNLABELLED, is_multitask
 
@@ -503,8 +504,11 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float, times=(
         said = [f"concordance index {cox.concordance(rows['risk'].to_numpy(np.float64), y[labelled]):.3f} "
                 f"({events} events)"]
         for t, seen in zip(times, cox.kaplan_meier(y[labelled], times)):
-            said.append(f"survival by {t:g}: mean predicted {rows[survival_column(t)].mean():.3f}, Kaplan-Meier "
-                        + (f"{seen:.3f}" if np.isfinite(seen) else "none (past the rows' follow-up)"))
+            predicted = rows[survival_column(t)].to_numpy(np.float64)
+            said.append(f"survival by {t:g}: mean predicted {predicted.mean():.3f}, Kaplan-Meier " + (
+                f"{seen:.3f}, Brier score {cox.brier_score(y[labelled], predicted, t):.3f} (the Kaplan-Meier "
+                f"for every row: {cox.brier_score(y[labelled], np.full(n, seen), t):.3f})"
+                if np.isfinite(seen) else "none (past the rows' follow-up)"))
     elif info["task"] == "classification":
         said = _class_scores(rows, np.array(class_names(info, int(info["num_classes"])))[y[labelled]], alpha)
     else:

@@ -2,6 +2,8 @@
 likelihood and Harrell's C against brute force, the cache's checks, training to a concordance index well
 above chance, the Cox baseline, and predict's risk column and concordance on labelled rows."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -311,7 +313,12 @@ def test_predict_gives_survival_probabilities_near_the_truth(prepared, trained, 
     r = CliRunner().invoke(main, ["predict", str(trained[0]), "--data", str(tmp / "new.csv"), "--out",
                                   str(tmp_path / "p.csv"), "--times", "20,5,100000"])
     assert r.exit_code == 0, r.output
-    assert "survival by 5: mean predicted " in r.output and "Kaplan-Meier " in r.output
+    said = r.output.split("survival by ")
+    assert said[1].startswith("5: mean predicted ") and "Kaplan-Meier " in said[1], r.output
+    for part in said[1:3]:  # a model that ranks the rows well beats the cohort's average survival for all
+        model, average = (float(x) for x in re.findall(r"Brier score ([\d.]+) \(the Kaplan-Meier for every row: "
+                                                       r"([\d.]+)\)", part)[0])
+        assert model < average, part
     assert "--times 100000 past the longest follow-up" in r.output
     frame = pd.read_csv(tmp_path / "p.csv")
     assert list(frame.columns) == ["id", "risk", "survival_5", "survival_20", "survival_100000"]
@@ -346,3 +353,16 @@ def test_ensembles_average_survival_probabilities_and_models_without_a_hazard_ar
     classifier = predicting.Member(None, {"data": {"task": "classification"}}, "c")
     with pytest.raises(UsageError, match="a classification model predicts no survival times"):
         predicting.predict([classifier], predicting.array_batches(np.zeros((2, 3))), times=(5,))
+
+
+def test_brier_score_weights_rows_by_how_likely_they_were_still_followed():
+    """Graf's IPCW Brier score: without censoring, the plain mean squared gap to 1{alive}; by hand on five rows
+    (events at 1, 2 and 4; censored at 2 and 3; the censoring's Kaplan-Meier 3/4 after 2): the rows dead by
+    2.5 weigh 1 / G(their time-) = 1, those still followed 1 / G(2.5) = 4/3, the one censored at 2 nothing."""
+    rng = np.random.default_rng(0)
+    times, survival = rng.exponential(10, 50), rng.random(50)
+    plain = cox.brier_score(cox.encode(times, np.ones(50)), survival, 7.0)
+    assert plain == pytest.approx(np.mean(((times > 7) - survival) ** 2))
+    target = cox.encode(np.array([1.0, 2, 2, 3, 4]), np.array([1, 1, 0, 0, 1]))
+    by_hand = (0.9 ** 2 + 0.8 ** 2 + 0 + 0.4 ** 2 / 0.75 + 0.5 ** 2 / 0.75) / 5
+    assert cox.brier_score(target, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), 2.5) == pytest.approx(by_hand)
