@@ -116,12 +116,21 @@ def kaplan_meier(target: np.ndarray, times) -> np.ndarray:
     """The Kaplan-Meier estimate of the share of rows without the event at each of `times` (what a
     cohort's mean predicted survival should come near); NaN past the rows' longest follow-up."""
     time, event = decode(np.asarray(target, dtype=np.float64))
-    event_times, deaths = np.unique(time[event], return_counts=True)
-    at_risk = len(time) - np.searchsorted(np.sort(time), event_times, side="left")
-    curve = np.cumprod(1 - deaths / at_risk)
-    step = np.searchsorted(event_times, np.asarray(times, dtype=np.float64), side="right") - 1
-    out = np.where(step >= 0, curve[step.clip(min=0)] if len(curve) else 1.0, 1.0)
-    return np.where(np.asarray(times, dtype=np.float64) > time.max(), np.nan, out)
+    times = np.asarray(times, dtype=np.float64)
+    return np.where(times > time.max(), np.nan, _step_value(*_product_limit(time, event), times, "right"))
+
+
+def _product_limit(time: np.ndarray, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier's product-limit curve of the rows where `counted` (the events; or the censorings, for the
+    chance of still being followed) among all rows: (its step times, its value from each on)."""
+    steps, counts = np.unique(time[counted], return_counts=True)
+    return steps, np.cumprod(1 - counts / (len(time) - np.searchsorted(np.sort(time), steps)))
+
+
+def _step_value(steps: np.ndarray, curve: np.ndarray, at, side: str) -> np.ndarray:
+    """A step curve's value at `at` (side "right": at it; "left": just before it); 1 before its first step."""
+    k = np.searchsorted(steps, at, side=side) - 1
+    return np.where(k >= 0, curve[np.clip(k, 0, None)] if len(curve) else 1.0, 1.0)
 
 
 def brier_score(target: np.ndarray, survival: np.ndarray, time_point: float) -> float:
@@ -132,18 +141,12 @@ def brier_score(target: np.ndarray, survival: np.ndarray, time_point: float) -> 
     predicting every row the cohort's Kaplan-Meier is the reference to beat."""
     time, event = decode(np.asarray(target, dtype=np.float64))
     survival = np.asarray(survival, dtype=np.float64).reshape(-1)
-    censored_times, censored = np.unique(time[~event], return_counts=True)
-    still_followed = np.cumprod(1 - censored / (len(time) - np.searchsorted(np.sort(time), censored_times)))
-
-    def followed(at, side):  # Kaplan-Meier of the censoring, just before (left) or at (right) `at`
-        step = np.searchsorted(censored_times, at, side=side) - 1
-        return np.where(step >= 0, still_followed[step.clip(min=0)] if len(censored_times) else 1.0, 1.0)
-
+    followed = _product_limit(time, ~event)  # Kaplan-Meier of the censoring
     died, alive = event & (time <= time_point), time > time_point
     scores = np.zeros(len(time))
-    scores[died] = survival[died] ** 2 / followed(time[died], "left")
+    scores[died] = survival[died] ** 2 / _step_value(*followed, time[died], "left")
     if alive.any():
-        scores[alive] = (1 - survival[alive]) ** 2 / followed(time_point, "right")
+        scores[alive] = (1 - survival[alive]) ** 2 / _step_value(*followed, time_point, "right")
     return float(scores.mean())
 
 
