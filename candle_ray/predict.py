@@ -42,6 +42,11 @@ class Member:
         return self.state.get("data") or {}
 
     @property
+    def objective(self) -> dict:
+        """What its training objective kept (a survival model's cox.risk_state: risk_scale, baseline_hazard)."""
+        return self.state.get("objective") or {}
+
+    @property
     def share(self) -> float | None:
         """The share of a pooled output this member takes (an ensemble's linear baseline), or None (equal parts)."""
         return self.state.get("pool_share")
@@ -271,11 +276,11 @@ def predict(members: list[Member], batches: Callable[[], Iterable[torch.Tensor]]
     """Every member over the same rows (with `mc_passes` dropout passes each; a member with a fixed share, a
     linear baseline, has no dropout and passes once), pooled (a multi-task model's: each task on its own); a
     survival model's probabilities of no event by each of `times` too, where asked."""
-    if times and members and members[0].data.get("task") != "survival":
-        raise UsageError(f"--times: a {members[0].data.get('task')} model predicts no survival times; only a model "
-                         f"of a survival dataset (TableDataset(..., event=...)) takes --times")
     if not members:
         raise UsageError("no model to predict with")
+    if times and members[0].data.get("task") != "survival":
+        raise UsageError(f"--times: a {members[0].data.get('task')} model predicts no survival times; only a model "
+                         f"of a survival dataset (TableDataset(..., event=...)) takes --times")
     check_compatible(members)
     head = members[0].head
     outputs, names, passes, networks = [], [], [], 0
@@ -315,7 +320,7 @@ def _survival_curves(members: list[Member], outputs: list[np.ndarray], weights, 
 
     curves = []
     for member, out in zip(members, outputs):
-        hazard = (member.state.get("objective") or {}).get("baseline_hazard")
+        hazard = member.objective.get("baseline_hazard")
         if hazard is None:
             raise UsageError(f"--times: {member.source} keeps no baseline hazard, which is estimated on a model's "
                              f"validation rows (it had none with an event, was trained on every row, or was saved "
@@ -327,8 +332,7 @@ def _survival_curves(members: list[Member], outputs: list[np.ndarray], weights, 
 def follow_up_note(members: list[Member], times) -> str | None:
     """A note on times past the follow-up of the validation rows a member's baseline hazard came from: its
     estimate stops changing at their last event, so the survival there is a floor held flat, not a forecast."""
-    longest = min(((m.state.get("objective") or {}).get("baseline_hazard") or {}).get("max_time", np.inf)
-                  for m in members)
+    longest = min((m.objective.get("baseline_hazard") or {}).get("max_time", np.inf) for m in members)
     past = [t for t in times if t > longest]
     if not past:
         return None
@@ -342,7 +346,7 @@ def _on_one_risk_scale(members: list[Member], outputs: list[np.ndarray], passes:
     share. Left as they were, a Cox baseline chosen with a strong penalty spread its risks 0.1 on GSE3143's
     validation rows and the networks 0.9 to 6.9, and its half share of the pool moved nothing. A single
     member's risks are unchanged; without every member's spread (a model trained on all rows) none is scaled."""
-    scales = [(member.state.get("objective") or {}).get("risk_scale") for member in members]
+    scales = [member.objective.get("risk_scale") for member in members]
     if len(members) < 2 or not all(s and np.isfinite(s) and s > 0 for s in scales):
         return outputs
     per_sample = np.repeat(scales, passes)
@@ -484,8 +488,8 @@ def labelled_line(frame, y: np.ndarray | None, info: dict, alpha: float, times=(
     """How `table`'s predictions fare on the rows whose label the file carries (a held-out test file):
     accuracy, or R² and MAE, or a survival model's concordance index (on rows with both its time and event
     columns) and, by each of `times`, its mean survival probability beside the rows' Kaplan-Meier estimate and
-    its Brier score beside that of the Kaplan-Meier;
-    the coverage and size of conformal sets or intervals. None without labels."""
+    its Brier score beside that of the Kaplan-Meier; the coverage and size of conformal sets or intervals. None
+    without labels."""
     from candle_ray.data.features import UNLABELLED, is_multitask
 
     if y is None:
