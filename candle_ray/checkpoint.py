@@ -49,8 +49,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
-    """Write `state` as epoch-NNNN.pt and point each of `kinds` (last, best) at it."""
+def save(directory: str | Path, state: dict, *, kinds=("last",), value: float | None = None) -> Path:
+    """Write `state` as epoch-NNNN.pt and point each of `kinds` (last, best) at it. `value`: the best
+    pointer's metric value, where it is not the state's best (a cv fold's, at the epoch its trial chose)."""
     import torch
 
     directory = Path(directory)
@@ -66,20 +67,10 @@ def save(directory: str | Path, state: dict, *, kinds=("last",)) -> Path:
     pointer = {"file": path.name, "sha256": digest, "epoch": epoch, "model": state.get("model"), "origin": state.get("origin"),
                "metric": state.get("best", {}).get("metric"), "value": state.get("best", {}).get("value")}
     for kind in kinds:
-        _write_json_atomic(directory / f"{kind}.json", pointer)
+        _write_json_atomic(directory / f"{kind}.json", {**pointer, "value": value} if kind == "best" and
+                           value is not None else pointer)
     _prune(directory)
     return path
-
-
-def promote(directory: str | Path, epoch: int, value: float | None = None) -> None:
-    """Point `best` at `epoch`, the epoch `last` names: for a run whose best epoch is chosen outside its
-    loop (`tune --cv`'s folds, at the epoch of their best mean). `value`: the run's own metric there."""
-    directory = Path(directory)
-    last = pointer(directory, "last")
-    if last is None or last["epoch"] != epoch:
-        raise CheckpointError(f"{directory} holds no checkpoint of epoch {epoch} to mark best (its last is "
-                              f"{last and last['epoch']}); the run's loop must write `last` every epoch")
-    _write_json_atomic(directory / "best.json", {**last, "value": value})
 
 
 def without_optimizer(state: dict) -> dict:
@@ -102,7 +93,11 @@ def slim(directory: str | Path) -> int:
     if "optimizer" not in state and [p.name for p in files] == [best["file"]]:
         return 0  # slim already
     before = sum(p.stat().st_size for p in files)
-    save(directory, without_optimizer(state), kinds=KINDS)
+    if "optimizer" in state:
+        save(directory, without_optimizer(state), kinds=KINDS, value=best.get("value"))
+    else:  # the loop wrote the best without it (only a `last` carries it): point `last` there too
+        _write_json_atomic(directory / "last.json", best)
+        _prune(directory)
     return before - sum(p.stat().st_size for p in directory.glob("epoch-*.pt"))
 
 

@@ -83,6 +83,9 @@ class Job:
     cpus_per_worker: float = 1.0
     max_failures: int = 1  # an elastic trial's Ray Train restarts
     tune_checkpoint_s: float = 0.0  # least time between checkpoints handed to Tune
+    # A Tune trial's: least time between the loop's `last` checkpoints (0: as ckpt_save_interval says). Its
+    # restores read only what it handed Tune, so a `last` between hand-overs would never be read.
+    last_every_s: float = 0.0
     hyperband_unit: int | None = None  # Hyperband's time unit in epochs
     cv_assignment: object = None  # `tune --cv`: the fold of each train+val row
     cv_folds: int | None = None  # `tune --cv K`: every trial trains K folds in lockstep

@@ -4,7 +4,7 @@
 `ray.train.report`; the one-worker fast path streams them from a Ray task. The loop is the same in
 both, so one worker gives the same numbers either way under the same seed. With `selects_best=False`
 (`tune --cv`'s folds) its caller picks the best epoch (the folds' mean) and early-stops on it: the loop
-then writes `last` every epoch, for the caller to point `best` at (checkpoint.promote), never `best`.
+then writes no checkpoint itself, and the caller keeps the epochs it needs (`keep` in each result).
 
 `job` is a candle_ray.job.Job (its fields say what each is) made by the driver: candle_ray.train for
 `train`, candle_ray.sweep for a trial, which replaces the config with the sampled one and adds its folder.
@@ -370,15 +370,64 @@ def _stop_reason(config: dict, metric: str, bad_epochs: int | None, elapsed: flo
     return None
 
 
-def _checkpoint_kinds(config: dict, epoch: int, last_epoch: bool, improved: bool, selects_best: bool) -> list[str]:
-    """CANDLE's ckpt_save_interval (0 = only the final epoch) and ckpt_save_best; NT3 at full size writes
-    1.2 GB per checkpoint, which a fast GPU epoch should not pay every time. A loop that does not select
-    its best epoch writes `last` every epoch, for its caller to promote."""
-    if not selects_best:
-        return ["last"]
-    interval = int(config.get("ckpt_save_interval", 1))
-    return [k for k, due in (("last", last_epoch or (interval > 0 and epoch % interval == 0)),
-                             ("best", improved and config.get("ckpt_save_best", True))) if due]
+class _Checkpoints:
+    """The loop's checkpoint writes (rank 0's), of two kinds for two readers.
+
+    `last` resumes the run: the weights with the optimizer's state, the schedules' and the RNG's. It is
+    written every `ckpt_save_interval` epochs (CANDLE's; 0: only the final one) and at the final epoch;
+    for a Tune trial no more often than `job.last_every_s`, the pace at which it hands Tune a checkpoint:
+    its restores read only those. `best` is the model: the best epoch's weights, written when an epoch
+    improves on the best, without the optimizer's state unless it is the `last` too (only resuming reads
+    it, and Adam's is twice the weights). On 61,860 features a [256, 64] MLP's weights are 63 MB and
+    Adam's state 127 MB more; writing both every epoch took 57% of a 5-fold trial's time.
+
+    A loop that does not select its best epoch (`tune --cv`'s folds) writes nothing itself: each of its
+    results carries `keep(kinds, value)`, with which its caller writes that epoch's checkpoint, once,
+    while the loop waits at that result.
+    """
+
+    def __init__(self, job: Job, world: World, selects_best: bool, parts: dict):
+        self.dir, self.on, self.selects_best = Path(job.run_dir) / "checkpoints", world.rank == 0, selects_best
+        self.interval = int(job.config.get("ckpt_save_interval", 1))
+        self.save_best = bool(job.config.get("ckpt_save_best", True))
+        self.every_s, self.written_at = float(job.last_every_s), None
+        self.parts = parts  # the model, optimizer, schedule and objective, and what prediction needs
+        self.progress: dict = {}
+
+    def end_epoch(self, progress: dict, final: bool, improved: bool) -> dict:
+        """Write what this epoch is due (`progress`: its epoch, best, history, elapsed_s, bad_epochs);
+        returns what its result carries."""
+        self.progress, epoch = progress, progress["epoch"]
+        if not self.selects_best:
+            return {"keep": self._keeper(epoch)} if self.on else {}
+        last = final or (self.interval > 0 and epoch % self.interval == 0 and
+                         (self.written_at is None or time.monotonic() - self.written_at >= self.every_s))
+        self.write([k for k, due in (("last", last), ("best", improved and self.save_best)) if due])
+        return {}
+
+    def write(self, kinds: list[str], value: float | None = None) -> None:
+        if not (self.on and kinds):
+            return
+        p = self.parts
+        state = {"model": p["model_name"], "config": p["config"], "model_shape": p["shape"],  # as built (UQ head)
+                 "weights": p["model"].state_dict(), "plateau": p["schedule"].state_dict(),
+                 "objective": p["objective"].state_dict(), "rng": torch.get_rng_state(), **self.progress,
+                 "origin": p["origin"],  # which run wrote it: PBT hands checkpoints between trials
+                 "data": p["data"]}  # features, scalers, classes: prediction needs no cache or experiment
+        if "last" in kinds:
+            state["optimizer"] = p["optimizer"].state_dict()
+            self.written_at = time.monotonic()
+        checkpoint.save(self.dir, state, kinds=kinds, value=value)
+
+    def _keeper(self, epoch: int):
+        kept = []
+
+        def keep(kinds: list[str], value: float | None = None) -> None:
+            if self.progress["epoch"] != epoch or kept:
+                raise RuntimeError(f"epoch {epoch}'s checkpoint can be kept once, before the loop goes on")
+            kept.append(epoch)
+            self.write(list(kinds), value)
+        return keep
 
 
 def _prediction_data(job: Job, objective) -> dict | None:
@@ -428,8 +477,8 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
     schedule = _make_schedule(optimizer, config, plateau_mode)
     step = {**_step_settings(job, device, condition), "after_step": schedule.after_step}
 
-    ckpt_dir, data, metric = Path(job.run_dir) / "checkpoints", _prediction_data(job, objective), job.metric
-    state = _restore(ckpt_dir, config, model, optimizer, schedule, objective) or {
+    metric = job.metric
+    state = _restore(Path(job.run_dir) / "checkpoints", config, model, optimizer, schedule, objective) or {
         "epoch": 0, "best": {"metric": metric, "value": None, "epoch": None}, "history": [], "elapsed_s": 0.0,
         "bad_epochs": 0}
     start_epoch, best, history = state["epoch"], state["best"], state["history"]
@@ -437,6 +486,9 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
     for past in history:
         yield {**past, "replayed": True}
     ddp_model = world.wrap(model)
+    saver = _Checkpoints(job, world, selects_best, {
+        "model_name": job.model, "config": config, "shape": shape, "model": model, "optimizer": optimizer,
+        "schedule": schedule, "objective": objective, "origin": job.run_dir, "data": _prediction_data(job, objective)})
 
     def evaluate(split_feed):
         return objective.eval_metrics(_evaluate(ddp_model, split_feed, world, objective, task, step["amp"], condition))
@@ -468,17 +520,8 @@ def train_epochs(job: Job | dict, world: World, *, selects_best: bool = True) ->
             metrics["stop_reason"] = reason
         history.append(metrics)
 
-        kinds = _checkpoint_kinds(config, epoch, epoch == epochs or "stop_reason" in metrics, improved, selects_best)
-        if world.rank == 0 and kinds:
-            checkpoint.save(ckpt_dir, {
-                "model": job.model, "config": config, "model_shape": shape,  # as built (with its UQ head)
-                "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "plateau": schedule.state_dict(), "objective": objective.state_dict(),
-                "rng": torch.get_rng_state(), "epoch": epoch,
-                "best": best, "history": history, "elapsed_s": elapsed, "bad_epochs": bad_epochs,
-                "origin": job.run_dir,  # which run wrote it: PBT hands checkpoints between trials
-                "data": data,  # features, scalers, classes: prediction needs no cache or experiment
-            }, kinds=kinds)
-        yield {**metrics, "best_epoch": best["epoch"]}
+        carried = saver.end_epoch({"epoch": epoch, "best": best, "history": history, "elapsed_s": elapsed,
+                                   "bad_epochs": bad_epochs}, epoch == epochs or "stop_reason" in metrics, improved)
+        yield {**metrics, "best_epoch": best["epoch"], **carried}
         if "stop_reason" in metrics:
             break

@@ -62,7 +62,8 @@ def _tune_checkpoint(ckpt_dirs: dict[str, Path]):
 
 def _report_epochs(job, epochs) -> None:
     """Report each new epoch to Tune, with the checkpoint files when the loop wrote `last` and the
-    previous hand-over is `tune_checkpoint_s` old (and always at the trial's final epoch).
+    previous hand-over is `tune_checkpoint_s` old (and always at the trial's final epoch). Where the loop
+    paces its `last` itself (`job.last_every_s`), every `last` it writes is handed over.
 
     Each checkpoint Tune receives is copied into the sweep storage and makes the driver snapshot the
     experiment state; on short epochs doing that every epoch costs the driver a core that concurrent
@@ -71,7 +72,7 @@ def _report_epochs(job, epochs) -> None:
     from candle_ray.summary import BestEpoch, packed
 
     ckpt_dirs = _checkpoint_dirs(job)
-    every_s, handed_at = float(job.tune_checkpoint_s), None
+    every_s, handed_at, paced = float(job.tune_checkpoint_s), None, job.last_every_s > 0
     final_epoch = int(job.config["epochs"])
     hyperband_unit = job.hyperband_unit
     for metrics in BestEpoch(job.metric, job.mode)(epochs):
@@ -82,7 +83,7 @@ def _report_epochs(job, epochs) -> None:
         if hyperband_unit:
             result[HYPERBAND_TIME] = metrics["epoch"] / hyperband_unit
         written = all((checkpoint.pointer(d, "last") or {}).get("epoch") == metrics["epoch"] for d in ckpt_dirs.values())
-        due = (handed_at is None or time.monotonic() - handed_at >= every_s
+        due = (paced or handed_at is None or time.monotonic() - handed_at >= every_s
                or metrics["epoch"] >= final_epoch or "stop_reason" in metrics)
         if due and written:
             handed_at = time.monotonic()
@@ -104,8 +105,10 @@ def _mean_over_folds(job, device):
 
     The trial is one model choice: its best epoch is the one whose mean is best (its rank), every fold's
     best checkpoint is that epoch's (the pooled model is the one ranked, not K epochs each picked on its
-    fold's own validation rows), and early stopping follows the mean. So each fold writes a checkpoint
-    every epoch. The folds share the process, so their random streams interleave: a trial is
+    fold's own validation rows), and early stopping follows the mean. So the folds write no checkpoint
+    themselves: here, each keeps an epoch whose mean is the best so far as `best`, and one at the pace of
+    the trial's hand-overs to Tune (`job.last_every_s`) and the trial's last as `last`, all folds the same
+    epochs. The folds share the process, so their random streams interleave: a trial is
     reproducible, but a fold's numbers differ from the same fold trained alone. The trial ends when any
     fold stops (timeout, a non-finite loss): the mean needs every fold at every epoch.
     """
@@ -115,14 +118,19 @@ def _mean_over_folds(job, device):
     ckpt_dirs = list(_checkpoint_dirs(job).values())
     runs = [train_epochs(replace(job, run_dir=str(ckpt_dir.parent), cv={"assignment": job.cv_assignment, "fold": k}),
                          World(device=device), selects_best=False) for k, ckpt_dir in enumerate(ckpt_dirs)]
+    written_at, final_epoch = None, int(job.config["epochs"])
     for merged in BestEpoch(job.metric, job.mode)(_merged_epochs(zip(*runs))):
-        epoch, best_epoch = merged["epoch"], merged.get("best_epoch")
-        if best_epoch == epoch and not merged["replayed"]:
-            for k, ckpt_dir in enumerate(ckpt_dirs):
-                checkpoint.promote(ckpt_dir, epoch, merged.get(f"fold{k}_{job.metric}"))
+        epoch, best_epoch, keeps = merged["epoch"], merged.get("best_epoch"), merged.pop("keeps")
         reason = early_stop_reason(job.config, job.metric, epoch - (best_epoch or 0))
         if reason and "stop_reason" not in merged:
             merged["stop_reason"] = reason
+        last = ("stop_reason" in merged or epoch >= final_epoch or written_at is None
+                or time.monotonic() - written_at >= job.last_every_s)
+        kinds = [k for k, due in (("last", last), ("best", best_epoch == epoch)) if due]
+        if kinds and not merged["replayed"]:
+            for k, keep in enumerate(keeps):
+                keep(kinds, merged.get(f"fold{k}_{job.metric}"))
+            written_at = time.monotonic() if last else written_at
         yield merged
         if reason:
             return
@@ -132,11 +140,13 @@ def _merged_epochs(per_epoch):
     """Each epoch's fold results (a tuple, one per fold) as one result: means, and fold<k>_ copies (not of
     each fold's own best epoch: the trial's is its mean's)."""
     for per_fold in per_epoch:
-        merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold)}
+        merged = {"epoch": per_fold[0]["epoch"], "replayed": all(m.get("replayed") for m in per_fold),
+                  "keeps": [m["keep"] for m in per_fold if "keep" in m]}
         for key, value in per_fold[0].items():
             if key not in (*merged, "best_epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 values = [m[key] for m in per_fold if key in m]
-                merged[key] = sum(values) / len(values)
+                # the trial's epoch took every fold's time; its other numbers are the folds' mean
+                merged[key] = sum(values) / (1 if key == "epoch_time_s" else len(values))
                 if key.startswith("val_") or key == "loss":
                     merged.update({f"fold{k}_{key}": m[key] for k, m in enumerate(per_fold) if key in m})
         reasons = [f"fold {k}: {m['stop_reason']}" for k, m in enumerate(per_fold) if "stop_reason" in m]

@@ -169,8 +169,10 @@ def test_resume_after_ctrl_c(ray_cluster, workdir):
     import ray
     from mlflow.tracking import MlflowClient
 
+    # A checkpoint handed to Tune every epoch: the trial's `last.json` then says how far it got (at the default
+    # pace it names the epochs handed over; test_faults.py's kill -9 resumes a sweep at a 2 s pace).
     args = ["tune", str(TINY), "--smoke", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "fifo",
-            "--set", "epochs=25", "--set", "batch_size=4", "--name", "killed"]
+            "--set", "epochs=25", "--set", "batch_size=4", "--checkpoint-every", "0", "--name", "killed"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen([str(Path(sys.executable).parent / "candle-ray"), *args], cwd=workdir, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

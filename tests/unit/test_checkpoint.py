@@ -122,3 +122,19 @@ def test_a_finished_runs_checkpoints_slim_to_its_best_weights(tmp_path):
         assert state["epoch"] == 3 and "optimizer" not in state
         assert all(torch.equal(state["weights"][k], v) for k, v in best.items())
     assert checkpoint.slim(tmp_path) == 0 and checkpoint.slim(tmp_path / "none") == 0
+
+
+def test_a_best_written_without_the_optimizer_slims_by_pointing_last_at_it(tmp_path):
+    """The loop writes a `best` that is no `last` without the optimizer's state: slimming then rewrites nothing,
+    points `last` at the best (its value kept, as `save(value=)` set it) and drops the newer `last`."""
+    model = models.build("mlp", CONFIG)
+    optimizer = torch.optim.Adam(model.parameters())
+    checkpoint.save(tmp_path, _state(3, model, 0.5), kinds=("best",), value=0.4)
+    best_file = tmp_path / "epoch-0003.pt"
+    written = best_file.stat().st_mtime_ns
+    checkpoint.save(tmp_path, {**_state(4, model, 0.5), "optimizer": optimizer.state_dict()}, kinds=("last",))
+    assert checkpoint.pointer(tmp_path, "best")["value"] == 0.4 and checkpoint.pointer(tmp_path, "last")["value"] == 0.5
+    assert checkpoint.slim(tmp_path) > 0
+    assert [p.name for p in tmp_path.glob("*.pt")] == [best_file.name] and best_file.stat().st_mtime_ns == written
+    assert checkpoint.pointer(tmp_path, "last") == checkpoint.pointer(tmp_path, "best")
+    assert checkpoint.load(tmp_path, "last")["epoch"] == 3 and checkpoint.slim(tmp_path) == 0

@@ -11,7 +11,6 @@ from candle_ray import checkpoint, trial
 from candle_ray.data.cache import Cache
 from candle_ray.data.features import describe
 from candle_ray.data.spec import TableDataset
-from candle_ray.errors import CheckpointError
 from candle_ray.job import Job
 from candle_ray.sweep import fold_assignment
 
@@ -92,9 +91,30 @@ def test_a_resumed_trial_keeps_its_best_from_before_the_restart(entry, tmp_path)
     assert _pointers(tmp_path) == [_best_epoch([r["val_loss"] for r in resumed])] * FOLDS
 
 
-def test_promote_refuses_an_epoch_that_last_does_not_name(tmp_path):
-    checkpoint.save(tmp_path, {"epoch": 3, "weights": {}}, kinds=("last",))
-    checkpoint.promote(tmp_path, 3, 0.5)
-    assert checkpoint.pointer(tmp_path, "best")["epoch"] == 3
-    with pytest.raises(CheckpointError, match="no checkpoint of epoch 2 to mark best"):
-        checkpoint.promote(tmp_path, 2)
+def test_a_tune_trials_folds_keep_last_at_its_pace_and_best_at_the_means_best(entry, tmp_path):
+    """`last_every_s` (the trial's pace of hand-overs to Tune): every fold's `last` at the same epochs, the first
+    and the final one here; every fold's `best` at the mean's best epoch so far, with that fold's value there,
+    and without the optimizer's state where it is no `last`."""
+    from dataclasses import replace
+
+    results, lasts, bests = [], [], []
+    for result in trial._mean_over_folds(replace(_job(entry, tmp_path, seed=0), last_every_s=3600.0),
+                                         torch.device("cpu")):
+        results.append(result)
+        lasts.append(_pointers(tmp_path, "last"))
+        bests.append(_pointers(tmp_path))
+    assert "keeps" not in results[0]
+    assert lasts == [[1] * FOLDS] * 7 + [[8] * FOLDS]
+    assert bests == [[r["best_epoch"]] * FOLDS for r in results]
+    mean_best = _best_epoch([r["val_loss"] for r in results])
+    assert mean_best not in (1, 8)  # a best kept between the `last`s
+    for k in range(FOLDS):
+        folder = tmp_path / f"fold-{k}" / "checkpoints"
+        assert checkpoint.pointer(folder, "best")["value"] == pytest.approx(results[mean_best - 1][f"fold{k}_val_loss"])
+        assert "optimizer" not in checkpoint.load(folder, "best") and "optimizer" in checkpoint.load(folder, "last")
+
+
+def test_a_trials_epoch_took_the_sum_of_its_folds_times():
+    merged = next(trial._merged_epochs([({"epoch": 1, "epoch_time_s": 2.0, "val_loss": 1.0},
+                                         {"epoch": 1, "epoch_time_s": 3.0, "val_loss": 3.0})]))
+    assert merged["epoch_time_s"] == 5.0 and merged["val_loss"] == 2.0 and merged["fold1_val_loss"] == 3.0
