@@ -236,7 +236,20 @@ def _class_notes(ds: Dataset, y: dict, num_classes, class_names) -> list[str]:
         rows = int(np.isin(y["val"], list(val_only)).sum())
         notes.append(f"note: class(es) {shown(val_only)} have {rows} val row(s) but no train rows: the model cannot "
                      f"learn them, and those rows count against it")
+    if (train_only := train - val) and val:
+        notes.append(f"note: the val rows hold no row of class(es) {shown(train_only)} ({len(val)} of {len(train | val)} "
+                     f"classes): val_loss and val_accuracy cannot say how the model tells those apart, and a sweep "
+                     f"chooses without them; {_fuller_val(ds)}")
     return notes
+
+
+def _fuller_val(ds: Dataset) -> str:
+    if ds.val is not None:
+        return "add rows of those classes to the val file"
+    if ds.group:
+        return (f"the val split took whole {ds.group} groups, which lack them: `candle-ray cv` (or `tune --cv K`) "
+                f"scores every group once")
+    return "raise val_fraction"
 
 
 def _need_rows(split: str, n: int, ds: Dataset) -> None:

@@ -289,23 +289,31 @@ def test_labels_that_leave_a_class_out_are_noted(tmp_path):
     with val rows only cannot be learnt."""
     path = write_csv(tmp_path / "t.csv", ["id", "label", "g1"], [[f"r{i}", 1 + i % 4, i] for i in range(12)])
     said = []
-    entry = Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), val_fraction=0.25),
+    entry = Cache(tmp_path / "c").prepare(TableDataset(str(path), label="label", drop=("id",), val_fraction=0.34),
                                           log=said.append)
     assert entry.num_classes == 5 and [line for line in said if line.startswith("note:")] == [
         "note: integer labels are class indices 0..4; class(es) 0 have no rows, and the model will still have an "
         "output for them; relabel from 0, or give the labels as names"]
     zero_based = write_csv(tmp_path / "z.csv", ["id", "label", "g1"], [[f"r{i}", i % 4, i] for i in range(12)])
     said.clear()
+    Cache(tmp_path / "c").prepare(TableDataset(str(zero_based), label="label", drop=("id",), val_fraction=0.34),
+                                  log=said.append)
+    assert said and not [line for line in said if line.startswith("note:")]  # a val row of every class
+    said.clear()
     Cache(tmp_path / "c").prepare(TableDataset(str(zero_based), label="label", drop=("id",), val_fraction=0.25),
                                   log=said.append)
-    assert said and not [line for line in said if line.startswith("note:")]
+    assert [line for line in said if line.startswith("note:")] == [
+        "note: the val rows hold no row of class(es) 3 (3 of 4 classes): val_loss and val_accuracy cannot say how the "
+        "model tells those apart, and a sweep chooses without them; raise val_fraction"]
     val = write_csv(tmp_path / "v.csv", ["id", "label", "g1"], [["v0", "z", 0], ["v1", "a", 1], ["v2", "z", 2]])
     train = write_csv(tmp_path / "tr.csv", ["id", "label", "g1"], [[f"r{i}", "ab"[i % 2], i] for i in range(6)])
     said.clear()
     Cache(tmp_path / "c").prepare(TableDataset(str(train), label="label", drop=("id",), val=str(val)), log=said.append)
     assert [line for line in said if line.startswith("note:")] == [
         "note: class(es) 'z' have 2 val row(s) but no train rows: the model cannot learn them, and those rows count "
-        "against it"]
+        "against it",
+        "note: the val rows hold no row of class(es) 'b' (2 of 3 classes): val_loss and val_accuracy cannot say how "
+        "the model tells those apart, and a sweep chooses without them; add rows of those classes to the val file"]
 
 
 def test_table_non_numeric_feature_names_the_column(tmp_path):

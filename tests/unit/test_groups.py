@@ -172,3 +172,18 @@ def test_a_learning_curve_draws_whole_groups_and_counts_them(tmp_path):
     curve = learning_curve.points([(0.5, 0.4), (0.5, 0.5), (1.0, 0.3), (1.0, 0.32)], 15)
     said = learning_curve.lines(curve, None, "val_loss", "min", unit="patient groups")
     assert "train patient groups" in said[1] and [p.rows for p in curve] == [8, 15]
+
+
+def test_val_groups_that_lack_a_class_are_noted_with_the_grouped_remedy(tmp_path):
+    """Batches confounded with the class (as in bladderbatch: a batch of cancer samples alone): whichever batch
+    the hold-out takes whole, the val rows miss a class, and preparing says so and what scores every group."""
+    rows = [{"sample": f"s{i}", "batch": f"b{i // 6}", "label": "cancer" if i < 12 else ("normal", "biopsy")[i % 2],
+             "g0": float(i % 5), "g1": float(i % 3)} for i in range(18)]
+    pd.DataFrame(rows).to_csv(tmp_path / "batches.csv", index=False)
+    said = []
+    Cache(tmp_path / "cache").prepare(TableDataset(str(tmp_path / "batches.csv"), label="label", drop=("sample",),
+                                                   group="batch"), log=said.append)
+    notes = [line for line in said if line.startswith("note: the val rows hold no row of class(es)")]
+    assert len(notes) == 1 and notes[0].endswith(
+        "the val split took whole batch groups, which lack them: `candle-ray cv` (or `tune --cv K`) scores every "
+        "group once"), said
