@@ -5,7 +5,7 @@ A `tune --cv 5` trial's own code (candle_ray.trial._mean_over_folds, in this pro
 as wide as RNA-seq (60,000 genes; 100 rows, 2 classes), a [256, 64] MLP with Adam: 61 MB of weights and
 123 MB of Adam's state per fold. Two settings, interleaved over rounds (this machine is noisy):
 - every epoch: each fold writes a resumable `last` (weights + optimizer state) every epoch, as a `train`
-  run does and as every trial did before the pace (`last_every_s` 0);
+  run does and as every trial did before the pace (a pace of 0);
 - paced: `last` only at the trial's hand-overs to Tune (the default --checkpoint-every, 30 s) and at its
   final epoch, `best` as weights alone (what a sweep's trials do now).
 Prints each setting's median seconds per trial epoch, the bytes it wrote per trial, and the ratios. The
@@ -79,7 +79,7 @@ def main():
         seen = {name: [] for name in settings}
         for r in range(args.rounds):
             for name, every_s in settings.items():
-                seen[name].append(one_trial(replace(base, last_every_s=every_s), tmp / f"{name}-{r}".replace(" ", "-")))
+                seen[name].append(one_trial(replace(base, tune_checkpoint_s=every_s), tmp / f"{name}-{r}".replace(" ", "-")))
     per_epoch = {name: statistics.median(s for s, _ in runs) for name, runs in seen.items()}
     for name, runs in seen.items():
         print(f"{name:12s} {per_epoch[name]:.3f} s per trial epoch ({FOLDS} folds), "

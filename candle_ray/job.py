@@ -83,9 +83,6 @@ class Job:
     cpus_per_worker: float = 1.0
     max_failures: int = 1  # an elastic trial's Ray Train restarts
     tune_checkpoint_s: float = 0.0  # least time between checkpoints handed to Tune
-    # A Tune trial's: least time between the loop's `last` checkpoints (0: as ckpt_save_interval says). Its
-    # restores read only what it handed Tune, so a `last` between hand-overs would never be read.
-    last_every_s: float = 0.0
     hyperband_unit: int | None = None  # Hyperband's time unit in epochs
     cv_assignment: object = None  # `tune --cv`: the fold of each train+val row
     cv_folds: int | None = None  # `tune --cv K`: every trial trains K folds in lockstep
@@ -95,6 +92,13 @@ class Job:
     def __post_init__(self):
         # Scripts and tests write the fields as plain values: workers=2, or "1-4".
         object.__setattr__(self, "workers", Workers.parse(self.workers))
+
+    @property
+    def last_every_s(self) -> float:
+        """Least time between the loop's `last` checkpoints (0: as ckpt_save_interval says): a Tune trial's
+        restores read only what it handed Tune, so a `last` between hand-overs would never be read; an elastic
+        trial's Ray Train workers, and a `train` run, resume from the folder's newest `last`."""
+        return 0.0 if self.workers.elastic else float(self.tune_checkpoint_s)
 
     def described(self) -> dict:
         """The job as config.json records it (without the data description and fold arrays)."""

@@ -378,9 +378,6 @@ def _trial_job(experiment, resolved: _Resolved, sweep, entry, work_dir: Path, cv
                     workers=sweep.workers, cpus_per_worker=sweep.cpus_per_worker,
                     use_gpu=bool(sweep.gpus_per_worker), threads=sweep.trial_plan.threads,
                     tune_checkpoint_s=sweep.checkpoint_every_s, cv_assignment=cv_assignment,
-                    # an elastic trial's Ray Train workers resume from its folder's newest `last`; the others'
-                    # restores read only what they handed Tune, at this pace
-                    last_every_s=0.0 if sweep.workers.elastic else sweep.checkpoint_every_s,
                     conditional=resolved.conditional_keys, followed=tuple(m for m, _ in sweep.also),
                     cv_folds=int(cv["folds"]) if cv and resolved.settings.kind != "cv" else None)
 

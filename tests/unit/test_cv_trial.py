@@ -92,13 +92,13 @@ def test_a_resumed_trial_keeps_its_best_from_before_the_restart(entry, tmp_path)
 
 
 def test_a_tune_trials_folds_keep_last_at_its_pace_and_best_at_the_means_best(entry, tmp_path):
-    """`last_every_s` (the trial's pace of hand-overs to Tune): every fold's `last` at the same epochs, the first
+    """`tune_checkpoint_s` (the trial's pace of hand-overs to Tune): every fold's `last` at the same epochs, the first
     and the final one here; every fold's `best` at the mean's best epoch so far, with that fold's value there,
     and without the optimizer's state where it is no `last`."""
     from dataclasses import replace
 
     results, lasts, bests = [], [], []
-    for result in trial._mean_over_folds(replace(_job(entry, tmp_path, seed=0), last_every_s=3600.0),
+    for result in trial._mean_over_folds(replace(_job(entry, tmp_path, seed=0), tune_checkpoint_s=3600.0),
                                          torch.device("cpu")):
         results.append(result)
         lasts.append(_pointers(tmp_path, "last"))

@@ -82,29 +82,30 @@ def test_checkpoints_best_and_last(entry, tmp_path):
 
 
 def test_a_tune_trial_writes_last_at_its_hand_over_pace_and_best_without_the_optimizer(entry, tmp_path):
-    """`last_every_s` (a Tune trial's pace of hand-overs, whose checkpoints are all its restores read):
+    """`tune_checkpoint_s` (a Tune trial's pace of hand-overs, whose checkpoints are all its restores read):
     `last`, with the optimizer's state, at the first and the final epoch alone here; `best` at every
     improvement, without the optimizer's state unless it is the `last` too. Killed after epoch 4, the
     trial resumes from epoch 1's `last` and ends with the uninterrupted run's numbers."""
     from candle_ray import checkpoint
 
     paced = dict(epochs=6, learning_rate=0.01)
-    folder, seen = tmp_path / "paced" / "checkpoints", []
-    for m in train_epochs({**job(entry, tmp_path / "paced", **paced), "last_every_s": 3600.0}, World()):
+    folder, seen, results = tmp_path / "paced" / "checkpoints", [], []
+    for m in train_epochs({**job(entry, tmp_path / "paced", **paced), "tune_checkpoint_s": 3600.0}, World()):
         last, best = checkpoint.pointer(folder, "last"), checkpoint.pointer(folder, "best")
         seen.append((last["epoch"], best["epoch"]))
+        results.append(m)
         assert best["epoch"] == m["best_epoch"]
         assert ("optimizer" in checkpoint.load(folder, "best")) == (best["epoch"] == last["epoch"])
     assert [last for last, _ in seen] == [1, 1, 1, 1, 1, 6]
     assert any(best not in (1, 6) for _, best in seen)  # a best between the `last`s: the rule was exercised
-    whole = numbers(train_epochs(job(entry, tmp_path / "whole", **paced), World()))
-    assert numbers(train_epochs(job(entry, tmp_path / "every", **paced), World())) == whole
+    whole = numbers(train_epochs(job(entry, tmp_path / "every", **paced), World()))  # `last` every epoch
+    assert numbers(results) == whole
     assert checkpoint.pointer(tmp_path / "every" / "checkpoints", "last")["epoch"] == 6
 
-    killed = train_epochs({**job(entry, tmp_path / "killed", **paced), "last_every_s": 3600.0}, World())
+    killed = train_epochs({**job(entry, tmp_path / "killed", **paced), "tune_checkpoint_s": 3600.0}, World())
     assert [next(killed)["epoch"] for _ in range(4)] == [1, 2, 3, 4]
     killed.close()
-    resumed = list(train_epochs({**job(entry, tmp_path / "killed", **paced), "last_every_s": 3600.0}, World()))
+    resumed = list(train_epochs({**job(entry, tmp_path / "killed", **paced), "tune_checkpoint_s": 3600.0}, World()))
     assert [m.get("replayed", False) for m in resumed] == [True] + [False] * 5
     assert numbers(resumed) == whole
 
